@@ -1,0 +1,234 @@
+//! The admin API: JSON over HTTP, for the CLI and for scripts.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET | `/v1/node` | this node: addresses, routes, compile-cache counters, limits |
+//! | GET | `/v1/services` | services with their versions |
+//! | GET | `/v1/services/{name}` | one service |
+//! | POST | `/v1/services/{name}/versions` | publish (multipart: `manifest`, `component`; `?activate=true`) |
+//! | GET | `/v1/services/{name}/versions/{version}` | one version |
+//! | POST | `/v1/services/{name}/activate` | `{"version": "1.1.0"}`: switch the active version |
+//! | POST | `/v1/tenants` | `{"id": "acme", "display_name": "Acme"}` |
+//! | GET | `/v1/tenants`, `/v1/tenants/{id}` | tenants |
+//! | POST | `/v1/instances` | `{"tenant", "service", "hosts": [...], "version"?}` |
+//! | GET | `/v1/instances[?tenant=T]`, `/v1/instances/{id}` | instances |
+//! | PATCH | `/v1/instances/{id}` | `{"hosts"?: [...], "version"?: "1.0.0" or "active"}` |
+//! | GET | `/v1/instances/{id}/usage`, `/v1/usage[?tenant=T]` | requests, fuel and errors |
+
+mod error;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::billing::InstanceUsage;
+use crate::configurator::{InstanceChange, NewInstance};
+use crate::node::Node;
+pub use error::ApiError;
+
+/// Largest upload accepted: components are a few MiB; this leaves a wide margin.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The admin API's routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/node", get(node_info))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}", get(get_service))
+        .route("/v1/services/{name}/versions", post(publish).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
+        .route("/v1/services/{name}/versions/{version}", get(get_version))
+        .route("/v1/services/{name}/activate", post(activate))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{id}", get(get_tenant))
+        .route("/v1/instances", get(list_instances).post(create_instance))
+        .route("/v1/instances/{id}", get(get_instance).patch(update_instance))
+        .route("/v1/instances/{id}/usage", get(instance_usage))
+        .route("/v1/usage", get(all_usage))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
+        })
+        .with_state(node)
+}
+
+/// A JSON body, with the rejection turned into a 400 that says what is wrong.
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    payload.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", e.body_text())))
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> Json<Value> {
+    let stats = node.registry.stats();
+    let limits = node.runtime.limits();
+    Json(json!({
+        "wharf_version": env!("CARGO_PKG_VERSION"),
+        "ingress": node.addresses.ingress.to_string(),
+        "admin": node.addresses.admin.to_string(),
+        "routes": node.router.len(),
+        "versions_compiled": stats.compiled.load(Ordering::Relaxed),
+        "versions_loaded_from_cache": stats.loaded_from_cache.load(Ordering::Relaxed),
+        "limits": {
+            "fuel_per_request": limits.fuel_per_request,
+            "max_memory_bytes": limits.max_memory_bytes,
+            "request_timeout_ms": limits.request_timeout.as_millis() as u64,
+        },
+    }))
+}
+
+async fn list_services(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "services": node.registry.list(None).await? })))
+}
+
+async fn get_service(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(node.registry.service(&name).await?).map_err(anyhow::Error::from)?))
+}
+
+async fn get_version(
+    State(node): State<Arc<Node>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(node.registry.version(&name, &version).await?).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Deserialize)]
+struct PublishQuery {
+    #[serde(default)]
+    activate: bool,
+}
+
+async fn publish(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<PublishQuery>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}; send multipart/form-data with a `manifest` part (wharf.toml) and a `component` part (the .wasm)",
+            e.body_text()
+        ))
+    })?;
+    let mut manifest = None;
+    let mut component = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(upload_error(e)),
+        };
+        match field.name() {
+            Some("manifest") => manifest = Some(field.text().await.map_err(upload_error)?),
+            Some("component") => component = Some(field.bytes().await.map_err(upload_error)?.to_vec()),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unexpected form field {:?}; expected `manifest` and `component`",
+                    other.unwrap_or("")
+                )))
+            }
+        }
+    }
+    let manifest = manifest.ok_or_else(|| ApiError::bad_request("missing the `manifest` part (wharf.toml)"))?;
+    let component = component.ok_or_else(|| ApiError::bad_request("missing the `component` part (the .wasm file)"))?;
+    let published = node.registry.publish(Some(&name), &manifest, component, query.activate).await?;
+    let status = if published.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::to_value(published).map_err(anyhow::Error::from)?)))
+}
+
+fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    let status = if status == StatusCode::PAYLOAD_TOO_LARGE { status } else { StatusCode::BAD_REQUEST };
+    ApiError::new(status, format!("could not read the upload: {}", e.body_text()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Activate {
+    version: String,
+}
+
+async fn activate(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    payload: Result<Json<Activate>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Activate { version } = body(payload)?;
+    Ok(Json(serde_json::to_value(node.registry.activate(&name, &version).await?).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+async fn create_tenant(
+    State(node): State<Arc<Node>>,
+    payload: Result<Json<NewTenant>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let new = body(payload)?;
+    let tenant = node.configurator.create_tenant(&new.id, new.display_name.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(tenant).map_err(anyhow::Error::from)?)))
+}
+
+async fn list_tenants(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "tenants": node.configurator.tenants().await? })))
+}
+
+async fn get_tenant(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(node.configurator.tenant(&id).await?).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Deserialize)]
+struct TenantFilter {
+    tenant: Option<String>,
+}
+
+async fn create_instance(
+    State(node): State<Arc<Node>>,
+    payload: Result<Json<NewInstance>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let instance = node.configurator.create_instance(body(payload)?).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?)))
+}
+
+async fn list_instances(State(node): State<Arc<Node>>, Query(filter): Query<TenantFilter>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "instances": node.configurator.instances(filter.tenant.as_deref()).await? })))
+}
+
+async fn get_instance(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(node.configurator.instance(&id).await?).map_err(anyhow::Error::from)?))
+}
+
+async fn update_instance(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    payload: Result<Json<InstanceChange>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let instance = node.configurator.update_instance(&id, body(payload)?).await?;
+    Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
+}
+
+async fn instance_usage(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let instance = node.configurator.instance(&id).await?;
+    let totals = node.usage.totals(&instance.id).await?;
+    let usage = InstanceUsage { instance: instance.id, tenant: instance.tenant, service: instance.service, totals };
+    Ok(Json(serde_json::to_value(usage).map_err(anyhow::Error::from)?))
+}
+
+async fn all_usage(State(node): State<Arc<Node>>, Query(filter): Query<TenantFilter>) -> ApiResult<Json<Value>> {
+    let mut usage = Vec::new();
+    for instance in node.configurator.instances(filter.tenant.as_deref()).await? {
+        let totals = node.usage.totals(&instance.id).await?;
+        usage.push(InstanceUsage { instance: instance.id, tenant: instance.tenant, service: instance.service, totals });
+    }
+    Ok(Json(json!({ "usage": usage })))
+}

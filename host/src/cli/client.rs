@@ -1,0 +1,87 @@
+//! A small client for the admin API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::registry::Manifest;
+
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().build().context("failed to build HTTP client")?;
+        Ok(Self { base: base.trim_end_matches('/').to_string(), http })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
+    pub async fn publish(
+        &self,
+        service: &str,
+        manifest: String,
+        component: Vec<u8>,
+        activate: bool,
+    ) -> anyhow::Result<Value> {
+        let form = reqwest::multipart::Form::new()
+            .part("manifest", reqwest::multipart::Part::text(manifest).file_name("wharf.toml"))
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(component).file_name("component.wasm").mime_str("application/wasm")?,
+            );
+        let url = self.url(&format!("/v1/services/{service}/versions?activate={activate}"));
+        self.send(self.http.post(url).multipart(form)).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {} (is `wharf serve` running?)", self.base))?;
+        let status = response.status();
+        let text = response.text().await.context("failed to read the admin API's answer")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message =
+            value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        anyhow::bail!("{message} ({status})")
+    }
+}
+
+/// Percent-encode a query value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Read `path` (a directory holding wharf.toml, or the manifest itself).
+pub fn read_manifest(path: &Path) -> anyhow::Result<(PathBuf, String, Manifest)> {
+    let manifest_path = if path.is_dir() { path.join("wharf.toml") } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| format!("failed to read {manifest_path:?}"))?;
+    let manifest = Manifest::parse(&text).with_context(|| format!("in {manifest_path:?}"))?;
+    Ok((manifest_path, text, manifest))
+}

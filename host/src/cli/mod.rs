@@ -1,0 +1,300 @@
+//! The `wharf` command: `serve` runs a node; every other command talks to a node's
+//! admin API (`--admin-url`, default `http://127.0.0.1:8081`).
+
+mod client;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::NodeConfig;
+use client::Client;
+
+/// Wharf: host services written as WebAssembly components, for many tenants.
+#[derive(Debug, Parser)]
+#[command(name = "wharf", version, about, long_about = None)]
+pub struct Cli {
+    /// Admin API of the node to talk to.
+    #[arg(long, global = true, env = "WHARF_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    pub admin_url: String,
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: the ingress and the admin API.
+    Serve(ServeArgs),
+    /// Publish a service version from a directory holding wharf.toml, or the file itself.
+    Publish {
+        /// A service directory or its wharf.toml.
+        path: PathBuf,
+        /// The component to upload (default: `component` in wharf.toml).
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// Make this version active right away (the first version always is).
+        #[arg(long)]
+        activate: bool,
+    },
+    /// Switch the version every instance following a service runs. Atomic: new
+    /// requests run the new version, in-flight ones finish on the old.
+    Activate { service: String, version: String },
+    /// Services and their versions.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Tenants: the accounts that own instances.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Instances: a tenant's copy of a service, bound to hostnames.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Requests, fuel and errors per instance.
+    Usage {
+        /// Only this tenant's instances.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+/// Options of `wharf serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the database, components and compiled cache.
+    #[arg(long, env = "WHARF_DATA", default_value = "./wharf-data")]
+    pub data: PathBuf,
+    /// Ingress address (requests routed by Host).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin API address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub admin: SocketAddr,
+    /// Fuel each request may consume.
+    #[arg(long, default_value_t = 2_000_000_000)]
+    pub fuel: u64,
+    /// Largest linear memory of a guest, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_memory_mib: usize,
+    /// Wall-clock limit of one request, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Guests that may run at once (pooling allocator slots).
+    #[arg(long, default_value_t = 1000)]
+    pub max_instances: u32,
+    /// Bytes of linear memory kept resident between requests, in KiB.
+    #[arg(long, default_value_t = 4096)]
+    pub keep_resident_kib: usize,
+}
+
+impl ServeArgs {
+    /// The node configuration these options describe.
+    pub fn config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(&self.data);
+        config.ingress_addr = self.listen;
+        config.admin_addr = self.admin;
+        config.limits.fuel_per_request = self.fuel;
+        config.limits.max_memory_bytes = self.max_memory_mib << 20;
+        config.limits.request_timeout = Duration::from_millis(self.timeout_ms);
+        config.pool.max_instances = self.max_instances;
+        config.pool.keep_resident_bytes = self.keep_resident_kib << 10;
+        config
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List services.
+    List,
+    /// Show a service and its versions.
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Tenant id: lower-case letters, digits and '-'.
+        id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tenants.
+    List,
+    /// Show a tenant.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Give a tenant an instance of a service, bound to hostnames.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        service: String,
+        /// A hostname routed to the instance (repeatable).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Pin to this version instead of following the active one.
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// List instances.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show an instance.
+    Show { id: String },
+    /// Change an instance's hostnames or version policy.
+    Update {
+        id: String,
+        /// Replace the hostnames (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Pin to a version, or `active` to follow the active one.
+        #[arg(long)]
+        version: Option<String>,
+    },
+}
+
+/// Run the command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            command => {
+                let client = Client::new(&cli.admin_url)?;
+                run_client(&client, command, cli.json).await
+            }
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let running = crate::Node::start(args.config()).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await
+}
+
+/// Log to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run_client(client: &Client, command: Command, json: bool) -> anyhow::Result<()> {
+    use serde_json::json;
+    let out = output::Output { json };
+    match command {
+        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Publish { path, component, activate } => {
+            let (manifest_path, manifest_text, manifest) = client::read_manifest(&path)?;
+            let component_path = match component {
+                Some(p) => p,
+                None => {
+                    let rel = manifest.service.component.as_deref().with_context(|| {
+                        format!("{manifest_path:?} names no `component`; add one under [service] or pass --component")
+                    })?;
+                    manifest_path.parent().unwrap_or_else(|| std::path::Path::new(".")).join(rel)
+                }
+            };
+            let bytes = std::fs::read(&component_path)
+                .with_context(|| format!("failed to read component {component_path:?} (build it first?)"))?;
+            if !json {
+                eprintln!(
+                    "publishing {} {} ({:.1} MiB): uploading, validating and compiling…",
+                    manifest.service.name,
+                    manifest.service.version,
+                    bytes.len() as f64 / (1 << 20) as f64
+                );
+            }
+            let published = client.publish(&manifest.service.name, manifest_text, bytes, activate).await?;
+            out.published(&published)
+        }
+        Command::Activate { service, version } => {
+            let v = client.post(&format!("/v1/services/{service}/activate"), &json!({ "version": version })).await?;
+            out.activated(&v)
+        }
+        Command::Service(ServiceCommand::List) => out.services(&client.get("/v1/services").await?),
+        Command::Service(ServiceCommand::Show { name }) => {
+            out.service(&client.get(&format!("/v1/services/{name}")).await?)
+        }
+        Command::Tenant(TenantCommand::Create { id, name }) => {
+            out.tenant(&client.post("/v1/tenants", &json!({ "id": id, "display_name": name })).await?)
+        }
+        Command::Tenant(TenantCommand::List) => out.tenants(&client.get("/v1/tenants").await?),
+        Command::Tenant(TenantCommand::Show { id }) => out.tenant(&client.get(&format!("/v1/tenants/{id}")).await?),
+        Command::Instance(InstanceCommand::Create { tenant, service, hosts, version }) => {
+            let body = json!({ "tenant": tenant, "service": service, "hosts": hosts, "version": version });
+            out.instance(&client.post("/v1/instances", &body).await?)
+        }
+        Command::Instance(InstanceCommand::List { tenant }) => {
+            let path = match tenant {
+                Some(t) => format!("/v1/instances?tenant={}", client::encode(&t)),
+                None => "/v1/instances".to_string(),
+            };
+            out.instances(&client.get(&path).await?)
+        }
+        Command::Instance(InstanceCommand::Show { id }) => {
+            out.instance(&client.get(&format!("/v1/instances/{id}")).await?)
+        }
+        Command::Instance(InstanceCommand::Update { id, hosts, version }) => {
+            let mut body = serde_json::Map::new();
+            if !hosts.is_empty() {
+                body.insert("hosts".into(), json!(hosts));
+            }
+            if let Some(v) = version {
+                body.insert("version".into(), json!(v));
+            }
+            anyhow::ensure!(!body.is_empty(), "nothing to change: pass --host or --version");
+            out.instance(&client.patch(&format!("/v1/instances/{id}"), &body.into()).await?)
+        }
+        Command::Usage { tenant, instance } => {
+            let value = match (instance, tenant) {
+                (Some(id), _) => json!({ "usage": [client.get(&format!("/v1/instances/{id}/usage")).await?] }),
+                (None, Some(t)) => client.get(&format!("/v1/usage?tenant={}", client::encode(&t))).await?,
+                (None, None) => client.get("/v1/usage").await?,
+            };
+            out.usage(&value)
+        }
+    }
+}

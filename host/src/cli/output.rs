@@ -1,0 +1,165 @@
+//! What the CLI prints: aligned tables for people, the API's JSON for scripts.
+
+use serde_json::Value;
+
+pub struct Output {
+    pub json: bool,
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+impl Output {
+    fn raw(&self, v: &Value) -> bool {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        }
+        self.json
+    }
+
+    pub fn published(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let what = if v.get("created").and_then(Value::as_bool) == Some(true) {
+                "published"
+            } else {
+                "already published (no change)"
+            };
+            let active = if v.get("active").and_then(Value::as_bool) == Some(true) { ", active" } else { "" };
+            println!("{} {} {what}{active}\nsha256 {}", s(v, "service"), s(v, "version"), s(v, "sha256"));
+        }
+        Ok(())
+    }
+
+    pub fn activated(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            println!("{} {} is now active", s(v, "service"), s(v, "version"));
+        }
+        Ok(())
+    }
+
+    pub fn services(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let rows = list(v, "services")
+                .iter()
+                .map(|svc| vec![s(svc, "name"), s(svc, "active_version"), list(svc, "versions").len().to_string()])
+                .collect();
+            table(&["SERVICE", "ACTIVE", "VERSIONS"], rows);
+        }
+        Ok(())
+    }
+
+    pub fn service(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            println!("service {} (active: {})", s(v, "name"), s(v, "active_version"));
+            let rows = list(v, "versions")
+                .iter()
+                .map(|ver| {
+                    let active = if ver.get("active").and_then(Value::as_bool) == Some(true) { "*" } else { "" };
+                    let sha = s(ver, "sha256");
+                    vec![
+                        s(ver, "version"),
+                        active.to_string(),
+                        sha[..sha.len().min(12)].to_string(),
+                        s(ver, "size_bytes"),
+                    ]
+                })
+                .collect();
+            table(&["VERSION", "ACTIVE", "SHA256", "BYTES"], rows);
+        }
+        Ok(())
+    }
+
+    pub fn tenant(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            println!("tenant {} ({})", s(v, "id"), s(v, "display_name"));
+        }
+        Ok(())
+    }
+
+    pub fn tenants(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let rows = list(v, "tenants").iter().map(|t| vec![s(t, "id"), s(t, "display_name")]).collect();
+            table(&["TENANT", "NAME"], rows);
+        }
+        Ok(())
+    }
+
+    pub fn instance(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let hosts: Vec<String> = list(v, "hosts").iter().filter_map(Value::as_str).map(str::to_string).collect();
+            let policy = match v.get("pinned_version").and_then(Value::as_str) {
+                Some(p) => format!("pinned to {p}"),
+                None => "follows the active version".to_string(),
+            };
+            println!(
+                "instance {}\n  tenant   {}\n  service  {} (running {}, {policy})\n  hosts    {}",
+                s(v, "id"),
+                s(v, "tenant"),
+                s(v, "service"),
+                s(v, "running_version"),
+                hosts.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn instances(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let rows = list(v, "instances")
+                .iter()
+                .map(|i| {
+                    let hosts: Vec<&str> = list(i, "hosts").iter().filter_map(Value::as_str).collect();
+                    vec![s(i, "id"), s(i, "tenant"), s(i, "service"), s(i, "running_version"), hosts.join(",")]
+                })
+                .collect();
+            table(&["INSTANCE", "TENANT", "SERVICE", "VERSION", "HOSTS"], rows);
+        }
+        Ok(())
+    }
+
+    pub fn usage(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let rows = list(v, "usage")
+                .iter()
+                .map(|u| {
+                    vec![
+                        s(u, "instance"),
+                        s(u, "tenant"),
+                        s(u, "service"),
+                        s(u, "requests"),
+                        s(u, "fuel"),
+                        s(u, "errors"),
+                    ]
+                })
+                .collect();
+            table(&["INSTANCE", "TENANT", "SERVICE", "REQUESTS", "FUEL", "ERRORS"], rows);
+        }
+        Ok(())
+    }
+}

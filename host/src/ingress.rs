@@ -1,0 +1,135 @@
+//! The public listener: every request is routed by its `Host` to an instance and
+//! run in a fresh guest. Errors the host produces are short plain-text bodies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::{HeaderValue, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::router::{self, Router};
+use crate::runtime::Handled;
+use crate::runtime::{plain_body, GuestFailure, RequestIdentity, Runtime};
+
+/// What the ingress needs from the node.
+pub struct Ingress {
+    pub(crate) router: Arc<Router>,
+    pub(crate) runtime: Arc<Runtime>,
+    next_request_id: AtomicU64,
+}
+
+/// Response header carrying the request id, to match a client's report to the log.
+pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
+
+impl Ingress {
+    /// An ingress routing through `router` into `runtime`.
+    pub fn new(router: Arc<Router>, runtime: Arc<Runtime>) -> Self {
+        Self { router, runtime, next_request_id: AtomicU64::new(1) }
+    }
+
+    /// Serve connections from `listener` until `shutdown` turns true, then let
+    /// in-flight requests finish (up to `grace`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        grace: std::time::Duration,
+    ) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let ingress = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let ingress = ingress.clone();
+                async move { Ok::<_, std::convert::Infallible>(ingress.handle(req).await) }
+            });
+            let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("ingress drained"),
+            _ = tokio::time::sleep(grace) => tracing::warn!("ingress shutdown grace period elapsed with requests in flight"),
+        }
+    }
+
+    /// Route and run one request.
+    pub async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let host = match router::request_host(&req) {
+            Ok(host) => host,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n"), request_id),
+        };
+        let Some(route) = self.router.lookup(&host) else {
+            return plain(StatusCode::NOT_FOUND, format!("no service is bound to host {host:?}\n"), request_id);
+        };
+        let Some(version) = route.version() else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id);
+        };
+        let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
+        let usage = route.usage.clone();
+        let service = version.service.clone();
+        let service_version = version.version.clone();
+        let handled = self
+            .runtime
+            .handle(&version.pre, who, req, move |who, outcome| {
+                usage.record(outcome.fuel, outcome.failure.is_some());
+                if let Some(failure) = &outcome.failure {
+                    tracing::warn!(
+                        tenant = %who.tenant,
+                        instance = %who.instance,
+                        request_id = who.request_id,
+                        service = %service,
+                        version = %service_version,
+                        fuel = outcome.fuel,
+                        "guest failed: {failure:?}"
+                    );
+                }
+            })
+            .await;
+        match handled {
+            Handled::Response(mut response) => {
+                response.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
+                response
+            }
+            Handled::Failed(failure) => failure_response(&failure, request_id),
+        }
+    }
+}
+
+fn failure_response(failure: &GuestFailure, request_id: u64) -> hyper::Response<HyperOutgoingBody> {
+    let (status, message) = failure.status_and_message();
+    plain(status, message, request_id)
+}
+
+/// A short plain-text response made by the host.
+fn plain(status: StatusCode, body: impl Into<bytes::Bytes>, request_id: u64) -> hyper::Response<HyperOutgoingBody> {
+    let mut response = hyper::Response::new(plain_body(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
+    response
+}

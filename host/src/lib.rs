@@ -1,0 +1,27 @@
+//! Wharf: a multi-tenant host for services written as WebAssembly components.
+//!
+//! A node is made of rooms named after the parts of the platform (see `DESIGN.md`):
+//!
+//! - [`router`] maps a request's `Host` to an instance, in memory;
+//! - [`runtime`] owns the wasmtime engine and runs one guest per request, metered;
+//! - [`registry`] validates, compiles, caches and activates service versions;
+//! - [`configurator`] keeps tenants and their instances;
+//! - [`billing`] counts what each instance used;
+//! - [`store`] is the control-plane database;
+//! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
+//! - [`node`] wires them together, and [`cli`] is the `wharf` command.
+
+pub mod admin;
+pub mod billing;
+pub mod cli;
+pub mod config;
+pub mod configurator;
+pub mod ingress;
+pub mod node;
+pub mod registry;
+pub mod router;
+pub mod runtime;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use node::{Node, RunningNode};

@@ -1,0 +1,140 @@
+//! A node: the rooms wired together, the two listeners, the usage flusher, and a
+//! graceful shutdown that lets in-flight requests finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::billing::Usage;
+use crate::config::NodeConfig;
+use crate::configurator::Configurator;
+use crate::ingress::Ingress;
+use crate::registry::Registry;
+use crate::router::Router;
+use crate::runtime::Runtime;
+use crate::store::{self, Db};
+
+/// The addresses a node listens on (with the ports actually bound).
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Everything a node runs with.
+pub struct Node {
+    pub config: NodeConfig,
+    pub addresses: Addresses,
+    pub db: Db,
+    pub runtime: Arc<Runtime>,
+    pub registry: Arc<Registry>,
+    pub configurator: Arc<Configurator>,
+    pub router: Arc<Router>,
+    pub usage: Arc<Usage>,
+}
+
+/// A started node; [`RunningNode::shutdown`] stops it gracefully.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Open the data directory, load every version and route every instance, bind
+    /// both listeners and start serving.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("failed to create data directory {:?}", config.data_dir))?;
+        let db = store::open(&config.data_dir).await?;
+        let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
+        let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir).await?);
+        let router = Arc::new(Router::default());
+        let usage = Arc::new(Usage::new(db.clone()));
+        let configurator = Arc::new(Configurator::new(db.clone(), registry.clone(), router.clone(), usage.clone()));
+        configurator.rebuild_routes().await.context("failed to build the routing table")?;
+
+        let ingress_listener = TcpListener::bind(config.ingress_addr)
+            .await
+            .with_context(|| format!("failed to listen on {} (ingress)", config.ingress_addr))?;
+        let admin_listener = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("failed to listen on {} (admin API)", config.admin_addr))?;
+        let addresses = Addresses { ingress: ingress_listener.local_addr()?, admin: admin_listener.local_addr()? };
+
+        let node = Arc::new(Node {
+            config,
+            addresses,
+            db,
+            runtime: runtime.clone(),
+            registry,
+            configurator,
+            router: router.clone(),
+            usage,
+        });
+        let (shutdown, watcher) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let ingress = Arc::new(Ingress::new(router, runtime));
+        tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), node.config.shutdown_grace)));
+
+        let app = crate::admin::router(node.clone());
+        let mut admin_watch = watcher.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = admin_watch.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!("admin API stopped: {e}");
+            }
+        }));
+
+        let flusher = node.clone();
+        let mut flush_watch = watcher;
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(flusher.config.usage_flush_interval);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = flush_watch.wait_for(|stop| *stop) => break,
+                }
+                if let Err(e) = flusher.usage.flush().await {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }));
+
+        tracing::info!(ingress = %addresses.ingress, admin = %addresses.admin, routes = node.router.len(), "wharf is serving");
+        Ok(RunningNode { node, shutdown, tasks })
+    }
+}
+
+impl RunningNode {
+    /// Stop accepting, let in-flight requests finish, write pending usage.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // Guests still finishing their bodies record usage as they end; the grace
+        // period above covered them, so this flush writes the last amounts.
+        self.node.usage.flush().await?;
+        self.node.db.close().await;
+        tracing::info!("wharf stopped");
+        Ok(())
+    }
+
+    /// The bound ingress address.
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.node.addresses.ingress
+    }
+
+    /// The bound admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.node.addresses.admin
+    }
+}

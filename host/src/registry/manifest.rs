@@ -1,0 +1,109 @@
+//! `wharf.toml`: the manifest published beside every component.
+//!
+//! ```toml
+//! [service]
+//! name = "hello"
+//! version = "0.1.0"
+//! description = "Says hello"
+//! component = "../target/wasm32-wasip2/release/hello.wasm"
+//! ```
+//!
+//! `component` is read by the CLI (relative to the manifest) and ignored by the
+//! host, which receives the bytes alongside.
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The `[service]` table.
+    pub service: ServiceSection,
+}
+
+/// The `[service]` table of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Service name: lower-case letters, digits and `-`, starting with a letter.
+    pub name: String,
+    /// Semantic version of this build, e.g. `1.2.0`.
+    pub version: String,
+    /// One line for people browsing services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Path of the component, relative to the manifest (used by the CLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("wharf.toml is not valid: {0}")]
+    Syntax(String),
+    #[error("service name {0:?} is not valid: {1}")]
+    Name(String, &'static str),
+    #[error("version {0:?} is not a semantic version (like 1.0.0): {1}")]
+    Version(String, String),
+    #[error("description is longer than 500 characters")]
+    Description,
+}
+
+impl Manifest {
+    /// Parse and validate a manifest's text.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_string()))?;
+        validate_name(&manifest.service.name)?;
+        semver::Version::parse(&manifest.service.version)
+            .map_err(|e| ManifestError::Version(manifest.service.version.clone(), e.to_string()))?;
+        if manifest.service.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
+            return Err(ManifestError::Description);
+        }
+        Ok(manifest)
+    }
+}
+
+/// Check a service name: it appears in permissions (`name.permission`), URLs and
+/// file names, so it is kept to a conservative alphabet.
+pub fn validate_name(name: &str) -> Result<(), ManifestError> {
+    let err = |why| Err(ManifestError::Name(name.to_string(), why));
+    if name.is_empty() || name.len() > 63 {
+        return err("it must be 1 to 63 characters long");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return err("it must start with a lower-case letter");
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return err("use only lower-case letters, digits and '-'");
+    }
+    if name.ends_with('-') {
+        return err("it must not end with '-'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_manifest_parses() {
+        let m = Manifest::parse("[service]\nname = \"hello\"\nversion = \"0.1.0\"\n").unwrap();
+        assert_eq!(m.service.name, "hello");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = Manifest::parse("[service]\nname = \"a\"\nversion = \"1.0.0\"\nfoo = 1\n").unwrap_err();
+        assert!(err.to_string().contains("foo"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_versions_are_refused() {
+        assert!(Manifest::parse("[service]\nname = \"Hello\"\nversion = \"1.0.0\"\n").is_err());
+        assert!(Manifest::parse("[service]\nname = \"a/b\"\nversion = \"1.0.0\"\n").is_err());
+        let err = Manifest::parse("[service]\nname = \"a\"\nversion = \"1.0\"\n").unwrap_err();
+        assert!(err.to_string().contains("semantic version"), "{err}");
+    }
+}

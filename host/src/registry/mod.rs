@@ -1,0 +1,447 @@
+//! Services and their versions: upload validation, compilation, the on-disk cache
+//! of compiled artifacts, and the atomic switch of a service's active version.
+//!
+//! Versions are immutable and content-addressed: the component's bytes live in
+//! `components/<sha256>.wasm`, its compiled form in
+//! `compiled/<sha256>-<engine fingerprint>.cwasm`, so a restart deserializes
+//! instead of compiling. Each loaded version holds a `ProxyPre`; a service's active
+//! version sits behind an `ArcSwap`, so activation is one pointer store and
+//! requests already running finish on the version they started with.
+
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::runtime::{GuestState, InvalidComponent, Runtime};
+use crate::store::{self, Db};
+pub use manifest::{Manifest, ManifestError};
+
+/// A version compiled and linked, ready to serve.
+pub struct LoadedVersion {
+    /// Service name.
+    pub service: String,
+    /// Semantic version.
+    pub version: String,
+    /// sha256 of the component bytes, hex.
+    pub sha256: String,
+    /// The pre-instantiated component.
+    pub pre: ProxyPre<GuestState>,
+}
+
+/// A service's loaded versions and the one following instances run.
+pub struct ServiceSlot {
+    /// Service name.
+    pub name: String,
+    active: ArcSwapOption<LoadedVersion>,
+    versions: DashMap<String, Arc<LoadedVersion>>,
+}
+
+impl ServiceSlot {
+    fn new(name: &str) -> Self {
+        Self { name: name.to_string(), active: ArcSwapOption::empty(), versions: DashMap::new() }
+    }
+
+    /// The active version, if any (one atomic load).
+    pub fn active(&self) -> Option<Arc<LoadedVersion>> {
+        self.active.load_full()
+    }
+
+    /// A specific loaded version.
+    pub fn version(&self, version: &str) -> Option<Arc<LoadedVersion>> {
+        self.versions.get(version).map(|v| v.clone())
+    }
+}
+
+/// Why a registry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Component(#[from] InvalidComponent),
+    #[error("{service} {version} is already published with different content (sha256 {existing}); versions are immutable, publish a new version number")]
+    VersionConflict { service: String, version: String, existing: String },
+    #[error("the manifest names service {manifest:?} but the upload is for {path:?}")]
+    NameMismatch { manifest: String, path: String },
+    #[error("no service named {0:?}; publish it first with `wharf publish`")]
+    UnknownService(String),
+    #[error("service {service:?} has no version {version:?} (published: {known})")]
+    UnknownVersion { service: String, version: String, known: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A version as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub service: String,
+    pub version: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub description: Option<String>,
+    pub created_at: i64,
+    pub active: bool,
+}
+
+/// A service as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub active_version: Option<String>,
+    pub versions: Vec<VersionInfo>,
+}
+
+/// Result of a publish.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    /// `false` when the same bytes were already published under this version.
+    pub created: bool,
+    #[serde(flatten)]
+    pub version: VersionInfo,
+}
+
+/// Counters showing whether versions were compiled or loaded from the cache.
+#[derive(Debug, Default, Serialize)]
+pub struct CacheStats {
+    pub compiled: AtomicU64,
+    pub loaded_from_cache: AtomicU64,
+}
+
+/// The registry of one node.
+pub struct Registry {
+    db: Db,
+    runtime: Arc<Runtime>,
+    components_dir: PathBuf,
+    compiled_dir: PathBuf,
+    services: DashMap<String, Arc<ServiceSlot>>,
+    // Publishes are rare and check-then-insert; one at a time keeps that atomic.
+    publish_lock: tokio::sync::Mutex<()>,
+    stats: CacheStats,
+}
+
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    service: String,
+    version: String,
+    sha256: String,
+    size_bytes: i64,
+    manifest: String,
+    created_at: i64,
+    active_version: Option<String>,
+}
+
+impl VersionRow {
+    fn info(&self) -> VersionInfo {
+        let description = Manifest::parse(&self.manifest).ok().and_then(|m| m.service.description);
+        VersionInfo {
+            service: self.service.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256.clone(),
+            size_bytes: self.size_bytes,
+            description,
+            created_at: self.created_at,
+            active: self.active_version.as_deref() == Some(self.version.as_str()),
+        }
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "v.service, v.version, v.sha256, v.size_bytes, v.manifest, v.created_at, s.active_version \
+     FROM service_versions v JOIN services s ON s.name = v.service";
+
+impl Registry {
+    /// Open the registry and load every published version, from the compiled cache
+    /// where possible.
+    pub async fn open(db: Db, runtime: Arc<Runtime>, data_dir: &Path) -> anyhow::Result<Self> {
+        let components_dir = data_dir.join("components");
+        let compiled_dir = data_dir.join("compiled");
+        for dir in [&components_dir, &compiled_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
+        }
+        let registry = Self {
+            db,
+            runtime,
+            components_dir,
+            compiled_dir,
+            services: DashMap::new(),
+            publish_lock: tokio::sync::Mutex::new(()),
+            stats: CacheStats::default(),
+        };
+        registry.load_all().await?;
+        Ok(registry)
+    }
+
+    async fn load_all(&self) -> anyhow::Result<()> {
+        let rows: Vec<VersionRow> = sqlx::query_as(&format!("SELECT {VERSION_COLUMNS}"))
+            .fetch_all(&self.db)
+            .await
+            .context("failed to list published versions")?;
+        let total = rows.len();
+        if total > 0 {
+            tracing::info!(versions = total, "loading published versions");
+        }
+        for (i, row) in rows.iter().enumerate() {
+            let loaded = self
+                .load_version(row)
+                .await
+                .with_context(|| format!("failed to load {} {}", row.service, row.version))?;
+            let slot = self.slot_or_new(&row.service);
+            if row.active_version.as_deref() == Some(row.version.as_str()) {
+                slot.active.store(Some(loaded.clone()));
+            }
+            slot.versions.insert(row.version.clone(), loaded);
+            tracing::debug!(service = %row.service, version = %row.version, "loaded {}/{total}", i + 1);
+        }
+        Ok(())
+    }
+
+    /// Load one version: deserialize the cached artifact, or compile and cache it.
+    async fn load_version(&self, row: &VersionRow) -> anyhow::Result<Arc<LoadedVersion>> {
+        let compiled = self.compiled_path(&row.sha256);
+        let runtime = self.runtime.clone();
+        let source = self.components_dir.join(format!("{}.wasm", row.sha256));
+        let (component, from_cache) = tokio::task::spawn_blocking(move || {
+            if compiled.exists() {
+                // SAFETY: the cache directory is private to this node and holds only
+                // artifacts serialized by an engine with the same fingerprint (it is
+                // in the file name).
+                match unsafe { runtime.load_compiled(&compiled) } {
+                    Ok(component) => return Ok((component, true)),
+                    Err(e) => tracing::warn!("recompiling: {e:#}"),
+                }
+            }
+            let bytes = std::fs::read(&source).with_context(|| format!("failed to read {source:?}"))?;
+            let component = runtime.compile(&bytes)?;
+            write_atomically(&compiled, &component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?)?;
+            anyhow::Ok((component, false))
+        })
+        .await
+        .context("compile task failed")??;
+        let counter = if from_cache { &self.stats.loaded_from_cache } else { &self.stats.compiled };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let pre = self.runtime.prepare(&component)?;
+        Ok(Arc::new(LoadedVersion {
+            service: row.service.clone(),
+            version: row.version.clone(),
+            sha256: row.sha256.clone(),
+            pre,
+        }))
+    }
+
+    fn compiled_path(&self, sha256: &str) -> PathBuf {
+        self.compiled_dir.join(format!("{sha256}-{}.cwasm", self.runtime.engine_fingerprint()))
+    }
+
+    fn slot_or_new(&self, name: &str) -> Arc<ServiceSlot> {
+        self.services.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceSlot::new(name))).clone()
+    }
+
+    /// The slot of a service, if it has been published.
+    pub fn slot(&self, name: &str) -> Option<Arc<ServiceSlot>> {
+        self.services.get(name).map(|s| s.clone())
+    }
+
+    /// How many versions were compiled vs loaded from the cache since start.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Publish a version: validate the manifest and component, compile once, cache
+    /// the artifact and record the version. Nothing is stored unless all checks pass.
+    /// The first version of a service becomes active; later ones when `activate`.
+    pub async fn publish(
+        &self,
+        expected_service: Option<&str>,
+        manifest_text: &str,
+        component: Vec<u8>,
+        activate: bool,
+    ) -> Result<Published, RegistryError> {
+        let manifest = Manifest::parse(manifest_text)?;
+        let service = manifest.service.name.clone();
+        let version = manifest.service.version.clone();
+        if let Some(expected) = expected_service {
+            if expected != service {
+                return Err(RegistryError::NameMismatch { manifest: service, path: expected.to_string() });
+            }
+        }
+        let sha256 = hex::encode(Sha256::digest(&component));
+        let _guard = self.publish_lock.lock().await;
+
+        if let Some(existing) = self.find_version(&service, &version).await? {
+            if existing.sha256 == sha256 {
+                let version = if activate { self.activate(&service, &version).await? } else { existing.info() };
+                return Ok(Published { created: false, version });
+            }
+            return Err(RegistryError::VersionConflict { service, version, existing: existing.sha256 });
+        }
+
+        let runtime = self.runtime.clone();
+        let compiled_path = self.compiled_path(&sha256);
+        let source_path = self.components_dir.join(format!("{sha256}.wasm"));
+        let size = component.len() as i64;
+        let pre = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
+            let compiled = runtime.compile(&component)?;
+            let pre = runtime.prepare(&compiled)?;
+            write_atomically(&source_path, &component)?;
+            let artifact = compiled.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            write_atomically(&compiled_path, &artifact)?;
+            Ok(pre)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
+        self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+
+        let now = store::now();
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        sqlx::query("INSERT INTO services (name, active_version, created_at) VALUES ($1, NULL, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(&service)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("failed to record service")?;
+        sqlx::query("INSERT INTO service_versions (service, version, sha256, size_bytes, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&service)
+            .bind(&version)
+            .bind(&sha256)
+            .bind(size)
+            .bind(manifest_text)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("failed to record version")?;
+        let activated =
+            sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2 AND ($3 OR active_version IS NULL)")
+                .bind(&version)
+                .bind(&service)
+                .bind(activate)
+                .execute(&mut *tx)
+                .await
+                .context("failed to activate version")?
+                .rows_affected()
+                > 0;
+        tx.commit().await.context("failed to commit publish")?;
+
+        let loaded =
+            Arc::new(LoadedVersion { service: service.clone(), version: version.clone(), sha256: sha256.clone(), pre });
+        let slot = self.slot_or_new(&service);
+        slot.versions.insert(version.clone(), loaded.clone());
+        if activated {
+            slot.active.store(Some(loaded));
+        }
+        tracing::info!(%service, %version, %sha256, activated, "published");
+        let info = self
+            .find_version(&service, &version)
+            .await?
+            .map(|row| row.info())
+            .ok_or_else(|| anyhow::anyhow!("published version vanished"))?;
+        Ok(Published { created: true, version: info })
+    }
+
+    /// Make `version` the one every instance following `service` runs, at once.
+    pub async fn activate(&self, service: &str, version: &str) -> Result<VersionInfo, RegistryError> {
+        let slot = self.slot(service).ok_or_else(|| RegistryError::UnknownService(service.to_string()))?;
+        let Some(loaded) = slot.version(version) else {
+            return Err(self.unknown_version(service, version).await);
+        };
+        sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2")
+            .bind(version)
+            .bind(service)
+            .execute(&self.db)
+            .await
+            .context("failed to record the active version")?;
+        let previous = slot.active.swap(Some(loaded));
+        tracing::info!(
+            %service,
+            %version,
+            previous = previous.as_ref().map(|p| p.version.as_str()).unwrap_or("none"),
+            "activated"
+        );
+        self.find_version(service, version)
+            .await?
+            .map(|row| row.info())
+            .ok_or_else(|| anyhow::anyhow!("activated version vanished").into())
+    }
+
+    /// The error for a version that does not exist, listing the ones that do.
+    pub async fn unknown_version(&self, service: &str, version: &str) -> RegistryError {
+        let known = match self.service(service).await {
+            Ok(info) => info.versions.iter().map(|v| v.version.clone()).collect::<Vec<_>>().join(", "),
+            Err(e) => return e,
+        };
+        RegistryError::UnknownVersion { service: service.to_string(), version: version.to_string(), known }
+    }
+
+    async fn find_version(&self, service: &str, version: &str) -> Result<Option<VersionRow>, RegistryError> {
+        Ok(sqlx::query_as(&format!("SELECT {VERSION_COLUMNS} WHERE v.service = $1 AND v.version = $2"))
+            .bind(service)
+            .bind(version)
+            .fetch_optional(&self.db)
+            .await
+            .context("failed to look up version")?)
+    }
+
+    /// One version.
+    pub async fn version(&self, service: &str, version: &str) -> Result<VersionInfo, RegistryError> {
+        match self.find_version(service, version).await? {
+            Some(row) => Ok(row.info()),
+            None if self.slot(service).is_none() => Err(RegistryError::UnknownService(service.to_string())),
+            None => Err(self.unknown_version(service, version).await),
+        }
+    }
+
+    /// One service with its versions, newest first.
+    pub async fn service(&self, name: &str) -> Result<ServiceInfo, RegistryError> {
+        let mut all = self.list(Some(name)).await?;
+        all.pop().ok_or_else(|| RegistryError::UnknownService(name.to_string()))
+    }
+
+    /// Every service (or one, by name) with its versions, newest first.
+    pub async fn list(&self, only: Option<&str>) -> Result<Vec<ServiceInfo>, RegistryError> {
+        let rows: Vec<VersionRow> = match only {
+            Some(name) => {
+                sqlx::query_as(&format!("SELECT {VERSION_COLUMNS} WHERE v.service = $1"))
+                    .bind(name)
+                    .fetch_all(&self.db)
+                    .await
+            }
+            None => sqlx::query_as(&format!("SELECT {VERSION_COLUMNS}")).fetch_all(&self.db).await,
+        }
+        .context("failed to list versions")?;
+        let mut services: std::collections::BTreeMap<String, ServiceInfo> = Default::default();
+        for row in &rows {
+            let entry = services.entry(row.service.clone()).or_insert_with(|| ServiceInfo {
+                name: row.service.clone(),
+                active_version: row.active_version.clone(),
+                versions: Vec::new(),
+            });
+            entry.versions.push(row.info());
+        }
+        let mut out: Vec<ServiceInfo> = services.into_values().collect();
+        for service in &mut out {
+            service.versions.sort_by(|a, b| semver_key(&b.version).cmp(&semver_key(&a.version)));
+        }
+        Ok(out)
+    }
+}
+
+fn semver_key(version: &str) -> Option<semver::Version> {
+    semver::Version::parse(version).ok()
+}
+
+/// Write a file so that readers never see it half-written: write a temporary file
+/// beside it, then rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("failed to write {tmp:?}"))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to move {tmp:?} to {path:?}"))?;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Host → instance: the request's `Host` is normalised and looked up in an
+//! in-memory table. The table is rebuilt by the configurator when instances change
+//! and swapped whole, so the request path takes no lock and runs no query.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::billing::UsageCounters;
+use crate::registry::{LoadedVersion, ServiceSlot};
+
+/// Where an instance's requests go.
+pub struct Route {
+    /// Instance id.
+    pub instance: Arc<str>,
+    /// Tenant owning the instance.
+    pub tenant: Arc<str>,
+    /// Which version runs.
+    pub target: VersionTarget,
+    /// Usage counters of the instance.
+    pub usage: Arc<UsageCounters>,
+}
+
+/// The version policy of an instance.
+pub enum VersionTarget {
+    /// Run whatever version of the service is active.
+    Follow(Arc<ServiceSlot>),
+    /// Run this version until told otherwise.
+    Pinned(Arc<LoadedVersion>),
+}
+
+impl Route {
+    /// The version a request arriving now runs.
+    pub fn version(&self) -> Option<Arc<LoadedVersion>> {
+        match &self.target {
+            VersionTarget::Follow(slot) => slot.active(),
+            VersionTarget::Pinned(version) => Some(version.clone()),
+        }
+    }
+}
+
+/// The hostname table.
+#[derive(Default)]
+pub struct Router {
+    table: ArcSwap<HashMap<String, Arc<Route>>>,
+}
+
+impl Router {
+    /// Look up a normalised hostname.
+    pub fn lookup(&self, host: &str) -> Option<Arc<Route>> {
+        self.table.load().get(host).cloned()
+    }
+
+    /// Replace the whole table.
+    pub fn replace(&self, table: HashMap<String, Arc<Route>>) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// Number of hostnames routed.
+    pub fn len(&self) -> usize {
+        self.table.load().len()
+    }
+
+    /// Whether no hostname is routed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a request's host could not be determined.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HostError {
+    #[error("the request has no Host header")]
+    Missing,
+    #[error("the request has more than one Host header")]
+    Duplicate,
+    #[error("the Host header is not a valid hostname")]
+    Invalid,
+    #[error("the request URI names a different host than the Host header")]
+    Conflicting,
+}
+
+/// The normalised host a request is for: from the absolute-form URI if present,
+/// else the `Host` header. Both present and different is refused, so a proxy and
+/// Wharf can never disagree about which instance a request is for.
+pub fn request_host<B>(req: &http::Request<B>) -> Result<String, HostError> {
+    let mut headers = req.headers().get_all(http::header::HOST).iter();
+    let header = headers.next();
+    if headers.next().is_some() {
+        return Err(HostError::Duplicate);
+    }
+    let from_header = match header {
+        Some(value) => Some(normalize(value.to_str().map_err(|_| HostError::Invalid)?)?),
+        None => None,
+    };
+    let from_uri = match req.uri().authority() {
+        Some(authority) => Some(normalize(authority.as_str())?),
+        None => None,
+    };
+    match (from_uri, from_header) {
+        (Some(uri), Some(header)) if uri != header => Err(HostError::Conflicting),
+        (Some(host), _) | (None, Some(host)) => Ok(host),
+        (None, None) => Err(HostError::Missing),
+    }
+}
+
+/// Normalise a `Host` value: lower case, port and trailing dot removed. Only
+/// hostname characters are accepted (IDNs arrive in their `xn--` form).
+pub fn normalize(raw: &str) -> Result<String, HostError> {
+    let raw = raw.trim();
+    // Userinfo has no place in a Host header.
+    if raw.contains('@') {
+        return Err(HostError::Invalid);
+    }
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: [::1]:8080
+        let end = rest.find(']').ok_or(HostError::Invalid)?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || is_port(after.strip_prefix(':').ok_or(HostError::Invalid)?)) {
+            return Err(HostError::Invalid);
+        }
+        return Ok(format!("[{}]", rest[..end].to_ascii_lowercase()));
+    } else {
+        match raw.rsplit_once(':') {
+            Some((host, port)) if is_port(port) => host,
+            Some(_) => return Err(HostError::Invalid),
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if !valid_hostname(&host) {
+        return Err(HostError::Invalid);
+    }
+    Ok(host)
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A DNS hostname in ASCII: labels of letters, digits and `-`, not starting or
+/// ending with `-`, at most 63 characters each and 253 in all.
+pub fn valid_hostname(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>, uri: &str) -> http::Request<()> {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        for raw in [
+            "shop.example.com",
+            "SHOP.Example.COM",
+            "shop.example.com.",
+            "shop.example.com:8080",
+            "Shop.Example.Com.:80",
+        ] {
+            assert_eq!(normalize(raw).unwrap(), "shop.example.com", "{raw}");
+        }
+        assert_eq!(normalize("xn--bcher-kva.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(normalize("[::1]:8080").unwrap(), "[::1]");
+    }
+
+    #[test]
+    fn malformed_hosts_are_refused() {
+        for raw in [
+            "",
+            "a b",
+            "bücher.example",
+            "user@shop.example.com",
+            "shop..example.com",
+            "shop.example.com:http",
+            "-a.com",
+            "a/b",
+        ] {
+            assert!(normalize(raw).is_err(), "{raw:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn request_host_refuses_ambiguity() {
+        assert_eq!(request_host(&req(None, "/")), Err(HostError::Missing));
+        assert_eq!(request_host(&req(Some("a.com"), "http://b.com/")), Err(HostError::Conflicting));
+        assert_eq!(request_host(&req(Some("A.com:80"), "http://a.com/")).unwrap(), "a.com");
+        assert_eq!(request_host(&req(None, "http://a.com/x")).unwrap(), "a.com");
+        let mut two = req(Some("a.com"), "/");
+        two.headers_mut().append("host", "b.com".parse().unwrap());
+        assert_eq!(request_host(&two), Err(HostError::Duplicate));
+    }
+}

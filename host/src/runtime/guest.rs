@@ -1,0 +1,226 @@
+//! The state one request's guest runs with: a flat struct holding every context
+//! the guest may touch, plus the limiter and the hooks that keep it contained.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Who a request runs for; carried into logs and usage.
+#[derive(Debug, Clone)]
+pub struct RequestIdentity {
+    /// Tenant owning the instance.
+    pub tenant: Arc<str>,
+    /// Instance serving the request.
+    pub instance: Arc<str>,
+    /// Node-unique request id (also sent back as `x-wharf-request-id`).
+    pub request_id: u64,
+}
+
+/// Store data of one request.
+pub struct GuestState {
+    pub(crate) table: ResourceTable,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) hooks: DenyOutgoing,
+    pub(crate) limiter: MemoryLimiter,
+    /// Past this instant the epoch callback interrupts the guest.
+    pub(crate) deadline: Instant,
+}
+
+impl GuestState {
+    pub(crate) fn new(who: &RequestIdentity, max_memory: usize, deadline: Instant) -> Self {
+        // WASI with nothing granted: no preopened directories, no environment, no
+        // network. stdout and stderr go to the host's log, tagged with the request.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestLog::new(who, "stdout"))
+            .stderr(GuestLog::new(who, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: DenyOutgoing,
+            limiter: MemoryLimiter { max_bytes: max_memory, hit: false },
+            deadline,
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Refuses outgoing HTTP: a guest reaches nothing outside the host unless a later
+/// capability grants it.
+pub(crate) struct DenyOutgoing;
+
+impl WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Caps linear memory growth and remembers whether the cap was hit, so a trap that
+/// follows a refused `memory.grow` is reported as "memory limit", not a bug.
+pub(crate) struct MemoryLimiter {
+    max_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond any
+        // real service and bounds what a guest can make the host allocate.
+        if desired > 1_000_000 {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// A guest's stdout or stderr: each line becomes a log event with the tenant,
+/// instance and request id.
+#[derive(Clone)]
+struct GuestLog {
+    who: Arc<RequestIdentity>,
+    stream: &'static str,
+}
+
+impl GuestLog {
+    fn new(who: &RequestIdentity, stream: &'static str) -> Self {
+        Self { who: Arc::new(who.clone()), stream }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineLogger { log: self.clone(), pending: Vec::new() })
+    }
+}
+
+/// Longest line kept from a guest; longer output is cut so a guest cannot make
+/// the host buffer without bound.
+const MAX_LOG_LINE: usize = 8 << 10;
+
+struct LineLogger {
+    log: GuestLog,
+    pending: Vec<u8>,
+}
+
+impl LineLogger {
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let who = &self.log.who;
+        tracing::info!(
+            target: "wharf::guest",
+            tenant = %who.tenant,
+            instance = %who.instance,
+            request_id = who.request_id,
+            stream = self.log.stream,
+            "{}",
+            text.trim_end()
+        );
+    }
+}
+
+impl AsyncWrite for LineLogger {
+    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut rest = buf;
+        while let Some(newline) = rest.iter().position(|b| *b == b'\n') {
+            let (line, tail) = rest.split_at(newline);
+            if self.pending.is_empty() {
+                self.emit(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.pending);
+                whole.extend_from_slice(line);
+                self.emit(&whole);
+            }
+            rest = &tail[1..];
+        }
+        let room = MAX_LOG_LINE.saturating_sub(self.pending.len());
+        let keep = rest.len().min(room);
+        self.pending.extend_from_slice(&rest[..keep]);
+        if self.pending.len() >= MAX_LOG_LINE {
+            let whole = std::mem::take(&mut self.pending);
+            self.emit(&whole);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.pending.is_empty() {
+            let whole = std::mem::take(&mut self.pending);
+            self.emit(&whole);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let whole = std::mem::take(&mut self.pending);
+            self.emit(&whole);
+        }
+    }
+}
+
+/// A plain-text body for responses the host makes itself.
+pub fn plain_body(text: impl Into<Bytes>) -> wasmtime_wasi_http::p2::body::HyperOutgoingBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(text.into()).map_err(|never| match never {}).boxed_unsync()
+}

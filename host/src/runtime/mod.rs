@@ -1,0 +1,220 @@
+//! The wasmtime side of a node: one engine, one linker and one epoch ticker per
+//! process; a compile and an `instantiate_pre` per service version; a fresh store
+//! per request.
+//!
+//! Every request runs under a fuel budget, a memory cap (the pooling allocator's
+//! slot size and a [`wasmtime::ResourceLimiter`]) and a wall-clock deadline
+//! enforced by epoch interruption. A guest that spins yields to the executor at
+//! every epoch tick, so it never starves its neighbours while it burns its budget.
+
+mod guest;
+mod invoke;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::config::{GuestLimits, PoolConfig};
+pub use guest::{plain_body, GuestState, RequestIdentity};
+pub use invoke::{GuestFailure, Handled, Outcome};
+
+/// How often the epoch advances. A spinning guest yields this often, and a
+/// deadline is enforced to within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The interface a component must export to be served over HTTP.
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+
+/// Why a component was refused at publish.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidComponent {
+    #[error("the component file is empty")]
+    Empty,
+    #[error("the file is not WebAssembly (it does not start with the `\\0asm` magic bytes)")]
+    NotWasm,
+    #[error(
+        "the file is a core WebAssembly module, not a component; build it with \
+         `--target wasm32-wasip2` or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("the component is malformed or truncated: {0}")]
+    Malformed(String),
+    #[error(
+        "the component does not export `wasi:http/incoming-handler` (it exports: {0}); \
+         a service must be a wasi:http/proxy component"
+    )]
+    NoHttpHandler(String),
+    #[error("the component imports something Wharf does not provide: {0}")]
+    UnsupportedImport(String),
+}
+
+/// The engine, linker and limits shared by every guest of a node.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: GuestLimits,
+    ticker: Option<EpochTicker>,
+}
+
+impl Runtime {
+    /// Build the engine (pooling allocator, fuel, epochs) and a linker with all of
+    /// WASI 0.2 and wasi:http.
+    pub fn new(limits: GuestLimits, pool: &PoolConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&limits, pool))
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("failed to create the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("failed to link WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("failed to link wasi:http")?;
+        let ticker = Some(EpochTicker::start(engine.clone()).context("failed to start the epoch ticker thread")?);
+        Ok(Self { engine, linker, limits, ticker })
+    }
+
+    /// The engine, for compiling and deserializing components.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The limits every request runs under.
+    pub fn limits(&self) -> &GuestLimits {
+        &self.limits
+    }
+
+    /// A fingerprint of the engine's code-generation settings; compiled artifacts
+    /// are only reused by an engine with the same fingerprint.
+    pub fn engine_fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Compile and fully validate a component: it must be a component, export the
+    /// HTTP handler and import nothing the host does not provide.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, InvalidComponent> {
+        check_header(bytes)?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| InvalidComponent::Malformed(format!("{e:#}")))?;
+        self.check_exports(&component)?;
+        Ok(component)
+    }
+
+    /// Load a component this node compiled and serialized earlier.
+    ///
+    /// # Safety
+    ///
+    /// `path` must hold bytes written by [`Component::serialize`] of an engine with
+    /// the same fingerprint, and must not be modified while loaded. The registry
+    /// only passes files it wrote itself into its private cache directory.
+    pub unsafe fn load_compiled(&self, path: &std::path::Path) -> anyhow::Result<Component> {
+        // SAFETY: upheld by the caller, see above.
+        unsafe { Component::deserialize_file(&self.engine, path) }
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .with_context(|| format!("failed to load compiled component {path:?}"))
+    }
+
+    /// Link a compiled component against the host, ready to instantiate per request.
+    pub fn prepare(&self, component: &Component) -> Result<ProxyPre<GuestState>, InvalidComponent> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| InvalidComponent::UnsupportedImport(format!("{e:#}")))?;
+        ProxyPre::new(pre).map_err(|e| InvalidComponent::NoHttpHandler(format!("{e:#}")))
+    }
+
+    fn check_exports(&self, component: &Component) -> Result<(), InvalidComponent> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        if exports.iter().any(|name| name.starts_with(HTTP_HANDLER)) {
+            return Ok(());
+        }
+        let listed = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+        Err(InvalidComponent::NoHttpHandler(listed))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+    }
+}
+
+/// Refuse what is plainly not a component before handing bytes to the compiler,
+/// so the error says what the file is.
+fn check_header(bytes: &[u8]) -> Result<(), InvalidComponent> {
+    if bytes.is_empty() {
+        return Err(InvalidComponent::Empty);
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(InvalidComponent::NotWasm);
+    }
+    // Bytes 4..8 are the version and layer: a core module is version 1, layer 0.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(InvalidComponent::CoreModule);
+    }
+    Ok(())
+}
+
+fn engine_config(limits: &GuestLimits, pool: &PoolConfig) -> Config {
+    let mut pooling = PoolingAllocationConfig::new();
+    // A component built with Rust's std links a handful of core instances (the
+    // program, libc adapters, shims); 20 leaves room without reserving much.
+    let per_component = 20;
+    pooling
+        .total_component_instances(pool.max_instances)
+        .total_core_instances(pool.max_instances.saturating_mul(per_component))
+        .total_memories(pool.max_instances.saturating_mul(4))
+        .total_tables(pool.max_instances.saturating_mul(per_component))
+        .total_stacks(pool.max_instances)
+        .max_core_instances_per_component(per_component)
+        .max_memories_per_component(4)
+        .max_tables_per_component(per_component)
+        .max_memory_size(limits.max_memory_bytes)
+        .linear_memory_keep_resident(pool.keep_resident_bytes)
+        .table_keep_resident(64 << 10);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(limits.max_wasm_stack)
+        .memory_init_cow(true);
+    config
+}
+
+/// One thread per engine advancing the epoch every [`EPOCH_TICK`].
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("wharf-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
