@@ -1,1 +1,13 @@
-fn main() {}
+//! End-to-end tests: real nodes on ephemeral ports, guests built from source, HTTP
+//! over loopback. One test binary for the whole project (every binary links
+//! wasmtime again).
+
+mod harness;
+
+mod cli;
+mod limits;
+mod publish;
+mod restart;
+mod routing;
+mod services;
+mod switch;

@@ -1,0 +1,214 @@
+//! Shared test fixtures: guest components built once per test run, and nodes
+//! started in temporary data directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use wharf::{Node, NodeConfig, RunningNode};
+
+/// Root of the repository.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Build every guest in `plugins/` once per test run and return the directory
+/// holding the `.wasm` files.
+pub fn guests() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let plugins = repo().join("plugins");
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .current_dir(&plugins)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("failed to run cargo to build the guests");
+        assert!(status.success(), "building the guest components failed");
+        plugins.join("target/wasm32-wasip2/release")
+    })
+}
+
+/// The bytes of a built guest, e.g. `guest("hello")`.
+pub fn guest(name: &str) -> Vec<u8> {
+    let path = guests().join(format!("{}.wasm", name.replace('-', "_")));
+    let path = if path.exists() { path } else { guests().join(format!("{name}.wasm")) };
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path:?}: {e}"))
+}
+
+/// A manifest for `service` at `version`.
+pub fn manifest(service: &str, version: &str) -> String {
+    format!("[service]\nname = \"{service}\"\nversion = \"{version}\"\n")
+}
+
+/// Limits small enough for tests to hit quickly.
+pub fn test_config(data: &Path) -> NodeConfig {
+    let mut config = NodeConfig::new(data);
+    config.ingress_addr = "127.0.0.1:0".parse().unwrap();
+    config.admin_addr = "127.0.0.1:0".parse().unwrap();
+    config.pool.max_instances = 64;
+    config.limits.fuel_per_request = 400_000_000;
+    config.limits.max_memory_bytes = 32 << 20;
+    config.limits.request_timeout = Duration::from_secs(10);
+    config.shutdown_grace = Duration::from_secs(10);
+    config.usage_flush_interval = Duration::from_millis(200);
+    config
+}
+
+/// A running node and a client for it.
+pub struct TestNode {
+    pub running: Option<RunningNode>,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestNode {
+    /// Start a node with [`test_config`].
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start a node after `adjust` changes the test configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut NodeConfig)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = test_config(data.path());
+        adjust(&mut config);
+        let running = Node::start(config).await.expect("node starts");
+        Self { running: Some(running), data, http: client() }
+    }
+
+    /// Stop the node and start a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Stop the node gracefully.
+    pub async fn stop(&mut self) {
+        self.running.take().unwrap().shutdown().await.unwrap();
+    }
+
+    /// Start a stopped node again on the same data directory.
+    pub async fn start_again(&mut self) {
+        let config = test_config(self.data.path());
+        self.running = Some(Node::start(config).await.expect("node restarts"));
+    }
+
+    pub fn node(&self) -> &RunningNode {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.node().admin_addr())
+    }
+
+    pub fn ingress(&self) -> std::net::SocketAddr {
+        self.node().ingress_addr()
+    }
+
+    /// Publish raw bytes under a manifest; returns status and JSON.
+    pub async fn publish_bytes(&self, manifest: &str, component: Vec<u8>) -> (StatusCode, Value) {
+        let name = wharf::registry::Manifest::parse(manifest).map(|m| m.service.name).unwrap_or_else(|_| "x".into());
+        let form = reqwest::multipart::Form::new()
+            .text("manifest", manifest.to_string())
+            .part("component", reqwest::multipart::Part::bytes(component).file_name("c.wasm"));
+        let resp = self
+            .http
+            .post(format!("{}/v1/services/{name}/versions", self.admin_url()))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publish a built guest as `service` `version`; panics unless it succeeds.
+    pub async fn publish(&self, guest_name: &str, service: &str, version: &str) -> Value {
+        let (status, body) = self.publish_bytes(&manifest(service, version), guest(guest_name)).await;
+        assert!(status.is_success(), "publishing {guest_name} as {service} {version}: {status} {body}");
+        body
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.admin_url()));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_admin(&self, path: &str) -> Value {
+        let (status, body) = self.admin(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn create_tenant(&self, id: &str) {
+        let (status, body) = self.admin(reqwest::Method::POST, "/v1/tenants", Some(json!({ "id": id }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Create an instance; returns its id.
+    pub async fn create_instance(&self, tenant: &str, service: &str, hosts: &[&str]) -> String {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/instances",
+                Some(json!({ "tenant": tenant, "service": service, "hosts": hosts })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// A tenant with an instance of a freshly published guest at `host`.
+    pub async fn tenant_with(&self, tenant: &str, guest_name: &str, service: &str, host: &str) -> String {
+        self.publish(guest_name, service, "1.0.0").await;
+        self.create_tenant(tenant).await;
+        self.create_instance(tenant, service, &[host]).await
+    }
+
+    /// GET `path` on the ingress with `Host: host`.
+    pub async fn get(&self, host: &str, path: &str) -> (StatusCode, String) {
+        let resp = self
+            .http
+            .get(format!("http://{}{path}", self.ingress()))
+            .header(reqwest::header::HOST, host)
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    /// Usage of an instance, after the next flush.
+    pub async fn usage(&self, instance: &str) -> Value {
+        self.get_admin(&format!("/v1/instances/{instance}/usage")).await
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Send raw bytes to `addr` and return the whole raw response (the request should
+/// carry `Connection: close`).
+pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response.
+pub fn raw_status(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}

@@ -1,0 +1,110 @@
+//! Guests that trap, spin, hoard memory or recurse forever cost only themselves:
+//! each fails with a clear status while a healthy neighbour tenant is served
+//! without a single error.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::harness::TestNode;
+
+/// Two tenants: `bad.test` runs the misbehaving fixture, `good.test` hello.
+async fn neighbours(node: &TestNode) -> String {
+    node.tenant_with("good", "hello", "hello", "good.test").await;
+    node.tenant_with("bad", "misbehave", "misbehave", "bad.test").await
+}
+
+/// Run `paths` on the bad tenant (all at once) while the good one is hit in a
+/// loop; assert each bad request gets `expected` with a body mentioning
+/// `message`, and the neighbour never fails.
+async fn contained(node: &TestNode, paths: &[&str], expected: StatusCode, message: &str) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let neighbour = {
+        let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let resp = http
+                    .get(format!("http://{addr}/"))
+                    .header("host", "good.test")
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            failures
+        })
+    };
+    // Let the neighbour get going first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let bad = paths.iter().map(|path| node.get("bad.test", path));
+    for (path, (status, body)) in paths.iter().zip(futures::future::join_all(bad).await) {
+        assert_eq!(status, expected, "GET {path}: {body}");
+        assert!(body.contains(message), "GET {path}: body {body:?} should mention {message:?}");
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let failures = neighbour.await.unwrap();
+    assert!(failures.is_empty(), "the neighbour must not fail while {paths:?} misbehave: {failures:?}");
+    let served = served.load(Ordering::Relaxed);
+    assert!(served >= 5, "the neighbour must keep being served during {elapsed:?}, got {served} responses");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_guest_gets_500_and_its_neighbour_is_unaffected() {
+    let node = TestNode::start().await;
+    let bad = neighbours(&node).await;
+    contained(&node, &["/trap", "/trap"], StatusCode::INTERNAL_SERVER_ERROR, "failed while handling").await;
+    assert_eq!(node.get("bad.test", "/ok").await.0, StatusCode::OK, "the failing instance itself still serves");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let usage = node.usage(&bad).await;
+    assert_eq!((usage["requests"].as_u64(), usage["errors"].as_u64()), (Some(3), Some(2)), "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_guest_runs_out_of_fuel_with_503_while_its_neighbour_is_served() {
+    let node = TestNode::start().await;
+    let bad = neighbours(&node).await;
+    // Two spinning guests at once on a two-core machine: neither may starve the neighbour.
+    contained(&node, &["/loop", "/loop"], StatusCode::SERVICE_UNAVAILABLE, "compute budget").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let usage = node.usage(&bad).await;
+    assert!(usage["fuel"].as_u64().unwrap() >= 2 * 400_000_000 - 1_000, "the whole budget is billed: {usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_past_its_deadline_gets_504_while_its_neighbour_is_served() {
+    let node = TestNode::start_with(|config| {
+        config.limits.fuel_per_request = u64::MAX / 4;
+        config.limits.request_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    neighbours(&node).await;
+    // Spinning in guest code (interrupted by epochs) and blocked in a host call
+    // (stopped by the host's timer).
+    contained(&node, &["/loop", "/sleep?ms=20000"], StatusCode::GATEWAY_TIMEOUT, "did not answer in time").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_allocating_without_bound_hits_its_memory_cap() {
+    let node = TestNode::start().await;
+    neighbours(&node).await;
+    contained(&node, &["/alloc", "/alloc"], StatusCode::INTERNAL_SERVER_ERROR, "memory limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_recursing_without_bound_overflows_its_stack_with_500() {
+    let node = TestNode::start().await;
+    neighbours(&node).await;
+    contained(&node, &["/recurse", "/recurse"], StatusCode::INTERNAL_SERVER_ERROR, "failed while handling").await;
+}
