@@ -40,6 +40,9 @@ pub struct GuestLimits {
 /// Sizing of wasmtime's pooling instance allocator.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
+    /// Use the pooling allocator (the default). Off, every instance maps and
+    /// unmaps its memory on demand: slower, but reserves no address space up front.
+    pub pooling: bool,
     /// Guests that may run at once; more concurrent requests answer 503.
     pub max_instances: u32,
     /// Bytes of each linear memory kept resident (and zeroed with memset) between
@@ -61,7 +64,7 @@ impl Default for GuestLimits {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { max_instances: 1000, keep_resident_bytes: 4 << 20 }
+        Self { pooling: true, max_instances: 1000, keep_resident_bytes: 4 << 20 }
     }
 }
 

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Bytes of linear memory kept resident between requests, in KiB.
     #[arg(long, default_value_t = 4096)]
     pub keep_resident_kib: usize,
+    /// Allocate guest memory on demand instead of from the pool (slower per request,
+    /// reserves no address space up front).
+    #[arg(long)]
+    pub no_pooling: bool,
 }
 
 impl ServeArgs {
@@ -106,6 +110,7 @@ impl ServeArgs {
         config.limits.request_timeout = Duration::from_millis(self.timeout_ms);
         config.pool.max_instances = self.max_instances;
         config.pool.keep_resident_bytes = self.keep_resident_kib << 10;
+        config.pool.pooling = !self.no_pooling;
         config
     }
 }

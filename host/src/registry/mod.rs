@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::runtime::ProxyPre;
 use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::runtime::{GuestState, InvalidComponent, Runtime};
+use crate::runtime::{InvalidComponent, Runtime};
 use crate::store::{self, Db};
 pub use manifest::{Manifest, ManifestError};
 
@@ -34,7 +34,7 @@ pub struct LoadedVersion {
     /// sha256 of the component bytes, hex.
     pub sha256: String,
     /// The pre-instantiated component.
-    pub pre: ProxyPre<GuestState>,
+    pub pre: ProxyPre,
 }
 
 /// A service's loaded versions and the one following instances run.

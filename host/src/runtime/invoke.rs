@@ -4,10 +4,9 @@
 
 use std::time::Instant;
 
-use hyper::body::Incoming;
+use super::ProxyPre;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
@@ -71,13 +70,17 @@ pub enum Handled {
 impl Runtime {
     /// Run `pre`'s guest on `req`. `on_done` receives the outcome once the guest has
     /// finished, whether or not the response was already sent.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        pre: &ProxyPre<GuestState>,
+        pre: &ProxyPre,
         who: RequestIdentity,
-        req: hyper::Request<Incoming>,
+        req: hyper::Request<B>,
         on_done: impl FnOnce(&RequestIdentity, Outcome) + Send + 'static,
-    ) -> Handled {
+    ) -> Handled
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let budget = self.limits.fuel_per_request;
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
@@ -109,7 +112,7 @@ impl Runtime {
         };
 
         let pre = pre.clone();
-        let task = tokio::spawn(async move {
+        let guest = async move {
             // The tokio timeout also covers time spent blocked in host calls, where
             // epochs cannot interrupt.
             let run = tokio::time::timeout(timeout, async {
@@ -126,17 +129,31 @@ impl Runtime {
             let outcome = Outcome { fuel, failure };
             on_done(&who, outcome.clone());
             outcome
-        });
+        };
 
-        match receiver.await {
-            Ok(Ok(response)) => Handled::Response(response),
-            // The guest answered with an error code instead of a response.
-            Ok(Err(code)) => Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}"))),
-            // The outparam was dropped unset: the guest failed or returned early.
-            Err(_) => match task.await {
-                Ok(Outcome { failure: Some(failure), .. }) => Handled::Failed(failure),
-                Ok(Outcome { failure: None, .. }) => Handled::Failed(GuestFailure::NoResponse),
-                Err(e) => Handled::Failed(GuestFailure::Host(format!("guest task failed: {e}"))),
+        // Run the guest on this task: most guests answer and finish in one go, and
+        // staying here saves a cross-thread hand-off per request. A guest still
+        // streaming its body after answering moves to a task of its own.
+        let mut guest = Box::pin(guest);
+        let mut receiver = receiver;
+        tokio::select! {
+            biased;
+            outcome = &mut guest => match receiver.try_recv() {
+                Ok(Ok(response)) => Handled::Response(response),
+                Ok(Err(code)) => Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}"))),
+                Err(_) => Handled::Failed(outcome.failure.unwrap_or(GuestFailure::NoResponse)),
+            },
+            answer = &mut receiver => match answer {
+                Ok(Ok(response)) => {
+                    tokio::spawn(guest);
+                    Handled::Response(response)
+                }
+                Ok(Err(code)) => {
+                    tokio::spawn(guest);
+                    Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}")))
+                }
+                // The outparam was dropped unset: the guest failed or returned early.
+                Err(_) => Handled::Failed(guest.await.failure.unwrap_or(GuestFailure::NoResponse)),
             },
         }
     }

@@ -18,11 +18,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::{GuestLimits, PoolConfig};
 pub use guest::{plain_body, GuestState, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
+
+/// A pre-instantiated HTTP component, ready for one store per request.
+pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;
 
 /// How often the epoch advances. A spinning guest yields this often, and a
 /// deadline is enforced to within one tick.
@@ -124,7 +126,7 @@ impl Runtime {
     }
 
     /// Link a compiled component against the host, ready to instantiate per request.
-    pub fn prepare(&self, component: &Component) -> Result<ProxyPre<GuestState>, InvalidComponent> {
+    pub fn prepare(&self, component: &Component) -> Result<ProxyPre, InvalidComponent> {
         let pre = self
             .linker
             .instantiate_pre(component)
@@ -183,14 +185,17 @@ fn engine_config(limits: &GuestLimits, pool: &PoolConfig) -> Config {
         .max_tables_per_component(per_component)
         .max_memory_size(limits.max_memory_bytes)
         .linear_memory_keep_resident(pool.keep_resident_bytes)
-        .table_keep_resident(64 << 10);
+        .table_keep_resident(64 << 10)
+        // With PAGEMAP_SCAN (Linux 6.7+) only the pages a request dirtied are
+        // reset, instead of memsetting the whole kept-resident range.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
-    config
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
-        .consume_fuel(true)
-        .epoch_interruption(true)
-        .max_wasm_stack(limits.max_wasm_stack)
-        .memory_init_cow(true);
+    if pool.pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    } else {
+        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    }
+    config.consume_fuel(true).epoch_interruption(true).max_wasm_stack(limits.max_wasm_stack).memory_init_cow(true);
     config
 }
 

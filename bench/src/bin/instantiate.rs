@@ -1,0 +1,96 @@
+//! The cost of one request's guest without HTTP: a fresh store, instantiate from
+//! the `ProxyPre`, call the handler, collect the response body. Pooling allocator
+//! vs on-demand allocation, in alternating rounds, medians reported.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use wharf::config::{GuestLimits, PoolConfig};
+use wharf::runtime::{Handled, RequestIdentity, Runtime};
+
+#[derive(Parser)]
+struct Args {
+    /// The component to run (e.g. plugins/target/wasm32-wasip2/release/hello.wasm).
+    component: std::path::PathBuf,
+    /// Calls per round.
+    #[arg(long, default_value_t = 5000)]
+    iterations: usize,
+    /// Rounds per allocator (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Linear memory kept resident between uses by the pool, in KiB (Wharf's default).
+    #[arg(long, default_value_t = PoolConfig::default().keep_resident_bytes >> 10)]
+    keep_resident_kib: usize,
+    /// Measure only this allocator: `pooling` or `on-demand` (default: both).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+async fn one_round(runtime: &Runtime, pre: &wharf::runtime::ProxyPre, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let who = RequestIdentity { tenant: Arc::from("bench"), instance: Arc::from("bench"), request_id: i as u64 };
+        let req = http::Request::builder().uri("http://bench.local/").body(Empty::<Bytes>::new())?;
+        let start = Instant::now();
+        match runtime.handle(pre, who, req, |_, _| {}).await {
+            Handled::Response(resp) => {
+                let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes();
+                anyhow::ensure!(!body.is_empty(), "empty body");
+            }
+            Handled::Failed(f) => anyhow::bail!("guest failed: {f:?}"),
+        }
+        times.push(start.elapsed());
+    }
+    Ok(times)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bytes = std::fs::read(&args.component)?;
+    let mut setups = Vec::new();
+    for pooling in [true, false] {
+        let name = if pooling { "pooling" } else { "on-demand" };
+        if args.only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
+        let pool = PoolConfig { pooling, max_instances: 100, keep_resident_bytes: args.keep_resident_kib << 10 };
+        let runtime = Runtime::new(GuestLimits::default(), &pool)?;
+        let component = runtime.compile(&bytes)?;
+        let pre = runtime.prepare(&component)?;
+        setups.push((name, runtime, pre, Vec::new()));
+    }
+    for round in 0..args.rounds {
+        for (name, runtime, pre, all) in setups.iter_mut() {
+            let times = one_round(runtime, pre, args.iterations).await?;
+            eprintln!("round {}: {name} median {:?}", round + 1, median(&times));
+            all.extend(times);
+        }
+    }
+    println!("instantiate + call + collect body, {} calls x {} rounds each:", args.iterations, args.rounds);
+    let medians: Vec<Duration> = setups.iter().map(|(_, _, _, t)| median(t)).collect();
+    for ((name, _, _, times), m) in setups.iter().zip(&medians) {
+        println!("  {name:<10} median {:>8.1} µs   p99 {:>8.1} µs", micros(*m), micros(percentile(times, 0.99)));
+    }
+    if medians.len() == 2 {
+        println!("  on-demand / pooling: {:.2}x", micros(medians[1]) / micros(medians[0]));
+    }
+    Ok(())
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn median(times: &[Duration]) -> Duration {
+    percentile(times, 0.5)
+}
+
+fn percentile(times: &[Duration], p: f64) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
