@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -22,6 +22,9 @@ pub struct Ingress {
     pub(crate) runtime: Arc<Runtime>,
     next_request_id: AtomicU64,
 }
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Response header carrying the request id, to match a client's report to the log.
 pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
@@ -60,7 +63,12 @@ impl Ingress {
                 let ingress = ingress.clone();
                 async move { Ok::<_, std::convert::Infallible>(ingress.handle(req).await) }
             });
-            let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                // A client gets this long to send a request's headers (slowloris).
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -95,7 +103,11 @@ impl Ingress {
         let handled = self
             .runtime
             .handle(&version.pre, who, req, move |who, outcome| {
-                usage.record(outcome.fuel, outcome.failure.is_some());
+                // A request refused for lack of capacity never ran: the node's
+                // shortage, not the tenant's usage.
+                if outcome.failure != Some(GuestFailure::AtCapacity) {
+                    usage.record(outcome.fuel, outcome.failure.is_some());
+                }
                 if let Some(failure) = &outcome.failure {
                     tracing::warn!(
                         tenant = %who.tenant,

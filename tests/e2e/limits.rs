@@ -108,3 +108,33 @@ async fn a_guest_recursing_without_bound_overflows_its_stack_with_500() {
     neighbours(&node).await;
     contained(&node, &["/recurse", "/recurse"], StatusCode::INTERNAL_SERVER_ERROR, "failed while handling").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_capacity_answers_503_and_recovers() {
+    let node = TestNode::start_with(|config| config.pool.max_instances = 2).await;
+    neighbours(&node).await;
+    let sleepers: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, addr) = (node.http.clone(), node.ingress());
+            tokio::spawn(async move {
+                http.get(format!("http://{addr}/sleep?ms=1500"))
+                    .header("host", "bad.test")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = node.get("good.test", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("at capacity"), "{body}");
+    for sleeper in sleepers {
+        assert_eq!(sleeper.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(node.get("good.test", "/").await.0, StatusCode::OK, "slots are reused once free");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let usage = node.get_admin("/v1/usage?tenant=good").await;
+    assert_eq!(usage["usage"][0]["requests"], 1, "a request refused for capacity is not the tenant's usage: {usage}");
+}
