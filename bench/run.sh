@@ -42,10 +42,13 @@ trap cleanup EXIT
 wait_for() { for _ in $(seq 1 200); do curl -s -o /dev/null -H "Host: $2" "http://$1/" && return 0; sleep 0.05; done; echo "nothing answered on $1" >&2; exit 1; }
 
 # Wharf
-RUST_LOG=warn ./target/release/wharf serve --data "$work/wharf" --listen 127.0.0.1:18180 --admin 127.0.0.1:18181 &
+mkdir -p "$work/wharf"
+RUST_LOG=warn ./target/release/wharf serve --data "$work/wharf" --listen 127.0.0.1:18180 --admin 127.0.0.1:18181 \
+    --init-admin bench@wharf.local >"$work/serve.out" &
 pids+=($!)
 export WHARF_ADMIN_URL=http://127.0.0.1:18181
-for _ in $(seq 1 200); do ./target/release/wharf service list >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 1 200); do grep -q '^WHARF_TOKEN=' "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
+export WHARF_TOKEN=$(sed -n 's/^WHARF_TOKEN=//p' "$work/serve.out")
 ./target/release/wharf publish plugins/hello >/dev/null
 ./target/release/wharf tenant create bench >/dev/null
 ./target/release/wharf instance create --tenant bench --service hello --host bench.local >/dev/null

@@ -22,6 +22,9 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// How often usage counters are written to the database.
     pub usage_flush_interval: Duration,
+    /// Create this platform operator at start if there is none; its API key is
+    /// returned once (and printed by `wharf serve --init-admin`).
+    pub init_admin: Option<String>,
 }
 
 /// The budget every request's guest gets.
@@ -79,6 +82,7 @@ impl NodeConfig {
             pool: PoolConfig::default(),
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
+            init_admin: None,
         }
     }
 }

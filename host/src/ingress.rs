@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::access::Access;
+use crate::identity::Identity;
 use crate::router::{self, Router};
 use crate::runtime::Handled;
 use crate::runtime::{plain_body, GuestFailure, RequestIdentity, Runtime};
@@ -20,6 +22,8 @@ use crate::runtime::{plain_body, GuestFailure, RequestIdentity, Runtime};
 pub struct Ingress {
     pub(crate) router: Arc<Router>,
     pub(crate) runtime: Arc<Runtime>,
+    identity: Arc<Identity>,
+    access: Arc<Access>,
     next_request_id: AtomicU64,
 }
 
@@ -31,8 +35,8 @@ pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
 
 impl Ingress {
     /// An ingress routing through `router` into `runtime`.
-    pub fn new(router: Arc<Router>, runtime: Arc<Runtime>) -> Self {
-        Self { router, runtime, next_request_id: AtomicU64::new(1) }
+    pub fn new(router: Arc<Router>, runtime: Arc<Runtime>, identity: Arc<Identity>, access: Arc<Access>) -> Self {
+        Self { router, runtime, identity, access, next_request_id: AtomicU64::new(1) }
     }
 
     /// Serve connections from `listener` until `shutdown` turns true, then let
@@ -84,7 +88,7 @@ impl Ingress {
     }
 
     /// Route and run one request.
-    pub async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    pub async fn handle(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let host = match router::request_host(&req) {
             Ok(host) => host,
@@ -96,6 +100,19 @@ impl Ingress {
         let Some(version) = route.version() else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id);
         };
+        if !version.guards.is_empty() {
+            let needed = version.guards.required(req.method().as_str(), req.uri().path());
+            if !needed.is_empty() {
+                if let Err(denied) = self.authorize(&route.tenant, &version.service, &needed, req.headers()).await {
+                    return denied.response(request_id);
+                }
+            }
+        }
+        // A Wharf credential is for Wharf: the guest never sees it (it could
+        // replay it against the admin API).
+        if wharf_credential(req.headers()) {
+            req.headers_mut().remove(http::header::AUTHORIZATION);
+        }
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
         let service = version.service.clone();
@@ -129,6 +146,73 @@ impl Ingress {
             Handled::Failed(failure) => failure_response(&failure, request_id),
         }
     }
+}
+
+/// Why a guarded route refused a request.
+enum Denied {
+    Unauthenticated(&'static str),
+    Forbidden(String),
+    Internal,
+}
+
+impl Denied {
+    fn response(&self, request_id: u64) -> hyper::Response<HyperOutgoingBody> {
+        match self {
+            Denied::Unauthenticated(why) => {
+                let mut response = plain(StatusCode::UNAUTHORIZED, format!("{why}\n"), request_id);
+                response
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(crate::admin::WWW_AUTHENTICATE));
+                response
+            }
+            Denied::Forbidden(permission) => {
+                plain(StatusCode::FORBIDDEN, format!("this route needs the permission {permission}\n"), request_id)
+            }
+            Denied::Internal => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n", request_id),
+        }
+    }
+}
+
+impl Ingress {
+    /// A guarded route needs a credential of a member of the instance's tenant
+    /// holding every permission (`service.name`) that guards it.
+    async fn authorize(
+        &self,
+        tenant: &str,
+        service: &str,
+        needed: &[&str],
+        headers: &http::HeaderMap,
+    ) -> Result<(), Denied> {
+        let token = crate::admin::bearer(headers)
+            .ok_or(Denied::Unauthenticated("this route needs a credential: send Authorization: Bearer <token>"))?;
+        let caller = match self.identity.authenticate(token).await {
+            Ok(Some(caller)) => caller,
+            Ok(None) => return Err(Denied::Unauthenticated("the credential is invalid, expired or revoked")),
+            Err(e) => {
+                tracing::error!("authentication failed: {e}");
+                return Err(Denied::Internal);
+            }
+        };
+        for name in needed {
+            let permission = format!("{service}.{name}");
+            match self.access.holds(tenant, &caller.user_id, &permission).await {
+                Ok(true) => {}
+                Ok(false) => return Err(Denied::Forbidden(permission)),
+                Err(e) => {
+                    tracing::error!("permission check failed: {e}");
+                    return Err(Denied::Internal);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the request carries a Wharf session token or API key.
+fn wharf_credential(headers: &http::HeaderMap) -> bool {
+    crate::admin::bearer(headers).is_some_and(|t| {
+        t.starts_with(crate::identity::secrets::SESSION_PREFIX) || t.starts_with(crate::identity::secrets::KEY_PREFIX)
+    })
 }
 
 fn failure_response(failure: &GuestFailure, request_id: u64) -> hyper::Response<HyperOutgoingBody> {

@@ -6,16 +6,22 @@
 //! - [`runtime`] owns the wasmtime engine and runs one guest per request, metered;
 //! - [`registry`] validates, compiles, caches and activates service versions;
 //! - [`configurator`] keeps tenants and their instances;
+//! - [`identity`] knows who is calling (users, sessions, API keys), [`access`]
+//!   what they may do (roles, platform and service permissions), [`audit`] what
+//!   they did;
 //! - [`billing`] counts what each instance used;
 //! - [`store`] is the control-plane database;
 //! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
 //! - [`node`] wires them together, and [`cli`] is the `wharf` command.
 
+pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod configurator;
+pub mod identity;
 pub mod ingress;
 pub mod node;
 pub mod registry;

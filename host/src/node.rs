@@ -9,9 +9,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::Access;
+use crate::audit::Audit;
 use crate::billing::Usage;
 use crate::config::NodeConfig;
 use crate::configurator::Configurator;
+use crate::identity::Identity;
 use crate::ingress::Ingress;
 use crate::registry::Registry;
 use crate::router::Router;
@@ -35,11 +38,16 @@ pub struct Node {
     pub configurator: Arc<Configurator>,
     pub router: Arc<Router>,
     pub usage: Arc<Usage>,
+    pub identity: Arc<Identity>,
+    pub access: Arc<Access>,
+    pub audit: Arc<Audit>,
 }
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
 pub struct RunningNode {
     pub node: Arc<Node>,
+    /// The API key of the operator created by `init_admin`, if one was created.
+    pub initial_admin_key: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -57,6 +65,19 @@ impl Node {
         let usage = Arc::new(Usage::new(db.clone()));
         let configurator = Arc::new(Configurator::new(db.clone(), registry.clone(), router.clone(), usage.clone()));
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
+        let identity = Arc::new(Identity::new(db.clone()));
+        let access = Arc::new(Access::new(db.clone()));
+        let audit = Arc::new(Audit::new(db.clone()));
+        let mut initial_admin_key = None;
+        if let Some(email) = &config.init_admin {
+            match identity.init_operator(email).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                Some((user, key)) => {
+                    audit.record(&user.email, "operator.init", &user.id, None, "ok").await;
+                    initial_admin_key = Some(key);
+                }
+                None => tracing::info!("an operator exists already; --init-admin ignored"),
+            }
+        }
 
         let ingress_listener = TcpListener::bind(config.ingress_addr)
             .await
@@ -75,11 +96,14 @@ impl Node {
             configurator,
             router: router.clone(),
             usage,
+            identity: identity.clone(),
+            access: access.clone(),
+            audit,
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let ingress = Arc::new(Ingress::new(router, runtime));
+        let ingress = Arc::new(Ingress::new(router, runtime, identity, access));
         tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), node.config.shutdown_grace)));
 
         let app = crate::admin::router(node.clone());
@@ -88,6 +112,7 @@ impl Node {
             let stop = async move {
                 let _ = admin_watch.wait_for(|stop| *stop).await;
             };
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(stop).await {
                 tracing::error!("admin API stopped: {e}");
             }
@@ -109,7 +134,7 @@ impl Node {
         }));
 
         tracing::info!(ingress = %addresses.ingress, admin = %addresses.admin, routes = node.router.len(), "wharf is serving");
-        Ok(RunningNode { node, shutdown, tasks })
+        Ok(RunningNode { node, initial_admin_key, shutdown, tasks })
     }
 }
 

@@ -8,11 +8,18 @@ use serde_json::Value;
 use crate::harness::{guests, repo, TestNode};
 
 fn wharf(node: &TestNode, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(["--admin-url", &node.admin_url()])
-        .args(args)
-        .output()
-        .expect("run wharf");
+    wharf_with(node, Some(&node.admin_key), args)
+}
+
+/// Run the CLI with `token` (or the credentials file when `None`), its config in
+/// the node's data directory.
+fn wharf_with(node: &TestNode, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wharf"));
+    command.env("WHARF_CONFIG_DIR", node.data.path().join("cli-config")).env_remove("WHARF_TOKEN");
+    if let Some(token) = token {
+        command.env("WHARF_TOKEN", token);
+    }
+    let out = command.args(["--admin-url", &node.admin_url()]).args(args).output().expect("run wharf");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -92,4 +99,83 @@ fn the_cli_explains_itself() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `wharf serve` running?"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_in_manages_keys_members_and_grants_and_keeps_credentials_private() {
+    guests();
+    let node = TestNode::start().await;
+    let plugins = repo().join("plugins");
+    ok_json(&node, &["publish", plugins.join("forum").to_str().unwrap()]);
+    let (ok, table, _) = wharf(&node, &["service", "permissions", "forum"]);
+    assert!(ok && table.contains("forum.addUsers") && table.contains("POST /users"), "{table}");
+
+    // Register and log in through the CLI; the session is saved for later commands.
+    let register = |email: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .env("WHARF_CONFIG_DIR", node.data.path().join("cli-config"))
+            .env_remove("WHARF_TOKEN")
+            .args(["--admin-url", &node.admin_url(), "register", email, "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("{}\n", crate::harness::PASSWORD).as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    register("owner@cli.test");
+    register("ann@cli.test");
+    let mut login = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .env("WHARF_CONFIG_DIR", node.data.path().join("cli-config"))
+        .env_remove("WHARF_TOKEN")
+        .args(["--admin-url", &node.admin_url(), "login", "owner@cli.test", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        login.stdin.take().unwrap().write_all(format!("{}\n", crate::harness::PASSWORD).as_bytes()).unwrap();
+    }
+    assert!(login.wait().unwrap().success());
+    let credentials = node.data.path().join("cli-config/credentials.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&credentials).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the credentials file must be private");
+    }
+
+    let saved = |args: &[&str]| wharf_with(&node, None, args);
+    let (ok, whoami, err) = saved(&["whoami"]);
+    assert!(ok && whoami.starts_with("owner@cli.test"), "{whoami}{err}");
+    assert!(saved(&["tenant", "create", "cli"]).0);
+    assert!(saved(&["member", "add", "--tenant", "cli", "ann@cli.test", "--role", "member"]).0);
+    let (ok, _, err) = saved(&["grant", "--tenant", "cli", "ann@cli.test", "forum.nope"]);
+    assert!(!ok && err.contains("forum.addUsers"), "{err}");
+    assert!(saved(&["grant", "--tenant", "cli", "ann@cli.test", "forum.addUsers"]).0);
+    let (_, grants, _) = saved(&["grants", "--tenant", "cli"]);
+    assert!(grants.contains("ann@cli.test") && grants.contains("active"), "{grants}");
+
+    let (ok, created, _) = saved(&["key", "create", "laptop"]);
+    let secret = created.lines().last().unwrap().trim().to_string();
+    assert!(ok && secret.starts_with("whk_"), "{created}");
+    let (_, listed, _) = saved(&["key", "list"]);
+    assert!(listed.contains("laptop") && !listed.contains(&secret), "{listed}");
+    let (ok, me, _) = wharf_with(&node, Some(&secret), &["whoami"]);
+    assert!(ok && me.starts_with("owner@cli.test"));
+    let prefix = secret[..12].to_string();
+    assert!(saved(&["key", "revoke", &prefix]).0);
+    let (ok, _, err) = wharf_with(&node, Some(&secret), &["whoami"]);
+    assert!(!ok && err.contains("401"), "{err}");
+
+    assert!(saved(&["revoke", "--tenant", "cli", "ann@cli.test", "forum.addUsers"]).0);
+    assert!(saved(&["member", "remove", "--tenant", "cli", "ann@cli.test"]).0);
+    let (_, audit, _) = saved(&["audit"]);
+    for action in ["member.add", "grant.add", "grant.remove", "member.remove", "key.create", "key.revoke"] {
+        assert!(audit.contains(action), "audit lacks {action}: {audit}");
+    }
+    assert!(saved(&["logout"]).0);
+    let (ok, _, err) = saved(&["whoami"]);
+    assert!(!ok && err.contains("wharf login"), "{err}");
 }

@@ -56,14 +56,22 @@ pub fn test_config(data: &Path) -> NodeConfig {
     config.limits.request_timeout = Duration::from_secs(10);
     config.shutdown_grace = Duration::from_secs(10);
     config.usage_flush_interval = Duration::from_millis(200);
+    config.init_admin = Some(OPERATOR.into());
     config
 }
+
+/// The operator every test node starts with.
+pub const OPERATOR: &str = "ops@wharf.test";
+/// The password of users the tests register.
+pub const PASSWORD: &str = "correct horse battery staple";
 
 /// A running node and a client for it.
 pub struct TestNode {
     pub running: Option<RunningNode>,
     pub data: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// The operator's API key.
+    pub admin_key: String,
 }
 
 impl TestNode {
@@ -78,7 +86,8 @@ impl TestNode {
         let mut config = test_config(data.path());
         adjust(&mut config);
         let running = Node::start(config).await.expect("node starts");
-        Self { running: Some(running), data, http: client() }
+        let admin_key = running.initial_admin_key.clone().expect("the operator is created");
+        Self { running: Some(running), data, http: client(), admin_key }
     }
 
     /// Stop the node and start a new one on the same data directory.
@@ -112,6 +121,11 @@ impl TestNode {
 
     /// Publish raw bytes under a manifest; returns status and JSON.
     pub async fn publish_bytes(&self, manifest: &str, component: Vec<u8>) -> (StatusCode, Value) {
+        self.publish_bytes_as(&self.admin_key, manifest, component).await
+    }
+
+    /// Publish with `token`'s credentials.
+    pub async fn publish_bytes_as(&self, token: &str, manifest: &str, component: Vec<u8>) -> (StatusCode, Value) {
         let name = wharf::registry::Manifest::parse(manifest).map(|m| m.service.name).unwrap_or_else(|_| "x".into());
         let form = reqwest::multipart::Form::new()
             .text("manifest", manifest.to_string())
@@ -119,6 +133,7 @@ impl TestNode {
         let resp = self
             .http
             .post(format!("{}/v1/services/{name}/versions", self.admin_url()))
+            .bearer_auth(token)
             .multipart(form)
             .send()
             .await
@@ -134,14 +149,87 @@ impl TestNode {
         body
     }
 
+    /// An admin API call as the operator.
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.admin_url()));
+        self.call(&self.admin_key, method, path, body).await
+    }
+
+    /// An admin API call with `token`.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.admin_url())).bearer_auth(token);
         if let Some(body) = body {
             req = req.json(&body);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An admin API call with `token` that must answer `expected`.
+    pub async fn expect(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+        expected: StatusCode,
+    ) -> Value {
+        let (status, answer) = self.call(token, method.clone(), path, Some(body)).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+        answer
+    }
+
+    /// An admin API call without credentials.
+    pub async fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.http.request(method, format!("{}{path}", self.admin_url())).send().await.unwrap()
+    }
+
+    /// An admin API call without credentials, with a JSON body.
+    pub async fn anonymous_json(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self.http.request(method, format!("{}{path}", self.admin_url())).json(&body).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Register `email` (with [`PASSWORD`]) and log in; returns the session token.
+    pub async fn user(&self, email: &str) -> String {
+        let (status, body) = self
+            .anonymous_json(reqwest::Method::POST, "/v1/users", json!({ "email": email, "password": PASSWORD }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register {email}: {body}");
+        let (status, body) = self
+            .anonymous_json(reqwest::Method::POST, "/v1/login", json!({ "email": email, "password": PASSWORD }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {email}: {body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    /// A request to the ingress with `Host: host` and an optional bearer token.
+    pub async fn ingress_call(
+        &self,
+        host: &str,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, reqwest::header::HeaderMap, String) {
+        let mut req =
+            self.http.request(method, format!("http://{}{path}", self.ingress())).header(reqwest::header::HOST, host);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        (status, headers, resp.text().await.unwrap())
     }
 
     pub async fn get_admin(&self, path: &str) -> Value {

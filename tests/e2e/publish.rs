@@ -59,6 +59,7 @@ async fn bad_manifests_and_malformed_uploads_are_refused_with_a_message() {
     let resp = node
         .http
         .post(format!("{}/v1/services/hello/versions", node.admin_url()))
+        .bearer_auth(&node.admin_key)
         .multipart(form)
         .send()
         .await
@@ -71,14 +72,21 @@ async fn bad_manifests_and_malformed_uploads_are_refused_with_a_message() {
     let resp = node
         .http
         .post(format!("{}/v1/services/hello/versions", node.admin_url()))
+        .bearer_auth(&node.admin_key)
         .multipart(form)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(resp.text().await.unwrap().contains("missing the `component` part"));
-    let resp =
-        node.http.post(format!("{}/v1/services/hello/versions", node.admin_url())).body(hello).send().await.unwrap();
+    let resp = node
+        .http
+        .post(format!("{}/v1/services/hello/versions", node.admin_url()))
+        .bearer_auth(&node.admin_key)
+        .body(hello)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(resp.text().await.unwrap().contains("multipart/form-data"));
 }

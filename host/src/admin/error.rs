@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
 
+use crate::access::AccessError;
 use crate::configurator::ConfigError;
+use crate::identity::IdentityError;
 use crate::registry::RegistryError;
 
 /// An error answered as `{"error": "..."}`.
@@ -14,11 +16,22 @@ use crate::registry::RegistryError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self { status, message: message.into(), retry_after: None }
+    }
+
+    /// 401 with `WWW-Authenticate`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -33,7 +46,51 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static(WWW_AUTHENTICATE));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// The challenge sent with every 401.
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"wharf\"";
+
+impl From<IdentityError> for ApiError {
+    fn from(err: IdentityError) -> Self {
+        use IdentityError as E;
+        let status = match &err {
+            E::InvalidEmail(_) | E::WeakPassword | E::InvalidKeyName | E::UnknownUser(_) => StatusCode::BAD_REQUEST,
+            E::EmailTaken => StatusCode::CONFLICT,
+            E::BadCredentials => StatusCode::UNAUTHORIZED,
+            E::RateLimited(wait) => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, err.to_string());
+                e.retry_after = Some(wait.as_secs().max(1));
+                return e;
+            }
+            E::UnknownKey(_) => StatusCode::NOT_FOUND,
+            E::Internal(e) => return Self::internal(e),
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(err: AccessError) -> Self {
+        use AccessError as E;
+        let status = match &err {
+            E::NoSuchTenant(_) => StatusCode::NOT_FOUND,
+            E::Forbidden(..) | E::OperatorsOnly(_) => StatusCode::FORBIDDEN,
+            E::InvalidRole(_) | E::NotAMember(..) => StatusCode::BAD_REQUEST,
+            E::LastOwner => StatusCode::CONFLICT,
+            E::Internal(e) => return Self::internal(e),
+        };
+        Self::new(status, err.to_string())
     }
 }
 

@@ -1,5 +1,11 @@
 //! The admin API: JSON over HTTP, for the CLI and for scripts.
 //!
+//! Every endpoint but registration and login needs `Authorization: Bearer <token>`
+//! (a session token from `/v1/login` or an API key) and is authorized: operators
+//! may do everything; other callers see and change only their tenants, as their
+//! role allows. A tenant the caller is not a member of answers 404, exactly like
+//! one that does not exist. The README has the full reference.
+//!
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | GET | `/v1/node` | this node: addresses, routes, compile-cache counters, limits |
@@ -15,7 +21,9 @@
 //! | PATCH | `/v1/instances/{id}` | `{"hosts"?: [...], "version"?: "1.0.0" or "active"}` |
 //! | GET | `/v1/instances/{id}/usage`, `/v1/usage[?tenant=T]` | requests, fuel and errors |
 
+mod auth;
 mod error;
+mod identity_api;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,10 +36,13 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{AccessError, Platform, Role};
 use crate::billing::InstanceUsage;
-use crate::configurator::{InstanceChange, NewInstance};
+use crate::configurator::{ConfigError, Instance, InstanceChange, NewInstance};
 use crate::node::Node;
-pub use error::ApiError;
+pub use auth::bearer;
+use auth::Authed;
+pub use error::{ApiError, WWW_AUTHENTICATE};
 
 /// Largest upload accepted: components are a few MiB; this leaves a wide margin.
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
@@ -41,6 +52,18 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The admin API's routes.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
+        .route("/v1/users", post(identity_api::register))
+        .route("/v1/login", post(identity_api::login))
+        .route("/v1/logout", post(identity_api::logout))
+        .route("/v1/me", get(identity_api::me))
+        .route("/v1/keys", get(identity_api::list_keys).post(identity_api::create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(identity_api::revoke_key))
+        .route("/v1/tenants/{id}/members", get(identity_api::list_members).post(identity_api::add_member))
+        .route("/v1/tenants/{id}/members/{email}", axum::routing::delete(identity_api::remove_member))
+        .route("/v1/tenants/{id}/grants", get(identity_api::list_grants).post(identity_api::add_grant))
+        .route("/v1/tenants/{id}/grants/{email}/{permission}", axum::routing::delete(identity_api::remove_grant))
+        .route("/v1/services/{name}/permissions", get(identity_api::service_permissions))
+        .route("/v1/audit", get(identity_api::audit))
         .route("/v1/node", get(node_info))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
@@ -60,14 +83,15 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// A JSON body, with the rejection turned into a 400 that says what is wrong.
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     payload.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", e.body_text())))
 }
 
-async fn node_info(State(node): State<Arc<Node>>) -> Json<Value> {
+async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::NodeRead)?;
     let stats = node.registry.stats();
     let limits = node.runtime.limits();
-    Json(json!({
+    Ok(Json(json!({
         "wharf_version": env!("CARGO_PKG_VERSION"),
         "ingress": node.addresses.ingress.to_string(),
         "admin": node.addresses.admin.to_string(),
@@ -79,19 +103,24 @@ async fn node_info(State(node): State<Arc<Node>>) -> Json<Value> {
             "max_memory_bytes": limits.max_memory_bytes,
             "request_timeout_ms": limits.request_timeout.as_millis() as u64,
         },
-    }))
+    })))
 }
 
-async fn list_services(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
+async fn list_services(State(node): State<Arc<Node>>, Authed(_caller): Authed) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "services": node.registry.list(None).await? })))
 }
 
-async fn get_service(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_service(
+    State(node): State<Arc<Node>>,
+    Authed(_caller): Authed,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(node.registry.service(&name).await?).map_err(anyhow::Error::from)?))
 }
 
 async fn get_version(
     State(node): State<Arc<Node>>,
+    Authed(_caller): Authed,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(node.registry.version(&name, &version).await?).map_err(anyhow::Error::from)?))
@@ -105,10 +134,12 @@ struct PublishQuery {
 
 async fn publish(
     State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
     Path(name): Path<String>,
     Query(query): Query<PublishQuery>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::bad_request(format!(
             "{}; send multipart/form-data with a `manifest` part (wharf.toml) and a `component` part (the .wasm)",
@@ -137,6 +168,11 @@ async fn publish(
     let manifest = manifest.ok_or_else(|| ApiError::bad_request("missing the `manifest` part (wharf.toml)"))?;
     let component = component.ok_or_else(|| ApiError::bad_request("missing the `component` part (the .wasm file)"))?;
     let published = node.registry.publish(Some(&name), &manifest, component, query.activate).await?;
+    if published.created {
+        node.audit
+            .record(&caller.email, "version.publish", &format!("{name} {}", published.version.version), None, "ok")
+            .await;
+    }
     let status = if published.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(serde_json::to_value(published).map_err(anyhow::Error::from)?)))
 }
@@ -155,11 +191,15 @@ struct Activate {
 
 async fn activate(
     State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
     Path(name): Path<String>,
     payload: Result<Json<Activate>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Activate { version } = body(payload)?;
-    Ok(Json(serde_json::to_value(node.registry.activate(&name, &version).await?).map_err(anyhow::Error::from)?))
+    let activated = node.registry.activate(&name, &version).await?;
+    node.audit.record(&caller.email, "version.activate", &format!("{name} {version}"), None, "ok").await;
+    Ok(Json(serde_json::to_value(activated).map_err(anyhow::Error::from)?))
 }
 
 #[derive(Deserialize)]
@@ -172,18 +212,31 @@ struct NewTenant {
 
 async fn create_tenant(
     State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
     payload: Result<Json<NewTenant>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let new = body(payload)?;
     let tenant = node.configurator.create_tenant(&new.id, new.display_name.as_deref()).await?;
+    // Whoever creates a tenant owns it.
+    node.access.set_member(&tenant.id, &caller.user_id, Role::Owner).await?;
+    node.audit.record(&caller.email, "tenant.create", &tenant.id, Some(&tenant.id), "ok").await;
     Ok((StatusCode::CREATED, Json(serde_json::to_value(tenant).map_err(anyhow::Error::from)?)))
 }
 
-async fn list_tenants(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "tenants": node.configurator.tenants().await? })))
+async fn list_tenants(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    let mut tenants = node.configurator.tenants().await?;
+    if let Some(visible) = node.access.visible_tenants(&caller).await? {
+        tenants.retain(|t| visible.contains(&t.id));
+    }
+    Ok(Json(json!({ "tenants": tenants })))
 }
 
-async fn get_tenant(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_tenant(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require(&caller, &id, Platform::TenantRead).await?;
     Ok(Json(serde_json::to_value(node.configurator.tenant(&id).await?).map_err(anyhow::Error::from)?))
 }
 
@@ -194,39 +247,107 @@ struct TenantFilter {
 
 async fn create_instance(
     State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
     payload: Result<Json<NewInstance>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let instance = node.configurator.create_instance(body(payload)?).await?;
+    let new = body(payload)?;
+    node.access.require(&caller, &new.tenant, Platform::InstancesManage).await.map_err(|e| match e {
+        AccessError::NoSuchTenant(t) => ApiError::from(ConfigError::UnknownTenant(t)),
+        other => other.into(),
+    })?;
+    let instance = node.configurator.create_instance(new).await?;
+    node.audit.record(&caller.email, "instance.create", &instance.id, Some(&instance.tenant), "ok").await;
     Ok((StatusCode::CREATED, Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?)))
 }
 
-async fn list_instances(State(node): State<Arc<Node>>, Query(filter): Query<TenantFilter>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "instances": node.configurator.instances(filter.tenant.as_deref()).await? })))
+/// The instances of `filter`'s tenant (or all) that `caller` may see with `permission`.
+async fn visible_instances(
+    node: &Node,
+    caller: &crate::identity::Caller,
+    tenant: Option<&str>,
+    permission: Platform,
+) -> ApiResult<Vec<Instance>> {
+    if let Some(tenant) = tenant {
+        node.access.require(caller, tenant, permission).await?;
+    }
+    let mut instances = node.configurator.instances(tenant).await?;
+    if !caller.operator {
+        let mut allowed = Vec::new();
+        for t in node.access.visible_tenants(caller).await?.unwrap_or_default() {
+            if node.access.require(caller, &t, permission).await.is_ok() {
+                allowed.push(t);
+            }
+        }
+        instances.retain(|i| allowed.contains(&i.tenant));
+    }
+    Ok(instances)
 }
 
-async fn get_instance(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(serde_json::to_value(node.configurator.instance(&id).await?).map_err(anyhow::Error::from)?))
+/// An instance the caller may act on with `permission`: 404 unless the caller is
+/// a member of its tenant, so other tenants' instance ids reveal nothing.
+async fn instance_for(
+    node: &Node,
+    caller: &crate::identity::Caller,
+    id: &str,
+    permission: Platform,
+) -> ApiResult<Instance> {
+    let instance = node.configurator.instance(id).await?;
+    node.access.require(caller, &instance.tenant, permission).await.map_err(|e| match e {
+        AccessError::NoSuchTenant(_) => ApiError::from(ConfigError::UnknownInstance(id.to_string())),
+        other => other.into(),
+    })?;
+    Ok(instance)
+}
+
+async fn list_instances(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Query(filter): Query<TenantFilter>,
+) -> ApiResult<Json<Value>> {
+    let instances = visible_instances(&node, &caller, filter.tenant.as_deref(), Platform::TenantRead).await?;
+    Ok(Json(json!({ "instances": instances })))
+}
+
+async fn get_instance(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let instance = instance_for(&node, &caller, &id, Platform::TenantRead).await?;
+    Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }
 
 async fn update_instance(
     State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
     Path(id): Path<String>,
     payload: Result<Json<InstanceChange>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    let instance = node.configurator.update_instance(&id, body(payload)?).await?;
+    let change = body(payload)?;
+    instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let instance = node.configurator.update_instance(&id, change).await?;
+    node.audit.record(&caller.email, "instance.update", &instance.id, Some(&instance.tenant), "ok").await;
     Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }
 
-async fn instance_usage(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let instance = node.configurator.instance(&id).await?;
+async fn instance_usage(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let instance = instance_for(&node, &caller, &id, Platform::BillingRead).await?;
     let totals = node.usage.totals(&instance.id).await?;
     let usage = InstanceUsage { instance: instance.id, tenant: instance.tenant, service: instance.service, totals };
     Ok(Json(serde_json::to_value(usage).map_err(anyhow::Error::from)?))
 }
 
-async fn all_usage(State(node): State<Arc<Node>>, Query(filter): Query<TenantFilter>) -> ApiResult<Json<Value>> {
+async fn all_usage(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Query(filter): Query<TenantFilter>,
+) -> ApiResult<Json<Value>> {
     let mut usage = Vec::new();
-    for instance in node.configurator.instances(filter.tenant.as_deref()).await? {
+    for instance in visible_instances(&node, &caller, filter.tenant.as_deref(), Platform::BillingRead).await? {
         let totals = node.usage.totals(&instance.id).await?;
         usage.push(InstanceUsage { instance: instance.id, tenant: instance.tenant, service: instance.service, totals });
     }

@@ -10,12 +10,17 @@ use crate::registry::Manifest;
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().build().context("failed to build HTTP client")?;
-        Ok(Self { base: base.trim_end_matches('/').to_string(), http })
+        Ok(Self { base: base.trim_end_matches('/').to_string(), http, token })
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(path))).await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -52,18 +57,26 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request
             .send()
             .await
             .with_context(|| format!("cannot reach the admin API at {} (is `wharf serve` running?)", self.base))?;
         let status = response.status();
         let text = response.text().await.context("failed to read the admin API's answer")?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         if status.is_success() {
             return Ok(value);
         }
         let message =
             value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
+            anyhow::bail!("{message} ({status}); run `wharf login EMAIL` or set WHARF_TOKEN");
+        }
         anyhow::bail!("{message} ({status})")
     }
 }

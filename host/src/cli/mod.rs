@@ -2,6 +2,7 @@
 //! admin API (`--admin-url`, default `http://127.0.0.1:8081`).
 
 mod client;
+mod credentials;
 mod output;
 
 use std::net::SocketAddr;
@@ -24,6 +25,9 @@ pub struct Cli {
     /// Print JSON instead of tables, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Session token or API key (default: the one `wharf login` saved for this node).
+    #[arg(long, global = true, env = "WHARF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +59,54 @@ pub enum Command {
     /// Instances: a tenant's copy of a service, bound to hostnames.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Create an account (email and password).
+    Register {
+        email: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Log in and save the session for this node (in a 0600 credentials file).
+    Login {
+        email: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the saved session.
+    Logout,
+    /// Who the current credential belongs to, and their tenants.
+    Whoami,
+    /// API keys of the current user.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Members of a tenant and their roles.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Grant a member a service permission, e.g. `wharf grant --tenant acme ann@x.com forum.addUsers`.
+    Grant {
+        #[arg(long)]
+        tenant: String,
+        email: String,
+        permission: String,
+    },
+    /// Revoke a service permission from a member.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        email: String,
+        permission: String,
+    },
+    /// List a tenant's grants and whether each applies to the running versions.
+    Grants {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// The audit log: logins, keys, members, grants.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Requests, fuel and errors per instance.
     Usage {
         /// Only this tenant's instances.
@@ -90,6 +142,9 @@ pub struct ServeArgs {
     /// Guests that may run at once (pooling allocator slots).
     #[arg(long, default_value_t = 1000)]
     pub max_instances: u32,
+    /// Create this platform operator if none exists, and print its API key once.
+    #[arg(long, value_name = "EMAIL")]
+    pub init_admin: Option<String>,
     /// Bytes of linear memory kept resident between requests, in KiB.
     #[arg(long, default_value_t = 4096)]
     pub keep_resident_kib: usize,
@@ -111,6 +166,7 @@ impl ServeArgs {
         config.pool.max_instances = self.max_instances;
         config.pool.keep_resident_bytes = self.keep_resident_kib << 10;
         config.pool.pooling = !self.no_pooling;
+        config.init_admin = self.init_admin.clone();
         config
     }
 }
@@ -121,6 +177,50 @@ pub enum ServiceCommand {
     List,
     /// Show a service and its versions.
     Show { name: String },
+    /// The permissions a service declares (active version, or --version).
+    Permissions {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key; it is shown once.
+    Create {
+        name: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List your keys (by visible prefix; secrets are never shown again).
+    List,
+    /// Revoke a key by id or prefix.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a registered user to a tenant, or change their role.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        email: String,
+        /// owner, admin or member.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Remove a member (and their grants) from a tenant.
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        email: String,
+    },
+    /// List a tenant's members.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,8 +283,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             command => {
-                let client = Client::new(&cli.admin_url)?;
-                run_client(&client, command, cli.json).await
+                let token = cli.token.clone().or_else(|| credentials::load(&cli.admin_url));
+                let client = Client::new(&cli.admin_url, token)?;
+                run_client(&client, &cli.admin_url, command, cli.json).await
             }
         }
     })
@@ -193,6 +294,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let running = crate::Node::start(args.config()).await?;
+    if let (Some(key), Some(email)) = (&running.initial_admin_key, &args.init_admin) {
+        // Shown once: only its hash is stored.
+        println!("operator {email} created; its API key is shown only now:");
+        println!("WHARF_TOKEN={key}");
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await
@@ -226,7 +332,19 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn run_client(client: &Client, command: Command, json: bool) -> anyhow::Result<()> {
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("failed to read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        rpassword::prompt_password("password: ").context("failed to read the password")?
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    Ok(password)
+}
+
+async fn run_client(client: &Client, admin_url: &str, command: Command, json: bool) -> anyhow::Result<()> {
     use serde_json::json;
     let out = output::Output { json };
     match command {
@@ -293,6 +411,136 @@ async fn run_client(client: &Client, command: Command, json: bool) -> anyhow::Re
             anyhow::ensure!(!body.is_empty(), "nothing to change: pass --host or --version");
             out.instance(&client.patch(&format!("/v1/instances/{id}"), &body.into()).await?)
         }
+        Command::Register { email, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            let user = client.post("/v1/users", &json!({ "email": email, "password": password })).await?;
+            out.line(&user, &format!("registered {}; now run `wharf login {email}`", email))
+        }
+        Command::Login { email, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            let session = client.post("/v1/login", &json!({ "email": email, "password": password })).await?;
+            let token = session["token"].as_str().context("the node answered without a token")?;
+            let path = credentials::save(admin_url, token)?;
+            out.line(
+                &json!({ "email": email, "expires_at": session["expires_at"], "saved_to": path }),
+                &format!("logged in as {email}; session saved in {}", path.display()),
+            )
+        }
+        Command::Logout => {
+            client.post("/v1/logout", &json!({})).await?;
+            credentials::forget(admin_url)?;
+            out.line(&json!({ "logged_out": true }), "logged out")
+        }
+        Command::Whoami => {
+            let me = client.get("/v1/me").await?;
+            let tenants: Vec<String> = me["tenants"]
+                .as_array()
+                .map(|a| a.iter().map(|t| format!("{} ({})", output::s(t, "tenant"), output::s(t, "role"))).collect())
+                .unwrap_or_default();
+            let operator = if me["operator"] == true { ", platform operator" } else { "" };
+            out.line(
+                &me,
+                &format!(
+                    "{}{operator}\ntenants: {}",
+                    output::s(&me, "email"),
+                    if tenants.is_empty() { "none".into() } else { tenants.join(", ") }
+                ),
+            )
+        }
+        Command::Key(KeyCommand::Create { name, expires_in_days }) => {
+            let key = client.post("/v1/keys", &json!({ "name": name, "expires_in_days": expires_in_days })).await?;
+            out.line(
+                &key,
+                &format!(
+                    "API key {} created; it is shown only now:\n{}",
+                    output::s(&key, "prefix"),
+                    output::s(&key, "key")
+                ),
+            )
+        }
+        Command::Key(KeyCommand::List) => out.rows(
+            &client.get("/v1/keys").await?,
+            "keys",
+            &[
+                ("ID", "id"),
+                ("NAME", "name"),
+                ("PREFIX", "prefix"),
+                ("EXPIRES", "expires_at"),
+                ("REVOKED", "revoked_at"),
+            ],
+        ),
+        Command::Key(KeyCommand::Revoke { id }) => {
+            let key = client.delete(&format!("/v1/keys/{}", client::encode(&id))).await?;
+            out.line(&key, &format!("revoked {}", output::s(&key, "prefix")))
+        }
+        Command::Member(MemberCommand::Add { tenant, email, role }) => {
+            let member = client
+                .post(
+                    &format!("/v1/tenants/{}/members", client::encode(&tenant)),
+                    &json!({ "email": email, "role": role }),
+                )
+                .await?;
+            out.line(&member, &format!("{email} is {role} of {tenant}"))
+        }
+        Command::Member(MemberCommand::Remove { tenant, email }) => {
+            client
+                .delete(&format!("/v1/tenants/{}/members/{}", client::encode(&tenant), client::encode(&email)))
+                .await?;
+            out.line(&json!({ "removed": email }), &format!("{email} removed from {tenant}"))
+        }
+        Command::Member(MemberCommand::List { tenant }) => out.rows(
+            &client.get(&format!("/v1/tenants/{}/members", client::encode(&tenant))).await?,
+            "members",
+            &[("EMAIL", "email"), ("ROLE", "role")],
+        ),
+        Command::Grant { tenant, email, permission } => {
+            let grant = client
+                .post(
+                    &format!("/v1/tenants/{}/grants", client::encode(&tenant)),
+                    &json!({ "email": email, "permission": permission }),
+                )
+                .await?;
+            out.line(&grant, &format!("{email} holds {permission} in {tenant}"))
+        }
+        Command::Revoke { tenant, email, permission } => {
+            client
+                .delete(&format!(
+                    "/v1/tenants/{}/grants/{}/{}",
+                    client::encode(&tenant),
+                    client::encode(&email),
+                    client::encode(&permission)
+                ))
+                .await?;
+            out.line(&json!({ "revoked": permission }), &format!("{permission} revoked from {email} in {tenant}"))
+        }
+        Command::Grants { tenant } => out.rows(
+            &client.get(&format!("/v1/tenants/{}/grants", client::encode(&tenant))).await?,
+            "grants",
+            &[("EMAIL", "email"), ("PERMISSION", "permission"), ("STATUS", "status")],
+        ),
+        Command::Service(ServiceCommand::Permissions { name, version }) => {
+            let path = match version {
+                Some(v) => format!("/v1/services/{name}/permissions?version={}", client::encode(&v)),
+                None => format!("/v1/services/{name}/permissions"),
+            };
+            out.rows(
+                &client.get(&path).await?,
+                "permissions",
+                &[("PERMISSION", "permission"), ("DESCRIPTION", "description"), ("ROUTES", "routes")],
+            )
+        }
+        Command::Audit { limit } => out.rows(
+            &client.get(&format!("/v1/audit?limit={limit}")).await?,
+            "entries",
+            &[
+                ("AT", "at"),
+                ("ACTOR", "actor"),
+                ("ACTION", "action"),
+                ("TARGET", "target"),
+                ("TENANT", "tenant_id"),
+                ("OUTCOME", "outcome"),
+            ],
+        ),
         Command::Usage { tenant, instance } => {
             let value = match (instance, tenant) {
                 (Some(id), _) => json!({ "usage": [client.get(&format!("/v1/instances/{id}/usage")).await?] }),

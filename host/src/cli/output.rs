@@ -6,7 +6,7 @@ pub struct Output {
     pub json: bool,
 }
 
-fn s(v: &Value, key: &str) -> String {
+pub fn s(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => "-".to_string(),
@@ -36,6 +36,24 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 impl Output {
+    /// JSON, or one human line.
+    pub fn line(&self, v: &Value, human: &str) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            println!("{human}");
+        }
+        Ok(())
+    }
+
+    /// JSON, or a table of `v[key]` with `(header, field)` columns.
+    pub fn rows(&self, v: &Value, key: &str, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+            let rows = list(v, key).iter().map(|row| columns.iter().map(|(_, f)| s(row, f)).collect()).collect();
+            table(&headers, rows);
+        }
+        Ok(())
+    }
+
     fn raw(&self, v: &Value) -> bool {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());

@@ -10,6 +10,16 @@
 //!
 //! `component` is read by the CLI (relative to the manifest) and ignored by the
 //! host, which receives the bytes alongside.
+//!
+//! A service declares its permissions and the routes each guards; the host
+//! enforces them before the guest runs:
+//!
+//! ```toml
+//! [[permissions]]
+//! name = "addUsers"
+//! description = "Add users to the forum"
+//! routes = ["POST /users", "PUT /users/:id"]
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +29,23 @@ use serde::{Deserialize, Serialize};
 pub struct Manifest {
     /// The `[service]` table.
     pub service: ServiceSection,
+    /// The `[[permissions]]` the service declares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<PermissionDecl>,
+}
+
+/// One `[[permissions]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionDecl {
+    /// Name within the service, e.g. `addUsers` (granted as `service.addUsers`).
+    pub name: String,
+    /// What holding it allows, for people granting it.
+    pub description: String,
+    /// Routes it guards: `"METHOD /path"`, with `:param` and `*rest` segments and
+    /// `*` for any method.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// The `[service]` table of a manifest.
@@ -48,6 +75,12 @@ pub enum ManifestError {
     Version(String, String),
     #[error("description is longer than 500 characters")]
     Description,
+    #[error("permission name {0:?} is not valid: use a letter then letters, digits, '_' or '-' (at most 64)")]
+    PermissionName(String),
+    #[error("permission {0:?} is declared twice")]
+    DuplicatePermission(String),
+    #[error("permission {0:?}: route {1:?} is not valid: write it as \"METHOD /path\", e.g. \"POST /users/:id\"")]
+    Route(String, String),
 }
 
 impl Manifest {
@@ -59,6 +92,27 @@ impl Manifest {
             .map_err(|e| ManifestError::Version(manifest.service.version.clone(), e.to_string()))?;
         if manifest.service.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
             return Err(ManifestError::Description);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for permission in &manifest.permissions {
+            let name = &permission.name;
+            let valid = name.len() <= 64
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(ManifestError::PermissionName(name.clone()));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(ManifestError::DuplicatePermission(name.clone()));
+            }
+            if permission.description.chars().count() > 500 {
+                return Err(ManifestError::Description);
+            }
+            for route in &permission.routes {
+                if super::guards::parse_route(route).is_none() {
+                    return Err(ManifestError::Route(name.clone(), route.clone()));
+                }
+            }
         }
         Ok(manifest)
     }
@@ -97,6 +151,19 @@ mod tests {
     fn unknown_fields_are_named() {
         let err = Manifest::parse("[service]\nname = \"a\"\nversion = \"1.0.0\"\nfoo = 1\n").unwrap_err();
         assert!(err.to_string().contains("foo"), "{err}");
+    }
+
+    #[test]
+    fn permissions_are_validated() {
+        let base = "[service]\nname = \"a\"\nversion = \"1.0.0\"\n";
+        let ok = format!("{base}[[permissions]]\nname = \"addUsers\"\ndescription = \"d\"\nroutes = [\"POST /users\", \"* /admin/*rest\"]\n");
+        assert_eq!(Manifest::parse(&ok).unwrap().permissions[0].routes.len(), 2);
+        let bad_route = format!("{base}[[permissions]]\nname = \"x\"\ndescription = \"d\"\nroutes = [\"users\"]\n");
+        assert!(matches!(Manifest::parse(&bad_route), Err(ManifestError::Route(..))));
+        let twice = format!("{base}[[permissions]]\nname = \"x\"\ndescription = \"d\"\n[[permissions]]\nname = \"x\"\ndescription = \"d\"\n");
+        assert!(matches!(Manifest::parse(&twice), Err(ManifestError::DuplicatePermission(_))));
+        let bad_name = format!("{base}[[permissions]]\nname = \"a.b\"\ndescription = \"d\"\n");
+        assert!(matches!(Manifest::parse(&bad_name), Err(ManifestError::PermissionName(_))));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! version sits behind an `ArcSwap`, so activation is one pointer store and
 //! requests already running finish on the version they started with.
 
+pub mod guards;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ use sha2::{Digest, Sha256};
 
 use crate::runtime::{InvalidComponent, Runtime};
 use crate::store::{self, Db};
-pub use manifest::{Manifest, ManifestError};
+pub use guards::RouteGuards;
+pub use manifest::{Manifest, ManifestError, PermissionDecl};
 
 /// A version compiled and linked, ready to serve.
 pub struct LoadedVersion {
@@ -35,6 +37,29 @@ pub struct LoadedVersion {
     pub sha256: String,
     /// The pre-instantiated component.
     pub pre: ProxyPre,
+    /// The manifest published with it.
+    pub manifest: Manifest,
+    /// Routes guarded by the manifest's permissions.
+    pub guards: RouteGuards,
+}
+
+impl LoadedVersion {
+    fn new(sha256: String, pre: ProxyPre, manifest: Manifest) -> Self {
+        let guards = RouteGuards::from_manifest(&manifest);
+        Self {
+            service: manifest.service.name.clone(),
+            version: manifest.service.version.clone(),
+            sha256,
+            pre,
+            manifest,
+            guards,
+        }
+    }
+
+    /// Whether this version declares `permission` (a name within the service).
+    pub fn declares(&self, permission: &str) -> bool {
+        self.manifest.permissions.iter().any(|p| p.name == permission)
+    }
 }
 
 /// A service's loaded versions and the one following instances run.
@@ -229,12 +254,8 @@ impl Registry {
         let counter = if from_cache { &self.stats.loaded_from_cache } else { &self.stats.compiled };
         counter.fetch_add(1, Ordering::Relaxed);
         let pre = self.runtime.prepare(&component)?;
-        Ok(Arc::new(LoadedVersion {
-            service: row.service.clone(),
-            version: row.version.clone(),
-            sha256: row.sha256.clone(),
-            pre,
-        }))
+        let manifest = Manifest::parse(&row.manifest).context("the stored manifest no longer parses")?;
+        Ok(Arc::new(LoadedVersion::new(row.sha256.clone(), pre, manifest)))
     }
 
     fn compiled_path(&self, sha256: &str) -> PathBuf {
@@ -330,8 +351,7 @@ impl Registry {
                 > 0;
         tx.commit().await.context("failed to commit publish")?;
 
-        let loaded =
-            Arc::new(LoadedVersion { service: service.clone(), version: version.clone(), sha256: sha256.clone(), pre });
+        let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest));
         let slot = self.slot_or_new(&service);
         slot.versions.insert(version.clone(), loaded.clone());
         if activated {

@@ -1,0 +1,323 @@
+//! What a caller may do. Platform permissions are namespaced like service ones
+//! (`wharf.instances.manage`); tenant members hold them through their role, and
+//! operators hold them everywhere. Service permissions (`forum.addUsers`) are
+//! declared by a service's manifest and granted to members of a tenant.
+//!
+//! A caller who is not a member of a tenant learns nothing about it: checks
+//! answer "not found", exactly as for a tenant that does not exist.
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Caller;
+use crate::store::{self, Db};
+
+/// A member's role in a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    /// Whether this role holds a platform permission within its tenant.
+    pub fn holds(self, permission: Platform) -> bool {
+        match permission {
+            Platform::TenantRead => true,
+            Platform::InstancesManage | Platform::BillingRead | Platform::AuditRead => {
+                matches!(self, Role::Owner | Role::Admin)
+            }
+            Platform::MembersManage => matches!(self, Role::Owner | Role::Admin),
+            Platform::ServicesPublish | Platform::NodeRead => false,
+        }
+    }
+}
+
+/// Platform permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// See a tenant and its instances.
+    TenantRead,
+    /// Create and change instances.
+    InstancesManage,
+    /// Add and remove members, grant and revoke permissions.
+    MembersManage,
+    /// Read usage.
+    BillingRead,
+    /// Read the audit log.
+    AuditRead,
+    /// Publish and activate service versions (operators).
+    ServicesPublish,
+    /// Inspect the node (operators).
+    NodeRead,
+}
+
+impl Platform {
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::TenantRead => "wharf.tenants.read",
+            Platform::InstancesManage => "wharf.instances.manage",
+            Platform::MembersManage => "wharf.members.manage",
+            Platform::BillingRead => "wharf.billing.read",
+            Platform::AuditRead => "wharf.audit.read",
+            Platform::ServicesPublish => "wharf.services.publish",
+            Platform::NodeRead => "wharf.node.read",
+        }
+    }
+}
+
+/// Why an access check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// Not a member: indistinguishable from a tenant that does not exist.
+    #[error("no tenant {0:?}")]
+    NoSuchTenant(String),
+    #[error("you lack {0} in tenant {1:?}; ask an owner or admin")]
+    Forbidden(&'static str, String),
+    #[error("only platform operators hold {0}")]
+    OperatorsOnly(&'static str),
+    #[error("{0:?} is not a role; use owner, admin or member")]
+    InvalidRole(String),
+    #[error("{0:?} is not a member of tenant {1:?}")]
+    NotAMember(String, String),
+    #[error("a tenant must keep at least one owner")]
+    LastOwner,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A membership as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub tenant: String,
+    pub user_id: String,
+    pub email: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+/// A grant as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grant {
+    pub tenant: String,
+    pub email: String,
+    /// `service.permission`
+    pub permission: String,
+    pub created_at: i64,
+}
+
+/// The access room of one node.
+pub struct Access {
+    db: Db,
+}
+
+impl Access {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// A user's role in a tenant.
+    pub async fn role(&self, tenant: &str, user_id: &str) -> Result<Option<Role>, AccessError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(user_id)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to read membership")?;
+        Ok(row.and_then(|(r,)| Role::parse(&r)))
+    }
+
+    /// Require `permission` in `tenant`: operators pass; non-members get "no such
+    /// tenant"; members without it get "forbidden".
+    pub async fn require(&self, caller: &Caller, tenant: &str, permission: Platform) -> Result<(), AccessError> {
+        if caller.operator {
+            return Ok(());
+        }
+        match self.role(tenant, &caller.user_id).await? {
+            None => Err(AccessError::NoSuchTenant(tenant.to_string())),
+            Some(role) if role.holds(permission) => Ok(()),
+            Some(_) => Err(AccessError::Forbidden(permission.name(), tenant.to_string())),
+        }
+    }
+
+    /// Require a platform-wide permission (operators only).
+    pub fn require_operator(&self, caller: &Caller, permission: Platform) -> Result<(), AccessError> {
+        if caller.operator {
+            Ok(())
+        } else {
+            Err(AccessError::OperatorsOnly(permission.name()))
+        }
+    }
+
+    /// The tenants a caller may see (`None`: all, for operators).
+    pub async fn visible_tenants(&self, caller: &Caller) -> Result<Option<Vec<String>>, AccessError> {
+        if caller.operator {
+            return Ok(None);
+        }
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT tenant_id FROM tenant_members WHERE user_id = $1 ORDER BY tenant_id")
+                .bind(&caller.user_id)
+                .fetch_all(&self.db)
+                .await
+                .context("failed to list memberships")?;
+        Ok(Some(rows.into_iter().map(|(t,)| t).collect()))
+    }
+
+    /// Add or change a member.
+    pub async fn set_member(&self, tenant: &str, user_id: &str, role: Role) -> Result<(), AccessError> {
+        if role != Role::Owner && self.role(tenant, user_id).await? == Some(Role::Owner) {
+            self.ensure_another_owner(tenant, user_id).await?;
+        }
+        sqlx::query(
+            "INSERT INTO tenant_members (tenant_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(store::now())
+        .execute(&self.db)
+        .await
+        .context("failed to set member")?;
+        Ok(())
+    }
+
+    /// Remove a member and their grants in the tenant.
+    pub async fn remove_member(&self, tenant: &str, user_id: &str, email: &str) -> Result<(), AccessError> {
+        match self.role(tenant, user_id).await? {
+            None => return Err(AccessError::NotAMember(email.to_string(), tenant.to_string())),
+            Some(Role::Owner) => self.ensure_another_owner(tenant, user_id).await?,
+            Some(_) => {}
+        }
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        sqlx::query("DELETE FROM grants WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .context("failed to remove grants")?;
+        sqlx::query("DELETE FROM tenant_members WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .context("failed to remove member")?;
+        tx.commit().await.context("failed to commit")?;
+        Ok(())
+    }
+
+    async fn ensure_another_owner(&self, tenant: &str, user_id: &str) -> Result<(), AccessError> {
+        let (others,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM tenant_members WHERE tenant_id = $1 AND role = 'owner' AND user_id <> $2",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_one(&self.db)
+        .await
+        .context("failed to count owners")?;
+        if others == 0 {
+            return Err(AccessError::LastOwner);
+        }
+        Ok(())
+    }
+
+    /// Members of a tenant.
+    pub async fn members(&self, tenant: &str) -> Result<Vec<Member>, AccessError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT m.user_id, u.email, m.role, m.created_at FROM tenant_members m JOIN users u ON u.id = m.user_id \
+             WHERE m.tenant_id = $1 ORDER BY u.email",
+        )
+        .bind(tenant)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list members")?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(user_id, email, role, created_at)| {
+                Some(Member { tenant: tenant.to_string(), user_id, email, role: Role::parse(&role)?, created_at })
+            })
+            .collect())
+    }
+
+    /// Grant a service permission to a member (idempotent).
+    pub async fn grant(&self, tenant: &str, user_id: &str, email: &str, permission: &str) -> Result<(), AccessError> {
+        if self.role(tenant, user_id).await?.is_none() {
+            return Err(AccessError::NotAMember(email.to_string(), tenant.to_string()));
+        }
+        sqlx::query(
+            "INSERT INTO grants (tenant_id, user_id, permission, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, user_id, permission) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .bind(permission)
+        .bind(store::now())
+        .execute(&self.db)
+        .await
+        .context("failed to grant")?;
+        Ok(())
+    }
+
+    /// Revoke a grant; returns whether it existed.
+    pub async fn revoke(&self, tenant: &str, user_id: &str, permission: &str) -> Result<bool, AccessError> {
+        let done = sqlx::query("DELETE FROM grants WHERE tenant_id = $1 AND user_id = $2 AND permission = $3")
+            .bind(tenant)
+            .bind(user_id)
+            .bind(permission)
+            .execute(&self.db)
+            .await
+            .context("failed to revoke")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Grants in a tenant.
+    pub async fn grants(&self, tenant: &str) -> Result<Vec<Grant>, AccessError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT u.email, g.permission, g.created_at FROM grants g JOIN users u ON u.id = g.user_id \
+             WHERE g.tenant_id = $1 ORDER BY u.email, g.permission",
+        )
+        .bind(tenant)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list grants")?;
+        Ok(rows
+            .into_iter()
+            .map(|(email, permission, created_at)| Grant { tenant: tenant.to_string(), email, permission, created_at })
+            .collect())
+    }
+
+    /// Whether `user_id` is a member of `tenant` holding `permission` (`service.name`).
+    pub async fn holds(&self, tenant: &str, user_id: &str, permission: &str) -> Result<bool, AccessError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM grants g JOIN tenant_members m ON m.tenant_id = g.tenant_id AND m.user_id = g.user_id \
+             WHERE g.tenant_id = $1 AND g.user_id = $2 AND g.permission = $3",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .bind(permission)
+        .fetch_optional(&self.db)
+        .await
+        .context("failed to check grant")?;
+        Ok(row.is_some())
+    }
+}

@@ -1,0 +1,347 @@
+//! Admin API handlers for identity and access: registration, login, keys,
+//! members, grants, service permissions and the audit log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::Json;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{bearer, Authed};
+use super::{body, ApiError};
+use crate::access::{AccessError, Platform, Role};
+use crate::identity::IdentityError;
+use crate::node::Node;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn to_json(value: impl serde::Serialize) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(value).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailPassword {
+    email: String,
+    password: String,
+}
+
+pub async fn register(
+    State(node): State<Arc<Node>>,
+    payload: Result<Json<EmailPassword>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let EmailPassword { email, password } = body(payload)?;
+    let user = node.identity.register(&email, &password).await?;
+    node.audit.record(&user.email, "user.register", &user.id, None, "ok").await;
+    Ok((StatusCode::CREATED, to_json(user)?))
+}
+
+pub async fn login(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    payload: Result<Json<EmailPassword>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let EmailPassword { email, password } = body(payload)?;
+    match node.identity.login(&email, &password, peer.ip()).await {
+        Ok(session) => {
+            node.audit.record(&session.user.email, "login", &session.user.id, None, "ok").await;
+            to_json(session)
+        }
+        Err(e) => {
+            let outcome = match &e {
+                IdentityError::RateLimited(_) => "rate limited",
+                IdentityError::BadCredentials => "wrong email or password",
+                _ => "error",
+            };
+            node.audit.record(email.trim(), "login", &peer.ip().to_string(), None, outcome).await;
+            Err(e.into())
+        }
+    }
+}
+
+pub async fn logout(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    if caller.credential != "session" {
+        return Err(ApiError::bad_request("logout ends sessions; revoke an API key with DELETE /v1/keys/{id}"));
+    }
+    if let Some(token) = bearer(&headers) {
+        node.identity.logout(token).await?;
+    }
+    node.audit.record(&caller.email, "logout", &caller.user_id, None, "ok").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn me(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    let mut tenants = Vec::new();
+    let visible = match node.access.visible_tenants(&caller).await? {
+        Some(v) => v,
+        None => node.configurator.tenants().await?.into_iter().map(|t| t.id).collect(),
+    };
+    for tenant in visible {
+        let role = node.access.role(&tenant, &caller.user_id).await?;
+        tenants.push(json!({ "tenant": tenant, "role": role }));
+    }
+    Ok(Json(json!({
+        "user_id": caller.user_id,
+        "email": caller.email,
+        "operator": caller.operator,
+        "credential": caller.credential,
+        "tenants": tenants,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyRequest {
+    name: String,
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+pub async fn create_key(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    payload: Result<Json<NewKeyRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let request = body(payload)?;
+    let expires = match request.expires_in_days {
+        Some(0) => return Err(ApiError::bad_request("expires_in_days must be at least 1 (or omitted for no expiry)")),
+        Some(days) => Some(Duration::from_secs(u64::from(days) * 86_400)),
+        None => None,
+    };
+    let key = node.identity.create_key(&caller.user_id, &request.name, expires).await?;
+    node.audit.record(&caller.email, "key.create", &key.info.prefix, None, "ok").await;
+    Ok((StatusCode::CREATED, to_json(key)?))
+}
+
+pub async fn list_keys(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "keys": node.identity.keys(&caller.user_id).await? })))
+}
+
+pub async fn revoke_key(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let key = node.identity.revoke_key(&caller.user_id, &id).await?;
+    node.audit.record(&caller.email, "key.revoke", &key.prefix, None, "ok").await;
+    to_json(key)
+}
+
+pub async fn list_members(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require(&caller, &tenant, Platform::TenantRead).await?;
+    Ok(Json(json!({ "members": node.access.members(&tenant).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    email: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Only owners (and operators) may make or unmake owners.
+async fn require_owner_for(node: &Node, caller: &crate::identity::Caller, tenant: &str) -> ApiResult<()> {
+    if caller.operator || node.access.role(tenant, &caller.user_id).await? == Some(Role::Owner) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, format!("only owners of {tenant:?} may add or remove owners")))
+    }
+}
+
+pub async fn add_member(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+    payload: Result<Json<NewMember>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    let request = body(payload)?;
+    let role_name = request.role.unwrap_or_else(|| "member".into());
+    let role = Role::parse(&role_name).ok_or(AccessError::InvalidRole(role_name))?;
+    let user = node.identity.user_by_email(&request.email).await?;
+    let current = node.access.role(&tenant, &user.id).await?;
+    if role == Role::Owner || current == Some(Role::Owner) {
+        require_owner_for(&node, &caller, &tenant).await?;
+    }
+    node.access.set_member(&tenant, &user.id, role).await?;
+    node.audit
+        .record(&caller.email, "member.add", &format!("{} as {}", user.email, role.as_str()), Some(&tenant), "ok")
+        .await;
+    Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant, "email": user.email, "user_id": user.id, "role": role }))))
+}
+
+pub async fn remove_member(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((tenant, email)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    let user = node.identity.user_by_email(&email).await?;
+    if node.access.role(&tenant, &user.id).await? == Some(Role::Owner) {
+        require_owner_for(&node, &caller, &tenant).await?;
+    }
+    node.access.remove_member(&tenant, &user.id, &user.email).await?;
+    node.audit.record(&caller.email, "member.remove", &user.email, Some(&tenant), "ok").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Split `service.permission` and check that the service's active version declares it.
+fn declared(node: &Node, permission: &str) -> ApiResult<(String, String)> {
+    let (service, name) = permission.split_once('.').ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{permission:?} is not a service permission; write it as service.permission, e.g. forum.addUsers"
+        ))
+    })?;
+    let slot =
+        node.registry.slot(service).ok_or_else(|| ApiError::bad_request(format!("no service named {service:?}")))?;
+    let active =
+        slot.active().ok_or_else(|| ApiError::bad_request(format!("service {service:?} has no active version")))?;
+    if !active.declares(name) {
+        let known: Vec<String> = active.manifest.permissions.iter().map(|p| format!("{service}.{}", p.name)).collect();
+        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        return Err(ApiError::bad_request(format!(
+            "{service} {} does not declare the permission {name:?}; it declares: {known}",
+            active.version
+        )));
+    }
+    Ok((service.to_string(), name.to_string()))
+}
+
+pub async fn list_grants(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require(&caller, &tenant, Platform::TenantRead).await?;
+    let grants: Vec<Value> = node
+        .access
+        .grants(&tenant)
+        .await?
+        .into_iter()
+        .map(|grant| {
+            // A grant applies only while the service's active version declares it.
+            let status = match grant.permission.split_once('.') {
+                Some((service, name)) => match node.registry.slot(service).and_then(|s| s.active()) {
+                    Some(active) if active.declares(name) => "active".to_string(),
+                    Some(active) => format!("inactive: {service} {} does not declare {name}", active.version),
+                    None => format!("inactive: service {service} has no active version"),
+                },
+                None => "inactive: not a service permission".to_string(),
+            };
+            let mut value = serde_json::to_value(&grant).unwrap_or_default();
+            value["status"] = Value::String(status);
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "grants": grants })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGrant {
+    email: String,
+    permission: String,
+}
+
+pub async fn add_grant(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+    payload: Result<Json<NewGrant>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    let request = body(payload)?;
+    declared(&node, &request.permission)?;
+    let user = node.identity.user_by_email(&request.email).await?;
+    node.access.grant(&tenant, &user.id, &user.email, &request.permission).await?;
+    node.audit
+        .record(&caller.email, "grant.add", &format!("{} to {}", request.permission, user.email), Some(&tenant), "ok")
+        .await;
+    Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant, "email": user.email, "permission": request.permission }))))
+}
+
+pub async fn remove_grant(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((tenant, email, permission)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    let user = node.identity.user_by_email(&email).await?;
+    if !node.access.revoke(&tenant, &user.id, &permission).await? {
+        return Err(ApiError::not_found(format!("{} holds no grant {permission:?} in {tenant:?}", user.email)));
+    }
+    node.audit
+        .record(&caller.email, "grant.remove", &format!("{permission} from {}", user.email), Some(&tenant), "ok")
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct VersionFilter {
+    version: Option<String>,
+}
+
+pub async fn service_permissions(
+    State(node): State<Arc<Node>>,
+    Authed(_caller): Authed,
+    Path(name): Path<String>,
+    Query(filter): Query<VersionFilter>,
+) -> ApiResult<Json<Value>> {
+    let slot = node
+        .registry
+        .slot(&name)
+        .ok_or_else(|| ApiError::from(crate::registry::RegistryError::UnknownService(name.clone())))?;
+    let version = match &filter.version {
+        Some(v) => {
+            slot.version(v).ok_or_else(|| ApiError::not_found(format!("service {name:?} has no version {v:?}")))?
+        }
+        None => slot.active().ok_or_else(|| ApiError::not_found(format!("service {name:?} has no active version")))?,
+    };
+    let permissions: Vec<Value> = version
+        .manifest
+        .permissions
+        .iter()
+        .map(|p| json!({ "permission": format!("{name}.{}", p.name), "name": p.name, "description": p.description, "routes": p.routes }))
+        .collect();
+    Ok(Json(json!({ "service": name, "version": version.version, "permissions": permissions })))
+}
+
+#[derive(Deserialize)]
+pub struct AuditFilter {
+    limit: Option<i64>,
+}
+
+pub async fn audit(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Query(filter): Query<AuditFilter>,
+) -> ApiResult<Json<Value>> {
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = match node.access.visible_tenants(&caller).await? {
+        None => node.audit.list(None, limit).await?,
+        Some(tenants) => {
+            let mut readable = Vec::new();
+            for tenant in tenants {
+                if node.access.require(&caller, &tenant, Platform::AuditRead).await.is_ok() {
+                    readable.push(tenant);
+                }
+            }
+            node.audit.list(Some((&readable, &caller.email)), limit).await?
+        }
+    };
+    Ok(Json(json!({ "entries": entries })))
+}

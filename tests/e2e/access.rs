@@ -1,0 +1,494 @@
+//! Identity and access end to end: every admin endpoint authenticated and scoped
+//! to the caller's tenants, service permissions enforced at the ingress, secrets
+//! never stored in clear, failed logins rate limited, and an audit trail.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::{raw_request, raw_status, TestNode};
+
+const FORUM_V1: &str = "[service]\nname = \"forum\"\nversion = \"1.0.0\"\n\
+    [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n\
+    [[permissions]]\nname = \"removeUsers\"\ndescription = \"Remove users\"\nroutes = [\"DELETE /users/:name\"]\n";
+const FORUM_V2_WITHOUT_REMOVE: &str = "[service]\nname = \"forum\"\nversion = \"2.0.0\"\n\
+    [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n";
+const TASKS_V1: &str = "[service]\nname = \"tasks\"\nversion = \"1.0.0\"\n\
+    [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n\
+    [[permissions]]\nname = \"runTasks\"\ndescription = \"Run tasks\"\nroutes = [\"POST /tasks/:id/run\"]\n";
+
+async fn publish_seed_services(node: &TestNode) {
+    for (manifest, guest) in [(FORUM_V1, "forum"), (TASKS_V1, "tasks")] {
+        let (status, body) = node.publish_bytes(manifest, crate::harness::guest(guest)).await;
+        assert!(status.is_success(), "{body}");
+    }
+}
+
+/// Tenant `name` owned by a fresh user; returns (owner token, instance id).
+async fn tenant_owned_by(node: &TestNode, name: &str, service: &str, host: &str) -> (String, String) {
+    let owner = node.user(&format!("owner@{name}.test")).await;
+    let (status, body) = node.call(&owner, Method::POST, "/v1/tenants", Some(json!({ "id": name }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = node
+        .call(
+            &owner,
+            Method::POST,
+            "/v1/instances",
+            Some(json!({ "tenant": name, "service": service, "hosts": [host] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (owner, body["id"].as_str().unwrap().to_string())
+}
+
+/// Every tenant-scoped admin endpoint, with `{t}` (tenant) and `{i}` (instance).
+fn tenant_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
+    vec![
+        (Method::GET, "/v1/tenants/{t}", None),
+        (Method::GET, "/v1/tenants/{t}/members", None),
+        (Method::POST, "/v1/tenants/{t}/members", Some(json!({ "email": "owner@a.test", "role": "admin" }))),
+        (Method::DELETE, "/v1/tenants/{t}/members/owner@b.test", None),
+        (Method::GET, "/v1/tenants/{t}/grants", None),
+        (
+            Method::POST,
+            "/v1/tenants/{t}/grants",
+            Some(json!({ "email": "owner@a.test", "permission": "forum.addUsers" })),
+        ),
+        (Method::DELETE, "/v1/tenants/{t}/grants/owner@b.test/forum.addUsers", None),
+        (Method::GET, "/v1/instances?tenant={t}", None),
+        (Method::GET, "/v1/usage?tenant={t}", None),
+        (Method::POST, "/v1/instances", Some(json!({ "tenant": "{t}", "service": "forum", "hosts": ["stolen.test"] }))),
+        (Method::GET, "/v1/instances/{i}", None),
+        (Method::PATCH, "/v1/instances/{i}", Some(json!({ "hosts": ["stolen.test"] }))),
+        (Method::GET, "/v1/instances/{i}/usage", None),
+    ]
+}
+
+fn fill(template: &str, tenant: &str, instance: &str) -> String {
+    template.replace("{t}", tenant).replace("{i}", instance)
+}
+
+fn fill_body(body: &Option<Value>, tenant: &str, instance: &str) -> Option<Value> {
+    body.as_ref().map(|b| serde_json::from_str(&fill(&b.to_string(), tenant, instance)).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_credentials_never_reach_or_reveal_another_tenants_resources() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    let (alice, a_instance) = tenant_owned_by(&node, "a", "forum", "a.test").await;
+    let (_bob, b_instance) = tenant_owned_by(&node, "b", "forum", "b.test").await;
+
+    for (method, path, body) in tenant_endpoints() {
+        // Alice on tenant b's real resources, and on resources that do not exist:
+        // never 2xx, and the two answers are indistinguishable.
+        let (real_status, real_body) =
+            node.call(&alice, method.clone(), &fill(path, "b", &b_instance), fill_body(&body, "b", &b_instance)).await;
+        let (fake_status, fake_body) = node
+            .call(
+                &alice,
+                method.clone(),
+                &fill(path, "nope", "inst-000000000000"),
+                fill_body(&body, "nope", "inst-000000000000"),
+            )
+            .await;
+        assert!(!real_status.is_success(), "{method} {path}: alice reached tenant b: {real_status} {real_body}");
+        assert_eq!(real_status, StatusCode::NOT_FOUND, "{method} {path}: {real_body}");
+        assert_eq!(real_status, fake_status, "{method} {path}: existence leaks: {real_body} vs {fake_body}");
+        let scrub = |v: &Value| {
+            v.to_string()
+                .replace(&b_instance, "X")
+                .replace("inst-000000000000", "X")
+                .replace("\\\"b\\\"", "T")
+                .replace("\\\"nope\\\"", "T")
+        };
+        assert_eq!(scrub(&real_body), scrub(&fake_body), "{method} {path}: messages differ");
+
+        // Anonymous: 401 with a challenge, everywhere.
+        let resp = node.anonymous(method.clone(), &fill(path, "b", &b_instance)).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert!(resp.headers().contains_key("www-authenticate"), "{method} {path}");
+    }
+
+    // Lists show only alice's own tenant.
+    let (_, tenants) = node.call(&alice, Method::GET, "/v1/tenants", None).await;
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1, "{tenants}");
+    let (_, instances) = node.call(&alice, Method::GET, "/v1/instances", None).await;
+    let ids: Vec<&str> = instances["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [a_instance.as_str()]);
+    let (_, usage) = node.call(&alice, Method::GET, "/v1/usage", None).await;
+    assert_eq!(usage["usage"].as_array().unwrap().len(), 1);
+    let (_, audit) = node.call(&alice, Method::GET, "/v1/audit", None).await;
+    assert!(!audit.to_string().contains("owner@b.test"), "alice must not see tenant b's audit entries: {audit}");
+
+    // Operator-only endpoints.
+    for (method, path) in [(Method::GET, "/v1/node"), (Method::POST, "/v1/services/forum/activate")] {
+        let (status, body) = node.call(&alice, method, path, Some(json!({ "version": "1.0.0" }))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    let (status, _) = node.publish_bytes_as(&alice, FORUM_V2_WITHOUT_REMOVE, crate::harness::guest("forum")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_expired_and_logged_out_credentials_fail() {
+    let node = TestNode::start().await;
+    let session = node.user("carol@x.test").await;
+    let (status, key) = node.call(&session, Method::POST, "/v1/keys", Some(json!({ "name": "ci" }))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let key_secret = key["key"].as_str().unwrap().to_string();
+    assert_eq!(node.call(&key_secret, Method::GET, "/v1/me", None).await.0, StatusCode::OK);
+
+    let (status, _) =
+        node.call(&session, Method::DELETE, &format!("/v1/keys/{}", key["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(node.call(&key_secret, Method::GET, "/v1/me", None).await.0, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(node.call(&session, Method::POST, "/v1/logout", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(node.call(&session, Method::GET, "/v1/me", None).await.0, StatusCode::UNAUTHORIZED);
+
+    // An expired session (written straight into the store, as time passing would).
+    let expired = "whs_expired-session-token-for-the-test-0000000000";
+    let user_id: (String,) = sqlx::query_as("SELECT id FROM users WHERE email = 'carol@x.test'")
+        .fetch_one(&node.node().node.db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, 0, 1)")
+        .bind(wharf::identity::secrets::hash_token(expired))
+        .bind(&user_id.0)
+        .execute(&node.node().node.db)
+        .await
+        .unwrap();
+    assert_eq!(node.call(expired, Method::GET, "/v1/me", None).await.0, StatusCode::UNAUTHORIZED);
+    for garbage in ["", "whk_nope", "Basic abc", "whs_"] {
+        assert_eq!(node.call(garbage, Method::GET, "/v1/me", None).await.0, StatusCode::UNAUTHORIZED, "{garbage:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_routes_answer_401_403_or_run_the_guest_for_every_permission() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
+    let (status, body) = node
+        .call(
+            &owner,
+            Method::POST,
+            "/v1/instances",
+            Some(json!({ "tenant": "acme", "service": "tasks", "hosts": ["tasks.acme.test"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (other_owner, _) = tenant_owned_by(&node, "globex", "forum", "forum.globex.test").await;
+
+    // One member per permission, plus a member of another tenant holding it there.
+    let mut holders = std::collections::HashMap::new();
+    for permission in ["forum.addUsers", "forum.removeUsers", "tasks.addUsers", "tasks.runTasks"] {
+        let email = format!("{}@acme.test", permission.replace('.', "-"));
+        let token = node.user(&email).await;
+        node.expect(&owner, Method::POST, "/v1/tenants/acme/members", json!({ "email": email }), StatusCode::CREATED)
+            .await;
+        node.expect(
+            &owner,
+            Method::POST,
+            "/v1/tenants/acme/grants",
+            json!({ "email": email, "permission": permission }),
+            StatusCode::CREATED,
+        )
+        .await;
+        holders.insert(permission, token);
+    }
+    let outsider = node.user("outsider@globex.test").await;
+    node.expect(
+        &other_owner,
+        Method::POST,
+        "/v1/tenants/globex/members",
+        json!({ "email": "outsider@globex.test" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    node.expect(
+        &other_owner,
+        Method::POST,
+        "/v1/tenants/globex/grants",
+        json!({ "email": "outsider@globex.test", "permission": "forum.addUsers" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    let (_, revoked_key) =
+        node.call(&holders["forum.addUsers"], Method::POST, "/v1/keys", Some(json!({ "name": "k" }))).await;
+    node.call(
+        &holders["forum.addUsers"],
+        Method::DELETE,
+        &format!("/v1/keys/{}", revoked_key["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let revoked_key = revoked_key["key"].as_str().unwrap().to_string();
+
+    let routes = [
+        ("forum.acme.test", Method::POST, "/users", "forum.addUsers", StatusCode::CREATED),
+        ("forum.acme.test", Method::DELETE, "/users/ada", "forum.removeUsers", StatusCode::OK),
+        ("tasks.acme.test", Method::POST, "/users", "tasks.addUsers", StatusCode::CREATED),
+        ("tasks.acme.test", Method::POST, "/tasks/7/run", "tasks.runTasks", StatusCode::ACCEPTED),
+    ];
+    for (host, method, path, permission, ok) in routes {
+        macro_rules! call {
+            ($token:expr) => {
+                node.ingress_call(host, method.clone(), path, $token, r#"{"name":"zoe"}"#).await
+            };
+        }
+        let (status, headers, _) = call!(None);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{permission}: no credential");
+        assert!(headers.contains_key("www-authenticate"));
+        assert_eq!(call!(Some("whk_invalid")).0, StatusCode::UNAUTHORIZED, "{permission}: invalid credential");
+        assert_eq!(call!(Some(&owner)).0, StatusCode::FORBIDDEN, "{permission}: the owner holds no grant");
+        assert_eq!(call!(Some(&outsider)).0, StatusCode::FORBIDDEN, "{permission}: another tenant's member");
+        for (other, token) in &holders {
+            let expected = if *other == permission { ok } else { StatusCode::FORBIDDEN };
+            let (status, _, body) = call!(Some(token));
+            assert_eq!(status, expected, "{permission} with a holder of {other}: {body}");
+        }
+        if permission == "forum.addUsers" {
+            assert_eq!(call!(Some(&revoked_key)).0, StatusCode::UNAUTHORIZED, "revoked key");
+        }
+    }
+    // Unguarded routes need nothing.
+    assert_eq!(node.ingress_call("forum.acme.test", Method::GET, "/users", None, "").await.0, StatusCode::OK);
+    assert_eq!(node.ingress_call("tasks.acme.test", Method::GET, "/tasks", None, "").await.0, StatusCode::OK);
+    // Path tricks reach the same guard.
+    for path in ["/users/", "//users", "/%75sers"] {
+        assert_eq!(
+            node.ingress_call("forum.acme.test", Method::POST, path, None, "{}").await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_name_declared_permissions_and_a_dropped_permission_stops_applying() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
+    let (status, body) = node
+        .call(
+            &owner,
+            Method::POST,
+            "/v1/tenants/acme/grants",
+            Some(json!({ "email": "owner@acme.test", "permission": "forum.banUsers" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("forum.addUsers") && message.contains("forum.removeUsers"), "{message}");
+    let (status, _) = node
+        .call(
+            &owner,
+            Method::POST,
+            "/v1/tenants/acme/grants",
+            Some(json!({ "email": "owner@acme.test", "permission": "nosuch.thing" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let listed = node.get_admin("/v1/services/forum/permissions").await;
+    assert_eq!(listed["permissions"].as_array().unwrap().len(), 2, "{listed}");
+
+    node.expect(
+        &owner,
+        Method::POST,
+        "/v1/tenants/acme/grants",
+        json!({ "email": "owner@acme.test", "permission": "forum.removeUsers" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        node.ingress_call("forum.acme.test", Method::DELETE, "/users/ada", Some(&owner), "").await.0,
+        StatusCode::OK
+    );
+
+    // 2.0.0 drops removeUsers: its route is no longer guarded, and the grant is reported inactive.
+    let (status, body) = node.publish_bytes(FORUM_V2_WITHOUT_REMOVE, crate::harness::guest("forum")).await;
+    assert!(status.is_success(), "{body}");
+    node.admin(Method::POST, "/v1/services/forum/activate", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(node.ingress_call("forum.acme.test", Method::DELETE, "/users/ada", None, "").await.0, StatusCode::OK);
+    let (_, grants) = node.call(&owner, Method::GET, "/v1/tenants/acme/grants", None).await;
+    let status = grants["grants"][0]["status"].as_str().unwrap();
+    assert!(status.starts_with("inactive") && status.contains("2.0.0"), "{grants}");
+
+    // Rolling back restores the guard and the grant.
+    node.admin(Method::POST, "/v1/services/forum/activate", Some(json!({ "version": "1.0.0" }))).await;
+    assert_eq!(
+        node.ingress_call("forum.acme.test", Method::DELETE, "/users/ada", None, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        node.ingress_call("forum.acme.test", Method::DELETE, "/users/ada", Some(&owner), "").await.0,
+        StatusCode::OK
+    );
+    let (_, grants) = node.call(&owner, Method::GET, "/v1/tenants/acme/grants", None).await;
+    assert_eq!(grants["grants"][0]["status"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_keys_and_tokens_are_never_stored_or_shown_in_clear() {
+    let node = TestNode::start().await;
+    let password = "a-very-secret-passphrase-123";
+    let (status, user) =
+        node.anonymous_json(Method::POST, "/v1/users", json!({ "email": "dan@x.test", "password": password })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!user.to_string().contains(password));
+    let (status, session) =
+        node.anonymous_json(Method::POST, "/v1/login", json!({ "email": "dan@x.test", "password": password })).await;
+    assert_eq!(status, StatusCode::OK);
+    let token = session["token"].as_str().unwrap().to_string();
+    assert!(token.len() >= 4 + 43, "at least 256 random bits: {token}");
+    let (_, key) = node.call(&token, Method::POST, "/v1/keys", Some(json!({ "name": "laptop" }))).await;
+    let secret = key["key"].as_str().unwrap().to_string();
+    let (_, again) =
+        node.anonymous_json(Method::POST, "/v1/login", json!({ "email": "dan@x.test", "password": password })).await;
+    assert_ne!(again["token"], session["token"], "every login gets a new token");
+
+    let (_, keys) = node.call(&token, Method::GET, "/v1/keys", None).await;
+    assert!(!keys.to_string().contains(&secret), "listing keys must not show them");
+    assert!(secret.starts_with(keys["keys"][0]["prefix"].as_str().unwrap()), "keys are listed by their visible prefix");
+    let (_, audit) = node.admin(Method::GET, "/v1/audit", None).await;
+    for s in [password, &token, &secret] {
+        assert!(!audit.to_string().contains(s), "the audit log holds a secret");
+    }
+
+    let db = &node.node().node.db;
+    let (hash,): (String,) =
+        sqlx::query_as("SELECT password_hash FROM users WHERE email = 'dan@x.test'").fetch_one(db).await.unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    // Nothing in the database files holds a secret in clear.
+    node.node().node.usage.flush().await.unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(FULL)").execute(db).await.unwrap();
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(node.data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("wharf.db") {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let haystack = String::from_utf8_lossy(&bytes);
+    for (what, s) in [("password", password), ("session token", token.as_str()), ("API key", secret.as_str())] {
+        assert!(!haystack.contains(s), "the database holds the {what} in clear");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_are_rate_limited_with_retry_after() {
+    let node = TestNode::start().await;
+    node.user("erin@x.test").await;
+    for _ in 0..5 {
+        let (status, _) = node
+            .anonymous_json(Method::POST, "/v1/login", json!({ "email": "erin@x.test", "password": "wrong password!" }))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let resp = node
+        .http
+        .post(format!("{}/v1/login", node.admin_url()))
+        .json(&json!({ "email": "erin@x.test", "password": crate::harness::PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 0 && retry <= 900, "{retry}");
+    // Unknown accounts fail the same way, without revealing they do not exist.
+    let (status, body) = node
+        .anonymous_json(Method::POST, "/v1/login", json!({ "email": "nobody@x.test", "password": "whatever123" }))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "wrong email or password");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_logins_keys_members_and_grants() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
+    node.anonymous_json(Method::POST, "/v1/login", json!({ "email": "owner@acme.test", "password": "wrong-password" }))
+        .await;
+    node.user("fay@acme.test").await;
+    node.expect(
+        &owner,
+        Method::POST,
+        "/v1/tenants/acme/members",
+        json!({ "email": "fay@acme.test" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    node.expect(
+        &owner,
+        Method::POST,
+        "/v1/tenants/acme/grants",
+        json!({ "email": "fay@acme.test", "permission": "forum.addUsers" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    let (_, key) = node.call(&owner, Method::POST, "/v1/keys", Some(json!({ "name": "k" }))).await;
+    node.call(&owner, Method::DELETE, &format!("/v1/keys/{}", key["id"].as_str().unwrap()), None).await;
+    node.call(&owner, Method::DELETE, "/v1/tenants/acme/grants/fay@acme.test/forum.addUsers", None).await;
+    node.call(&owner, Method::DELETE, "/v1/tenants/acme/members/fay@acme.test", None).await;
+
+    let (_, audit) = node.call(&owner, Method::GET, "/v1/audit", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let has = |action: &str, outcome: &str| {
+        entries.iter().any(|e| {
+            e["action"] == action
+                && e["outcome"].as_str().unwrap().starts_with(outcome)
+                && e["at"].as_i64().unwrap() > 0
+        })
+    };
+    for (action, outcome) in [
+        ("login", "ok"),
+        ("login", "wrong email or password"),
+        ("key.create", "ok"),
+        ("key.revoke", "ok"),
+        ("member.add", "ok"),
+        ("member.remove", "ok"),
+        ("grant.add", "ok"),
+        ("grant.remove", "ok"),
+    ] {
+        assert!(has(action, outcome), "audit lacks {action} ({outcome}): {audit}");
+    }
+    assert!(entries.iter().all(|e| e["actor"].is_string() && e["target"].is_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_confusion_never_reaches_another_tenants_instance() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    tenant_owned_by(&node, "acme", "forum", "shop.example.com").await;
+    let (_, globex_instance) = tenant_owned_by(&node, "globex", "tasks", "xn--bcher-kva.example").await;
+    let addr = node.ingress();
+    let request =
+        |host_lines: &str, target: &str| format!("GET {target} HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n");
+    // Each of these must be either acme's forum (it answers GET / with "forum:") or refused.
+    let cases = [
+        request("Host: SHOP.EXAMPLE.COM\r\n", "/"),
+        request("Host: shop.example.com.\r\n", "/"),
+        request("Host: shop.example.com:8080\r\n", "/"),
+        request("Host: shop.example.com\r\nHost: xn--bcher-kva.example\r\n", "/"),
+        request("Host: shop.example.com\r\n", "http://xn--bcher-kva.example/"),
+        request("Host: shop.example.com\r\n", "http://xn--bcher-kva.example:80/tasks"),
+        request("Host: shop.example.com, xn--bcher-kva.example\r\n", "/"),
+        request("Host: shop.example.com@xn--bcher-kva.example\r\n", "/"),
+    ];
+    for raw in &cases {
+        let answer = raw_request(addr, raw).await;
+        let status = raw_status(&answer);
+        assert!(status == 200 && answer.contains("forum:") || status == 400, "{raw:?} -> {answer}");
+    }
+    // The IDN in Unicode is not a hostname; its punycode form (any case) is globex's.
+    let unicode = raw_request(addr, &request("Host: bücher.example\r\n", "/tasks")).await;
+    assert_eq!(raw_status(&unicode), 400, "{unicode}");
+    let puny = raw_request(addr, &request("Host: XN--BCHER-KVA.example\r\n", "/tasks")).await;
+    assert_eq!(raw_status(&puny), 200, "{puny}");
+    assert!(puny.contains("write docs"));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(node.usage(&globex_instance).await["requests"], 1, "only the punycode request reached globex");
+}
