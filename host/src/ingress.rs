@@ -14,9 +14,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::access::Access;
 use crate::identity::Identity;
+use crate::registry::LoadedVersion;
 use crate::router::{self, Router};
 use crate::runtime::Handled;
-use crate::runtime::{plain_body, GuestFailure, RequestIdentity, Runtime};
+use crate::runtime::{plain_body, GuestCaller, GuestFailure, RequestIdentity, Runtime};
 
 /// What the ingress needs from the node.
 pub struct Ingress {
@@ -100,11 +101,30 @@ impl Ingress {
         let Some(version) = route.version() else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id);
         };
-        if !version.guards.is_empty() {
-            let needed = version.guards.required(req.method().as_str(), req.uri().path());
-            if !needed.is_empty() {
-                if let Err(denied) = self.authorize(&route.tenant, &version.service, &needed, req.headers()).await {
-                    return denied.response(request_id);
+        // Resolve a Wharf credential once: guards check it, and the guest learns
+        // who is calling through wharf:platform/identity.
+        let needed = version.guards.required(req.method().as_str(), req.uri().path());
+        let caller = match self.caller(&route.tenant, &version, req.headers()).await {
+            Ok(caller) => caller,
+            Err(denied) => return denied.response(request_id),
+        };
+        if !needed.is_empty() {
+            match &caller {
+                Resolved::Anonymous => {
+                    return Denied::Unauthenticated("this route needs a credential: send Authorization: Bearer <token>")
+                        .response(request_id)
+                }
+                Resolved::Invalid => {
+                    return Denied::Unauthenticated("the credential is invalid, expired or revoked")
+                        .response(request_id)
+                }
+                Resolved::Outsider => {
+                    return Denied::Forbidden(format!("{}.{}", version.service, needed[0])).response(request_id)
+                }
+                Resolved::Member(member) => {
+                    if let Some(missing) = needed.iter().find(|n| !member.permissions.iter().any(|p| p == *n)) {
+                        return Denied::Forbidden(format!("{}.{missing}", version.service)).response(request_id);
+                    }
                 }
             }
         }
@@ -113,13 +133,17 @@ impl Ingress {
         if wharf_credential(req.headers()) {
             req.headers_mut().remove(http::header::AUTHORIZATION);
         }
+        let guest_caller = match caller {
+            Resolved::Member(member) => Some(member),
+            _ => None,
+        };
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
         let service = version.service.clone();
         let service_version = version.version.clone();
         let handled = self
             .runtime
-            .handle(&version.pre, who, req, move |who, outcome| {
+            .handle(&version.pre, who, guest_caller, req, move |who, outcome| {
                 // A request refused for lack of capacity never ran: the node's
                 // shortage, not the tenant's usage.
                 if outcome.failure != Some(GuestFailure::AtCapacity) {
@@ -173,38 +197,52 @@ impl Denied {
     }
 }
 
+/// What a request's credential resolved to.
+enum Resolved {
+    /// No Wharf credential.
+    Anonymous,
+    /// A Wharf credential that is unknown, expired or revoked.
+    Invalid,
+    /// A valid credential of someone outside the instance's tenant.
+    Outsider,
+    /// A member of the instance's tenant, with their grants for this version.
+    Member(GuestCaller),
+}
+
 impl Ingress {
-    /// A guarded route needs a credential of a member of the instance's tenant
-    /// holding every permission (`service.name`) that guards it.
-    async fn authorize(
+    /// Resolve the request's Wharf credential against the instance's tenant. The
+    /// caller's grants are kept only where the running version declares them, so a
+    /// permission a version dropped grants nothing while that version runs.
+    async fn caller(
         &self,
         tenant: &str,
-        service: &str,
-        needed: &[&str],
+        version: &LoadedVersion,
         headers: &http::HeaderMap,
-    ) -> Result<(), Denied> {
-        let token = crate::admin::bearer(headers)
-            .ok_or(Denied::Unauthenticated("this route needs a credential: send Authorization: Bearer <token>"))?;
-        let caller = match self.identity.authenticate(token).await {
-            Ok(Some(caller)) => caller,
-            Ok(None) => return Err(Denied::Unauthenticated("the credential is invalid, expired or revoked")),
+    ) -> Result<Resolved, Denied> {
+        if !wharf_credential(headers) {
+            return Ok(Resolved::Anonymous);
+        }
+        let Some(token) = crate::admin::bearer(headers) else { return Ok(Resolved::Anonymous) };
+        let user = match self.identity.authenticate(token).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return Ok(Resolved::Invalid),
             Err(e) => {
                 tracing::error!("authentication failed: {e}");
                 return Err(Denied::Internal);
             }
         };
-        for name in needed {
-            let permission = format!("{service}.{name}");
-            match self.access.holds(tenant, &caller.user_id, &permission).await {
-                Ok(true) => {}
-                Ok(false) => return Err(Denied::Forbidden(permission)),
-                Err(e) => {
-                    tracing::error!("permission check failed: {e}");
-                    return Err(Denied::Internal);
-                }
+        match self.access.service_grants(tenant, &user.user_id, &version.service).await {
+            Ok(Some(granted)) => Ok(Resolved::Member(GuestCaller {
+                user_id: user.user_id,
+                email: user.email,
+                permissions: granted.into_iter().filter(|p| version.declares(p)).collect(),
+            })),
+            Ok(None) => Ok(Resolved::Outsider),
+            Err(e) => {
+                tracing::error!("permission check failed: {e}");
+                Err(Denied::Internal)
             }
         }
-        Ok(())
     }
 }
 

@@ -72,7 +72,26 @@
 //!
 //! Handlers return [`Result`]: an [`Error`] becomes a JSON error response with its
 //! status (`{"error": "..."}`), so `?` works on anything that converts into one.
+//!
+//! ## Who is calling
+//!
+//! Routes your manifest guards with `[[permissions]]` are checked by Wharf before
+//! your code runs. For finer checks, [`identity::caller`] tells who is calling and
+//! [`identity::allowed`] whether they hold one of your permissions:
+//!
+//! ```no_run
+//! use wharf_sdk::{identity, Error, Request, Response};
+//!
+//! fn delete_post(req: &Request, author: &str) -> wharf_sdk::Result {
+//!     let me = identity::caller().ok_or_else(|| Error::new(401, "log in first"))?;
+//!     if me.email != author && !identity::allowed("moderate") {
+//!         return Err(Error::new(403, "only the author or a moderator may delete this"));
+//!     }
+//!     Ok(Response::new(204))
+//! }
+//! ```
 
+pub mod identity;
 mod router;
 
 use std::fmt;

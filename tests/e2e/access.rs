@@ -492,3 +492,53 @@ async fn host_confusion_never_reaches_another_tenants_instance() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(node.usage(&globex_instance).await["requests"], 1, "only the punycode request reached globex");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_learns_who_is_calling_but_never_sees_the_credential() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
+    let (_, _) = tenant_owned_by(&node, "globex", "forum", "forum.globex.test").await;
+    let ann = node.user("ann@acme.test").await;
+    node.expect(
+        &owner,
+        Method::POST,
+        "/v1/tenants/acme/members",
+        json!({ "email": "ann@acme.test" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    node.expect(
+        &owner,
+        Method::POST,
+        "/v1/tenants/acme/grants",
+        json!({ "email": "ann@acme.test", "permission": "forum.addUsers" }),
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let me = |token: Option<String>| {
+        let node = &node;
+        async move {
+            let (status, _, body) =
+                node.ingress_call("forum.acme.test", Method::GET, "/me", token.as_deref(), "").await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let anonymous = me(None).await;
+    assert_eq!(anonymous["user"], Value::Null);
+    assert_eq!(anonymous["may_add_users"], false);
+
+    let seen = me(Some(ann.clone())).await;
+    assert_eq!(seen["user"]["email"], "ann@acme.test", "{seen}");
+    assert_eq!((seen["may_add_users"].as_bool(), seen["may_remove_users"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(seen["saw_authorization_header"], false, "the guest must never see a Wharf credential");
+
+    // A valid credential of someone outside the tenant identifies nobody here.
+    let outsider = me(Some(node.user("mallory@globex.test").await)).await;
+    assert_eq!(outsider["user"], Value::Null);
+    // A credential that is not Wharf's passes through to the guest untouched.
+    let (_, _, body) = node.ingress_call("forum.acme.test", Method::GET, "/me", Some("some-app-token"), "").await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["saw_authorization_header"], true);
+}

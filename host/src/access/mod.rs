@@ -306,6 +306,28 @@ impl Access {
             .collect())
     }
 
+    /// The permissions of `service` (names within it) that `user_id` holds in
+    /// `tenant`; `None` if the user is not a member of the tenant.
+    pub async fn service_grants(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        service: &str,
+    ) -> Result<Option<Vec<String>>, AccessError> {
+        if self.role(tenant, user_id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT permission FROM grants WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(user_id)
+                .fetch_all(&self.db)
+                .await
+                .context("failed to read grants")?;
+        let prefix = format!("{service}.");
+        Ok(Some(rows.into_iter().filter_map(|(p,)| p.strip_prefix(&prefix).map(str::to_string)).collect()))
+    }
+
     /// Whether `user_id` is a member of `tenant` holding `permission` (`service.name`).
     pub async fn holds(&self, tenant: &str, user_id: &str, permission: &str) -> Result<bool, AccessError> {
         let row: Option<(i64,)> = sqlx::query_as(

@@ -34,10 +34,17 @@ pub struct GuestState {
     pub(crate) limiter: MemoryLimiter,
     /// Past this instant the epoch callback interrupts the guest.
     pub(crate) deadline: Instant,
+    /// The authenticated caller, for `wharf:platform/identity`.
+    pub(crate) caller: Option<super::GuestCaller>,
 }
 
 impl GuestState {
-    pub(crate) fn new(who: &RequestIdentity, max_memory: usize, deadline: Instant) -> Self {
+    pub(crate) fn new(
+        who: &RequestIdentity,
+        max_memory: usize,
+        deadline: Instant,
+        caller: Option<super::GuestCaller>,
+    ) -> Self {
         // WASI with nothing granted: no preopened directories, no environment, no
         // network. stdout and stderr go to the host's log, tagged with the request.
         let wasi = WasiCtx::builder()
@@ -54,6 +61,7 @@ impl GuestState {
             hooks: DenyOutgoing,
             limiter: MemoryLimiter { max_bytes: max_memory, hit: false },
             deadline,
+            caller,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 mod guest;
 mod invoke;
+mod platform;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::{GuestLimits, PoolConfig};
 pub use guest::{plain_body, GuestState, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
+pub use platform::GuestCaller;
 
 /// A pre-instantiated HTTP component, ready for one store per request.
 pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;
@@ -78,6 +80,9 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("failed to link wasi:http")?;
+        platform::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("failed to link wharf:platform")?;
         let ticker = Some(EpochTicker::start(engine.clone()).context("failed to start the epoch ticker thread")?);
         Ok(Self { engine, linker, limits, ticker })
     }

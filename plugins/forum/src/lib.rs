@@ -3,17 +3,32 @@
 //! checks them, so the code here does not. (Its data moves to the instance
 //! database when Wharf gives services one.)
 
-use wharf_sdk::{json, status, Error, Params, Request, Response, Router};
+use wharf_sdk::{identity, json, status, Error, Params, Request, Response, Router};
 
 fn handle(req: Request) -> Response {
     Router::new()
-        .get("/", |_: &Request, _: &Params| Ok(Response::text("forum: GET /users, POST /users, DELETE /users/NAME\n")))
+        .get("/", |_: &Request, _: &Params| {
+            Ok(Response::text("forum: GET /users, GET /me, POST /users, DELETE /users/NAME\n"))
+        })
         .get("/users", |_: &Request, _: &Params| Ok(Response::json(&json!({ "users": ["ada", "grace"] }))))
+        .get("/me", me)
         .post("/users", add_user)
         .delete("/users/:name", |_: &Request, p: &Params| {
             Ok(Response::json(&json!({ "removed": p.get("name") })).with_status(status::OK))
         })
         .handle(&req)
+}
+
+/// Who the forum thinks is calling, and what they may do here.
+fn me(req: &Request, _: &Params) -> wharf_sdk::Result {
+    let user = identity::caller().map(|u| json!({ "user_id": u.user_id, "email": u.email }));
+    Ok(Response::json(&json!({
+        "user": user,
+        "may_add_users": identity::allowed("addUsers"),
+        "may_remove_users": identity::allowed("removeUsers"),
+        // Wharf removes its credentials before the request reaches the service.
+        "saw_authorization_header": req.header("authorization").is_some(),
+    })))
 }
 
 fn add_user(req: &Request, _: &Params) -> wharf_sdk::Result {
