@@ -129,6 +129,50 @@ async fn one_tenants_credentials_never_reach_or_reveal_another_tenants_resources
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+/// Every protected admin endpoint (all but registration and login).
+fn every_protected_endpoint() -> Vec<(Method, String)> {
+    let mut all: Vec<(Method, String)> = [
+        (Method::GET, "/v1/me"),
+        (Method::POST, "/v1/logout"),
+        (Method::GET, "/v1/keys"),
+        (Method::POST, "/v1/keys"),
+        (Method::DELETE, "/v1/keys/key-000000000000"),
+        (Method::GET, "/v1/node"),
+        (Method::GET, "/v1/services"),
+        (Method::GET, "/v1/services/forum"),
+        (Method::POST, "/v1/services/forum/versions"),
+        (Method::GET, "/v1/services/forum/versions/1.0.0"),
+        (Method::POST, "/v1/services/forum/activate"),
+        (Method::GET, "/v1/services/forum/permissions"),
+        (Method::GET, "/v1/tenants"),
+        (Method::POST, "/v1/tenants"),
+        (Method::GET, "/v1/instances"),
+        (Method::GET, "/v1/usage"),
+        (Method::GET, "/v1/audit"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m, p.to_string()))
+    .collect();
+    all.extend(tenant_endpoints().into_iter().map(|(m, p, _)| (m, fill(p, "a", "inst-000000000000"))));
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_and_bad_credentials_never_get_2xx_on_a_protected_endpoint() {
+    let node = TestNode::start().await;
+    publish_seed_services(&node).await;
+    tenant_owned_by(&node, "a", "forum", "a.test").await;
+    for (method, path) in every_protected_endpoint() {
+        let resp = node.anonymous(method.clone(), &path).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"wharf\"", "{method} {path}");
+        for bad in ["whk_notakey", "whs_notasession", "garbage"] {
+            let (status, _) = node.call(bad, method.clone(), &path, Some(json!({}))).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with {bad}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_expired_and_logged_out_credentials_fail() {
     let node = TestNode::start().await;
@@ -541,4 +585,91 @@ async fn the_guest_learns_who_is_calling_but_never_sees_the_credential() {
     // A credential that is not Wharf's passes through to the guest untouched.
     let (_, _, body) = node.ingress_call("forum.acme.test", Method::GET, "/me", Some("some-app-token"), "").await;
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["saw_authorization_header"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_the_logs() {
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("serve.log");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--init-admin", "ops@logs.test"])
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let admin = {
+        let mut found = None;
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("admin=").nth(1) {
+                found = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        format!("http://{}", found.expect("the node logs its admin address"))
+    };
+    let http = crate::harness::client();
+    let password = "log-test-password-42";
+    http.post(format!("{admin}/v1/users"))
+        .json(&json!({ "email": "gil@x.test", "password": password }))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{admin}/v1/login"))
+        .json(&json!({ "email": "gil@x.test", "password": "wrong-password-42" }))
+        .send()
+        .await
+        .unwrap();
+    let session: Value = http
+        .post(format!("{admin}/v1/login"))
+        .json(&json!({ "email": "gil@x.test", "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["token"].as_str().unwrap().to_string();
+    let key: Value = http
+        .post(format!("{admin}/v1/keys"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "k" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = key["key"].as_str().unwrap().to_string();
+    http.get(format!("{admin}/v1/me")).bearer_auth(&secret).send().await.unwrap();
+
+    send_sigterm(server.id());
+    server.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let operator_key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WHARF_TOKEN="))
+        .expect("the operator key is printed once")
+        .to_string();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("wharf stopped"), "the node shut down gracefully:\n{logs}");
+    for (what, s) in [
+        ("password", password),
+        ("wrong password", "wrong-password-42"),
+        ("session token", &token),
+        ("API key", &secret),
+        ("operator key", &operator_key),
+    ] {
+        assert!(!logs.contains(s), "the {what} appears in the logs");
+    }
+}
+
+/// Send SIGTERM (graceful shutdown) to a child process.
+fn send_sigterm(pid: u32) {
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
 }
