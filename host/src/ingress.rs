@@ -17,7 +17,7 @@ use crate::identity::Identity;
 use crate::registry::LoadedVersion;
 use crate::router::{self, Router};
 use crate::runtime::Handled;
-use crate::runtime::{plain_body, GuestCaller, GuestFailure, RequestIdentity, Runtime};
+use crate::runtime::{plain_body, GuestCaller, GuestContext, GuestFailure, RequestIdentity, Runtime};
 
 /// What the ingress needs from the node.
 pub struct Ingress {
@@ -98,9 +98,19 @@ impl Ingress {
         let Some(route) = self.router.lookup(&host) else {
             return plain(StatusCode::NOT_FOUND, format!("no service is bound to host {host:?}\n"), request_id);
         };
+        if !route.enabled {
+            return plain(StatusCode::GONE, "this site is disabled by its owner\n", request_id);
+        }
         let Some(version) = route.version() else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id);
         };
+        // A module's routes exist only where the instance enabled the module.
+        if !version.module_routes.is_empty() {
+            let modules = version.module_routes.required(req.method().as_str(), req.uri().path());
+            if modules.iter().any(|m| !route.features.modules.iter().any(|enabled| enabled == m)) {
+                return plain(StatusCode::NOT_FOUND, "not found\n", request_id);
+            }
+        }
         // Resolve a Wharf credential once: guards check it, and the guest learns
         // who is calling through wharf:platform/identity.
         let needed = version.guards.required(req.method().as_str(), req.uri().path());
@@ -143,24 +153,30 @@ impl Ingress {
         let service_version = version.version.clone();
         let handled = self
             .runtime
-            .handle(&version.pre, who, guest_caller, req, move |who, outcome| {
-                // A request refused for lack of capacity never ran: the node's
-                // shortage, not the tenant's usage.
-                if outcome.failure != Some(GuestFailure::AtCapacity) {
-                    usage.record(outcome.fuel, outcome.failure.is_some());
-                }
-                if let Some(failure) = &outcome.failure {
-                    tracing::warn!(
-                        tenant = %who.tenant,
-                        instance = %who.instance,
-                        request_id = who.request_id,
-                        service = %service,
-                        version = %service_version,
-                        fuel = outcome.fuel,
-                        "guest failed: {failure:?}"
-                    );
-                }
-            })
+            .handle(
+                &version.pre,
+                who,
+                GuestContext { caller: guest_caller, features: route.features.clone() },
+                req,
+                move |who, outcome| {
+                    // A request refused for lack of capacity never ran: the node's
+                    // shortage, not the tenant's usage.
+                    if outcome.failure != Some(GuestFailure::AtCapacity) {
+                        usage.record(outcome.fuel, outcome.failure.is_some());
+                    }
+                    if let Some(failure) = &outcome.failure {
+                        tracing::warn!(
+                            tenant = %who.tenant,
+                            instance = %who.instance,
+                            request_id = who.request_id,
+                            service = %service,
+                            version = %service_version,
+                            fuel = outcome.fuel,
+                            "guest failed: {failure:?}"
+                        );
+                    }
+                },
+            )
             .await;
         match handled {
             Handled::Response(mut response) => {

@@ -6,15 +6,7 @@
 //! Wharf (a component that never calls them does not import the interface, and
 //! runs under any wasi:http host).
 
-mod bindings {
-    // The platform's WIT lives at the repository root, beside the SDK.
-    wit_bindgen::generate!({
-        path: "../wit",
-        world: "wharf:platform/service",
-    });
-}
-
-use bindings::wharf::platform::identity as wit;
+use crate::bindings::wharf::platform::identity as wit;
 
 /// An authenticated member of the instance's tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]

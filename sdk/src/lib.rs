@@ -91,8 +91,17 @@
 //! }
 //! ```
 
+pub mod features;
 pub mod identity;
 mod router;
+
+mod bindings {
+    // The platform's WIT (wharf:platform) lives at the repository root, beside the SDK.
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "wharf:platform/service",
+    });
+}
 
 use std::fmt;
 

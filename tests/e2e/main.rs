@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod cli;
+mod instances;
 mod limits;
 mod publish;
 mod restart;

@@ -111,9 +111,12 @@ impl From<ConfigError> for ApiError {
     fn from(err: ConfigError) -> Self {
         use ConfigError as E;
         let status = match &err {
-            E::InvalidTenantId(_) | E::InvalidHostname(_) | E::NoHostnames | E::TooManyHostnames => {
-                StatusCode::BAD_REQUEST
-            }
+            E::InvalidTenantId(_)
+            | E::InvalidHostname(_)
+            | E::NoHostnames
+            | E::TooManyHostnames
+            | E::UnknownModule { .. }
+            | E::InvalidSetting(_) => StatusCode::BAD_REQUEST,
             E::TenantExists(_) | E::HostnameTaken(_) => StatusCode::CONFLICT,
             E::UnknownTenant(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
             // A service or version named in a request body that does not exist is

@@ -4,15 +4,16 @@
 //! Every change rebuilds the router's table from the database and swaps it in, so
 //! the next request sees it without a restart and no request ever queries.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::billing::Usage;
-use crate::registry::{manifest::validate_name, Registry, RegistryError};
+use crate::registry::{manifest::validate_name, LoadedVersion, Registry, RegistryError};
 use crate::router::{self, Route, Router, VersionTarget};
+use crate::runtime::Features;
 use crate::store::{self, Db};
 
 /// Why a configuration change was refused.
@@ -34,6 +35,10 @@ pub enum ConfigError {
     TooManyHostnames,
     #[error("hostname {0:?} is already in use by another instance")]
     HostnameTaken(String),
+    #[error("{service} {version} has no module {module:?} (it declares: {known})")]
+    UnknownModule { service: String, version: String, module: String, known: String },
+    #[error("setting {0:?} is not valid: keys are 1 to 64 lower-case letters, digits, '-', '_' or '.', values at most 4096 bytes, at most 100 settings")]
+    InvalidSetting(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -61,6 +66,12 @@ pub struct Instance {
     pub pinned_version: Option<String>,
     /// The version requests run now.
     pub running_version: Option<String>,
+    /// Enabled modules.
+    pub modules: Vec<String>,
+    /// Settings (site name, language, ...).
+    pub settings: BTreeMap<String, String>,
+    /// A disabled instance answers 410; its data is kept.
+    pub enabled: bool,
     pub created_at: i64,
 }
 
@@ -73,6 +84,12 @@ pub struct NewInstance {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub version: Option<String>,
+    /// Modules to enable (ids the service's manifest declares).
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Settings.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// What to change; absent fields stay as they are.
@@ -85,6 +102,15 @@ pub struct InstanceChange {
     /// Pin to a version (`"1.2.0"`) or follow the active one (`"active"`).
     #[serde(default)]
     pub version: Option<String>,
+    /// Replace the enabled modules.
+    #[serde(default)]
+    pub modules: Option<Vec<String>>,
+    /// Replace the settings.
+    #[serde(default)]
+    pub settings: Option<BTreeMap<String, String>>,
+    /// Disable (`false`) or re-enable (`true`) the instance.
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -93,8 +119,13 @@ struct InstanceRow {
     tenant_id: String,
     service: String,
     pinned_version: Option<String>,
+    modules: String,
+    settings: String,
+    enabled: bool,
     created_at: i64,
 }
+
+const INSTANCE_COLUMNS: &str = "id, tenant_id, service, pinned_version, modules, settings, enabled, created_at";
 
 /// The configurator of one node.
 pub struct Configurator {
@@ -164,17 +195,27 @@ impl Configurator {
             }
         }
         let hosts = normalize_hosts(&new.hosts)?;
+        let version = match &new.version {
+            Some(v) => slot.version(v),
+            None => slot.active(),
+        };
+        let modules = check_modules(version.as_deref(), &new.service, &new.modules)?;
+        check_settings(&new.settings)?;
         let id = format!("inst-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
 
         let _guard = self.change_lock.lock().await;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         sqlx::query(
-            "INSERT INTO instances (id, tenant_id, service, pinned_version, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO instances (id, tenant_id, service, pinned_version, modules, settings, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(&new.tenant)
         .bind(&new.service)
         .bind(&new.version)
+        .bind(json_text(&modules))
+        .bind(json_text(&new.settings))
+        .bind(true)
         .bind(store::now())
         .execute(&mut *tx)
         .await
@@ -201,15 +242,32 @@ impl Configurator {
             }
         };
         let hosts = change.hosts.as_deref().map(normalize_hosts).transpose()?;
+        let slot = self.registry.slot(&current.service);
+        let version = match &pinned {
+            Some(v) => slot.as_ref().and_then(|s| s.version(v)),
+            None => slot.as_ref().and_then(|s| s.active()),
+        };
+        let modules = match &change.modules {
+            Some(modules) => check_modules(version.as_deref(), &current.service, modules)?,
+            None => current.modules.clone(),
+        };
+        let settings = change.settings.clone().unwrap_or_else(|| current.settings.clone());
+        check_settings(&settings)?;
+        let enabled = change.enabled.unwrap_or(current.enabled);
 
         let _guard = self.change_lock.lock().await;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        sqlx::query("UPDATE instances SET pinned_version = $1 WHERE id = $2")
-            .bind(&pinned)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .context("failed to update instance")?;
+        sqlx::query(
+            "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4 WHERE id = $5",
+        )
+        .bind(&pinned)
+        .bind(json_text(&modules))
+        .bind(json_text(&settings))
+        .bind(enabled)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("failed to update instance")?;
         if let Some(hosts) = &hosts {
             sqlx::query("DELETE FROM instance_hosts WHERE instance_id = $1")
                 .bind(id)
@@ -225,13 +283,12 @@ impl Configurator {
 
     /// One instance.
     pub async fn instance(&self, id: &str) -> Result<Instance, ConfigError> {
-        let row: InstanceRow =
-            sqlx::query_as("SELECT id, tenant_id, service, pinned_version, created_at FROM instances WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.db)
-                .await
-                .context("failed to read instance")?
-                .ok_or_else(|| ConfigError::UnknownInstance(id.to_string()))?;
+        let row: InstanceRow = sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .context("failed to read instance")?
+            .ok_or_else(|| ConfigError::UnknownInstance(id.to_string()))?;
         let mut hosts = self.hosts_by_instance(Some(id)).await?;
         Ok(self.describe(row, hosts.remove(id).unwrap_or_default()))
     }
@@ -241,14 +298,18 @@ impl Configurator {
         let rows: Vec<InstanceRow> = match tenant {
             Some(t) => {
                 self.tenant(t).await?;
-                sqlx::query_as("SELECT id, tenant_id, service, pinned_version, created_at FROM instances WHERE tenant_id = $1 ORDER BY created_at, id")
-                    .bind(t)
+                sqlx::query_as(&format!(
+                    "SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = $1 ORDER BY created_at, id"
+                ))
+                .bind(t)
+                .fetch_all(&self.db)
+                .await
+            }
+            None => {
+                sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, id"))
                     .fetch_all(&self.db)
                     .await
             }
-            None => sqlx::query_as("SELECT id, tenant_id, service, pinned_version, created_at FROM instances ORDER BY created_at, id")
-                .fetch_all(&self.db)
-                .await,
         }
         .context("failed to list instances")?;
         let mut hosts = self.hosts_by_instance(None).await?;
@@ -273,6 +334,9 @@ impl Configurator {
             hosts,
             pinned_version: row.pinned_version,
             running_version,
+            modules: serde_json::from_str(&row.modules).unwrap_or_default(),
+            settings: serde_json::from_str(&row.settings).unwrap_or_default(),
+            enabled: row.enabled,
             created_at: row.created_at,
         }
     }
@@ -303,8 +367,9 @@ impl Configurator {
 
     /// Rebuild the router's table from the database and swap it in.
     pub async fn rebuild_routes(&self) -> Result<(), ConfigError> {
-        let rows: Vec<(String, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version \
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(String, String, String, String, Option<String>, String, String, bool)> = sqlx::query_as(
+            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled \
              FROM instance_hosts h JOIN instances i ON i.id = h.instance_id",
         )
         .fetch_all(&self.db)
@@ -312,7 +377,7 @@ impl Configurator {
         .context("failed to load routes")?;
         let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
         let mut by_instance: HashMap<String, Arc<Route>> = HashMap::new();
-        for (host, instance, tenant, service, pinned) in rows {
+        for (host, instance, tenant, service, pinned, modules, settings, enabled) in rows {
             let route = match by_instance.get(&instance) {
                 Some(route) => route.clone(),
                 None => {
@@ -335,6 +400,14 @@ impl Configurator {
                         tenant: tenant.as_str().into(),
                         target,
                         usage: self.usage.counters(&instance),
+                        enabled,
+                        features: Arc::new(Features {
+                            modules: serde_json::from_str(&modules).unwrap_or_default(),
+                            settings: serde_json::from_str::<BTreeMap<String, String>>(&settings)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .collect(),
+                        }),
                     });
                     by_instance.insert(instance, route.clone());
                     route
@@ -345,6 +418,54 @@ impl Configurator {
         self.router.replace(routes);
         Ok(())
     }
+}
+
+fn json_text(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Modules must be declared by the version the instance runs.
+fn check_modules(
+    version: Option<&LoadedVersion>,
+    service: &str,
+    wanted: &[String],
+) -> Result<Vec<String>, ConfigError> {
+    let mut modules: Vec<String> = Vec::new();
+    for module in wanted {
+        let declared = version.is_some_and(|v| v.manifest.declares_module(module));
+        if !declared {
+            let known = version
+                .map(|v| v.manifest.modules.iter().map(|m| m.id.clone()).collect::<Vec<_>>().join(", "))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "none".into());
+            return Err(ConfigError::UnknownModule {
+                service: service.to_string(),
+                version: version.map(|v| v.version.clone()).unwrap_or_else(|| "-".into()),
+                module: module.clone(),
+                known,
+            });
+        }
+        if !modules.contains(module) {
+            modules.push(module.clone());
+        }
+    }
+    modules.sort();
+    Ok(modules)
+}
+
+fn check_settings(settings: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    if settings.len() > 100 {
+        return Err(ConfigError::InvalidSetting(format!("{} settings", settings.len())));
+    }
+    for (key, value) in settings {
+        let key_ok = !key.is_empty()
+            && key.len() <= 64
+            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+        if !key_ok || value.len() > 4096 {
+            return Err(ConfigError::InvalidSetting(key.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn normalize_hosts(raw: &[String]) -> Result<Vec<String>, ConfigError> {

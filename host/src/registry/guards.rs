@@ -1,5 +1,6 @@
-//! Route guards compiled from a manifest's permissions: which permissions a
-//! request's method and path need before the guest may run.
+//! Route tables compiled from a manifest: which permissions a request's method and
+//! path need before the guest may run ([`RouteGuards::permissions`]), and which
+//! module a route belongs to ([`RouteGuards::modules`]).
 
 use super::manifest::Manifest;
 
@@ -47,11 +48,20 @@ pub(crate) fn parse_route(route: &str) -> Option<(Option<String>, Vec<String>)> 
 }
 
 impl RouteGuards {
-    /// Compile the guards of a (validated) manifest.
-    pub fn from_manifest(manifest: &Manifest) -> Self {
+    /// The permission guards of a (validated) manifest.
+    pub fn permissions(manifest: &Manifest) -> Self {
+        Self::from_routes(manifest.permissions.iter().map(|p| (p.name.as_str(), p.routes.as_slice())))
+    }
+
+    /// The module routes of a (validated) manifest.
+    pub fn modules(manifest: &Manifest) -> Self {
+        Self::from_routes(manifest.modules.iter().map(|m| (m.id.as_str(), m.routes.as_slice())))
+    }
+
+    fn from_routes<'a>(labelled: impl Iterator<Item = (&'a str, &'a [String])>) -> Self {
         let mut guards = Vec::new();
-        for permission in &manifest.permissions {
-            for route in &permission.routes {
+        for (label, routes) in labelled {
+            for route in routes {
                 let Some((method, segments)) = parse_route(route) else { continue };
                 let segments = segments
                     .into_iter()
@@ -65,7 +75,7 @@ impl RouteGuards {
                         }
                     })
                     .collect();
-                guards.push(Guard { method, segments, permission: permission.name.clone() });
+                guards.push(Guard { method, segments, permission: label.to_string() });
             }
         }
         Self { guards }
@@ -76,7 +86,7 @@ impl RouteGuards {
         self.guards.is_empty()
     }
 
-    /// The permissions (names within the service) a request needs.
+    /// The labels (permission names, or module ids) of the routes a request matches.
     pub fn required(&self, method: &str, path: &str) -> Vec<&str> {
         if self.guards.is_empty() {
             return Vec::new();
@@ -145,7 +155,7 @@ mod tests {
              [[permissions]]\nname = \"admin\"\ndescription = \"d\"\nroutes = [\"* /admin/*rest\"]\n",
         )
         .unwrap();
-        RouteGuards::from_manifest(&m)
+        RouteGuards::permissions(&m)
     }
 
     #[test]

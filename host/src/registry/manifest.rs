@@ -32,6 +32,24 @@ pub struct Manifest {
     /// The `[[permissions]]` the service declares.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<PermissionDecl>,
+    /// The optional `[[modules]]` a tenant may enable per instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleDecl>,
+}
+
+/// One `[[modules]]` entry: an optional feature of the service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleDecl {
+    /// Id: lower-case letters, digits and '-' (e.g. `polls`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// What enabling it adds.
+    pub description: String,
+    /// Routes that exist only while the module is enabled (answer 404 otherwise).
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// One `[[permissions]]` entry.
@@ -79,7 +97,13 @@ pub enum ManifestError {
     PermissionName(String),
     #[error("permission {0:?} is declared twice")]
     DuplicatePermission(String),
-    #[error("permission {0:?}: route {1:?} is not valid: write it as \"METHOD /path\", e.g. \"POST /users/:id\"")]
+    #[error(
+        "module id {0:?} is not valid: use lower-case letters, digits and '-', starting with a letter (at most 63)"
+    )]
+    ModuleId(String),
+    #[error("module {0:?} is declared twice")]
+    DuplicateModule(String),
+    #[error("{0:?}: route {1:?} is not valid: write it as \"METHOD /path\", e.g. \"POST /users/:id\"")]
     Route(String, String),
 }
 
@@ -114,7 +138,29 @@ impl Manifest {
                 }
             }
         }
+        let mut modules = std::collections::HashSet::new();
+        for module in &manifest.modules {
+            if validate_name(&module.id).is_err() {
+                return Err(ManifestError::ModuleId(module.id.clone()));
+            }
+            if !modules.insert(module.id.as_str()) {
+                return Err(ManifestError::DuplicateModule(module.id.clone()));
+            }
+            if module.description.chars().count() > 500 || module.name.chars().count() > 100 {
+                return Err(ManifestError::Description);
+            }
+            for route in &module.routes {
+                if super::guards::parse_route(route).is_none() {
+                    return Err(ManifestError::Route(module.id.clone(), route.clone()));
+                }
+            }
+        }
         Ok(manifest)
+    }
+
+    /// Whether this manifest declares module `id`.
+    pub fn declares_module(&self, id: &str) -> bool {
+        self.modules.iter().any(|m| m.id == id)
     }
 }
 

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::runtime::{InvalidComponent, Runtime};
 use crate::store::{self, Db};
 pub use guards::RouteGuards;
-pub use manifest::{Manifest, ManifestError, PermissionDecl};
+pub use manifest::{Manifest, ManifestError, ModuleDecl, PermissionDecl};
 
 /// A version compiled and linked, ready to serve.
 pub struct LoadedVersion {
@@ -41,12 +41,16 @@ pub struct LoadedVersion {
     pub manifest: Manifest,
     /// Routes guarded by the manifest's permissions.
     pub guards: RouteGuards,
+    /// Routes that belong to a module.
+    pub module_routes: RouteGuards,
 }
 
 impl LoadedVersion {
     fn new(sha256: String, pre: ProxyPre, manifest: Manifest) -> Self {
-        let guards = RouteGuards::from_manifest(&manifest);
+        let guards = RouteGuards::permissions(&manifest);
+        let module_routes = RouteGuards::modules(&manifest);
         Self {
+            module_routes,
             service: manifest.service.name.clone(),
             version: manifest.service.version.clone(),
             sha256,

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::billing::UsageCounters;
 use crate::registry::{LoadedVersion, ServiceSlot};
+use crate::runtime::Features;
 
 /// Where an instance's requests go.
 pub struct Route {
@@ -20,6 +21,10 @@ pub struct Route {
     pub target: VersionTarget,
     /// Usage counters of the instance.
     pub usage: Arc<UsageCounters>,
+    /// A disabled instance answers 410 and runs no guest; its data is kept.
+    pub enabled: bool,
+    /// Enabled modules and settings.
+    pub features: Arc<Features>,
 }
 
 /// The version policy of an instance.

@@ -34,8 +34,8 @@ pub struct GuestState {
     pub(crate) limiter: MemoryLimiter,
     /// Past this instant the epoch callback interrupts the guest.
     pub(crate) deadline: Instant,
-    /// The authenticated caller, for `wharf:platform/identity`.
-    pub(crate) caller: Option<super::GuestCaller>,
+    /// Caller and instance configuration, for `wharf:platform`.
+    pub(crate) context: super::GuestContext,
 }
 
 impl GuestState {
@@ -43,7 +43,7 @@ impl GuestState {
         who: &RequestIdentity,
         max_memory: usize,
         deadline: Instant,
-        caller: Option<super::GuestCaller>,
+        context: super::GuestContext,
     ) -> Self {
         // WASI with nothing granted: no preopened directories, no environment, no
         // network. stdout and stderr go to the host's log, tagged with the request.
@@ -61,7 +61,7 @@ impl GuestState {
             hooks: DenyOutgoing,
             limiter: MemoryLimiter { max_bytes: max_memory, hit: false },
             deadline,
-            caller,
+            context,
         }
     }
 }

@@ -74,7 +74,7 @@ impl Runtime {
         &self,
         pre: &ProxyPre,
         who: RequestIdentity,
-        caller: Option<super::GuestCaller>,
+        context: super::GuestContext,
         req: hyper::Request<B>,
         on_done: impl FnOnce(&RequestIdentity, Outcome) + Send + 'static,
     ) -> Handled
@@ -85,7 +85,8 @@ impl Runtime {
         let budget = self.limits.fuel_per_request;
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut store = Store::new(pre.engine(), GuestState::new(&who, self.limits.max_memory_bytes, deadline, caller));
+        let mut store =
+            Store::new(pre.engine(), GuestState::new(&who, self.limits.max_memory_bytes, deadline, context));
         store.limiter(|state| &mut state.limiter);
         if let Err(e) = store.set_fuel(budget) {
             return Handled::Failed(GuestFailure::Host(format!("failed to set fuel: {e:#}")));

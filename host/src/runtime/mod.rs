@@ -23,7 +23,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::{GuestLimits, PoolConfig};
 pub use guest::{plain_body, GuestState, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
-pub use platform::GuestCaller;
+pub use platform::{Features, GuestCaller, GuestContext};
 
 /// A pre-instantiated HTTP component, ready for one store per request.
 pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;

@@ -3,12 +3,15 @@
 //! checks them, so the code here does not. (Its data moves to the instance
 //! database when Wharf gives services one.)
 
-use wharf_sdk::{identity, json, status, Error, Params, Request, Response, Router};
+use wharf_sdk::{features, identity, json, status, Error, Params, Request, Response, Router};
 
 fn handle(req: Request) -> Response {
     Router::new()
-        .get("/", |_: &Request, _: &Params| {
-            Ok(Response::text("forum: GET /users, GET /me, POST /users, DELETE /users/NAME\n"))
+        .get("/", home)
+        .get("/polls", |_: &Request, _: &Params| Ok(Response::json(&json!({ "polls": ["Tabs or spaces?"] }))))
+        .get("/search", |req: &Request, _: &Params| {
+            let q = req.query_param("q").unwrap_or_default();
+            Ok(Response::json(&json!({ "query": q, "results": [] })))
         })
         .get("/users", |_: &Request, _: &Params| Ok(Response::json(&json!({ "users": ["ada", "grace"] }))))
         .get("/me", me)
@@ -17,6 +20,16 @@ fn handle(req: Request) -> Response {
             Ok(Response::json(&json!({ "removed": p.get("name") })).with_status(status::OK))
         })
         .handle(&req)
+}
+
+/// The home page: the tenant's site name and language, and the enabled modules.
+fn home(_: &Request, _: &Params) -> wharf_sdk::Result {
+    Ok(Response::json(&json!({
+        "forum": features::setting("site-name").unwrap_or_else(|| "A Wharf forum".into()),
+        "language": features::setting("language").unwrap_or_else(|| "en".into()),
+        "modules": features::modules(),
+        "routes": ["GET /users", "GET /me", "POST /users", "DELETE /users/NAME", "GET /polls", "GET /search"],
+    })))
 }
 
 /// Who the forum thinks is calling, and what they may do here.
