@@ -156,7 +156,7 @@ impl Ingress {
             .handle(
                 &version.pre,
                 who,
-                GuestContext { caller: guest_caller, features: route.features.clone() },
+                GuestContext { caller: guest_caller, features: route.features.clone(), db: Some(route.db.clone()) },
                 req,
                 move |who, outcome| {
                     // A request refused for lack of capacity never ran: the node's

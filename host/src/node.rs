@@ -63,7 +63,8 @@ impl Node {
         let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir).await?);
         let router = Arc::new(Router::default());
         let usage = Arc::new(Usage::new(db.clone()));
-        let configurator = Arc::new(Configurator::new(db.clone(), registry.clone(), router.clone(), usage.clone()));
+        let configurator =
+            Arc::new(Configurator::new(db.clone(), registry.clone(), router.clone(), usage.clone(), &config.data_dir));
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
         let identity = Arc::new(Identity::new(db.clone()));
         let access = Arc::new(Access::new(db.clone()));

@@ -93,7 +93,9 @@
 
 pub mod features;
 pub mod identity;
+pub mod kv;
 mod router;
+pub mod sql;
 
 mod bindings {
     // The platform's WIT (wharf:platform) lives at the repository root, beside the SDK.

@@ -269,11 +269,14 @@ async fn guarded_routes_answer_401_403_or_run_the_guest_for_every_permission() {
     .await;
     let revoked_key = revoked_key["key"].as_str().unwrap().to_string();
 
+    let (status, _, body) =
+        node.ingress_call("tasks.acme.test", Method::POST, "/tasks", None, r#"{"title":"t"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "creating tasks is open: {body}");
     let routes = [
         ("forum.acme.test", Method::POST, "/users", "forum.addUsers", StatusCode::CREATED),
         ("forum.acme.test", Method::DELETE, "/users/ada", "forum.removeUsers", StatusCode::OK),
         ("tasks.acme.test", Method::POST, "/users", "tasks.addUsers", StatusCode::CREATED),
-        ("tasks.acme.test", Method::POST, "/tasks/7/run", "tasks.runTasks", StatusCode::ACCEPTED),
+        ("tasks.acme.test", Method::POST, "/tasks/1/run", "tasks.runTasks", StatusCode::ACCEPTED),
     ];
     for (host, method, path, permission, ok) in routes {
         macro_rules! call {
@@ -532,7 +535,7 @@ async fn host_confusion_never_reaches_another_tenants_instance() {
     assert_eq!(raw_status(&unicode), 400, "{unicode}");
     let puny = raw_request(addr, &request("Host: XN--BCHER-KVA.example\r\n", "/tasks")).await;
     assert_eq!(raw_status(&puny), 200, "{puny}");
-    assert!(puny.contains("write docs"));
+    assert!(puny.contains("\"tasks\""), "{puny}");
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(node.usage(&globex_instance).await["requests"], 1, "only the punycode request reached globex");
 }

@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod cli;
+mod data;
 mod instances;
 mod limits;
 mod publish;

@@ -4,6 +4,8 @@
 //! Every change rebuilds the router's table from the database and swaps it in, so
 //! the next request sees it without a restart and no request ever queries.
 
+pub mod database;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -130,6 +132,10 @@ const INSTANCE_COLUMNS: &str = "id, tenant_id, service, pinned_version, modules,
 /// The configurator of one node.
 pub struct Configurator {
     db: Db,
+    /// Where instance databases live: `<data>/instances/<id>/`.
+    instances_dir: std::path::PathBuf,
+    /// Open instance databases, kept across route rebuilds.
+    databases: dashmap::DashMap<String, Arc<database::InstanceDb>>,
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
@@ -139,8 +145,30 @@ pub struct Configurator {
 
 impl Configurator {
     /// A configurator over `db`, feeding `router`.
-    pub fn new(db: Db, registry: Arc<Registry>, router: Arc<Router>, usage: Arc<Usage>) -> Self {
-        Self { db, registry, router, usage, change_lock: tokio::sync::Mutex::new(()) }
+    pub fn new(
+        db: Db,
+        registry: Arc<Registry>,
+        router: Arc<Router>,
+        usage: Arc<Usage>,
+        data_dir: &std::path::Path,
+    ) -> Self {
+        Self {
+            db,
+            instances_dir: data_dir.join("instances"),
+            databases: dashmap::DashMap::new(),
+            registry,
+            router,
+            usage,
+            change_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The database of an instance (opened on first use).
+    pub fn database(&self, instance: &str) -> Arc<database::InstanceDb> {
+        self.databases
+            .entry(instance.to_string())
+            .or_insert_with(|| Arc::new(database::InstanceDb::new(&self.instances_dir.join(instance))))
+            .clone()
     }
 
     /// Create a tenant.
@@ -221,6 +249,12 @@ impl Configurator {
         .await
         .context("failed to create instance")?;
         insert_hosts(&mut tx, &id, &hosts).await?;
+        // The instance's own database exists before anyone can reach the instance.
+        let db = self.database(&id);
+        tokio::task::spawn_blocking(move || db.provision())
+            .await
+            .context("provisioning task failed")?
+            .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
         tx.commit().await.context("failed to commit instance")?;
         self.rebuild_routes().await?;
         tracing::info!(instance = %id, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
@@ -401,6 +435,7 @@ impl Configurator {
                         target,
                         usage: self.usage.counters(&instance),
                         enabled,
+                        db: self.database(&instance),
                         features: Arc::new(Features {
                             modules: serde_json::from_str(&modules).unwrap_or_default(),
                             settings: serde_json::from_str::<BTreeMap<String, String>>(&settings)

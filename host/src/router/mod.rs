@@ -25,6 +25,8 @@ pub struct Route {
     pub enabled: bool,
     /// Enabled modules and settings.
     pub features: Arc<Features>,
+    /// The instance's own database and key-value store.
+    pub db: Arc<crate::configurator::database::InstanceDb>,
 }
 
 /// The version policy of an instance.

@@ -17,7 +17,9 @@ mod bindings {
 
 use std::sync::Arc;
 
-use bindings::wharf::platform::{features, identity};
+use bindings::wharf::platform::{features, identity, kv, sql};
+
+use crate::configurator::database::{InstanceDb, SqlValue};
 
 /// The instance's enabled modules and settings.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +37,8 @@ pub struct GuestContext {
     pub caller: Option<GuestCaller>,
     /// The instance's configuration.
     pub features: Arc<Features>,
+    /// The instance's database and key-value store.
+    pub db: Option<Arc<InstanceDb>>,
 }
 
 /// A caller as the guest sees it.
@@ -75,8 +79,81 @@ impl features::Host for GuestState {
     }
 }
 
+impl GuestState {
+    fn db(&self) -> Result<&InstanceDb, String> {
+        self.context.db.as_deref().ok_or_else(|| "this request has no instance database".to_string())
+    }
+}
+
+fn to_sql(values: Vec<sql::Value>) -> Vec<SqlValue> {
+    values
+        .into_iter()
+        .map(|v| match v {
+            sql::Value::Null => SqlValue::Null,
+            sql::Value::Integer(n) => SqlValue::Integer(n),
+            sql::Value::Real(r) => SqlValue::Real(r),
+            sql::Value::Text(t) => SqlValue::Text(t),
+            sql::Value::Blob(b) => SqlValue::Blob(b),
+        })
+        .collect()
+}
+
+fn from_sql(value: SqlValue) -> sql::Value {
+    match value {
+        SqlValue::Null => sql::Value::Null,
+        SqlValue::Integer(n) => sql::Value::Integer(n),
+        SqlValue::Real(r) => sql::Value::Real(r),
+        SqlValue::Text(t) => sql::Value::Text(t),
+        SqlValue::Blob(b) => sql::Value::Blob(b),
+    }
+}
+
+// Policy refusals and limits are errors the guest sees (`result::err`), never traps.
+impl sql::Host for GuestState {
+    fn query(&mut self, statement: String, params: Vec<sql::Value>) -> Result<sql::Rows, String> {
+        let rows = self.db()?.query(&statement, &to_sql(params))?;
+        Ok(sql::Rows {
+            columns: rows.columns,
+            rows: rows.rows.into_iter().map(|r| r.into_iter().map(from_sql).collect()).collect(),
+        })
+    }
+
+    fn execute(&mut self, statement: String, params: Vec<sql::Value>) -> Result<u64, String> {
+        self.db()?.execute(&statement, &to_sql(params))
+    }
+
+    fn batch(&mut self, statements: Vec<(String, Vec<sql::Value>)>) -> Result<Vec<u64>, String> {
+        let statements: Vec<(String, Vec<SqlValue>)> = statements.into_iter().map(|(s, p)| (s, to_sql(p))).collect();
+        self.db()?.batch(&statements)
+    }
+}
+
+impl kv::Host for GuestState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.db()?.kv_get(&key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: Option<u64>) -> Result<(), String> {
+        self.db()?.kv_set(&key, &value, ttl_seconds.map(std::time::Duration::from_secs))
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, String> {
+        self.db()?.kv_delete(&key)
+    }
+
+    fn list_keys(&mut self, prefix: String, limit: u32) -> Result<Vec<String>, String> {
+        self.db()?.kv_list(&prefix, limit)
+    }
+
+    fn increment(&mut self, key: String, delta: i64) -> Result<i64, String> {
+        self.db()?.kv_increment(&key, delta)
+    }
+}
+
 /// Add `wharf:platform` to a linker.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<GuestState>) -> wasmtime::Result<()> {
     identity::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
-    features::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)
+    features::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
+    sql::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
+    kv::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)
 }

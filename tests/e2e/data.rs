@@ -1,0 +1,194 @@
+//! Each instance's own database and key-value store, over HTTP: tenants see only
+//! their own data, every SQL escape is refused with an error the guest sees, keys
+//! cannot leave their namespace, TTLs expire, and limits answer cleanly.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::{manifest, TestNode};
+
+async fn call(node: &TestNode, host: &str, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+    let (status, _, text) = node.ingress_call(host, method, path, None, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_of_one_service_see_only_their_own_data() {
+    let node = TestNode::start().await;
+    let manifest = std::fs::read_to_string(crate::harness::repo().join("plugins/tasks/wharf.toml")).unwrap();
+    assert!(node.publish_bytes(&manifest, crate::harness::guest("tasks")).await.0.is_success());
+    node.create_tenant("acme").await;
+    node.create_tenant("globex").await;
+    let acme = node.create_instance("acme", "tasks", &["tasks.acme.test"]).await;
+    node.create_instance("globex", "tasks", &["tasks.globex.test"]).await;
+    assert!(node.data.path().join("instances").join(&acme).join("data.sqlite").exists(), "provisioned at creation");
+
+    for title in ["acme one", "acme two"] {
+        assert_eq!(
+            call(&node, "tasks.acme.test", Method::POST, "/tasks", &json!({ "title": title }).to_string()).await.0,
+            StatusCode::CREATED
+        );
+    }
+    call(&node, "tasks.globex.test", Method::POST, "/tasks", r#"{"title":"globex secret"}"#).await;
+    let (_, acme_tasks) = call(&node, "tasks.acme.test", Method::GET, "/tasks", "").await;
+    let titles: Vec<&str> =
+        acme_tasks["tasks"].as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["acme one", "acme two"]);
+    let (_, globex_tasks) = call(&node, "tasks.globex.test", Method::GET, "/tasks", "").await;
+    assert_eq!(globex_tasks["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        call(&node, "tasks.globex.test", Method::GET, "/tasks/2", "").await.0,
+        StatusCode::NOT_FOUND,
+        "ids are per instance"
+    );
+
+    // Disable and re-enable: the data is intact.
+    node.admin(Method::PATCH, &format!("/v1/instances/{acme}"), Some(json!({ "enabled": false }))).await;
+    assert_eq!(call(&node, "tasks.acme.test", Method::GET, "/tasks", "").await.0, StatusCode::GONE);
+    node.admin(Method::PATCH, &format!("/v1/instances/{acme}"), Some(json!({ "enabled": true }))).await;
+    let (_, again) = call(&node, "tasks.acme.test", Method::GET, "/tasks", "").await;
+    assert_eq!(again, acme_tasks);
+}
+
+/// A tenant running the probe fixture, which passes SQL and keys straight through.
+async fn probe(node: &TestNode, tenant: &str, host: &str) {
+    if node.get_admin("/v1/services").await["services"].as_array().unwrap().is_empty() {
+        let (status, body) = node.publish_bytes(&manifest("probe", "1.0.0"), crate::harness::guest("misbehave")).await;
+        assert!(status.is_success(), "{body}");
+    }
+    node.create_tenant(tenant).await;
+    node.create_instance(tenant, "probe", &[host]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sql_escape_is_refused_with_an_error_the_guest_sees() {
+    let node = TestNode::start().await;
+    probe(&node, "acme", "p.test").await;
+    let outside = node.data.path().join("stolen.sqlite");
+    let control = node.data.path().join("wharf.db");
+    let other_instance = node.data.path().join("instances");
+    let attempts = [
+        format!("ATTACH DATABASE '{}' AS c", control.display()),
+        format!("ATTACH DATABASE '{}' AS o", outside.display()),
+        "ATTACH DATABASE ':memory:' AS m".to_string(),
+        "DETACH DATABASE main".to_string(),
+        format!("VACUUM INTO '{}'", outside.display()),
+        format!("vacuum   main into '{}'", outside.display()),
+        "SELECT load_extension('libevil')".to_string(),
+        "PRAGMA journal_mode = DELETE".to_string(),
+        format!("PRAGMA temp_store_directory = '{}'", other_instance.display()),
+        "PRAGMA database_list".to_string(),
+        "PRAGMA writable_schema = ON".to_string(),
+        "PRAGMA max_page_count = 99999999".to_string(),
+        "SELECT * FROM _wharf_kv".to_string(),
+        "DELETE FROM _wharf_kv".to_string(),
+        "CREATE TEMP TABLE t (a)".to_string(),
+        "CREATE VIRTUAL TABLE v USING fts5(a)".to_string(),
+        "SELECT 1; ATTACH DATABASE 'x' AS y".to_string(),
+    ];
+    for sql in &attempts {
+        for route in ["/sql/execute", "/sql/query"] {
+            let (status, body) = call(&node, "p.test", Method::POST, route, sql).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{sql} via {route}: {body}");
+            assert!(
+                body["error"].as_str().unwrap_or_default().starts_with("database:"),
+                "the guest gets an error, not a trap: {body}"
+            );
+        }
+    }
+    assert!(!outside.exists(), "nothing may be written outside the instance's database");
+    // The guest is intact and ordinary SQL works.
+    assert_eq!(
+        call(&node, "p.test", Method::POST, "/sql/execute", "CREATE TABLE notes (body TEXT)").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(call(&node, "p.test", Method::POST, "/sql/query", "PRAGMA table_info(notes)").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_limits_answer_with_clean_errors() {
+    let node = TestNode::start().await;
+    probe(&node, "acme", "p.test").await;
+    let (status, body) = call(
+        &node,
+        "p.test",
+        Method::POST,
+        "/sql/query",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 20000) SELECT i FROM n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body["error"].as_str().unwrap().contains("more than 10000 rows"), "{body}");
+    let huge = format!("SELECT '{}'", "x".repeat(200 * 1024));
+    let (_, body) = call(&node, "p.test", Method::POST, "/sql/query", &huge).await;
+    assert!(body["error"].as_str().unwrap().contains("longer than"), "{body}");
+    let (_, body) = call(&node, "p.test", Method::POST, "/sql/query", "SELECT zeroblob(5000000)").await;
+    assert!(body["error"].as_str().unwrap().starts_with("database:"), "{body}");
+    let (_, body) = call(
+        &node,
+        "p.test",
+        Method::POST,
+        "/sql/query",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+    )
+    .await;
+    assert!(body["error"].as_str().unwrap().contains("ran longer"), "{body}");
+    let big = "v".repeat(2 << 20);
+    let (status, body) = call(&node, "p.test", Method::PUT, "/kv/big", &big).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body["error"].as_str().unwrap().contains("larger than"), "{body}");
+    let long_key = "k".repeat(600);
+    let (_, body) = call(&node, "p.test", Method::GET, &format!("/kv/{long_key}"), "").await;
+    assert!(body["error"].as_str().unwrap().contains("keys are"), "{body}");
+    assert_eq!(call(&node, "p.test", Method::GET, "/ok", "").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_is_per_instance_with_ttl_prefixes_and_counters() {
+    let node = TestNode::start().await;
+    probe(&node, "acme", "a.test").await;
+    probe(&node, "globex", "g.test").await;
+    assert_eq!(call(&node, "a.test", Method::PUT, "/kv/session:1", "alice").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(call(&node, "g.test", Method::PUT, "/kv/session:1", "gina").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(call(&node, "a.test", Method::GET, "/kv/session:1", "").await.1, "alice");
+    assert_eq!(
+        call(&node, "g.test", Method::GET, "/kv/session:1", "").await.1,
+        "gina",
+        "same key, separate namespaces"
+    );
+    // Keys that look like paths or patterns are just keys.
+    for key in ["..%2Fsession:1", "%25", "session%3A%25"] {
+        assert_eq!(
+            call(&node, "g.test", Method::GET, &format!("/kv/{key}"), "").await.0,
+            StatusCode::NOT_FOUND,
+            "{key}"
+        );
+    }
+    call(&node, "a.test", Method::PUT, "/kv/session:2", "bob").await;
+    call(&node, "a.test", Method::PUT, "/kv/other", "x").await;
+    let (_, listed) = call(&node, "a.test", Method::GET, "/kv?prefix=session:", "").await;
+    assert_eq!(listed["keys"], json!(["session:1", "session:2"]));
+    let (_, listed) = call(&node, "a.test", Method::GET, "/kv?prefix=%25", "").await;
+    assert_eq!(listed["keys"], json!([]), "a prefix is not a LIKE pattern");
+    let (_, listed) = call(&node, "g.test", Method::GET, "/kv?prefix=", "").await;
+    assert_eq!(listed["keys"], json!(["session:1"]), "listing never shows another instance's keys");
+
+    assert_eq!(call(&node, "a.test", Method::POST, "/kv/hits/incr", "").await.1["value"], 1);
+    assert_eq!(call(&node, "a.test", Method::POST, "/kv/hits/incr?by=41", "").await.1["value"], 42);
+    assert_eq!(
+        call(&node, "a.test", Method::POST, "/kv/session:1/incr", "").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "not an integer"
+    );
+    assert_eq!(call(&node, "a.test", Method::DELETE, "/kv/other", "").await.1["deleted"], true);
+    assert_eq!(call(&node, "a.test", Method::GET, "/kv/other", "").await.0, StatusCode::NOT_FOUND);
+
+    assert_eq!(call(&node, "a.test", Method::PUT, "/kv/short?ttl=1", "soon gone").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(call(&node, "a.test", Method::GET, "/kv/short", "").await.1, "soon gone");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(call(&node, "a.test", Method::GET, "/kv/short", "").await.0, StatusCode::NOT_FOUND, "expired");
+    let (_, listed) = call(&node, "a.test", Method::GET, "/kv?prefix=sh", "").await;
+    assert_eq!(listed["keys"], json!([]));
+}
