@@ -81,7 +81,9 @@ impl InstanceDb {
     /// Create the file and the host's tables now, so the instance starts with its
     /// database in place.
     pub fn provision(&self) -> Result<(), String> {
-        self.with(|_| Ok(()))
+        // Opened and closed: thousands of idle instances must not hold thousands
+        // of open files. The first request opens it again.
+        self.open().map(drop)
     }
 
     fn open(&self) -> Result<Connection, String> {

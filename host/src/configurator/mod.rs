@@ -256,7 +256,7 @@ impl Configurator {
             .context("provisioning task failed")?
             .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
         tx.commit().await.context("failed to commit instance")?;
-        self.rebuild_routes().await?;
+        self.add_routes(&id).await?;
         tracing::info!(instance = %id, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
         self.instance(&id).await
     }
@@ -401,14 +401,31 @@ impl Configurator {
 
     /// Rebuild the router's table from the database and swap it in.
     pub async fn rebuild_routes(&self) -> Result<(), ConfigError> {
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(String, String, String, String, Option<String>, String, String, bool)> = sqlx::query_as(
+        let rows = self.route_rows(None).await?;
+        self.router.replace(self.routes_of(rows));
+        Ok(())
+    }
+
+    /// Route a newly created instance: only its rows are read, and the table is
+    /// copied and swapped (creating many instances stays linear).
+    async fn add_routes(&self, instance: &str) -> Result<(), ConfigError> {
+        let rows = self.route_rows(Some(instance)).await?;
+        self.router.extend(self.routes_of(rows));
+        Ok(())
+    }
+
+    async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
+        let sql =
             "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled \
-             FROM instance_hosts h JOIN instances i ON i.id = h.instance_id",
-        )
-        .fetch_all(&self.db)
-        .await
-        .context("failed to load routes")?;
+                   FROM instance_hosts h JOIN instances i ON i.id = h.instance_id";
+        let rows = match instance {
+            Some(id) => sqlx::query_as(&format!("{sql} WHERE i.id = $1")).bind(id).fetch_all(&self.db).await,
+            None => sqlx::query_as(sql).fetch_all(&self.db).await,
+        };
+        Ok(rows.context("failed to load routes")?)
+    }
+
+    fn routes_of(&self, rows: Vec<RouteRow>) -> HashMap<String, Arc<Route>> {
         let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
         let mut by_instance: HashMap<String, Arc<Route>> = HashMap::new();
         for (host, instance, tenant, service, pinned, modules, settings, enabled) in rows {
@@ -450,10 +467,12 @@ impl Configurator {
             };
             routes.insert(host, route);
         }
-        self.router.replace(routes);
-        Ok(())
+        routes
     }
 }
+
+/// hostname, instance, tenant, service, pinned version, modules, settings, enabled
+type RouteRow = (String, String, String, String, Option<String>, String, String, bool);
 
 fn json_text(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()

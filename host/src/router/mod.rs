@@ -64,6 +64,15 @@ impl Router {
         self.table.store(Arc::new(table));
     }
 
+    /// Add or replace some hostnames, keeping the rest.
+    pub fn extend(&self, routes: HashMap<String, Arc<Route>>) {
+        self.table.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.extend(routes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            next
+        });
+    }
+
     /// Number of hostnames routed.
     pub fn len(&self) -> usize {
         self.table.load().len()
