@@ -192,3 +192,42 @@ async fn key_value_is_per_instance_with_ttl_prefixes_and_counters() {
     let (_, listed) = call(&node, "a.test", Method::GET, "/kv?prefix=sh", "").await;
     assert_eq!(listed["keys"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forum_keeps_posts_and_polls_per_instance_and_its_modules_add_features() {
+    let node = TestNode::start().await;
+    let manifest = std::fs::read_to_string(crate::harness::repo().join("plugins/forum/wharf.toml")).unwrap();
+    assert!(node.publish_bytes(&manifest, crate::harness::guest("forum")).await.0.is_success());
+    node.create_tenant("acme").await;
+    node.create_tenant("globex").await;
+    let (status, body) = node
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(
+                json!({ "tenant": "acme", "service": "forum", "hosts": ["acme.test"], "modules": ["polls", "search"] }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    node.create_instance("globex", "forum", &["globex.test"]).await;
+
+    let post = json!({ "title": "Tabs", "body": "Tabs are better 100%" }).to_string();
+    assert_eq!(call(&node, "acme.test", Method::POST, "/posts", &post).await.0, StatusCode::CREATED);
+    assert_eq!(
+        call(&node, "acme.test", Method::POST, "/polls", r#"{"question":"Tabs?"}"#).await.0,
+        StatusCode::CREATED
+    );
+    let (_, found) = call(&node, "acme.test", Method::GET, "/search?q=better%20100%25", "").await;
+    assert_eq!(found["results"].as_array().unwrap().len(), 1, "{found}");
+    let (_, none) = call(&node, "acme.test", Method::GET, "/search?q=%25", "").await;
+    assert_eq!(none["results"].as_array().unwrap().len(), 1, "'%' is literal text, found once: {none}");
+    let (_, polls) = call(&node, "acme.test", Method::GET, "/polls", "").await;
+    assert_eq!(polls["polls"][0]["question"], "Tabs?");
+
+    // Globex has the same code, its own (empty) data, and no polls or search.
+    let (_, posts) = call(&node, "globex.test", Method::GET, "/posts", "").await;
+    assert_eq!(posts["posts"], json!([]));
+    assert_eq!(call(&node, "globex.test", Method::GET, "/polls", "").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(&node, "globex.test", Method::GET, "/search?q=Tabs", "").await.0, StatusCode::NOT_FOUND);
+}

@@ -1,24 +1,40 @@
-//! The seed's service A: a small forum. Adding and removing users are guarded by
-//! the `addUsers` and `removeUsers` permissions its wharf.toml declares; the host
-//! checks them, so the code here does not. (Its data moves to the instance
-//! database when Wharf gives services one.)
+//! The seed's service A: a small forum keeping its users, posts and polls in the
+//! instance's own database. Adding and removing users are guarded by the
+//! `addUsers` and `removeUsers` permissions its wharf.toml declares (Wharf checks
+//! them before this code runs); the `polls` and `search` modules switch on extra
+//! features per instance; the site name and language are instance settings.
 
+use wharf_sdk::sql::{self, Value};
 use wharf_sdk::{features, identity, json, status, Error, Params, Request, Response, Router};
 
+/// The schema, created on first use (versioned migrations arrive with jobs).
+fn schema() -> wharf_sdk::Result<()> {
+    sql::batch(&[
+        ("CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY)", vec![]),
+        ("INSERT OR IGNORE INTO users (name) VALUES ('ada'), ('grace')", vec![]),
+        ("CREATE TABLE IF NOT EXISTS posts (id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT NOT NULL)", vec![]),
+        ("CREATE TABLE IF NOT EXISTS polls (id INTEGER PRIMARY KEY, question TEXT NOT NULL)", vec![]),
+    ])?;
+    Ok(())
+}
+
 fn handle(req: Request) -> Response {
+    if let Err(e) = schema() {
+        return wharf_sdk::IntoResponse::into_response(e);
+    }
     Router::new()
         .get("/", home)
-        .get("/polls", |_: &Request, _: &Params| Ok(Response::json(&json!({ "polls": ["Tabs or spaces?"] }))))
-        .get("/search", |req: &Request, _: &Params| {
-            let q = req.query_param("q").unwrap_or_default();
-            Ok(Response::json(&json!({ "query": q, "results": [] })))
-        })
-        .get("/users", |_: &Request, _: &Params| Ok(Response::json(&json!({ "users": ["ada", "grace"] }))))
         .get("/me", me)
+        .get("/users", list_users)
         .post("/users", add_user)
-        .delete("/users/:name", |_: &Request, p: &Params| {
-            Ok(Response::json(&json!({ "removed": p.get("name") })).with_status(status::OK))
-        })
+        .delete("/users/:name", remove_user)
+        .get("/posts", list_posts)
+        .post("/posts", add_post)
+        // Module `polls` (the manifest ties these routes to it).
+        .get("/polls", list_polls)
+        .post("/polls", add_poll)
+        // Module `search`.
+        .get("/search", search)
         .handle(&req)
 }
 
@@ -28,7 +44,7 @@ fn home(_: &Request, _: &Params) -> wharf_sdk::Result {
         "forum": features::setting("site-name").unwrap_or_else(|| "A Wharf forum".into()),
         "language": features::setting("language").unwrap_or_else(|| "en".into()),
         "modules": features::modules(),
-        "routes": ["GET /users", "GET /me", "POST /users", "DELETE /users/NAME", "GET /polls", "GET /search"],
+        "routes": ["GET /users", "GET /me", "POST /users", "DELETE /users/NAME", "GET|POST /posts", "GET|POST /polls", "GET /search?q="],
     })))
 }
 
@@ -44,11 +60,64 @@ fn me(req: &Request, _: &Params) -> wharf_sdk::Result {
     })))
 }
 
+fn list_users(_: &Request, _: &Params) -> wharf_sdk::Result {
+    let rows = sql::query("SELECT name FROM users ORDER BY name", &[])?;
+    let names: Vec<&str> = rows.rows.iter().filter_map(|r| r[0].as_text()).collect();
+    Ok(Response::json(&json!({ "users": names })))
+}
+
 fn add_user(req: &Request, _: &Params) -> wharf_sdk::Result {
     let body: serde_json::Value = req.json()?;
-    let name =
-        body.get("name").and_then(|n| n.as_str()).ok_or_else(|| Error::bad_request("send {\"name\": \"...\"}"))?;
+    let name = body.get("name").and_then(|n| n.as_str()).filter(|n| !n.trim().is_empty());
+    let name = name.ok_or_else(|| Error::bad_request("send {\"name\": \"...\"}"))?;
+    sql::execute("INSERT OR IGNORE INTO users (name) VALUES (?1)", &[name.into()])?;
     Ok(Response::json(&json!({ "added": name })).with_status(status::CREATED))
+}
+
+fn remove_user(_: &Request, p: &Params) -> wharf_sdk::Result {
+    let name = p.get("name").unwrap_or_default();
+    let existed = sql::execute("DELETE FROM users WHERE name = ?1", &[name.into()])? > 0;
+    Ok(Response::json(&json!({ "removed": name, "existed": existed })).with_status(status::OK))
+}
+
+fn list_posts(_: &Request, _: &Params) -> wharf_sdk::Result {
+    let rows = sql::query("SELECT id, title, body FROM posts ORDER BY id DESC LIMIT 100", &[])?;
+    Ok(Response::json(&json!({ "posts": rows.to_json() })))
+}
+
+fn add_post(req: &Request, _: &Params) -> wharf_sdk::Result {
+    let body: serde_json::Value = req.json()?;
+    let field = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let (Some(title), Some(text)) = (field("title"), field("body")) else {
+        return Err(Error::bad_request("send {\"title\": \"...\", \"body\": \"...\"}"));
+    };
+    sql::execute("INSERT INTO posts (title, body) VALUES (?1, ?2)", &[title.clone().into(), text.into()])?;
+    Ok(Response::json(&json!({ "title": title })).with_status(status::CREATED))
+}
+
+fn list_polls(_: &Request, _: &Params) -> wharf_sdk::Result {
+    let rows = sql::query("SELECT id, question FROM polls ORDER BY id", &[])?;
+    Ok(Response::json(&json!({ "polls": rows.to_json() })))
+}
+
+fn add_poll(req: &Request, _: &Params) -> wharf_sdk::Result {
+    let body: serde_json::Value = req.json()?;
+    let question = body
+        .get("question")
+        .and_then(|q| q.as_str())
+        .ok_or_else(|| Error::bad_request("send {\"question\": \"...\"}"))?;
+    sql::execute("INSERT INTO polls (question) VALUES (?1)", &[question.into()])?;
+    Ok(Response::json(&json!({ "question": question })).with_status(status::CREATED))
+}
+
+fn search(req: &Request, _: &Params) -> wharf_sdk::Result {
+    let q = req.query_param("q").unwrap_or_default();
+    // instr() matches the text literally: no LIKE wildcards from user input.
+    let rows = sql::query(
+        "SELECT id, title FROM posts WHERE instr(lower(title || ' ' || body), lower(?1)) > 0 ORDER BY id DESC LIMIT 20",
+        &[Value::Text(q.clone())],
+    )?;
+    Ok(Response::json(&json!({ "query": q, "results": rows.to_json() })))
 }
 
 wharf_sdk::service!(handle);
