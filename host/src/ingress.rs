@@ -149,8 +149,8 @@ impl Ingress {
         };
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
-        let service = version.service.clone();
-        let service_version = version.version.clone();
+        // The version (an Arc) rides along for the failure log: no per-request copies.
+        let logged = version.clone();
         let handled = self
             .runtime
             .handle(
@@ -169,8 +169,8 @@ impl Ingress {
                             tenant = %who.tenant,
                             instance = %who.instance,
                             request_id = who.request_id,
-                            service = %service,
-                            version = %service_version,
+                            service = %logged.service,
+                            version = %logged.version,
                             fuel = outcome.fuel,
                             "guest failed: {failure:?}"
                         );
