@@ -10,9 +10,10 @@
 //! own `_wharf_*` tables. Size, row, byte and time limits bound what a guest can
 //! make the host hold; every refusal is an error the guest sees, never a trap.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -48,10 +49,64 @@ const ALLOWED_PRAGMAS: &[&str] = &[
     "foreign_keys",
 ];
 
+/// How many instance databases a node keeps open at once (each holds three file
+/// descriptors: the file, its WAL and its shared memory).
+pub const MAX_OPEN_DATABASES: usize = 256;
+
+type Slot = Mutex<Option<Connection>>;
+
+/// The open connections of a node, closed oldest-first beyond a budget so that
+/// thousands of instances never exhaust file descriptors. A closed one reopens on
+/// its next use.
+pub struct OpenDatabases {
+    max: usize,
+    open: AtomicUsize,
+    order: Mutex<VecDeque<Weak<Slot>>>,
+}
+
+impl OpenDatabases {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { max: max.max(1), open: AtomicUsize::new(0), order: Mutex::new(VecDeque::new()) })
+    }
+
+    /// Databases open now.
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self, slot: &Arc<Slot>) {
+        let Ok(mut order) = self.order.lock() else { return };
+        order.push_back(Arc::downgrade(slot));
+        self.open.fetch_add(1, Ordering::Relaxed);
+        // Close the oldest idle connections; one in use (its lock held, including
+        // the one just opened) is skipped and stays open until later.
+        let mut checked = 0;
+        while self.open.load(Ordering::Relaxed) > self.max && checked < order.len() {
+            let Some(oldest) = order.pop_front() else { break };
+            checked += 1;
+            let Some(slot) = oldest.upgrade() else {
+                continue;
+            };
+            let closed = match slot.try_lock() {
+                Ok(mut conn) => Some(conn.take().is_some()),
+                Err(_) => None,
+            };
+            match closed {
+                Some(true) => {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                }
+                Some(false) => {}
+                None => order.push_back(oldest),
+            }
+        }
+    }
+}
+
 /// One instance's database.
 pub struct InstanceDb {
     path: PathBuf,
-    conn: Mutex<Option<Connection>>,
+    conn: Arc<Slot>,
+    budget: Arc<OpenDatabases>,
     /// While set, the authorizer lets the host reach its own tables (key-value).
     host_access: Arc<AtomicBool>,
 }
@@ -74,8 +129,13 @@ pub struct SqlRows {
 
 impl InstanceDb {
     /// The database of the instance whose directory is `dir` (not opened yet).
-    pub fn new(dir: &Path) -> Self {
-        Self { path: dir.join("data.sqlite"), conn: Mutex::new(None), host_access: Arc::new(AtomicBool::new(false)) }
+    pub fn new(dir: &Path, budget: Arc<OpenDatabases>) -> Self {
+        Self {
+            path: dir.join("data.sqlite"),
+            conn: Arc::new(Mutex::new(None)),
+            budget,
+            host_access: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Create the file and the host's tables now, so the instance starts with its
@@ -115,6 +175,7 @@ impl InstanceDb {
         let mut guard = self.conn.lock().map_err(|_| "the database is unavailable".to_string())?;
         if guard.is_none() {
             *guard = Some(self.open()?);
+            self.budget.opened(&self.conn);
         }
         let conn = guard.as_mut().ok_or("the database is unavailable")?;
         let deadline = Instant::now() + STATEMENT_TIMEOUT;
@@ -386,7 +447,7 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, InstanceDb) {
         let dir = tempfile::tempdir().unwrap();
-        let db = InstanceDb::new(dir.path());
+        let db = InstanceDb::new(dir.path(), OpenDatabases::new(MAX_OPEN_DATABASES));
         db.provision().unwrap();
         (dir, db)
     }
@@ -410,6 +471,22 @@ mod tests {
             Value::Integer(1),
             "a failed batch applies nothing"
         );
+    }
+
+    #[test]
+    fn open_databases_stay_within_budget_and_reopen_with_their_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = OpenDatabases::new(2);
+        let dbs: Vec<InstanceDb> =
+            (0..5).map(|i| InstanceDb::new(&dir.path().join(i.to_string()), budget.clone())).collect();
+        for (i, db) in dbs.iter().enumerate() {
+            db.kv_set("n", i.to_string().as_bytes(), None).unwrap();
+            assert!(budget.open_count() <= 2, "{} open", budget.open_count());
+        }
+        for (i, db) in dbs.iter().enumerate() {
+            assert_eq!(db.kv_get("n").unwrap(), Some(i.to_string().into_bytes()), "data survives closing");
+        }
+        assert!(budget.open_count() <= 2);
     }
 
     #[test]

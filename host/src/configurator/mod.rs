@@ -136,6 +136,7 @@ pub struct Configurator {
     instances_dir: std::path::PathBuf,
     /// Open instance databases, kept across route rebuilds.
     databases: dashmap::DashMap<String, Arc<database::InstanceDb>>,
+    open_databases: Arc<database::OpenDatabases>,
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
@@ -156,6 +157,7 @@ impl Configurator {
             db,
             instances_dir: data_dir.join("instances"),
             databases: dashmap::DashMap::new(),
+            open_databases: database::OpenDatabases::new(database::MAX_OPEN_DATABASES),
             registry,
             router,
             usage,
@@ -167,7 +169,9 @@ impl Configurator {
     pub fn database(&self, instance: &str) -> Arc<database::InstanceDb> {
         self.databases
             .entry(instance.to_string())
-            .or_insert_with(|| Arc::new(database::InstanceDb::new(&self.instances_dir.join(instance))))
+            .or_insert_with(|| {
+                Arc::new(database::InstanceDb::new(&self.instances_dir.join(instance), self.open_databases.clone()))
+            })
             .clone()
     }
 
