@@ -69,37 +69,26 @@ for target in 127.0.0.1:18180 127.0.0.1:18182 127.0.0.1:18183; do
     [[ "$body" == "Hello from Wharf!" ]] || { echo "unexpected body from $target: $body" >&2; exit 1; }
 done
 
+source bench/lib.sh
 declare -A rps p50 p99
-run_wrk() { # name addr
-    local out
-    out=$(wrk -t1 -c"$connections" -d"$duration" --latency -H 'Host: bench.local' "http://$2/")
-    rps[$1]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
-    p50[$1]+="$(awk '$1=="50%" {print $2}' <<<"$out") "
-    p99[$1]+="$(awk '$1=="99%" {print $2}' <<<"$out") "
-}
 echo "==> HTTP hello: wrk -t1 -c$connections -d$duration, $rounds interleaved rounds"
 for name in wharf wasmtime native; do # warm-up
     case $name in wharf) a=127.0.0.1:18180;; wasmtime) a=127.0.0.1:18182;; native) a=127.0.0.1:18183;; esac
     wrk -t1 -c"$connections" -d2s -H 'Host: bench.local' "http://$a/" >/dev/null
 done
 for r in $(seq 1 "$rounds"); do
-    run_wrk wharf 127.0.0.1:18180
-    run_wrk wasmtime 127.0.0.1:18182
-    run_wrk native 127.0.0.1:18183
+    run_wrk wharf bench.local http://127.0.0.1:18180/
+    run_wrk wasmtime bench.local http://127.0.0.1:18182/
+    run_wrk native bench.local http://127.0.0.1:18183/
     echo "    round $r done"
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; printf "%.3f", v}'; }
-printf "\n%-34s %12s %10s %10s\n" "hello over HTTP (median)" "req/s" "p50 ms" "p99 ms"
+printf "\n%-44s %10s %9s %9s\n" "hello over HTTP (median)" "req/s" "p50 ms" "p99 ms"
+report wharf "Wharf (fuel + epochs on)"
+report wasmtime "wasmtime serve 48 (defaults)"
+report native "native hyper"
 declare -A med
-for name in wharf wasmtime native; do
-    med[$name]=$(median <<<"${rps[$name]}")
-    m50=$(for v in ${p50[$name]}; do to_ms <<<"$v"; echo; done | median)
-    m99=$(for v in ${p99[$name]}; do to_ms <<<"$v"; echo; done | median)
-    case $name in wharf) label="Wharf (fuel + epochs on)";; wasmtime) label="wasmtime serve 48 (defaults)";; native) label="native hyper";; esac
-    printf "%-34s %12.0f %10s %10s\n" "$label" "${med[$name]}" "$m50" "$m99"
-done
+for name in wharf wasmtime native; do med[$name]=$(median <<<"${rps[$name]}"); done
 awk -v w="${med[wharf]}" -v t="${med[wasmtime]}" -v n="${med[native]}" 'BEGIN {
     printf "\nWharf / wasmtime serve: %.2fx   Wharf / native: %.2f   wasmtime serve / native: %.3f\n", w/t, w/n, t/n }'
 

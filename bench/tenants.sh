@@ -52,38 +52,23 @@ rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 sleep 2
 rss_one=$(rss "$one_pid"); rss_many=$(rss "$many_pid")
 
+source bench/lib.sh
 declare -A rps p50 p99
-run() { # name host addr path
-    local out
-    out=$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: $2" "http://$3$4")
-    rps[$1]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
-    p50[$1]+="$(awk '$1=="50%" {print $2}' <<<"$out") "
-    p99[$1]+="$(awk '$1=="99%" {print $2}' <<<"$out") "
-}
 echo "==> wrk -t1 -c$connections -d$duration, $rounds interleaved rounds"
 for r in $(seq 1 "$rounds"); do
-    run hello-1 t0.bench 127.0.0.1:18380 /
-    run hello-many t0.bench 127.0.0.1:18390 /
-    run hello-many-last "t$((tenants - 1)).bench" 127.0.0.1:18390 /
-    run sql-read sql.bench 127.0.0.1:18380 /sql/read/500
+    run_wrk hello-1 t0.bench http://127.0.0.1:18380/
+    run_wrk hello-many t0.bench http://127.0.0.1:18390/
+    run_wrk hello-many-last "t$((tenants - 1)).bench" http://127.0.0.1:18390/
+    run_wrk sql-read sql.bench http://127.0.0.1:18380/sql/read/500
     echo "    round $r done"
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; printf "%.3f", v}'; }
 printf "\n%-44s %10s %9s %9s\n" "(median)" "req/s" "p50 ms" "p99 ms"
+report hello-1 "hello, node with 1 tenant"
+report hello-many "hello, node with $tenants tenants (first)"
+report hello-many-last "hello, node with $tenants tenants (last)"
+report sql-read "one indexed SQL read (1-tenant node)"
 declare -A med
-for name in hello-1 hello-many hello-many-last sql-read; do
-    med[$name]=$(median <<<"${rps[$name]}")
-    m50=$(for v in ${p50[$name]}; do to_ms <<<"$v"; echo; done | median)
-    m99=$(for v in ${p99[$name]}; do to_ms <<<"$v"; echo; done | median)
-    case $name in
-        hello-1) label="hello, node with 1 tenant";;
-        hello-many) label="hello, node with $tenants tenants (first)";;
-        hello-many-last) label="hello, node with $tenants tenants (last)";;
-        sql-read) label="one indexed SQL read (1-tenant node)";;
-    esac
-    printf "%-44s %10.0f %9s %9s\n" "$label" "${med[$name]}" "$m50" "$m99"
-done
+for name in hello-1 hello-many hello-many-last sql-read; do med[$name]=$(median <<<"${rps[$name]}"); done
 awk -v a="${med[hello-1]}" -v b="${med[hello-many]}" -v s="${med[sql-read]}" 'BEGIN {
     printf "\n%s tenants / 1 tenant: %.2f   SQL read / hello: %.2f\n", "'"$tenants"'", b/a, s/a }'
 printf "resident memory, idle: 1 tenant %s MiB, %s tenants %s MiB (%.1f KiB per instance)\n" \

@@ -1,0 +1,25 @@
+# Shared by bench/*.sh: wrk runs collected per name, medians and unit conversion.
+# Callers set $connections and $duration and declare: declare -A rps p50 p99
+
+# run_wrk NAME HOST URL — one wrk run, appended to NAME's samples.
+run_wrk() {
+    local out
+    out=$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: $2" "$3")
+    rps[$1]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
+    p50[$1]+="$(awk '$1=="50%" {print $2}' <<<"$out") "
+    p99[$1]+="$(awk '$1=="99%" {print $2}' <<<"$out") "
+}
+
+# median — of whitespace-separated numbers on stdin.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# to_ms — wrk's "850.00us" / "1.20ms" / "1.02s" as milliseconds.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; printf "%.3f", v}'; }
+
+# report NAME LABEL — one table row: median req/s, p50 and p99 of NAME's samples.
+report() {
+    local m50 m99
+    m50=$(for v in ${p50[$1]}; do to_ms <<<"$v"; echo; done | median)
+    m99=$(for v in ${p99[$1]}; do to_ms <<<"$v"; echo; done | median)
+    printf "%-44s %10.0f %9s %9s\n" "$2" "$(median <<<"${rps[$1]}")" "$m50" "$m99"
+}
