@@ -40,6 +40,18 @@ async fn tenant_owned_by(node: &TestNode, name: &str, service: &str, host: &str)
     (owner, body["id"].as_str().unwrap().to_string())
 }
 
+/// Register `email`, make them a member of `tenant` (by its `owner`) holding
+/// `permission` there; returns their session token.
+async fn member_holding(node: &TestNode, owner: &str, tenant: &str, email: &str, permission: &str) -> String {
+    let token = node.user(email).await;
+    let path = format!("/v1/tenants/{tenant}/members");
+    node.expect(owner, Method::POST, &path, json!({ "email": email }), StatusCode::CREATED).await;
+    let path = format!("/v1/tenants/{tenant}/grants");
+    node.expect(owner, Method::POST, &path, json!({ "email": email, "permission": permission }), StatusCode::CREATED)
+        .await;
+    token
+}
+
 /// Every tenant-scoped admin endpoint, with `{t}` (tenant) and `{i}` (instance).
 fn tenant_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
     vec![
@@ -228,36 +240,9 @@ async fn guarded_routes_answer_401_403_or_run_the_guest_for_every_permission() {
     let mut holders = std::collections::HashMap::new();
     for permission in ["forum.addUsers", "forum.removeUsers", "tasks.addUsers", "tasks.runTasks"] {
         let email = format!("{}@acme.test", permission.replace('.', "-"));
-        let token = node.user(&email).await;
-        node.expect(&owner, Method::POST, "/v1/tenants/acme/members", json!({ "email": email }), StatusCode::CREATED)
-            .await;
-        node.expect(
-            &owner,
-            Method::POST,
-            "/v1/tenants/acme/grants",
-            json!({ "email": email, "permission": permission }),
-            StatusCode::CREATED,
-        )
-        .await;
-        holders.insert(permission, token);
+        holders.insert(permission, member_holding(&node, &owner, "acme", &email, permission).await);
     }
-    let outsider = node.user("outsider@globex.test").await;
-    node.expect(
-        &other_owner,
-        Method::POST,
-        "/v1/tenants/globex/members",
-        json!({ "email": "outsider@globex.test" }),
-        StatusCode::CREATED,
-    )
-    .await;
-    node.expect(
-        &other_owner,
-        Method::POST,
-        "/v1/tenants/globex/grants",
-        json!({ "email": "outsider@globex.test", "permission": "forum.addUsers" }),
-        StatusCode::CREATED,
-    )
-    .await;
+    let outsider = member_holding(&node, &other_owner, "globex", "outsider@globex.test", "forum.addUsers").await;
     let (_, revoked_key) =
         node.call(&holders["forum.addUsers"], Method::POST, "/v1/keys", Some(json!({ "name": "k" }))).await;
     node.call(
@@ -546,23 +531,7 @@ async fn the_guest_learns_who_is_calling_but_never_sees_the_credential() {
     publish_seed_services(&node).await;
     let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
     let (_, _) = tenant_owned_by(&node, "globex", "forum", "forum.globex.test").await;
-    let ann = node.user("ann@acme.test").await;
-    node.expect(
-        &owner,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "ann@acme.test" }),
-        StatusCode::CREATED,
-    )
-    .await;
-    node.expect(
-        &owner,
-        Method::POST,
-        "/v1/tenants/acme/grants",
-        json!({ "email": "ann@acme.test", "permission": "forum.addUsers" }),
-        StatusCode::CREATED,
-    )
-    .await;
+    let ann = member_holding(&node, &owner, "acme", "ann@acme.test", "forum.addUsers").await;
 
     let me = |token: Option<String>| {
         let node = &node;
