@@ -34,6 +34,16 @@ async fn every_bad_upload_is_refused_with_a_message_naming_the_problem_and_nothi
     assert_eq!(files_in(&node.data.path().join("compiled")), 0, "no artifact may be stored");
 }
 
+/// POST to hello's upload endpoint as the operator, with the body `shape` sets.
+async fn upload(
+    node: &TestNode,
+    shape: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> (StatusCode, String) {
+    let req = node.http.post(format!("{}/v1/services/hello/versions", node.admin_url())).bearer_auth(&node.admin_key);
+    let resp = shape(req).send().await.unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_and_malformed_uploads_are_refused_with_a_message() {
     let node = TestNode::start().await;
@@ -56,39 +66,18 @@ async fn bad_manifests_and_malformed_uploads_are_refused_with_a_message() {
     let form = reqwest::multipart::Form::new()
         .text("manifest", manifest("other", "1.0.0"))
         .part("component", reqwest::multipart::Part::bytes(hello.clone()));
-    let resp = node
-        .http
-        .post(format!("{}/v1/services/hello/versions", node.admin_url()))
-        .bearer_auth(&node.admin_key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(resp.text().await.unwrap().contains("names service \\\"other\\\""));
+    let (status, text) = upload(&node, |req| req.multipart(form)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("names service \\\"other\\\""), "{text}");
 
     // Missing parts, and a body that is not multipart at all.
     let form = reqwest::multipart::Form::new().text("manifest", manifest("hello", "1.0.0"));
-    let resp = node
-        .http
-        .post(format!("{}/v1/services/hello/versions", node.admin_url()))
-        .bearer_auth(&node.admin_key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(resp.text().await.unwrap().contains("missing the `component` part"));
-    let resp = node
-        .http
-        .post(format!("{}/v1/services/hello/versions", node.admin_url()))
-        .bearer_auth(&node.admin_key)
-        .body(hello)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(resp.text().await.unwrap().contains("multipart/form-data"));
+    let (status, text) = upload(&node, |req| req.multipart(form)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("missing the `component` part"), "{text}");
+    let (status, text) = upload(&node, |req| req.body(hello)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("multipart/form-data"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
