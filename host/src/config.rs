@@ -18,6 +18,12 @@ pub struct NodeConfig {
     pub limits: GuestLimits,
     /// Pooling allocator sizing.
     pub pool: PoolConfig,
+    /// Bounds on what clients can hold at the edges: connections, slow bodies,
+    /// concurrent guests per tenant.
+    pub edges: EdgeLimits,
+    /// Threads that run instance database work (SQL, key-value); a tenant uses
+    /// at most half of them at once.
+    pub db_threads: usize,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// How often usage counters are written to the database.
@@ -38,6 +44,63 @@ pub struct GuestLimits {
     pub request_timeout: Duration,
     /// Largest wasm stack, in bytes; deeper recursion traps.
     pub max_wasm_stack: usize,
+    /// Bytes of stdout and stderr one request may write to the node's log; the
+    /// rest is dropped and counted in one line.
+    pub output_bytes: usize,
+}
+
+/// What clients and tenants may hold at the edges of a node.
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    /// Open connections to the ingress, node-wide; more are closed at accept.
+    pub max_connections: usize,
+    /// Open connections to the ingress from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Open connections to the admin API.
+    pub admin_max_connections: usize,
+    /// How long a client may take to send a request's headers (both listeners).
+    pub header_timeout: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub body_idle_timeout: Duration,
+    /// Slowest average rate a request body may arrive at, after the idle
+    /// timeout's grace, in bytes per second.
+    pub min_body_rate: u64,
+    /// Bytes of a request body read before a guest is started; a client that
+    /// trickles its body holds a connection, never a guest.
+    pub body_prefetch_bytes: usize,
+    /// Guests one tenant may run at once (`None`: a quarter of the pool).
+    pub max_guests_per_tenant: Option<u32>,
+    /// Guests one instance may run at once (`None`: as many as its tenant).
+    pub max_guests_per_instance: Option<u32>,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_ip: 2_048,
+            admin_max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(10),
+            min_body_rate: 1024,
+            body_prefetch_bytes: 64 << 10,
+            max_guests_per_tenant: None,
+            max_guests_per_instance: None,
+        }
+    }
+}
+
+impl EdgeLimits {
+    /// Guests one tenant may run at once in a pool of `pool` slots.
+    pub fn guests_per_tenant(&self, pool: u32) -> u32 {
+        self.max_guests_per_tenant.unwrap_or(pool / 4).clamp(1, pool.max(1))
+    }
+
+    /// Guests one instance may run at once in a pool of `pool` slots.
+    pub fn guests_per_instance(&self, pool: u32) -> u32 {
+        let tenant = self.guests_per_tenant(pool);
+        self.max_guests_per_instance.unwrap_or(tenant).clamp(1, tenant)
+    }
 }
 
 /// Sizing of wasmtime's pooling instance allocator.
@@ -61,6 +124,7 @@ impl Default for GuestLimits {
             max_memory_bytes: 128 << 20,
             request_timeout: Duration::from_secs(30),
             max_wasm_stack: 512 << 10,
+            output_bytes: 64 << 10,
         }
     }
 }
@@ -80,6 +144,8 @@ impl NodeConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             limits: GuestLimits::default(),
             pool: PoolConfig::default(),
+            edges: EdgeLimits::default(),
+            db_threads: 4,
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
             init_admin: None,

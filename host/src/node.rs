@@ -15,6 +15,7 @@ use crate::billing::Usage;
 use crate::config::NodeConfig;
 use crate::configurator::Configurator;
 use crate::identity::Identity;
+use crate::ingress::listener::{self, ConnectionCaps};
 use crate::ingress::Ingress;
 use crate::registry::Registry;
 use crate::router::Router;
@@ -63,8 +64,16 @@ impl Node {
         let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir).await?);
         let router = Arc::new(Router::default());
         let usage = Arc::new(Usage::new(db.clone()));
-        let configurator =
-            Arc::new(Configurator::new(db.clone(), registry.clone(), router.clone(), usage.clone(), &config.data_dir));
+        let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)
+            .context("failed to start the database threads")?;
+        let configurator = Arc::new(Configurator::new(
+            db.clone(),
+            registry.clone(),
+            router.clone(),
+            usage.clone(),
+            &config.data_dir,
+            db_threads,
+        ));
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
         let identity = Arc::new(Identity::new(db.clone()));
         let access = Arc::new(Access::new(db.clone()));
@@ -104,20 +113,29 @@ impl Node {
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let ingress = Arc::new(Ingress::new(router, runtime, identity, access));
+        let edges = node.config.edges.clone();
+        let ingress =
+            Arc::new(Ingress::new(router, runtime, identity, access, edges.clone(), node.config.pool.max_instances));
         tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), node.config.shutdown_grace)));
 
         let app = crate::admin::router(node.clone());
-        let mut admin_watch = watcher.clone();
-        tasks.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = admin_watch.wait_for(|stop| *stop).await;
-            };
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(stop).await {
-                tracing::error!("admin API stopped: {e}");
-            }
-        }));
+        let admin_caps =
+            ConnectionCaps::new(edges.admin_max_connections, edges.admin_max_connections, edges.header_timeout);
+        tasks.push(tokio::spawn(listener::serve(
+            "admin",
+            admin_listener,
+            admin_caps,
+            watcher.clone(),
+            node.config.shutdown_grace,
+            move |peer| {
+                let app = app.clone();
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    // Login rate limits key on the client's address.
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                })
+            },
+        )));
 
         let flusher = node.clone();
         let mut flush_watch = watcher;

@@ -111,7 +111,11 @@ async fn a_guest_recursing_without_bound_overflows_its_stack_with_500() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_at_capacity_answers_503_and_recovers() {
-    let node = TestNode::start_with(|config| config.pool.max_instances = 2).await;
+    let node = TestNode::start_with(|config| {
+        config.pool.max_instances = 2;
+        config.edges.max_guests_per_tenant = Some(2);
+    })
+    .await;
     neighbours(&node).await;
     let sleepers: Vec<_> = (0..2)
         .map(|_| {

@@ -183,14 +183,15 @@ impl Access {
         Ok(Some(rows.into_iter().map(|(t,)| t).collect()))
     }
 
-    /// Add or change a member.
+    /// Add or change a member. The last owner cannot be demoted: the check and
+    /// the change are one statement, so two owners demoting each other at once
+    /// cannot both succeed.
     pub async fn set_member(&self, tenant: &str, user_id: &str, role: Role) -> Result<(), AccessError> {
-        if role != Role::Owner && self.role(tenant, user_id).await? == Some(Role::Owner) {
-            self.ensure_another_owner(tenant, user_id).await?;
-        }
-        sqlx::query(
+        let changed = sqlx::query(
             "INSERT INTO tenant_members (tenant_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role",
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role \
+             WHERE excluded.role = 'owner' OR tenant_members.role <> 'owner' OR EXISTS ( \
+                 SELECT 1 FROM tenant_members o WHERE o.tenant_id = $1 AND o.role = 'owner' AND o.user_id <> $2)",
         )
         .bind(tenant)
         .bind(user_id)
@@ -198,46 +199,41 @@ impl Access {
         .bind(store::now())
         .execute(&self.db)
         .await
-        .context("failed to set member")?;
+        .context("failed to set member")?
+        .rows_affected();
+        if changed == 0 {
+            return Err(AccessError::LastOwner);
+        }
         Ok(())
     }
 
-    /// Remove a member and their grants in the tenant.
+    /// Remove a member and their grants in the tenant; never the last owner.
     pub async fn remove_member(&self, tenant: &str, user_id: &str, email: &str) -> Result<(), AccessError> {
-        match self.role(tenant, user_id).await? {
-            None => return Err(AccessError::NotAMember(email.to_string(), tenant.to_string())),
-            Some(Role::Owner) => self.ensure_another_owner(tenant, user_id).await?,
-            Some(_) => {}
-        }
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let removed = sqlx::query(
+            "DELETE FROM tenant_members WHERE tenant_id = $1 AND user_id = $2 AND (role <> 'owner' OR EXISTS ( \
+                 SELECT 1 FROM tenant_members o WHERE o.tenant_id = $1 AND o.role = 'owner' AND o.user_id <> $2))",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .context("failed to remove member")?
+        .rows_affected();
+        if removed == 0 {
+            drop(tx);
+            return match self.role(tenant, user_id).await? {
+                None => Err(AccessError::NotAMember(email.to_string(), tenant.to_string())),
+                Some(_) => Err(AccessError::LastOwner),
+            };
+        }
         sqlx::query("DELETE FROM grants WHERE tenant_id = $1 AND user_id = $2")
             .bind(tenant)
             .bind(user_id)
             .execute(&mut *tx)
             .await
             .context("failed to remove grants")?;
-        sqlx::query("DELETE FROM tenant_members WHERE tenant_id = $1 AND user_id = $2")
-            .bind(tenant)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .context("failed to remove member")?;
         tx.commit().await.context("failed to commit")?;
-        Ok(())
-    }
-
-    async fn ensure_another_owner(&self, tenant: &str, user_id: &str) -> Result<(), AccessError> {
-        let (others,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM tenant_members WHERE tenant_id = $1 AND role = 'owner' AND user_id <> $2",
-        )
-        .bind(tenant)
-        .bind(user_id)
-        .fetch_one(&self.db)
-        .await
-        .context("failed to count owners")?;
-        if others == 0 {
-            return Err(AccessError::LastOwner);
-        }
         Ok(())
     }
 

@@ -91,6 +91,8 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
     node.access.require_operator(&caller, Platform::NodeRead)?;
     let stats = node.registry.stats();
     let limits = node.runtime.limits();
+    let edges = &node.config.edges;
+    let (sqlite_used, sqlite_highwater) = crate::configurator::database::sqlite_memory();
     Ok(Json(json!({
         "wharf_version": env!("CARGO_PKG_VERSION"),
         "ingress": node.addresses.ingress.to_string(),
@@ -102,6 +104,19 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
             "fuel_per_request": limits.fuel_per_request,
             "max_memory_bytes": limits.max_memory_bytes,
             "request_timeout_ms": limits.request_timeout.as_millis() as u64,
+            "output_bytes": limits.output_bytes,
+            "host_call_fuel_per_ms": crate::runtime::HOST_CALL_FUEL_PER_MS,
+            "guests": node.config.pool.max_instances,
+            "guests_per_tenant": edges.guests_per_tenant(node.config.pool.max_instances),
+            "guests_per_instance": edges.guests_per_instance(node.config.pool.max_instances),
+            "max_connections": edges.max_connections,
+            "max_connections_per_ip": edges.max_connections_per_ip,
+            "db_threads": node.config.db_threads,
+        },
+        "sqlite": {
+            "memory_bytes": sqlite_used,
+            "highwater_bytes": sqlite_highwater,
+            "heap_limit_bytes": crate::configurator::database::SQLITE_HEAP_LIMIT,
         },
     })))
 }

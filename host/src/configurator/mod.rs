@@ -137,6 +137,7 @@ pub struct Configurator {
     /// Open instance databases, kept across route rebuilds.
     databases: dashmap::DashMap<String, Arc<database::InstanceDb>>,
     open_databases: Arc<database::OpenDatabases>,
+    db_threads: Arc<database::DbThreads>,
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
@@ -152,12 +153,14 @@ impl Configurator {
         router: Arc<Router>,
         usage: Arc<Usage>,
         data_dir: &std::path::Path,
+        db_threads: Arc<database::DbThreads>,
     ) -> Self {
         Self {
             db,
             instances_dir: data_dir.join("instances"),
             databases: dashmap::DashMap::new(),
             open_databases: database::OpenDatabases::new(database::MAX_OPEN_DATABASES),
+            db_threads,
             registry,
             router,
             usage,
@@ -165,12 +168,17 @@ impl Configurator {
         }
     }
 
-    /// The database of an instance (opened on first use).
-    pub fn database(&self, instance: &str) -> Arc<database::InstanceDb> {
+    /// The databases of `tenant`'s instance (opened on first use).
+    pub fn database(&self, instance: &str, tenant: &str) -> Arc<database::InstanceDb> {
         self.databases
             .entry(instance.to_string())
             .or_insert_with(|| {
-                Arc::new(database::InstanceDb::new(&self.instances_dir.join(instance), self.open_databases.clone()))
+                Arc::new(database::InstanceDb::new(
+                    &self.instances_dir.join(instance),
+                    tenant,
+                    self.db_threads.clone(),
+                    self.open_databases.clone(),
+                ))
             })
             .clone()
     }
@@ -254,7 +262,7 @@ impl Configurator {
         .context("failed to create instance")?;
         insert_hosts(&mut tx, &id, &hosts).await?;
         // The instance's own database exists before anyone can reach the instance.
-        let db = self.database(&id);
+        let db = self.database(&id, &new.tenant);
         tokio::task::spawn_blocking(move || db.provision())
             .await
             .context("provisioning task failed")?
@@ -267,6 +275,9 @@ impl Configurator {
 
     /// Change an instance's hostnames or version policy.
     pub async fn update_instance(&self, id: &str, change: InstanceChange) -> Result<Instance, ConfigError> {
+        // Read and write under one lock: two concurrent changes of different
+        // fields both land, neither is lost to the other's stale copy.
+        let _guard = self.change_lock.lock().await;
         let current = self.instance(id).await?;
         let pinned = match change.version.as_deref() {
             None => current.pinned_version.clone(),
@@ -293,7 +304,6 @@ impl Configurator {
         check_settings(&settings)?;
         let enabled = change.enabled.unwrap_or(current.enabled);
 
-        let _guard = self.change_lock.lock().await;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         sqlx::query(
             "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4 WHERE id = $5",
@@ -456,7 +466,7 @@ impl Configurator {
                         target,
                         usage: self.usage.counters(&instance),
                         enabled,
-                        db: self.database(&instance),
+                        db: self.database(&instance, &tenant),
                         features: Arc::new(Features {
                             modules: serde_json::from_str(&modules).unwrap_or_default(),
                             settings: serde_json::from_str::<BTreeMap<String, String>>(&settings)

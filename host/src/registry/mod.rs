@@ -154,6 +154,8 @@ pub struct Registry {
     services: DashMap<String, Arc<ServiceSlot>>,
     // Publishes are rare and check-then-insert; one at a time keeps that atomic.
     publish_lock: tokio::sync::Mutex<()>,
+    /// Held while the active version changes in the database and in memory.
+    activate_lock: tokio::sync::Mutex<()>,
     stats: CacheStats,
 }
 
@@ -203,6 +205,7 @@ impl Registry {
             compiled_dir,
             services: DashMap::new(),
             publish_lock: tokio::sync::Mutex::new(()),
+            activate_lock: tokio::sync::Mutex::new(()),
             stats: CacheStats::default(),
         };
         registry.load_all().await?;
@@ -326,6 +329,7 @@ impl Registry {
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
 
         let now = store::now();
+        let _activating = self.activate_lock.lock().await;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         sqlx::query("INSERT INTO services (name, active_version, created_at) VALUES ($1, NULL, $2) ON CONFLICT (name) DO NOTHING")
             .bind(&service)
@@ -376,6 +380,9 @@ impl Registry {
         let Some(loaded) = slot.version(version) else {
             return Err(self.unknown_version(service, version).await);
         };
+        // The record and the pointer change together: two concurrent activations
+        // never leave the database naming one version and the node running another.
+        let _guard = self.activate_lock.lock().await;
         sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2")
             .bind(version)
             .bind(service)

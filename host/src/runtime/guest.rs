@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -21,7 +22,8 @@ pub struct RequestIdentity {
     pub tenant: Arc<str>,
     /// Instance serving the request.
     pub instance: Arc<str>,
-    /// Node-unique request id (also sent back as `x-wharf-request-id`).
+    /// Request id (also sent back as `x-wharf-request-id`): unique, and not a
+    /// sequence, so it reveals nothing of the node's traffic.
     pub request_id: u64,
 }
 
@@ -36,20 +38,35 @@ pub struct GuestState {
     pub(crate) deadline: Instant,
     /// Caller and instance configuration, for `wharf:platform`.
     pub(crate) context: super::GuestContext,
+    /// Fuel owed for time spent in host calls, taken at the next epoch tick.
+    pub(crate) host_fuel_debt: u64,
+    /// Set when nobody waits for the response any more: stop at the next tick.
+    pub(crate) abandoned: Arc<AtomicBool>,
+    /// Epoch ticks the guest has run across; CPU-heavy guests move to the
+    /// low-priority threads (see `invoke`).
+    pub(crate) ticks: u32,
+    /// Told once when the guest has run long enough to be moved.
+    pub(crate) demote: Arc<tokio::sync::Notify>,
 }
 
 impl GuestState {
     pub(crate) fn new(
         who: &RequestIdentity,
-        max_memory: usize,
+        limits: &crate::config::GuestLimits,
         deadline: Instant,
         context: super::GuestContext,
     ) -> Self {
         // WASI with nothing granted: no preopened directories, no environment, no
-        // network. stdout and stderr go to the host's log, tagged with the request.
+        // network. stdout and stderr go to the host's log, tagged with the request,
+        // within one budget for both.
+        let budget = Arc::new(LogBudget {
+            who: who.clone(),
+            left: AtomicUsize::new(limits.output_bytes),
+            dropped: AtomicUsize::new(0),
+        });
         let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(who, "stdout"))
-            .stderr(GuestLog::new(who, "stderr"))
+            .stdout(GuestLog { budget: budget.clone(), stream: "stdout" })
+            .stderr(GuestLog { budget, stream: "stderr" })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -59,9 +76,13 @@ impl GuestState {
             wasi,
             http: WasiHttpCtx::new(),
             hooks: DenyOutgoing,
-            limiter: MemoryLimiter { max_bytes: max_memory, hit: false },
+            limiter: MemoryLimiter { max_bytes: limits.max_memory_bytes, hit: false },
             deadline,
             context,
+            host_fuel_debt: 0,
+            abandoned: Arc::new(AtomicBool::new(false)),
+            ticks: 0,
+            demote: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -130,18 +151,51 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// What one request may still write to the log, shared by stdout and stderr.
+struct LogBudget {
+    who: RequestIdentity,
+    left: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+impl LogBudget {
+    /// How many of `wanted` bytes may be logged; the rest is counted as dropped.
+    fn take(&self, wanted: usize) -> usize {
+        let granted = match self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(wanted)))
+        {
+            Ok(left) | Err(left) => left.min(wanted),
+        };
+        if granted < wanted {
+            self.dropped.fetch_add(wanted - granted, Ordering::Relaxed);
+        }
+        granted
+    }
+}
+
+impl Drop for LogBudget {
+    fn drop(&mut self) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                target: "wharf::guest",
+                tenant = %self.who.tenant,
+                instance = %self.who.instance,
+                request_id = self.who.request_id,
+                dropped_bytes = dropped,
+                "guest output over its budget: {dropped} bytes dropped"
+            );
+        }
+    }
+}
+
 /// A guest's stdout or stderr: each line becomes a log event with the tenant,
 /// instance and request id.
 #[derive(Clone)]
 struct GuestLog {
-    who: Arc<RequestIdentity>,
+    budget: Arc<LogBudget>,
     stream: &'static str,
-}
-
-impl GuestLog {
-    fn new(who: &RequestIdentity, stream: &'static str) -> Self {
-        Self { who: Arc::new(who.clone()), stream }
-    }
 }
 
 impl IsTerminal for GuestLog {
@@ -168,22 +222,28 @@ struct LineLogger {
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let who = &self.log.who;
+        let who = &self.log.budget.who;
+        // The guest's text is a quoted, escaped field (Debug), never the message:
+        // no newline, control character or `key=value` of its own can forge a
+        // log line or a field.
         tracing::info!(
             target: "wharf::guest",
             tenant = %who.tenant,
             instance = %who.instance,
             request_id = who.request_id,
             stream = self.log.stream,
-            "{}",
-            text.trim_end()
+            text = ?text.trim_end(),
+            "guest output"
         );
     }
 }
 
 impl AsyncWrite for LineLogger {
     fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let mut rest = buf;
+        // Output past the budget is accepted and dropped: the guest is not told,
+        // so it cannot tell a full log from a slow one.
+        let granted = self.log.budget.take(buf.len());
+        let mut rest = &buf[..granted];
         while let Some(newline) = rest.iter().position(|b| *b == b'\n') {
             let (line, tail) = rest.split_at(newline);
             if self.pending.is_empty() {

@@ -2,6 +2,11 @@
 //! budget set, the handler called, and the outcome classified for the client, the
 //! log and the usage counters.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::ProxyPre;
@@ -30,6 +35,8 @@ pub enum GuestFailure {
     NoResponse,
     /// The host failed to set up the request (a bug, not the guest's fault).
     Host(String),
+    /// The client went away before the guest finished; it was stopped.
+    Abandoned,
 }
 
 impl GuestFailure {
@@ -44,6 +51,7 @@ impl GuestFailure {
             Self::AtCapacity => (S::SERVICE_UNAVAILABLE, "the node is at capacity, retry shortly\n"),
             Self::NoResponse => (S::INTERNAL_SERVER_ERROR, "the service returned no response\n"),
             Self::Host(_) => (S::INTERNAL_SERVER_ERROR, "internal error\n"),
+            Self::Abandoned => (S::BAD_REQUEST, "the client went away\n"),
         }
     }
 }
@@ -67,9 +75,15 @@ pub enum Handled {
     Failed(GuestFailure),
 }
 
+/// Epoch ticks a guest may run on the async workers before it moves to the
+/// low-priority threads: a guest that computes for more than a tick or two is
+/// CPU-heavy, and running it there keeps it from delaying light requests.
+const DEMOTE_AFTER_TICKS: u32 = 2;
+
 impl Runtime {
     /// Run `pre`'s guest on `req`. `on_done` receives the outcome once the guest has
-    /// finished, whether or not the response was already sent.
+    /// finished, whether or not the response was already sent, and even when the
+    /// client went away first.
     pub async fn handle<B>(
         &self,
         pre: &ProxyPre,
@@ -85,22 +99,33 @@ impl Runtime {
         let budget = self.limits.fuel_per_request;
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut store =
-            Store::new(pre.engine(), GuestState::new(&who, self.limits.max_memory_bytes, deadline, context));
+        let mut store = Store::new(pre.engine(), GuestState::new(&who, &self.limits, deadline, context));
         store.limiter(|state| &mut state.limiter);
         if let Err(e) = store.set_fuel(budget) {
             return Handled::Failed(GuestFailure::Host(format!("failed to set fuel: {e:#}")));
         }
-        // At every tick: past the deadline, interrupt; otherwise yield, so a guest
-        // that never calls the host still lets other requests run.
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        // At every tick: charge the time spent in host calls since the last one;
+        // past the deadline (or with nobody waiting), interrupt; otherwise yield,
+        // so a guest that never calls the host still lets other requests run.
+        store.epoch_deadline_callback(|mut ctx| {
+            let debt = std::mem::take(&mut ctx.data_mut().host_fuel_debt);
+            if debt > 0 {
+                let left = ctx.get_fuel()?;
+                ctx.set_fuel(left.saturating_sub(debt))?;
             }
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline || state.abandoned.load(Ordering::Relaxed) {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            state.ticks = state.ticks.saturating_add(1);
+            if state.ticks == DEMOTE_AFTER_TICKS {
+                state.demote.notify_one();
+            }
+            Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
+        let abandoned = store.data().abandoned.clone();
+        let demote = store.data().demote.clone();
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
@@ -122,11 +147,17 @@ impl Runtime {
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
             })
             .await;
-            let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0));
+            // Host-call time not yet taken at a tick is billed too, within the budget.
+            let owed = store.data().host_fuel_debt;
+            let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(budget);
             let failure = match run {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(classify(&e, store.data().limiter.hit)),
                 Err(_elapsed) => Some(GuestFailure::Timeout),
+            };
+            let failure = match failure {
+                Some(_) if store.data().abandoned.load(Ordering::Relaxed) => Some(GuestFailure::Abandoned),
+                other => other,
             };
             let outcome = Outcome { fuel, failure };
             on_done(&who, outcome.clone());
@@ -135,28 +166,89 @@ impl Runtime {
 
         // Run the guest on this task: most guests answer and finish in one go, and
         // staying here saves a cross-thread hand-off per request. A guest still
-        // streaming its body after answering moves to a task of its own.
-        let mut guest = Box::pin(guest);
+        // streaming its body after answering moves to a task of its own; one that
+        // computes past `DEMOTE_AFTER_TICKS` moves to the low-priority threads.
+        let mut guest = GuestTask { future: Some(Box::pin(guest)), abandoned };
         let mut receiver = receiver;
-        tokio::select! {
-            biased;
-            outcome = &mut guest => match receiver.try_recv() {
-                Ok(Ok(response)) => Handled::Response(response),
-                Ok(Err(code)) => Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}"))),
-                Err(_) => Handled::Failed(outcome.failure.unwrap_or(GuestFailure::NoResponse)),
-            },
-            answer = &mut receiver => match answer {
-                Ok(Ok(response)) => {
-                    tokio::spawn(guest);
-                    Handled::Response(response)
+        let mut moved = false;
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut guest => return match receiver.try_recv() {
+                    Ok(Ok(response)) => Handled::Response(response),
+                    Ok(Err(code)) => Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}"))),
+                    Err(_) => Handled::Failed(outcome.failure.unwrap_or(GuestFailure::NoResponse)),
+                },
+                answer = &mut receiver => return match answer {
+                    Ok(Ok(response)) => {
+                        tokio::spawn(guest);
+                        Handled::Response(response)
+                    }
+                    Ok(Err(code)) => {
+                        tokio::spawn(guest);
+                        Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}")))
+                    }
+                    // The outparam was dropped unset: the guest failed or returned early.
+                    Err(_) => Handled::Failed(guest.await.failure.unwrap_or(GuestFailure::NoResponse)),
+                },
+                _ = demote.notified(), if !moved => {
+                    moved = true;
+                    if let Some(heavy) = &self.heavy {
+                        guest.move_to(heavy.handle());
+                    }
                 }
-                Ok(Err(code)) => {
-                    tokio::spawn(guest);
-                    Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}")))
-                }
-                // The outparam was dropped unset: the guest failed or returned early.
-                Err(_) => Handled::Failed(guest.await.failure.unwrap_or(GuestFailure::NoResponse)),
-            },
+            }
+        }
+    }
+}
+
+/// A guest's run, owned by the request that waits for it. Dropped before it
+/// finished (the client went away), it is not cancelled mid-call: it is told to
+/// stop at the next tick and finishes on a task of its own, so its usage is still
+/// recorded and its database calls end cleanly.
+struct GuestTask {
+    future: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl GuestTask {
+    /// Continue the run on `runtime`'s threads.
+    fn move_to(&mut self, runtime: &tokio::runtime::Handle) {
+        if let Some(future) = self.future.take() {
+            let joined = runtime.spawn(future);
+            self.future = Some(Box::pin(async move {
+                joined.await.unwrap_or_else(|e| Outcome {
+                    fuel: 0,
+                    failure: Some(GuestFailure::Host(format!("guest task failed: {e}"))),
+                })
+            }));
+        }
+    }
+}
+
+impl Future for GuestTask {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(Outcome {
+                fuel: 0,
+                failure: Some(GuestFailure::Host("polled after completion".into())),
+            });
+        };
+        let outcome = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for GuestTask {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            self.abandoned.store(true, Ordering::Relaxed);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(future);
+            }
         }
     }
 }

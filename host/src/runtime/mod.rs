@@ -5,7 +5,10 @@
 //! Every request runs under a fuel budget, a memory cap (the pooling allocator's
 //! slot size and a [`wasmtime::ResourceLimiter`]) and a wall-clock deadline
 //! enforced by epoch interruption. A guest that spins yields to the executor at
-//! every epoch tick, so it never starves its neighbours while it burns its budget.
+//! every epoch tick, and one that computes past a few ticks moves to a pool of
+//! low-priority threads (nice 19), so the kernel runs every light request before
+//! it: CPU is shared by recent use, and a tenant's spinning guests cannot
+//! multiply another tenant's latency.
 
 mod guest;
 mod invoke;
@@ -23,14 +26,18 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::{GuestLimits, PoolConfig};
 pub use guest::{plain_body, GuestState, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
-pub use platform::{Features, GuestCaller, GuestContext};
+pub use platform::{Features, GuestCaller, GuestContext, HOST_CALL_FUEL_PER_MS};
 
 /// A pre-instantiated HTTP component, ready for one store per request.
 pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;
 
 /// How often the epoch advances. A spinning guest yields this often, and a
 /// deadline is enforced to within one tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Nice value of the threads CPU-heavy guests move to: the kernel gives them
+/// what light requests leave (weight 15 against 1024 for the request threads).
+const HEAVY_NICE: i32 = 19;
 
 /// The interface a component must export to be served over HTTP.
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2";
@@ -64,6 +71,8 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     limits: GuestLimits,
     ticker: Option<EpochTicker>,
+    /// Where CPU-heavy guests continue (see [`invoke`]).
+    heavy: Option<tokio::runtime::Runtime>,
 }
 
 impl Runtime {
@@ -84,7 +93,21 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("failed to link wharf:platform")?;
         let ticker = Some(EpochTicker::start(engine.clone()).context("failed to start the epoch ticker thread")?);
-        Ok(Self { engine, linker, limits, ticker })
+        let heavy = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+            .thread_name("wharf-heavy")
+            .on_thread_start(|| {
+                // SAFETY: setpriority only changes the calling thread's nice value
+                // (on Linux, PRIO_PROCESS with 0 names the calling thread).
+                let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HEAVY_NICE) };
+                if rc != 0 {
+                    tracing::warn!("failed to lower the priority of a heavy-guest thread");
+                }
+            })
+            .enable_all()
+            .build()
+            .context("failed to start the heavy-guest threads")?;
+        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy) })
     }
 
     /// The engine, for compiling and deserializing components.
@@ -155,6 +178,10 @@ impl Drop for Runtime {
         if let Some(ticker) = self.ticker.take() {
             ticker.stop();
         }
+        // Not a blocking shutdown: this may run on an async worker.
+        if let Some(heavy) = self.heavy.take() {
+            heavy.shutdown_background();
+        }
     }
 }
 
@@ -191,9 +218,16 @@ fn engine_config(limits: &GuestLimits, pool: &PoolConfig) -> Config {
         .max_memory_size(limits.max_memory_bytes)
         .linear_memory_keep_resident(pool.keep_resident_bytes)
         .table_keep_resident(64 << 10)
-        // With PAGEMAP_SCAN (Linux 6.7+) only the pages a request dirtied are
-        // reset, instead of memsetting the whole kept-resident range.
-        .pagemap_scan(wasmtime::Enabled::Auto);
+        // PAGEMAP_SCAN stays off: it is not safe between tenants. In wasmtime 48
+        // (`runtime/vm/sys/unix/pagemap.rs`, `reset_with_pagemap`) the scan resets
+        // only pages that are PRESENT and WRITTEN, and skips `decommit` entirely
+        // when the walk reaches the end of the memory. A page the previous guest
+        // wrote that is not present at that moment -- swapped out, or behind a
+        // migration entry while the kernel compacts memory -- is neither reset
+        // nor discarded, and the next guest in the slot reads it back. Without the
+        // scan, the kept-resident prefix is reset in full and everything past it
+        // is decommitted (`pagemap_disabled.rs`), whatever the pages' state.
+        .pagemap_scan(wasmtime::Enabled::No);
     let mut config = Config::new();
     if pool.pooling {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));

@@ -2,7 +2,9 @@
 //!
 //! `identity` is answered from what the ingress resolved before the guest ran (the
 //! caller and their grants for this service), and `features` from the instance's
-//! configuration held by its route, so neither ever waits.
+//! configuration held by its route, so neither ever waits. `sql` and `kv` are
+//! async: their work runs on the node's database threads, and the time a request
+//! spends in them is charged as fuel ([`HOST_CALL_FUEL_PER_MS`]).
 
 use wasmtime::component::HasSelf;
 
@@ -12,6 +14,12 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "wharf:platform/service",
+        // Database calls wait for a database thread; the guest's fiber is
+        // suspended meanwhile, so the async worker serves other requests.
+        imports: {
+            "wharf:platform/sql": async,
+            "wharf:platform/kv": async,
+        },
     });
 }
 
@@ -79,9 +87,21 @@ impl features::Host for GuestState {
     }
 }
 
+/// Fuel charged for each millisecond a request spends in a `sql` or `kv` call,
+/// waiting included: about what a guest executes in a millisecond (one unit of
+/// fuel per nanosecond), so a request that waits on its database pays as if it
+/// computed meanwhile, and its fuel budget bounds both.
+pub const HOST_CALL_FUEL_PER_MS: u64 = 1_000_000;
+
 impl GuestState {
-    fn db(&self) -> Result<&InstanceDb, String> {
-        self.context.db.as_deref().ok_or_else(|| "this request has no instance database".to_string())
+    fn db(&self) -> Result<Arc<InstanceDb>, String> {
+        self.context.db.clone().ok_or_else(|| "this request has no instance database".to_string())
+    }
+
+    /// Charge the time since `started` to the request.
+    fn charge(&mut self, started: std::time::Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.host_fuel_debt = self.host_fuel_debt.saturating_add(micros.saturating_mul(HOST_CALL_FUEL_PER_MS / 1000));
     }
 }
 
@@ -108,45 +128,60 @@ fn from_sql(value: SqlValue) -> sql::Value {
     }
 }
 
+/// Run one database call for the guest, charged to its request.
+macro_rules! db_call {
+    ($state:ident, |$db:ident, $deadline:ident| $call:expr) => {{
+        let started = std::time::Instant::now();
+        let $deadline = $state.deadline;
+        let result = match $state.db() {
+            Ok($db) => $call.await,
+            Err(e) => Err(e),
+        };
+        $state.charge(started);
+        result
+    }};
+}
+
 // Policy refusals and limits are errors the guest sees (`result::err`), never traps.
 impl sql::Host for GuestState {
-    fn query(&mut self, statement: String, params: Vec<sql::Value>) -> Result<sql::Rows, String> {
-        let rows = self.db()?.query(&statement, &to_sql(params))?;
+    async fn query(&mut self, statement: String, params: Vec<sql::Value>) -> Result<sql::Rows, String> {
+        let rows = db_call!(self, |db, deadline| db.query(statement, to_sql(params), deadline))?;
         Ok(sql::Rows {
             columns: rows.columns,
             rows: rows.rows.into_iter().map(|r| r.into_iter().map(from_sql).collect()).collect(),
         })
     }
 
-    fn execute(&mut self, statement: String, params: Vec<sql::Value>) -> Result<u64, String> {
-        self.db()?.execute(&statement, &to_sql(params))
+    async fn execute(&mut self, statement: String, params: Vec<sql::Value>) -> Result<u64, String> {
+        db_call!(self, |db, deadline| db.execute(statement, to_sql(params), deadline))
     }
 
-    fn batch(&mut self, statements: Vec<(String, Vec<sql::Value>)>) -> Result<Vec<u64>, String> {
+    async fn batch(&mut self, statements: Vec<(String, Vec<sql::Value>)>) -> Result<Vec<u64>, String> {
         let statements: Vec<(String, Vec<SqlValue>)> = statements.into_iter().map(|(s, p)| (s, to_sql(p))).collect();
-        self.db()?.batch(&statements)
+        db_call!(self, |db, deadline| db.batch(statements, deadline))
     }
 }
 
 impl kv::Host for GuestState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.db()?.kv_get(&key)
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        db_call!(self, |db, deadline| db.kv_get(key, deadline))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: Option<u64>) -> Result<(), String> {
-        self.db()?.kv_set(&key, &value, ttl_seconds.map(std::time::Duration::from_secs))
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: Option<u64>) -> Result<(), String> {
+        let ttl = ttl_seconds.map(std::time::Duration::from_secs);
+        db_call!(self, |db, deadline| db.kv_set(key, value, ttl, deadline))
     }
 
-    fn delete(&mut self, key: String) -> Result<bool, String> {
-        self.db()?.kv_delete(&key)
+    async fn delete(&mut self, key: String) -> Result<bool, String> {
+        db_call!(self, |db, deadline| db.kv_delete(key, deadline))
     }
 
-    fn list_keys(&mut self, prefix: String, limit: u32) -> Result<Vec<String>, String> {
-        self.db()?.kv_list(&prefix, limit)
+    async fn list_keys(&mut self, prefix: String, limit: u32) -> Result<Vec<String>, String> {
+        db_call!(self, |db, deadline| db.kv_list(prefix, limit, deadline))
     }
 
-    fn increment(&mut self, key: String, delta: i64) -> Result<i64, String> {
-        self.db()?.kv_increment(&key, delta)
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, String> {
+        db_call!(self, |db, deadline| db.kv_increment(key, delta, deadline))
     }
 }
 

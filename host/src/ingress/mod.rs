@@ -1,16 +1,28 @@
 //! The public listener: every request is routed by its `Host` to an instance and
 //! run in a fresh guest. Errors the host produces are short plain-text bodies.
+//!
+//! The edges are bounded: connections node-wide and per client address
+//! ([`listener`]), the time to send headers and the pace of bodies ([`body`]; the
+//! first part of a body is read before a guest starts), and the guests one tenant
+//! and one instance may run at once, so a tenant holds at most its share of the
+//! node.
 
+pub mod body;
+pub mod listener;
+
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use http::{HeaderValue, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::config::EdgeLimits;
+use body::{BodyPace, PacedBody};
 
 use crate::access::Access;
 use crate::identity::Identity;
@@ -26,18 +38,69 @@ pub struct Ingress {
     identity: Arc<Identity>,
     access: Arc<Access>,
     next_request_id: AtomicU64,
+    /// Request ids are the sequence hashed with a key of this process, so they are
+    /// unique without telling anyone how many requests came before.
+    ids: std::collections::hash_map::RandomState,
+    edges: EdgeLimits,
+    caps: listener::ConnectionCaps,
+    per_tenant: u32,
+    per_instance: u32,
+    tenant_guests: DashMap<Arc<str>, Arc<Semaphore>>,
+    instance_guests: DashMap<Arc<str>, Arc<Semaphore>>,
 }
-
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Response header carrying the request id, to match a client's report to the log.
 pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
 
 impl Ingress {
     /// An ingress routing through `router` into `runtime`.
-    pub fn new(router: Arc<Router>, runtime: Arc<Runtime>, identity: Arc<Identity>, access: Arc<Access>) -> Self {
-        Self { router, runtime, identity, access, next_request_id: AtomicU64::new(1) }
+    pub fn new(
+        router: Arc<Router>,
+        runtime: Arc<Runtime>,
+        identity: Arc<Identity>,
+        access: Arc<Access>,
+        edges: EdgeLimits,
+        pool: u32,
+    ) -> Self {
+        let caps =
+            listener::ConnectionCaps::new(edges.max_connections, edges.max_connections_per_ip, edges.header_timeout);
+        Self {
+            router,
+            runtime,
+            identity,
+            access,
+            next_request_id: AtomicU64::new(1),
+            ids: Default::default(),
+            per_tenant: edges.guests_per_tenant(pool),
+            per_instance: edges.guests_per_instance(pool),
+            edges,
+            caps,
+            tenant_guests: DashMap::new(),
+            instance_guests: DashMap::new(),
+        }
+    }
+
+    /// Connections open on the ingress now.
+    pub fn open_connections(&self) -> usize {
+        self.caps.open()
+    }
+
+    /// A guest slot of `tenant` and of `instance`, unless either runs its most.
+    fn guest_slots(
+        &self,
+        tenant: &Arc<str>,
+        instance: &Arc<str>,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        fn slot(map: &DashMap<Arc<str>, Arc<Semaphore>>, key: &Arc<str>, size: u32) -> Option<OwnedSemaphorePermit> {
+            let permits = match map.get(key) {
+                Some(permits) => permits.clone(),
+                None => map.entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(size as usize))).clone(),
+            };
+            permits.try_acquire_owned().ok()
+        }
+        let tenant = slot(&self.tenant_guests, tenant, self.per_tenant)?;
+        let instance = slot(&self.instance_guests, instance, self.per_instance)?;
+        Some((tenant, instance))
     }
 
     /// Serve connections from `listener` until `shutdown` turns true, then let
@@ -45,52 +108,23 @@ impl Ingress {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         grace: std::time::Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            };
-            let _ = stream.set_nodelay(true);
+        let caps = self.caps.clone();
+        listener::serve("ingress", listener, caps, shutdown, grace, move |_peer| {
             let ingress = self.clone();
-            let service = hyper::service::service_fn(move |req| {
+            hyper::service::service_fn(move |req| {
                 let ingress = ingress.clone();
                 async move { Ok::<_, std::convert::Infallible>(ingress.handle(req).await) }
-            });
-            let conn = http1::Builder::new()
-                .keep_alive(true)
-                // A client gets this long to send a request's headers (slowloris).
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "connection ended: {e}");
-                }
-            });
-        }
-        drop(listener);
-        tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("ingress drained"),
-            _ = tokio::time::sleep(grace) => tracing::warn!("ingress shutdown grace period elapsed with requests in flight"),
-        }
+            })
+        })
+        .await
     }
 
     /// Route and run one request.
     pub async fn handle(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
-        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.ids.hash_one(self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let host = match router::request_host(&req) {
             Ok(host) => host,
             Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n"), request_id),
@@ -140,13 +174,31 @@ impl Ingress {
         }
         // A Wharf credential is for Wharf: the guest never sees it (it could
         // replay it against the admin API).
-        if wharf_credential(req.headers()) {
-            req.headers_mut().remove(http::header::AUTHORIZATION);
-        }
+        strip_wharf_credentials(req.headers_mut());
         let guest_caller = match caller {
             Resolved::Member(member) => Some(member),
             _ => None,
         };
+        // A tenant (and an instance) runs at most its share of the node's guests.
+        let Some(slots) = self.guest_slots(&route.tenant, &route.instance) else {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this site is handling as many requests as it may at once; retry shortly\n",
+                request_id,
+            );
+            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        };
+        // The first part of the body arrives before a guest is started: a client
+        // that trickles holds its connection, never a guest.
+        let (parts, incoming) = req.into_parts();
+        let pace = BodyPace { idle: self.edges.body_idle_timeout, min_rate: self.edges.min_body_rate };
+        let mut body = PacedBody::new(incoming, pace);
+        if let Err(e) = body.read_ahead(self.edges.body_prefetch_bytes).await {
+            tracing::debug!(request_id, "request body not received: {e}");
+            return plain(StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly\n", request_id);
+        }
+        let req = hyper::Request::from_parts(parts, body);
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.
@@ -159,6 +211,8 @@ impl Ingress {
                 GuestContext { caller: guest_caller, features: route.features.clone(), db: Some(route.db.clone()) },
                 req,
                 move |who, outcome| {
+                    // The guest is done: its slots are free for the next request.
+                    drop(slots);
                     // A request refused for lack of capacity never ran: the node's
                     // shortage, not the tenant's usage.
                     if outcome.failure != Some(GuestFailure::AtCapacity) {
@@ -264,9 +318,46 @@ impl Ingress {
 
 /// Whether the request carries a Wharf session token or API key.
 fn wharf_credential(headers: &http::HeaderMap) -> bool {
-    crate::admin::bearer(headers).is_some_and(|t| {
-        t.starts_with(crate::identity::secrets::SESSION_PREFIX) || t.starts_with(crate::identity::secrets::KEY_PREFIX)
-    })
+    crate::admin::bearer(headers).is_some_and(carries_wharf_secret)
+}
+
+/// Whether `text` holds a Wharf session token or API key anywhere.
+fn carries_wharf_secret(text: &str) -> bool {
+    use crate::identity::secrets::{KEY_PREFIX, SESSION_PREFIX};
+    let lower = text.to_ascii_lowercase();
+    lower.contains(SESSION_PREFIX) || lower.contains(KEY_PREFIX)
+}
+
+/// Remove every `Authorization` and `Proxy-Authorization` value that carries a
+/// Wharf credential, whatever its position or scheme (including inside a Basic
+/// credential); other values reach the guest unchanged.
+fn strip_wharf_credentials(headers: &mut http::HeaderMap) {
+    use base64::Engine as _;
+    for name in [http::header::AUTHORIZATION, http::header::PROXY_AUTHORIZATION] {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        if values.is_empty() {
+            continue;
+        }
+        let carries = |value: &HeaderValue| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            if carries_wharf_secret(&text) {
+                return true;
+            }
+            // `Basic base64(user:password)` may hide a token in either part.
+            text.split_whitespace().any(|word| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(word.trim_end_matches(','))
+                    .is_ok_and(|decoded| carries_wharf_secret(&String::from_utf8_lossy(&decoded)))
+            })
+        };
+        if !values.iter().any(carries) {
+            continue;
+        }
+        headers.remove(&name);
+        for value in values.into_iter().filter(|v| !carries(v)) {
+            headers.append(&name, value);
+        }
+    }
 }
 
 fn failure_response(failure: &GuestFailure, request_id: u64) -> hyper::Response<HyperOutgoingBody> {
