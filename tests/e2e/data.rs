@@ -109,7 +109,8 @@ async fn every_sql_escape_is_refused_with_an_error_the_guest_sees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_limits_answer_with_clean_errors() {
-    let node = TestNode::start().await;
+    // Enough fuel to pay for a statement that runs to its 2 s limit.
+    let node = TestNode::start_with(|config| config.limits.fuel_per_request = 10_000_000_000).await;
     probe(&node, "acme", "p.test").await;
     let (status, body) = call(
         &node,

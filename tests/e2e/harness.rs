@@ -300,3 +300,157 @@ pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
 pub fn raw_status(response: &str) -> u16 {
     response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
+
+/// The real `wharf serve` binary in a child process, its log in a file: for what
+/// only the binary shows (logs, signals).
+pub struct Served {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    pub admin: String,
+    pub ingress: std::net::SocketAddr,
+    /// The operator's API key, printed once at start.
+    pub key: String,
+    /// Kept until the node stops.
+    pub _data: tempfile::TempDir,
+}
+
+impl Served {
+    /// Start `wharf serve` on ephemeral ports with `extra` options.
+    pub async fn start(extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let data = tempfile::tempdir().unwrap();
+        let log = data.path().join("serve.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args([
+                "serve",
+                "--data",
+                data.path().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .args(["--init-admin", "ops@served.test"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let key = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| l.strip_prefix("WHARF_TOKEN=").map(str::to_string))
+        })
+        .await
+        .unwrap()
+        .expect("the operator key is printed once");
+        let mut line = None;
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("wharf is serving")) {
+                line = Some(l.to_string());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let line = line.expect("the node logs its addresses");
+        let field =
+            |name: &str| line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        let admin = format!("http://{}", field("admin"));
+        let ingress = field("ingress").parse().unwrap();
+        Self { child, log, admin, ingress, key, _data: data }
+    }
+
+    /// Publish a built guest as `service` 1.0.0 and give tenant `tenant` an
+    /// instance of it at `host`.
+    pub async fn tenant_with(&self, guest_name: &str, service: &str, tenant: &str, host: &str) {
+        let http = client();
+        let form = reqwest::multipart::Form::new()
+            .text("manifest", manifest(service, "1.0.0"))
+            .part("component", reqwest::multipart::Part::bytes(guest(guest_name)).file_name("c.wasm"));
+        let resp = http
+            .post(format!("{}/v1/services/{service}/versions", self.admin))
+            .bearer_auth(&self.key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "publish: {}", resp.text().await.unwrap());
+        let resp = http
+            .post(format!("{}/v1/tenants", self.admin))
+            .bearer_auth(&self.key)
+            .json(&json!({ "id": tenant }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let resp = http
+            .post(format!("{}/v1/instances", self.admin))
+            .bearer_auth(&self.key)
+            .json(&json!({ "tenant": tenant, "service": service, "hosts": [host] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+
+    /// Stop the node with SIGTERM and return its whole log.
+    pub fn stop(mut self) -> String {
+        let status = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// Run `attack` while a neighbour's `GET /` on `neighbour_host` is served in a
+/// loop; panics if the neighbour gets a single error or fewer than `min_served`
+/// answers. Returns the attack's output.
+pub async fn neighbour_unharmed<T>(
+    node: &TestNode,
+    neighbour_host: &str,
+    min_served: usize,
+    attack: impl std::future::Future<Output = T>,
+) -> T {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let neighbour = {
+        let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
+        let host = neighbour_host.to_string();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let resp = http
+                    .get(format!("http://{addr}/"))
+                    .header("host", &host)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            failures
+        })
+    };
+    // Let the neighbour get going first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let output = attack.await;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let failures = neighbour.await.unwrap();
+    assert!(failures.is_empty(), "the neighbour must not fail during the attack: {failures:?}");
+    let served = served.load(Ordering::Relaxed);
+    assert!(served >= min_served, "the neighbour must keep being served during {elapsed:?}, got {served} responses");
+    output
+}

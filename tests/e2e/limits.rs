@@ -2,13 +2,11 @@
 //! each fails with a clear status while a healthy neighbour tenant is served
 //! without a single error.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::harness::TestNode;
+use crate::harness::{neighbour_unharmed, TestNode};
 
 /// Two tenants: `bad.test` runs the misbehaving fixture, `good.test` hello.
 async fn neighbours(node: &TestNode) -> String {
@@ -20,44 +18,12 @@ async fn neighbours(node: &TestNode) -> String {
 /// loop; assert each bad request gets `expected` with a body mentioning
 /// `message`, and the neighbour never fails.
 async fn contained(node: &TestNode, paths: &[&str], expected: StatusCode, message: &str) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let neighbour = {
-        let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
-        tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let resp = http
-                    .get(format!("http://{addr}/"))
-                    .header("host", "good.test")
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failures.push(format!("status {}", r.status())),
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            failures
-        })
-    };
-    // Let the neighbour get going first.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = std::time::Instant::now();
     let bad = paths.iter().map(|path| node.get("bad.test", path));
-    for (path, (status, body)) in paths.iter().zip(futures::future::join_all(bad).await) {
+    let answers = neighbour_unharmed(node, "good.test", 5, futures::future::join_all(bad)).await;
+    for (path, (status, body)) in paths.iter().zip(answers) {
         assert_eq!(status, expected, "GET {path}: {body}");
         assert!(body.contains(message), "GET {path}: body {body:?} should mention {message:?}");
     }
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let failures = neighbour.await.unwrap();
-    assert!(failures.is_empty(), "the neighbour must not fail while {paths:?} misbehave: {failures:?}");
-    let served = served.load(Ordering::Relaxed);
-    assert!(served >= 5, "the neighbour must keep being served during {elapsed:?}, got {served} responses");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,12 @@ mod harness;
 
 mod access;
 mod cli;
+mod containment;
 mod data;
 mod instances;
 mod limits;
 mod publish;
+mod races;
 mod restart;
 mod routing;
 mod services;

@@ -152,6 +152,27 @@ pub struct ServeArgs {
     /// reserves no address space up front).
     #[arg(long)]
     pub no_pooling: bool,
+    /// Guests one tenant may run at once (default: a quarter of --max-instances).
+    #[arg(long)]
+    pub max_guests_per_tenant: Option<u32>,
+    /// Guests one instance may run at once (default: as many as its tenant).
+    #[arg(long)]
+    pub max_guests_per_instance: Option<u32>,
+    /// Open ingress connections, node-wide.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open ingress connections from one IP address.
+    #[arg(long, default_value_t = 2_048)]
+    pub max_connections_per_ip: usize,
+    /// Longest pause in a request's headers or body, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub client_timeout_ms: u64,
+    /// Bytes of stdout/stderr one request may write to the log, in KiB.
+    #[arg(long, default_value_t = 64)]
+    pub output_kib: usize,
+    /// Threads running instance database work; a tenant uses at most half.
+    #[arg(long, default_value_t = 4)]
+    pub db_threads: usize,
 }
 
 impl ServeArgs {
@@ -167,6 +188,14 @@ impl ServeArgs {
         config.pool.keep_resident_bytes = self.keep_resident_kib << 10;
         config.pool.pooling = !self.no_pooling;
         config.init_admin = self.init_admin.clone();
+        config.limits.output_bytes = self.output_kib << 10;
+        config.edges.max_guests_per_tenant = self.max_guests_per_tenant;
+        config.edges.max_guests_per_instance = self.max_guests_per_instance;
+        config.edges.max_connections = self.max_connections;
+        config.edges.max_connections_per_ip = self.max_connections_per_ip;
+        config.edges.header_timeout = Duration::from_millis(self.client_timeout_ms);
+        config.edges.body_idle_timeout = Duration::from_millis(self.client_timeout_ms);
+        config.db_threads = self.db_threads;
         config
     }
 }

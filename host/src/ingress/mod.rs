@@ -49,6 +49,10 @@ pub struct Ingress {
     instance_guests: DashMap<Arc<str>, Arc<Semaphore>>,
 }
 
+/// Longest a request waits for its tenant's or instance's guest slot before it
+/// is answered 503.
+const GUEST_SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Response header carrying the request id, to match a client's report to the log.
 pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
 
@@ -85,22 +89,33 @@ impl Ingress {
         self.caps.open()
     }
 
-    /// A guest slot of `tenant` and of `instance`, unless either runs its most.
-    fn guest_slots(
+    /// A guest slot of `tenant` and of `instance`, waiting at most
+    /// [`GUEST_SLOT_WAIT`] while either runs its most.
+    async fn guest_slots(
         &self,
         tenant: &Arc<str>,
         instance: &Arc<str>,
     ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-        fn slot(map: &DashMap<Arc<str>, Arc<Semaphore>>, key: &Arc<str>, size: u32) -> Option<OwnedSemaphorePermit> {
-            let permits = match map.get(key) {
+        fn permits(map: &DashMap<Arc<str>, Arc<Semaphore>>, key: &Arc<str>, size: u32) -> Arc<Semaphore> {
+            match map.get(key) {
                 Some(permits) => permits.clone(),
                 None => map.entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(size as usize))).clone(),
-            };
-            permits.try_acquire_owned().ok()
+            }
         }
-        let tenant = slot(&self.tenant_guests, tenant, self.per_tenant)?;
-        let instance = slot(&self.instance_guests, instance, self.per_instance)?;
-        Some((tenant, instance))
+        let tenant = permits(&self.tenant_guests, tenant, self.per_tenant);
+        let instance = permits(&self.instance_guests, instance, self.per_instance);
+        // The common case takes both at once without a timer.
+        if let (Ok(t), Ok(i)) = (tenant.clone().try_acquire_owned(), instance.clone().try_acquire_owned()) {
+            return Some((t, i));
+        }
+        tokio::time::timeout(GUEST_SLOT_WAIT, async {
+            let t = tenant.acquire_owned().await.ok()?;
+            let i = instance.acquire_owned().await.ok()?;
+            Some((t, i))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Serve connections from `listener` until `shutdown` turns true, then let
@@ -179,16 +194,6 @@ impl Ingress {
             Resolved::Member(member) => Some(member),
             _ => None,
         };
-        // A tenant (and an instance) runs at most its share of the node's guests.
-        let Some(slots) = self.guest_slots(&route.tenant, &route.instance) else {
-            let mut response = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this site is handling as many requests as it may at once; retry shortly\n",
-                request_id,
-            );
-            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        };
         // The first part of the body arrives before a guest is started: a client
         // that trickles holds its connection, never a guest.
         let (parts, incoming) = req.into_parts();
@@ -199,6 +204,17 @@ impl Ingress {
             return plain(StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly\n", request_id);
         }
         let req = hyper::Request::from_parts(parts, body);
+        // A tenant (and an instance) runs at most its share of the node's guests;
+        // a burst waits briefly for a slot rather than failing at once.
+        let Some(slots) = self.guest_slots(&route.tenant, &route.instance).await else {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this site is handling as many requests as it may at once; retry shortly\n",
+                request_id,
+            );
+            response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        };
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.

@@ -104,15 +104,12 @@ impl Runtime {
         if let Err(e) = store.set_fuel(budget) {
             return Handled::Failed(GuestFailure::Host(format!("failed to set fuel: {e:#}")));
         }
-        // At every tick: charge the time spent in host calls since the last one;
-        // past the deadline (or with nobody waiting), interrupt; otherwise yield,
-        // so a guest that never calls the host still lets other requests run.
+        // At every tick: past the deadline (or with nobody waiting), interrupt;
+        // otherwise yield, so a guest that never calls the host still lets other
+        // requests run. (Fuel cannot be changed here: compiled code keeps its fuel
+        // counter across this callback. Host-call time is charged when each
+        // platform call returns, see `platform`.)
         store.epoch_deadline_callback(|mut ctx| {
-            let debt = std::mem::take(&mut ctx.data_mut().host_fuel_debt);
-            if debt > 0 {
-                let left = ctx.get_fuel()?;
-                ctx.set_fuel(left.saturating_sub(debt))?;
-            }
             let state = ctx.data_mut();
             if Instant::now() >= state.deadline || state.abandoned.load(Ordering::Relaxed) {
                 return Ok(UpdateDeadline::Interrupt);

@@ -185,10 +185,53 @@ impl kv::Host for GuestState {
     }
 }
 
+/// Take the fuel owed for host-call time from the store. Called as a platform
+/// call returns to the guest, where compiled code reloads its fuel counter; past
+/// the budget, the guest stops at its next instruction (out of fuel).
+fn settle_host_fuel(store: &mut wasmtime::StoreContextMut<'_, GuestState>) -> wasmtime::Result<()> {
+    let debt = std::mem::take(&mut store.data_mut().host_fuel_debt);
+    if debt > 0 {
+        let left = store.get_fuel()?;
+        store.set_fuel(left.saturating_sub(debt))?;
+        if debt > left {
+            // Remember what could not be taken, so usage still counts the budget.
+            store.data_mut().host_fuel_debt = debt - left;
+        }
+    }
+    Ok(())
+}
+
+/// Link one async platform function whose time is charged as fuel: the
+/// generated bindings give a host function no access to the store, so these are
+/// linked by hand around the generated `Host` traits.
+macro_rules! link_charged {
+    ($instance:ident, $name:literal, $host:path, $method:ident, ($($arg:ident: $ty:ty),*)) => {
+        $instance.func_wrap_async(
+            $name,
+            |mut store: wasmtime::StoreContextMut<'_, GuestState>, ($($arg,)*): ($($ty,)*)| {
+                Box::new(async move {
+                    let result = <GuestState as $host>::$method(store.data_mut(), $($arg),*).await;
+                    settle_host_fuel(&mut store)?;
+                    Ok((result,))
+                })
+            },
+        )?;
+    };
+}
+
 /// Add `wharf:platform` to a linker.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<GuestState>) -> wasmtime::Result<()> {
     identity::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
     features::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
-    sql::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
-    kv::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)
+    let mut sql = linker.instance("wharf:platform/sql@0.1.0")?;
+    link_charged!(sql, "query", sql::Host, query, (statement: String, params: Vec<sql::Value>));
+    link_charged!(sql, "execute", sql::Host, execute, (statement: String, params: Vec<sql::Value>));
+    link_charged!(sql, "batch", sql::Host, batch, (statements: Vec<(String, Vec<sql::Value>)>));
+    let mut kv = linker.instance("wharf:platform/kv@0.1.0")?;
+    link_charged!(kv, "get", kv::Host, get, (key: String));
+    link_charged!(kv, "set", kv::Host, set, (key: String, value: Vec<u8>, ttl: Option<u64>));
+    link_charged!(kv, "delete", kv::Host, delete, (key: String));
+    link_charged!(kv, "list-keys", kv::Host, list_keys, (prefix: String, limit: u32));
+    link_charged!(kv, "increment", kv::Host, increment, (key: String, delta: i64));
+    Ok(())
 }
