@@ -538,7 +538,18 @@ impl Session<'_> {
                 *running = Running { job: self.job, interrupt: Some(conn.get_interrupt_handle()) };
             }
             let (deadline, cancelled) = (self.deadline, self.cancelled.clone());
-            conn.progress_handler(10_000, Some(move || Instant::now() > deadline || cancelled.load(Ordering::Relaxed)));
+            let demote_at = Instant::now() + threads::DEMOTE_AFTER;
+            conn.progress_handler(
+                10_000,
+                Some(move || {
+                    let now = Instant::now();
+                    // A long statement yields the CPU to everyone else's requests.
+                    if now > demote_at {
+                        threads::demote_current_thread();
+                    }
+                    now > deadline || cancelled.load(Ordering::Relaxed)
+                }),
+            );
         }
         Ok(conn)
     }

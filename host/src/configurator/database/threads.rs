@@ -5,9 +5,16 @@
 //! Two bounds keep one tenant from holding the database threads: an instance has
 //! one connection, so it runs at most one job at a time, and a tenant runs at most
 //! half the threads at once (its other requests wait, then hear "busy").
+//!
+//! CPU is shared by use, as for guests: a statement that runs past
+//! [`DEMOTE_AFTER`] lowers its thread to nice 19, so the kernel runs every other
+//! request first. An unprivileged process cannot raise a thread's priority back,
+//! so a lowered thread retires after its job and a fresh one takes its place.
 
+use std::cell::Cell;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
@@ -19,6 +26,28 @@ pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 /// (its connection lock is held while queued), so this is only reached with
 /// thousands of busy instances; beyond it, callers hear "busy".
 const QUEUE: usize = 4096;
+
+/// How long a statement runs at normal priority before its thread is lowered.
+pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
+
+/// Nice value of a thread running a long statement.
+const DEMOTED_NICE: i32 = 19;
+
+thread_local! {
+    static DEMOTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Lower the calling database thread's priority for the rest of its job (once).
+pub(crate) fn demote_current_thread() {
+    if DEMOTED.with(|d| d.replace(true)) {
+        return;
+    }
+    // SAFETY: setpriority only changes the calling thread's nice value (on
+    // Linux, PRIO_PROCESS with 0 names the calling thread).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, DEMOTED_NICE);
+    }
+}
 
 /// A fixed pool of threads for database work.
 pub struct DbThreads {
@@ -34,9 +63,8 @@ impl DbThreads {
         let threads = threads.max(2);
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
-        for i in 0..threads {
-            let receiver = receiver.clone();
-            std::thread::Builder::new().name(format!("wharf-db-{i}")).spawn(move || work(&receiver))?;
+        for _ in 0..threads {
+            spawn_worker(receiver.clone())?;
         }
         Ok(Arc::new(Self {
             sender: Mutex::new(Some(sender)),
@@ -85,7 +113,11 @@ impl Drop for DbThreads {
     }
 }
 
-fn work(receiver: &Mutex<Receiver<Job>>) {
+fn spawn_worker(receiver: Arc<Mutex<Receiver<Job>>>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("wharf-db".into()).spawn(move || work(receiver)).map(drop)
+}
+
+fn work(receiver: Arc<Mutex<Receiver<Job>>>) {
     loop {
         let job = match receiver.lock() {
             Ok(receiver) => receiver.recv(),
@@ -96,6 +128,15 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
             Ok(job) => {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                     tracing::error!("a database job panicked");
+                }
+                if DEMOTED.with(Cell::get) {
+                    // Hand this place to a thread at normal priority.
+                    if let Err(e) = spawn_worker(receiver.clone()) {
+                        tracing::error!("failed to replace a database thread: {e}");
+                        DEMOTED.with(|d| d.set(false));
+                        continue;
+                    }
+                    return;
                 }
             }
             Err(_) => return,

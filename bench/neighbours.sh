@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Issue 7's benchmark: a canary tenant's hello under steady load (wrk -c8), calm
+# and while a hostile tenant (and anonymous clients) attack the same node, one
+# attack at a time and then all at once. Reports the canary's p99 and errors in
+# each phase, its p99 against the calm median, and what each attack got back.
+# Usage: bench/neighbours.sh [--quick]   (env: DURATION=8 ROUNDS=3 CONNECTIONS=8)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${DURATION:-8}"; rounds="${ROUNDS:-3}"; connections="${CONNECTIONS:-8}"
+if [[ "${1:-}" == "--quick" ]]; then seconds=3; rounds=1; fi
+duration="${seconds}s"
+
+./scripts/setup
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+cargo build --release --locked -p wharf -p wharf-bench
+(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p hello -p misbehave)
+
+work=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+ingress=127.0.0.1:18480; admin=http://127.0.0.1:18481
+RUST_LOG=warn ./target/release/wharf serve --data "$work/data" --listen "$ingress" --admin "${admin#http://}" \
+    --init-admin ops@neighbours.bench >"$work/out" 2>"$work/log" &
+pids+=($!); node_pid=$!
+for _ in $(seq 1 200); do grep -q '^WHARF_TOKEN=' "$work/out" 2>/dev/null && break; sleep 0.05; done
+export WHARF_TOKEN=$(sed -n 's/^WHARF_TOKEN=//p' "$work/out") WHARF_ADMIN_URL=$admin
+wharf() { ./target/release/wharf "$@" >/dev/null; }
+wharf publish plugins/hello
+printf '[service]\nname = "hostile"\nversion = "1.0.0"\n' >"$work/hostile.toml"
+wharf publish "$work/hostile.toml" --component plugins/target/wasm32-wasip2/release/misbehave.wasm
+wharf tenant create canary; wharf instance create --tenant canary --service hello --host canary.bench
+wharf tenant create mallory; wharf instance create --tenant mallory --service hostile --host bad.bench
+curl -sf -H 'Host: bad.bench' -d 'CREATE TABLE IF NOT EXISTS t (a)' "http://$ingress/sql/execute" >/dev/null
+
+# attack KIND CONCURRENCY — the attack in the background for the wrk run's length.
+attack() { ./target/release/attack --ingress "$ingress" --host bad.bench --kind "$1" --concurrency "$2" --seconds "$((seconds + 1))"; }
+
+declare -A p99 errors outcomes
+# phase NAME [KIND CONCURRENCY]... — wrk on the canary while the attacks run.
+phase() {
+    local name=$1; shift
+    local attackers=()
+    while (($#)); do attack "$1" "$2" >>"$work/attacks-$name" & attackers+=($!); shift 2; done
+    sleep 0.5
+    local out
+    out=$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: canary.bench" "http://$ingress/")
+    for a in "${attackers[@]}"; do wait "$a"; done
+    p99[$name]+="$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms) "
+    local non2xx sock
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    sock=$(grep 'Socket errors' <<<"$out" | grep -o '[0-9]\+' | awk '{s+=$1} END {print s+0}' || true)
+    errors[$name]=$(( ${errors[$name]:-0} + ${non2xx:-0} + ${sock:-0} ))
+    kill -0 "$node_pid" || { echo "the node died during $name" >&2; exit 1; }
+}
+source bench/lib.sh
+
+attacks=(spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000)
+echo "==> canary: wrk -t1 -c$connections -d$duration; $rounds round(s); each attack alone, then all at once"
+for r in $(seq 1 "$rounds"); do
+    phase calm
+    all=()
+    for a in "${attacks[@]}"; do
+        phase "${a%%:*}" "${a%%:*}" "${a##*:}"
+        all+=("${a%%:*}" "${a##*:}")
+    done
+    phase everything "${all[@]}"
+    echo "    round $r done"
+done
+
+calm=$(median <<<"${p99[calm]}")
+printf "\n%-28s %14s %10s %12s\n" "canary under" "p99 ms (med)" "x calm" "errors"
+for name in calm "${attacks[@]%%:*}" everything; do
+    m=$(median <<<"${p99[$name]}")
+    printf "%-28s %14s %10.2f %12s\n" "$name" "$m" "$(awk -v a="$m" -v c="$calm" 'BEGIN {print a/c}')" "${errors[$name]}"
+done
+echo
+echo "what the attacks got back (last round):"
+for name in "${attacks[@]%%:*}"; do tail -n1 "$work/attacks-$name"; done
+printf "node: peak resident memory %s MiB, log %s KiB\n" \
+    "$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$node_pid/status")" "$(( $(stat -c %s "$work/log") / 1024 ))"
