@@ -23,3 +23,17 @@ report() {
     m99=$(for v in ${p99[$1]}; do to_ms <<<"$v"; echo; done | median)
     printf "%-44s %10.0f %9s %9s\n" "$2" "$(median <<<"${rps[$1]}")" "$m50" "$m99"
 }
+
+# prepare GUEST... — what a benchmark needs: set-up, wrk, release builds of the
+# host, the bench tools and GUEST..., and a work directory ($work) whose
+# background processes ($pids) are stopped on exit.
+prepare() {
+    ./scripts/setup
+    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    cargo build --release --locked -p wharf -p wharf-bench
+    local guests=()
+    for g in "$@"; do guests+=(-p "$g"); done
+    (cd plugins && cargo build --release --locked --target wasm32-wasip2 "${guests[@]}")
+    work=$(mktemp -d); pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}

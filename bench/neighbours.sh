@@ -10,14 +10,8 @@ seconds="${DURATION:-8}"; rounds="${ROUNDS:-3}"; connections="${CONNECTIONS:-8}"
 if [[ "${1:-}" == "--quick" ]]; then seconds=3; rounds=1; fi
 duration="${seconds}s"
 
-./scripts/setup
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build --release --locked -p wharf -p wharf-bench
-(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p hello -p misbehave)
-
-work=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
+prepare hello misbehave
 ulimit -n 65536 2>/dev/null || true
 
 ingress=127.0.0.1:18480; admin=http://127.0.0.1:18481
@@ -41,12 +35,12 @@ declare -A p99 errors outcomes
 # phase NAME [KIND CONCURRENCY]... — wrk on the canary while the attacks run.
 phase() {
     local name=$1; shift
-    local attackers=()
+    local attackers=() pid
     while (($#)); do attack "$1" "$2" >>"$work/attacks-$name" & attackers+=($!); shift 2; done
     sleep 0.5
     local out
     out=$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: canary.bench" "http://$ingress/")
-    for a in "${attackers[@]}"; do wait "$a"; done
+    for pid in "${attackers[@]}"; do wait "$pid"; done
     p99[$name]+="$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms) "
     local non2xx sock
     non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
@@ -54,9 +48,9 @@ phase() {
     errors[$name]=$(( ${errors[$name]:-0} + ${non2xx:-0} + ${sock:-0} ))
     kill -0 "$node_pid" || { echo "the node died during $name" >&2; exit 1; }
 }
-source bench/lib.sh
 
-attacks=(spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000)
+# ATTACKS="spin:3 sql-endless:8" runs only those.
+read -r -a attacks <<<"${ATTACKS:-spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000}"
 echo "==> canary: wrk -t1 -c$connections -d$duration; $rounds round(s); each attack alone, then all at once"
 for r in $(seq 1 "$rounds"); do
     phase calm

@@ -11,14 +11,8 @@ cd "$(dirname "$0")/.."
 tenants="${TENANTS:-10000}"; duration="${DURATION:-10s}"; rounds="${ROUNDS:-3}"; connections="${CONNECTIONS:-32}"
 if [[ "${1:-}" == "--quick" ]]; then duration=3s; rounds=1; fi
 
-./scripts/setup
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build --release --locked -p wharf -p wharf-bench
-(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p hello -p misbehave)
-
-work=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
+prepare hello misbehave
 
 start_node() { # name ingress admin
     mkdir -p "$work/$1"
@@ -52,7 +46,6 @@ rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 sleep 2
 rss_one=$(rss "$one_pid"); rss_many=$(rss "$many_pid")
 
-source bench/lib.sh
 declare -A rps p50 p99
 echo "==> wrk -t1 -c$connections -d$duration, $rounds interleaved rounds"
 for r in $(seq 1 "$rounds"); do

@@ -47,6 +47,27 @@ pub struct GuestLimits {
     /// Bytes of stdout and stderr one request may write to the node's log; the
     /// rest is dropped and counted in one line.
     pub output_bytes: usize,
+    /// Linear memory of all guests together (`None`: half the machine's memory,
+    /// or less when the pool cannot use that much).
+    pub max_total_memory_bytes: Option<usize>,
+}
+
+impl GuestLimits {
+    /// The node-wide guest memory budget for a pool of `pool` slots.
+    pub fn total_memory_bytes(&self, pool: u32) -> usize {
+        let most = self.max_memory_bytes.saturating_mul(pool as usize);
+        self.max_total_memory_bytes.unwrap_or_else(|| half_of_physical_memory().min(most)).max(self.max_memory_bytes)
+    }
+}
+
+/// Half of `MemTotal` from `/proc/meminfo` (4 GiB where it cannot be read).
+fn half_of_physical_memory() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
+    total_kib.map(|kib| kib.saturating_mul(1024) / 2).unwrap_or(4 << 30)
 }
 
 /// What clients and tenants may hold at the edges of a node.
@@ -125,6 +146,7 @@ impl Default for GuestLimits {
             request_timeout: Duration::from_secs(30),
             max_wasm_stack: 512 << 10,
             output_bytes: 64 << 10,
+            max_total_memory_bytes: None,
         }
     }
 }

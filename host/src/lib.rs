@@ -12,6 +12,7 @@
 //! - [`billing`] counts what each instance used;
 //! - [`store`] is the control-plane database;
 //! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
+//! - [`sched`] lowers threads running CPU-heavy work;
 //! - [`node`] wires them together, and [`cli`] is the `wharf` command.
 
 pub mod access;
@@ -27,6 +28,7 @@ pub mod node;
 pub mod registry;
 pub mod router;
 pub mod runtime;
+pub mod sched;
 pub mod store;
 
 pub use config::NodeConfig;

@@ -304,3 +304,31 @@ async fn guest_output_is_budgeted_and_cannot_forge_log_lines() {
     assert!(forged.contains("tenant=bad"), "{forged}");
     assert!(forged.contains("text=\"ok tenant=victim"), "the guest's text is a quoted field: {forged}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_together_stay_within_the_node_memory_budget() {
+    let node = TestNode::start_with(|config| config.limits.max_total_memory_bytes = Some(48 << 20)).await;
+    neighbours(&node).await;
+    let hoarders = futures::future::join_all((0..4).map(|_| node.get("bad.test", "/alloc")));
+    let watch = async {
+        let mut peak = 0u64;
+        for _ in 0..20 {
+            let info = node.get_admin("/v1/node").await;
+            peak = peak.max(info["guest_memory_granted_bytes"].as_u64().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    };
+    let (answers, peak) = neighbour_unharmed(&node, "good.test", 5, async { tokio::join!(hoarders, watch) }).await;
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert!(body.contains("memory limit"), "{body}");
+    }
+    // One tenant holds at most its share (here one guest's cap), so the
+    // neighbour always finds memory.
+    assert!(peak <= 32 << 20, "the tenant's guests held {peak} bytes together");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let info = node.get_admin("/v1/node").await;
+    assert_eq!(info["limits"]["guest_memory_bytes"], 48 << 20);
+    assert_eq!(info["guest_memory_granted_bytes"], 0, "every guest gave its memory back: {info}");
+}

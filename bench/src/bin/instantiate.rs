@@ -35,7 +35,7 @@ async fn one_round(runtime: &Runtime, pre: &wharf::runtime::ProxyPre, n: usize) 
         let who = RequestIdentity { tenant: Arc::from("bench"), instance: Arc::from("bench"), request_id: i as u64 };
         let req = http::Request::builder().uri("http://bench.local/").body(Empty::<Bytes>::new())?;
         let start = Instant::now();
-        match runtime.handle(pre, who, Default::default(), req, |_, _| {}).await {
+        match runtime.handle(pre, who, Default::default(), req, &Default::default(), |_, _| {}).await {
             Handled::Response(resp) => {
                 let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes();
                 anyhow::ensure!(!body.is_empty(), "empty body");

@@ -105,6 +105,8 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
             "max_memory_bytes": limits.max_memory_bytes,
             "request_timeout_ms": limits.request_timeout.as_millis() as u64,
             "output_bytes": limits.output_bytes,
+            "guest_memory_bytes": node.runtime.memory().limit(),
+            "guest_memory_per_tenant_bytes": node.runtime.memory().per_tenant(),
             "host_call_fuel_per_ms": crate::runtime::HOST_CALL_FUEL_PER_MS,
             "guests": node.config.pool.max_instances,
             "guests_per_tenant": edges.guests_per_tenant(node.config.pool.max_instances),
@@ -113,6 +115,7 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
             "max_connections_per_ip": edges.max_connections_per_ip,
             "db_threads": node.config.db_threads,
         },
+        "guest_memory_granted_bytes": node.runtime.memory().granted(),
         "sqlite": {
             "memory_bytes": sqlite_used,
             "highwater_bytes": sqlite_highwater,

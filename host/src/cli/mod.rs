@@ -170,6 +170,9 @@ pub struct ServeArgs {
     /// Bytes of stdout/stderr one request may write to the log, in KiB.
     #[arg(long, default_value_t = 64)]
     pub output_kib: usize,
+    /// Linear memory of all guests together, in MiB (default: half the machine's).
+    #[arg(long)]
+    pub max_guest_memory_mib: Option<usize>,
     /// Threads running instance database work; a tenant uses at most half.
     #[arg(long, default_value_t = 4)]
     pub db_threads: usize,
@@ -196,6 +199,7 @@ impl ServeArgs {
         config.edges.header_timeout = Duration::from_millis(self.client_timeout_ms);
         config.edges.body_idle_timeout = Duration::from_millis(self.client_timeout_ms);
         config.db_threads = self.db_threads;
+        config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
         config
     }
 }

@@ -466,6 +466,7 @@ impl Configurator {
                         target,
                         usage: self.usage.counters(&instance),
                         enabled,
+                        recent: self.database(&instance, &tenant).recent_use(),
                         db: self.database(&instance, &tenant),
                         features: Arc::new(Features {
                             modules: serde_json::from_str(&modules).unwrap_or_default(),

@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod listener;
+mod loggate;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,7 @@ pub struct Ingress {
     per_instance: u32,
     tenant_guests: DashMap<Arc<str>, Arc<Semaphore>>,
     instance_guests: DashMap<Arc<str>, Arc<Semaphore>>,
+    failure_logs: DashMap<Arc<str>, Arc<loggate::LogGate>>,
 }
 
 /// Longest a request waits for its tenant's or instance's guest slot before it
@@ -81,6 +83,7 @@ impl Ingress {
             caps,
             tenant_guests: DashMap::new(),
             instance_guests: DashMap::new(),
+            failure_logs: DashMap::new(),
         }
     }
 
@@ -217,6 +220,10 @@ impl Ingress {
         };
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
+        let failure_log = match self.failure_logs.get(&route.instance) {
+            Some(gate) => gate.clone(),
+            None => self.failure_logs.entry(route.instance.clone()).or_default().clone(),
+        };
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
         let handled = self
@@ -226,6 +233,7 @@ impl Ingress {
                 who,
                 GuestContext { caller: guest_caller, features: route.features.clone(), db: Some(route.db.clone()) },
                 req,
+                &route.recent,
                 move |who, outcome| {
                     // The guest is done: its slots are free for the next request.
                     drop(slots);
@@ -235,15 +243,18 @@ impl Ingress {
                         usage.record(outcome.fuel, outcome.failure.is_some());
                     }
                     if let Some(failure) = &outcome.failure {
-                        tracing::warn!(
-                            tenant = %who.tenant,
-                            instance = %who.instance,
-                            request_id = who.request_id,
-                            service = %logged.service,
-                            version = %logged.version,
-                            fuel = outcome.fuel,
-                            "guest failed: {failure:?}"
-                        );
+                        if let loggate::Verdict::Log { suppressed } = failure_log.check() {
+                            tracing::warn!(
+                                tenant = %who.tenant,
+                                instance = %who.instance,
+                                request_id = who.request_id,
+                                service = %logged.service,
+                                version = %logged.version,
+                                fuel = outcome.fuel,
+                                earlier_failures_not_logged = suppressed,
+                                "guest failed: {failure:?}"
+                            );
+                        }
                     }
                 },
             )

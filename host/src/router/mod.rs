@@ -27,6 +27,8 @@ pub struct Route {
     pub features: Arc<Features>,
     /// The instance's own database and key-value store.
     pub db: Arc<crate::configurator::database::InstanceDb>,
+    /// The instance's recent CPU use: heavy instances start on lowered threads.
+    pub recent: Arc<crate::sched::RecentUse>,
 }
 
 /// The version policy of an instance.

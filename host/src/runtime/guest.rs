@@ -53,6 +53,7 @@ impl GuestState {
     pub(crate) fn new(
         who: &RequestIdentity,
         limits: &crate::config::GuestLimits,
+        memory: Arc<MemoryBudget>,
         deadline: Instant,
         context: super::GuestContext,
     ) -> Self {
@@ -76,7 +77,7 @@ impl GuestState {
             wasi,
             http: WasiHttpCtx::new(),
             hooks: DenyOutgoing,
-            limiter: MemoryLimiter { max_bytes: limits.max_memory_bytes, hit: false },
+            limiter: MemoryLimiter::new(limits.max_memory_bytes, memory, &who.tenant),
             deadline,
             context,
             host_fuel_debt: 0,
@@ -124,16 +125,105 @@ impl WasiHttpHooks for DenyOutgoing {
     }
 }
 
-/// Caps linear memory growth and remembers whether the cap was hit, so a trap that
-/// follows a refused `memory.grow` is reported as "memory limit", not a bug.
+/// Linear memory granted to every guest of the node together, against a budget,
+/// and to each tenant's guests against its share: many guests each under their
+/// own cap still cannot exhaust the node, and one tenant's cannot take the memory
+/// its neighbours need.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    per_tenant: usize,
+    granted: AtomicUsize,
+    tenants: dashmap::DashMap<Arc<str>, Arc<AtomicUsize>>,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes, of which one tenant holds at most `per_tenant`.
+    pub fn new(limit: usize, per_tenant: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            per_tenant: per_tenant.min(limit),
+            granted: AtomicUsize::new(0),
+            tenants: dashmap::DashMap::new(),
+        })
+    }
+
+    /// Bytes granted to running guests now.
+    pub fn granted(&self) -> usize {
+        self.granted.load(Ordering::Relaxed)
+    }
+
+    /// The budget, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// What one tenant may hold, in bytes.
+    pub fn per_tenant(&self) -> usize {
+        self.per_tenant
+    }
+
+    fn tenant(&self, tenant: &Arc<str>) -> Arc<AtomicUsize> {
+        match self.tenants.get(tenant) {
+            Some(granted) => granted.clone(),
+            None => self.tenants.entry(tenant.clone()).or_default().clone(),
+        }
+    }
+
+    fn take(counter: &AtomicUsize, bytes: usize, limit: usize) -> bool {
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |granted| {
+                granted.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok()
+    }
+}
+
+/// Caps linear memory growth, per guest, per tenant and against the node's
+/// budget, and remembers whether a cap was hit, so a trap that follows a refused
+/// `memory.grow` is reported as "memory limit", not a bug.
 pub(crate) struct MemoryLimiter {
     max_bytes: usize,
+    budget: Arc<MemoryBudget>,
+    tenant: Arc<AtomicUsize>,
+    /// What this guest holds of the budgets.
+    holding: usize,
     pub(crate) hit: bool,
 }
 
+impl MemoryLimiter {
+    pub(crate) fn new(max_bytes: usize, budget: Arc<MemoryBudget>, tenant: &Arc<str>) -> Self {
+        let tenant = budget.tenant(tenant);
+        Self { max_bytes, budget, tenant, holding: 0, hit: false }
+    }
+
+    fn take(&mut self, bytes: usize) -> bool {
+        if !MemoryBudget::take(&self.tenant, bytes, self.budget.per_tenant) {
+            return false;
+        }
+        if !MemoryBudget::take(&self.budget.granted, bytes, self.budget.limit) {
+            self.tenant.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        self.holding += bytes;
+        true
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.tenant.fetch_sub(self.holding, Ordering::Relaxed);
+        self.budget.granted.fetch_sub(self.holding, Ordering::Relaxed);
+    }
+}
+
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        if !self.take(desired.saturating_sub(current)) {
             self.hit = true;
             return Ok(false);
         }

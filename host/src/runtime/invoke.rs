@@ -90,6 +90,7 @@ impl Runtime {
         who: RequestIdentity,
         context: super::GuestContext,
         req: hyper::Request<B>,
+        recent: &crate::sched::RecentUse,
         on_done: impl FnOnce(&RequestIdentity, Outcome) + Send + 'static,
     ) -> Handled
     where
@@ -99,7 +100,8 @@ impl Runtime {
         let budget = self.limits.fuel_per_request;
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut store = Store::new(pre.engine(), GuestState::new(&who, &self.limits, deadline, context));
+        let mut store =
+            Store::new(pre.engine(), GuestState::new(&who, &self.limits, self.memory.clone(), deadline, context));
         store.limiter(|state| &mut state.limiter);
         if let Err(e) = store.set_fuel(budget) {
             return Handled::Failed(GuestFailure::Host(format!("failed to set fuel: {e:#}")));
@@ -168,6 +170,13 @@ impl Runtime {
         let mut guest = GuestTask { future: Some(Box::pin(guest)), abandoned };
         let mut receiver = receiver;
         let mut moved = false;
+        // An instance whose requests were CPU-heavy lately starts there at once.
+        if recent.is_heavy() {
+            if let Some(heavy) = &self.heavy {
+                guest.move_to(heavy.handle());
+                moved = true;
+            }
+        }
         loop {
             tokio::select! {
                 biased;
@@ -188,10 +197,13 @@ impl Runtime {
                     // The outparam was dropped unset: the guest failed or returned early.
                     Err(_) => Handled::Failed(guest.await.failure.unwrap_or(GuestFailure::NoResponse)),
                 },
-                _ = demote.notified(), if !moved => {
-                    moved = true;
-                    if let Some(heavy) = &self.heavy {
-                        guest.move_to(heavy.handle());
+                _ = demote.notified() => {
+                    recent.mark_heavy();
+                    if !moved {
+                        moved = true;
+                        if let Some(heavy) = &self.heavy {
+                            guest.move_to(heavy.handle());
+                        }
                     }
                 }
             }

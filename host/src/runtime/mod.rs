@@ -6,8 +6,8 @@
 //! slot size and a [`wasmtime::ResourceLimiter`]) and a wall-clock deadline
 //! enforced by epoch interruption. A guest that spins yields to the executor at
 //! every epoch tick, and one that computes past a few ticks moves to a pool of
-//! low-priority threads (nice 19), so the kernel runs every light request before
-//! it: CPU is shared by recent use, and a tenant's spinning guests cannot
+//! low-priority threads ([`crate::sched`]), so the kernel runs every light request
+//! before it: CPU is shared by recent use, and a tenant's spinning guests cannot
 //! multiply another tenant's latency.
 
 mod guest;
@@ -24,7 +24,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::{GuestLimits, PoolConfig};
-pub use guest::{plain_body, GuestState, RequestIdentity};
+pub use guest::{plain_body, GuestState, MemoryBudget, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
 pub use platform::{Features, GuestCaller, GuestContext, HOST_CALL_FUEL_PER_MS};
 
@@ -34,10 +34,6 @@ pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;
 /// How often the epoch advances. A spinning guest yields this often, and a
 /// deadline is enforced to within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// Nice value of the threads CPU-heavy guests move to: the kernel gives them
-/// what light requests leave (weight 15 against 1024 for the request threads).
-const HEAVY_NICE: i32 = 19;
 
 /// The interface a component must export to be served over HTTP.
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler@0.2";
@@ -73,6 +69,8 @@ pub struct Runtime {
     ticker: Option<EpochTicker>,
     /// Where CPU-heavy guests continue (see [`invoke`]).
     heavy: Option<tokio::runtime::Runtime>,
+    /// Linear memory of all guests together.
+    memory: Arc<MemoryBudget>,
 }
 
 impl Runtime {
@@ -94,20 +92,17 @@ impl Runtime {
             .context("failed to link wharf:platform")?;
         let ticker = Some(EpochTicker::start(engine.clone()).context("failed to start the epoch ticker thread")?);
         let heavy = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+            .worker_threads((std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1))
             .thread_name("wharf-heavy")
-            .on_thread_start(|| {
-                // SAFETY: setpriority only changes the calling thread's nice value
-                // (on Linux, PRIO_PROCESS with 0 names the calling thread).
-                let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HEAVY_NICE) };
-                if rc != 0 {
-                    tracing::warn!("failed to lower the priority of a heavy-guest thread");
-                }
-            })
+            .on_thread_start(crate::sched::lower_current_thread)
             .enable_all()
             .build()
             .context("failed to start the heavy-guest threads")?;
-        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy) })
+        // A tenant holds at most a quarter of it, as of the guest slots, but
+        // always enough for one guest at its own cap.
+        let total = limits.total_memory_bytes(pool.max_instances);
+        let memory = MemoryBudget::new(total, (total / 4).max(limits.max_memory_bytes));
+        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy), memory })
     }
 
     /// The engine, for compiling and deserializing components.
@@ -118,6 +113,11 @@ impl Runtime {
     /// The limits every request runs under.
     pub fn limits(&self) -> &GuestLimits {
         &self.limits
+    }
+
+    /// Linear memory granted to running guests, against the node's budget.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// A fingerprint of the engine's code-generation settings; compiled artifacts
@@ -235,6 +235,9 @@ fn engine_config(limits: &GuestLimits, pool: &PoolConfig) -> Config {
         config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
     }
     config.consume_fuel(true).epoch_interruption(true).max_wasm_stack(limits.max_wasm_stack).memory_init_cow(true);
+    // A trap's backtrace is for the log; a guest recursing to its stack limit
+    // must not make the host walk and format thousands of frames per request.
+    config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
     config
 }
 

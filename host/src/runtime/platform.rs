@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bindings::wharf::platform::{features, identity, kv, sql};
 
-use crate::configurator::database::{InstanceDb, SqlValue};
+use crate::configurator::database::{Call, InstanceDb, SqlValue};
 
 /// The instance's enabled modules and settings.
 #[derive(Debug, Clone, Default)]
@@ -87,10 +87,12 @@ impl features::Host for GuestState {
     }
 }
 
-/// Fuel charged for each millisecond a request spends in a `sql` or `kv` call,
-/// waiting included: about what a guest executes in a millisecond (one unit of
-/// fuel per nanosecond), so a request that waits on its database pays as if it
-/// computed meanwhile, and its fuel budget bounds both.
+/// Fuel charged for each millisecond of CPU a request's `sql` and `kv` calls use
+/// on the database threads: about what a guest executes in a millisecond (one
+/// unit of fuel per nanosecond), so work a guest moves into SQL costs what it
+/// would cost in wasm, and the fuel budget bounds both. Waits (for the instance's
+/// connection, or for a CPU while the node is busy) are not charged: the
+/// request's deadline bounds those.
 pub const HOST_CALL_FUEL_PER_MS: u64 = 1_000_000;
 
 impl GuestState {
@@ -98,10 +100,11 @@ impl GuestState {
         self.context.db.clone().ok_or_else(|| "this request has no instance database".to_string())
     }
 
-    /// Charge the time since `started` to the request.
-    fn charge(&mut self, started: std::time::Instant) {
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.host_fuel_debt = self.host_fuel_debt.saturating_add(micros.saturating_mul(HOST_CALL_FUEL_PER_MS / 1000));
+    /// Charge the database CPU time `call` used to the request.
+    fn charge(&mut self, call: &Call) {
+        let nanos = call.cpu_nanos.load(std::sync::atomic::Ordering::Relaxed);
+        let fuel = u128::from(nanos) * u128::from(HOST_CALL_FUEL_PER_MS) / 1_000_000;
+        self.host_fuel_debt = self.host_fuel_debt.saturating_add(u64::try_from(fuel).unwrap_or(u64::MAX));
     }
 }
 
@@ -130,14 +133,13 @@ fn from_sql(value: SqlValue) -> sql::Value {
 
 /// Run one database call for the guest, charged to its request.
 macro_rules! db_call {
-    ($state:ident, |$db:ident, $deadline:ident| $call:expr) => {{
-        let started = std::time::Instant::now();
-        let $deadline = $state.deadline;
+    ($state:ident, |$db:ident, $budget:ident| $call:expr) => {{
+        let $budget = &Call::until($state.deadline);
         let result = match $state.db() {
             Ok($db) => $call.await,
             Err(e) => Err(e),
         };
-        $state.charge(started);
+        $state.charge($budget);
         result
     }};
 }

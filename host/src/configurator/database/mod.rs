@@ -167,6 +167,8 @@ struct Shared {
     running: Mutex<Running>,
     budget: Arc<OpenDatabases>,
     slot: Weak<Slot>,
+    /// Whether the instance's work lately turned out heavy.
+    recent: Arc<crate::sched::RecentUse>,
 }
 
 #[derive(Default)]
@@ -201,6 +203,33 @@ pub struct SqlRows {
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
+/// What a database call is bounded by and charged to.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The request's deadline: no statement runs past it.
+    pub deadline: Instant,
+    /// CPU time the call's work used on its database thread, added here (waits
+    /// for the connection or for a CPU are not included).
+    pub cpu_nanos: Arc<AtomicU64>,
+}
+
+impl Call {
+    /// A call bounded by `deadline`, its CPU time counted in a fresh meter.
+    pub fn until(deadline: Instant) -> Self {
+        Self { deadline, cpu_nanos: Arc::default() }
+    }
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0;
+    }
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
 impl InstanceDb {
     /// The databases of the instance whose directory is `dir` (not opened yet);
     /// `tenant` is the instance's tenant, whose database work `threads` bounds.
@@ -212,9 +241,15 @@ impl InstanceDb {
             running: Mutex::new(Running::default()),
             budget,
             slot: Arc::downgrade(&slot),
+            recent: Arc::default(),
         });
         let tenant = threads.tenant(tenant);
         Self { slot, shared, threads, tenant }
+    }
+
+    /// The instance's recent CPU use, shared with its guests' scheduling.
+    pub fn recent_use(&self) -> Arc<crate::sched::RecentUse> {
+        self.shared.recent.clone()
     }
 
     /// Create both files now, so the instance starts with its databases in place.
@@ -228,29 +263,33 @@ impl InstanceDb {
 
     /// Run `work` on a database thread with this instance's connections, waiting
     /// asynchronously and never past `deadline`.
-    async fn run<T, F>(&self, deadline: Instant, work: F) -> Result<T, String>
+    async fn run<T, F>(&self, call: &Call, work: F) -> Result<T, String>
     where
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T, String> + Send + 'static,
     {
+        let deadline = call.deadline;
         let now = Instant::now();
         if now >= deadline {
             return Err("the request is out of time".into());
         }
         let wait_until = tokio::time::Instant::from_std((now + MAX_WAIT).min(deadline));
         let busy = || format!("the database is busy (waited {} ms); retry", MAX_WAIT.as_millis());
+        // The instance's own connection first: waiting on it must not take one of
+        // the tenant's threads from its other instances.
+        let mut conns =
+            tokio::time::timeout_at(wait_until, self.slot.clone().lock_owned()).await.map_err(|_| busy())?;
         let permit = tokio::time::timeout_at(wait_until, self.tenant.clone().acquire_owned())
             .await
             .map_err(|_| busy())?
             .map_err(|_| busy())?;
-        let mut conns =
-            tokio::time::timeout_at(wait_until, self.slot.clone().lock_owned()).await.map_err(|_| busy())?;
         let statement_deadline = (Instant::now() + STATEMENT_TIMEOUT).min(deadline);
         let job = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
         let cancelled = Arc::new(AtomicBool::new(false));
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let shared = self.shared.clone();
         let flag = cancelled.clone();
+        let cpu = call.cpu_nanos.clone();
         let submitted = self.threads.submit(Box::new(move || {
             let _permit = permit;
             if flag.load(Ordering::Relaxed) {
@@ -264,8 +303,10 @@ impl InstanceDb {
                 cancelled: flag,
                 data_used: false,
             };
+            let started = thread_cpu_nanos();
             let result = work(&mut session);
             session.finish();
+            cpu.fetch_add(thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
             let _ = sender.send(result);
         }));
         if submitted.is_err() {
@@ -291,9 +332,9 @@ impl InstanceDb {
     }
 
     /// Run a statement that returns rows.
-    pub async fn query(&self, statement: String, params: Vec<SqlValue>, deadline: Instant) -> Result<SqlRows, String> {
+    pub async fn query(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<SqlRows, String> {
         check_statement(&statement)?;
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             let conn = s.data()?;
             read_rows(conn, check_statement(&statement)?, &params)
         })
@@ -301,9 +342,9 @@ impl InstanceDb {
     }
 
     /// Run a statement that changes data or schema; returns rows changed.
-    pub async fn execute(&self, statement: String, params: Vec<SqlValue>, deadline: Instant) -> Result<u64, String> {
+    pub async fn execute(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<u64, String> {
         check_statement(&statement)?;
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             let result = run(s.data()?, check_statement(&statement)?, &params);
             s.trim_wal();
             result
@@ -312,14 +353,14 @@ impl InstanceDb {
     }
 
     /// Run statements in one transaction.
-    pub async fn batch(&self, statements: Vec<(String, Vec<SqlValue>)>, deadline: Instant) -> Result<Vec<u64>, String> {
+    pub async fn batch(&self, statements: Vec<(String, Vec<SqlValue>)>, call: &Call) -> Result<Vec<u64>, String> {
         if statements.len() > 1000 {
             return Err("a batch holds at most 1000 statements".into());
         }
         for (statement, _) in &statements {
             check_statement(statement)?;
         }
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             s.data()?;
             s.as_host(|conn| conn.execute_batch("BEGIN IMMEDIATE")).map_err(|e| describe(&e))?;
             let mut changed = Vec::with_capacity(statements.len());
@@ -347,9 +388,9 @@ impl InstanceDb {
     }
 
     /// A key-value entry, unless absent or expired.
-    pub async fn kv_get(&self, key: String, deadline: Instant) -> Result<Option<Vec<u8>>, String> {
+    pub async fn kv_get(&self, key: String, call: &Call) -> Result<Option<Vec<u8>>, String> {
         check_key(&key)?;
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             s.kv()?
                 .query_row(
                     "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
@@ -364,19 +405,13 @@ impl InstanceDb {
     }
 
     /// Set a key-value entry, optionally expiring.
-    pub async fn kv_set(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-        deadline: Instant,
-    ) -> Result<(), String> {
+    pub async fn kv_set(&self, key: String, value: Vec<u8>, ttl: Option<Duration>, call: &Call) -> Result<(), String> {
         check_key(&key)?;
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("the value is larger than {} MiB", MAX_VALUE_BYTES >> 20));
         }
         let expires = ttl.map(|t| now_millis().saturating_add(t.as_millis().min(i64::MAX as u128) as i64));
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             s.kv()?
                 .execute(
                     "INSERT INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3) \
@@ -390,9 +425,9 @@ impl InstanceDb {
     }
 
     /// Delete a key-value entry; whether a live one existed.
-    pub async fn kv_delete(&self, key: String, deadline: Instant) -> Result<bool, String> {
+    pub async fn kv_delete(&self, key: String, call: &Call) -> Result<bool, String> {
         check_key(&key)?;
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             let conn = s.kv()?;
             let live = conn
                 .execute(
@@ -408,12 +443,12 @@ impl InstanceDb {
     }
 
     /// Live keys starting with `prefix`, sorted.
-    pub async fn kv_list(&self, prefix: String, limit: u32, deadline: Instant) -> Result<Vec<String>, String> {
+    pub async fn kv_list(&self, prefix: String, limit: u32, call: &Call) -> Result<Vec<String>, String> {
         if prefix.len() > MAX_KEY_BYTES {
             return Err(format!("the prefix is longer than {MAX_KEY_BYTES} bytes"));
         }
         let limit = limit.clamp(1, 1000);
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             // Range scan on the primary key; the prefix is data, never pattern syntax.
             let conn = s.kv()?;
             let mut stmt = conn
@@ -432,9 +467,9 @@ impl InstanceDb {
 
     /// Add `delta` to the integer at `key` (0 if absent or expired), atomically,
     /// keeping a live entry's expiry.
-    pub async fn kv_increment(&self, key: String, delta: i64, deadline: Instant) -> Result<i64, String> {
+    pub async fn kv_increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String> {
         check_key(&key)?;
-        self.run(deadline, move |s| {
+        self.run(call, move |s| {
             let conn = s.kv()?;
             // One job holds the instance's connection, and the transaction holds
             // the file: no other increment can read between this read and write.
@@ -538,13 +573,21 @@ impl Session<'_> {
                 *running = Running { job: self.job, interrupt: Some(conn.get_interrupt_handle()) };
             }
             let (deadline, cancelled) = (self.deadline, self.cancelled.clone());
+            // A long statement yields the CPU to everyone else's requests; an
+            // instance whose statements were long lately starts lowered.
+            let recent = self.shared.recent.clone();
+            if recent.is_heavy() {
+                threads::demote_current_thread();
+            }
             let demote_at = Instant::now() + threads::DEMOTE_AFTER;
+            let mut demoted = false;
             conn.progress_handler(
                 10_000,
                 Some(move || {
                     let now = Instant::now();
-                    // A long statement yields the CPU to everyone else's requests.
-                    if now > demote_at {
+                    if !demoted && now > demote_at {
+                        demoted = true;
+                        recent.mark_heavy();
                         threads::demote_current_thread();
                     }
                     now > deadline || cancelled.load(Ordering::Relaxed)

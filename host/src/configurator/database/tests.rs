@@ -2,8 +2,9 @@
 
 use super::*;
 
-fn later() -> Instant {
-    Instant::now() + Duration::from_secs(30)
+fn later() -> &'static Call {
+    static LATER: std::sync::OnceLock<Call> = std::sync::OnceLock::new();
+    LATER.get_or_init(|| Call::until(Instant::now() + Duration::from_secs(3600)))
 }
 
 fn text(s: &str) -> Value {
@@ -157,7 +158,7 @@ async fn an_endless_statement_stops_at_its_deadline() {
         .query(
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c".into(),
             vec![],
-            Instant::now() + Duration::from_millis(300),
+            &Call::until(Instant::now() + Duration::from_millis(300)),
         )
         .await
         .unwrap_err();

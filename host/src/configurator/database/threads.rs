@@ -7,8 +7,8 @@
 //! half the threads at once (its other requests wait, then hear "busy").
 //!
 //! CPU is shared by use, as for guests: a statement that runs past
-//! [`DEMOTE_AFTER`] lowers its thread to nice 19, so the kernel runs every other
-//! request first. An unprivileged process cannot raise a thread's priority back,
+//! [`DEMOTE_AFTER`] lowers its thread ([`crate::sched`]), so the kernel runs every
+//! other request first. An unprivileged process cannot raise a thread's priority back,
 //! so a lowered thread retires after its job and a fresh one takes its place.
 
 use std::cell::Cell;
@@ -30,9 +30,6 @@ const QUEUE: usize = 4096;
 /// How long a statement runs at normal priority before its thread is lowered.
 pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
 
-/// Nice value of a thread running a long statement.
-const DEMOTED_NICE: i32 = 19;
-
 thread_local! {
     static DEMOTED: Cell<bool> = const { Cell::new(false) };
 }
@@ -42,11 +39,7 @@ pub(crate) fn demote_current_thread() {
     if DEMOTED.with(|d| d.replace(true)) {
         return;
     }
-    // SAFETY: setpriority only changes the calling thread's nice value (on
-    // Linux, PRIO_PROCESS with 0 names the calling thread).
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, DEMOTED_NICE);
-    }
+    crate::sched::lower_current_thread();
 }
 
 /// A fixed pool of threads for database work.
