@@ -146,7 +146,8 @@ impl Runtime {
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
             })
             .await;
-            // Host-call time not yet taken at a tick is billed too, within the budget.
+            // Host-call fuel the store could not take (past the budget) is billed
+            // too, up to the budget.
             let owed = store.data().host_fuel_debt;
             let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(budget);
             let failure = match run {
