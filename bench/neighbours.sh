@@ -29,9 +29,24 @@ wharf tenant create mallory; wharf instance create --tenant mallory --service ho
 curl -sf -H 'Host: bad.bench' -d 'CREATE TABLE IF NOT EXISTS t (a)' "http://$ingress/sql/execute" >/dev/null
 
 # attack KIND CONCURRENCY — the attack in the background for the wrk run's length.
-attack() { ./target/release/attack --ingress "$ingress" --host bad.bench --kind "$1" --concurrency "$2" --seconds "$((seconds + 1))"; }
+# The reference "outside" is not an attack on Wharf: CONCURRENCY busy loops in
+# other processes at the lowest priority the kernel has (SCHED_IDLE), the floor
+# of what any CPU-burning neighbour costs the canary on this machine.
+attack() {
+    if [[ $1 == outside ]]; then
+        for _ in $(seq 1 "$2"); do
+            chrt -i 0 bash -c "end=\$((SECONDS + $seconds + 1)); while [ \$SECONDS -lt \$end ]; do :; done" &
+        done
+        wait
+        echo "outside x$2: busy loops under SCHED_IDLE"
+        return
+    fi
+    ./target/release/attack --ingress "$ingress" --host bad.bench --kind "$1" --concurrency "$2" --seconds "$((seconds + 1))"
+}
 
 declare -A p99 errors outcomes
+# label KIND:N — a phase's name: the kind, or for the reference the kind and count.
+label() { if [[ $1 == outside:* ]]; then echo "reference: ${1/:/ x}"; else echo "${1%%:*}"; fi; }
 # phase NAME [KIND CONCURRENCY]... — wrk on the canary while the attacks run.
 phase() {
     local name=$1; shift
@@ -50,27 +65,29 @@ phase() {
 }
 
 # ATTACKS="spin:3 sql-endless:8" runs only those.
-read -r -a attacks <<<"${ATTACKS:-spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000}"
+read -r -a attacks <<<"${ATTACKS:-outside:1 outside:2 spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000}"
 echo "==> canary: wrk -t1 -c$connections -d$duration; $rounds round(s); each attack alone, then all at once"
 for r in $(seq 1 "$rounds"); do
     phase calm
     all=()
     for a in "${attacks[@]}"; do
-        phase "${a%%:*}" "${a%%:*}" "${a##*:}"
-        all+=("${a%%:*}" "${a##*:}")
+        phase "$(label "$a")" "${a%%:*}" "${a##*:}"
+        [[ $a == outside:* ]] || all+=("${a%%:*}" "${a##*:}")
     done
     phase everything "${all[@]}"
     echo "    round $r done"
 done
+# "everything" runs every attack on Wharf at once (not the reference).
 
 calm=$(median <<<"${p99[calm]}")
+names=(calm); for a in "${attacks[@]}"; do names+=("$(label "$a")"); done; names+=(everything)
 printf "\n%-28s %14s %10s %12s\n" "canary under" "p99 ms (med)" "x calm" "errors"
-for name in calm "${attacks[@]%%:*}" everything; do
+for name in "${names[@]}"; do
     m=$(median <<<"${p99[$name]}")
     printf "%-28s %14s %10.2f %12s\n" "$name" "$m" "$(awk -v a="$m" -v c="$calm" 'BEGIN {print a/c}')" "${errors[$name]}"
 done
 echo
 echo "what the attacks got back (last round):"
-for name in "${attacks[@]%%:*}"; do tail -n1 "$work/attacks-$name"; done
+for a in "${attacks[@]}"; do tail -n1 "$work/attacks-$(label "$a")"; done
 printf "node: peak resident memory %s MiB, log %s KiB\n" \
     "$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$node_pid/status")" "$(( $(stat -c %s "$work/log") / 1024 ))"
