@@ -57,6 +57,7 @@ impl Node {
     /// Open the data directory, load every version and route every instance, bind
     /// both listeners and start serving.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+        crate::sched::keep_large_allocations_in_arenas();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("failed to create data directory {:?}", config.data_dir))?;
         let db = store::open(&config.data_dir).await?;

@@ -10,6 +10,19 @@
 //! 19). An unprivileged process cannot raise a thread back, so lowered threads
 //! are either dedicated to heavy work or retire when their job ends.
 
+/// Keep large allocations (SQLite's megabyte values, result buffers) in the
+/// allocator's arenas instead of a fresh `mmap`/`munmap` each: every map and
+/// unmap takes the process's memory-map lock for writing, and a lowered thread
+/// preempted while holding it stalls the request threads behind it (priority
+/// inversion). Call once, before threads start.
+pub fn keep_large_allocations_in_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocation thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
+}
+
 /// Lower the calling thread to `SCHED_IDLE` (nice 19 where that is refused).
 pub fn lower_current_thread() {
     let param = libc::sched_param { sched_priority: 0 };
