@@ -242,19 +242,28 @@ impl Ingress {
                     if outcome.failure != Some(GuestFailure::AtCapacity) {
                         usage.record(outcome.fuel, outcome.failure.is_some());
                     }
-                    if let Some(failure) = &outcome.failure {
-                        if let loggate::Verdict::Log { suppressed } = failure_log.check() {
-                            tracing::warn!(
-                                tenant = %who.tenant,
-                                instance = %who.instance,
-                                request_id = who.request_id,
-                                service = %logged.service,
-                                version = %logged.version,
-                                fuel = outcome.fuel,
-                                earlier_failures_not_logged = suppressed,
-                                "guest failed: {failure:?}"
-                            );
+                    match &outcome.failure {
+                        // The client left: nothing went wrong with the guest.
+                        Some(GuestFailure::Abandoned) => {
+                            tracing::debug!(tenant = %who.tenant, instance = %who.instance, request_id = who.request_id, "client went away; guest stopped");
                         }
+                        Some(failure) => {
+                            if let loggate::Verdict::Log { suppressed } = failure_log.check() {
+                                if suppressed > 0 {
+                                    tracing::warn!(tenant = %who.tenant, instance = %who.instance, "{suppressed} more guest failures were not logged");
+                                }
+                                tracing::warn!(
+                                    tenant = %who.tenant,
+                                    instance = %who.instance,
+                                    request_id = who.request_id,
+                                    service = %logged.service,
+                                    version = %logged.version,
+                                    fuel = outcome.fuel,
+                                    "guest failed: {failure:?}"
+                                );
+                            }
+                        }
+                        None => {}
                     }
                 },
             )

@@ -34,10 +34,10 @@ use rusqlite::config::DbConfig;
 use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
-use tokio::sync::Semaphore;
 
 use sqlguard::{authorize, check_key, check_statement, describe};
 pub use threads::DbThreads;
+use threads::TenantSlots;
 
 /// Longest statement accepted, in bytes.
 pub const MAX_STATEMENT_BYTES: usize = 100 * 1024;
@@ -108,7 +108,7 @@ impl Conns {
     }
 }
 
-type Slot = tokio::sync::Mutex<Conns>;
+type Slot = Mutex<Conns>;
 
 /// The open connections of a node, closed oldest-first beyond a budget so that
 /// thousands of instances never exhaust file descriptors. A closed one reopens on
@@ -169,7 +169,31 @@ struct Shared {
     slot: Weak<Slot>,
     /// Whether the instance's work lately turned out heavy.
     recent: Arc<crate::sched::RecentUse>,
+    /// Jobs waiting for the instance's connection, run in order by one thread.
+    queue: Mutex<Queue>,
+    tenant: Arc<TenantSlots>,
+    threads: Arc<DbThreads>,
 }
+
+/// An instance's waiting jobs, and whether a thread is (or will be) running them.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<QueuedJob>,
+    scheduled: bool,
+}
+
+type QueuedJob = Box<dyn FnOnce(&mut Conns) + Send + 'static>;
+
+/// A job's state: waiting, started, or given up by its caller before it started.
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// Jobs one run takes from an instance before it lets other instances have the
+/// thread (it continues later, at the back of the line).
+const JOBS_PER_RUN: usize = 32;
+/// ... or after this long.
+const RUN_SLICE: Duration = Duration::from_millis(2);
 
 #[derive(Default)]
 struct Running {
@@ -179,10 +203,9 @@ struct Running {
 
 /// One instance's databases.
 pub struct InstanceDb {
-    slot: Arc<Slot>,
+    /// The connections; owned here, used by the thread running the instance.
+    _slot: Arc<Slot>,
     shared: Arc<Shared>,
-    threads: Arc<DbThreads>,
-    tenant: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for InstanceDb {
@@ -234,7 +257,7 @@ impl InstanceDb {
     /// The databases of the instance whose directory is `dir` (not opened yet);
     /// `tenant` is the instance's tenant, whose database work `threads` bounds.
     pub fn new(dir: &Path, tenant: &str, threads: Arc<DbThreads>, budget: Arc<OpenDatabases>) -> Self {
-        let slot = Arc::new(tokio::sync::Mutex::new(Conns::default()));
+        let slot = Arc::new(Mutex::new(Conns::default()));
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             host_access: Arc::new(AtomicBool::new(false)),
@@ -242,9 +265,11 @@ impl InstanceDb {
             budget,
             slot: Arc::downgrade(&slot),
             recent: Arc::default(),
+            queue: Mutex::new(Queue::default()),
+            tenant: threads.tenant(tenant),
+            threads,
         });
-        let tenant = threads.tenant(tenant);
-        Self { slot, shared, threads, tenant }
+        Self { _slot: slot, shared }
     }
 
     /// The instance's recent CPU use, shared with its guests' scheduling.
@@ -261,8 +286,10 @@ impl InstanceDb {
         open_kv(&self.shared.dir).map(drop)
     }
 
-    /// Run `work` on a database thread with this instance's connections, waiting
-    /// asynchronously and never past `deadline`.
+    /// Run `work` on a database thread with this instance's connections, after
+    /// the instance's earlier jobs. The caller waits asynchronously: at most
+    /// [`MAX_WAIT`] for the job to start ("busy" otherwise), then for the
+    /// statement, never past `call`'s deadline.
     async fn run<T, F>(&self, call: &Call, work: F) -> Result<T, String>
     where
         T: Send + 'static,
@@ -275,60 +302,63 @@ impl InstanceDb {
         }
         let wait_until = tokio::time::Instant::from_std((now + MAX_WAIT).min(deadline));
         let busy = || format!("the database is busy (waited {} ms); retry", MAX_WAIT.as_millis());
-        // The instance's own connection first: waiting on it must not take one of
-        // the tenant's threads from its other instances.
-        let mut conns =
-            tokio::time::timeout_at(wait_until, self.slot.clone().lock_owned()).await.map_err(|_| busy())?;
-        let permit = tokio::time::timeout_at(wait_until, self.tenant.clone().acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .map_err(|_| busy())?;
-        let statement_deadline = (Instant::now() + STATEMENT_TIMEOUT).min(deadline);
-        let job = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_JOB.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(QUEUED));
         let cancelled = Arc::new(AtomicBool::new(false));
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
-        let shared = self.shared.clone();
-        let flag = cancelled.clone();
-        let cpu = call.cpu_nanos.clone();
-        let submitted = self.threads.submit(Box::new(move || {
-            let _permit = permit;
-            if flag.load(Ordering::Relaxed) {
-                return;
-            }
-            let mut session = Session {
-                conns: &mut conns,
-                shared: &shared,
-                job,
-                deadline: statement_deadline,
-                cancelled: flag,
-                data_used: false,
-            };
-            let started = thread_cpu_nanos();
-            let result = work(&mut session);
-            session.finish();
-            cpu.fetch_add(thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
-            let _ = sender.send(result);
-        }));
-        if submitted.is_err() {
+        let job: QueuedJob = {
+            let (shared, state, flag, cpu) =
+                (self.shared.clone(), state.clone(), cancelled.clone(), call.cpu_nanos.clone());
+            Box::new(move |conns: &mut Conns| {
+                if state.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    return;
+                }
+                let mut session = Session {
+                    conns,
+                    shared: &shared,
+                    job: id,
+                    deadline: (Instant::now() + STATEMENT_TIMEOUT).min(deadline),
+                    cancelled: flag,
+                    data_used: false,
+                };
+                let started = thread_cpu_nanos();
+                let result = work(&mut session);
+                session.finish();
+                cpu.fetch_add(thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
+                let _ = sender.send(result);
+            })
+        };
+        if !enqueue(&self.shared, job) {
             return Err(busy());
         }
-        let mut watch = Watch { cancelled, shared: self.shared.clone(), job, done: false };
-        // The progress handler stops the statement at its deadline; if it is stuck
-        // where the handler does not run, interrupt it from here.
-        let grace = Duration::from_millis(100);
-        let result = match tokio::time::timeout_at((statement_deadline + grace).into(), &mut receiver).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("the database job failed".into()),
+        let mut watch = Watch { state: state.clone(), cancelled, shared: self.shared.clone(), job: id, done: false };
+        let result = match tokio::time::timeout_at(wait_until, &mut receiver).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err("the database job failed".to_string()),
             Err(_) => {
-                watch.interrupt();
-                match tokio::time::timeout(Duration::from_secs(1), receiver).await {
-                    Ok(Ok(result)) => result,
-                    _ => Err(format!("the statement ran longer than {} s", STATEMENT_TIMEOUT.as_secs())),
+                // Not started in time: give up the place in line.
+                if state.compare_exchange(QUEUED, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    watch.done = true;
+                    return Err(busy());
+                }
+                // Started: the progress handler stops it at its deadline; if it is
+                // stuck where the handler does not run, interrupt it from here.
+                let limit = (Instant::now() + STATEMENT_TIMEOUT).min(deadline) + Duration::from_millis(100);
+                match tokio::time::timeout_at(limit.into(), &mut receiver).await {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(_)) => Err("the database job failed".to_string()),
+                    Err(_) => {
+                        watch.interrupt();
+                        match tokio::time::timeout(Duration::from_secs(1), receiver).await {
+                            Ok(Ok(result)) => Ok(result),
+                            _ => Err(format!("the statement ran longer than {} s", STATEMENT_TIMEOUT.as_secs())),
+                        }
+                    }
                 }
             }
         };
         watch.done = true;
-        result
+        result.and_then(|r| r)
     }
 
     /// Run a statement that returns rows.
@@ -509,8 +539,76 @@ impl InstanceDb {
     }
 }
 
+/// Add `job` to the instance's line, and have a thread run the line if none is.
+/// False when the pool cannot take it (the job is dropped).
+fn enqueue(shared: &Arc<Shared>, job: QueuedJob) -> bool {
+    let start = {
+        let Ok(mut queue) = shared.queue.lock() else { return false };
+        queue.jobs.push_back(job);
+        !std::mem::replace(&mut queue.scheduled, true)
+    };
+    if start && shared.threads.run_for(&shared.tenant, drain_job(shared.clone())).is_err() {
+        // The pool is stopped or its line is full: nothing will run these.
+        if let Ok(mut queue) = shared.queue.lock() {
+            queue.jobs.clear();
+            queue.scheduled = false;
+        }
+        return false;
+    }
+    true
+}
+
+fn drain_job(shared: Arc<Shared>) -> threads::Job {
+    Box::new(move || drain(shared))
+}
+
+/// Run an instance's waiting jobs, in order, on this database thread, for at
+/// most [`JOBS_PER_RUN`] jobs or [`RUN_SLICE`]; then give the thread to the next
+/// in line and, if jobs remain, queue up again.
+fn drain(shared: Arc<Shared>) {
+    let started = Instant::now();
+    let mut more = false;
+    if let Some(slot) = shared.slot.upgrade() {
+        let mut conns = match slot.lock() {
+            Ok(conns) => conns,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for ran in 1.. {
+            let job = match shared.queue.lock() {
+                Ok(mut queue) => match queue.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        queue.scheduled = false;
+                        break;
+                    }
+                },
+                Err(_) => break,
+            };
+            // A job that panics must not leave the instance's line stuck.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conns))).is_err() {
+                tracing::error!(dir = ?shared.dir, "a database job panicked");
+            }
+            if ran >= JOBS_PER_RUN || started.elapsed() > RUN_SLICE {
+                more = true;
+                break;
+            }
+        }
+    } else if let Ok(mut queue) = shared.queue.lock() {
+        // The instance is gone: its waiting callers hear that the job failed.
+        queue.jobs.clear();
+        queue.scheduled = false;
+    }
+    shared.threads.finish(&shared.tenant);
+    if more {
+        if let Err(again) = shared.threads.run_for(&shared.tenant, drain_job(shared.clone())) {
+            again();
+        }
+    }
+}
+
 /// Interrupts a job whose caller stopped waiting (timed out or went away).
 struct Watch {
+    state: Arc<std::sync::atomic::AtomicU8>,
     cancelled: Arc<AtomicBool>,
     shared: Arc<Shared>,
     job: u64,
@@ -519,6 +617,8 @@ struct Watch {
 
 impl Watch {
     fn interrupt(&self) {
+        // A job still in line never starts.
+        let _ = self.state.compare_exchange(QUEUED, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire);
         self.cancelled.store(true, Ordering::Relaxed);
         // Only while this job is the one running: an interrupt must never hit the
         // next request's statement.

@@ -2,9 +2,10 @@
 //! the async workers: each statement is a job on one of a fixed number of threads
 //! made for it, and the request that asked for it waits asynchronously.
 //!
-//! Two bounds keep one tenant from holding the database threads: an instance has
-//! one connection, so it runs at most one job at a time, and a tenant runs at most
-//! half the threads at once (its other requests wait, then hear "busy").
+//! Two bounds keep one tenant from holding the database threads: an instance's
+//! jobs run one after another on one thread (it has one connection), and a
+//! tenant's instances run on at most half the threads at once; the others wait
+//! their turn in the tenant's line (their callers hear "busy" if it is too long).
 //!
 //! CPU is shared by use, as for guests: a statement that runs past
 //! [`DEMOTE_AFTER`] lowers its thread ([`crate::sched`]), so the kernel runs every
@@ -16,8 +17,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use dashmap::DashMap;
-use tokio::sync::Semaphore;
 
 /// A unit of blocking database work.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -47,7 +49,13 @@ pub struct DbThreads {
     sender: Mutex<Option<SyncSender<Job>>>,
     threads: usize,
     per_tenant: usize,
-    tenants: DashMap<Arc<str>, Arc<Semaphore>>,
+    tenants: DashMap<Arc<str>, Arc<TenantSlots>>,
+}
+
+/// How many of a tenant's instances run now, and the runs waiting for a place.
+pub(crate) struct TenantSlots {
+    max: usize,
+    state: Mutex<(usize, VecDeque<Job>)>,
 }
 
 impl DbThreads {
@@ -77,12 +85,54 @@ impl DbThreads {
         self.per_tenant
     }
 
-    /// The permits bounding `tenant`'s concurrent database work.
-    pub(crate) fn tenant(&self, tenant: &str) -> Arc<Semaphore> {
-        if let Some(permits) = self.tenants.get(tenant) {
-            return permits.clone();
+    /// The places bounding `tenant`'s concurrent database work.
+    pub(crate) fn tenant(&self, tenant: &str) -> Arc<TenantSlots> {
+        if let Some(slots) = self.tenants.get(tenant) {
+            return slots.clone();
         }
-        self.tenants.entry(Arc::from(tenant)).or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant))).clone()
+        self.tenants
+            .entry(Arc::from(tenant))
+            .or_insert_with(|| Arc::new(TenantSlots { max: self.per_tenant, state: Mutex::new((0, VecDeque::new())) }))
+            .clone()
+    }
+
+    /// Run `run` for `tenant`: now if the tenant has a free place, else when one
+    /// of its runs ends. `Err` gives it back when the pool cannot take it.
+    pub(crate) fn run_for(&self, tenant: &TenantSlots, run: Job) -> Result<(), Job> {
+        let Ok(mut state) = tenant.state.lock() else { return Err(run) };
+        if state.0 < tenant.max {
+            state.0 += 1;
+            drop(state);
+            self.submit(run).map_err(|run| {
+                if let Ok(mut state) = tenant.state.lock() {
+                    state.0 -= 1;
+                }
+                run
+            })
+        } else {
+            state.1.push_back(run);
+            Ok(())
+        }
+    }
+
+    /// A run of `tenant` ended (on this database thread): its place goes to the
+    /// tenant's next waiting run, which runs right here if the pool is full.
+    pub(crate) fn finish(&self, tenant: &TenantSlots) {
+        let next = match tenant.state.lock() {
+            Ok(mut state) => {
+                let next = state.1.pop_front();
+                if next.is_none() {
+                    state.0 = state.0.saturating_sub(1);
+                }
+                next
+            }
+            Err(_) => None,
+        };
+        if let Some(next) = next {
+            if let Err(next) = self.submit(next) {
+                next();
+            }
+        }
     }
 
     /// Queue `job`; `Err` gives it back when the queue is full or the pool stopped.
