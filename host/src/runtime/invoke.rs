@@ -75,10 +75,11 @@ pub enum Handled {
     Failed(GuestFailure),
 }
 
-/// Epoch ticks a guest may run on the async workers before it moves to the
-/// low-priority threads: a guest that computes for more than a tick or two is
-/// CPU-heavy, and running it there keeps it from delaying light requests.
-const DEMOTE_AFTER_TICKS: u32 = 2;
+/// Fuel a guest may burn on the async workers before it moves to the
+/// low-priority threads: about two milliseconds of wasm (a hello burns ~50,000).
+/// Counted in fuel, not in ticks, so a guest that only waits (on its database,
+/// on a slow client) is never taken for a heavy one.
+const DEMOTE_AFTER_FUEL: u64 = 2_000_000;
 
 impl Runtime {
     /// Run `pre`'s guest on `req`. `on_done` receives the outcome once the guest has
@@ -111,13 +112,15 @@ impl Runtime {
         // requests run. (Fuel cannot be changed here: compiled code keeps its fuel
         // counter across this callback. Host-call time is charged when each
         // platform call returns, see `platform`.)
-        store.epoch_deadline_callback(|mut ctx| {
+        store.epoch_deadline_callback(move |mut ctx| {
+            // Reading fuel here is exact (setting it is not, see above).
+            let used = budget.saturating_sub(ctx.get_fuel()?);
             let state = ctx.data_mut();
             if Instant::now() >= state.deadline || state.abandoned.load(Ordering::Relaxed) {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            state.ticks = state.ticks.saturating_add(1);
-            if state.ticks == DEMOTE_AFTER_TICKS {
+            if !state.heavy && used >= DEMOTE_AFTER_FUEL {
+                state.heavy = true;
                 state.demote.notify_one();
             }
             Ok(UpdateDeadline::Yield(1))
@@ -167,7 +170,7 @@ impl Runtime {
         // Run the guest on this task: most guests answer and finish in one go, and
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
-        // computes past `DEMOTE_AFTER_TICKS` moves to the low-priority threads.
+        // computes past `DEMOTE_AFTER_FUEL` moves to the low-priority threads.
         let mut guest = GuestTask { future: Some(Box::pin(guest)), abandoned };
         let mut receiver = receiver;
         let mut moved = false;

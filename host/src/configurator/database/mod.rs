@@ -679,18 +679,19 @@ impl Session<'_> {
             if recent.is_heavy() {
                 threads::demote_current_thread();
             }
-            let demote_at = Instant::now() + threads::DEMOTE_AFTER;
+            // CPU time, not wall time: a statement that only waited for a core
+            // is not a heavy one.
+            let demote_at = thread_cpu_nanos().saturating_add(threads::DEMOTE_AFTER.as_nanos() as u64);
             let mut demoted = false;
             conn.progress_handler(
                 10_000,
                 Some(move || {
-                    let now = Instant::now();
-                    if !demoted && now > demote_at {
+                    if !demoted && thread_cpu_nanos() > demote_at {
                         demoted = true;
                         recent.mark_heavy();
                         threads::demote_current_thread();
                     }
-                    now > deadline || cancelled.load(Ordering::Relaxed)
+                    Instant::now() > deadline || cancelled.load(Ordering::Relaxed)
                 }),
             );
         }

@@ -29,7 +29,7 @@ pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 /// thousands of busy instances; beyond it, callers hear "busy".
 const QUEUE: usize = 4096;
 
-/// How long a statement runs at normal priority before its thread is lowered.
+/// CPU time a statement uses at normal priority before its thread is lowered.
 pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
 
 thread_local! {
