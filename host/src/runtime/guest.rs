@@ -42,11 +42,6 @@ pub struct GuestState {
     pub(crate) host_fuel_debt: u64,
     /// Set when nobody waits for the response any more: stop at the next tick.
     pub(crate) abandoned: Arc<AtomicBool>,
-    /// Whether the guest has burned enough fuel to count as CPU-heavy; such
-    /// guests move to the low-priority threads (see `invoke`).
-    pub(crate) heavy: bool,
-    /// Told once when the guest has run long enough to be moved.
-    pub(crate) demote: Arc<tokio::sync::Notify>,
 }
 
 impl GuestState {
@@ -82,8 +77,6 @@ impl GuestState {
             context,
             host_fuel_debt: 0,
             abandoned: Arc::new(AtomicBool::new(false)),
-            heavy: false,
-            demote: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

@@ -75,11 +75,11 @@ pub enum Handled {
     Failed(GuestFailure),
 }
 
-/// Fuel a guest may burn on the async workers before it moves to the
-/// low-priority threads: about two milliseconds of wasm (a hello burns ~50,000).
-/// Counted in fuel, not in ticks, so a guest that only waits (on its database,
-/// on a slow client) is never taken for a heavy one.
-const DEMOTE_AFTER_FUEL: u64 = 2_000_000;
+/// Time a guest may spend running on the async workers (inside its polls, so
+/// waits do not count) before it moves to the low-priority threads: a hello runs
+/// for tens of microseconds. (Fuel would be exact, but compiled code does not
+/// store its fuel counter where the epoch callback could read it.)
+const DEMOTE_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Runtime {
     /// Run `pre`'s guest on `req`. `on_done` receives the outcome once the guest has
@@ -112,22 +112,16 @@ impl Runtime {
         // requests run. (Fuel cannot be changed here: compiled code keeps its fuel
         // counter across this callback. Host-call time is charged when each
         // platform call returns, see `platform`.)
-        store.epoch_deadline_callback(move |mut ctx| {
-            // Reading fuel here is exact (setting it is not, see above).
-            let used = budget.saturating_sub(ctx.get_fuel()?);
+        store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
             if Instant::now() >= state.deadline || state.abandoned.load(Ordering::Relaxed) {
                 return Ok(UpdateDeadline::Interrupt);
-            }
-            if !state.heavy && used >= DEMOTE_AFTER_FUEL {
-                state.heavy = true;
-                state.demote.notify_one();
             }
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
         let abandoned = store.data().abandoned.clone();
-        let demote = store.data().demote.clone();
+        let demote = Arc::new(tokio::sync::Notify::new());
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
@@ -170,8 +164,13 @@ impl Runtime {
         // Run the guest on this task: most guests answer and finish in one go, and
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
-        // computes past `DEMOTE_AFTER_FUEL` moves to the low-priority threads.
-        let mut guest = GuestTask { future: Some(Box::pin(guest)), abandoned };
+        // runs past `DEMOTE_AFTER` moves to the low-priority threads.
+        let mut guest = GuestTask {
+            future: Some(Box::pin(guest)),
+            abandoned,
+            busy: std::time::Duration::ZERO,
+            demote: Some(demote.clone()),
+        };
         let mut receiver = receiver;
         let mut moved = false;
         // An instance whose requests were CPU-heavy lately starts there at once.
@@ -222,11 +221,16 @@ impl Runtime {
 struct GuestTask {
     future: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
     abandoned: Arc<AtomicBool>,
+    /// Time spent inside this task's polls on the request threads.
+    busy: std::time::Duration,
+    /// Told once `busy` passes [`DEMOTE_AFTER`].
+    demote: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl GuestTask {
     /// Continue the run on `runtime`'s threads.
     fn move_to(&mut self, runtime: &tokio::runtime::Handle) {
+        self.demote = None;
         if let Some(future) = self.future.take() {
             let joined = runtime.spawn(future);
             self.future = Some(Box::pin(async move {
@@ -249,7 +253,17 @@ impl Future for GuestTask {
                 failure: Some(GuestFailure::Host("polled after completion".into())),
             });
         };
-        let outcome = std::task::ready!(future.as_mut().poll(cx));
+        let started = Instant::now();
+        let polled = future.as_mut().poll(cx);
+        if self.demote.is_some() {
+            self.busy += started.elapsed();
+            if self.busy >= DEMOTE_AFTER {
+                if let Some(demote) = self.demote.take() {
+                    demote.notify_one();
+                }
+            }
+        }
+        let outcome = std::task::ready!(polled);
         self.future = None;
         Poll::Ready(outcome)
     }

@@ -5,7 +5,7 @@
 //! Every request runs under a fuel budget, a memory cap (the pooling allocator's
 //! slot size and a [`wasmtime::ResourceLimiter`]) and a wall-clock deadline
 //! enforced by epoch interruption. A guest that spins yields to the executor at
-//! every epoch tick, and one that burns about 2 ms of fuel moves to a pool of
+//! every epoch tick, and one that runs for 2 ms on the request threads moves to a pool of
 //! low-priority threads ([`crate::sched`]), so the kernel runs every light request
 //! before it: CPU is shared by recent use, and a tenant's spinning guests cannot
 //! multiply another tenant's latency.
