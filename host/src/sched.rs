@@ -68,3 +68,14 @@ impl RecentUse {
         self.heavy_until_ms.load(Ordering::Relaxed) > now_ms()
     }
 }
+
+/// CPU time of the calling thread, in nanoseconds: work done, whatever the
+/// thread waited for (a core, a lock) meanwhile.
+pub fn thread_cpu_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0;
+    }
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}

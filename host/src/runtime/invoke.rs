@@ -75,11 +75,12 @@ pub enum Handled {
     Failed(GuestFailure),
 }
 
-/// Time a guest may spend running on the async workers (inside its polls, so
-/// waits do not count) before it moves to the low-priority threads: a hello runs
-/// for tens of microseconds. (Fuel would be exact, but compiled code does not
-/// store its fuel counter where the epoch callback could read it.)
-const DEMOTE_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+/// CPU time a guest may use on the async workers (measured around its polls
+/// with the thread's CPU clock, so neither its waits nor the kernel preempting
+/// the worker count) before it moves to the low-priority threads: a hello uses
+/// tens of microseconds. (Fuel would do, but compiled code does not store its
+/// fuel counter where the epoch callback could read it.)
+const DEMOTE_AFTER_NANOS: u64 = 2_000_000;
 
 impl Runtime {
     /// Run `pre`'s guest on `req`. `on_done` receives the outcome once the guest has
@@ -164,13 +165,9 @@ impl Runtime {
         // Run the guest on this task: most guests answer and finish in one go, and
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
-        // runs past `DEMOTE_AFTER` moves to the low-priority threads.
-        let mut guest = GuestTask {
-            future: Some(Box::pin(guest)),
-            abandoned,
-            busy: std::time::Duration::ZERO,
-            demote: Some(demote.clone()),
-        };
+        // uses `DEMOTE_AFTER_NANOS` of CPU moves to the low-priority threads.
+        let mut guest =
+            GuestTask { future: Some(Box::pin(guest)), abandoned, busy_nanos: 0, demote: Some(demote.clone()) };
         let mut receiver = receiver;
         let mut moved = false;
         // An instance whose requests were CPU-heavy lately starts there at once.
@@ -221,9 +218,9 @@ impl Runtime {
 struct GuestTask {
     future: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
     abandoned: Arc<AtomicBool>,
-    /// Time spent inside this task's polls on the request threads.
-    busy: std::time::Duration,
-    /// Told once `busy` passes [`DEMOTE_AFTER`].
+    /// CPU time used inside this task's polls on the request threads.
+    busy_nanos: u64,
+    /// Told once `busy_nanos` passes [`DEMOTE_AFTER_NANOS`].
     demote: Option<Arc<tokio::sync::Notify>>,
 }
 
@@ -247,17 +244,18 @@ impl Future for GuestTask {
     type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let metered = self.demote.is_some();
         let Some(future) = self.future.as_mut() else {
             return Poll::Ready(Outcome {
                 fuel: 0,
                 failure: Some(GuestFailure::Host("polled after completion".into())),
             });
         };
-        let started = Instant::now();
+        let started = if metered { crate::sched::thread_cpu_nanos() } else { 0 };
         let polled = future.as_mut().poll(cx);
-        if self.demote.is_some() {
-            self.busy += started.elapsed();
-            if self.busy >= DEMOTE_AFTER {
+        if metered {
+            self.busy_nanos += crate::sched::thread_cpu_nanos().saturating_sub(started);
+            if self.busy_nanos >= DEMOTE_AFTER_NANOS {
                 if let Some(demote) = self.demote.take() {
                     demote.notify_one();
                 }

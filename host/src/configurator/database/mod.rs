@@ -243,16 +243,6 @@ impl Call {
     }
 }
 
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_nanos() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec to write; the clock id is a constant.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return 0;
-    }
-    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
-}
-
 impl InstanceDb {
     /// The databases of the instance whose directory is `dir` (not opened yet);
     /// `tenant` is the instance's tenant, whose database work `threads` bounds.
@@ -321,10 +311,10 @@ impl InstanceDb {
                     cancelled: flag,
                     data_used: false,
                 };
-                let started = thread_cpu_nanos();
+                let started = crate::sched::thread_cpu_nanos();
                 let result = work(&mut session);
                 session.finish();
-                cpu.fetch_add(thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
+                cpu.fetch_add(crate::sched::thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
                 let _ = sender.send(result);
             })
         };
@@ -681,12 +671,12 @@ impl Session<'_> {
             }
             // CPU time, not wall time: a statement that only waited for a core
             // is not a heavy one.
-            let demote_at = thread_cpu_nanos().saturating_add(threads::DEMOTE_AFTER.as_nanos() as u64);
+            let demote_at = crate::sched::thread_cpu_nanos().saturating_add(threads::DEMOTE_AFTER.as_nanos() as u64);
             let mut demoted = false;
             conn.progress_handler(
                 10_000,
                 Some(move || {
-                    if !demoted && thread_cpu_nanos() > demote_at {
+                    if !demoted && crate::sched::thread_cpu_nanos() > demote_at {
                         demoted = true;
                         recent.mark_heavy();
                         threads::demote_current_thread();
