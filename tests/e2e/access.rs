@@ -438,6 +438,63 @@ async fn repeated_failed_logins_are_rate_limited_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_are_all_refused_and_counted() {
+    let node = TestNode::start().await;
+    node.user("fay@x.test").await;
+    let guesses = (0..100).map(|i| {
+        node.anonymous_json(
+            Method::POST,
+            "/v1/login",
+            json!({ "email": "fay@x.test", "password": format!("guess number {i}") }),
+        )
+    });
+    let answers = futures::future::join_all(guesses).await;
+    let checked = answers.iter().filter(|(s, _)| *s == StatusCode::UNAUTHORIZED).count();
+    let limited = answers.iter().filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!(checked + limited, 100, "every guess is refused: {answers:?}");
+    assert_eq!(checked, 5, "only as many guesses as the limit were checked, however concurrent");
+    let (status, _) = node
+        .anonymous_json(
+            Method::POST,
+            "/v1/login",
+            json!({ "email": "fay@x.test", "password": crate::harness::PASSWORD }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the account is locked for now");
+    // Only the checked guesses were audited, one by one.
+    let audit = node.get_admin("/v1/audit?limit=1000").await;
+    let entries = audit["entries"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["action"] == "login" && e["outcome"] == "wrong email or password").count());
+    assert_eq!(entries, Some(5), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() {
+    let node = TestNode::start().await;
+    let before = node.get_admin("/v1/audit?limit=1000").await;
+    let huge = format!("{}@x.test", "a".repeat(2 << 20));
+    let resp = node
+        .http
+        .post(format!("{}/v1/login", node.admin_url()))
+        .json(&json!({ "email": huge, "password": "whatever123" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(resp.text().await.unwrap().len() < 1000, "the refusal is small");
+    let long = format!("{}@x.test", "a".repeat(300));
+    for email in ["not-an-email", long.as_str()] {
+        let (status, body) =
+            node.anonymous_json(Method::POST, "/v1/login", json!({ "email": email, "password": "whatever123" })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"].as_str().unwrap().len() < 200, "{body}");
+    }
+    let after = node.get_admin("/v1/audit?limit=1000").await;
+    assert_eq!(before["entries"], after["entries"], "refused logins are not audited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_records_logins_keys_members_and_grants() {
     let node = TestNode::start().await;
     publish_seed_services(&node).await;

@@ -73,6 +73,11 @@ impl From<IdentityError> for ApiError {
                 e.retry_after = Some(wait.as_secs().max(1));
                 return e;
             }
+            E::Busy => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+                e.retry_after = Some(1);
+                return e;
+            }
             E::UnknownKey(_) => StatusCode::NOT_FOUND,
             E::Internal(e) => return Self::internal(e),
         };

@@ -53,12 +53,12 @@ pub async fn login(
             to_json(session)
         }
         Err(e) => {
-            let outcome = match &e {
-                IdentityError::RateLimited(_) => "rate limited",
-                IdentityError::BadCredentials => "wrong email or password",
-                _ => "error",
-            };
-            node.audit.record(email.trim(), "login", &peer.ip().to_string(), None, outcome).await;
+            // A checked failure is audited; refused attempts (rate limited,
+            // invalid, busy) are only counted, so a flood cannot grow the log.
+            if matches!(e, IdentityError::BadCredentials) {
+                let email: String = email.trim().chars().take(254).collect();
+                node.audit.record(&email, "login", &peer.ip().to_string(), None, "wrong email or password").await;
+            }
             Err(e.into())
         }
     }

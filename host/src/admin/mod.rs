@@ -44,6 +44,9 @@ pub use auth::bearer;
 use auth::Authed;
 pub use error::{ApiError, WWW_AUTHENTICATE};
 
+/// Largest body of a registration or login (an email and a password).
+pub const MAX_CREDENTIALS_BYTES: usize = 4 << 10;
+
 /// Largest upload accepted: components are a few MiB; this leaves a wide margin.
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 
@@ -52,8 +55,9 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The admin API's routes.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
-        .route("/v1/users", post(identity_api::register))
-        .route("/v1/login", post(identity_api::login))
+        // Registration and login are open to anyone: their bodies are small.
+        .route("/v1/users", post(identity_api::register).layer(DefaultBodyLimit::max(MAX_CREDENTIALS_BYTES)))
+        .route("/v1/login", post(identity_api::login).layer(DefaultBodyLimit::max(MAX_CREDENTIALS_BYTES)))
         .route("/v1/logout", post(identity_api::logout))
         .route("/v1/me", get(identity_api::me))
         .route("/v1/keys", get(identity_api::list_keys).post(identity_api::create_key))
@@ -84,7 +88,13 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// A JSON body, with the rejection turned into a 400 that says what is wrong.
 pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    payload.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", e.body_text())))
+    payload.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large for this endpoint")
+        } else {
+            ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))
+        }
+    })
 }
 
 async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {

@@ -69,8 +69,10 @@ pub struct KeyInfo {
 /// Why an identity operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("{0:?} is not a valid email address")]
+    #[error("{0:?} is not a valid email address (at most 254 characters, like ann@example.com)")]
     InvalidEmail(String),
+    #[error("the node is busy checking passwords; retry in a second")]
+    Busy,
     #[error("the password must be 10 to 1024 characters long")]
     WeakPassword,
     #[error("an account with this email already exists; log in instead")]
@@ -94,7 +96,13 @@ pub struct Identity {
     db: Db,
     by_address: FailureLimiter,
     by_account: FailureLimiter,
+    /// Password hashes computed at once: each takes ~19 MiB and tens of ms.
+    hashing: tokio::sync::Semaphore,
 }
+
+/// How long a registration or login waits for a password-hashing slot before
+/// it answers "busy".
+const HASHING_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(sqlx::FromRow)]
 struct Credentials {
@@ -112,6 +120,7 @@ impl Identity {
             // Generous per address (offices share one), strict per account.
             by_address: FailureLimiter::new(20, Duration::from_secs(300)),
             by_account: FailureLimiter::new(5, Duration::from_secs(900)),
+            hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         }
     }
 
@@ -125,6 +134,7 @@ impl Identity {
         if password.chars().count() < 10 || password.len() > 1024 {
             return Err(IdentityError::WeakPassword);
         }
+        let _slot = self.hashing_slot().await?;
         let password_hash = hash_blocking(password.to_string()).await?;
         let user = User {
             id: format!("user-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
@@ -151,11 +161,27 @@ impl Identity {
 
     /// Log in: check the password and open a session with a fresh random token.
     pub async fn login(&self, email: &str, password: &str, client: IpAddr) -> Result<NewSession, IdentityError> {
-        let email = email.trim().to_ascii_lowercase();
+        // Checked before anything is counted or stored.
+        let email = normalize_email(email)?;
+        if password.len() > 1024 {
+            return Err(IdentityError::BadCredentials);
+        }
         let address_key = client.to_string();
-        if let Some(wait) = self.by_address.check(&address_key).or_else(|| self.by_account.check(&email)) {
+        // Counted before the password is checked: concurrent guesses all count.
+        self.by_address.attempt(&address_key).map_err(IdentityError::RateLimited)?;
+        if let Err(wait) = self.by_account.attempt(&email) {
+            self.by_address.refund(&address_key);
             return Err(IdentityError::RateLimited(wait));
         }
+        let slot = match self.hashing_slot().await {
+            Ok(slot) => slot,
+            Err(e) => {
+                // Nothing was checked: the attempt is not the caller's fault.
+                self.by_address.refund(&address_key);
+                self.by_account.refund(&email);
+                return Err(e);
+            }
+        };
         let row: Option<Credentials> =
             sqlx::query_as("SELECT id, email, password_hash, is_operator, created_at FROM users WHERE email = $1")
                 .bind(&email)
@@ -165,12 +191,12 @@ impl Identity {
         // Verify against a dummy hash for unknown accounts: same time either way.
         let stored = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| secrets::dummy_hash().to_string());
         let matches = verify_blocking(password.to_string(), stored).await?;
+        drop(slot);
         let Some(row) = row.filter(|_| matches) else {
-            self.by_address.fail(&address_key);
-            self.by_account.fail(&email);
             return Err(IdentityError::BadCredentials);
         };
         self.by_account.clear(&email);
+        self.by_address.refund(&address_key);
         let token = format!("{}{}", secrets::SESSION_PREFIX, secrets::random_token(32));
         let now = store::now();
         let expires_at = now + SESSION_LIFETIME.as_secs() as i64;
@@ -184,6 +210,14 @@ impl Identity {
             .context("failed to open session")?;
         let user = User { id: row.id, email: row.email, is_operator: row.is_operator, created_at: row.created_at };
         Ok(NewSession { token, expires_at, user })
+    }
+
+    /// A password-hashing slot, waiting at most [`HASHING_WAIT`].
+    async fn hashing_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IdentityError> {
+        match tokio::time::timeout(HASHING_WAIT, self.hashing.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(IdentityError::Busy),
+        }
     }
 
     /// Revoke a session token. Returns whether it was an open session.
@@ -340,7 +374,8 @@ fn normalize_email(email: &str) -> Result<String, IdentityError> {
     if valid {
         Ok(email)
     } else {
-        Err(IdentityError::InvalidEmail(email))
+        // Echo enough to recognise it, never a megabyte of it.
+        Err(IdentityError::InvalidEmail(email.chars().take(64).collect()))
     }
 }
 

@@ -1,43 +1,58 @@
-//! Failed-login limiting, per client address and per account: after too many
-//! failures in a window, logins answer 429 with `Retry-After` until it passes.
+//! Login limiting, per client address and per account: after too many attempts
+//! in a window, logins answer 429 with `Retry-After` until it passes. An attempt
+//! is counted before its password is checked (and given back if it succeeds), so
+//! concurrent guesses cannot all slip past the check; expired entries are swept,
+//! so the maps stay bounded by recent traffic.
 
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-/// A fixed-window counter of failures per key.
+/// A fixed-window counter of attempts per key.
 pub struct FailureLimiter {
     max_failures: u32,
     window: Duration,
     failures: DashMap<String, (u32, Instant)>,
+    calls: std::sync::atomic::AtomicU64,
 }
+
+/// Entries swept from the maps every this many attempts.
+const SWEEP_EVERY: u64 = 1024;
 
 impl FailureLimiter {
     pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self { max_failures, window, failures: DashMap::new() }
+        Self { max_failures, window, failures: DashMap::new(), calls: Default::default() }
     }
 
-    /// `Some(wait)` if `key` is locked out for `wait` more.
-    pub fn check(&self, key: &str) -> Option<Duration> {
-        let entry = self.failures.get(key)?;
-        let (count, since) = *entry;
-        let elapsed = since.elapsed();
-        if elapsed >= self.window {
-            drop(entry);
-            self.failures.remove(key);
-            return None;
+    /// Count an attempt of `key` before it is checked; `Err(wait)` if `key` is
+    /// locked out (the refused attempt is not counted).
+    pub fn attempt(&self, key: &str) -> Result<(), Duration> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY == 0 {
+            self.failures.retain(|_, (_, since)| since.elapsed() < self.window);
         }
-        (count >= self.max_failures).then(|| self.window - elapsed)
-    }
-
-    /// Count a failure.
-    pub fn fail(&self, key: &str) {
         let now = Instant::now();
         let mut entry = self.failures.entry(key.to_string()).or_insert((0, now));
         if entry.1.elapsed() >= self.window {
             *entry = (0, now);
         }
+        if entry.0 >= self.max_failures {
+            return Err(self.window.saturating_sub(entry.1.elapsed()));
+        }
         entry.0 += 1;
+        Ok(())
+    }
+
+    /// Give back an attempt that turned out legitimate.
+    pub fn refund(&self, key: &str) {
+        if let Some(mut entry) = self.failures.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+
+    /// Keys tracked now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.failures.len()
     }
 
     /// Forget the failures of `key` (after a successful login).
@@ -51,15 +66,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn concurrent_attempts_are_counted_before_they_are_checked() {
+        let limiter = std::sync::Arc::new(FailureLimiter::new(5, Duration::from_secs(60)));
+        let admitted: usize = (0..8)
+            .map(|_| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || (0..25).filter(|_| limiter.attempt("a").is_ok()).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(admitted, 5);
+        limiter.refund("a");
+        assert!(limiter.attempt("a").is_ok(), "a refunded attempt frees a place");
+    }
+
+    #[test]
+    fn expired_entries_are_swept() {
+        let limiter = FailureLimiter::new(5, Duration::from_millis(20));
+        for i in 0..2000 {
+            let _ = limiter.attempt(&format!("k{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        for i in 0..SWEEP_EVERY {
+            let _ = limiter.attempt(&format!("new{i}"));
+        }
+        assert!(limiter.len() <= SWEEP_EVERY as usize + 1, "{} keys kept", limiter.len());
+    }
+
+    #[test]
     fn locks_out_after_the_limit_until_the_window_passes() {
         let limiter = FailureLimiter::new(2, Duration::from_millis(50));
-        assert!(limiter.check("a").is_none());
-        limiter.fail("a");
-        assert!(limiter.check("a").is_none());
-        limiter.fail("a");
-        assert!(limiter.check("a").is_some());
-        assert!(limiter.check("b").is_none());
+        assert!(limiter.attempt("a").is_ok());
+        assert!(limiter.attempt("a").is_ok());
+        assert!(limiter.attempt("a").is_err());
+        assert!(limiter.attempt("b").is_ok());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(limiter.check("a").is_none());
+        assert!(limiter.attempt("a").is_ok());
     }
 }
