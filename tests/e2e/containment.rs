@@ -320,8 +320,16 @@ async fn guests_together_stay_within_the_node_memory_budget() {
     // One tenant holds at most its share (here one guest's cap), so the
     // neighbour always finds memory.
     assert!(peak <= 32 << 20, "the tenant's guests held {peak} bytes together");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let info = node.get_admin("/v1/node").await;
+    // Stores are dropped where their guests ran, on the low-priority threads:
+    // give a busy machine a moment.
+    let mut info = node.get_admin("/v1/node").await;
+    for _ in 0..50 {
+        if info["guest_memory_granted_bytes"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info = node.get_admin("/v1/node").await;
+    }
     assert_eq!(info["limits"]["guest_memory_bytes"], 48 << 20);
     assert_eq!(info["guest_memory_granted_bytes"], 0, "every guest gave its memory back: {info}");
 }
