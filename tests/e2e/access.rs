@@ -498,6 +498,37 @@ async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_names_are_bounded_and_a_user_lists_only_their_tenants() {
+    let node = TestNode::start().await;
+    let gil = node.user("gil@x.test").await;
+    let huge_id = "a".repeat(100_000);
+    for (body, what) in [
+        (json!({ "id": "gil", "display_name": "x".repeat(101) }), "a long display name"),
+        (json!({ "id": "gil", "display_name": "line\nbreak" }), "a control character"),
+        (json!({ "id": "gil", "display_name": "   " }), "a blank display name"),
+        (json!({ "id": huge_id }), "a huge id"),
+    ] {
+        let (status, answer) = node.call(&gil, Method::POST, "/v1/tenants", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert!(answer["error"].as_str().unwrap().len() < 300, "{what}: the message stays small");
+    }
+    node.expect(
+        &gil,
+        Method::POST,
+        "/v1/tenants",
+        json!({ "id": "gil", "display_name": "Gil & Co" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    node.create_tenant("someone-else").await;
+    let (_, listed) = node.call(&gil, Method::GET, "/v1/tenants", None).await;
+    let ids: Vec<&str> = listed["tenants"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gil"]);
+    let all = node.get_admin("/v1/tenants").await;
+    assert_eq!(all["tenants"].as_array().unwrap().len(), 2, "operators see every tenant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_records_logins_keys_members_and_grants() {
     let node = TestNode::start().await;
     publish_seed_services(&node).await;

@@ -117,6 +117,7 @@ impl From<ConfigError> for ApiError {
         use ConfigError as E;
         let status = match &err {
             E::InvalidTenantId(_)
+            | E::InvalidDisplayName
             | E::InvalidHostname(_)
             | E::NoHostnames
             | E::TooManyHostnames

@@ -23,6 +23,8 @@ use crate::store::{self, Db};
 pub enum ConfigError {
     #[error("tenant id {0:?} is not valid: use 1 to 63 lower-case letters, digits and '-', starting with a letter")]
     InvalidTenantId(String),
+    #[error("the display name must be 1 to 100 characters, without control characters")]
+    InvalidDisplayName,
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
     #[error("no tenant {0:?}; create it with `wharf tenant create`")]
@@ -186,7 +188,12 @@ impl Configurator {
     /// Create a tenant.
     pub async fn create_tenant(&self, id: &str, display_name: Option<&str>) -> Result<Tenant, ConfigError> {
         if validate_name(id).is_err() {
-            return Err(ConfigError::InvalidTenantId(id.to_string()));
+            return Err(ConfigError::InvalidTenantId(id.chars().take(64).collect()));
+        }
+        if let Some(name) = display_name {
+            if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                return Err(ConfigError::InvalidDisplayName);
+            }
         }
         let tenant = Tenant {
             id: id.to_string(),
@@ -204,6 +211,26 @@ impl Configurator {
             Err(e) if store::is_unique_violation(&e) => Err(ConfigError::TenantExists(id.to_string())),
             Err(e) => Err(anyhow::Error::from(e).context("failed to create tenant").into()),
         }
+    }
+
+    /// The tenants among `ids` (filtered in the database, not after loading all).
+    pub async fn tenants_in(&self, ids: &[String]) -> Result<Vec<Tenant>, ConfigError> {
+        let mut tenants = Vec::with_capacity(ids.len());
+        // In chunks, within SQLite's bound on parameters.
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, display_name, created_at FROM tenants WHERE id IN ({}) ORDER BY id",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query_as::<_, Tenant>(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            tenants.extend(query.fetch_all(&self.db).await.context("failed to list tenants")?);
+        }
+        tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(tenants)
     }
 
     /// Every tenant.
