@@ -33,11 +33,6 @@ impl ConnectionCaps {
         }
     }
 
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.by_ip.iter().map(|e| *e.value()).sum()
-    }
-
     fn admit(&self, ip: IpAddr) -> Option<Admitted> {
         let permit = self.total.clone().try_acquire_owned().ok()?;
         {

@@ -48,7 +48,8 @@ pub struct Ingress {
     per_instance: u32,
     tenant_guests: DashMap<Arc<str>, Arc<Semaphore>>,
     instance_guests: DashMap<Arc<str>, Arc<Semaphore>>,
-    failure_logs: DashMap<Arc<str>, Arc<loggate::LogGate>>,
+    /// Looked up only when a guest fails, off the common path.
+    failure_logs: Arc<DashMap<Arc<str>, Arc<loggate::LogGate>>>,
 }
 
 /// Longest a request waits for its tenant's or instance's guest slot before it
@@ -83,13 +84,8 @@ impl Ingress {
             caps,
             tenant_guests: DashMap::new(),
             instance_guests: DashMap::new(),
-            failure_logs: DashMap::new(),
+            failure_logs: Arc::default(),
         }
-    }
-
-    /// Connections open on the ingress now.
-    pub fn open_connections(&self) -> usize {
-        self.caps.open()
     }
 
     /// A guest slot of `tenant` and of `instance`, waiting at most
@@ -220,10 +216,7 @@ impl Ingress {
         };
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let usage = route.usage.clone();
-        let failure_log = match self.failure_logs.get(&route.instance) {
-            Some(gate) => gate.clone(),
-            None => self.failure_logs.entry(route.instance.clone()).or_default().clone(),
-        };
+        let failure_logs = self.failure_logs.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
         let handled = self
@@ -248,7 +241,8 @@ impl Ingress {
                             tracing::debug!(tenant = %who.tenant, instance = %who.instance, request_id = who.request_id, "client went away; guest stopped");
                         }
                         Some(failure) => {
-                            if let loggate::Verdict::Log { suppressed } = failure_log.check() {
+                            let gate = failure_logs.entry(who.instance.clone()).or_default().clone();
+                            if let loggate::Verdict::Log { suppressed } = gate.check() {
                                 if suppressed > 0 {
                                     tracing::warn!(tenant = %who.tenant, instance = %who.instance, "{suppressed} more guest failures were not logged");
                                 }

@@ -47,7 +47,6 @@ pub(crate) fn demote_current_thread() {
 /// A fixed pool of threads for database work.
 pub struct DbThreads {
     sender: Mutex<Option<SyncSender<Job>>>,
-    threads: usize,
     per_tenant: usize,
     tenants: DashMap<Arc<str>, Arc<TenantSlots>>,
 }
@@ -69,20 +68,9 @@ impl DbThreads {
         }
         Ok(Arc::new(Self {
             sender: Mutex::new(Some(sender)),
-            threads,
             per_tenant: (threads / 2).max(1),
             tenants: DashMap::new(),
         }))
-    }
-
-    /// How many threads run database work.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    /// How many of them one tenant may use at once.
-    pub fn per_tenant(&self) -> usize {
-        self.per_tenant
     }
 
     /// The places bounding `tenant`'s concurrent database work.
