@@ -474,8 +474,9 @@ async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() 
     let node = TestNode::start().await;
     let before = node.get_admin("/v1/audit?limit=1000").await;
     let huge = format!("{}@x.test", "a".repeat(2 << 20));
-    let sent = node
-        .http
+    // A client of its own: the node closes this connection after refusing the
+    // body, and a shared pool could hand the closed connection to the next call.
+    let sent = crate::harness::client()
         .post(format!("{}/v1/login", node.admin_url()))
         .json(&json!({ "email": huge, "password": "whatever123" }))
         .send()

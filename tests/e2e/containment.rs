@@ -317,9 +317,10 @@ async fn guests_together_stay_within_the_node_memory_budget() {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         assert!(body.contains("memory limit"), "{body}");
     }
-    // One tenant holds at most its share (here one guest's cap), so the
-    // neighbour always finds memory.
-    assert!(peak <= 32 << 20, "the tenant's guests held {peak} bytes together");
+    // One tenant holds at most its share (here one guest's cap, 32 MiB), so the
+    // neighbour always finds memory; the node-wide figure also counts the
+    // neighbour's own guests (a few MiB).
+    assert!(peak <= 36 << 20, "guests held {peak} bytes together");
     // Stores are dropped where their guests ran, on the low-priority threads:
     // give a busy machine a moment.
     let mut info = node.get_admin("/v1/node").await;
