@@ -31,6 +31,152 @@ pub struct NodeConfig {
     /// Create this platform operator at start if there is none; its API key is
     /// returned once (and printed by `wharf serve --init-admin`).
     pub init_admin: Option<String>,
+    /// Who may join, what they may claim, and how much they may hold.
+    pub trust: TrustConfig,
+}
+
+/// Who may register, which hostnames tenants may claim, and the quotas.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// The platform's own domains: instance `forum` of tenant `acme` answers at
+    /// `forum.acme.<domain>` for each, with nothing to prove.
+    pub domains: Vec<String>,
+    /// Names of the node itself (besides `localhost` and the machine's hostname),
+    /// which no tenant may claim.
+    pub node_names: Vec<String>,
+    /// How long a released hostname stays reserved to its tenant.
+    pub hostname_reservation: Duration,
+    /// Where HTTP challenges connect instead of the name's own address (a load
+    /// balancer in front, or, with port 0, this node's own ingress).
+    pub challenge_connect: Option<SocketAddr>,
+    /// DNS server for TXT challenges (default: the system's resolvers).
+    pub dns_server: Option<SocketAddr>,
+    /// Who may create an account.
+    pub registration: Registration,
+    /// Who may create tenants.
+    pub tenant_creation: TenantCreation,
+    /// Default quotas; operators override them per tenant or user.
+    pub quotas: QuotaDefaults,
+    /// How long an invitation can be accepted.
+    pub invitation_lifetime: Duration,
+    /// Base URL of the admin API as invitees reach it (default: the admin address).
+    pub public_url: Option<String>,
+    /// Send invitations by SMTP (`smtp://host:25`, `smtps://user:pass@host`).
+    pub smtp_url: Option<String>,
+    /// Sender of invitation emails.
+    pub mail_from: String,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks).
+    pub trusted_proxies: Vec<IpBlock>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            node_names: Vec::new(),
+            hostname_reservation: Duration::from_secs(30 * 86_400),
+            challenge_connect: None,
+            dns_server: None,
+            registration: Registration::Invite,
+            tenant_creation: TenantCreation::Anyone,
+            quotas: QuotaDefaults::default(),
+            invitation_lifetime: Duration::from_secs(7 * 86_400),
+            public_url: None,
+            smtp_url: None,
+            mail_from: "wharf@localhost".into(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone (their address is unproven until they accept an invitation).
+    Open,
+    /// Only with an invitation sent to their address (operators may always add users).
+    Invite,
+    /// Nobody but operators.
+    Closed,
+}
+
+/// Who may create tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantCreation {
+    /// Any signed-in user, within their tenants quota.
+    Anyone,
+    /// Operators only.
+    Operators,
+}
+
+/// The quotas every tenant (and user) has unless an operator overrides them.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaDefaults {
+    pub tenants_per_user: i64,
+    pub instances_per_tenant: i64,
+    pub hostnames_per_tenant: i64,
+    pub database_bytes_per_tenant: i64,
+}
+
+impl Default for QuotaDefaults {
+    fn default() -> Self {
+        Self {
+            tenants_per_user: 5,
+            instances_per_tenant: 20,
+            hostnames_per_tenant: 50,
+            database_bytes_per_tenant: 1 << 30,
+        }
+    }
+}
+
+/// An address or a CIDR block (`10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpBlock {
+    /// Whether `ip` is inside the block.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(block), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(block) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(block), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(block) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpBlock {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IP address or CIDR block (like 10.0.0.0/8 or ::1)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
 }
 
 /// The budget every request's guest gets.
@@ -171,6 +317,7 @@ impl NodeConfig {
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
             init_admin: None,
+            trust: TrustConfig::default(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Node {
     pub identity: Arc<Identity>,
     pub access: Arc<Access>,
     pub audit: Arc<Audit>,
+    /// Sends invitations when SMTP is configured.
+    pub mailer: Option<crate::identity::invitations::Mailer>,
 }
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
@@ -60,6 +62,29 @@ impl Node {
         crate::sched::keep_large_allocations_in_arenas();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("failed to create data directory {:?}", config.data_dir))?;
+        // Bound first: a node asked to verify hostnames through its own ingress
+        // (`--challenge-connect` with port 0) needs the port it got.
+        let ingress_listener = TcpListener::bind(config.ingress_addr)
+            .await
+            .with_context(|| format!("failed to listen on {} (ingress)", config.ingress_addr))?;
+        let admin_listener = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("failed to listen on {} (admin API)", config.admin_addr))?;
+        let addresses = Addresses { ingress: ingress_listener.local_addr()?, admin: admin_listener.local_addr()? };
+        let mut config = config;
+        for domain in config.trust.domains.iter_mut() {
+            *domain = crate::router::normalize(domain)
+                .ok()
+                .filter(|d| !d.starts_with('['))
+                .with_context(|| format!("--domain {domain:?} is not a DNS name"))?;
+        }
+        if let Some(connect) = config.trust.challenge_connect.as_mut() {
+            if connect.port() == 0 {
+                let ip = if connect.ip().is_unspecified() { addresses.ingress.ip() } else { connect.ip() };
+                *connect = SocketAddr::new(ip, addresses.ingress.port());
+            }
+        }
+
         let db = store::open(&config.data_dir).await?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
         let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir).await?);
@@ -74,9 +99,14 @@ impl Node {
             usage.clone(),
             &config.data_dir,
             db_threads,
-        ));
+            &config.trust,
+        )?);
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
-        let identity = Arc::new(Identity::new(db.clone()));
+        let identity = Arc::new(Identity::new(db.clone(), &config.trust));
+        let mailer = match &config.trust.smtp_url {
+            Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
+            None => None,
+        };
         let access = Arc::new(Access::new(db.clone()));
         let audit = Arc::new(Audit::new(db.clone()));
         let mut initial_admin_key = None;
@@ -90,14 +120,6 @@ impl Node {
             }
         }
 
-        let ingress_listener = TcpListener::bind(config.ingress_addr)
-            .await
-            .with_context(|| format!("failed to listen on {} (ingress)", config.ingress_addr))?;
-        let admin_listener = TcpListener::bind(config.admin_addr)
-            .await
-            .with_context(|| format!("failed to listen on {} (admin API)", config.admin_addr))?;
-        let addresses = Addresses { ingress: ingress_listener.local_addr()?, admin: admin_listener.local_addr()? };
-
         let node = Arc::new(Node {
             config,
             addresses,
@@ -110,6 +132,7 @@ impl Node {
             identity: identity.clone(),
             access: access.clone(),
             audit,
+            mailer,
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();

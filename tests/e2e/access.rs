@@ -23,21 +23,23 @@ async fn publish_seed_services(node: &TestNode) {
     }
 }
 
-/// Tenant `name` owned by a fresh user; returns (owner token, instance id).
+/// Tenant `name` owned by a fresh user, with an instance of `service` answering
+/// at its platform name `host` (`<service>.<name>.test`: test nodes here have the
+/// platform domain `test`); returns (owner token, instance id).
 async fn tenant_owned_by(node: &TestNode, name: &str, service: &str, host: &str) -> (String, String) {
     let owner = node.user(&format!("owner@{name}.test")).await;
     let (status, body) = node.call(&owner, Method::POST, "/v1/tenants", Some(json!({ "id": name }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = node
-        .call(
-            &owner,
-            Method::POST,
-            "/v1/instances",
-            Some(json!({ "tenant": name, "service": service, "hosts": [host] })),
-        )
-        .await;
+    let (status, body) =
+        node.call(&owner, Method::POST, "/v1/instances", Some(json!({ "tenant": name, "service": service }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["platform_hosts"], json!([host]), "{body}");
     (owner, body["id"].as_str().unwrap().to_string())
+}
+
+/// A node whose platform domain is `test`.
+async fn node_with_domain() -> TestNode {
+    TestNode::start_with(|config| config.trust.domains = vec!["test".into()]).await
 }
 
 /// Register `email`, make them a member of `tenant` (by its `owner`) holding
@@ -85,10 +87,10 @@ fn fill_body(body: &Option<Value>, tenant: &str, instance: &str) -> Option<Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_credentials_never_reach_or_reveal_another_tenants_resources() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
-    let (alice, a_instance) = tenant_owned_by(&node, "a", "forum", "a.test").await;
-    let (_bob, b_instance) = tenant_owned_by(&node, "b", "forum", "b.test").await;
+    let (alice, a_instance) = tenant_owned_by(&node, "a", "forum", "forum.a.test").await;
+    let (_bob, b_instance) = tenant_owned_by(&node, "b", "forum", "forum.b.test").await;
 
     for (method, path, body) in tenant_endpoints() {
         // Alice on tenant b's real resources, and on resources that do not exist:
@@ -171,9 +173,9 @@ fn every_protected_endpoint() -> Vec<(Method, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_and_bad_credentials_never_get_2xx_on_a_protected_endpoint() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
-    tenant_owned_by(&node, "a", "forum", "a.test").await;
+    tenant_owned_by(&node, "a", "forum", "forum.a.test").await;
     for (method, path) in every_protected_endpoint() {
         let resp = node.anonymous(method.clone(), &path).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
@@ -187,7 +189,7 @@ async fn anonymous_and_bad_credentials_never_get_2xx_on_a_protected_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_expired_and_logged_out_credentials_fail() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     let session = node.user("carol@x.test").await;
     let (status, key) = node.call(&session, Method::POST, "/v1/keys", Some(json!({ "name": "ci" }))).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -222,17 +224,11 @@ async fn revoked_expired_and_logged_out_credentials_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guarded_routes_answer_401_403_or_run_the_guest_for_every_permission() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
     let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
-    let (status, body) = node
-        .call(
-            &owner,
-            Method::POST,
-            "/v1/instances",
-            Some(json!({ "tenant": "acme", "service": "tasks", "hosts": ["tasks.acme.test"] })),
-        )
-        .await;
+    let (status, body) =
+        node.call(&owner, Method::POST, "/v1/instances", Some(json!({ "tenant": "acme", "service": "tasks" }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (other_owner, _) = tenant_owned_by(&node, "globex", "forum", "forum.globex.test").await;
 
@@ -299,7 +295,7 @@ async fn guarded_routes_answer_401_403_or_run_the_guest_for_every_permission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_name_declared_permissions_and_a_dropped_permission_stops_applying() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
     let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
     let (status, body) = node
@@ -364,10 +360,10 @@ async fn grants_name_declared_permissions_and_a_dropped_permission_stops_applyin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_keys_and_tokens_are_never_stored_or_shown_in_clear() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     let password = "a-very-secret-passphrase-123";
     let (status, user) =
-        node.anonymous_json(Method::POST, "/v1/users", json!({ "email": "dan@x.test", "password": password })).await;
+        node.admin(Method::POST, "/v1/users", Some(json!({ "email": "dan@x.test", "password": password }))).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(!user.to_string().contains(password));
     let (status, session) =
@@ -411,7 +407,7 @@ async fn passwords_keys_and_tokens_are_never_stored_or_shown_in_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_logins_are_rate_limited_with_retry_after() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     node.user("erin@x.test").await;
     for _ in 0..5 {
         let (status, _) = node
@@ -439,7 +435,7 @@ async fn repeated_failed_logins_are_rate_limited_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_wrong_passwords_are_all_refused_and_counted() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     node.user("fay@x.test").await;
     let guesses = (0..100).map(|i| {
         node.anonymous_json(
@@ -471,7 +467,7 @@ async fn concurrent_wrong_passwords_are_all_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     let before = node.get_admin("/v1/audit?limit=1000").await;
     let huge = format!("{}@x.test", "a".repeat(2 << 20));
     // A client of its own: the node closes this connection after refusing the
@@ -500,7 +496,7 @@ async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_names_are_bounded_and_a_user_lists_only_their_tenants() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     let gil = node.user("gil@x.test").await;
     let huge_id = "a".repeat(100_000);
     for (body, what) in [
@@ -531,7 +527,7 @@ async fn tenant_names_are_bounded_and_a_user_lists_only_their_tenants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_records_logins_keys_members_and_grants() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
     let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
     node.anonymous_json(Method::POST, "/v1/login", json!({ "email": "owner@acme.test", "password": "wrong-password" }))
@@ -584,10 +580,15 @@ async fn the_audit_log_records_logins_keys_members_and_grants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_confusion_never_reaches_another_tenants_instance() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
-    tenant_owned_by(&node, "acme", "forum", "shop.example.com").await;
-    let (_, globex_instance) = tenant_owned_by(&node, "globex", "tasks", "xn--bcher-kva.example").await;
+    let (_, acme_instance) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
+    let (_, globex_instance) = tenant_owned_by(&node, "globex", "tasks", "tasks.globex.test").await;
+    // Custom names, bound by the operator (tenants' own claims wait for proof).
+    for (instance, host) in [(&acme_instance, "shop.example.com"), (&globex_instance, "xn--bcher-kva.example")] {
+        let path = format!("/v1/instances/{instance}");
+        node.expect(&node.admin_key, Method::PATCH, &path, json!({ "hosts": [host] }), StatusCode::OK).await;
+    }
     let addr = node.ingress();
     let request =
         |host_lines: &str, target: &str| format!("GET {target} HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n");
@@ -619,7 +620,7 @@ async fn host_confusion_never_reaches_another_tenants_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guest_learns_who_is_calling_but_never_sees_the_credential() {
-    let node = TestNode::start().await;
+    let node = node_with_domain().await;
     publish_seed_services(&node).await;
     let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
     let (_, _) = tenant_owned_by(&node, "globex", "forum", "forum.globex.test").await;
@@ -657,7 +658,7 @@ async fn secrets_never_appear_in_the_logs() {
     let log = data.path().join("serve.log");
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--init-admin", "ops@logs.test"])
+        .args(["--init-admin", "ops@logs.test", "--registration", "open"])
         .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -104,18 +104,19 @@ fn the_cli_explains_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_logs_in_manages_keys_members_and_grants_and_keeps_credentials_private() {
     guests();
-    let node = TestNode::start().await;
+    let node = TestNode::start_with(|c| c.trust.registration = wharf::config::Registration::Open).await;
     let plugins = repo().join("plugins");
     ok_json(&node, &["publish", plugins.join("forum").to_str().unwrap()]);
     let (ok, table, _) = wharf(&node, &["service", "permissions", "forum"]);
     assert!(ok && table.contains("forum.addUsers") && table.contains("POST /users"), "{table}");
 
     // Register and log in through the CLI; the session is saved for later commands.
-    let register = |email: &str| {
+    let register = |email: &str, extra: &[&str]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .env("WHARF_CONFIG_DIR", node.data.path().join("cli-config"))
             .env_remove("WHARF_TOKEN")
             .args(["--admin-url", &node.admin_url(), "register", email, "--password-stdin"])
+            .args(extra)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -124,8 +125,7 @@ async fn the_cli_logs_in_manages_keys_members_and_grants_and_keeps_credentials_p
         child.stdin.take().unwrap().write_all(format!("{}\n", crate::harness::PASSWORD).as_bytes()).unwrap();
         assert!(child.wait().unwrap().success());
     };
-    register("owner@cli.test");
-    register("ann@cli.test");
+    register("owner@cli.test", &[]);
     let mut login = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .env("WHARF_CONFIG_DIR", node.data.path().join("cli-config"))
         .env_remove("WHARF_TOKEN")
@@ -150,7 +150,22 @@ async fn the_cli_logs_in_manages_keys_members_and_grants_and_keeps_credentials_p
     let (ok, whoami, err) = saved(&["whoami"]);
     assert!(ok && whoami.starts_with("owner@cli.test"), "{whoami}{err}");
     assert!(saved(&["tenant", "create", "cli"]).0);
-    assert!(saved(&["member", "add", "--tenant", "cli", "ann@cli.test", "--role", "member"]).0);
+    // Ann has no account: adding her invites her, and the link is printed.
+    let (ok, invited, err) = saved(&["member", "add", "--tenant", "cli", "ann@cli.test", "--role", "member"]);
+    assert!(ok && invited.contains("/v1/invitations/whi_"), "{invited}{err}");
+    let token = invited.split("/v1/invitations/").nth(1).unwrap().trim().to_string();
+    let (_, listed, _) = saved(&["invitation", "list", "--tenant", "cli"]);
+    assert!(listed.contains("ann@cli.test") && !listed.contains(&token), "{listed}");
+    register("ann@cli.test", &["--invitation", &token]);
+    let (_, members, _) = saved(&["member", "list", "--tenant", "cli"]);
+    assert!(members.contains("ann@cli.test"), "{members}");
+    let (ok, quotas, err) = saved(&["quota", "show", "--tenant", "cli"]);
+    assert!(ok && quotas.contains("instances") && quotas.contains("database_bytes"), "{quotas}{err}");
+    let (ok, _, err) = saved(&["quota", "set", "--tenant", "cli", "instances", "50"]);
+    assert!(!ok && err.contains("403"), "only operators set quotas: {err}");
+    let (ok, quotas, err) =
+        wharf_with(&node, Some(&node.admin_key), &["quota", "set", "--tenant", "cli", "instances", "50"]);
+    assert!(ok && quotas.contains("50") && quotas.contains("override"), "{quotas}{err}");
     let (ok, _, err) = saved(&["grant", "--tenant", "cli", "ann@cli.test", "forum.nope"]);
     assert!(!ok && err.contains("forum.addUsers"), "{err}");
     assert!(saved(&["grant", "--tenant", "cli", "ann@cli.test", "forum.addUsers"]).0);
@@ -172,7 +187,9 @@ async fn the_cli_logs_in_manages_keys_members_and_grants_and_keeps_credentials_p
     assert!(saved(&["revoke", "--tenant", "cli", "ann@cli.test", "forum.addUsers"]).0);
     assert!(saved(&["member", "remove", "--tenant", "cli", "ann@cli.test"]).0);
     let (_, audit, _) = saved(&["audit"]);
-    for action in ["member.add", "grant.add", "grant.remove", "member.remove", "key.create", "key.revoke"] {
+    for action in
+        ["member.invite", "invitation.accept", "grant.add", "grant.remove", "member.remove", "key.create", "key.revoke"]
+    {
         assert!(audit.contains(action), "audit lacks {action}: {audit}");
     }
     assert!(saved(&["logout"]).0);

@@ -16,3 +16,4 @@ mod restart;
 mod routing;
 mod services;
 mod switch;
+mod trust;

@@ -47,7 +47,7 @@ impl Role {
                 matches!(self, Role::Owner | Role::Admin)
             }
             Platform::MembersManage => matches!(self, Role::Owner | Role::Admin),
-            Platform::ServicesPublish | Platform::NodeRead => false,
+            Platform::ServicesPublish | Platform::NodeRead | Platform::QuotasManage => false,
         }
     }
 }
@@ -69,6 +69,8 @@ pub enum Platform {
     ServicesPublish,
     /// Inspect the node (operators).
     NodeRead,
+    /// Set quotas (operators).
+    QuotasManage,
 }
 
 impl Platform {
@@ -81,6 +83,7 @@ impl Platform {
             Platform::AuditRead => "wharf.audit.read",
             Platform::ServicesPublish => "wharf.services.publish",
             Platform::NodeRead => "wharf.node.read",
+            Platform::QuotasManage => "wharf.quotas.manage",
         }
     }
 }
@@ -183,6 +186,29 @@ impl Access {
         Ok(Some(rows.into_iter().map(|(t,)| t).collect()))
     }
 
+    /// The tenants in which `caller` holds `permission` (`None`: all, for operators).
+    pub async fn tenants_holding(
+        &self,
+        caller: &Caller,
+        permission: Platform,
+    ) -> Result<Option<Vec<String>>, AccessError> {
+        if caller.operator {
+            return Ok(None);
+        }
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT tenant_id, role FROM tenant_members WHERE user_id = $1 ORDER BY tenant_id")
+                .bind(&caller.user_id)
+                .fetch_all(&self.db)
+                .await
+                .context("failed to list memberships")?;
+        Ok(Some(
+            rows.into_iter()
+                .filter(|(_, role)| Role::parse(role).is_some_and(|r| r.holds(permission)))
+                .map(|(t, _)| t)
+                .collect(),
+        ))
+    }
+
     /// Add or change a member. The last owner cannot be demoted: the check and
     /// the change are one statement, so two owners demoting each other at once
     /// cannot both succeed.
@@ -235,6 +261,24 @@ impl Access {
             .context("failed to remove grants")?;
         tx.commit().await.context("failed to commit")?;
         Ok(())
+    }
+
+    /// The tenants `user_id` is a member of, with their role in each.
+    pub async fn memberships(&self, user_id: &str) -> Result<Vec<Member>, AccessError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT m.tenant_id, u.email, m.role, m.created_at FROM tenant_members m JOIN users u ON u.id = m.user_id \
+             WHERE m.user_id = $1 ORDER BY m.tenant_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list memberships")?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(tenant, email, role, created_at)| {
+                Some(Member { tenant, user_id: user_id.to_string(), email, role: Role::parse(&role)?, created_at })
+            })
+            .collect())
     }
 
     /// Members of a tenant.

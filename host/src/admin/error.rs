@@ -67,6 +67,8 @@ impl From<IdentityError> for ApiError {
         let status = match &err {
             E::InvalidEmail(_) | E::WeakPassword | E::InvalidKeyName | E::UnknownUser(_) => StatusCode::BAD_REQUEST,
             E::EmailTaken => StatusCode::CONFLICT,
+            E::RegistrationClosed | E::InvitationRequired | E::TooManyInvitations(_) => StatusCode::FORBIDDEN,
+            E::InvalidInvitation => StatusCode::BAD_REQUEST,
             E::BadCredentials => StatusCode::UNAUTHORIZED,
             E::RateLimited(wait) => {
                 let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, err.to_string());
@@ -122,8 +124,15 @@ impl From<ConfigError> for ApiError {
             | E::NoHostnames
             | E::TooManyHostnames
             | E::UnknownModule { .. }
-            | E::InvalidSetting(_) => StatusCode::BAD_REQUEST,
-            E::TenantExists(_) | E::HostnameTaken(_) => StatusCode::CONFLICT,
+            | E::InvalidSetting(_)
+            | E::InvalidInstanceName(_)
+            | E::HostnameRefused(..) => StatusCode::BAD_REQUEST,
+            E::TenantExists(_) | E::HostnameTaken(_) | E::HostnameReserved(..) | E::InstanceNameTaken(..) => {
+                StatusCode::CONFLICT
+            }
+            E::NoClaim(..) => StatusCode::NOT_FOUND,
+            E::NotVerified(..) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::QuotaExceeded { .. } | E::TenantCreationClosed => StatusCode::FORBIDDEN,
             E::UnknownTenant(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
             // A service or version named in a request body that does not exist is
             // the client's mistake in what it sent: 400 rather than 404.

@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{bearer, Authed};
+use super::auth::{bearer, client_ip, Authed, MaybeAuthed};
 use super::{body, ApiError};
 use crate::access::{AccessError, Platform, Role};
 use crate::identity::IdentityError;
@@ -31,23 +31,115 @@ pub struct EmailPassword {
     password: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    email: String,
+    password: String,
+    /// The token of an invitation to this address.
+    #[serde(default)]
+    invitation: Option<String>,
+}
+
 pub async fn register(
     State(node): State<Arc<Node>>,
-    payload: Result<Json<EmailPassword>, JsonRejection>,
+    MaybeAuthed(caller): MaybeAuthed,
+    payload: Result<Json<Registration>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let EmailPassword { email, password } = body(payload)?;
-    let user = node.identity.register(&email, &password).await?;
-    node.audit.record(&user.email, "user.register", &user.id, None, "ok").await;
-    Ok((StatusCode::CREATED, to_json(user)?))
+    let Registration { email, password, invitation } = body(payload)?;
+    let by_operator = caller.as_ref().is_some_and(|c| c.operator);
+    let (user, accepted) = node.identity.register(&email, &password, invitation.as_deref(), by_operator).await?;
+    let actor = caller.as_ref().map(|c| c.email.as_str()).unwrap_or(&user.email);
+    node.audit.record(actor, "user.register", &user.id, None, "ok").await;
+    let mut out = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
+    if let Some(invitation) = accepted {
+        join(&node, &invitation, &user.id, &user.email).await?;
+        out["joined"] = json!({ "tenant": invitation.tenant, "role": invitation.role });
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Make the user of an accepted invitation a member.
+async fn join(
+    node: &Node,
+    invitation: &crate::identity::invitations::Invitation,
+    user_id: &str,
+    email: &str,
+) -> ApiResult<()> {
+    let role = Role::parse(&invitation.role).unwrap_or(Role::Member);
+    node.access.set_member(&invitation.tenant, user_id, role).await?;
+    node.audit
+        .record(email, "invitation.accept", &format!("{email} as {}", role.as_str()), Some(&invitation.tenant), "ok")
+        .await;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationToken {
+    token: String,
+}
+
+/// Accept an invitation with the account of its address.
+pub async fn accept_invitation(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    payload: Result<Json<InvitationToken>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let InvitationToken { token } = body(payload)?;
+    let invitation = node.identity.accept(&token, &caller).await?;
+    join(&node, &invitation, &caller.user_id, &caller.email).await?;
+    Ok(Json(json!({ "tenant": invitation.tenant, "role": invitation.role, "email": caller.email })))
+}
+
+/// What an invitation link shows: who is invited where, and how to accept.
+pub async fn show_invitation(State(node): State<Arc<Node>>, Path(token): Path<String>) -> ApiResult<Json<Value>> {
+    let invitation = node.identity.invitations.open(&token).await?;
+    Ok(Json(json!({
+        "tenant": invitation.tenant,
+        "email": invitation.email,
+        "role": invitation.role,
+        "invited_by": invitation.invited_by,
+        "expires_at": invitation.expires_at,
+        "accept": {
+            "new_account": format!("wharf register {} --invitation {token}", invitation.email),
+            "existing_account": format!("wharf accept {token}"),
+            "api": "POST /v1/users {\"email\", \"password\", \"invitation\"} or, signed in, POST /v1/invitations/accept {\"token\"}",
+        },
+    })))
+}
+
+pub async fn list_invitations(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    Ok(Json(json!({ "invitations": node.identity.invitations.list(&tenant).await? })))
+}
+
+pub async fn cancel_invitation(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((tenant, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    if !node.identity.invitations.cancel(&tenant, &id).await? {
+        return Err(ApiError::not_found(format!("no open invitation {id:?} in {tenant:?}")));
+    }
+    node.audit.record(&caller.email, "invitation.cancel", &id, Some(&tenant), "ok").await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn login(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     payload: Result<Json<EmailPassword>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let EmailPassword { email, password } = body(payload)?;
-    match node.identity.login(&email, &password, peer.ip()).await {
+    let client = client_ip(peer.ip(), &headers, &node.config.trust.trusted_proxies);
+    match node.identity.login(&email, &password, client).await {
         Ok(session) => {
             node.audit.record(&session.user.email, "login", &session.user.id, None, "ok").await;
             to_json(session)
@@ -57,7 +149,7 @@ pub async fn login(
             // invalid, busy) are only counted, so a flood cannot grow the log.
             if matches!(e, IdentityError::BadCredentials) {
                 let email: String = email.trim().chars().take(254).collect();
-                node.audit.record(&email, "login", &peer.ip().to_string(), None, "wrong email or password").await;
+                node.audit.record(&email, "login", &client.to_string(), None, "wrong email or password").await;
             }
             Err(e.into())
         }
@@ -80,14 +172,11 @@ pub async fn logout(
 }
 
 pub async fn me(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    // The caller's own memberships (an operator sees every tenant through
+    // GET /v1/tenants, page by page).
     let mut tenants = Vec::new();
-    let visible = match node.access.visible_tenants(&caller).await? {
-        Some(v) => v,
-        None => node.configurator.tenants().await?.into_iter().map(|t| t.id).collect(),
-    };
-    for tenant in visible {
-        let role = node.access.role(&tenant, &caller.user_id).await?;
-        tenants.push(json!({ "tenant": tenant, "role": role }));
+    for member in node.access.memberships(&caller.user_id).await? {
+        tenants.push(json!({ "tenant": member.tenant, "role": member.role }));
     }
     Ok(Json(json!({
         "user_id": caller.user_id,
@@ -95,6 +184,7 @@ pub async fn me(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiRes
         "operator": caller.operator,
         "credential": caller.credential,
         "tenants": tenants,
+        "quotas": node.configurator.user_quotas(&caller.user_id).await?,
     })))
 }
 
@@ -172,16 +262,74 @@ pub async fn add_member(
     let request = body(payload)?;
     let role_name = request.role.unwrap_or_else(|| "member".into());
     let role = Role::parse(&role_name).ok_or(AccessError::InvalidRole(role_name))?;
-    let user = node.identity.user_by_email(&request.email).await?;
-    let current = node.access.role(&tenant, &user.id).await?;
+    let email = crate::identity::normalize_email(&request.email)?;
+    let user = match node.identity.user_by_email(&email).await {
+        Ok(user) => Some(user),
+        Err(IdentityError::UnknownUser(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let has_account = user.is_some();
+    let current = match &user {
+        Some(user) => node.access.role(&tenant, &user.id).await?,
+        None => None,
+    };
     if role == Role::Owner || current == Some(Role::Owner) {
         require_owner_for(&node, &caller, &tenant).await?;
     }
-    node.access.set_member(&tenant, &user.id, role).await?;
+    // A proven address (or a change of an existing member's role) takes effect
+    // now; anyone else is invited, so that the role goes to whoever controls the
+    // address, not to whoever registered it first.
+    if let Some(user) = user.filter(|u| u.email_verified || current.is_some()) {
+        node.access.set_member(&tenant, &user.id, role).await?;
+        node.audit
+            .record(&caller.email, "member.add", &format!("{} as {}", user.email, role.as_str()), Some(&tenant), "ok")
+            .await;
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({ "tenant": tenant, "email": user.email, "user_id": user.id, "role": role })),
+        ));
+    }
+    if node.config.trust.registration == crate::config::Registration::Closed && !has_account {
+        return Err(ApiError::bad_request(format!(
+            "{email} has no account and registration is closed; an operator must create the account first"
+        )));
+    }
+    let (invitation, token) = node.identity.invitations.create(&tenant, &email, role.as_str(), &caller.email).await?;
+    let link = format!("{}/v1/invitations/{token}", public_url(&node));
+    let delivered = match &node.mailer {
+        Some(mailer) => {
+            if let Err(e) = mailer.send(&invitation, &link, &token).await {
+                let _ = node.identity.invitations.cancel(&tenant, &invitation.id).await;
+                tracing::warn!(%tenant, "invitation email failed: {e:#}");
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the invitation email could not be sent (see the node's log); nothing was kept, retry later",
+                ));
+            }
+            crate::identity::invitations::NewInvitation { invitation, delivery: "email", token: None, link: None }
+        }
+        None => {
+            tracing::info!(%tenant, email = %email, %link, "invitation created; no SMTP is configured, so give this link to the invitee");
+            crate::identity::invitations::NewInvitation {
+                invitation,
+                delivery: "link",
+                token: Some(token),
+                link: Some(link),
+            }
+        }
+    };
     node.audit
-        .record(&caller.email, "member.add", &format!("{} as {}", user.email, role.as_str()), Some(&tenant), "ok")
+        .record(&caller.email, "member.invite", &format!("{email} as {}", role.as_str()), Some(&tenant), "ok")
         .await;
-    Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant, "email": user.email, "user_id": user.id, "role": role }))))
+    Ok((StatusCode::ACCEPTED, Json(json!({ "invitation": delivered }))))
+}
+
+/// The admin API's base URL as invitees reach it.
+fn public_url(node: &Node) -> String {
+    match &node.config.trust.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("http://{}", node.addresses.admin),
+    }
 }
 
 pub async fn remove_member(

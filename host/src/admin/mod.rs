@@ -19,6 +19,9 @@
 //! | POST | `/v1/instances` | `{"tenant", "service", "hosts": [...], "version"?}` |
 //! | GET | `/v1/instances[?tenant=T]`, `/v1/instances/{id}` | instances |
 //! | PATCH | `/v1/instances/{id}` | `{"hosts"?: [...], "version"?: "1.0.0" or "active"}` |
+//! | POST | `/v1/instances/{id}/hosts/verify` | `{"hostname", "method"?: "http" or "dns"}`: prove a claimed name |
+//! | GET, PUT | `/v1/tenants/{id}/quotas[/{quota}]` | quotas with usage; `{"limit": n or null}` (operators) |
+//! | GET, PUT | `/v1/users/{email}/quotas[/{quota}]` | a user's tenants quota |
 //! | GET | `/v1/instances/{id}/usage`, `/v1/usage[?tenant=T]` | requests, fuel and errors |
 
 mod auth;
@@ -38,7 +41,8 @@ use serde_json::{json, Value};
 
 use crate::access::{AccessError, Platform, Role};
 use crate::billing::InstanceUsage;
-use crate::configurator::{ConfigError, Instance, InstanceChange, NewInstance};
+use crate::configurator::quota::{Quota, MAX_QUOTA};
+use crate::configurator::{Actor, ConfigError, Instance, InstanceChange, NewInstance, Page};
 use crate::node::Node;
 pub use auth::bearer;
 use auth::Authed;
@@ -62,6 +66,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/me", get(identity_api::me))
         .route("/v1/keys", get(identity_api::list_keys).post(identity_api::create_key))
         .route("/v1/keys/{id}", axum::routing::delete(identity_api::revoke_key))
+        .route("/v1/invitations/accept", post(identity_api::accept_invitation))
+        .route("/v1/invitations/{token}", get(identity_api::show_invitation))
+        .route("/v1/tenants/{id}/invitations", get(identity_api::list_invitations))
+        .route("/v1/tenants/{id}/invitations/{invitation}", axum::routing::delete(identity_api::cancel_invitation))
         .route("/v1/tenants/{id}/members", get(identity_api::list_members).post(identity_api::add_member))
         .route("/v1/tenants/{id}/members/{email}", axum::routing::delete(identity_api::remove_member))
         .route("/v1/tenants/{id}/grants", get(identity_api::list_grants).post(identity_api::add_grant))
@@ -76,8 +84,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/services/{name}/activate", post(activate))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{id}", get(get_tenant))
+        .route("/v1/tenants/{id}/quotas", get(tenant_quotas))
+        .route("/v1/tenants/{id}/quotas/{quota}", axum::routing::put(set_tenant_quota))
+        .route("/v1/users/{email}/quotas", get(user_quotas))
+        .route("/v1/users/{email}/quotas/{quota}", axum::routing::put(set_user_quota))
         .route("/v1/instances", get(list_instances).post(create_instance))
         .route("/v1/instances/{id}", get(get_instance).patch(update_instance))
+        .route("/v1/instances/{id}/hosts/verify", post(verify_host))
         .route("/v1/instances/{id}/usage", get(instance_usage))
         .route("/v1/usage", get(all_usage))
         .fallback(|| async {
@@ -126,6 +139,15 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
             "db_threads": node.config.db_threads,
         },
         "guest_memory_granted_bytes": node.runtime.memory().granted(),
+        "logins": node.identity.counters,
+        "trust": {
+            "domains": node.config.trust.domains,
+            "registration": node.config.trust.registration,
+            "tenant_creation": node.config.trust.tenant_creation,
+            "hostname_reservation_days": node.config.trust.hostname_reservation.as_secs() / 86_400,
+            "smtp": node.mailer.is_some(),
+            "trusted_proxies": node.config.trust.trusted_proxies.len(),
+        },
         "sqlite": {
             "memory_bytes": sqlite_used,
             "highwater_bytes": sqlite_highwater,
@@ -244,19 +266,50 @@ async fn create_tenant(
     payload: Result<Json<NewTenant>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let new = body(payload)?;
-    let tenant = node.configurator.create_tenant(&new.id, new.display_name.as_deref()).await?;
+    let tenant = node.configurator.create_tenant(&new.id, new.display_name.as_deref(), actor(&caller)).await?;
     // Whoever creates a tenant owns it.
     node.access.set_member(&tenant.id, &caller.user_id, Role::Owner).await?;
     node.audit.record(&caller.email, "tenant.create", &tenant.id, Some(&tenant.id), "ok").await;
     Ok((StatusCode::CREATED, Json(serde_json::to_value(tenant).map_err(anyhow::Error::from)?)))
 }
 
-async fn list_tenants(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
-    let tenants = match node.access.visible_tenants(&caller).await? {
-        Some(visible) => node.configurator.tenants_in(&visible).await?,
-        None => node.configurator.tenants().await?,
-    };
-    Ok(Json(json!({ "tenants": tenants })))
+/// The caller as the configurator sees them.
+fn actor(caller: &crate::identity::Caller) -> Actor<'_> {
+    Actor { user_id: &caller.user_id, operator: caller.operator }
+}
+
+/// `?after=<cursor>&limit=<n>` on list endpoints.
+#[derive(Deserialize)]
+pub(crate) struct PageQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    tenant: Option<String>,
+}
+
+impl PageQuery {
+    fn page(&self) -> Page {
+        Page::new(self.after.clone().filter(|a| !a.is_empty()), self.limit)
+    }
+}
+
+/// The cursor of the next page: the last item's key when the page is full.
+fn next_cursor<T>(items: &[T], page: &Page, key: impl Fn(&T) -> &str) -> Value {
+    match items.last() {
+        Some(last) if items.len() as i64 >= page.limit => Value::String(key(last).to_string()),
+        _ => Value::Null,
+    }
+}
+
+async fn list_tenants(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = query.page();
+    let visible = node.access.visible_tenants(&caller).await?;
+    let tenants = node.configurator.tenants(visible.as_deref(), &page).await?;
+    let next = next_cursor(&tenants, &page, |t| &t.id);
+    Ok(Json(json!({ "tenants": tenants, "next": next })))
 }
 
 async fn get_tenant(
@@ -268,9 +321,83 @@ async fn get_tenant(
     Ok(Json(serde_json::to_value(node.configurator.tenant(&id).await?).map_err(anyhow::Error::from)?))
 }
 
+async fn tenant_quotas(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require(&caller, &id, Platform::TenantRead).await?;
+    Ok(Json(json!({ "tenant": id, "quotas": node.configurator.tenant_quotas(&id).await? })))
+}
+
 #[derive(Deserialize)]
-struct TenantFilter {
-    tenant: Option<String>,
+#[serde(deny_unknown_fields)]
+struct QuotaChange {
+    /// The new limit, or `null` for the default.
+    limit: Option<i64>,
+}
+
+fn quota_named(name: &str, per_user: bool) -> ApiResult<Quota> {
+    let holder = if per_user { "user" } else { "tenant" };
+    Quota::parse(name).filter(|q| q.per_user() == per_user).ok_or_else(|| {
+        let known = if per_user { "tenants" } else { "instances, hostnames, database_bytes" };
+        ApiError::bad_request(format!("{name:?} is not a {holder} quota; use one of: {known}"))
+    })
+}
+
+fn quota_change(payload: Result<Json<QuotaChange>, JsonRejection>) -> ApiResult<Option<i64>> {
+    let QuotaChange { limit } = body(payload)?;
+    if limit.is_some_and(|l| !(0..=MAX_QUOTA).contains(&l)) {
+        return Err(ApiError::bad_request(format!("a quota's limit is 0 to {MAX_QUOTA}, or null for the default")));
+    }
+    Ok(limit)
+}
+
+async fn set_tenant_quota(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((id, name)): Path<(String, String)>,
+    payload: Result<Json<QuotaChange>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::QuotasManage)?;
+    let quota = quota_named(&name, false)?;
+    let limit = quota_change(payload)?;
+    node.configurator.set_tenant_quota(&id, quota, limit).await?;
+    let outcome = limit.map(|l| l.to_string()).unwrap_or_else(|| "default".into());
+    node.audit.record(&caller.email, "quota.set", &format!("{name} = {outcome}"), Some(&id), "ok").await;
+    Ok(Json(json!({ "tenant": id, "quotas": node.configurator.tenant_quotas(&id).await? })))
+}
+
+async fn user_quotas(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(email): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let user = node.identity.user_by_email(&email).await?;
+    if !caller.operator && user.id != caller.user_id {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "you may read only your own quotas"));
+    }
+    Ok(Json(json!({ "email": user.email, "quotas": node.configurator.user_quotas(&user.id).await? })))
+}
+
+async fn set_user_quota(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((email, name)): Path<(String, String)>,
+    payload: Result<Json<QuotaChange>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::QuotasManage)?;
+    let quota = quota_named(&name, true)?;
+    let limit = quota_change(payload)?;
+    let user = node.identity.user_by_email(&email).await?;
+    node.configurator
+        .quotas
+        .set(&crate::configurator::quota::Subject::User(&user.id), quota, limit)
+        .await
+        .map_err(ApiError::from)?;
+    let outcome = limit.map(|l| l.to_string()).unwrap_or_else(|| "default".into());
+    node.audit.record(&caller.email, "quota.set", &format!("{} {name} = {outcome}", user.email), None, "ok").await;
+    Ok(Json(json!({ "email": user.email, "quotas": node.configurator.user_quotas(&user.id).await? })))
 }
 
 async fn create_instance(
@@ -283,32 +410,30 @@ async fn create_instance(
         AccessError::NoSuchTenant(t) => ApiError::from(ConfigError::UnknownTenant(t)),
         other => other.into(),
     })?;
-    let instance = node.configurator.create_instance(new).await?;
+    let instance = node.configurator.create_instance(new, actor(&caller)).await?;
     node.audit.record(&caller.email, "instance.create", &instance.id, Some(&instance.tenant), "ok").await;
     Ok((StatusCode::CREATED, Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?)))
 }
 
-/// The instances of `filter`'s tenant (or all) that `caller` may see with `permission`.
+/// A page of the instances of `tenant` (or of every tenant) that `caller` may
+/// see with `permission`, filtered in the database.
 async fn visible_instances(
     node: &Node,
     caller: &crate::identity::Caller,
-    tenant: Option<&str>,
+    query: &PageQuery,
     permission: Platform,
-) -> ApiResult<Vec<Instance>> {
-    if let Some(tenant) = tenant {
-        node.access.require(caller, tenant, permission).await?;
-    }
-    let mut instances = node.configurator.instances(tenant).await?;
-    if !caller.operator {
-        let mut allowed = Vec::new();
-        for t in node.access.visible_tenants(caller).await?.unwrap_or_default() {
-            if node.access.require(caller, &t, permission).await.is_ok() {
-                allowed.push(t);
-            }
+) -> ApiResult<(Vec<Instance>, Value)> {
+    let page = query.page();
+    let tenants = match &query.tenant {
+        Some(tenant) => {
+            node.access.require(caller, tenant, permission).await?;
+            Some(vec![tenant.clone()])
         }
-        instances.retain(|i| allowed.contains(&i.tenant));
-    }
-    Ok(instances)
+        None => node.access.tenants_holding(caller, permission).await?,
+    };
+    let instances = node.configurator.instances(tenants.as_deref(), &page).await?;
+    let next = next_cursor(&instances, &page, |i| &i.id);
+    Ok((instances, next))
 }
 
 /// An instance the caller may act on with `permission`: 404 unless the caller is
@@ -330,10 +455,10 @@ async fn instance_for(
 async fn list_instances(
     State(node): State<Arc<Node>>,
     Authed(caller): Authed,
-    Query(filter): Query<TenantFilter>,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    let instances = visible_instances(&node, &caller, filter.tenant.as_deref(), Platform::TenantRead).await?;
-    Ok(Json(json!({ "instances": instances })))
+    let (instances, next) = visible_instances(&node, &caller, &query, Platform::TenantRead).await?;
+    Ok(Json(json!({ "instances": instances, "next": next })))
 }
 
 async fn get_instance(
@@ -353,8 +478,29 @@ async fn update_instance(
 ) -> ApiResult<Json<Value>> {
     let change = body(payload)?;
     instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
-    let instance = node.configurator.update_instance(&id, change).await?;
+    let instance = node.configurator.update_instance(&id, change, actor(&caller)).await?;
     node.audit.record(&caller.email, "instance.update", &instance.id, Some(&instance.tenant), "ok").await;
+    Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyHost {
+    hostname: String,
+    #[serde(default)]
+    method: Option<crate::configurator::hostnames::Method>,
+}
+
+async fn verify_host(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    payload: Result<Json<VerifyHost>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let request = body(payload)?;
+    instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let instance = node.configurator.verify_hostname(&id, &request.hostname, request.method).await?;
+    node.audit.record(&caller.email, "hostname.verify", &request.hostname, Some(&instance.tenant), "ok").await;
     Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }
 
@@ -372,12 +518,13 @@ async fn instance_usage(
 async fn all_usage(
     State(node): State<Arc<Node>>,
     Authed(caller): Authed,
-    Query(filter): Query<TenantFilter>,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
+    let (instances, next) = visible_instances(&node, &caller, &query, Platform::BillingRead).await?;
     let mut usage = Vec::new();
-    for instance in visible_instances(&node, &caller, filter.tenant.as_deref(), Platform::BillingRead).await? {
+    for instance in instances {
         let totals = node.usage.totals(&instance.id).await?;
         usage.push(InstanceUsage { instance: instance.id, tenant: instance.tenant, service: instance.service, totals });
     }
-    Ok(Json(json!({ "usage": usage })))
+    Ok(Json(json!({ "usage": usage, "next": next })))
 }

@@ -31,6 +31,30 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    /// Every item of a paginated list: pages of `key` followed by their `next` cursor.
+    pub async fn get_all(&self, path: &str, key: &str) -> anyhow::Result<Value> {
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &after {
+                Some(cursor) => format!("{path}{sep}limit=1000&after={}", encode(cursor)),
+                None => format!("{path}{sep}limit=1000"),
+            };
+            let page = self.get(&url).await?;
+            items.extend(page.get(key).and_then(Value::as_array).cloned().unwrap_or_default());
+            match page.get("next").and_then(Value::as_str) {
+                Some(next) if after.as_deref() != Some(next) => after = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        Ok(serde_json::json!({ key: items }))
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.http.patch(self.url(path)).json(body)).await
     }

@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: the ingress and the admin API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish a service version from a directory holding wharf.toml, or the file itself.
     Publish {
         /// A service directory or its wharf.toml.
@@ -59,13 +59,32 @@ pub enum Command {
     /// Instances: a tenant's copy of a service, bound to hostnames.
     #[command(subcommand)]
     Instance(InstanceCommand),
-    /// Create an account (email and password).
+    /// Create an account (email and password), with an invitation unless the
+    /// platform's registration is open.
     Register {
         email: String,
         /// Read the password from standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// The token of an invitation to this address (`whi_…`).
+        #[arg(long)]
+        invitation: Option<String>,
     },
+    /// Accept an invitation with the account you are logged in as.
+    Accept {
+        /// The invitation's token (`whi_…`).
+        token: String,
+    },
+    /// Invitations of a tenant (created by `wharf member add` for addresses
+    /// without a proven account).
+    #[command(subcommand)]
+    Invitation(InvitationCommand),
+    /// Quotas: what a tenant or user may hold, and what they use.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Custom hostnames: prove a claimed name so that it routes.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Log in and save the session for this node (in a 0600 credentials file).
     Login {
         email: String,
@@ -176,6 +195,59 @@ pub struct ServeArgs {
     /// Threads running instance database work; a tenant uses at most half.
     #[arg(long, default_value_t = 4)]
     pub db_threads: usize,
+    /// A platform domain (repeatable): instance <name> of tenant <t> answers at
+    /// <name>.<t>.<domain> with nothing to prove.
+    #[arg(long = "domain", value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+    /// A name of this node that no tenant may claim (repeatable; `localhost` and
+    /// the machine's hostname are always refused).
+    #[arg(long = "node-name", value_name = "NAME")]
+    pub node_names: Vec<String>,
+    /// Who may create an account: open, invite (with an invitation) or closed
+    /// (operators only).
+    #[arg(long, value_enum, default_value = "invite")]
+    pub registration: crate::config::Registration,
+    /// Who may create tenants.
+    #[arg(long, value_enum, default_value = "anyone")]
+    pub tenant_creation: crate::config::TenantCreation,
+    /// Days a released hostname stays reserved to its tenant.
+    #[arg(long, default_value_t = 30)]
+    pub hostname_reservation_days: u64,
+    /// Connect HTTP hostname challenges to this address instead of the name's
+    /// (a load balancer in front; port 0: this node's own ingress).
+    #[arg(long, value_name = "ADDR")]
+    pub challenge_connect: Option<SocketAddr>,
+    /// DNS server for TXT hostname challenges (default: the system's).
+    #[arg(long, value_name = "ADDR")]
+    pub dns_server: Option<SocketAddr>,
+    /// Tenants one user may create (default quota).
+    #[arg(long, default_value_t = 5)]
+    pub quota_tenants: i64,
+    /// Instances per tenant (default quota).
+    #[arg(long, default_value_t = 20)]
+    pub quota_instances: i64,
+    /// Custom hostnames per tenant (default quota).
+    #[arg(long, default_value_t = 50)]
+    pub quota_hostnames: i64,
+    /// Database MiB per tenant, all its instances together (default quota).
+    #[arg(long, default_value_t = 1024)]
+    pub quota_database_mib: i64,
+    /// Days an invitation can be accepted.
+    #[arg(long, default_value_t = 7)]
+    pub invitation_days: u64,
+    /// The admin API's URL as invitees reach it, for invitation links.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Send invitations by SMTP: smtp://host:25 (plain), smtps://user:pass@host
+    /// (TLS); without it, invitation links are returned and logged.
+    #[arg(long, env = "WHARF_SMTP_URL", hide_env_values = true, value_name = "URL")]
+    pub smtp_url: Option<String>,
+    /// Sender address of invitation emails.
+    #[arg(long, default_value = "wharf@localhost")]
+    pub mail_from: String,
+    /// A proxy whose X-Forwarded-For is believed (address or CIDR, repeatable).
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<crate::config::IpBlock>,
 }
 
 impl ServeArgs {
@@ -200,8 +272,79 @@ impl ServeArgs {
         config.edges.body_idle_timeout = Duration::from_millis(self.client_timeout_ms);
         config.db_threads = self.db_threads;
         config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
+        let trust = &mut config.trust;
+        trust.domains = self.domains.clone();
+        trust.node_names = self.node_names.clone();
+        trust.registration = self.registration;
+        trust.tenant_creation = self.tenant_creation;
+        trust.hostname_reservation = Duration::from_secs(self.hostname_reservation_days * 86_400);
+        trust.challenge_connect = self.challenge_connect;
+        trust.dns_server = self.dns_server;
+        trust.quotas = crate::config::QuotaDefaults {
+            tenants_per_user: self.quota_tenants,
+            instances_per_tenant: self.quota_instances,
+            hostnames_per_tenant: self.quota_hostnames,
+            database_bytes_per_tenant: self.quota_database_mib.saturating_mul(1 << 20),
+        };
+        trust.invitation_lifetime = Duration::from_secs(self.invitation_days * 86_400);
+        trust.public_url = self.public_url.clone();
+        trust.smtp_url = self.smtp_url.clone();
+        trust.mail_from = self.mail_from.clone();
+        trust.trusted_proxies = self.trusted_proxies.clone();
         config
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvitationCommand {
+    /// List a tenant's invitations.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Withdraw an open invitation.
+    Cancel {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Show a tenant's quotas (or a user's, or your own) with usage.
+    Show {
+        #[arg(long, conflicts_with = "user")]
+        tenant: Option<String>,
+        /// A user's email (operators), for the tenants quota.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Set a quota (operators): `wharf quota set --tenant acme instances 50`.
+    Set {
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        tenant: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// instances, hostnames or database_bytes (tenants); tenants (users).
+        quota: String,
+        /// The new limit, or `default` to remove the override.
+        limit: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Prove a claimed hostname (HTTP challenge, then DNS TXT) and route it.
+    Verify {
+        /// The instance that claims the name.
+        #[arg(long)]
+        instance: String,
+        hostname: String,
+        /// Only this method: http or dns.
+        #[arg(long)]
+        method: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,8 +423,12 @@ pub enum InstanceCommand {
         tenant: String,
         #[arg(long)]
         service: String,
-        /// A hostname routed to the instance (repeatable).
-        #[arg(long = "host", required = true)]
+        /// Name within the tenant (default: the service's): the instance answers
+        /// at <name>.<tenant>.<domain> on each platform domain.
+        #[arg(long)]
+        name: Option<String>,
+        /// A custom hostname (repeatable): routes once proven (`wharf host verify`).
+        #[arg(long = "host")]
         hosts: Vec<String>,
         /// Pin to this version instead of following the active one.
         #[arg(long)]
@@ -314,7 +461,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .context("failed to start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             command => {
                 let token = cli.token.clone().or_else(|| credentials::load(&cli.admin_url));
                 let client = Client::new(&cli.admin_url, token)?;
@@ -422,10 +569,11 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
         Command::Tenant(TenantCommand::Create { id, name }) => {
             out.tenant(&client.post("/v1/tenants", &json!({ "id": id, "display_name": name })).await?)
         }
-        Command::Tenant(TenantCommand::List) => out.tenants(&client.get("/v1/tenants").await?),
+        Command::Tenant(TenantCommand::List) => out.tenants(&client.get_all("/v1/tenants", "tenants").await?),
         Command::Tenant(TenantCommand::Show { id }) => out.tenant(&client.get(&format!("/v1/tenants/{id}")).await?),
-        Command::Instance(InstanceCommand::Create { tenant, service, hosts, version }) => {
-            let body = json!({ "tenant": tenant, "service": service, "hosts": hosts, "version": version });
+        Command::Instance(InstanceCommand::Create { tenant, service, name, hosts, version }) => {
+            let body =
+                json!({ "tenant": tenant, "service": service, "name": name, "hosts": hosts, "version": version });
             out.instance(&client.post("/v1/instances", &body).await?)
         }
         Command::Instance(InstanceCommand::List { tenant }) => {
@@ -433,7 +581,7 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
                 Some(t) => format!("/v1/instances?tenant={}", client::encode(&t)),
                 None => "/v1/instances".to_string(),
             };
-            out.instances(&client.get(&path).await?)
+            out.instances(&client.get_all(&path, "instances").await?)
         }
         Command::Instance(InstanceCommand::Show { id }) => {
             out.instance(&client.get(&format!("/v1/instances/{id}")).await?)
@@ -449,10 +597,72 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
             anyhow::ensure!(!body.is_empty(), "nothing to change: pass --host or --version");
             out.instance(&client.patch(&format!("/v1/instances/{id}"), &body.into()).await?)
         }
-        Command::Register { email, password_stdin } => {
+        Command::Register { email, password_stdin, invitation } => {
             let password = read_password(password_stdin)?;
-            let user = client.post("/v1/users", &json!({ "email": email, "password": password })).await?;
-            out.line(&user, &format!("registered {}; now run `wharf login {email}`", email))
+            let body = json!({ "email": email, "password": password, "invitation": invitation });
+            let user = client.post("/v1/users", &body).await?;
+            let joined = match user.get("joined") {
+                Some(j) => format!(" and joined {} as {}", output::s(j, "tenant"), output::s(j, "role")),
+                None => String::new(),
+            };
+            out.line(&user, &format!("registered {email}{joined}; now run `wharf login {email}`"))
+        }
+        Command::Accept { token } => {
+            let joined = client.post("/v1/invitations/accept", &json!({ "token": token })).await?;
+            out.line(&joined, &format!("you joined {} as {}", output::s(&joined, "tenant"), output::s(&joined, "role")))
+        }
+        Command::Invitation(InvitationCommand::List { tenant }) => out.rows(
+            &client.get(&format!("/v1/tenants/{}/invitations", client::encode(&tenant))).await?,
+            "invitations",
+            &[
+                ("ID", "id"),
+                ("EMAIL", "email"),
+                ("ROLE", "role"),
+                ("INVITED BY", "invited_by"),
+                ("EXPIRES", "expires_at"),
+                ("ACCEPTED", "accepted_at"),
+            ],
+        ),
+        Command::Invitation(InvitationCommand::Cancel { tenant, id }) => {
+            client
+                .delete(&format!("/v1/tenants/{}/invitations/{}", client::encode(&tenant), client::encode(&id)))
+                .await?;
+            out.line(&json!({ "cancelled": id }), &format!("invitation {id} cancelled"))
+        }
+        Command::Quota(QuotaCommand::Show { tenant, user }) => {
+            let value = match (tenant, user) {
+                (Some(t), _) => client.get(&format!("/v1/tenants/{}/quotas", client::encode(&t))).await?,
+                (None, Some(u)) => client.get(&format!("/v1/users/{}/quotas", client::encode(&u))).await?,
+                (None, None) => client.get("/v1/me").await?,
+            };
+            out.rows(
+                &value,
+                "quotas",
+                &[("QUOTA", "quota"), ("LIMIT", "limit"), ("USED", "used"), ("SOURCE", "source")],
+            )
+        }
+        Command::Quota(QuotaCommand::Set { tenant, user, quota, limit }) => {
+            let limit = match limit.as_str() {
+                "default" => serde_json::Value::Null,
+                n => json!(n.parse::<i64>().with_context(|| format!("{n:?} is not a number or `default`"))?),
+            };
+            let path = match (tenant, user) {
+                (Some(t), _) => format!("/v1/tenants/{}/quotas/{}", client::encode(&t), client::encode(&quota)),
+                (None, Some(u)) => format!("/v1/users/{}/quotas/{}", client::encode(&u), client::encode(&quota)),
+                (None, None) => anyhow::bail!("pass --tenant or --user"),
+            };
+            let value = client.put(&path, &json!({ "limit": limit })).await?;
+            out.rows(
+                &value,
+                "quotas",
+                &[("QUOTA", "quota"), ("LIMIT", "limit"), ("USED", "used"), ("SOURCE", "source")],
+            )
+        }
+        Command::Host(HostCommand::Verify { instance, hostname, method }) => {
+            let body = json!({ "hostname": hostname, "method": method });
+            let verified =
+                client.post(&format!("/v1/instances/{}/hosts/verify", client::encode(&instance)), &body).await?;
+            out.line(&verified, &format!("{hostname} is verified and routes to {instance}"))
         }
         Command::Login { email, password_stdin } => {
             let password = read_password(password_stdin)?;
@@ -518,7 +728,17 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
                     &json!({ "email": email, "role": role }),
                 )
                 .await?;
-            out.line(&member, &format!("{email} is {role} of {tenant}"))
+            let human = match member.get("invitation") {
+                Some(invitation) => match invitation.get("link").and_then(serde_json::Value::as_str) {
+                    Some(link) => format!(
+                        "{email} has no proven account: invited as {role} of {tenant}.\n\
+                         Send them this link (it works once and expires):\n{link}"
+                    ),
+                    None => format!("{email} has no proven account: an invitation was emailed to them"),
+                },
+                None => format!("{email} is {role} of {tenant}"),
+            };
+            out.line(&member, &human)
         }
         Command::Member(MemberCommand::Remove { tenant, email }) => {
             client

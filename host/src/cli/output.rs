@@ -130,19 +130,39 @@ impl Output {
 
     pub fn instance(&self, v: &Value) -> anyhow::Result<()> {
         if !self.raw(v) {
-            let hosts: Vec<String> = list(v, "hosts").iter().filter_map(Value::as_str).map(str::to_string).collect();
+            let strings = |key: &str| -> Vec<String> {
+                list(v, key).iter().filter_map(Value::as_str).map(str::to_string).collect()
+            };
             let policy = match v.get("pinned_version").and_then(Value::as_str) {
                 Some(p) => format!("pinned to {p}"),
                 None => "follows the active version".to_string(),
             };
+            let mut hosts = strings("platform_hosts");
+            hosts.extend(strings("hosts"));
             println!(
-                "instance {}\n  tenant   {}\n  service  {} (running {}, {policy})\n  hosts    {}",
+                "instance {} ({})\n  tenant   {}\n  service  {} (running {}, {policy})\n  hosts    {}",
                 s(v, "id"),
+                s(v, "name"),
                 s(v, "tenant"),
                 s(v, "service"),
                 s(v, "running_version"),
-                hosts.join(", ")
+                if hosts.is_empty() { "none yet".to_string() } else { hosts.join(", ") }
             );
+            for pending in list(v, "pending_hosts") {
+                println!(
+                    "  pending  {}: prove it, then run `wharf host verify --instance {} {}`\n           \
+                     http: point the name here (Wharf answers {})\n           dns:  TXT {} = \"{}\"",
+                    s(pending, "hostname"),
+                    s(v, "id"),
+                    s(pending, "hostname"),
+                    s(pending, "http_challenge"),
+                    s(pending, "dns_record"),
+                    s(pending, "dns_value"),
+                );
+                if let Some(error) = pending.get("last_error").and_then(Value::as_str) {
+                    println!("           last check: {error}");
+                }
+            }
         }
         Ok(())
     }
@@ -152,8 +172,17 @@ impl Output {
             let rows = list(v, "instances")
                 .iter()
                 .map(|i| {
-                    let hosts: Vec<&str> = list(i, "hosts").iter().filter_map(Value::as_str).collect();
-                    vec![s(i, "id"), s(i, "tenant"), s(i, "service"), s(i, "running_version"), hosts.join(",")]
+                    let hosts: Vec<&str> = list(i, "platform_hosts")
+                        .iter()
+                        .chain(list(i, "hosts").iter())
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let pending = list(i, "pending_hosts").len();
+                    let hosts = match pending {
+                        0 => hosts.join(","),
+                        n => format!("{} (+{n} pending)", hosts.join(",")),
+                    };
+                    vec![s(i, "id"), s(i, "tenant"), s(i, "service"), s(i, "running_version"), hosts]
                 })
                 .collect();
             table(&["INSTANCE", "TENANT", "SERVICE", "VERSION", "HOSTS"], rows);

@@ -5,6 +5,8 @@
 //! the next request sees it without a restart and no request ever queries.
 
 pub mod database;
+pub mod hostnames;
+pub mod quota;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use crate::registry::{manifest::validate_name, LoadedVersion, Registry, Registry
 use crate::router::{self, Route, Router, VersionTarget};
 use crate::runtime::Features;
 use crate::store::{self, Db};
+use hostnames::{Method, PendingHost, Policy, Verifier};
+use quota::{Quota, QuotaUse, Quotas, Subject};
 
 /// Why a configuration change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +37,30 @@ pub enum ConfigError {
     UnknownInstance(String),
     #[error("hostname {0:?} is not valid: use a DNS name like shop.example.com (IDNs in their xn-- form)")]
     InvalidHostname(String),
-    #[error("an instance needs at least one hostname (--host)")]
+    #[error("an instance needs at least one hostname (--host): this platform has no domain of its own (wharf serve --domain)")]
     NoHostnames,
     #[error("at most {MAX_HOSTS} hostnames per instance")]
     TooManyHostnames,
     #[error("hostname {0:?} is already in use by another instance")]
     HostnameTaken(String),
+    #[error("hostname {0:?} cannot be claimed: {1}")]
+    HostnameRefused(String, String),
+    #[error("hostname {0:?} was released recently and stays reserved to its previous tenant until {1} (Unix time)")]
+    HostnameReserved(String, i64),
+    #[error("instance {0:?} has no claim on hostname {1:?}; add it to the instance's hosts first")]
+    NoClaim(String, String),
+    #[error("hostname {0:?} is not verified yet: {1}")]
+    NotVerified(String, String),
+    #[error("the {quota} quota of {holder} is {limit} ({used} in use); ask an operator to raise it (wharf quota set)")]
+    QuotaExceeded { quota: &'static str, holder: String, limit: i64, used: i64 },
+    #[error("only platform operators may create tenants on this platform")]
+    TenantCreationClosed,
+    #[error(
+        "instance name {0:?} is not valid: use 1 to 63 lower-case letters, digits and '-', starting with a letter"
+    )]
+    InvalidInstanceName(String),
+    #[error("tenant {0:?} already has an instance named {1:?}; choose another name")]
+    InstanceNameTaken(String, String),
     #[error("{service} {version} has no module {module:?} (it declares: {known})")]
     UnknownModule { service: String, version: String, module: String, known: String },
     #[error("setting {0:?} is not valid: keys are 1 to 64 lower-case letters, digits, '-', '_' or '.', values at most 4096 bytes, at most 100 settings")]
@@ -63,9 +85,16 @@ pub struct Tenant {
 #[derive(Debug, Clone, Serialize)]
 pub struct Instance {
     pub id: String,
+    /// Unique within the tenant; names the instance under the platform domains.
+    pub name: String,
     pub tenant: String,
     pub service: String,
+    /// Custom hostnames that route (verified, or bound by an operator).
     pub hosts: Vec<String>,
+    /// `<name>.<tenant>.<domain>` for each platform domain.
+    pub platform_hosts: Vec<String>,
+    /// Custom hostnames claimed but not proven yet: they route nothing.
+    pub pending_hosts: Vec<PendingHost>,
     /// The version the instance is pinned to; `None` follows the active version.
     pub pinned_version: Option<String>,
     /// The version requests run now.
@@ -85,6 +114,11 @@ pub struct Instance {
 pub struct NewInstance {
     pub tenant: String,
     pub service: String,
+    /// Name within the tenant (default: the service's, numbered if taken).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Custom hostnames: operators' bind at once, others' wait for proof.
+    #[serde(default)]
     pub hosts: Vec<String>,
     #[serde(default)]
     pub version: Option<String>,
@@ -120,6 +154,7 @@ pub struct InstanceChange {
 #[derive(sqlx::FromRow)]
 struct InstanceRow {
     id: String,
+    name: String,
     tenant_id: String,
     service: String,
     pinned_version: Option<String>,
@@ -129,7 +164,32 @@ struct InstanceRow {
     created_at: i64,
 }
 
-const INSTANCE_COLUMNS: &str = "id, tenant_id, service, pinned_version, modules, settings, enabled, created_at";
+const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at";
+
+/// Who asks for a change: operators are bound by no quota and prove no hostname.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub user_id: &'a str,
+    pub operator: bool,
+}
+
+/// A page of a list: at most `limit` items after the cursor `after`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+impl Page {
+    /// Most items one page holds.
+    pub const MAX: i64 = 1000;
+    /// Items in a page unless the client asks for fewer or more.
+    pub const DEFAULT: i64 = 100;
+
+    pub fn new(after: Option<String>, limit: Option<i64>) -> Self {
+        Self { after, limit: limit.unwrap_or(Self::DEFAULT).clamp(1, Self::MAX) }
+    }
+}
 
 /// The configurator of one node.
 pub struct Configurator {
@@ -143,6 +203,12 @@ pub struct Configurator {
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
+    pub quotas: Quotas,
+    policy: Policy,
+    verifier: Verifier,
+    /// How long a released hostname stays reserved to its tenant.
+    reservation: std::time::Duration,
+    tenant_creation: crate::config::TenantCreation,
     // Changes are serialised so two rebuilds never race to swap the table.
     change_lock: tokio::sync::Mutex<()>,
 }
@@ -156,8 +222,15 @@ impl Configurator {
         usage: Arc<Usage>,
         data_dir: &std::path::Path,
         db_threads: Arc<database::DbThreads>,
-    ) -> Self {
-        Self {
+        trust: &crate::config::TrustConfig,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            quotas: Quotas::new(db.clone(), trust.quotas),
+            policy: Policy::new(trust),
+            verifier: Verifier::new(trust.challenge_connect, trust.dns_server)
+                .context("failed to set up the DNS resolver for hostname challenges")?,
+            reservation: trust.hostname_reservation,
+            tenant_creation: trust.tenant_creation,
             db,
             instances_dir: data_dir.join("instances"),
             databases: dashmap::DashMap::new(),
@@ -167,7 +240,7 @@ impl Configurator {
             router,
             usage,
             change_lock: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     /// The databases of `tenant`'s instance (opened on first use).
@@ -185,8 +258,16 @@ impl Configurator {
             .clone()
     }
 
-    /// Create a tenant.
-    pub async fn create_tenant(&self, id: &str, display_name: Option<&str>) -> Result<Tenant, ConfigError> {
+    /// Create a tenant, owned (by the caller) within their tenants quota.
+    pub async fn create_tenant(
+        &self,
+        id: &str,
+        display_name: Option<&str>,
+        actor: Actor<'_>,
+    ) -> Result<Tenant, ConfigError> {
+        if !actor.operator && self.tenant_creation == crate::config::TenantCreation::Operators {
+            return Err(ConfigError::TenantCreationClosed);
+        }
         if validate_name(id).is_err() {
             return Err(ConfigError::InvalidTenantId(id.chars().take(64).collect()));
         }
@@ -200,45 +281,82 @@ impl Configurator {
             display_name: display_name.unwrap_or(id).to_string(),
             created_at: store::now(),
         };
-        let inserted = sqlx::query("INSERT INTO tenants (id, display_name, created_at) VALUES ($1, $2, $3)")
-            .bind(&tenant.id)
-            .bind(&tenant.display_name)
-            .bind(tenant.created_at)
-            .execute(&self.db)
-            .await;
+        let limit = match actor.operator {
+            true => i64::MAX,
+            false => self.quotas.limit(&Subject::User(actor.user_id), Quota::Tenants).await?,
+        };
+        // The count and the insert are one statement: concurrent creations
+        // cannot both take the last place.
+        let inserted = sqlx::query(
+            "INSERT INTO tenants (id, display_name, created_at, created_by) SELECT $1, $2, $3, $4 \
+             WHERE (SELECT COUNT(*) FROM tenants WHERE created_by = $4) < $5",
+        )
+        .bind(&tenant.id)
+        .bind(&tenant.display_name)
+        .bind(tenant.created_at)
+        .bind(actor.user_id)
+        .bind(limit)
+        .execute(&self.db)
+        .await;
         match inserted {
+            Ok(done) if done.rows_affected() == 0 => Err(ConfigError::QuotaExceeded {
+                quota: Quota::Tenants.name(),
+                holder: "your account".into(),
+                limit,
+                used: self.tenants_created_by(actor.user_id).await?,
+            }),
             Ok(_) => Ok(tenant),
             Err(e) if store::is_unique_violation(&e) => Err(ConfigError::TenantExists(id.to_string())),
             Err(e) => Err(anyhow::Error::from(e).context("failed to create tenant").into()),
         }
     }
 
-    /// The tenants among `ids` (filtered in the database, not after loading all).
-    pub async fn tenants_in(&self, ids: &[String]) -> Result<Vec<Tenant>, ConfigError> {
-        let mut tenants = Vec::with_capacity(ids.len());
-        // In chunks, within SQLite's bound on parameters.
-        for chunk in ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT id, display_name, created_at FROM tenants WHERE id IN ({}) ORDER BY id",
-                marks.join(", ")
-            );
-            let mut query = sqlx::query_as::<_, Tenant>(&sql);
-            for id in chunk {
-                query = query.bind(id);
-            }
-            tenants.extend(query.fetch_all(&self.db).await.context("failed to list tenants")?);
-        }
-        tenants.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(tenants)
+    /// How many tenants `user_id` created.
+    pub async fn tenants_created_by(&self, user_id: &str) -> Result<i64, ConfigError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tenants WHERE created_by = $1")
+            .bind(user_id)
+            .fetch_one(&self.db)
+            .await
+            .context("failed to count tenants")?;
+        Ok(count)
     }
 
-    /// Every tenant.
-    pub async fn tenants(&self) -> Result<Vec<Tenant>, ConfigError> {
-        Ok(sqlx::query_as("SELECT id, display_name, created_at FROM tenants ORDER BY id")
-            .fetch_all(&self.db)
-            .await
-            .context("failed to list tenants")?)
+    /// A page of the tenants among `ids` (`None`: every tenant), filtered and
+    /// ordered in the database.
+    pub async fn tenants(&self, ids: Option<&[String]>, page: &Page) -> Result<Vec<Tenant>, ConfigError> {
+        let after = page.after.clone().unwrap_or_default();
+        let rows = match ids {
+            None => {
+                sqlx::query_as::<_, Tenant>(
+                    "SELECT id, display_name, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(&after)
+                .bind(page.limit)
+                .fetch_all(&self.db)
+                .await
+            }
+            Some(ids) => {
+                // A caller's own tenants: the membership table bounds them, and
+                // SQLite's bound on parameters is respected by chunks.
+                let mut tenants = Vec::new();
+                for chunk in ids.chunks(500) {
+                    let sql = format!(
+                        "SELECT id, display_name, created_at FROM tenants WHERE id > $1 AND id IN ({}) ORDER BY id LIMIT {}",
+                        marks(2, chunk.len()),
+                        page.limit
+                    );
+                    let mut query = sqlx::query_as::<_, Tenant>(&sql).bind(&after);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    tenants.extend(query.fetch_all(&self.db).await.context("failed to list tenants")?);
+                }
+                tenants.sort_by(|a, b| a.id.cmp(&b.id));
+                tenants.truncate(page.limit as usize);
+                Ok(tenants)
+            }
+        };
+        Ok(rows.context("failed to list tenants")?)
     }
 
     /// One tenant.
@@ -251,8 +369,97 @@ impl Configurator {
             .ok_or_else(|| ConfigError::UnknownTenant(id.to_string()))
     }
 
+    /// A tenant's quotas with what it uses of each.
+    pub async fn tenant_quotas(&self, tenant: &str) -> Result<Vec<QuotaUse>, ConfigError> {
+        self.tenant(tenant).await?;
+        let limits = self.quotas.limits(&Subject::Tenant(tenant)).await?;
+        let mut out = Vec::new();
+        for quota in Quota::TENANT {
+            let used = match quota {
+                Quota::Instances => self.count_instances(&self.db, tenant).await?,
+                Quota::Hostnames => self.count_hostnames(&self.db, tenant).await?,
+                _ => self.db_threads.tenant_bytes(tenant) as i64,
+            };
+            let (limit, source) = limits[&quota];
+            out.push(QuotaUse { quota: quota.name(), limit, used, source });
+        }
+        Ok(out)
+    }
+
+    /// A user's tenants quota with what they use of it.
+    pub async fn user_quotas(&self, user_id: &str) -> Result<Vec<QuotaUse>, ConfigError> {
+        let limits = self.quotas.limits(&Subject::User(user_id)).await?;
+        let (limit, source) = limits[&Quota::Tenants];
+        let used = self.tenants_created_by(user_id).await?;
+        Ok(vec![QuotaUse { quota: Quota::Tenants.name(), limit, used, source }])
+    }
+
+    /// Set (or with `None`, reset) a tenant's quota.
+    pub async fn set_tenant_quota(&self, tenant: &str, quota: Quota, value: Option<i64>) -> Result<(), ConfigError> {
+        self.tenant(tenant).await?;
+        self.quotas.set(&Subject::Tenant(tenant), quota, value).await?;
+        if quota == Quota::DatabaseBytes {
+            let bytes = self.quotas.limit(&Subject::Tenant(tenant), quota).await?;
+            self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
+        }
+        Ok(())
+    }
+
+    async fn count_instances<'e, E>(&self, db: E, tenant: &str) -> Result<i64, ConfigError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(db)
+            .await
+            .context("failed to count instances")?;
+        Ok(count)
+    }
+
+    async fn count_hostnames<'e, E>(&self, db: E, tenant: &str) -> Result<i64, ConfigError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
+                     WHERE i.tenant_id = $1) + (SELECT COUNT(*) FROM hostname_claims WHERE tenant_id = $1)",
+        )
+        .bind(tenant)
+        .fetch_one(db)
+        .await
+        .context("failed to count hostnames")?;
+        Ok(count)
+    }
+
+    /// The name an instance gets: the one asked for, else the service's, numbered
+    /// if the tenant has one of that name already.
+    async fn instance_name(&self, tenant: &str, wanted: Option<&str>, service: &str) -> Result<String, ConfigError> {
+        let taken: Vec<(String,)> = sqlx::query_as("SELECT name FROM instances WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&self.db)
+            .await
+            .context("failed to read instance names")?;
+        let taken = |name: &str| taken.iter().any(|(n,)| n == name);
+        match wanted {
+            Some(name) => {
+                if validate_name(name).is_err() {
+                    return Err(ConfigError::InvalidInstanceName(name.chars().take(64).collect()));
+                }
+                if taken(name) {
+                    return Err(ConfigError::InstanceNameTaken(tenant.to_string(), name.to_string()));
+                }
+                Ok(name.to_string())
+            }
+            None => Ok(std::iter::once(service.to_string())
+                .chain((2..).map(|n| format!("{service}-{n}")))
+                .find(|name| !taken(name))
+                .unwrap_or_else(|| service.to_string())),
+        }
+    }
+
     /// Create an instance and route its hostnames.
-    pub async fn create_instance(&self, new: NewInstance) -> Result<Instance, ConfigError> {
+    pub async fn create_instance(&self, new: NewInstance, actor: Actor<'_>) -> Result<Instance, ConfigError> {
         self.tenant(&new.tenant).await?;
         let slot =
             self.registry.slot(&new.service).ok_or_else(|| RegistryError::UnknownService(new.service.clone()))?;
@@ -262,6 +469,9 @@ impl Configurator {
             }
         }
         let hosts = normalize_hosts(&new.hosts)?;
+        if hosts.is_empty() && !self.policy.has_domains() {
+            return Err(ConfigError::NoHostnames);
+        }
         let version = match &new.version {
             Some(v) => slot.version(v),
             None => slot.active(),
@@ -271,12 +481,26 @@ impl Configurator {
         let id = format!("inst-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
 
         let _guard = self.change_lock.lock().await;
+        let name = self.instance_name(&new.tenant, new.name.as_deref(), &new.service).await?;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        sqlx::query(
-            "INSERT INTO instances (id, tenant_id, service, pinned_version, modules, settings, enabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        if !actor.operator {
+            let limit = self.quotas.limit(&Subject::Tenant(&new.tenant), Quota::Instances).await?;
+            let used = self.count_instances(&mut *tx, &new.tenant).await?;
+            if used >= limit {
+                return Err(ConfigError::QuotaExceeded {
+                    quota: Quota::Instances.name(),
+                    holder: format!("tenant {:?}", new.tenant),
+                    limit,
+                    used,
+                });
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO instances (id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
+        .bind(&name)
         .bind(&new.tenant)
         .bind(&new.service)
         .bind(&new.version)
@@ -285,9 +509,15 @@ impl Configurator {
         .bind(true)
         .bind(store::now())
         .execute(&mut *tx)
-        .await
-        .context("failed to create instance")?;
-        insert_hosts(&mut tx, &id, &hosts).await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if store::is_unique_violation(&e) => {
+                return Err(ConfigError::InstanceNameTaken(new.tenant.clone(), name));
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("failed to create instance").into()),
+        }
+        self.apply_hosts(&mut tx, &id, &new.tenant, &hosts, actor).await?;
         // The instance's own database exists before anyone can reach the instance.
         let db = self.database(&id, &new.tenant);
         tokio::task::spawn_blocking(move || db.provision())
@@ -296,12 +526,211 @@ impl Configurator {
             .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
         tx.commit().await.context("failed to commit instance")?;
         self.add_routes(&id).await?;
-        tracing::info!(instance = %id, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
+        tracing::info!(instance = %id, %name, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
         self.instance(&id).await
     }
 
+    /// Make `desired` the custom hostnames of `instance`: names kept stay as they
+    /// are; removed ones are released (verified names stay reserved to the
+    /// tenant); added ones are bound at once for operators and for names the
+    /// tenant released lately, and claimed (pending proof) otherwise.
+    async fn apply_hosts(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        instance: &str,
+        tenant: &str,
+        desired: &[String],
+        actor: Actor<'_>,
+    ) -> Result<(), ConfigError> {
+        let now = store::now();
+        let before = self.count_hostnames(&mut **tx, tenant).await?;
+        let verified: Vec<(String,)> = sqlx::query_as("SELECT hostname FROM instance_hosts WHERE instance_id = $1")
+            .bind(instance)
+            .fetch_all(&mut **tx)
+            .await
+            .context("failed to read hostnames")?;
+        let pending: Vec<(String,)> = sqlx::query_as("SELECT hostname FROM hostname_claims WHERE instance_id = $1")
+            .bind(instance)
+            .fetch_all(&mut **tx)
+            .await
+            .context("failed to read hostname claims")?;
+        for (host,) in &verified {
+            if !desired.contains(host) {
+                sqlx::query("DELETE FROM instance_hosts WHERE hostname = $1")
+                    .bind(host)
+                    .execute(&mut **tx)
+                    .await
+                    .context("failed to release hostname")?;
+                sqlx::query(
+                    "INSERT INTO hostname_reservations (hostname, tenant_id, until_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (hostname) DO UPDATE SET tenant_id = excluded.tenant_id, until_at = excluded.until_at",
+                )
+                .bind(host)
+                .bind(tenant)
+                .bind(now + self.reservation.as_secs() as i64)
+                .execute(&mut **tx)
+                .await
+                .context("failed to reserve hostname")?;
+            }
+        }
+        for (host,) in &pending {
+            if !desired.contains(host) {
+                sqlx::query("DELETE FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
+                    .bind(host)
+                    .bind(instance)
+                    .execute(&mut **tx)
+                    .await
+                    .context("failed to drop hostname claim")?;
+            }
+        }
+        for host in desired {
+            if verified.iter().chain(&pending).any(|(h,)| h == host) {
+                continue;
+            }
+            let taken: Option<(String,)> = sqlx::query_as("SELECT instance_id FROM instance_hosts WHERE hostname = $1")
+                .bind(host)
+                .fetch_optional(&mut **tx)
+                .await
+                .context("failed to read hostname")?;
+            if taken.is_some() {
+                return Err(ConfigError::HostnameTaken(host.clone()));
+            }
+            let reserved: Option<(String, i64)> = sqlx::query_as(
+                "SELECT tenant_id, until_at FROM hostname_reservations WHERE hostname = $1 AND until_at > $2",
+            )
+            .bind(host)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await
+            .context("failed to read hostname reservation")?;
+            let bind_now = match &reserved {
+                _ if actor.operator => true,
+                Some((holder, _)) if holder == tenant => true,
+                Some((_, until)) => return Err(ConfigError::HostnameReserved(host.clone(), *until)),
+                None => false,
+            };
+            if bind_now {
+                insert_verified(tx, instance, host).await?;
+                continue;
+            }
+            if let Some(reason) = hostnames::refusal(&self.policy, host) {
+                return Err(ConfigError::HostnameRefused(host.clone(), reason));
+            }
+            sqlx::query(
+                "INSERT INTO hostname_claims (hostname, instance_id, tenant_id, token, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(host)
+            .bind(instance)
+            .bind(tenant)
+            .bind(hostnames::new_token())
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .context("failed to claim hostname")?;
+        }
+        if !actor.operator {
+            let limit = self.quotas.limit(&Subject::Tenant(tenant), Quota::Hostnames).await?;
+            let used = self.count_hostnames(&mut **tx, tenant).await?;
+            if used > limit {
+                return Err(ConfigError::QuotaExceeded {
+                    quota: Quota::Hostnames.name(),
+                    holder: format!("tenant {tenant:?}"),
+                    limit,
+                    used: before,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Prove a claimed hostname of `instance` (by `method`, or HTTP then DNS) and
+    /// route it; `NotVerified` says what each method found.
+    pub async fn verify_hostname(
+        &self,
+        instance: &str,
+        hostname: &str,
+        method: Option<Method>,
+    ) -> Result<Instance, ConfigError> {
+        let host = router::normalize(hostname).map_err(|_| ConfigError::InvalidHostname(hostname.to_string()))?;
+        let claim: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT token, checked_at FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
+                .bind(&host)
+                .bind(instance)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to read hostname claim")?;
+        let Some((token, checked_at)) = claim else {
+            let current = self.instance(instance).await?;
+            if current.hosts.contains(&host) {
+                return Ok(current);
+            }
+            return Err(ConfigError::NoClaim(instance.to_string(), host));
+        };
+        // One check per claim every few seconds: the checks reach out to
+        // whatever the name points at.
+        if checked_at.is_some_and(|at| store::now() - at < 3) {
+            return Err(ConfigError::NotVerified(host, "checked less than 3 seconds ago; retry shortly".into()));
+        }
+        sqlx::query("UPDATE hostname_claims SET checked_at = $1 WHERE hostname = $2 AND instance_id = $3")
+            .bind(store::now())
+            .bind(&host)
+            .bind(instance)
+            .execute(&self.db)
+            .await
+            .context("failed to record the check")?;
+        let methods = match method {
+            Some(m) => vec![m],
+            None => vec![Method::Http, Method::Dns],
+        };
+        let mut failures = Vec::new();
+        let mut proven = false;
+        for method in methods {
+            match self.verifier.check(&host, &token, method).await {
+                Ok(()) => {
+                    proven = true;
+                    break;
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        if !proven {
+            let why = failures.join("; ");
+            sqlx::query("UPDATE hostname_claims SET last_error = $1 WHERE hostname = $2 AND instance_id = $3")
+                .bind(&why)
+                .bind(&host)
+                .bind(instance)
+                .execute(&self.db)
+                .await
+                .context("failed to record the check")?;
+            return Err(ConfigError::NotVerified(host, why));
+        }
+        let _guard = self.change_lock.lock().await;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        // The claim may have been withdrawn, or another tenant proven first.
+        let still: Option<(String,)> =
+            sqlx::query_as("SELECT token FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
+                .bind(&host)
+                .bind(instance)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("failed to read hostname claim")?;
+        if still.is_none() {
+            return Err(ConfigError::NoClaim(instance.to_string(), host));
+        }
+        insert_verified(&mut tx, instance, &host).await?;
+        tx.commit().await.context("failed to commit hostname")?;
+        self.rebuild_routes().await?;
+        tracing::info!(%instance, hostname = %host, "hostname verified");
+        self.instance(instance).await
+    }
+
     /// Change an instance's hostnames or version policy.
-    pub async fn update_instance(&self, id: &str, change: InstanceChange) -> Result<Instance, ConfigError> {
+    pub async fn update_instance(
+        &self,
+        id: &str,
+        change: InstanceChange,
+        actor: Actor<'_>,
+    ) -> Result<Instance, ConfigError> {
         // Read and write under one lock: two concurrent changes of different
         // fields both land, neither is lost to the other's stale copy.
         let _guard = self.change_lock.lock().await;
@@ -318,6 +747,9 @@ impl Configurator {
             }
         };
         let hosts = change.hosts.as_deref().map(normalize_hosts).transpose()?;
+        if hosts.as_ref().is_some_and(Vec::is_empty) && !self.policy.has_domains() {
+            return Err(ConfigError::NoHostnames);
+        }
         let slot = self.registry.slot(&current.service);
         let version = match &pinned {
             Some(v) => slot.as_ref().and_then(|s| s.version(v)),
@@ -344,12 +776,7 @@ impl Configurator {
         .await
         .context("failed to update instance")?;
         if let Some(hosts) = &hosts {
-            sqlx::query("DELETE FROM instance_hosts WHERE instance_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .context("failed to replace hostnames")?;
-            insert_hosts(&mut tx, id, hosts).await?;
+            self.apply_hosts(&mut tx, id, &current.tenant, hosts, actor).await?;
         }
         tx.commit().await.context("failed to commit instance change")?;
         self.rebuild_routes().await?;
@@ -364,49 +791,105 @@ impl Configurator {
             .await
             .context("failed to read instance")?
             .ok_or_else(|| ConfigError::UnknownInstance(id.to_string()))?;
-        let mut hosts = self.hosts_by_instance(Some(id)).await?;
-        Ok(self.describe(row, hosts.remove(id).unwrap_or_default()))
+        Ok(self.describe_all(vec![row]).await?.remove(0))
     }
 
-    /// Every instance, or a tenant's.
-    pub async fn instances(&self, tenant: Option<&str>) -> Result<Vec<Instance>, ConfigError> {
-        let rows: Vec<InstanceRow> = match tenant {
-            Some(t) => {
-                self.tenant(t).await?;
-                sqlx::query_as(&format!(
-                    "SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = $1 ORDER BY created_at, id"
-                ))
-                .bind(t)
-                .fetch_all(&self.db)
-                .await
+    /// A page of the instances of `tenants` (`None`: every instance), oldest first.
+    pub async fn instances(&self, tenants: Option<&[String]>, page: &Page) -> Result<Vec<Instance>, ConfigError> {
+        // The cursor is an instance id; rows sort by (created_at, id).
+        let after = "($1 = '' OR (created_at, id) > (SELECT created_at, id FROM instances WHERE id = $1))";
+        let after_id = page.after.clone().unwrap_or_default();
+        let rows: Vec<InstanceRow> = match tenants {
+            None => sqlx::query_as(&format!(
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {after} ORDER BY created_at, id LIMIT {}",
+                page.limit
+            ))
+            .bind(&after_id)
+            .fetch_all(&self.db)
+            .await
+            .context("failed to list instances")?,
+            Some(tenants) => {
+                let mut rows: Vec<InstanceRow> = Vec::new();
+                for chunk in tenants.chunks(500) {
+                    let sql = format!(
+                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {after} AND tenant_id IN ({}) \
+                         ORDER BY created_at, id LIMIT {}",
+                        marks(2, chunk.len()),
+                        page.limit
+                    );
+                    let mut query = sqlx::query_as::<_, InstanceRow>(&sql).bind(&after_id);
+                    for t in chunk {
+                        query = query.bind(t);
+                    }
+                    rows.extend(query.fetch_all(&self.db).await.context("failed to list instances")?);
+                }
+                rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                rows.truncate(page.limit as usize);
+                rows
             }
-            None => {
-                sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, id"))
-                    .fetch_all(&self.db)
-                    .await
+        };
+        self.describe_all(rows).await
+    }
+
+    /// Instances as the API shows them, with their hostnames (read for these
+    /// instances only).
+    async fn describe_all(&self, rows: Vec<InstanceRow>) -> Result<Vec<Instance>, ConfigError> {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut hosts: HashMap<String, Vec<String>> = HashMap::new();
+        let mut pending: HashMap<String, Vec<PendingHost>> = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT instance_id, hostname FROM instance_hosts WHERE instance_id IN ({}) ORDER BY hostname",
+                marks(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for (instance, host) in query.fetch_all(&self.db).await.context("failed to read hostnames")? {
+                hosts.entry(instance).or_default().push(host);
+            }
+            let sql = format!(
+                "SELECT instance_id, hostname, token, created_at, checked_at, last_error FROM hostname_claims \
+                 WHERE instance_id IN ({}) ORDER BY hostname",
+                marks(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, ClaimRow>(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for (instance, host, token, created_at, checked_at, last_error) in
+                query.fetch_all(&self.db).await.context("failed to read hostname claims")?
+            {
+                pending
+                    .entry(instance)
+                    .or_default()
+                    .push(PendingHost::new(host, token, created_at, checked_at, last_error));
             }
         }
-        .context("failed to list instances")?;
-        let mut hosts = self.hosts_by_instance(None).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
                 let h = hosts.remove(&row.id).unwrap_or_default();
-                self.describe(row, h)
+                let p = pending.remove(&row.id).unwrap_or_default();
+                self.describe(row, h, p)
             })
             .collect())
     }
 
-    fn describe(&self, row: InstanceRow, hosts: Vec<String>) -> Instance {
+    fn describe(&self, row: InstanceRow, hosts: Vec<String>, pending_hosts: Vec<PendingHost>) -> Instance {
         let running_version = match &row.pinned_version {
             Some(v) => Some(v.clone()),
             None => self.registry.slot(&row.service).and_then(|s| s.active()).map(|v| v.version.clone()),
         };
         Instance {
+            platform_hosts: self.policy.platform_names(&row.name, &row.tenant_id),
             id: row.id,
+            name: row.name,
             tenant: row.tenant_id,
             service: row.service,
             hosts,
+            pending_hosts,
             pinned_version: row.pinned_version,
             running_version,
             modules: serde_json::from_str(&row.modules).unwrap_or_default(),
@@ -416,60 +899,93 @@ impl Configurator {
         }
     }
 
-    async fn hosts_by_instance(&self, only: Option<&str>) -> Result<HashMap<String, Vec<String>>, ConfigError> {
-        let rows: Vec<(String, String)> = match only {
-            Some(id) => {
-                sqlx::query_as(
-                    "SELECT instance_id, hostname FROM instance_hosts WHERE instance_id = $1 ORDER BY hostname",
-                )
-                .bind(id)
-                .fetch_all(&self.db)
-                .await
-            }
-            None => {
-                sqlx::query_as("SELECT instance_id, hostname FROM instance_hosts ORDER BY hostname")
-                    .fetch_all(&self.db)
-                    .await
-            }
-        }
-        .context("failed to read hostnames")?;
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
-        for (instance, host) in rows {
-            map.entry(instance).or_default().push(host);
-        }
-        Ok(map)
-    }
-
     /// Rebuild the router's table from the database and swap it in.
     pub async fn rebuild_routes(&self) -> Result<(), ConfigError> {
+        let (default_bytes, overrides) = self.quotas.database_limits().await?;
         let rows = self.route_rows(None).await?;
+        for row in &rows {
+            let tenant = &row.2;
+            let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
+            self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
+        }
         self.router.replace(self.routes_of(rows));
-        Ok(())
+        self.load_challenges().await
     }
 
     /// Route a newly created instance: only its rows are read, and the table is
     /// copied and swapped (creating many instances stays linear).
     async fn add_routes(&self, instance: &str) -> Result<(), ConfigError> {
         let rows = self.route_rows(Some(instance)).await?;
+        if let Some(row) = rows.first() {
+            let bytes = self.quotas.limit(&Subject::Tenant(&row.2), Quota::DatabaseBytes).await?;
+            self.db_threads.set_tenant_quota(&row.2, bytes.max(0) as u64);
+        }
         self.router.extend(self.routes_of(rows));
+        self.load_challenges().await
+    }
+
+    async fn load_challenges(&self) -> Result<(), ConfigError> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT hostname, token FROM hostname_claims")
+            .fetch_all(&self.db)
+            .await
+            .context("failed to load hostname claims")?;
+        let mut challenges: HashMap<String, Vec<String>> = HashMap::new();
+        for (host, token) in rows {
+            challenges.entry(host).or_default().push(token);
+        }
+        self.router.replace_challenges(challenges);
         Ok(())
     }
 
+    /// One row per routed hostname: verified custom names, then each instance's
+    /// platform names (no custom name can shadow them: tenants cannot claim
+    /// names under a platform domain).
     async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
-        let sql =
-            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled \
+        let custom =
+            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled, i.name \
                    FROM instance_hosts h JOIN instances i ON i.id = h.instance_id";
+        let platform =
+            "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled, i.name \
+                   FROM instances i";
         let rows = match instance {
-            Some(id) => sqlx::query_as(&format!("{sql} WHERE i.id = $1")).bind(id).fetch_all(&self.db).await,
-            None => sqlx::query_as(sql).fetch_all(&self.db).await,
+            Some(id) => {
+                let mut rows: Vec<RouteRow> = sqlx::query_as(&format!("{custom} WHERE i.id = $1"))
+                    .bind(id)
+                    .fetch_all(&self.db)
+                    .await
+                    .context("failed to load routes")?;
+                if self.policy.has_domains() {
+                    rows.extend(
+                        sqlx::query_as::<_, RouteRow>(&format!("{platform} WHERE i.id = $1"))
+                            .bind(id)
+                            .fetch_all(&self.db)
+                            .await
+                            .context("failed to load routes")?,
+                    );
+                }
+                rows
+            }
+            None => {
+                let mut rows: Vec<RouteRow> =
+                    sqlx::query_as(custom).fetch_all(&self.db).await.context("failed to load routes")?;
+                if self.policy.has_domains() {
+                    rows.extend(
+                        sqlx::query_as::<_, RouteRow>(platform)
+                            .fetch_all(&self.db)
+                            .await
+                            .context("failed to load routes")?,
+                    );
+                }
+                rows
+            }
         };
-        Ok(rows.context("failed to load routes")?)
+        Ok(rows)
     }
 
     fn routes_of(&self, rows: Vec<RouteRow>) -> HashMap<String, Arc<Route>> {
         let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
         let mut by_instance: HashMap<String, Arc<Route>> = HashMap::new();
-        for (host, instance, tenant, service, pinned, modules, settings, enabled) in rows {
+        for (host, instance, tenant, service, pinned, modules, settings, enabled, name) in rows {
             let route = match by_instance.get(&instance) {
                 Some(route) => route.clone(),
                 None => {
@@ -503,18 +1019,58 @@ impl Configurator {
                                 .collect(),
                         }),
                     });
-                    by_instance.insert(instance, route.clone());
+                    by_instance.insert(instance.clone(), route.clone());
                     route
                 }
             };
-            routes.insert(host, route);
+            if host.is_empty() {
+                for platform_host in self.policy.platform_names(&name, &tenant) {
+                    routes.entry(platform_host).or_insert_with(|| route.clone());
+                }
+            } else {
+                routes.insert(host, route);
+            }
         }
         routes
     }
 }
 
-/// hostname, instance, tenant, service, pinned version, modules, settings, enabled
-type RouteRow = (String, String, String, String, Option<String>, String, String, bool);
+/// hostname ('' for the platform names), instance, tenant, service, pinned
+/// version, modules, settings, enabled, instance name
+type RouteRow = (String, String, String, String, Option<String>, String, String, bool, String);
+
+/// instance, hostname, token, created_at, checked_at, last_error
+type ClaimRow = (String, String, String, i64, Option<i64>, Option<String>);
+
+/// `$first, $first+1, ...`: `count` numbered parameters.
+fn marks(first: usize, count: usize) -> String {
+    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Bind a proven (or operator-bound) hostname to `instance`: other tenants'
+/// claims on it end, and so does any reservation.
+async fn insert_verified(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    instance: &str,
+    host: &str,
+) -> Result<(), ConfigError> {
+    let inserted = sqlx::query("INSERT INTO instance_hosts (hostname, instance_id) VALUES ($1, $2)")
+        .bind(host)
+        .bind(instance)
+        .execute(&mut **tx)
+        .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if store::is_unique_violation(&e) => return Err(ConfigError::HostnameTaken(host.to_string())),
+        Err(e) => return Err(anyhow::Error::from(e).context("failed to bind hostname").into()),
+    }
+    for sql in
+        ["DELETE FROM hostname_claims WHERE hostname = $1", "DELETE FROM hostname_reservations WHERE hostname = $1"]
+    {
+        sqlx::query(sql).bind(host).execute(&mut **tx).await.context("failed to settle hostname")?;
+    }
+    Ok(())
+}
 
 fn json_text(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
@@ -565,9 +1121,6 @@ fn check_settings(settings: &BTreeMap<String, String>) -> Result<(), ConfigError
 }
 
 fn normalize_hosts(raw: &[String]) -> Result<Vec<String>, ConfigError> {
-    if raw.is_empty() {
-        return Err(ConfigError::NoHostnames);
-    }
     if raw.len() > MAX_HOSTS {
         return Err(ConfigError::TooManyHostnames);
     }
@@ -584,24 +1137,4 @@ fn normalize_hosts(raw: &[String]) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(hosts)
-}
-
-async fn insert_hosts(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    instance: &str,
-    hosts: &[String],
-) -> Result<(), ConfigError> {
-    for host in hosts {
-        let inserted = sqlx::query("INSERT INTO instance_hosts (hostname, instance_id) VALUES ($1, $2)")
-            .bind(host)
-            .bind(instance)
-            .execute(&mut **tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if store::is_unique_violation(&e) => return Err(ConfigError::HostnameTaken(host.clone())),
-            Err(e) => return Err(anyhow::Error::from(e).context("failed to bind hostname").into()),
-        }
-    }
-    Ok(())
 }

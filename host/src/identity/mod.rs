@@ -4,16 +4,20 @@
 //!
 //! Failed logins are rate limited per client address and per account.
 
+pub mod invitations;
 mod ratelimit;
 pub mod secrets;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::config::Registration;
 use crate::store::{self, Db};
+use invitations::{Invitation, Invitations};
 use ratelimit::FailureLimiter;
 
 /// How long a session lasts.
@@ -36,6 +40,8 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub is_operator: bool,
+    /// Whether the address is proven (by an invitation, or an operator's word).
+    pub email_verified: bool,
     pub created_at: i64,
 }
 
@@ -87,6 +93,14 @@ pub enum IdentityError {
     InvalidKeyName,
     #[error("no user with email {0:?}; they must register first")]
     UnknownUser(String),
+    #[error("registration is closed on this platform; ask an operator for an account")]
+    RegistrationClosed,
+    #[error("registration needs an invitation on this platform: ask a tenant's owner to add you, then register with the invitation's token")]
+    InvitationRequired,
+    #[error("this invitation is unknown, used, expired, or for another address")]
+    InvalidInvitation,
+    #[error("a tenant may have at most {0} open invitations; cancel some or wait for them to expire")]
+    TooManyInvitations(i64),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -94,8 +108,16 @@ pub enum IdentityError {
 /// The identity room of one node.
 pub struct Identity {
     db: Db,
+    registration: Registration,
+    pub invitations: Invitations,
+    /// Attempts per client address.
     by_address: FailureLimiter,
+    /// Attempts on an account from addresses it has not logged in from: strangers
+    /// together can lock only strangers out.
     by_account: FailureLimiter,
+    /// Attempts on an account from each address it usually logs in from.
+    by_known_address: FailureLimiter,
+    pub counters: LoginCounters,
     /// Password hashes computed at once: each takes ~19 MiB and tens of ms.
     hashing: tokio::sync::Semaphore,
 }
@@ -110,47 +132,126 @@ struct Credentials {
     email: String,
     password_hash: String,
     is_operator: bool,
+    email_verified: bool,
     created_at: i64,
 }
 
+/// What became of login attempts, counted (not audited one by one).
+#[derive(Debug, Default, Serialize)]
+pub struct LoginCounters {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub busy: AtomicU64,
+    pub invalid: AtomicU64,
+}
+
+/// How long an address stays "usual" for an account after a login from it.
+const USUAL_ADDRESS_DAYS: i64 = 90;
+
 impl Identity {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Db, trust: &crate::config::TrustConfig) -> Self {
         Self {
-            db,
+            registration: trust.registration,
+            invitations: Invitations::new(db.clone(), trust.invitation_lifetime),
             // Generous per address (offices share one), strict per account.
             by_address: FailureLimiter::new(20, Duration::from_secs(300)),
             by_account: FailureLimiter::new(5, Duration::from_secs(900)),
+            by_known_address: FailureLimiter::new(5, Duration::from_secs(900)),
+            counters: LoginCounters::default(),
+            db,
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         }
     }
 
-    /// Register a user.
-    pub async fn register(&self, email: &str, password: &str) -> Result<User, IdentityError> {
-        self.create_user(email, password, false).await
+    /// Register a user. Depending on the platform's registration setting this
+    /// needs an invitation to the address, which it uses up; operators may always
+    /// create accounts. Returns the accepted invitation, if any.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        invitation: Option<&str>,
+        by_operator: bool,
+    ) -> Result<(User, Option<Invitation>), IdentityError> {
+        match (self.registration, invitation, by_operator) {
+            (_, _, true) | (_, Some(_), false) | (Registration::Open, None, false) => {}
+            (Registration::Closed, None, false) => return Err(IdentityError::RegistrationClosed),
+            (Registration::Invite, None, false) => return Err(IdentityError::InvitationRequired),
+        }
+        if self.registration == Registration::Closed && !by_operator {
+            return Err(IdentityError::RegistrationClosed);
+        }
+        let email = normalize_email(email)?;
+        check_password(password)?;
+        if let Some(token) = invitation {
+            // Refused before any hashing is spent on it.
+            self.invitations.open(token).await?;
+        }
+        let _slot = self.hashing_slot().await?;
+        let password_hash = hash_blocking(password.to_string()).await?;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let accepted = match invitation {
+            Some(token) => Some(Invitations::take(&mut tx, token, &email).await?),
+            None => None,
+        };
+        let user = self.insert_user(&mut tx, email, &password_hash, false, by_operator || accepted.is_some()).await?;
+        tx.commit().await.context("failed to commit registration")?;
+        Ok((user, accepted))
+    }
+
+    /// Accept an invitation with an existing account of its address: proves
+    /// the address; the caller then makes the user a member.
+    pub async fn accept(&self, token: &str, user: &Caller) -> Result<Invitation, IdentityError> {
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let invitation = Invitations::take(&mut tx, token, &user.email).await?;
+        sqlx::query("UPDATE users SET email_verified = $1 WHERE id = $2")
+            .bind(true)
+            .bind(&user.user_id)
+            .execute(&mut *tx)
+            .await
+            .context("failed to mark the address proven")?;
+        tx.commit().await.context("failed to commit invitation")?;
+        Ok(invitation)
     }
 
     async fn create_user(&self, email: &str, password: &str, operator: bool) -> Result<User, IdentityError> {
         let email = normalize_email(email)?;
-        if password.chars().count() < 10 || password.len() > 1024 {
-            return Err(IdentityError::WeakPassword);
-        }
+        check_password(password)?;
         let _slot = self.hashing_slot().await?;
         let password_hash = hash_blocking(password.to_string()).await?;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let user = self.insert_user(&mut tx, email, &password_hash, operator, true).await?;
+        tx.commit().await.context("failed to commit user")?;
+        Ok(user)
+    }
+
+    async fn insert_user(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        email: String,
+        password_hash: &str,
+        operator: bool,
+        verified: bool,
+    ) -> Result<User, IdentityError> {
         let user = User {
             id: format!("user-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             email,
             is_operator: operator,
+            email_verified: verified,
             created_at: store::now(),
         };
         let inserted = sqlx::query(
-            "INSERT INTO users (id, email, password_hash, is_operator, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO users (id, email, password_hash, is_operator, email_verified, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&user.id)
         .bind(&user.email)
-        .bind(&password_hash)
+        .bind(password_hash)
         .bind(user.is_operator)
+        .bind(user.email_verified)
         .bind(user.created_at)
-        .execute(&self.db)
+        .execute(&mut **tx)
         .await;
         match inserted {
             Ok(_) => Ok(user),
@@ -160,34 +261,57 @@ impl Identity {
     }
 
     /// Log in: check the password and open a session with a fresh random token.
+    ///
+    /// Every attempt is counted before its password is checked. Attempts from an
+    /// address the account has logged in from lately count against that address
+    /// alone; attempts from anywhere else share one budget per account. So
+    /// strangers guessing at an account lock out only strangers, never its owner
+    /// at their usual addresses.
     pub async fn login(&self, email: &str, password: &str, client: IpAddr) -> Result<NewSession, IdentityError> {
+        let result = self.try_login(email, password, client).await;
+        let counter = match &result {
+            Ok(_) => &self.counters.succeeded,
+            Err(IdentityError::BadCredentials) => &self.counters.failed,
+            Err(IdentityError::RateLimited(_)) => &self.counters.rate_limited,
+            Err(IdentityError::Busy) => &self.counters.busy,
+            Err(_) => &self.counters.invalid,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn try_login(&self, email: &str, password: &str, client: IpAddr) -> Result<NewSession, IdentityError> {
         // Checked before anything is counted or stored.
         let email = normalize_email(email)?;
         if password.len() > 1024 {
             return Err(IdentityError::BadCredentials);
         }
-        let address_key = client.to_string();
+        let address = usual_address_key(client);
+        let usual = self.is_usual_address(&email, &address).await?;
+        let account_key = if usual { format!("{email} {address}") } else { email.clone() };
+        let account = if usual { &self.by_known_address } else { &self.by_account };
         // Counted before the password is checked: concurrent guesses all count.
-        self.by_address.attempt(&address_key).map_err(IdentityError::RateLimited)?;
-        if let Err(wait) = self.by_account.attempt(&email) {
-            self.by_address.refund(&address_key);
+        self.by_address.attempt(&address).map_err(IdentityError::RateLimited)?;
+        if let Err(wait) = account.attempt(&account_key) {
+            self.by_address.refund(&address);
             return Err(IdentityError::RateLimited(wait));
         }
         let slot = match self.hashing_slot().await {
             Ok(slot) => slot,
             Err(e) => {
                 // Nothing was checked: the attempt is not the caller's fault.
-                self.by_address.refund(&address_key);
-                self.by_account.refund(&email);
+                self.by_address.refund(&address);
+                account.refund(&account_key);
                 return Err(e);
             }
         };
-        let row: Option<Credentials> =
-            sqlx::query_as("SELECT id, email, password_hash, is_operator, created_at FROM users WHERE email = $1")
-                .bind(&email)
-                .fetch_optional(&self.db)
-                .await
-                .context("failed to look up user")?;
+        let row: Option<Credentials> = sqlx::query_as(
+            "SELECT id, email, password_hash, is_operator, email_verified, created_at FROM users WHERE email = $1",
+        )
+        .bind(&email)
+        .fetch_optional(&self.db)
+        .await
+        .context("failed to look up user")?;
         // Verify against a dummy hash for unknown accounts: same time either way.
         let stored = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| secrets::dummy_hash().to_string());
         let matches = verify_blocking(password.to_string(), stored).await?;
@@ -195,8 +319,8 @@ impl Identity {
         let Some(row) = row.filter(|_| matches) else {
             return Err(IdentityError::BadCredentials);
         };
-        self.by_account.clear(&email);
-        self.by_address.refund(&address_key);
+        account.clear(&account_key);
+        self.by_address.refund(&address);
         let token = format!("{}{}", secrets::SESSION_PREFIX, secrets::random_token(32));
         let now = store::now();
         let expires_at = now + SESSION_LIFETIME.as_secs() as i64;
@@ -208,8 +332,39 @@ impl Identity {
             .execute(&self.db)
             .await
             .context("failed to open session")?;
-        let user = User { id: row.id, email: row.email, is_operator: row.is_operator, created_at: row.created_at };
+        sqlx::query(
+            "INSERT INTO login_addresses (user_id, address, last_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, address) DO UPDATE SET last_at = excluded.last_at",
+        )
+        .bind(&row.id)
+        .bind(&address)
+        .bind(now)
+        .execute(&self.db)
+        .await
+        .context("failed to remember the login address")?;
+        let user = User {
+            id: row.id,
+            email: row.email,
+            is_operator: row.is_operator,
+            email_verified: row.email_verified,
+            created_at: row.created_at,
+        };
         Ok(NewSession { token, expires_at, user })
+    }
+
+    /// Whether the account of `email` logged in from `address` lately.
+    async fn is_usual_address(&self, email: &str, address: &str) -> Result<bool, IdentityError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM login_addresses a JOIN users u ON u.id = a.user_id \
+             WHERE u.email = $1 AND a.address = $2 AND a.last_at > $3",
+        )
+        .bind(email)
+        .bind(address)
+        .bind(store::now() - USUAL_ADDRESS_DAYS * 86_400)
+        .fetch_optional(&self.db)
+        .await
+        .context("failed to read login addresses")?;
+        Ok(row.is_some())
     }
 
     /// A password-hashing slot, waiting at most [`HASHING_WAIT`].
@@ -339,7 +494,7 @@ impl Identity {
     /// A user by email.
     pub async fn user_by_email(&self, email: &str) -> Result<User, IdentityError> {
         let email = email.trim().to_ascii_lowercase();
-        sqlx::query_as("SELECT id, email, is_operator, created_at FROM users WHERE email = $1")
+        sqlx::query_as("SELECT id, email, is_operator, email_verified, created_at FROM users WHERE email = $1")
             .bind(&email)
             .fetch_optional(&self.db)
             .await
@@ -364,7 +519,30 @@ impl Identity {
     }
 }
 
-fn normalize_email(email: &str) -> Result<String, IdentityError> {
+fn check_password(password: &str) -> Result<(), IdentityError> {
+    if password.chars().count() < 10 || password.len() > 1024 {
+        return Err(IdentityError::WeakPassword);
+    }
+    Ok(())
+}
+
+/// The key an address is known by: an IPv4 address, or an IPv6 /64 (one
+/// household or office).
+fn usual_address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// Validate and normalise an email address.
+pub fn normalize_email(email: &str) -> Result<String, IdentityError> {
     let email = email.trim().to_ascii_lowercase();
     let valid = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())

@@ -27,7 +27,7 @@ impl FailureLimiter {
     /// Count an attempt of `key` before it is checked; `Err(wait)` if `key` is
     /// locked out (the refused attempt is not counted).
     pub fn attempt(&self, key: &str) -> Result<(), Duration> {
-        if self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY == 0 {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
             self.failures.retain(|_, (_, since)| since.elapsed() < self.window);
         }
         let now = Instant::now();
@@ -62,6 +62,7 @@ impl FailureLimiter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -144,6 +144,12 @@ impl Ingress {
             Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n"), request_id),
         };
         let Some(route) = self.router.lookup(&host) else {
+            // A claimed name proves it reaches the platform by answering its token.
+            if let Some(token) = req.uri().path().strip_prefix(crate::configurator::hostnames::CHALLENGE_PATH) {
+                if req.method() == http::Method::GET && self.router.challenge(&host, token) {
+                    return plain(StatusCode::OK, token.to_string(), request_id);
+                }
+            }
             return plain(StatusCode::NOT_FOUND, format!("no service is bound to host {host:?}\n"), request_id);
         };
         if !route.enabled {

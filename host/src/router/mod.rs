@@ -53,6 +53,8 @@ impl Route {
 #[derive(Default)]
 pub struct Router {
     table: ArcSwap<HashMap<String, Arc<Route>>>,
+    /// Hostnames claimed but not yet proven, with their challenge tokens.
+    challenges: ArcSwap<HashMap<String, Vec<String>>>,
 }
 
 impl Router {
@@ -73,6 +75,16 @@ impl Router {
             next.extend(routes.iter().map(|(k, v)| (k.clone(), v.clone())));
             next
         });
+    }
+
+    /// Replace the pending challenges.
+    pub fn replace_challenges(&self, challenges: HashMap<String, Vec<String>>) {
+        self.challenges.store(Arc::new(challenges));
+    }
+
+    /// Whether `token` is a pending challenge of `host`.
+    pub fn challenge(&self, host: &str, token: &str) -> bool {
+        self.challenges.load().get(host).is_some_and(|tokens| tokens.iter().any(|t| t == token))
     }
 
     /// Number of hostnames routed.

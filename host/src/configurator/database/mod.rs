@@ -22,6 +22,7 @@
 //! and the whole process's SQLite heap is capped ([`SQLITE_HEAP_LIMIT`]).
 
 mod sqlguard;
+mod storage;
 mod threads;
 
 use std::collections::VecDeque;
@@ -99,6 +100,9 @@ pub fn sqlite_memory() -> (i64, i64) {
 #[derive(Default)]
 pub struct Conns {
     data: Option<Connection>,
+    /// The `max_page_count` last set on each connection.
+    data_cap: u64,
+    kv_cap: u64,
     kv: Option<Connection>,
 }
 
@@ -259,6 +263,7 @@ impl InstanceDb {
             tenant: threads.tenant(tenant),
             threads,
         });
+        shared.tenant.storage.register(dir);
         Self { _slot: slot, shared }
     }
 
@@ -310,6 +315,7 @@ impl InstanceDb {
                     deadline: (Instant::now() + STATEMENT_TIMEOUT).min(deadline),
                     cancelled: flag,
                     data_used: false,
+                    kv_used: false,
                 };
                 let started = crate::sched::thread_cpu_nanos();
                 let result = work(&mut session);
@@ -638,6 +644,7 @@ struct Session<'a> {
     deadline: Instant,
     cancelled: Arc<AtomicBool>,
     data_used: bool,
+    kv_used: bool,
 }
 
 impl Session<'_> {
@@ -655,6 +662,18 @@ impl Session<'_> {
             let was_open = self.conns.is_open();
             self.conns.data = Some(open_data(self.shared)?);
             self.note_opened(was_open);
+        }
+        if !self.data_used {
+            // The tenant's other instances may have grown since: the file may
+            // grow only to what the tenant's quota leaves.
+            let path = self.shared.dir.join("data.sqlite");
+            let cap = MAX_DB_BYTES.min(self.shared.tenant.storage.allowance(&path));
+            let (conn, last) = (self.conns.data.as_ref(), &mut self.conns.data_cap);
+            if let Some(conn) = conn {
+                self.shared.host_access.store(true, Ordering::Relaxed);
+                cap_pages(conn, cap, last);
+                self.shared.host_access.store(false, Ordering::Relaxed);
+            }
         }
         let conn = self.conns.data.as_ref().ok_or("the database is unavailable")?;
         if !self.data_used {
@@ -699,6 +718,13 @@ impl Session<'_> {
             self.conns.kv = Some(open_kv(&self.shared.dir)?);
             self.note_opened(was_open);
         }
+        if !self.kv_used {
+            self.kv_used = true;
+            let cap = MAX_KV_BYTES.min(self.shared.tenant.storage.allowance(&self.shared.dir.join("kv.sqlite")));
+            if let Some(conn) = self.conns.kv.as_ref() {
+                cap_pages(conn, cap, &mut self.conns.kv_cap);
+            }
+        }
         self.conns.kv.as_mut().ok_or_else(|| "the key-value store is unavailable".into())
     }
 
@@ -723,6 +749,12 @@ impl Session<'_> {
 
     /// Leave nothing behind for the next request: no open transaction, no handler.
     fn finish(self) {
+        let storage = &self.shared.tenant.storage;
+        if self.kv_used {
+            if let Some(bytes) = self.conns.kv.as_ref().and_then(|conn| file_bytes(conn).ok()) {
+                storage.record(&self.shared.dir.join("kv.sqlite"), bytes);
+            }
+        }
         if !self.data_used {
             return;
         }
@@ -731,11 +763,28 @@ impl Session<'_> {
                 let _ = self.as_host(|conn| conn.execute_batch("ROLLBACK"));
             }
             conn.progress_handler(0, None::<fn() -> bool>);
+            if let Ok(bytes) = self.as_host(file_bytes) {
+                storage.record(&self.shared.dir.join("data.sqlite"), bytes);
+            }
         }
         if let Ok(mut running) = self.shared.running.lock() {
             *running = Running::default();
         }
     }
+}
+
+/// Let the connection's file grow to at most `bytes` (`last`: the cap set before).
+fn cap_pages(conn: &Connection, bytes: u64, last: &mut u64) {
+    let pages = (bytes / storage::PAGE_BYTES).max(1);
+    if pages != *last && conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(())).is_ok() {
+        *last = pages;
+    }
+}
+
+/// The size of a connection's database, in bytes.
+fn file_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+    Ok(pages.max(0) as u64 * storage::PAGE_BYTES)
 }
 
 fn create_dir(dir: &Path) -> Result<(), String> {

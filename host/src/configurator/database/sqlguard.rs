@@ -41,7 +41,11 @@ pub(super) fn describe(e: &rusqlite::Error) -> String {
             format!("the statement ran longer than {} s (or the request ended)", STATEMENT_TIMEOUT.as_secs())
         }
         rusqlite::Error::SqliteFailure(err, _) if err.code == C::DiskFull => {
-            format!("the database is full ({} MiB)", MAX_DB_BYTES >> 20)
+            format!(
+                "the database is full: an instance's database holds at most {} MiB, and all of a tenant's \
+                 databases together at most its database_bytes quota",
+                MAX_DB_BYTES >> 20
+            )
         }
         rusqlite::Error::SqliteFailure(err, _) if err.code == C::OutOfMemory => {
             "the statement needs more memory than the node allows; select fewer or smaller values".into()

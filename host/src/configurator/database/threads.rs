@@ -55,6 +55,8 @@ pub struct DbThreads {
 pub(crate) struct TenantSlots {
     max: usize,
     state: Mutex<(usize, VecDeque<Job>)>,
+    /// The tenant's database bytes, against its quota.
+    pub(crate) storage: super::storage::TenantStorage,
 }
 
 impl DbThreads {
@@ -80,8 +82,24 @@ impl DbThreads {
         }
         self.tenants
             .entry(Arc::from(tenant))
-            .or_insert_with(|| Arc::new(TenantSlots { max: self.per_tenant, state: Mutex::new((0, VecDeque::new())) }))
+            .or_insert_with(|| {
+                Arc::new(TenantSlots {
+                    max: self.per_tenant,
+                    state: Mutex::new((0, VecDeque::new())),
+                    storage: Default::default(),
+                })
+            })
             .clone()
+    }
+
+    /// Set `tenant`'s database quota, in bytes.
+    pub fn set_tenant_quota(&self, tenant: &str, bytes: u64) {
+        self.tenant(tenant).storage.set_quota(bytes);
+    }
+
+    /// The database bytes of `tenant`'s instances on this node.
+    pub fn tenant_bytes(&self, tenant: &str) -> u64 {
+        self.tenant(tenant).storage.total()
     }
 
     /// Run `run` for `tenant`: now if the tenant has a free place, else when one
@@ -91,11 +109,10 @@ impl DbThreads {
         if state.0 < tenant.max {
             state.0 += 1;
             drop(state);
-            self.submit(run).map_err(|run| {
+            self.submit(run).inspect_err(|_| {
                 if let Ok(mut state) = tenant.state.lock() {
                     state.0 -= 1;
                 }
-                run
             })
         } else {
             state.1.push_back(run);
