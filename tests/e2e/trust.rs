@@ -514,3 +514,73 @@ async fn lists_are_paginated_in_the_database() {
     let (status, page) = node.admin(Method::GET, "/v1/tenants?limit=100000", None).await;
     assert!(status.is_success() && page["tenants"].as_array().unwrap().len() == 5);
 }
+
+/// A minimal SMTP server on 127.0.0.1 that keeps every message it is sent.
+async fn smtp_sink(messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(body) = data.as_mut() {
+                        if line == "." {
+                            messages.lock().unwrap().push(data.take().unwrap());
+                            write.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            body.push_str(&line);
+                            body.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 sink\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    write.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_smtp_configured_the_invitation_is_mailed_not_returned() {
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let smtp = smtp_sink(messages.clone()).await;
+    let node = node_with(|c| {
+        c.trust.smtp_url = Some(format!("smtp://{smtp}"));
+        c.trust.mail_from = "invites@wharf.example".into();
+    })
+    .await;
+    let owner = owned_tenant(&node, "acme").await;
+    let (status, added) = node
+        .call(&owner, Method::POST, "/v1/tenants/acme/members", Some(json!({ "email": "dee@corp.example" })))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{added}");
+    assert_eq!(added["invitation"]["delivery"], "email");
+    assert!(added["invitation"].get("token").is_none(), "the inviter never sees the token: {added}");
+    let mail = messages.lock().unwrap().first().cloned().expect("one message was sent");
+    assert!(mail.contains("dee@corp.example") && mail.contains("acme"), "{mail}");
+    let token = mail.split_whitespace().find(|w| w.starts_with("whi_")).expect("the token is in the mail").to_string();
+    let body = json!({ "email": "dee@corp.example", "password": PASSWORD, "invitation": token });
+    let (status, user) = node.anonymous_json(Method::POST, "/v1/users", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    assert_eq!(user["joined"]["tenant"], "acme");
+}

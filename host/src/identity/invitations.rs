@@ -195,21 +195,33 @@ impl Mailer {
     /// Send the invitation `link` to its address.
     pub async fn send(&self, invitation: &Invitation, link: &str, token: &str) -> anyhow::Result<()> {
         use lettre::AsyncTransport as _;
+        let text = format!(
+            "{} invited you to the tenant {} as {}.\n\n\
+             Accept by registering with this invitation (it expires in {} days and works once):\n\n  {link}\n\n\
+             or with the CLI:\n\n  wharf register {} --invitation {token}\n\n\
+             If you have an account already, log in and run: wharf accept {token}\n",
+            invitation.invited_by,
+            invitation.tenant,
+            invitation.role,
+            ((invitation.expires_at - invitation.created_at) / 86_400).max(1),
+            invitation.email,
+        );
+        // Plain 7-bit when it can be (ASCII, lines far below SMTP's 998), so the
+        // link and token arrive unbroken, never folded by quoted-printable.
+        let body = if text.is_ascii() && text.lines().all(|l| l.len() < 900) {
+            lettre::message::Body::dangerous_pre_encoded(
+                text.replace('\n', "\r\n").into_bytes(),
+                lettre::message::header::ContentTransferEncoding::SevenBit,
+            )
+        } else {
+            lettre::message::Body::new(text)
+        };
         let message = lettre::Message::builder()
             .from(self.from.clone())
             .to(invitation.email.parse().context("invalid recipient")?)
             .subject(format!("You are invited to {} on Wharf", invitation.tenant))
-            .body(format!(
-                "{} invited you to the tenant {} as {}.\n\n\
-                 Accept by registering with this invitation (it expires in {} days and works once):\n\n  {link}\n\n\
-                 or with the CLI:\n\n  wharf register {} --invitation {token}\n\n\
-                 If you have an account already, log in and run: wharf accept {token}\n",
-                invitation.invited_by,
-                invitation.tenant,
-                invitation.role,
-                ((invitation.expires_at - invitation.created_at) / 86_400).max(1),
-                invitation.email,
-            ))
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(body)
             .context("failed to build the invitation email")?;
         self.transport.send(message).await.context("the SMTP server refused the invitation")?;
         Ok(())
