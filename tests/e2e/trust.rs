@@ -570,9 +570,8 @@ async fn with_smtp_configured_the_invitation_is_mailed_not_returned() {
     })
     .await;
     let owner = owned_tenant(&node, "acme").await;
-    let (status, added) = node
-        .call(&owner, Method::POST, "/v1/tenants/acme/members", Some(json!({ "email": "dee@corp.example" })))
-        .await;
+    let (status, added) =
+        node.call(&owner, Method::POST, "/v1/tenants/acme/members", Some(json!({ "email": "dee@corp.example" }))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{added}");
     assert_eq!(added["invitation"]["delivery"], "email");
     assert!(added["invitation"].get("token").is_none(), "the inviter never sees the token: {added}");

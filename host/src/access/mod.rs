@@ -265,36 +265,28 @@ impl Access {
 
     /// The tenants `user_id` is a member of, with their role in each.
     pub async fn memberships(&self, user_id: &str) -> Result<Vec<Member>, AccessError> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT m.tenant_id, u.email, m.role, m.created_at FROM tenant_members m JOIN users u ON u.id = m.user_id \
-             WHERE m.user_id = $1 ORDER BY m.tenant_id",
-        )
-        .bind(user_id)
-        .fetch_all(&self.db)
-        .await
-        .context("failed to list memberships")?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(tenant, email, role, created_at)| {
-                Some(Member { tenant, user_id: user_id.to_string(), email, role: Role::parse(&role)?, created_at })
-            })
-            .collect())
+        self.member_rows("m.user_id", user_id, "m.tenant_id").await
     }
 
     /// Members of a tenant.
     pub async fn members(&self, tenant: &str) -> Result<Vec<Member>, AccessError> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT m.user_id, u.email, m.role, m.created_at FROM tenant_members m JOIN users u ON u.id = m.user_id \
-             WHERE m.tenant_id = $1 ORDER BY u.email",
-        )
-        .bind(tenant)
+        self.member_rows("m.tenant_id", tenant, "u.email").await
+    }
+
+    /// Memberships where `column` (of `tenant_members m`) is `value`, ordered by `order`.
+    async fn member_rows(&self, column: &str, value: &str, order: &str) -> Result<Vec<Member>, AccessError> {
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(&format!(
+            "SELECT m.tenant_id, m.user_id, u.email, m.role, m.created_at FROM tenant_members m \
+             JOIN users u ON u.id = m.user_id WHERE {column} = $1 ORDER BY {order}"
+        ))
+        .bind(value)
         .fetch_all(&self.db)
         .await
         .context("failed to list members")?;
         Ok(rows
             .into_iter()
-            .filter_map(|(user_id, email, role, created_at)| {
-                Some(Member { tenant: tenant.to_string(), user_id, email, role: Role::parse(&role)?, created_at })
+            .filter_map(|(tenant, user_id, email, role, created_at)| {
+                Some(Member { tenant, user_id, email, role: Role::parse(&role)?, created_at })
             })
             .collect())
     }
