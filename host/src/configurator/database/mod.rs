@@ -277,8 +277,15 @@ impl InstanceDb {
     pub fn provision(&self) -> Result<(), String> {
         // Opened and closed: thousands of idle instances must not hold thousands
         // of open files. The first request opens them again.
-        open_data(&self.shared).map(drop)?;
-        open_kv(&self.shared.dir).map(drop)
+        let storage = &self.shared.tenant.storage;
+        let data = open_data(&self.shared)?;
+        self.shared.host_access.store(true, Ordering::Relaxed);
+        let data_bytes = file_bytes(&data);
+        self.shared.host_access.store(false, Ordering::Relaxed);
+        storage.record(&self.shared.dir.join("data.sqlite"), data_bytes.unwrap_or(0));
+        let kv = open_kv(&self.shared.dir)?;
+        storage.record(&self.shared.dir.join("kv.sqlite"), file_bytes(&kv).unwrap_or(0));
+        Ok(())
     }
 
     /// Run `work` on a database thread with this instance's connections, after
