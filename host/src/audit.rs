@@ -55,7 +55,7 @@ impl Audit {
     /// The newest entries: all (`None`), or those of some tenants plus the
     /// caller's own (`Some((tenants, actor))`).
     pub async fn list(&self, scope: Option<(&[String], &str)>, limit: i64) -> anyhow::Result<Vec<Entry>> {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        let mut query = sqlx::QueryBuilder::<crate::store::Backend>::new(
             "SELECT id, at, actor, action, target, tenant_id, outcome FROM audit_log",
         );
         if let Some((tenants, actor)) = scope {

@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct NodeConfig {
     /// Directory holding the control-plane database, components and the compiled cache.
     pub data_dir: PathBuf,
+    /// A PostgreSQL control plane shared by several nodes (`None`: SQLite in `data_dir`).
+    pub database_url: Option<String>,
     /// Public listener: requests are routed to instances by their `Host`.
     pub ingress_addr: SocketAddr,
     /// Admin API listener (JSON).
@@ -308,6 +310,7 @@ impl NodeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            database_url: None,
             ingress_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             limits: GuestLimits::default(),

@@ -85,7 +85,7 @@ impl Node {
             }
         }
 
-        let db = store::open(&config.data_dir).await?;
+        let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
         let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir).await?);
         let router = Arc::new(Router::default());

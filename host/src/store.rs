@@ -1,36 +1,111 @@
-//! The control-plane database: one SQLite file under the data directory (WAL mode).
+//! The control-plane database: one SQLite file under the data directory (WAL mode)
+//! by default, or PostgreSQL (`wharf serve --database postgres://…`) so that
+//! several nodes share one platform.
 //!
-//! Every room owns its tables and queries; this module only opens the pool and
-//! runs the migrations. SQL stays portable so the same statements can run on
-//! PostgreSQL.
+//! Every room owns its tables and queries and writes them once, for both
+//! backends: queries go through sqlx's `Any` driver in SQL both dialects accept
+//! (`$1` parameters, `ON CONFLICT`, no dialect functions), and each dialect has
+//! its own migrations (`migrations/sqlite`, `migrations/postgres`). Where a room
+//! needs what only one dialect has, it asks [`dialect`]. One rule the `Any`
+//! driver imposes: SQLite cannot hand a `BOOLEAN` column to it, so boolean
+//! columns are read as `(CASE WHEN column THEN 1 ELSE 0 END)` and decoded with [`flag`].
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::AnyPoolOptions;
+use sqlx::Executor as _;
 
 /// The pool every room queries through.
-pub type Db = sqlx::SqlitePool;
+pub type Db = sqlx::AnyPool;
 
-/// Open (creating if needed) the control-plane database in `data_dir` and migrate it.
-pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
-    let path = data_dir.join("wharf.db");
-    let options = SqliteConnectOptions::from_str("sqlite://")?
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(std::time::Duration::from_secs(5));
-    let db = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
+/// The database behind a [`Db`].
+pub type Backend = sqlx::Any;
+
+/// Which SQL dialect the control plane speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The dialect `db` speaks.
+pub fn dialect(db: &Db) -> Dialect {
+    match db.connect_options().database_url.scheme() {
+        "postgres" | "postgresql" => Dialect::Postgres,
+        _ => Dialect::Sqlite,
+    }
+}
+
+/// Open (creating if needed) the control plane and migrate it: PostgreSQL at
+/// `url` when given, else `wharf.db` in `data_dir`.
+pub async fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Db> {
+    sqlx::any::install_default_drivers();
+    let (url, dialect) = match url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            (url.to_string(), Dialect::Postgres)
+        }
+        Some(other) => anyhow::bail!(
+            "--database {:?} is not a PostgreSQL URL; use postgres://user@host:5432/db, or omit it for SQLite",
+            other.chars().take(40).collect::<String>()
+        ),
+        None => {
+            let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+            let path = dir.join("wharf.db");
+            let path = path.to_str().with_context(|| format!("the data directory {data_dir:?} is not UTF-8"))?;
+            (format!("sqlite://{path}?mode=rwc"), Dialect::Sqlite)
+        }
+    };
+    let options = match dialect {
+        Dialect::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA busy_timeout = 5000;",
+                )
+                .await?;
+                Ok(())
+            })
+        }),
+        // A few connections per node: the control plane is not on the request path.
+        Dialect::Postgres => {
+            AnyPoolOptions::new().max_connections(8).min_connections(0).idle_timeout(std::time::Duration::from_secs(60))
+        }
+    };
+    let shown = match dialect {
+        Dialect::Sqlite => url.clone(),
+        Dialect::Postgres => redact(&url),
+    };
+    let db = options
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&url)
         .await
-        .with_context(|| format!("failed to open the control-plane database {path:?}"))?;
-    sqlx::migrate!("./migrations").run(&db).await.context("failed to migrate the control-plane database")?;
+        .with_context(|| format!("failed to open the control-plane database {shown}"))?;
+    match dialect {
+        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&db).await,
+        Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&db).await,
+    }
+    .context("failed to migrate the control-plane database")?;
     Ok(db)
+}
+
+/// A URL with its password hidden, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A boolean column read as `(CASE WHEN column THEN 1 ELSE 0 END)`.
+pub fn flag(value: i64) -> bool {
+    value != 0
 }
 
 /// Seconds since the Unix epoch, as stored in `created_at` columns.
@@ -46,4 +121,13 @@ pub fn now_millis() -> i64 {
 /// Whether a database error is a unique-constraint violation (a duplicate key).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_hidden_in_messages() {
+        assert_eq!(super::redact("postgres://ann:secret@db:5432/w"), "postgres://ann:***@db:5432/w");
+        assert_eq!(super::redact("postgres://db/w"), "postgres://db/w");
+    }
 }

@@ -143,6 +143,10 @@ pub struct ServeArgs {
     /// Directory for the database, components and compiled cache.
     #[arg(long, env = "WHARF_DATA", default_value = "./wharf-data")]
     pub data: PathBuf,
+    /// A PostgreSQL control plane (postgres://user@host:5432/db) that several
+    /// nodes share; default: SQLite in the data directory.
+    #[arg(long, env = "WHARF_DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database: Option<String>,
     /// Ingress address (requests routed by Host).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -254,6 +258,7 @@ impl ServeArgs {
     /// The node configuration these options describe.
     pub fn config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(&self.data);
+        config.database_url = self.database.clone();
         config.ingress_addr = self.listen;
         config.admin_addr = self.admin;
         config.limits.fuel_per_request = self.fuel;

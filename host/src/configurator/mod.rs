@@ -160,11 +160,13 @@ struct InstanceRow {
     pinned_version: Option<String>,
     modules: String,
     settings: String,
-    enabled: bool,
+    /// `(CASE WHEN enabled THEN 1 ELSE 0 END)`: see [`store::flag`].
+    enabled: i64,
     created_at: i64,
 }
 
-const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at";
+const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, \
+     (CASE WHEN enabled THEN 1 ELSE 0 END) AS enabled, created_at";
 
 /// Who asks for a change: operators are bound by no quota and prove no hostname.
 #[derive(Debug, Clone, Copy)]
@@ -407,7 +409,7 @@ impl Configurator {
 
     async fn count_instances<'e, E>(&self, db: E, tenant: &str) -> Result<i64, ConfigError>
     where
-        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+        E: sqlx::Executor<'e, Database = crate::store::Backend>,
     {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances WHERE tenant_id = $1")
             .bind(tenant)
@@ -419,7 +421,7 @@ impl Configurator {
 
     async fn count_hostnames<'e, E>(&self, db: E, tenant: &str) -> Result<i64, ConfigError>
     where
-        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+        E: sqlx::Executor<'e, Database = crate::store::Backend>,
     {
         let (count,): (i64,) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
@@ -536,7 +538,7 @@ impl Configurator {
     /// tenant released lately, and claimed (pending proof) otherwise.
     async fn apply_hosts(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
         instance: &str,
         tenant: &str,
         desired: &[String],
@@ -894,7 +896,7 @@ impl Configurator {
             running_version,
             modules: serde_json::from_str(&row.modules).unwrap_or_default(),
             settings: serde_json::from_str(&row.settings).unwrap_or_default(),
-            enabled: row.enabled,
+            enabled: store::flag(row.enabled),
             created_at: row.created_at,
         }
     }
@@ -942,10 +944,10 @@ impl Configurator {
     /// names under a platform domain).
     async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
         let custom =
-            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled, i.name \
+            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name \
                    FROM instance_hosts h JOIN instances i ON i.id = h.instance_id";
         let platform =
-            "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, i.enabled, i.name \
+            "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name \
                    FROM instances i";
         let rows = match instance {
             Some(id) => {
@@ -1008,7 +1010,7 @@ impl Configurator {
                         tenant: tenant.as_str().into(),
                         target,
                         usage: self.usage.counters(&instance),
-                        enabled,
+                        enabled: store::flag(enabled),
                         recent: self.database(&instance, &tenant).recent_use(),
                         db: self.database(&instance, &tenant),
                         features: Arc::new(Features {
@@ -1037,7 +1039,7 @@ impl Configurator {
 
 /// hostname ('' for the platform names), instance, tenant, service, pinned
 /// version, modules, settings, enabled, instance name
-type RouteRow = (String, String, String, String, Option<String>, String, String, bool, String);
+type RouteRow = (String, String, String, String, Option<String>, String, String, i64, String);
 
 /// instance, hostname, token, created_at, checked_at, last_error
 type ClaimRow = (String, String, String, i64, Option<i64>, Option<String>);
@@ -1050,7 +1052,7 @@ fn marks(first: usize, count: usize) -> String {
 /// Bind a proven (or operator-bound) hostname to `instance`: other tenants'
 /// claims on it end, and so does any reservation.
 async fn insert_verified(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
     instance: &str,
     host: &str,
 ) -> Result<(), ConfigError> {

@@ -145,7 +145,7 @@ impl Invitations {
     /// Use up the invitation `token` of `email` inside `tx`: at most once, before
     /// it expires, only by its address.
     pub async fn take(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
         token: &str,
         email: &str,
     ) -> Result<Invitation, IdentityError> {

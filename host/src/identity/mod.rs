@@ -35,7 +35,7 @@ pub struct Caller {
 }
 
 /// A user as the API shows it (never with the password hash).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct User {
     pub id: String,
     pub email: String,
@@ -126,14 +126,37 @@ pub struct Identity {
 /// it answers "busy".
 const HASHING_WAIT: Duration = Duration::from_secs(2);
 
+/// A user's row; the flags are read as integers (see [`store::flag`]).
 #[derive(sqlx::FromRow)]
-struct Credentials {
+struct UserRow {
     id: String,
     email: String,
-    password_hash: String,
-    is_operator: bool,
-    email_verified: bool,
+    is_operator: i64,
+    email_verified: i64,
     created_at: i64,
+}
+
+impl From<UserRow> for User {
+    fn from(row: UserRow) -> Self {
+        User {
+            id: row.id,
+            email: row.email,
+            is_operator: store::flag(row.is_operator),
+            email_verified: store::flag(row.email_verified),
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// The columns of a [`UserRow`].
+const USER_COLUMNS: &str =
+    "id, email, (CASE WHEN is_operator THEN 1 ELSE 0 END) AS is_operator, (CASE WHEN email_verified THEN 1 ELSE 0 END) AS email_verified, created_at";
+
+#[derive(sqlx::FromRow)]
+struct Credentials {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
 }
 
 /// What became of login attempts, counted (not audited one by one).
@@ -228,7 +251,7 @@ impl Identity {
 
     async fn insert_user(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
         email: String,
         password_hash: &str,
         operator: bool,
@@ -305,13 +328,12 @@ impl Identity {
                 return Err(e);
             }
         };
-        let row: Option<Credentials> = sqlx::query_as(
-            "SELECT id, email, password_hash, is_operator, email_verified, created_at FROM users WHERE email = $1",
-        )
-        .bind(&email)
-        .fetch_optional(&self.db)
-        .await
-        .context("failed to look up user")?;
+        let row: Option<Credentials> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"))
+                .bind(&email)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to look up user")?;
         // Verify against a dummy hash for unknown accounts: same time either way.
         let stored = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| secrets::dummy_hash().to_string());
         let matches = verify_blocking(password.to_string(), stored).await?;
@@ -326,7 +348,7 @@ impl Identity {
         let expires_at = now + SESSION_LIFETIME.as_secs() as i64;
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(secrets::hash_token(&token))
-            .bind(&row.id)
+            .bind(&row.user.id)
             .bind(now)
             .bind(expires_at)
             .execute(&self.db)
@@ -336,19 +358,13 @@ impl Identity {
             "INSERT INTO login_addresses (user_id, address, last_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id, address) DO UPDATE SET last_at = excluded.last_at",
         )
-        .bind(&row.id)
+        .bind(&row.user.id)
         .bind(&address)
         .bind(now)
         .execute(&self.db)
         .await
         .context("failed to remember the login address")?;
-        let user = User {
-            id: row.id,
-            email: row.email,
-            is_operator: row.is_operator,
-            email_verified: row.email_verified,
-            created_at: row.created_at,
-        };
+        let user = User::from(row.user);
         Ok(NewSession { token, expires_at, user })
     }
 
@@ -393,20 +409,20 @@ impl Identity {
         let now = store::now();
         let (sql, credential) = if token.starts_with(secrets::SESSION_PREFIX) {
             (
-                "SELECT s.token_hash, u.id, u.email, u.is_operator FROM sessions s JOIN users u ON u.id = s.user_id \
+                "SELECT s.token_hash, u.id, u.email, (CASE WHEN u.is_operator THEN 1 ELSE 0 END) FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
                 "session",
             )
         } else if token.starts_with(secrets::KEY_PREFIX) {
             (
-                "SELECT k.key_hash, u.id, u.email, u.is_operator FROM api_keys k JOIN users u ON u.id = k.user_id \
+                "SELECT k.key_hash, u.id, u.email, (CASE WHEN u.is_operator THEN 1 ELSE 0 END) FROM api_keys k JOIN users u ON u.id = k.user_id \
                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
                 "api-key",
             )
         } else {
             return Ok(None);
         };
-        let row: Option<(String, String, String, bool)> = sqlx::query_as(sql)
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(sql)
             .bind(&hash)
             .bind(now)
             .fetch_optional(&self.db)
@@ -415,7 +431,7 @@ impl Identity {
         Ok(row.filter(|(stored, ..)| secrets::same(stored, &hash)).map(|(_, user_id, email, operator)| Caller {
             user_id,
             email,
-            operator,
+            operator: store::flag(operator),
             credential,
         }))
     }
@@ -494,11 +510,12 @@ impl Identity {
     /// A user by email.
     pub async fn user_by_email(&self, email: &str) -> Result<User, IdentityError> {
         let email = email.trim().to_ascii_lowercase();
-        sqlx::query_as("SELECT id, email, is_operator, email_verified, created_at FROM users WHERE email = $1")
+        sqlx::query_as::<_, UserRow>(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"))
             .bind(&email)
             .fetch_optional(&self.db)
             .await
             .context("failed to look up user")?
+            .map(User::from)
             .ok_or(IdentityError::UnknownUser(email))
     }
 
