@@ -55,21 +55,23 @@ impl Audit {
     /// The newest entries: all (`None`), or those of some tenants plus the
     /// caller's own (`Some((tenants, actor))`).
     pub async fn list(&self, scope: Option<(&[String], &str)>, limit: i64) -> anyhow::Result<Vec<Entry>> {
-        let mut query = sqlx::QueryBuilder::<crate::store::Backend>::new(
-            "SELECT id, at, actor, action, target, tenant_id, outcome FROM audit_log",
-        );
+        // Numbered parameters, written out: both dialects read `$n`.
+        let mut sql = String::from("SELECT id, at, actor, action, target, tenant_id, outcome FROM audit_log");
+        let mut binds: Vec<&str> = Vec::new();
         if let Some((tenants, actor)) = scope {
-            query.push(" WHERE actor = ").push_bind(actor);
+            binds.push(actor);
+            sql.push_str(" WHERE actor = $1");
             if !tenants.is_empty() {
-                query.push(" OR tenant_id IN (");
-                let mut list = query.separated(", ");
-                for tenant in tenants {
-                    list.push_bind(tenant);
-                }
-                query.push(")");
+                let marks: Vec<String> = (2..tenants.len() + 2).map(|i| format!("${i}")).collect();
+                sql.push_str(&format!(" OR tenant_id IN ({})", marks.join(", ")));
+                binds.extend(tenants.iter().map(String::as_str));
             }
         }
-        query.push(" ORDER BY at DESC, id DESC LIMIT ").push_bind(limit);
-        query.build_query_as().fetch_all(&self.db).await.context("failed to read the audit log")
+        sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT {}", limit.clamp(1, 10_000)));
+        let mut query = sqlx::query_as::<_, Entry>(&sql);
+        for value in binds {
+            query = query.bind(value);
+        }
+        query.fetch_all(&self.db).await.context("failed to read the audit log")
     }
 }

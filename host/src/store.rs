@@ -103,6 +103,34 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Lock the row of `table` whose `column` is `key` until `tx` ends, so that
+/// checks and writes on what hangs off it (a tenant's owners, a user's tenants)
+/// cannot interleave with another node's. PostgreSQL runs statements at read
+/// committed; SQLite needs no lock (it runs one write transaction at a time and
+/// Wharf's checks are part of the writing statement).
+pub async fn lock_row(
+    tx: &mut sqlx::Transaction<'_, Backend>,
+    table: &str,
+    column: &str,
+    key: &str,
+) -> Result<(), sqlx::Error> {
+    if dialect_of_connection(tx) == Dialect::Postgres {
+        sqlx::query(&format!("SELECT 1 FROM {table} WHERE {column} = $1 FOR UPDATE"))
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn dialect_of_connection(conn: &sqlx::AnyConnection) -> Dialect {
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") || conn.backend_name().eq_ignore_ascii_case("postgres") {
+        Dialect::Postgres
+    } else {
+        Dialect::Sqlite
+    }
+}
+
 /// A boolean column read as `(CASE WHEN column THEN 1 ELSE 0 END)`.
 pub fn flag(value: i64) -> bool {
     value != 0

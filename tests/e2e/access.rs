@@ -391,15 +391,35 @@ async fn passwords_keys_and_tokens_are_never_stored_or_shown_in_clear() {
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     // Nothing in the database files holds a secret in clear.
     node.node().node.usage.flush().await.unwrap();
-    sqlx::query("PRAGMA wal_checkpoint(FULL)").execute(db).await.unwrap();
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(node.data.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("wharf.db") {
-            bytes.extend(std::fs::read(&path).unwrap());
+    let haystack = match wharf::store::dialect(db) {
+        wharf::store::Dialect::Sqlite => {
+            sqlx::query("PRAGMA wal_checkpoint(FULL)").execute(db).await.unwrap();
+            let mut bytes = Vec::new();
+            for entry in std::fs::read_dir(node.data.path()).unwrap() {
+                let path = entry.unwrap().path();
+                if path.file_name().unwrap().to_string_lossy().starts_with("wharf.db") {
+                    bytes.extend(std::fs::read(&path).unwrap());
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
         }
-    }
-    let haystack = String::from_utf8_lossy(&bytes);
+        // Every row of every table, as text.
+        wharf::store::Dialect::Postgres => {
+            let tables: Vec<(String,)> =
+                sqlx::query_as("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+                    .fetch_all(db)
+                    .await
+                    .unwrap();
+            let mut text = String::new();
+            for (table,) in tables {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as(&format!("SELECT t::text FROM {table} t")).fetch_all(db).await.unwrap();
+                text.extend(rows.into_iter().map(|(r,)| r));
+            }
+            assert!(text.contains("dan@x.test"), "the scan reads the rows");
+            text
+        }
+    };
     for (what, s) in [("password", password), ("session token", token.as_str()), ("API key", secret.as_str())] {
         assert!(!haystack.contains(s), "the database holds the {what} in clear");
     }
@@ -659,6 +679,7 @@ async fn secrets_never_appear_in_the_logs() {
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--init-admin", "ops@logs.test", "--registration", "open"])
+        .args(crate::harness::fresh_database().await.map(|url| vec!["--database".to_string(), url]).unwrap_or_default())
         .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -72,6 +72,39 @@ pub struct TestNode {
     pub http: reqwest::Client,
     /// The operator's API key.
     pub admin_key: String,
+    /// The node's PostgreSQL control plane, when the suite runs on PostgreSQL.
+    pub database_url: Option<String>,
+}
+
+/// The PostgreSQL server the suite runs against (`WHARF_TEST_DATABASE`, a URL of
+/// a database to connect to for creating others), or `None` for SQLite.
+pub fn postgres_base() -> Option<String> {
+    std::env::var("WHARF_TEST_DATABASE").ok().filter(|u| !u.is_empty())
+}
+
+/// A fresh, empty PostgreSQL database for one node (when the suite runs on
+/// PostgreSQL). Databases of earlier runs are dropped first, once per run.
+pub async fn fresh_database() -> Option<String> {
+    use sqlx::Connection as _;
+    let base = postgres_base()?;
+    static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let mut conn = sqlx::PgConnection::connect(&base).await.expect("the test PostgreSQL is reachable");
+    CLEANED
+        .get_or_init(|| async {
+            let old: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'wharf_t_%'")
+                .fetch_all(&mut sqlx::PgConnection::connect(&base).await.unwrap())
+                .await
+                .unwrap();
+            let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+            for (name,) in old {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+            }
+        })
+        .await;
+    let name = format!("wharf_t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let (prefix, _) = base.rsplit_once('/').expect("WHARF_TEST_DATABASE names a database");
+    Some(format!("{prefix}/{name}"))
 }
 
 impl TestNode {
@@ -83,11 +116,13 @@ impl TestNode {
     /// Start a node after `adjust` changes the test configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut NodeConfig)) -> Self {
         let data = tempfile::tempdir().unwrap();
+        let database_url = fresh_database().await;
         let mut config = test_config(data.path());
+        config.database_url = database_url.clone();
         adjust(&mut config);
         let running = Node::start(config).await.expect("node starts");
         let admin_key = running.initial_admin_key.clone().expect("the operator is created");
-        Self { running: Some(running), data, http: client(), admin_key }
+        Self { running: Some(running), data, http: client(), admin_key, database_url }
     }
 
     /// Stop the node and start a new one on the same data directory.
@@ -103,7 +138,8 @@ impl TestNode {
 
     /// Start a stopped node again on the same data directory.
     pub async fn start_again(&mut self) {
-        let config = test_config(self.data.path());
+        let mut config = test_config(self.data.path());
+        config.database_url = self.database_url.clone();
         self.running = Some(Node::start(config).await.expect("node restarts"));
     }
 
@@ -331,6 +367,7 @@ impl Served {
                 "127.0.0.1:0",
             ])
             .args(["--init-admin", "ops@served.test"])
+            .args(fresh_database().await.map(|url| vec!["--database".to_string(), url]).unwrap_or_default())
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())

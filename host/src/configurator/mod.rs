@@ -287,8 +287,10 @@ impl Configurator {
             true => i64::MAX,
             false => self.quotas.limit(&Subject::User(actor.user_id), Quota::Tenants).await?,
         };
-        // The count and the insert are one statement: concurrent creations
-        // cannot both take the last place.
+        // The count and the insert are one statement, under the user's row
+        // lock: concurrent creations cannot both take the last place.
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        store::lock_row(&mut tx, "users", "id", actor.user_id).await.context("failed to lock the user")?;
         let inserted = sqlx::query(
             "INSERT INTO tenants (id, display_name, created_at, created_by) SELECT $1, $2, $3, $4 \
              WHERE (SELECT COUNT(*) FROM tenants WHERE created_by = $4) < $5",
@@ -298,8 +300,12 @@ impl Configurator {
         .bind(tenant.created_at)
         .bind(actor.user_id)
         .bind(limit)
-        .execute(&self.db)
+        .execute(&mut *tx)
         .await;
+        let inserted = match inserted {
+            Ok(done) => tx.commit().await.map(|()| done),
+            Err(e) => Err(e),
+        };
         match inserted {
             Ok(done) if done.rows_affected() == 0 => Err(ConfigError::QuotaExceeded {
                 quota: Quota::Tenants.name(),
@@ -485,6 +491,7 @@ impl Configurator {
         let _guard = self.change_lock.lock().await;
         let name = self.instance_name(&new.tenant, new.name.as_deref(), &new.service).await?;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        store::lock_row(&mut tx, "tenants", "id", &new.tenant).await.context("failed to lock the tenant")?;
         if !actor.operator {
             let limit = self.quotas.limit(&Subject::Tenant(&new.tenant), Quota::Instances).await?;
             let used = self.count_instances(&mut *tx, &new.tenant).await?;
@@ -766,6 +773,7 @@ impl Configurator {
         let enabled = change.enabled.unwrap_or(current.enabled);
 
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        store::lock_row(&mut tx, "tenants", "id", &current.tenant).await.context("failed to lock the tenant")?;
         sqlx::query(
             "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4 WHERE id = $5",
         )
