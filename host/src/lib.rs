@@ -20,6 +20,7 @@ pub mod admin;
 pub mod audit;
 pub mod billing;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod configurator;
 pub mod identity;

@@ -44,6 +44,8 @@ pub struct Node {
     pub audit: Arc<Audit>,
     /// Sends invitations when SMTP is configured.
     pub mailer: Option<crate::identity::invitations::Mailer>,
+    /// The platform generation this node has caught up with.
+    pub generation: std::sync::atomic::AtomicI64,
 }
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
@@ -101,6 +103,8 @@ impl Node {
             db_threads,
             &config.trust,
         )?);
+        // Read before the routes: a change landing meanwhile is caught up with later.
+        let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
         let identity = Arc::new(Identity::new(db.clone(), &config.trust));
         let mailer = match &config.trust.smtp_url {
@@ -133,6 +137,7 @@ impl Node {
             access: access.clone(),
             audit,
             mailer,
+            generation: std::sync::atomic::AtomicI64::new(generation),
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -160,6 +165,10 @@ impl Node {
                 })
             },
         )));
+
+        if crate::store::dialect(&node.db) == crate::store::Dialect::Postgres {
+            tasks.push(tokio::spawn(crate::cluster::follow(node.clone(), watcher.clone())));
+        }
 
         let flusher = node.clone();
         let mut flush_watch = watcher;

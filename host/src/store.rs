@@ -131,6 +131,42 @@ fn dialect_of_connection(conn: &sqlx::AnyConnection) -> Dialect {
     }
 }
 
+/// The channel on which PostgreSQL tells every node that the platform changed.
+pub const CHANGES_CHANNEL: &str = "wharf_changes";
+
+/// Record that something nodes hold in memory changed (inside `tx`, so it counts
+/// only if the change commits); on PostgreSQL every listening node is told at
+/// commit. Returns the new generation.
+pub async fn bump_generation(tx: &mut sqlx::Transaction<'_, Backend>) -> Result<i64, sqlx::Error> {
+    let (generation,): (i64,) =
+        sqlx::query_as("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
+            .fetch_one(&mut **tx)
+            .await?;
+    if dialect_of_connection(tx) == Dialect::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(generation.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(generation)
+}
+
+/// The platform's current generation.
+pub async fn generation(db: &Db) -> Result<i64, sqlx::Error> {
+    let (generation,): (i64,) =
+        sqlx::query_as("SELECT generation FROM platform_generation WHERE id = 1").fetch_one(db).await?;
+    Ok(generation)
+}
+
+/// Bump the generation in a transaction of its own.
+pub async fn bump(db: &Db) -> Result<i64, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let generation = bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    Ok(generation)
+}
+
 /// A boolean column read as `(CASE WHEN column THEN 1 ELSE 0 END)`.
 pub fn flag(value: i64) -> bool {
     value != 0

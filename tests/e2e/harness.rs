@@ -125,6 +125,22 @@ impl TestNode {
         Self { running: Some(running), data, http: client(), admin_key, database_url }
     }
 
+    /// A second node on `other`'s control plane (PostgreSQL), with a data
+    /// directory of its own: a cluster of two.
+    pub async fn start_sharing(other: &TestNode) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = test_config(data.path());
+        config.database_url = other.database_url.clone();
+        let running = Node::start(config).await.expect("the second node starts");
+        Self {
+            running: Some(running),
+            data,
+            http: client(),
+            admin_key: other.admin_key.clone(),
+            database_url: other.database_url.clone(),
+        }
+    }
+
     /// Stop the node and start a new one on the same data directory.
     pub async fn restart(&mut self) {
         self.stop().await;

@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod cli;
+mod cluster;
 mod containment;
 mod data;
 mod instances;

@@ -8,6 +8,7 @@
 //!
 //! | method | path | what |
 //! | --- | --- | --- |
+//! | GET | `/healthz`, `/readyz` | liveness; readiness (control plane reachable, routes loaded), no credential |
 //! | GET | `/v1/node` | this node: addresses, routes, compile-cache counters, limits |
 //! | GET | `/v1/services` | services with their versions |
 //! | GET | `/v1/services/{name}` | one service |
@@ -76,6 +77,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tenants/{id}/grants/{email}/{permission}", axum::routing::delete(identity_api::remove_grant))
         .route("/v1/services/{name}/permissions", get(identity_api::service_permissions))
         .route("/v1/audit", get(identity_api::audit))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/node", get(node_info))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
@@ -108,6 +111,36 @@ pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
             ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))
         }
     })
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "live" }))
+}
+
+/// Readiness: the control plane answers within a second and this node has caught
+/// up with every change (routes and versions loaded); a load balancer sends
+/// traffic only to ready nodes.
+async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(1), crate::store::generation(&node.db)).await;
+    let seen = node.generation.load(Ordering::Acquire);
+    let problem = match probe {
+        Ok(Ok(current)) if current > seen => {
+            Some(format!("catching up with the platform (generation {seen} of {current})"))
+        }
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("the control plane refused: {e}")),
+        Err(_) => Some("the control plane did not answer within 1 s".to_string()),
+    };
+    let body = json!({
+        "status": if problem.is_none() { "ready" } else { "not ready" },
+        "control_plane": crate::store::dialect(&node.db),
+        "generation": seen,
+        "routes": node.router.len(),
+        "error": problem,
+    });
+    let status = if problem.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
 }
 
 async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {

@@ -409,6 +409,8 @@ impl Configurator {
         if quota == Quota::DatabaseBytes {
             let bytes = self.quotas.limit(&Subject::Tenant(tenant), quota).await?;
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
+            // Other nodes apply it when they catch up.
+            store::bump(&self.db).await.context("failed to record the change")?;
         }
         Ok(())
     }
@@ -533,6 +535,7 @@ impl Configurator {
             .await
             .context("provisioning task failed")?
             .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
+        store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit instance")?;
         self.add_routes(&id).await?;
         tracing::info!(instance = %id, %name, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
@@ -727,6 +730,7 @@ impl Configurator {
             return Err(ConfigError::NoClaim(instance.to_string(), host));
         }
         insert_verified(&mut tx, instance, &host).await?;
+        store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit hostname")?;
         self.rebuild_routes().await?;
         tracing::info!(%instance, hostname = %host, "hostname verified");
@@ -788,6 +792,7 @@ impl Configurator {
         if let Some(hosts) = &hosts {
             self.apply_hosts(&mut tx, id, &current.tenant, hosts, actor).await?;
         }
+        store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit instance change")?;
         self.rebuild_routes().await?;
         self.instance(id).await
@@ -907,6 +912,14 @@ impl Configurator {
             enabled: store::flag(row.enabled),
             created_at: row.created_at,
         }
+    }
+
+    /// Rebuild the routing table after changes made through other nodes; waits
+    /// for this node's own change in progress, so a stale read never replaces a
+    /// newer table.
+    pub async fn refresh_routes(&self) -> Result<(), ConfigError> {
+        let _guard = self.change_lock.lock().await;
+        self.rebuild_routes().await
     }
 
     /// Rebuild the router's table from the database and swap it in.

@@ -241,6 +241,10 @@ impl Registry {
         let compiled = self.compiled_path(&row.sha256);
         let runtime = self.runtime.clone();
         let source = self.components_dir.join(format!("{}.wasm", row.sha256));
+        if !compiled.exists() && !source.exists() {
+            // Published through another node: the control plane holds the bytes.
+            self.fetch_component(&row.sha256, &source).await?;
+        }
         let (component, from_cache) = tokio::task::spawn_blocking(move || {
             if compiled.exists() {
                 // SAFETY: the cache directory is private to this node and holds only
@@ -263,6 +267,61 @@ impl Registry {
         let pre = self.runtime.prepare(&component)?;
         let manifest = Manifest::parse(&row.manifest).context("the stored manifest no longer parses")?;
         Ok(Arc::new(LoadedVersion::new(row.sha256.clone(), pre, manifest)))
+    }
+
+    /// Copy a component's bytes from the control plane to `path`, checking its hash.
+    async fn fetch_component(&self, sha256: &str, path: &Path) -> anyhow::Result<()> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT bytes FROM component_blobs WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.db)
+            .await
+            .context("failed to fetch the component from the control plane")?;
+        let (bytes,) =
+            row.with_context(|| format!("component {sha256} is neither on this node nor in the control plane"))?;
+        anyhow::ensure!(hex::encode(Sha256::digest(&bytes)) == sha256, "component {sha256} arrived corrupted");
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await.context("write task failed")??;
+        tracing::info!(%sha256, "fetched a component from the control plane");
+        Ok(())
+    }
+
+    /// Bring this node up to date with versions published and activated through
+    /// other nodes: load (fetching and compiling) what is new, and point each
+    /// service at its recorded active version.
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let rows: Vec<VersionRow> = sqlx::query_as(&format!("SELECT {VERSION_COLUMNS}"))
+            .fetch_all(&self.db)
+            .await
+            .context("failed to list published versions")?;
+        for row in &rows {
+            let slot = self.slot_or_new(&row.service);
+            if slot.version(&row.version).is_none() {
+                let loaded = self
+                    .load_version(row)
+                    .await
+                    .with_context(|| format!("failed to load {} {}", row.service, row.version))?;
+                slot.versions.insert(row.version.clone(), loaded);
+            }
+        }
+        // Read the active versions under the lock local activations hold while
+        // they write and swap: a stale read can never undo a newer activation.
+        let _guard = self.activate_lock.lock().await;
+        let active: Vec<(String, Option<String>)> = sqlx::query_as("SELECT name, active_version FROM services")
+            .fetch_all(&self.db)
+            .await
+            .context("failed to read active versions")?;
+        for (service, version) in active {
+            let Some(version) = version else { continue };
+            let slot = self.slot_or_new(&service);
+            let current = slot.active().map(|a| a.version.clone());
+            if current.as_deref() != Some(version.as_str()) {
+                if let Some(loaded) = slot.version(&version) {
+                    slot.active.store(Some(loaded));
+                    tracing::info!(%service, %version, "activated through another node");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn compiled_path(&self, sha256: &str) -> PathBuf {
@@ -316,13 +375,13 @@ impl Registry {
         let compiled_path = self.compiled_path(&sha256);
         let source_path = self.components_dir.join(format!("{sha256}.wasm"));
         let size = component.len() as i64;
-        let pre = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
+        let (pre, component_bytes) = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
             let compiled = runtime.compile(&component)?;
             let pre = runtime.prepare(&compiled)?;
             write_atomically(&source_path, &component)?;
             let artifact = compiled.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             write_atomically(&compiled_path, &artifact)?;
-            Ok(pre)
+            Ok((pre, component))
         })
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
@@ -337,6 +396,18 @@ impl Registry {
             .execute(&mut *tx)
             .await
             .context("failed to record service")?;
+        if store::dialect(&self.db) == store::Dialect::Postgres {
+            // Other nodes fetch the bytes from here.
+            sqlx::query(
+                "INSERT INTO component_blobs (sha256, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&sha256)
+            .bind(component_bytes.as_slice())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("failed to store the component")?;
+        }
         sqlx::query("INSERT INTO service_versions (service, version, sha256, size_bytes, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&service)
             .bind(&version)
@@ -357,6 +428,7 @@ impl Registry {
                 .context("failed to activate version")?
                 .rows_affected()
                 > 0;
+        store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit publish")?;
 
         let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest));
@@ -383,12 +455,15 @@ impl Registry {
         // The record and the pointer change together: two concurrent activations
         // never leave the database naming one version and the node running another.
         let _guard = self.activate_lock.lock().await;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2")
             .bind(version)
             .bind(service)
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await
             .context("failed to record the active version")?;
+        store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        tx.commit().await.context("failed to commit activation")?;
         let previous = slot.active.swap(Some(loaded));
         tracing::info!(
             %service,

@@ -1,0 +1,96 @@
+//! Several nodes on one PostgreSQL control plane. Every change a node holds in
+//! memory (versions and active versions, instances and their hostnames, quotas)
+//! bumps the platform generation in the same transaction and notifies the
+//! `wharf_changes` channel at commit. Each node listens, and on a notification
+//! (or every [`POLL`], which also covers notifications missed while the listening
+//! connection was down) compares the generation with the one it has caught up
+//! with; when it is behind it loads new versions (fetching their components from
+//! the control plane), points services at their active versions and rebuilds its
+//! routing table. Sessions, keys, grants and quotas are read from the control
+//! plane on use, so they need no propagation.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::node::Node;
+use crate::store;
+
+/// How often a node checks the generation even without a notification.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Follow the platform's changes until `stop` is set.
+pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let Some(url) = node.config.database_url.clone() else { return };
+    loop {
+        let mut listener = match connect(&url).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!("cannot listen for platform changes (retrying, polling meanwhile): {e:#}");
+                if wait_or_stop(&mut stop, POLL).await {
+                    return;
+                }
+                catch_up_logged(&node).await;
+                continue;
+            }
+        };
+        // Whatever changed while this node was not listening.
+        catch_up_logged(&node).await;
+        loop {
+            tokio::select! {
+                _ = stopping(&mut stop) => return,
+                notification = listener.recv() => match notification {
+                    Ok(_) => catch_up_logged(&node).await,
+                    Err(e) => {
+                        tracing::warn!("lost the platform-changes connection (reconnecting): {e}");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(POLL) => catch_up_logged(&node).await,
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<PgListener> {
+    let mut listener = PgListener::connect(url).await.context("failed to connect")?;
+    listener.listen(store::CHANGES_CHANNEL).await.context("failed to LISTEN")?;
+    Ok(listener)
+}
+
+/// Sleep `duration`; `true` if the node is stopping.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    tokio::select! {
+        _ = stopping(stop) => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// Resolves when the node starts stopping.
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn catch_up_logged(node: &Node) {
+    if let Err(e) = catch_up(node).await {
+        tracing::warn!("failed to catch up with the platform: {e:#}");
+    }
+}
+
+/// Apply every change up to the current generation, if this node is behind.
+pub async fn catch_up(node: &Node) -> anyhow::Result<()> {
+    let current = store::generation(&node.db).await.context("failed to read the generation")?;
+    let seen = node.generation.load(Ordering::Acquire);
+    if current <= seen {
+        return Ok(());
+    }
+    node.registry.refresh().await?;
+    node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    node.generation.fetch_max(current, Ordering::AcqRel);
+    tracing::debug!(generation = current, "caught up with the platform");
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Several nodes on one PostgreSQL control plane (run by the suite's PostgreSQL
+//! pass; on SQLite there is nothing to share and these tests return at once).
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{postgres_base, TestNode};
+
+/// Poll `check` until it holds, for at most 10 s; returns how long it took.
+async fn within<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_platform() {
+    if postgres_base().is_none() {
+        eprintln!("skipped: two_nodes_share_one_platform needs WHARF_TEST_DATABASE (PostgreSQL)");
+        return;
+    }
+    let a = TestNode::start().await;
+    let b = TestNode::start_sharing(&a).await;
+
+    // Published, configured and bound through node A; node B serves it.
+    a.publish("hello", "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    a.create_instance("acme", "hello", &["hello.acme.test"]).await;
+    let took =
+        within("node B routing the new instance", || async { b.get("hello.acme.test", "/").await.0 == StatusCode::OK })
+            .await;
+    eprintln!("a new instance reached the other node in {took:?}");
+    let (_, body) = b.get("hello.acme.test", "/").await;
+    assert!(body.contains("Hello"), "{body}");
+    // B compiled the component it fetched from the control plane.
+    let info = b.get_admin("/v1/node").await;
+    assert_eq!(info["versions_compiled"], 1, "{info}");
+
+    // A new version, activated on A: B switches to it.
+    let v2 = crate::harness::manifest("hello", "2.0.0");
+    let (status, published) = a.publish_bytes(&v2, crate::harness::guest("echo")).await;
+    assert!(status.is_success(), "{published}");
+    let (status, answer) =
+        a.admin(Method::POST, "/v1/services/hello/activate", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let activated = Instant::now();
+    within("node B serving 2.0.0", || async { !b.get("hello.acme.test", "/").await.1.contains("Hello from Wharf") })
+        .await;
+    eprintln!("activate on A -> first 2.0.0 response on B: {:?}", activated.elapsed());
+
+    // A session revoked through A is refused by B; readiness reports caught up.
+    let token = b.user("ann@acme.test").await;
+    assert_eq!(b.call(&token, Method::GET, "/v1/me", None).await.0, StatusCode::OK);
+    a.call(&token, Method::POST, "/v1/logout", None).await;
+    assert_eq!(b.call(&token, Method::GET, "/v1/me", None).await.0, StatusCode::UNAUTHORIZED);
+    let ready = b.http.get(format!("{}/readyz", b.admin_url())).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let live = b.http.get(format!("{}/healthz", b.admin_url())).send().await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+}
