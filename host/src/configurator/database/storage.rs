@@ -19,12 +19,13 @@ pub const PAGE_BYTES: u64 = 4096;
 /// One tenant's database bytes and its quota.
 pub struct TenantStorage {
     quota: AtomicU64,
-    used: Mutex<HashMap<PathBuf, u64>>,
+    /// Each file's size, and their sum (kept as files change: no per-job sums).
+    used: Mutex<(HashMap<PathBuf, u64>, u64)>,
 }
 
 impl Default for TenantStorage {
     fn default() -> Self {
-        Self { quota: AtomicU64::new(u64::MAX), used: Mutex::new(HashMap::new()) }
+        Self { quota: AtomicU64::new(u64::MAX), used: Mutex::new((HashMap::new(), 0)) }
     }
 }
 
@@ -43,36 +44,42 @@ impl TenantStorage {
     /// (once: later measures come from its connections).
     pub fn register(&self, dir: &Path) {
         let Ok(mut used) = self.used.lock() else { return };
+        let (files, total) = &mut *used;
         for file in ["data.sqlite", "kv.sqlite"] {
-            let wal = dir.join(format!("{file}-wal"));
-            used.entry(dir.join(file)).or_insert_with_key(|path| {
-                [path.as_path(), wal.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
-            });
+            let path = dir.join(file);
+            if !files.contains_key(&path) {
+                let wal = dir.join(format!("{file}-wal"));
+                let size: u64 = [path.as_path(), wal.as_path()]
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum();
+                files.insert(path, size);
+                *total += size;
+            }
         }
     }
 
     /// Record the current size of one database file.
     pub fn record(&self, file: &Path, bytes: u64) {
         if let Ok(mut used) = self.used.lock() {
-            used.insert(file.to_path_buf(), bytes);
+            let (files, total) = &mut *used;
+            let before = files.insert(file.to_path_buf(), bytes).unwrap_or(0);
+            *total = total.saturating_sub(before).saturating_add(bytes);
         }
     }
 
     /// All the tenant's instances together, in bytes.
     pub fn total(&self) -> u64 {
-        self.used.lock().map(|used| used.values().sum()).unwrap_or(0)
+        self.used.lock().map(|used| used.1).unwrap_or(0)
     }
 
     /// Bytes the database `file` may grow to: the quota less every other file's
     /// size.
     pub fn allowance(&self, file: &Path) -> u64 {
-        let quota = self.quota();
-        let others: u64 = self
-            .used
-            .lock()
-            .map(|used| used.iter().filter(|(f, _)| f.as_path() != file).map(|(_, b)| *b).sum())
-            .unwrap_or(0);
-        quota.saturating_sub(others)
+        let others =
+            self.used.lock().map(|used| used.1.saturating_sub(used.0.get(file).copied().unwrap_or(0))).unwrap_or(0);
+        self.quota().saturating_sub(others)
     }
 }
 
