@@ -12,6 +12,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// A PostgreSQL control plane shared by several nodes (`None`: SQLite in `data_dir`).
     pub database_url: Option<String>,
+    /// Redis for what nodes share besides the control plane: instances' key-value
+    /// stores and login limits (`None`: each node keeps them itself).
+    pub redis_url: Option<String>,
     /// Public listener: requests are routed to instances by their `Host`.
     pub ingress_addr: SocketAddr,
     /// Admin API listener (JSON).
@@ -311,6 +314,7 @@ impl NodeConfig {
         Self {
             data_dir: data_dir.into(),
             database_url: None,
+            redis_url: None,
             ingress_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             limits: GuestLimits::default(),

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod sched;
+pub mod shared;
 pub mod store;
 
 pub use config::NodeConfig;

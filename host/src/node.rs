@@ -94,6 +94,13 @@ impl Node {
         let usage = Arc::new(Usage::new(db.clone()));
         let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)
             .context("failed to start the database threads")?;
+        let redis = match &config.redis_url {
+            Some(url) => {
+                let platform = crate::store::platform_id(&db).await.context("failed to read the platform id")?;
+                Some(Arc::new(crate::shared::Redis::connect(url, &platform).await?))
+            }
+            None => None,
+        };
         let configurator = Arc::new(Configurator::new(
             db.clone(),
             registry.clone(),
@@ -102,11 +109,12 @@ impl Node {
             &config.data_dir,
             db_threads,
             &config.trust,
+            redis.clone(),
         )?);
         // Read before the routes: a change landing meanwhile is caught up with later.
         let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
-        let identity = Arc::new(Identity::new(db.clone(), &config.trust));
+        let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
         let mailer = match &config.trust.smtp_url {
             Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
             None => None,

@@ -152,6 +152,17 @@ pub async fn bump_generation(tx: &mut sqlx::Transaction<'_, Backend>) -> Result<
     Ok(generation)
 }
 
+/// The platform's id, created by the first node that asks.
+pub async fn platform_id(db: &Db) -> Result<String, sqlx::Error> {
+    let fresh = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    sqlx::query("INSERT INTO platform_info (id, platform_id) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+        .bind(&fresh)
+        .execute(db)
+        .await?;
+    let (id,): (String,) = sqlx::query_as("SELECT platform_id FROM platform_info WHERE id = 1").fetch_one(db).await?;
+    Ok(id)
+}
+
 /// The platform's current generation.
 pub async fn generation(db: &Db) -> Result<i64, sqlx::Error> {
     let (generation,): (i64,) =

@@ -679,7 +679,7 @@ async fn secrets_never_appear_in_the_logs() {
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--init-admin", "ops@logs.test", "--registration", "open"])
-        .args(crate::harness::fresh_database().await.map(|url| vec!["--database".to_string(), url]).unwrap_or_default())
+        .args(crate::harness::shared_service_args().await)
         .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -68,4 +68,25 @@ async fn two_nodes_share_one_platform() {
     assert_eq!(ready.status(), StatusCode::OK);
     let live = b.http.get(format!("{}/healthz", b.admin_url())).send().await.unwrap();
     assert_eq!(live.status(), StatusCode::OK);
+
+    // With Redis, an instance's key-value store is one, whichever node serves it.
+    if crate::harness::redis_url().is_some() {
+        a.publish("misbehave", "kvtest", "1.0.0").await;
+        a.create_instance("acme", "kvtest", &["kv.acme.test"]).await;
+        within("node B routing the kv instance", || async {
+            !b.get("kv.acme.test", "/kv/nothing").await.1.contains("no service is bound")
+        })
+        .await;
+        let (status, _, body) = a.ingress_call("kv.acme.test", Method::PUT, "/kv/greeting", None, "written on A").await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        assert_eq!(b.get("kv.acme.test", "/kv/greeting").await, (StatusCode::OK, "written on A".to_string()));
+        let increments = (0..20).map(|i| {
+            let node = if i % 2 == 0 { &a } else { &b };
+            node.ingress_call("kv.acme.test", Method::POST, "/kv/hits/incr", None, "")
+        });
+        for (status, _, body) in futures::future::join_all(increments).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        assert_eq!(a.get("kv.acme.test", "/kv/hits").await.1, "20", "increments through both nodes are atomic");
+    }
 }

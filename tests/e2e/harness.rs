@@ -57,7 +57,26 @@ pub fn test_config(data: &Path) -> NodeConfig {
     config.shutdown_grace = Duration::from_secs(10);
     config.usage_flush_interval = Duration::from_millis(200);
     config.init_admin = Some(OPERATOR.into());
+    config.redis_url = redis_url();
     config
+}
+
+/// The Redis the suite keeps key-value stores and login limits in
+/// (`WHARF_TEST_REDIS`), or `None` to keep them in each node.
+pub fn redis_url() -> Option<String> {
+    std::env::var("WHARF_TEST_REDIS").ok().filter(|u| !u.is_empty())
+}
+
+/// `wharf serve` options for the suite's shared services, if any.
+pub async fn shared_service_args() -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(url) = fresh_database().await {
+        args.extend(["--database".to_string(), url]);
+    }
+    if let Some(url) = redis_url() {
+        args.extend(["--redis".to_string(), url]);
+    }
+    args
 }
 
 /// The operator every test node starts with.
@@ -383,7 +402,7 @@ impl Served {
                 "127.0.0.1:0",
             ])
             .args(["--init-admin", "ops@served.test"])
-            .args(fresh_database().await.map(|url| vec!["--database".to_string(), url]).unwrap_or_default())
+            .args(shared_service_args().await)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())

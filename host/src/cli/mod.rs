@@ -147,6 +147,10 @@ pub struct ServeArgs {
     /// nodes share; default: SQLite in the data directory.
     #[arg(long, env = "WHARF_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database: Option<String>,
+    /// Redis (redis://host:6379) for instances' key-value stores and login limits
+    /// shared by several nodes; default: each node keeps them itself.
+    #[arg(long, env = "WHARF_REDIS_URL", hide_env_values = true, value_name = "URL")]
+    pub redis: Option<String>,
     /// Ingress address (requests routed by Host).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -259,6 +263,7 @@ impl ServeArgs {
     pub fn config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(&self.data);
         config.database_url = self.database.clone();
+        config.redis_url = self.redis.clone();
         config.ingress_addr = self.listen;
         config.admin_addr = self.admin;
         config.limits.fuel_per_request = self.fuel;

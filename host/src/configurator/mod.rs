@@ -205,6 +205,8 @@ pub struct Configurator {
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
+    /// In a cluster, where instances keep their key-value stores.
+    redis: Option<Arc<crate::shared::Redis>>,
     pub quotas: Quotas,
     policy: Policy,
     verifier: Verifier,
@@ -225,8 +227,10 @@ impl Configurator {
         data_dir: &std::path::Path,
         db_threads: Arc<database::DbThreads>,
         trust: &crate::config::TrustConfig,
+        redis: Option<Arc<crate::shared::Redis>>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
+            redis,
             quotas: Quotas::new(db.clone(), trust.quotas),
             policy: Policy::new(trust),
             verifier: Verifier::new(trust.challenge_connect, trust.dns_server)
@@ -250,12 +254,15 @@ impl Configurator {
         self.databases
             .entry(instance.to_string())
             .or_insert_with(|| {
-                Arc::new(database::InstanceDb::new(
-                    &self.instances_dir.join(instance),
-                    tenant,
-                    self.db_threads.clone(),
-                    self.open_databases.clone(),
-                ))
+                Arc::new(
+                    database::InstanceDb::new(
+                        &self.instances_dir.join(instance),
+                        tenant,
+                        self.db_threads.clone(),
+                        self.open_databases.clone(),
+                    )
+                    .with_redis(self.redis.clone(), instance),
+                )
             })
             .clone()
     }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::config::Registration;
 use crate::store::{self, Db};
 use invitations::{Invitation, Invitations};
-use ratelimit::FailureLimiter;
+use ratelimit::Limiter;
 
 /// How long a session lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -111,12 +111,12 @@ pub struct Identity {
     registration: Registration,
     pub invitations: Invitations,
     /// Attempts per client address.
-    by_address: FailureLimiter,
+    by_address: Limiter,
     /// Attempts on an account from addresses it has not logged in from: strangers
     /// together can lock only strangers out.
-    by_account: FailureLimiter,
+    by_account: Limiter,
     /// Attempts on an account from each address it usually logs in from.
-    by_known_address: FailureLimiter,
+    by_known_address: Limiter,
     pub counters: LoginCounters,
     /// Password hashes computed at once: each takes ~19 MiB and tens of ms.
     hashing: tokio::sync::Semaphore,
@@ -173,14 +173,18 @@ pub struct LoginCounters {
 const USUAL_ADDRESS_DAYS: i64 = 90;
 
 impl Identity {
-    pub fn new(db: Db, trust: &crate::config::TrustConfig) -> Self {
+    pub fn new(
+        db: Db,
+        trust: &crate::config::TrustConfig,
+        redis: Option<std::sync::Arc<crate::shared::Redis>>,
+    ) -> Self {
         Self {
             registration: trust.registration,
             invitations: Invitations::new(db.clone(), trust.invitation_lifetime),
             // Generous per address (offices share one), strict per account.
-            by_address: FailureLimiter::new(20, Duration::from_secs(300)),
-            by_account: FailureLimiter::new(5, Duration::from_secs(900)),
-            by_known_address: FailureLimiter::new(5, Duration::from_secs(900)),
+            by_address: Limiter::new("address", 20, Duration::from_secs(300), redis.clone()),
+            by_account: Limiter::new("account", 5, Duration::from_secs(900), redis.clone()),
+            by_known_address: Limiter::new("usual", 5, Duration::from_secs(900), redis),
             counters: LoginCounters::default(),
             db,
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
@@ -314,17 +318,17 @@ impl Identity {
         let account_key = if usual { format!("{email} {address}") } else { email.clone() };
         let account = if usual { &self.by_known_address } else { &self.by_account };
         // Counted before the password is checked: concurrent guesses all count.
-        self.by_address.attempt(&address).map_err(IdentityError::RateLimited)?;
-        if let Err(wait) = account.attempt(&account_key) {
-            self.by_address.refund(&address);
+        self.by_address.attempt(&address).await.map_err(IdentityError::RateLimited)?;
+        if let Err(wait) = account.attempt(&account_key).await {
+            self.by_address.refund(&address).await;
             return Err(IdentityError::RateLimited(wait));
         }
         let slot = match self.hashing_slot().await {
             Ok(slot) => slot,
             Err(e) => {
                 // Nothing was checked: the attempt is not the caller's fault.
-                self.by_address.refund(&address);
-                account.refund(&account_key);
+                self.by_address.refund(&address).await;
+                account.refund(&account_key).await;
                 return Err(e);
             }
         };
@@ -341,8 +345,8 @@ impl Identity {
         let Some(row) = row.filter(|_| matches) else {
             return Err(IdentityError::BadCredentials);
         };
-        account.clear(&account_key);
-        self.by_address.refund(&address);
+        account.clear(&account_key).await;
+        self.by_address.refund(&address).await;
         let token = format!("{}{}", secrets::SESSION_PREFIX, secrets::random_token(32));
         let now = store::now();
         let expires_at = now + SESSION_LIFETIME.as_secs() as i64;

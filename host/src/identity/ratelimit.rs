@@ -8,6 +8,57 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+/// Attempts counted per key: in Redis when the platform has one (so every node
+/// counts together), else in this node's memory. If Redis fails, the node's own
+/// count stands in, so logins are never left unlimited.
+pub struct Limiter {
+    name: &'static str,
+    local: FailureLimiter,
+    redis: Option<std::sync::Arc<crate::shared::Redis>>,
+}
+
+impl Limiter {
+    pub fn new(
+        name: &'static str,
+        max_failures: u32,
+        window: Duration,
+        redis: Option<std::sync::Arc<crate::shared::Redis>>,
+    ) -> Self {
+        Self { name, local: FailureLimiter::new(max_failures, window), redis }
+    }
+
+    fn shared_key(&self, key: &str) -> String {
+        format!("{}:{key}", self.name)
+    }
+
+    /// Count an attempt of `key`; `Err(wait)` if it is locked out.
+    pub async fn attempt(&self, key: &str) -> Result<(), Duration> {
+        if let Some(redis) = &self.redis {
+            match redis.attempt(&self.shared_key(key), self.local.max_failures, self.local.window).await {
+                Ok(outcome) => return outcome,
+                Err(e) => tracing::warn!("login limits fall back to this node's count: {e}"),
+            }
+        }
+        self.local.attempt(key)
+    }
+
+    /// Give back an attempt that turned out legitimate.
+    pub async fn refund(&self, key: &str) {
+        match &self.redis {
+            Some(redis) => redis.refund(&self.shared_key(key)).await,
+            None => self.local.refund(key),
+        }
+    }
+
+    /// Forget the attempts of `key`.
+    pub async fn clear(&self, key: &str) {
+        match &self.redis {
+            Some(redis) => redis.clear(&self.shared_key(key)).await,
+            None => self.local.clear(key),
+        }
+    }
+}
+
 /// A fixed-window counter of attempts per key.
 pub struct FailureLimiter {
     max_failures: u32,

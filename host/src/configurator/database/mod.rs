@@ -210,6 +210,8 @@ pub struct InstanceDb {
     /// The connections; owned here, used by the thread running the instance.
     _slot: Arc<Slot>,
     shared: Arc<Shared>,
+    /// In a cluster, the key-value store lives in Redis under this instance's id.
+    redis: Option<(Arc<crate::shared::Redis>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for InstanceDb {
@@ -264,7 +266,13 @@ impl InstanceDb {
             threads,
         });
         shared.tenant.storage.register(dir);
-        Self { _slot: slot, shared }
+        Self { _slot: slot, shared, redis: None }
+    }
+
+    /// Keep the key-value store of `instance` in `redis` instead of `kv.sqlite`.
+    pub fn with_redis(mut self, redis: Option<Arc<crate::shared::Redis>>, instance: &str) -> Self {
+        self.redis = redis.map(|r| (r, Arc::from(instance)));
+        self
     }
 
     /// The instance's recent CPU use, shared with its guests' scheduling.
@@ -423,6 +431,11 @@ impl InstanceDb {
     /// A key-value entry, unless absent or expired.
     pub async fn kv_get(&self, key: String, call: &Call) -> Result<Option<Vec<u8>>, String> {
         check_key(&key)?;
+        if let Some((redis, instance)) = &self.redis {
+            let value = redis.get(instance, &key).await;
+            charge_remote(call, value.as_ref().ok().and_then(Option::as_ref).map_or(0, Vec::len));
+            return value;
+        }
         self.run(call, move |s| {
             s.kv()?
                 .query_row(
@@ -443,6 +456,10 @@ impl InstanceDb {
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("the value is larger than {} MiB", MAX_VALUE_BYTES >> 20));
         }
+        if let Some((redis, instance)) = &self.redis {
+            charge_remote(call, value.len());
+            return redis.set(instance, &key, &value, ttl).await;
+        }
         let expires = ttl.map(|t| now_millis().saturating_add(t.as_millis().min(i64::MAX as u128) as i64));
         self.run(call, move |s| {
             s.kv()?
@@ -460,6 +477,10 @@ impl InstanceDb {
     /// Delete a key-value entry; whether a live one existed.
     pub async fn kv_delete(&self, key: String, call: &Call) -> Result<bool, String> {
         check_key(&key)?;
+        if let Some((redis, instance)) = &self.redis {
+            charge_remote(call, 0);
+            return redis.delete(instance, &key).await;
+        }
         self.run(call, move |s| {
             let conn = s.kv()?;
             let live = conn
@@ -481,6 +502,11 @@ impl InstanceDb {
             return Err(format!("the prefix is longer than {MAX_KEY_BYTES} bytes"));
         }
         let limit = limit.clamp(1, 1000);
+        if let Some((redis, instance)) = &self.redis {
+            let keys = redis.list(instance, &prefix, limit).await;
+            charge_remote(call, keys.as_ref().map_or(0, |k| k.iter().map(String::len).sum()));
+            return keys;
+        }
         self.run(call, move |s| {
             // Range scan on the primary key; the prefix is data, never pattern syntax.
             let conn = s.kv()?;
@@ -502,6 +528,10 @@ impl InstanceDb {
     /// keeping a live entry's expiry.
     pub async fn kv_increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String> {
         check_key(&key)?;
+        if let Some((redis, instance)) = &self.redis {
+            charge_remote(call, 0);
+            return redis.increment(instance, &key, delta).await;
+        }
         self.run(call, move |s| {
             let conn = s.kv()?;
             // One job holds the instance's connection, and the transaction holds
@@ -540,6 +570,14 @@ impl InstanceDb {
         })
         .await
     }
+}
+
+/// What a call to the shared store costs the request, as CPU nanoseconds (and
+/// so fuel): a fixed share for the round trip and one for every KiB moved. The
+/// node spends little CPU on it; the charge keeps a guest from calling it for free.
+fn charge_remote(call: &Call, bytes: usize) {
+    let nanos = 20_000 + (bytes as u64 / 1024) * 1_000;
+    call.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
 }
 
 /// Add `job` to the instance's line, and have a thread run the line if none is.
