@@ -106,10 +106,9 @@ impl Node {
             registry.clone(),
             router.clone(),
             usage.clone(),
-            &config.data_dir,
             db_threads,
-            &config.trust,
             redis.clone(),
+            &config,
         )?);
         // Read before the routes: a change landing meanwhile is caught up with later.
         let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;

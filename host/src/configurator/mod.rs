@@ -224,11 +224,11 @@ impl Configurator {
         registry: Arc<Registry>,
         router: Arc<Router>,
         usage: Arc<Usage>,
-        data_dir: &std::path::Path,
         db_threads: Arc<database::DbThreads>,
-        trust: &crate::config::TrustConfig,
         redis: Option<Arc<crate::shared::Redis>>,
+        config: &crate::config::NodeConfig,
     ) -> anyhow::Result<Self> {
+        let trust = &config.trust;
         Ok(Self {
             redis,
             quotas: Quotas::new(db.clone(), trust.quotas),
@@ -238,7 +238,7 @@ impl Configurator {
             reservation: trust.hostname_reservation,
             tenant_creation: trust.tenant_creation,
             db,
-            instances_dir: data_dir.join("instances"),
+            instances_dir: config.data_dir.join("instances"),
             databases: dashmap::DashMap::new(),
             open_databases: database::OpenDatabases::new(database::MAX_OPEN_DATABASES),
             db_threads,

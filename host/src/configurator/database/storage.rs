@@ -46,15 +46,14 @@ impl TenantStorage {
         let Ok(mut used) = self.used.lock() else { return };
         let (files, total) = &mut *used;
         for file in ["data.sqlite", "kv.sqlite"] {
-            let path = dir.join(file);
-            if !files.contains_key(&path) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = files.entry(dir.join(file)) {
                 let wal = dir.join(format!("{file}-wal"));
-                let size: u64 = [path.as_path(), wal.as_path()]
+                let size: u64 = [entry.key().as_path(), wal.as_path()]
                     .iter()
                     .filter_map(|f| std::fs::metadata(f).ok())
                     .map(|m| m.len())
                     .sum();
-                files.insert(path, size);
+                entry.insert(size);
                 *total += size;
             }
         }
