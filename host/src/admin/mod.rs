@@ -129,7 +129,11 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
             Some(format!("catching up with the platform (generation {seen} of {current})"))
         }
         Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(format!("the control plane refused: {e}")),
+        Ok(Err(e)) => {
+            // The reason stays in the log: this endpoint answers anyone.
+            tracing::warn!("readiness: the control plane refused: {e}");
+            Some("the control plane refused the query (see the node's log)".to_string())
+        }
         Err(_) => Some("the control plane did not answer within 1 s".to_string()),
     };
     let body = json!({
@@ -173,6 +177,11 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
         },
         "guest_memory_granted_bytes": node.runtime.memory().granted(),
         "logins": node.identity.counters,
+        "cluster": {
+            "control_plane": crate::store::dialect(&node.db),
+            "generation": node.generation.load(Ordering::Acquire),
+            "redis": node.config.redis_url.is_some(),
+        },
         "trust": {
             "domains": node.config.trust.domains,
             "registration": node.config.trust.registration,
