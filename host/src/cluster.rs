@@ -9,7 +9,6 @@
 //! routing table. Sessions, keys, grants and quotas are read from the control
 //! plane on use, so they need no propagation.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,13 +83,13 @@ async fn catch_up_logged(node: &Node) {
 /// Apply every change up to the current generation, if this node is behind.
 pub async fn catch_up(node: &Node) -> anyhow::Result<()> {
     let current = store::generation(&node.db).await.context("failed to read the generation")?;
-    let seen = node.generation.load(Ordering::Acquire);
+    let seen = node.generation.get();
     if current <= seen {
         return Ok(());
     }
     node.registry.refresh().await?;
     node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    node.generation.fetch_max(current, Ordering::AcqRel);
+    node.generation.caught_up(current);
     tracing::debug!(generation = current, "caught up with the platform");
     Ok(())
 }

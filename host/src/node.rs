@@ -45,7 +45,7 @@ pub struct Node {
     /// Sends invitations when SMTP is configured.
     pub mailer: Option<crate::identity::invitations::Mailer>,
     /// The platform generation this node has caught up with.
-    pub generation: std::sync::atomic::AtomicI64,
+    pub generation: Arc<crate::store::Seen>,
 }
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
@@ -89,7 +89,10 @@ impl Node {
 
         let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
-        let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir).await?);
+        // Read before anything is loaded: a change landing meanwhile is caught up with later.
+        let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
+        let seen = Arc::new(crate::store::Seen::new(generation));
+        let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir, seen.clone()).await?);
         let router = Arc::new(Router::default());
         let usage = Arc::new(Usage::new(db.clone()));
         let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)
@@ -108,10 +111,9 @@ impl Node {
             usage.clone(),
             db_threads,
             redis.clone(),
+            seen.clone(),
             &config,
         )?);
-        // Read before the routes: a change landing meanwhile is caught up with later.
-        let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
         configurator.rebuild_routes().await.context("failed to build the routing table")?;
         let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
         let mailer = match &config.trust.smtp_url {
@@ -144,7 +146,7 @@ impl Node {
             access: access.clone(),
             audit,
             mailer,
-            generation: std::sync::atomic::AtomicI64::new(generation),
+            generation: seen,
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();

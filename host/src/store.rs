@@ -131,6 +131,36 @@ fn dialect_of_connection(conn: &sqlx::AnyConnection) -> Dialect {
     }
 }
 
+/// The platform generation a node has caught up with.
+#[derive(Debug, Default)]
+pub struct Seen(std::sync::atomic::AtomicI64);
+
+impl Seen {
+    pub fn new(generation: i64) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(generation))
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Everything up to `generation` is applied.
+    pub fn caught_up(&self, generation: i64) {
+        self.0.fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// This node applied its own change `generation` in memory: if that was the
+    /// only change it had not seen, it is caught up without reloading anything.
+    pub fn applied_own(&self, generation: i64) {
+        let _ = self.0.compare_exchange(
+            generation - 1,
+            generation,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+}
+
 /// The channel on which PostgreSQL tells every node that the platform changed.
 pub const CHANGES_CHANNEL: &str = "wharf_changes";
 
@@ -170,7 +200,7 @@ pub async fn generation(db: &Db) -> Result<i64, sqlx::Error> {
     Ok(generation)
 }
 
-/// Bump the generation in a transaction of its own.
+/// Bump the generation in a transaction of its own; returns the new generation.
 pub async fn bump(db: &Db) -> Result<i64, sqlx::Error> {
     let mut tx = db.begin().await?;
     let generation = bump_generation(&mut tx).await?;

@@ -123,7 +123,7 @@ async fn healthz() -> Json<Value> {
 /// traffic only to ready nodes.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
     let probe = tokio::time::timeout(std::time::Duration::from_secs(1), crate::store::generation(&node.db)).await;
-    let seen = node.generation.load(Ordering::Acquire);
+    let seen = node.generation.get();
     let problem = match probe {
         Ok(Ok(current)) if current > seen => {
             Some(format!("catching up with the platform (generation {seen} of {current})"))
@@ -179,7 +179,7 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
         "logins": node.identity.counters,
         "cluster": {
             "control_plane": crate::store::dialect(&node.db),
-            "generation": node.generation.load(Ordering::Acquire),
+            "generation": node.generation.get(),
             "redis": node.config.redis_url.is_some(),
         },
         "trust": {

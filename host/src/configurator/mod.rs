@@ -207,6 +207,8 @@ pub struct Configurator {
     usage: Arc<Usage>,
     /// In a cluster, where instances keep their key-value stores.
     redis: Option<Arc<crate::shared::Redis>>,
+    /// The platform generation this node has applied.
+    seen: Arc<store::Seen>,
     pub quotas: Quotas,
     policy: Policy,
     verifier: Verifier,
@@ -226,11 +228,13 @@ impl Configurator {
         usage: Arc<Usage>,
         db_threads: Arc<database::DbThreads>,
         redis: Option<Arc<crate::shared::Redis>>,
+        seen: Arc<store::Seen>,
         config: &crate::config::NodeConfig,
     ) -> anyhow::Result<Self> {
         let trust = &config.trust;
         Ok(Self {
             redis,
+            seen,
             quotas: Quotas::new(db.clone(), trust.quotas),
             policy: Policy::new(trust),
             verifier: Verifier::new(trust.challenge_connect, trust.dns_server)
@@ -417,7 +421,8 @@ impl Configurator {
             let bytes = self.quotas.limit(&Subject::Tenant(tenant), quota).await?;
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
             // Other nodes apply it when they catch up.
-            store::bump(&self.db).await.context("failed to record the change")?;
+            let generation = store::bump(&self.db).await.context("failed to record the change")?;
+            self.seen.applied_own(generation);
         }
         Ok(())
     }
@@ -542,9 +547,10 @@ impl Configurator {
             .await
             .context("provisioning task failed")?
             .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
-        store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit instance")?;
         self.add_routes(&id).await?;
+        self.seen.applied_own(generation);
         tracing::info!(instance = %id, %name, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
         self.instance(&id).await
     }
@@ -737,9 +743,10 @@ impl Configurator {
             return Err(ConfigError::NoClaim(instance.to_string(), host));
         }
         insert_verified(&mut tx, instance, &host).await?;
-        store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit hostname")?;
         self.rebuild_routes().await?;
+        self.seen.applied_own(generation);
         tracing::info!(%instance, hostname = %host, "hostname verified");
         self.instance(instance).await
     }
@@ -799,9 +806,10 @@ impl Configurator {
         if let Some(hosts) = &hosts {
             self.apply_hosts(&mut tx, id, &current.tenant, hosts, actor).await?;
         }
-        store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit instance change")?;
         self.rebuild_routes().await?;
+        self.seen.applied_own(generation);
         self.instance(id).await
     }
 

@@ -147,6 +147,8 @@ pub struct CacheStats {
 
 /// The registry of one node.
 pub struct Registry {
+    /// The platform generation this node has applied.
+    seen: Arc<store::Seen>,
     db: Db,
     runtime: Arc<Runtime>,
     components_dir: PathBuf,
@@ -192,13 +194,14 @@ const VERSION_COLUMNS: &str =
 impl Registry {
     /// Open the registry and load every published version, from the compiled cache
     /// where possible.
-    pub async fn open(db: Db, runtime: Arc<Runtime>, data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn open(db: Db, runtime: Arc<Runtime>, data_dir: &Path, seen: Arc<store::Seen>) -> anyhow::Result<Self> {
         let components_dir = data_dir.join("components");
         let compiled_dir = data_dir.join("compiled");
         for dir in [&components_dir, &compiled_dir] {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
         }
         let registry = Self {
+            seen,
             db,
             runtime,
             components_dir,
@@ -428,7 +431,7 @@ impl Registry {
                 .context("failed to activate version")?
                 .rows_affected()
                 > 0;
-        store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit publish")?;
 
         let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest));
@@ -437,6 +440,7 @@ impl Registry {
         if activated {
             slot.active.store(Some(loaded));
         }
+        self.seen.applied_own(generation);
         tracing::info!(%service, %version, %sha256, activated, "published");
         let info = self
             .find_version(&service, &version)
@@ -462,9 +466,10 @@ impl Registry {
             .execute(&mut *tx)
             .await
             .context("failed to record the active version")?;
-        store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit activation")?;
         let previous = slot.active.swap(Some(loaded));
+        self.seen.applied_own(generation);
         tracing::info!(
             %service,
             %version,
