@@ -46,6 +46,8 @@ pub struct Node {
     pub mailer: Option<crate::identity::invitations::Mailer>,
     /// The platform generation this node has caught up with.
     pub generation: Arc<crate::store::Seen>,
+    /// How fast one account may change things through the admin API.
+    pub admin_throttle: crate::admin::throttle::Throttle,
 }
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
@@ -147,6 +149,8 @@ impl Node {
             audit,
             mailer,
             generation: seen,
+            // 10 changes a second per account, 50 at once.
+            admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -583,3 +583,38 @@ async fn with_smtp_configured_the_invitation_is_mailed_not_returned() {
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["joined"]["tenant"], "acme");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_looping_changes_is_slowed_down_but_operators_are_not() {
+    let node = node_with(|_| {}).await;
+    node.publish("hello", "hello", "1.0.0").await;
+    let owner = owned_tenant(&node, "acme").await;
+    let (_, created) = instance(&node, &owner, json!({ "tenant": "acme", "service": "hello" })).await;
+    let path = format!("/v1/instances/{}", created["id"].as_str().unwrap());
+    let mut limited = None;
+    for i in 0..80 {
+        let settings = json!({ "settings": { "n": i.to_string() } });
+        let resp = node
+            .http
+            .patch(format!("{}{path}", node.admin_url()))
+            .bearer_auth(&owner)
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((i, resp.headers().get("retry-after").cloned()));
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let (i, retry_after) = limited.expect("80 changes in a burst are slowed down");
+    assert!(i >= 40, "a burst of changes is allowed first ({i})");
+    assert!(retry_after.is_some(), "429 says when to retry");
+    // Reads go on; so do the operator's changes.
+    assert_eq!(node.call(&owner, Method::GET, &path, None).await.0, StatusCode::OK);
+    for i in 0..80 {
+        let settings = json!({ "settings": { "m": i.to_string() } });
+        node.expect(&node.admin_key, Method::PATCH, &path, settings, StatusCode::OK).await;
+    }
+}

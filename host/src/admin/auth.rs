@@ -72,10 +72,24 @@ impl FromRequestParts<Arc<Node>> for Authed {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("authentication required: send `Authorization: Bearer <session token or API key>`")
         })?;
-        match node.identity.authenticate(token).await? {
-            Some(caller) => Ok(Authed(caller)),
-            None => Err(ApiError::unauthorized("the credential is invalid, expired or revoked; log in again")),
+        let caller = node
+            .identity
+            .authenticate(token)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the credential is invalid, expired or revoked; log in again"))?;
+        // Changes are bounded per account (reads are not); operators are not bound.
+        let changes = !matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        if changes && !caller.operator {
+            if let Err(wait) = node.admin_throttle.take(&caller.user_id) {
+                let mut error = ApiError::new(
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    "too many changes from this account; slow down and retry",
+                );
+                error.retry_after = Some(wait.as_secs().max(1));
+                return Err(error);
+            }
         }
+        Ok(Authed(caller))
     }
 }
 

@@ -28,6 +28,7 @@
 mod auth;
 mod error;
 mod identity_api;
+pub mod throttle;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
