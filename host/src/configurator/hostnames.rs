@@ -169,12 +169,6 @@ impl Verifier {
         Ok(Self { http, connect, dns: builder.build() })
     }
 
-    /// Point HTTP challenges at this address from now on.
-    pub fn with_connect(mut self, connect: Option<SocketAddr>) -> Self {
-        self.connect = connect;
-        self
-    }
-
     /// Check the challenge of `hostname` by `method`: `Err` says what was found.
     pub async fn check(&self, hostname: &str, token: &str, method: Method) -> Result<(), String> {
         match method {
