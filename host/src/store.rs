@@ -55,6 +55,8 @@ pub async fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Db> {
             let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
             let path = dir.join("wharf.db");
             let path = path.to_str().with_context(|| format!("the data directory {data_dir:?} is not UTF-8"))?;
+            // The path is a URL's: characters that would end it are escaped.
+            let path = path.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
             (format!("sqlite://{path}?mode=rwc"), Dialect::Sqlite)
         }
     };
