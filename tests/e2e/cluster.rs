@@ -90,3 +90,82 @@ async fn two_nodes_share_one_platform() {
         assert_eq!(a.get("kv.acme.test", "/kv/hits").await.1, "20", "increments through both nodes are atomic");
     }
 }
+
+/// A free port on 127.0.0.1 (bound and released: HAProxy binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_keeps_serving_when_a_node_goes_away() {
+    if postgres_base().is_none() {
+        eprintln!("skipped: haproxy_keeps_serving_when_a_node_goes_away needs WHARF_TEST_DATABASE (PostgreSQL)");
+        return;
+    }
+    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("skipped: haproxy_keeps_serving_when_a_node_goes_away needs haproxy installed");
+        return;
+    }
+    let a = TestNode::start().await;
+    let mut b = TestNode::start_sharing(&a).await;
+    a.publish("hello", "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    a.create_instance("acme", "hello", &["hello.acme.test"]).await;
+    within("node B routing", || async { b.get("hello.acme.test", "/").await.0 == StatusCode::OK }).await;
+
+    // The configuration scripts/cluster writes: readiness checks, retries of
+    // idempotent requests on another node.
+    let port = free_port();
+    let admin_port = |n: &TestNode| n.admin_url().rsplit(':').next().unwrap().to_string();
+    let config = format!(
+        "global\n    maxconn 256\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n\
+         \x20   option redispatch\n    retries 2\n    retry-on conn-failure empty-response response-timeout 502 503 504\n\
+         \x20   option httpchk GET /readyz\n    http-check expect status 200\n    default-server inter 200ms fall 2 rise 1\n\
+         frontend ingress\n    bind 127.0.0.1:{port}\n    default_backend nodes\n\
+         backend nodes\n    balance roundrobin\n    http-request disable-l7-retry unless {{ method GET HEAD PUT DELETE OPTIONS }}\n\
+         \x20   server a {} check port {}\n    server b {} check port {}\n",
+        a.ingress(),
+        admin_port(&a),
+        b.ingress(),
+        admin_port(&b),
+    );
+    let path = a.data.path().join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    /// Stops HAProxy however the test ends.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let haproxy = Stopped(
+        std::process::Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let front = format!("http://127.0.0.1:{port}/");
+    let get = || async {
+        match a.http.get(&front).header("host", "hello.acme.test").send().await {
+            Ok(resp) => resp.status(),
+            Err(_) => StatusCode::BAD_GATEWAY,
+        }
+    };
+    within("HAProxy serving", || async { get().await == StatusCode::OK }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // both servers checked up
+
+    // Node B stops: every GET still succeeds, retried on node A.
+    b.stop().await;
+    let mut failed = 0;
+    for _ in 0..50 {
+        if get().await != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    drop(haproxy);
+    assert_eq!(failed, 0, "GETs failed while a node was gone");
+}
