@@ -331,6 +331,8 @@ impl InstanceDb {
                     cancelled: flag,
                     data_used: false,
                     kv_used: false,
+                    data_changes: 0,
+                    kv_changes: 0,
                 };
                 let started = crate::sched::thread_cpu_nanos();
                 let result = work(&mut session);
@@ -690,6 +692,9 @@ struct Session<'a> {
     cancelled: Arc<AtomicBool>,
     data_used: bool,
     kv_used: bool,
+    /// Each connection's change count when this job first used it.
+    data_changes: u64,
+    kv_changes: u64,
 }
 
 impl Session<'_> {
@@ -723,6 +728,7 @@ impl Session<'_> {
         let conn = self.conns.data.as_ref().ok_or("the database is unavailable")?;
         if !self.data_used {
             self.data_used = true;
+            self.data_changes = conn.total_changes();
             if let Ok(mut running) = self.shared.running.lock() {
                 *running = Running { job: self.job, interrupt: Some(conn.get_interrupt_handle()) };
             }
@@ -765,6 +771,7 @@ impl Session<'_> {
         }
         if !self.kv_used {
             self.kv_used = true;
+            self.kv_changes = self.conns.kv.as_ref().map_or(0, Connection::total_changes);
             let cap = MAX_KV_BYTES.min(self.shared.tenant.storage.allowance(&self.shared.dir.join("kv.sqlite")));
             if let Some(conn) = self.conns.kv.as_ref() {
                 cap_pages(conn, cap, &mut self.conns.kv_cap);
@@ -795,8 +802,10 @@ impl Session<'_> {
     /// Leave nothing behind for the next request: no open transaction, no handler.
     fn finish(self) {
         let storage = &self.shared.tenant.storage;
-        if self.kv_used {
-            if let Some(bytes) = self.conns.kv.as_ref().and_then(|conn| file_bytes(conn).ok()) {
+        // Sizes are measured only after a job that wrote (reads leave them as
+        // they were; a schema change is measured with the next write).
+        if let Some(conn) = self.conns.kv.as_ref().filter(|c| self.kv_used && c.total_changes() != self.kv_changes) {
+            if let Ok(bytes) = file_bytes(conn) {
                 storage.record(&self.shared.dir.join("kv.sqlite"), bytes);
             }
         }
@@ -808,8 +817,10 @@ impl Session<'_> {
                 let _ = self.as_host(|conn| conn.execute_batch("ROLLBACK"));
             }
             conn.progress_handler(0, None::<fn() -> bool>);
-            if let Ok(bytes) = self.as_host(file_bytes) {
-                storage.record(&self.shared.dir.join("data.sqlite"), bytes);
+            if conn.total_changes() != self.data_changes {
+                if let Ok(bytes) = self.as_host(file_bytes) {
+                    storage.record(&self.shared.dir.join("data.sqlite"), bytes);
+                }
             }
         }
         if let Ok(mut running) = self.shared.running.lock() {
