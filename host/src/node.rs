@@ -48,6 +48,8 @@ pub struct Node {
     pub generation: Arc<crate::store::Seen>,
     /// How fast one account may change things through the admin API.
     pub admin_throttle: crate::admin::throttle::Throttle,
+    /// The last readiness probe of the control plane, and when it ran.
+    pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<i64, String>)>>,
 }
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
@@ -151,6 +153,7 @@ impl Node {
             generation: seen,
             // 10 changes a second per account, 50 at once.
             admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
+            readiness: tokio::sync::Mutex::new(None),
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -618,3 +618,19 @@ async fn an_account_looping_changes_is_slowed_down_but_operators_are_not() {
         node.expect(&node.admin_key, Method::PATCH, &path, settings, StatusCode::OK).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_readiness_floods_are_answered_from_one_probe() {
+    let node = node_with(|_| {}).await;
+    let url = format!("{}/readyz", node.admin_url());
+    let asks = (0..200).map(|_| node.http.get(&url).send());
+    let answers = futures::future::join_all(asks).await;
+    let ready = answers.iter().filter(|a| a.as_ref().is_ok_and(|r| r.status() == StatusCode::OK)).count();
+    // The admin listener's connection cap may refuse some; none is an error of the node.
+    assert!(ready > 0, "readiness answers under a flood");
+    for answer in answers.into_iter().flatten() {
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    // The node still serves its API.
+    assert_eq!(node.admin(Method::GET, "/v1/me", None).await.0, StatusCode::OK);
+}

@@ -123,19 +123,37 @@ async fn healthz() -> Json<Value> {
 /// up with every change (routes and versions loaded); a load balancer sends
 /// traffic only to ready nodes.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
-    let probe = tokio::time::timeout(std::time::Duration::from_secs(1), crate::store::generation(&node.db)).await;
+    // One probe at a time, its answer shared for a quarter second: anyone may ask,
+    // and a flood of asks must not become a flood of control-plane queries.
+    let probe = {
+        let mut last = node.readiness.lock().await;
+        match &*last {
+            Some((at, answer)) if at.elapsed() < std::time::Duration::from_millis(250) => answer.clone(),
+            _ => {
+                let answer =
+                    match tokio::time::timeout(std::time::Duration::from_secs(1), crate::store::generation(&node.db))
+                        .await
+                    {
+                        Ok(Ok(current)) => Ok(current),
+                        Ok(Err(e)) => {
+                            // The reason stays in the log: this endpoint answers anyone.
+                            tracing::warn!("readiness: the control plane refused: {e}");
+                            Err("the control plane refused the query (see the node's log)".to_string())
+                        }
+                        Err(_) => Err("the control plane did not answer within 1 s".to_string()),
+                    };
+                *last = Some((std::time::Instant::now(), answer.clone()));
+                answer
+            }
+        }
+    };
     let seen = node.generation.get();
     let problem = match probe {
-        Ok(Ok(current)) if current > seen => {
+        Ok(current) if current > seen => {
             Some(format!("catching up with the platform (generation {seen} of {current})"))
         }
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => {
-            // The reason stays in the log: this endpoint answers anyone.
-            tracing::warn!("readiness: the control plane refused: {e}");
-            Some("the control plane refused the query (see the node's log)".to_string())
-        }
-        Err(_) => Some("the control plane did not answer within 1 s".to_string()),
+        Ok(_) => None,
+        Err(e) => Some(e),
     };
     let body = json!({
         "status": if problem.is_none() { "ready" } else { "not ready" },
