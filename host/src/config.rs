@@ -15,6 +15,9 @@ pub struct NodeConfig {
     /// Redis for what nodes share besides the control plane: instances' key-value
     /// stores and login limits (`None`: each node keeps them itself).
     pub redis_url: Option<String>,
+    /// With a PostgreSQL control plane: connections to instance databases this
+    /// node opens at most.
+    pub instance_connections: usize,
     /// Public listener: requests are routed to instances by their `Host`.
     pub ingress_addr: SocketAddr,
     /// Admin API listener (JSON).
@@ -315,6 +318,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             database_url: None,
             redis_url: None,
+            instance_connections: 16,
             ingress_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             limits: GuestLimits::default(),

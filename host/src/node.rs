@@ -108,6 +108,16 @@ impl Node {
             }
             None => None,
         };
+        let postgres = match config
+            .database_url
+            .as_deref()
+            .filter(|_| crate::store::dialect(&db) == crate::store::Dialect::Postgres)
+        {
+            Some(url) => Some(
+                crate::configurator::database::PgDatabases::open(db.clone(), url, config.instance_connections).await?,
+            ),
+            None => None,
+        };
         let configurator = Arc::new(Configurator::new(
             db.clone(),
             registry.clone(),
@@ -115,6 +125,7 @@ impl Node {
             usage.clone(),
             db_threads,
             redis.clone(),
+            postgres,
             seen.clone(),
             &config,
         )?);

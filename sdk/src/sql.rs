@@ -1,7 +1,13 @@
-//! The instance's own SQL database (SQLite): `wharf:platform/sql`.
+//! The instance's own SQL database: `wharf:platform/sql`.
 //!
 //! Every instance of your service has its own database; Wharf picks it from the
-//! request's host, so the same code serves every tenant with only its data.
+//! request's host, so the same code serves every tenant with only its data. It
+//! is SQLite on a single node and the instance's own PostgreSQL schema on a
+//! platform running on PostgreSQL: declare what your statements are written for
+//! in `wharf.toml` (`sql = ["sqlite", "postgres"]`), write parameters as `?1`,
+//! `?2`, ... in both, and ask [`dialect`] where the two differ (mostly DDL:
+//! `INTEGER PRIMARY KEY` on SQLite, `BIGINT GENERATED ALWAYS AS IDENTITY
+//! PRIMARY KEY` on PostgreSQL; `INSERT ... ON CONFLICT` and `RETURNING` work in both).
 //! Errors (bad SQL, refused statements, limits) come back as [`crate::Error`]s
 //! with status 500 and the database's message, so `?` works in handlers.
 //!
@@ -129,6 +135,29 @@ fn from_wit(v: wit::Value) -> Value {
         wit::Value::Real(r) => Value::Real(r),
         wit::Value::Text(t) => Value::Text(t),
         wit::Value::Blob(b) => Value::Blob(b),
+    }
+}
+
+/// The SQL dialect of the instance's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Which dialect the instance's database speaks.
+pub fn dialect() -> Dialect {
+    match wit::dialect() {
+        wit::SqlDialect::Sqlite => Dialect::Sqlite,
+        wit::SqlDialect::Postgres => Dialect::Postgres,
+    }
+}
+
+/// `sqlite` or `postgres`, whichever the instance's database speaks.
+pub fn pick<'a>(sqlite: &'a str, postgres: &'a str) -> &'a str {
+    match dialect() {
+        Dialect::Sqlite => sqlite,
+        Dialect::Postgres => postgres,
     }
 }
 

@@ -7,12 +7,13 @@ use serde_json::{json, Value};
 
 use crate::harness::{raw_request, raw_status, TestNode};
 
-const FORUM_V1: &str = "[service]\nname = \"forum\"\nversion = \"1.0.0\"\n\
+const FORUM_V1: &str = "[service]\nname = \"forum\"\nversion = \"1.0.0\"\nsql = [\"sqlite\", \"postgres\"]\n\
     [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n\
     [[permissions]]\nname = \"removeUsers\"\ndescription = \"Remove users\"\nroutes = [\"DELETE /users/:name\"]\n";
-const FORUM_V2_WITHOUT_REMOVE: &str = "[service]\nname = \"forum\"\nversion = \"2.0.0\"\n\
+const FORUM_V2_WITHOUT_REMOVE: &str =
+    "[service]\nname = \"forum\"\nversion = \"2.0.0\"\nsql = [\"sqlite\", \"postgres\"]\n\
     [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n";
-const TASKS_V1: &str = "[service]\nname = \"tasks\"\nversion = \"1.0.0\"\n\
+const TASKS_V1: &str = "[service]\nname = \"tasks\"\nversion = \"1.0.0\"\nsql = [\"sqlite\", \"postgres\"]\n\
     [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n\
     [[permissions]]\nname = \"runTasks\"\ndescription = \"Run tasks\"\nroutes = [\"POST /tasks/:id/run\"]\n";
 

@@ -61,7 +61,8 @@ async fn the_cli_publishes_configures_activates_and_reports_usage() {
     // A second version through --component, then an atomic switch.
     let echo = guests().join("echo.wasm");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("wharf.toml"), "[service]\nname = \"hello\"\nversion = \"0.2.0\"\n").unwrap();
+    std::fs::write(dir.path().join("wharf.toml"), "[service]\nname = \"hello\"\nversion = \"0.2.0\"\nsql = []\n")
+        .unwrap();
     let (ok, _, stderr) = wharf(&node, &["publish", dir.path().to_str().unwrap()]);
     assert!(!ok && stderr.contains("names no `component`"), "{stderr}");
     ok_json(&node, &["publish", dir.path().to_str().unwrap(), "--component", echo.to_str().unwrap()]);

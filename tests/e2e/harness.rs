@@ -40,9 +40,10 @@ pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path:?}: {e}"))
 }
 
-/// A manifest for `service` at `version`.
+/// A manifest for `service` at `version` (its SQL, if any, sent by the tests
+/// for the dialect at hand).
 pub fn manifest(service: &str, version: &str) -> String {
-    format!("[service]\nname = \"{service}\"\nversion = \"{version}\"\n")
+    format!("[service]\nname = \"{service}\"\nversion = \"{version}\"\nsql = [\"sqlite\", \"postgres\"]\n")
 }
 
 /// Limits small enough for tests to hit quickly.
@@ -101,6 +102,23 @@ pub fn postgres_base() -> Option<String> {
     std::env::var("WHARF_TEST_DATABASE").ok().filter(|u| !u.is_empty())
 }
 
+/// Whether this run keeps instance databases in PostgreSQL (the cluster pass).
+pub fn on_postgres() -> bool {
+    postgres_base().is_some()
+}
+
+/// A connection to `node`'s PostgreSQL database, as the platform's own user.
+pub async fn pg_admin(node: &TestNode) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let url = node.database_url.as_deref().expect("the node runs on PostgreSQL");
+    sqlx::PgConnection::connect(url).await.expect("the test PostgreSQL is reachable")
+}
+
+/// The PostgreSQL role (and schema) of an instance.
+pub fn instance_role(instance: &str) -> String {
+    format!("wi_{}", instance.trim_start_matches("inst-"))
+}
+
 /// A fresh, empty PostgreSQL database for one node (when the suite runs on
 /// PostgreSQL). Databases of earlier runs are dropped first, once per run.
 pub async fn fresh_database() -> Option<String> {
@@ -117,6 +135,15 @@ pub async fn fresh_database() -> Option<String> {
             let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
             for (name,) in old {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+            }
+            // Instance roles are the server's, not a database's: those left owning
+            // nothing (their databases dropped) go too; any still in use refuses.
+            let roles: Vec<(String,)> = sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE 'wi\\_%'")
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+            for (role,) in roles {
+                let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {role}")).execute(&mut admin).await;
             }
         })
         .await;

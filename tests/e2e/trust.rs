@@ -340,16 +340,25 @@ async fn every_quota_holds_at_its_limit_and_operators_raise_it() {
         (status, body)
     };
     let (first, second) = ("misbehave.acme.apps.test", "misbehave-2.acme.apps.test");
+    let (table, insert) = if crate::harness::on_postgres() {
+        // 200,000 random bytes (incompressible, as randomblob's).
+        (
+            "CREATE TABLE t (b bytea)",
+            "INSERT INTO t SELECT decode(string_agg(md5(random()::text), ''), 'hex') FROM generate_series(1, 12500)",
+        )
+    } else {
+        ("CREATE TABLE t (b BLOB)", "INSERT INTO t VALUES (randomblob(200000))")
+    };
     for host in [first, second] {
-        assert_eq!(sql(host, "CREATE TABLE t (b BLOB)").await.0, StatusCode::OK);
+        assert_eq!(sql(host, table).await.0, StatusCode::OK);
     }
     for _ in 0..2 {
-        let (status, body) = sql(first, "INSERT INTO t VALUES (randomblob(200000))").await;
+        let (status, body) = sql(first, insert).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let mut refused = None;
     for i in 0..6 {
-        let (status, body) = sql(second, "INSERT INTO t VALUES (randomblob(200000))").await;
+        let (status, body) = sql(second, insert).await;
         if status != StatusCode::OK {
             refused = Some((i, body));
             break;
@@ -387,7 +396,7 @@ async fn every_quota_holds_at_its_limit_and_operators_raise_it() {
         node.call(&ops, Method::PUT, "/v1/tenants/acme/quotas/instances", Some(json!({ "limit": -1 }))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(instance(&node, &owner, new(json!([]))).await.0, StatusCode::CREATED);
-    let (status, body) = sql(second, "INSERT INTO t VALUES (randomblob(200000))").await;
+    let (status, body) = sql(second, insert).await;
     assert_eq!(status, StatusCode::OK, "the raised quota applies at the next write: {body}");
     node.expect(&owner, Method::POST, "/v1/tenants", json!({ "id": "acme2" }), StatusCode::CREATED).await;
     let shown = node.call(&owner, Method::GET, "/v1/tenants/acme/quotas", None).await.1;

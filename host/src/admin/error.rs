@@ -105,7 +105,7 @@ impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
         use RegistryError as E;
         let status = match &err {
-            E::Manifest(_) | E::Component(_) | E::NameMismatch { .. } => StatusCode::BAD_REQUEST,
+            E::Manifest(_) | E::Component(_) | E::NameMismatch { .. } | E::Dialect { .. } => StatusCode::BAD_REQUEST,
             E::VersionConflict { .. } => StatusCode::CONFLICT,
             E::UnknownService(_) | E::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             E::Internal(e) => return Self::internal(e),
@@ -136,9 +136,9 @@ impl From<ConfigError> for ApiError {
             E::UnknownTenant(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
             // A service or version named in a request body that does not exist is
             // the client's mistake in what it sent: 400 rather than 404.
-            E::Registry(RegistryError::UnknownService(_) | RegistryError::UnknownVersion { .. }) => {
-                StatusCode::BAD_REQUEST
-            }
+            E::Registry(
+                RegistryError::UnknownService(_) | RegistryError::UnknownVersion { .. } | RegistryError::Dialect { .. },
+            ) => StatusCode::BAD_REQUEST,
             E::Registry(inner) => return Self::from(RegistryError::Internal(anyhow::anyhow!("{inner}"))),
             E::Internal(e) => return Self::internal(e),
         };

@@ -144,9 +144,14 @@ pub struct ServeArgs {
     #[arg(long, env = "WHARF_DATA", default_value = "./wharf-data")]
     pub data: PathBuf,
     /// A PostgreSQL control plane (postgres://user@host:5432/db) that several
-    /// nodes share; default: SQLite in the data directory.
+    /// nodes share; instances' SQL databases then live there too (a schema and a
+    /// role each; the user needs CREATEROLE). Default: SQLite in the data directory.
     #[arg(long, env = "WHARF_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database: Option<String>,
+    /// With --database: connections this node opens to instance databases at
+    /// most (two per instance; idle ones close after 30 s).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub instance_connections: u16,
     /// Redis (redis://host:6379) for instances' key-value stores and login limits
     /// shared by several nodes; default: each node keeps them itself.
     #[arg(long, env = "WHARF_REDIS_URL", hide_env_values = true, value_name = "URL")]
@@ -264,6 +269,7 @@ impl ServeArgs {
         let mut config = NodeConfig::new(&self.data);
         config.database_url = self.database.clone();
         config.redis_url = self.redis.clone();
+        config.instance_connections = usize::from(self.instance_connections);
         config.ingress_addr = self.listen;
         config.admin_addr = self.admin;
         config.limits.fuel_per_request = self.fuel;

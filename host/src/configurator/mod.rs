@@ -207,6 +207,8 @@ pub struct Configurator {
     usage: Arc<Usage>,
     /// In a cluster, where instances keep their key-value stores.
     redis: Option<Arc<crate::shared::Redis>>,
+    /// With a PostgreSQL control plane, where instances keep their SQL databases.
+    postgres: Option<Arc<database::PgDatabases>>,
     /// The platform generation this node has applied.
     seen: Arc<store::Seen>,
     pub quotas: Quotas,
@@ -221,6 +223,7 @@ pub struct Configurator {
 
 impl Configurator {
     /// A configurator over `db`, feeding `router`.
+    #[allow(clippy::too_many_arguments)] // one per part of the node it ties together
     pub fn new(
         db: Db,
         registry: Arc<Registry>,
@@ -228,12 +231,14 @@ impl Configurator {
         usage: Arc<Usage>,
         db_threads: Arc<database::DbThreads>,
         redis: Option<Arc<crate::shared::Redis>>,
+        postgres: Option<Arc<database::PgDatabases>>,
         seen: Arc<store::Seen>,
         config: &crate::config::NodeConfig,
     ) -> anyhow::Result<Self> {
         let trust = &config.trust;
         Ok(Self {
             redis,
+            postgres,
             seen,
             quotas: Quotas::new(db.clone(), trust.quotas),
             policy: Policy::new(trust),
@@ -265,7 +270,8 @@ impl Configurator {
                         self.db_threads.clone(),
                         self.open_databases.clone(),
                     )
-                    .with_redis(self.redis.clone(), instance),
+                    .with_redis(self.redis.clone(), instance)
+                    .with_postgres(self.postgres.clone(), instance),
                 )
             })
             .clone()
@@ -498,6 +504,9 @@ impl Configurator {
             Some(v) => slot.version(v),
             None => slot.active(),
         };
+        if let Some(version) = &version {
+            self.registry.check_dialect(version)?;
+        }
         let modules = check_modules(version.as_deref(), &new.service, &new.modules)?;
         check_settings(&new.settings)?;
         let id = format!("inst-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -542,11 +551,16 @@ impl Configurator {
         }
         self.apply_hosts(&mut tx, &id, &new.tenant, &hosts, actor).await?;
         // The instance's own database exists before anyone can reach the instance.
-        let db = self.database(&id, &new.tenant);
-        tokio::task::spawn_blocking(move || db.provision())
-            .await
-            .context("provisioning task failed")?
-            .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
+        if self.postgres.is_some() {
+            // In the same transaction: if the instance is not created, neither is its database.
+            database::PgDatabases::create(&mut tx, &id).await?;
+        } else {
+            let db = self.database(&id, &new.tenant);
+            tokio::task::spawn_blocking(move || db.provision())
+                .await
+                .context("provisioning task failed")?
+                .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
+        }
         let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit instance")?;
         self.add_routes(&id).await?;
@@ -782,6 +796,9 @@ impl Configurator {
             Some(v) => slot.as_ref().and_then(|s| s.version(v)),
             None => slot.as_ref().and_then(|s| s.active()),
         };
+        if let Some(version) = version.as_ref().filter(|_| pinned != current.pinned_version) {
+            self.registry.check_dialect(version)?;
+        }
         let modules = match &change.modules {
             Some(modules) => check_modules(version.as_deref(), &current.service, modules)?,
             None => current.modules.clone(),

@@ -80,6 +80,38 @@ pub struct ServiceSection {
     /// Path of the component, relative to the manifest (used by the CLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
+    /// The SQL dialects the service's statements are written for: `sqlite` (the
+    /// single-node default), `postgres` (a platform on PostgreSQL), or both.
+    /// Absent means `["sqlite"]`; `[]` says the service uses no SQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<Vec<SqlDialect>>,
+}
+
+/// A SQL dialect an instance database speaks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlDialect {
+    Sqlite,
+    Postgres,
+}
+
+impl SqlDialect {
+    /// The database's name, for people.
+    pub fn product(self) -> &'static str {
+        match self {
+            SqlDialect::Sqlite => "SQLite",
+            SqlDialect::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+impl std::fmt::Display for SqlDialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SqlDialect::Sqlite => "sqlite",
+            SqlDialect::Postgres => "postgres",
+        })
+    }
 }
 
 /// Why a manifest was refused.
@@ -158,6 +190,17 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The SQL dialects the service declares (`["sqlite"]` when it says nothing).
+    pub fn sql_dialects(&self) -> Vec<SqlDialect> {
+        self.service.sql.clone().unwrap_or_else(|| vec![SqlDialect::Sqlite])
+    }
+
+    /// Whether instances of this version can run where databases speak `dialect`.
+    pub fn runs_on(&self, dialect: SqlDialect) -> bool {
+        let declared = self.sql_dialects();
+        declared.is_empty() || declared.contains(&dialect)
+    }
+
     /// Whether this manifest declares module `id`.
     pub fn declares_module(&self, id: &str) -> bool {
         self.modules.iter().any(|m| m.id == id)
@@ -210,6 +253,18 @@ mod tests {
         assert!(matches!(Manifest::parse(&twice), Err(ManifestError::DuplicatePermission(_))));
         let bad_name = format!("{base}[[permissions]]\nname = \"a.b\"\ndescription = \"d\"\n");
         assert!(matches!(Manifest::parse(&bad_name), Err(ManifestError::PermissionName(_))));
+    }
+
+    #[test]
+    fn sql_dialects_default_to_sqlite_and_are_checked() {
+        let base = "[service]\nname = \"a\"\nversion = \"1.0.0\"\n";
+        let plain = Manifest::parse(base).unwrap();
+        assert!(plain.runs_on(SqlDialect::Sqlite) && !plain.runs_on(SqlDialect::Postgres));
+        let both = Manifest::parse(&format!("{base}sql = [\"sqlite\", \"postgres\"]\n")).unwrap();
+        assert!(both.runs_on(SqlDialect::Postgres));
+        assert!(Manifest::parse(&format!("{base}sql = []\n")).unwrap().runs_on(SqlDialect::Postgres));
+        let err = Manifest::parse(&format!("{base}sql = [\"mysql\"]\n")).unwrap_err();
+        assert!(err.to_string().contains("postgres"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::runtime::{InvalidComponent, Runtime};
 use crate::store::{self, Db};
 pub use guards::RouteGuards;
+pub use manifest::SqlDialect;
 pub use manifest::{Manifest, ManifestError, ModuleDecl, PermissionDecl};
 
 /// A version compiled and linked, ready to serve.
@@ -105,6 +106,13 @@ pub enum RegistryError {
     UnknownService(String),
     #[error("service {service:?} has no version {version:?} (published: {known})")]
     UnknownVersion { service: String, version: String, known: String },
+    #[error(
+        "{service} {version} declares SQL dialects [{declared}], but this platform keeps instance databases in \
+         {}: add \"{platform}\" to `sql` under [service] in wharf.toml (with statements it accepts; \
+         `sql::dialect()` tells the guest which database it has) and publish a new version",
+        platform.product()
+    )]
+    Dialect { service: String, version: String, declared: String, platform: SqlDialect },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -450,12 +458,38 @@ impl Registry {
         Ok(Published { created: true, version: info })
     }
 
+    /// The dialect instance databases speak on this platform: PostgreSQL with a
+    /// PostgreSQL control plane, SQLite otherwise.
+    pub fn sql_dialect(&self) -> SqlDialect {
+        match store::dialect(&self.db) {
+            store::Dialect::Postgres => SqlDialect::Postgres,
+            store::Dialect::Sqlite => SqlDialect::Sqlite,
+        }
+    }
+
+    /// Refuse a version whose statements are not written for this platform's
+    /// instance databases.
+    pub fn check_dialect(&self, loaded: &LoadedVersion) -> Result<(), RegistryError> {
+        let platform = self.sql_dialect();
+        if loaded.manifest.runs_on(platform) {
+            return Ok(());
+        }
+        let declared = loaded.manifest.sql_dialects().iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>();
+        Err(RegistryError::Dialect {
+            service: loaded.service.clone(),
+            version: loaded.version.clone(),
+            declared: declared.join(", "),
+            platform,
+        })
+    }
+
     /// Make `version` the one every instance following `service` runs, at once.
     pub async fn activate(&self, service: &str, version: &str) -> Result<VersionInfo, RegistryError> {
         let slot = self.slot(service).ok_or_else(|| RegistryError::UnknownService(service.to_string()))?;
         let Some(loaded) = slot.version(version) else {
             return Err(self.unknown_version(service, version).await);
         };
+        self.check_dialect(&loaded)?;
         // The record and the pointer change together: two concurrent activations
         // never leave the database naming one version and the node running another.
         let _guard = self.activate_lock.lock().await;

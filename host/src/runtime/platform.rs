@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bindings::wharf::platform::{features, identity, kv, sql};
 
-use crate::configurator::database::{Call, InstanceDb, SqlValue};
+use crate::configurator::database::{Call, Dialect, InstanceDb, SqlValue};
 
 /// The instance's enabled modules and settings.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +65,7 @@ impl identity::Host for GuestState {
     }
 
     fn allowed(&mut self, permission: String) -> bool {
-        self.context.caller.as_ref().is_some_and(|c| c.permissions.iter().any(|p| *p == permission))
+        self.context.caller.as_ref().is_some_and(|c| c.permissions.contains(&permission))
     }
 }
 
@@ -162,6 +162,13 @@ impl sql::Host for GuestState {
         let statements: Vec<(String, Vec<SqlValue>)> = statements.into_iter().map(|(s, p)| (s, to_sql(p))).collect();
         db_call!(self, |db, deadline| db.batch(statements, deadline))
     }
+
+    async fn dialect(&mut self) -> sql::SqlDialect {
+        match self.context.db.as_ref().map(|db| db.dialect()) {
+            Some(Dialect::Postgres) => sql::SqlDialect::Postgres,
+            _ => sql::SqlDialect::Sqlite,
+        }
+    }
 }
 
 impl kv::Host for GuestState {
@@ -229,6 +236,7 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<GuestState>) -> wa
     link_charged!(sql, "query", sql::Host, query, (statement: String, params: Vec<sql::Value>));
     link_charged!(sql, "execute", sql::Host, execute, (statement: String, params: Vec<sql::Value>));
     link_charged!(sql, "batch", sql::Host, batch, (statements: Vec<(String, Vec<sql::Value>)>));
+    link_charged!(sql, "dialect", sql::Host, dialect, ());
     let mut kv = linker.instance("wharf:platform/kv@0.1.0")?;
     link_charged!(kv, "get", kv::Host, get, (key: String));
     link_charged!(kv, "set", kv::Host, set, (key: String, value: Vec<u8>, ttl: Option<u64>));

@@ -21,6 +21,7 @@
 //! value by value before they are copied, each connection's page cache is small,
 //! and the whole process's SQLite heap is capped ([`SQLITE_HEAP_LIMIT`]).
 
+mod postgres;
 mod sqlguard;
 mod storage;
 mod threads;
@@ -36,6 +37,7 @@ use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
+pub use postgres::PgDatabases;
 use sqlguard::{authorize, check_key, check_statement, describe};
 pub use threads::DbThreads;
 use threads::TenantSlots;
@@ -212,6 +214,16 @@ pub struct InstanceDb {
     shared: Arc<Shared>,
     /// In a cluster, the key-value store lives in Redis under this instance's id.
     redis: Option<(Arc<crate::shared::Redis>, Arc<str>)>,
+    /// With a PostgreSQL control plane, the guest's SQL runs in the instance's
+    /// schema there instead of `data.sqlite`.
+    postgres: Option<postgres::PgInstance>,
+}
+
+/// The SQL dialect of an instance's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
 }
 
 impl std::fmt::Debug for InstanceDb {
@@ -266,7 +278,40 @@ impl InstanceDb {
             threads,
         });
         shared.tenant.storage.register(dir);
-        Self { _slot: slot, shared, redis: None }
+        Self { _slot: slot, shared, redis: None, postgres: None }
+    }
+
+    /// Run the guest's SQL in `instance`'s PostgreSQL schema (when `pg` is set).
+    pub fn with_postgres(mut self, pg: Option<Arc<PgDatabases>>, instance: &str) -> Self {
+        self.postgres = pg.map(|pg| postgres::PgInstance::new(pg, instance));
+        self
+    }
+
+    /// The dialect the guest's SQL is in.
+    pub fn dialect(&self) -> Dialect {
+        if self.postgres.is_some() {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
+    }
+
+    /// Run SQL work in the instance's PostgreSQL schema, within the tenant's
+    /// database quota (the schema's size is counted as its `data.sqlite` would be).
+    async fn on_postgres(
+        &self,
+        pg: &postgres::PgInstance,
+        work: postgres::Work,
+        call: &Call,
+    ) -> Result<postgres::Done, String> {
+        let storage = &self.shared.tenant.storage;
+        let key = self.shared.dir.join("data.sqlite");
+        let room = storage.size(&key) < MAX_DB_BYTES.min(storage.allowance(&key));
+        let (done, size) = pg.run(work, call, room).await?;
+        if let Some(bytes) = size {
+            storage.record(&key, bytes);
+        }
+        Ok(done)
     }
 
     /// Keep the key-value store of `instance` in `redis` instead of `kv.sqlite`.
@@ -376,6 +421,12 @@ impl InstanceDb {
 
     /// Run a statement that returns rows.
     pub async fn query(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<SqlRows, String> {
+        if let Some(pg) = &self.postgres {
+            return match self.on_postgres(pg, postgres::Work::Query(statement, params), call).await? {
+                postgres::Done::Rows(rows) => Ok(rows),
+                _ => Err("the database answered something else".into()),
+            };
+        }
         check_statement(&statement)?;
         self.run(call, move |s| {
             let conn = s.data()?;
@@ -386,6 +437,12 @@ impl InstanceDb {
 
     /// Run a statement that changes data or schema; returns rows changed.
     pub async fn execute(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<u64, String> {
+        if let Some(pg) = &self.postgres {
+            return match self.on_postgres(pg, postgres::Work::Execute(statement, params), call).await? {
+                postgres::Done::Changed(n) => Ok(n),
+                _ => Err("the database answered something else".into()),
+            };
+        }
         check_statement(&statement)?;
         self.run(call, move |s| {
             let result = run(s.data()?, check_statement(&statement)?, &params);
@@ -399,6 +456,12 @@ impl InstanceDb {
     pub async fn batch(&self, statements: Vec<(String, Vec<SqlValue>)>, call: &Call) -> Result<Vec<u64>, String> {
         if statements.len() > 1000 {
             return Err("a batch holds at most 1000 statements".into());
+        }
+        if let Some(pg) = &self.postgres {
+            return match self.on_postgres(pg, postgres::Work::Batch(statements), call).await? {
+                postgres::Done::Batch(changed) => Ok(changed),
+                _ => Err("the database answered something else".into()),
+            };
         }
         for (statement, _) in &statements {
             check_statement(statement)?;

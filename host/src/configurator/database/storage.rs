@@ -68,6 +68,11 @@ impl TenantStorage {
         }
     }
 
+    /// The size last recorded for `file`.
+    pub fn size(&self, file: &Path) -> u64 {
+        self.used.lock().map(|used| used.0.get(file).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
     /// All the tenant's instances together, in bytes.
     pub fn total(&self) -> u64 {
         self.used.lock().map(|used| used.1).unwrap_or(0)
