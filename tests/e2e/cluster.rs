@@ -89,6 +89,69 @@ async fn two_nodes_share_one_platform() {
         }
         assert_eq!(a.get("kv.acme.test", "/kv/hits").await.1, "20", "increments through both nodes are atomic");
     }
+
+    // An instance's SQL database is one too: written through A, read through B.
+    a.publish("misbehave", "sqltest", "1.0.0").await;
+    a.create_instance("acme", "sqltest", &["sql.acme.test"]).await;
+    within("node B routing the sql instance", || async {
+        b.get("sql.acme.test", "/sql/dialect").await.0 == StatusCode::OK
+    })
+    .await;
+    for statement in ["CREATE TABLE notes (id int PRIMARY KEY, body text)", "INSERT INTO notes VALUES (1, 'from A')"] {
+        let (status, _, body) = a.ingress_call("sql.acme.test", Method::POST, "/sql/execute", None, statement).await;
+        assert_eq!(status, StatusCode::OK, "{statement}: {body}");
+    }
+    assert_eq!(b.get("sql.acme.test", "/sql/read/1").await, (StatusCode::OK, "from A".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_databases_need_postgres_services_and_bounded_connections() {
+    if postgres_base().is_none() {
+        eprintln!("skipped: instance_databases_need_postgres_services_and_bounded_connections needs PostgreSQL");
+        return;
+    }
+    let node = TestNode::start_with(|c| c.instance_connections = 2).await;
+    node.create_tenant("acme").await;
+    // A service written for SQLite only is refused, with what to do about it.
+    let sqlite_only = "[service]\nname = \"legacy\"\nversion = \"1.0.0\"\n";
+    assert!(node.publish_bytes(sqlite_only, crate::harness::guest("misbehave")).await.0.is_success());
+    let (status, answer) = node
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({ "tenant": "acme", "service": "legacy", "hosts": ["l.test"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    assert!(message.contains("PostgreSQL") && message.contains("\"postgres\" to `sql`"), "{message}");
+    let (status, answer) =
+        node.admin(Method::POST, "/v1/services/legacy/activate", Some(json!({ "version": "1.0.0" }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+    // Four instances busy at once through a node allowed two connections: every
+    // query is answered, and the node never holds more than two.
+    node.publish("misbehave", "probe", "1.0.0").await;
+    let hosts = ["p1.test", "p2.test", "p3.test", "p4.test"];
+    for host in hosts {
+        node.create_instance("acme", "probe", &[host]).await;
+    }
+    let calls = hosts.iter().cycle().take(24).map(|host| {
+        node.ingress_call(host, Method::POST, "/sql/query", None, "SELECT count(*) FROM generate_series(1, 20000)")
+    });
+    for (status, _, body) in futures::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wharf-instance' AND datname = current_database()",
+    )
+    .fetch_one(&mut crate::harness::pg_admin(&node).await)
+    .await
+    .unwrap();
+    assert!(open <= 2, "{open} connections open");
+    let info = node.get_admin("/v1/node").await;
+    assert_eq!(info["cluster"]["instance_connections"]["max"], 2, "{info}");
+    assert!(info["cluster"]["instance_connections"]["open"].as_u64().unwrap() <= 2, "{info}");
 }
 
 /// A free port on 127.0.0.1 (bound and released: HAProxy binds it next).

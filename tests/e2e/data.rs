@@ -247,6 +247,10 @@ async fn guest_limits_answer_with_clean_errors() {
     let (status, body) = call(&node, "p.test", Method::PUT, "/kv/big", &big).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(body["error"].as_str().unwrap().contains("larger than"), "{body}");
+    // The guest knows which SQL it speaks.
+    let expected = if crate::harness::on_postgres() { "postgres" } else { "sqlite" };
+    let (status, dialect) = node.get("p.test", "/sql/dialect").await;
+    assert_eq!((status, dialect.as_str()), (StatusCode::OK, expected));
     let long_key = "k".repeat(600);
     let (_, body) = call(&node, "p.test", Method::GET, &format!("/kv/{long_key}"), "").await;
     assert!(body["error"].as_str().unwrap().contains("keys are"), "{body}");

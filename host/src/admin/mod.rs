@@ -200,6 +200,11 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
             "control_plane": crate::store::dialect(&node.db),
             "generation": node.generation.get(),
             "redis": node.config.redis_url.is_some(),
+            "instance_databases": node.registry.sql_dialect(),
+            "instance_connections": node.configurator.instance_connections().map(|(open, max)| json!({
+                "open": open,
+                "max": max,
+            })),
         },
         "trust": {
             "domains": node.config.trust.domains,

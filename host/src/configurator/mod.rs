@@ -258,6 +258,12 @@ impl Configurator {
         })
     }
 
+    /// Connections to instance databases on PostgreSQL: open now, and the most
+    /// this node opens (`None` on SQLite).
+    pub fn instance_connections(&self) -> Option<(usize, usize)> {
+        self.postgres.as_ref().map(|pg| (pg.open_count(), pg.max()))
+    }
+
     /// The databases of `tenant`'s instance (opened on first use).
     pub fn database(&self, instance: &str, tenant: &str) -> Arc<database::InstanceDb> {
         self.databases

@@ -159,6 +159,11 @@ impl PgDatabases {
         Ok(this)
     }
 
+    /// The most connections this node opens.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Connections open now (in use and idle).
     pub fn open_count(&self) -> usize {
         self.pool.lock().map(|p| p.open).unwrap_or(0)
