@@ -102,6 +102,34 @@ async fn two_nodes_share_one_platform() {
         assert_eq!(status, StatusCode::OK, "{statement}: {body}");
     }
     assert_eq!(b.get("sql.acme.test", "/sql/read/1").await, (StatusCode::OK, "from A".to_string()));
+
+    // One database_bytes quota, whichever nodes write: each node re-reads the
+    // tenant's sizes from the server (at most once a second).
+    let (status, answer) =
+        a.admin(Method::PUT, "/v1/tenants/acme/quotas/database_bytes", Some(json!({ "limit": 1 << 20 }))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let write = |node: &'static str| {
+        let n = if node == "a" { &a } else { &b };
+        let insert = "INSERT INTO blobs SELECT decode(string_agg(md5(random()::text), ''), 'hex') FROM generate_series(1, 37500)";
+        n.ingress_call("sql.acme.test", Method::POST, "/sql/execute", None, insert)
+    };
+    let (status, _, body) =
+        a.ingress_call("sql.acme.test", Method::POST, "/sql/execute", None, "CREATE TABLE blobs (b bytea)").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, body) = write("a").await;
+    assert_eq!(status, StatusCode::OK, "600 KB through A: {body}");
+    let (status, _, body) = write("b").await;
+    assert_eq!(status, StatusCode::OK, "600 KB more through B, whose sizes are a second old: {body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, body) = write("a").await;
+    assert_ne!(status, StatusCode::OK, "A counts what B wrote: {body}");
+    assert!(body.contains("database_bytes"), "{body}");
+    let quotas = b.get_admin("/v1/tenants/acme/quotas").await;
+    let used = quotas["quotas"].as_array().unwrap().iter().find(|q| q["quota"] == "database_bytes").unwrap()["used"]
+        .as_i64()
+        .unwrap();
+    assert!(used > 1_200_000, "both nodes report what the server holds: {quotas}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

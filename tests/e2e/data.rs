@@ -202,6 +202,16 @@ async fn postgres_escapes_are_refused(node: &TestNode) {
     )
     .await;
     assert_eq!((status, body["count"].clone()), (StatusCode::OK, json!(1)), "{body}");
+    // A statement prepared before its table changed shape still runs (the node
+    // caches prepared statements per connection and prepares again).
+    for _ in 0..4 {
+        assert_eq!(sql("p.test", "/sql/query", "SELECT * FROM notes".into()).await.0, StatusCode::OK);
+    }
+    assert_eq!(sql("p.test", "/sql/execute", "ALTER TABLE notes ADD COLUMN n int".into()).await.0, StatusCode::OK);
+    for _ in 0..4 {
+        let (status, body) = sql("p.test", "/sql/query", "SELECT * FROM notes".into()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let (_, mine) = sql("g.test", "/sql/query", "SELECT v FROM secrets".into()).await;
     assert_eq!(mine["rows"][0]["v"], "globex-secret", "the victim still reads its own");
     // No connection of either instance is left inside a transaction.

@@ -149,7 +149,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WHARF_DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database: Option<String>,
     /// With --database: connections this node opens to instance databases at
-    /// most (two per instance; idle ones close after 30 s).
+    /// most (four per instance; idle ones close after 30 s).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub instance_connections: u16,
     /// Redis (redis://host:6379) for instances' key-value stores and login limits

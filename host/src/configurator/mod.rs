@@ -277,7 +277,7 @@ impl Configurator {
                         self.open_databases.clone(),
                     )
                     .with_redis(self.redis.clone(), instance)
-                    .with_postgres(self.postgres.clone(), instance),
+                    .with_postgres(self.postgres.clone(), instance, tenant),
                 )
             })
             .clone()
@@ -404,12 +404,17 @@ impl Configurator {
     pub async fn tenant_quotas(&self, tenant: &str) -> Result<Vec<QuotaUse>, ConfigError> {
         self.tenant(tenant).await?;
         let limits = self.quotas.limits(&Subject::Tenant(tenant)).await?;
+        // On PostgreSQL the server knows every node's writes.
+        let shared_bytes = match &self.postgres {
+            Some(pg) => Some(pg.tenant_sizes(tenant).await?.iter().map(|(_, b)| *b as i64).sum::<i64>()),
+            None => None,
+        };
         let mut out = Vec::new();
         for quota in Quota::TENANT {
             let used = match quota {
                 Quota::Instances => self.count_instances(&self.db, tenant).await?,
                 Quota::Hostnames => self.count_hostnames(&self.db, tenant).await?,
-                _ => self.db_threads.tenant_bytes(tenant) as i64,
+                _ => shared_bytes.unwrap_or_else(|| self.db_threads.tenant_bytes(tenant) as i64),
             };
             let (limit, source) = limits[&quota];
             out.push(QuotaUse { quota: quota.name(), limit, used, source });

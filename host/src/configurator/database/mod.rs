@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::limits::Limit;
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
 pub use postgres::PgDatabases;
@@ -61,6 +61,9 @@ pub const MAX_DB_BYTES: u64 = 256 << 20;
 pub const MAX_KV_BYTES: u64 = 64 << 20;
 /// Longest one statement may run.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node re-reads a tenant's database sizes from PostgreSQL: what
+/// other nodes wrote meanwhile can overshoot the quota by what they write in this time.
+pub const TENANT_SIZES_EVERY: Duration = Duration::from_secs(1);
 /// Longest a call waits for its instance's connection and a database thread
 /// before it hears "busy".
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -232,8 +235,28 @@ impl std::fmt::Debug for InstanceDb {
     }
 }
 
-/// A value in or out of SQL.
-pub type SqlValue = Value;
+/// A value in or out of SQL, whichever database the instance has (SQLite's
+/// types stay in the SQLite code; PostgreSQL's convert in `postgres`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(match self {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(n) => ValueRef::Integer(*n),
+            SqlValue::Real(r) => ValueRef::Real(*r),
+            SqlValue::Text(t) => ValueRef::Text(t.as_bytes()),
+            SqlValue::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
 
 /// Rows returned by a query.
 #[derive(Debug, Clone, Default)]
@@ -282,8 +305,8 @@ impl InstanceDb {
     }
 
     /// Run the guest's SQL in `instance`'s PostgreSQL schema (when `pg` is set).
-    pub fn with_postgres(mut self, pg: Option<Arc<PgDatabases>>, instance: &str) -> Self {
-        self.postgres = pg.map(|pg| postgres::PgInstance::new(pg, instance));
+    pub fn with_postgres(mut self, pg: Option<Arc<PgDatabases>>, instance: &str, tenant: &str) -> Self {
+        self.postgres = pg.map(|pg| postgres::PgInstance::new(pg, instance, tenant));
         self
     }
 
@@ -306,6 +329,19 @@ impl InstanceDb {
     ) -> Result<postgres::Done, String> {
         let storage = &self.shared.tenant.storage;
         let key = self.shared.dir.join("data.sqlite");
+        // Every node writes the same schemas: the tenant's sizes come from the
+        // server, re-read at most once a second by each node that writes.
+        if storage.due(TENANT_SIZES_EVERY) {
+            match pg.pool.tenant_sizes(&pg.tenant).await {
+                Ok(sizes) => {
+                    let dir = self.shared.dir.parent().unwrap_or(&self.shared.dir);
+                    for (instance, bytes) in sizes {
+                        storage.record(&dir.join(instance).join("data.sqlite"), bytes);
+                    }
+                }
+                Err(e) => tracing::warn!(tenant = %pg.tenant, "{e:#}"),
+            }
+        }
         let room = storage.size(&key) < MAX_DB_BYTES.min(storage.allowance(&key));
         let (done, size) = pg.run(work, call, room).await?;
         if let Some(bytes) = size {
@@ -1021,11 +1057,11 @@ fn read_rows(conn: &Connection, statement: &str, params: &[SqlValue]) -> Result<
                 return Err(too_large());
             }
             values.push(match value {
-                ValueRef::Null => Value::Null,
-                ValueRef::Integer(n) => Value::Integer(n),
-                ValueRef::Real(r) => Value::Real(r),
-                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                ValueRef::Null => SqlValue::Null,
+                ValueRef::Integer(n) => SqlValue::Integer(n),
+                ValueRef::Real(r) => SqlValue::Real(r),
+                ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
             });
         }
         out.rows.push(values);

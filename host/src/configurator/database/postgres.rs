@@ -49,7 +49,9 @@ use super::{MAX_VALUE_BYTES, STATEMENT_TIMEOUT};
 use crate::store::Db;
 
 /// Most connections one instance holds on one node.
-pub const PER_INSTANCE: usize = 2;
+pub const PER_INSTANCE: usize = 4;
+/// Prepared statements kept per connection (then the cache starts over).
+const STATEMENT_CACHE: usize = 64;
 /// Most connections one instance's role may hold across all nodes.
 pub const ROLE_CONNECTION_LIMIT: i32 = 16;
 /// An idle connection is closed after this long.
@@ -77,10 +79,36 @@ struct PoolState {
 
 struct Conn {
     client: Client,
+    /// Statements prepared on this connection, by their text: a repeated
+    /// statement costs no Parse round trip.
+    statements: Mutex<HashMap<String, tokio_postgres::Statement>>,
     /// Set when the server sent a message larger than [`MAX_MESSAGE_BYTES`].
     oversize: Arc<AtomicBool>,
     /// Where to send a cancel request.
     address: Address,
+}
+
+impl Conn {
+    /// `sql` prepared, from the cache when this connection has seen it.
+    async fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(stmt) = self.statements.lock().ok().and_then(|cache| cache.get(sql).cloned()) {
+            return Ok(stmt);
+        }
+        let stmt = self.client.prepare(sql).await?;
+        if let Ok(mut cache) = self.statements.lock() {
+            if cache.len() >= STATEMENT_CACHE {
+                cache.clear();
+            }
+            cache.insert(sql.to_string(), stmt.clone());
+        }
+        Ok(stmt)
+    }
+
+    fn forget_statements(&self) {
+        if let Ok(mut cache) = self.statements.lock() {
+            cache.clear();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -212,21 +240,54 @@ impl PgDatabases {
         Ok(())
     }
 
-    /// The login of `instance`, from the control plane.
+    /// The size of each of `tenant`'s instance databases (its schema's tables,
+    /// indexes and TOAST), measured by the server: the same for every node.
+    pub async fn tenant_sizes(&self, tenant: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT d.instance_id, COALESCE((SELECT sum(pg_total_relation_size(c.oid)) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = d.role AND c.relkind IN ('r', 'm', 'S')), 0)::int8 \
+             FROM instance_databases d JOIN instances i ON i.id = d.instance_id WHERE i.tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_all(&self.admin)
+        .await
+        .context("failed to measure the tenant's databases")?;
+        Ok(rows.into_iter().map(|(id, bytes)| (id, bytes.max(0) as u64)).collect())
+    }
+
+    /// The login of `instance`, from the control plane. An instance created
+    /// before its platform kept SQL in PostgreSQL gets its schema now.
     pub async fn login(&self, instance: &str) -> Result<Login, String> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT role, password FROM instance_databases WHERE instance_id = $1")
-                .bind(instance)
-                .fetch_optional(&self.admin)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(instance, "failed to read an instance's database login: {e}");
-                    "the database is unavailable; retry".to_string()
-                })?;
-        let (role, password) = row.ok_or(
-            "this instance has no PostgreSQL database (it was created before the platform moved to PostgreSQL)",
-        )?;
-        Ok(Login { instance: instance.into(), role, password })
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(instance, "failed to read or create an instance's database login: {e}");
+            "the database is unavailable; retry".to_string()
+        };
+        for attempt in 0..2 {
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT role, password FROM instance_databases WHERE instance_id = $1")
+                    .bind(instance)
+                    .fetch_optional(&self.admin)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            if let Some((role, password)) = row {
+                return Ok(Login { instance: instance.into(), role, password });
+            }
+            if attempt == 0 {
+                // Another node may be doing the same: the loser's transaction
+                // fails on the role's name, and it reads the winner's.
+                let created = async {
+                    let mut tx = self.admin.begin().await?;
+                    Self::create(&mut tx, instance).await?;
+                    tx.commit().await?;
+                    anyhow::Ok(())
+                };
+                if let Err(e) = created.await {
+                    tracing::info!(instance, "creating the instance's database on first use: {e:#}");
+                }
+            }
+        }
+        Err(unavailable(&"no instance_databases row after creating it"))
     }
 
     /// A connection for `login`: an idle one of the instance, a new one within
@@ -310,7 +371,7 @@ impl PgDatabases {
                 tracing::debug!("an instance database connection ended: {e}");
             }
         });
-        Ok(Conn { client, oversize, address })
+        Ok(Conn { client, statements: Mutex::default(), oversize, address })
     }
 
     /// Give a connection back, clean and outside any transaction.
@@ -420,6 +481,7 @@ impl Drop for Lease {
 }
 
 /// What one call asks of the instance's database.
+#[derive(Clone)]
 pub enum Work {
     Query(String, Vec<SqlValue>),
     Execute(String, Vec<SqlValue>),
@@ -435,14 +497,15 @@ pub enum Done {
 
 /// An instance's database on PostgreSQL.
 pub struct PgInstance {
-    pool: Arc<PgDatabases>,
+    pub(super) pool: Arc<PgDatabases>,
     instance: Arc<str>,
+    pub(super) tenant: Arc<str>,
     login: tokio::sync::OnceCell<Login>,
 }
 
 impl PgInstance {
-    pub fn new(pool: Arc<PgDatabases>, instance: &str) -> Self {
-        Self { pool, instance: instance.into(), login: tokio::sync::OnceCell::new() }
+    pub fn new(pool: Arc<PgDatabases>, instance: &str, tenant: &str) -> Self {
+        Self { pool, instance: instance.into(), tenant: tenant.into(), login: tokio::sync::OnceCell::new() }
     }
 
     /// Run `work` in one transaction, within `call`'s deadline; `room` is the
@@ -454,9 +517,11 @@ impl PgInstance {
             Work::Query(s, _) | Work::Execute(s, _) => vec![s],
             Work::Batch(list) => list.iter().map(|(s, _)| s.as_str()).collect(),
         };
-        let mut frees = true;
+        let (mut frees, mut reads) = (true, true);
         for statement in &statements {
-            frees &= check(statement)?.frees;
+            let kind = check(statement)?;
+            frees &= kind.frees;
+            reads &= kind.reads;
         }
         // Past the quota, only deletions may write; everything else runs read-only.
         let read_only = !room && !frees;
@@ -469,8 +534,23 @@ impl PgInstance {
         let until = (now + MAX_WAIT).min(call.deadline);
         let mut lease = self.pool.acquire(&login, until).await?;
         let limit = (Instant::now() + STATEMENT_TIMEOUT).min(call.deadline);
-        let outcome =
-            tokio::time::timeout_at(limit.into(), perform(lease.conn(), &login, work, limit, read_only)).await;
+        // Only a call that may write is measured; what a function called from a
+        // SELECT writes is found by the tenant's next re-read of its sizes.
+        let measure = !read_only && !reads;
+        let retry = matches!(&work, Work::Query(..) | Work::Execute(..)).then(|| work.clone());
+        let mut outcome =
+            tokio::time::timeout_at(limit.into(), perform(lease.conn(), &login, work, limit, read_only, measure)).await;
+        if let (Ok(Err(e)), Some(work)) = (&outcome, retry) {
+            if e.stale_plan {
+                // A cached statement whose table changed shape: prepare it again.
+                lease.conn().forget_statements();
+                outcome = tokio::time::timeout_at(
+                    limit.into(),
+                    perform(lease.conn(), &login, work, limit, read_only, measure),
+                )
+                .await;
+            }
+        }
         call.cpu_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match outcome {
             Ok(Ok(done)) => {
@@ -478,6 +558,9 @@ impl PgInstance {
                 Ok(done)
             }
             Ok(Err(e)) => {
+                if e.stale_plan {
+                    lease.conn().forget_statements();
+                }
                 if lease.conn().oversize.load(Ordering::Relaxed) {
                     return Err(format!(
                         "the result is larger than {} MiB; select fewer columns or rows",
@@ -499,17 +582,20 @@ impl PgInstance {
 struct Failure {
     message: String,
     closed: bool,
+    /// "cached plan must not change result type": a cached statement is stale.
+    stale_plan: bool,
 }
 
 impl From<tokio_postgres::Error> for Failure {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self { closed: e.is_closed(), message: describe(&e) }
+        let stale_plan = e.as_db_error().is_some_and(|db| db.message().contains("cached plan"));
+        Self { closed: e.is_closed(), message: describe(&e), stale_plan }
     }
 }
 
 impl From<String> for Failure {
     fn from(message: String) -> Self {
-        Self { message, closed: false }
+        Self { message, closed: false, stale_plan: false }
     }
 }
 
@@ -520,29 +606,28 @@ async fn perform(
     work: Work,
     limit: Instant,
     read_only: bool,
+    measure: bool,
 ) -> Result<(Done, Option<u64>), Failure> {
     let client = &conn.client;
     let millis = limit.saturating_duration_since(Instant::now()).as_millis().max(1);
     let mode = if read_only { " READ ONLY" } else { "" };
     let begin = format!("BEGIN{mode}; SET LOCAL statement_timeout = {millis}");
     let result = match work {
+        // BEGIN and the statement go out together (one round trip when the
+        // statement is prepared already).
         Work::Query(statement, params) => {
             let translated = placeholders(&statement)?;
-            let (began, prepared) = tokio::join!(client.batch_execute(&begin), client.prepare(&translated));
+            let run = async { read_rows(client, &conn.prepare(&translated).await?, &params).await };
+            let (began, rows) = tokio::join!(client.batch_execute(&begin), run);
             began?;
-            match prepared {
-                Ok(stmt) => read_rows(client, &stmt, &params).await.map(Done::Rows),
-                Err(e) => Err(e.into()),
-            }
+            rows.map(Done::Rows)
         }
         Work::Execute(statement, params) => {
             let translated = placeholders(&statement)?;
-            let (began, prepared) = tokio::join!(client.batch_execute(&begin), client.prepare(&translated));
+            let run = async { execute(client, &conn.prepare(&translated).await?, &params).await };
+            let (began, changed) = tokio::join!(client.batch_execute(&begin), run);
             began?;
-            match prepared {
-                Ok(stmt) => execute(client, &stmt, &params).await.map(Done::Changed),
-                Err(e) => Err(e.into()),
-            }
+            changed.map(Done::Changed)
         }
         Work::Batch(statements) => {
             client.batch_execute(&begin).await?;
@@ -550,7 +635,7 @@ async fn perform(
             let mut failed = None;
             for (i, (statement, params)) in statements.iter().enumerate() {
                 let step = async {
-                    let stmt = client.prepare(&placeholders(statement)?).await?;
+                    let stmt = conn.prepare(&placeholders(statement)?).await?;
                     execute(client, &stmt, params).await
                 };
                 match step.await {
@@ -571,9 +656,8 @@ async fn perform(
     // The same round trip leaves no setting, lock or prepared plan behind.
     let finish = format!("{end}; RESET ALL; SELECT pg_advisory_unlock_all()");
     let size = async {
-        // Measured after every call that could write (a SELECT may call a
-        // function that writes), in the same round trip as the commit.
-        if read_only || result.is_err() {
+        // Measured in the same round trip as the commit.
+        if !measure || result.is_err() {
             return Ok(None);
         }
         let row = client
@@ -618,6 +702,7 @@ async fn read_rows(client: &Client, stmt: &tokio_postgres::Statement, params: &[
             let Cell(value) = row.try_get::<_, Cell>(i).map_err(|e| Failure {
                 message: e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string()),
                 closed: false,
+                stale_plan: false,
             })?;
             bytes += match &value {
                 SqlValue::Text(t) => t.len(),
@@ -664,6 +749,8 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 /// What a statement is, by its first keyword.
 struct Kind {
+    /// It reads (SELECT and the like).
+    reads: bool,
     /// It only takes data away (allowed past the quota).
     frees: bool,
 }
@@ -704,7 +791,10 @@ fn check(statement: &str) -> Result<Kind, String> {
     if let Some(why) = refused {
         return Err(format!("{first} is not allowed: {why}"));
     }
-    Ok(Kind { frees: matches!(first, "DELETE" | "DROP" | "TRUNCATE") })
+    Ok(Kind {
+        reads: matches!(first, "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN"),
+        frees: matches!(first, "DELETE" | "DROP" | "TRUNCATE"),
+    })
 }
 
 /// The first `n` words of a statement, upper-cased, after comments, whitespace

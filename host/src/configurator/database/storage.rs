@@ -19,13 +19,15 @@ pub const PAGE_BYTES: u64 = 4096;
 /// One tenant's database bytes and its quota.
 pub struct TenantStorage {
     quota: AtomicU64,
+    /// When the sizes were last read from a shared server (PostgreSQL).
+    refreshed: Mutex<Option<std::time::Instant>>,
     /// Each file's size, and their sum (kept as files change: no per-job sums).
     used: Mutex<(HashMap<PathBuf, u64>, u64)>,
 }
 
 impl Default for TenantStorage {
     fn default() -> Self {
-        Self { quota: AtomicU64::new(u64::MAX), used: Mutex::new((HashMap::new(), 0)) }
+        Self { quota: AtomicU64::new(u64::MAX), refreshed: Mutex::new(None), used: Mutex::new((HashMap::new(), 0)) }
     }
 }
 
@@ -66,6 +68,17 @@ impl TenantStorage {
             let before = files.insert(file.to_path_buf(), bytes).unwrap_or(0);
             *total = total.saturating_sub(before).saturating_add(bytes);
         }
+    }
+
+    /// Whether the sizes are older than `every` (then they count as read now: one
+    /// caller re-reads them).
+    pub fn due(&self, every: std::time::Duration) -> bool {
+        let Ok(mut refreshed) = self.refreshed.lock() else { return false };
+        if refreshed.is_some_and(|at| at.elapsed() < every) {
+            return false;
+        }
+        *refreshed = Some(std::time::Instant::now());
+        true
     }
 
     /// The size last recorded for `file`.

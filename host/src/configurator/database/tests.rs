@@ -7,8 +7,8 @@ fn later() -> &'static Call {
     LATER.get_or_init(|| Call::until(Instant::now() + Duration::from_secs(3600)))
 }
 
-fn text(s: &str) -> Value {
-    Value::Text(s.into())
+fn text(s: &str) -> SqlValue {
+    SqlValue::Text(s.into())
 }
 
 fn db_with(threads: Arc<DbThreads>) -> (tempfile::TempDir, InstanceDb) {
@@ -37,7 +37,7 @@ async fn ordinary_sql_works() {
     assert_eq!(db.execute("INSERT INTO t (name) VALUES (?1)".into(), vec![text("a")], later()).await.unwrap(), 1);
     let rows = query(&db, "SELECT id, name FROM t").await.unwrap();
     assert_eq!(rows.columns, ["id", "name"]);
-    assert_eq!(rows.rows, vec![vec![Value::Integer(1), text("a")]]);
+    assert_eq!(rows.rows, vec![vec![SqlValue::Integer(1), text("a")]]);
     let failed = db
         .batch(
             vec![("INSERT INTO t (name) VALUES ('b')".into(), vec![]), ("INSERT INTO nope VALUES (1)".into(), vec![])],
@@ -47,7 +47,7 @@ async fn ordinary_sql_works() {
     assert!(failed.unwrap_err().starts_with("statement 2:"));
     assert_eq!(
         query(&db, "SELECT count(*) FROM t").await.unwrap().rows[0][0],
-        Value::Integer(1),
+        SqlValue::Integer(1),
         "a failed batch applies nothing"
     );
     let done = db
@@ -115,7 +115,7 @@ async fn escapes_are_refused() {
     let tables = query(&db, "SELECT name FROM sqlite_schema").await.unwrap();
     assert!(tables.rows.is_empty(), "{:?}", tables.rows);
     assert!(query(&db, "SELECT * FROM kv").await.is_err());
-    assert_eq!(query(&db, "PRAGMA foreign_keys").await.unwrap().rows[0][0], Value::Integer(1));
+    assert_eq!(query(&db, "PRAGMA foreign_keys").await.unwrap().rows[0][0], SqlValue::Integer(1));
 }
 
 #[tokio::test]
@@ -163,7 +163,11 @@ async fn an_endless_statement_stops_at_its_deadline() {
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(900), "{err}: {:?}", started.elapsed());
-    assert_eq!(query(&db, "SELECT 1").await.unwrap().rows[0][0], Value::Integer(1), "the connection is usable again");
+    assert_eq!(
+        query(&db, "SELECT 1").await.unwrap().rows[0][0],
+        SqlValue::Integer(1),
+        "the connection is usable again"
+    );
 }
 
 #[tokio::test]
@@ -265,7 +269,7 @@ async fn a_refused_huge_write_leaves_no_large_log_behind() {
     assert!(err.contains("full") || err.contains("ran longer"), "{err}");
     let wal = std::fs::metadata(dir.path().join("data.sqlite-wal")).map(|m| m.len()).unwrap_or(0);
     assert!(wal <= WAL_LIMIT, "the WAL holds {wal} bytes");
-    assert_eq!(query(&db, "SELECT count(*) FROM t").await.unwrap().rows[0][0], Value::Integer(0));
+    assert_eq!(query(&db, "SELECT count(*) FROM t").await.unwrap().rows[0][0], SqlValue::Integer(0));
 }
 
 #[tokio::test]
@@ -280,6 +284,6 @@ async fn an_old_key_value_table_moves_to_its_own_file() {
         .unwrap();
     }
     let db = InstanceDb::new(dir.path(), "t", DbThreads::start(2).unwrap(), OpenDatabases::new(4));
-    assert_eq!(query(&db, "SELECT count(*) FROM sqlite_schema").await.unwrap().rows[0][0], Value::Integer(0));
+    assert_eq!(query(&db, "SELECT count(*) FROM sqlite_schema").await.unwrap().rows[0][0], SqlValue::Integer(0));
     assert_eq!(db.kv_get("session".into(), later()).await.unwrap(), Some(b"hi".to_vec()));
 }
