@@ -103,6 +103,23 @@ async fn two_nodes_share_one_platform() {
     }
     assert_eq!(b.get("sql.acme.test", "/sql/read/1").await, (StatusCode::OK, "from A".to_string()));
 
+    // A grant given and revoked through A holds on B at once.
+    let forum = std::fs::read_to_string(crate::harness::repo().join("plugins/forum/wharf.toml")).unwrap();
+    assert!(a.publish_bytes(&forum, crate::harness::guest("forum")).await.0.is_success());
+    a.create_instance("acme", "forum", &["forum.acme.test"]).await;
+    let gus = a.user("gus@acme.test").await;
+    let ops = a.admin_key.clone();
+    a.expect(&ops, Method::POST, "/v1/tenants/acme/members", json!({ "email": "gus@acme.test" }), StatusCode::CREATED)
+        .await;
+    let grant = json!({ "email": "gus@acme.test", "permission": "forum.addUsers" });
+    a.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+    let add = || b.ingress_call("forum.acme.test", Method::POST, "/users", Some(&gus), r#"{"name":"gus"}"#);
+    within("node B serving the forum with gus's grant", || async { add().await.0 == StatusCode::CREATED }).await;
+    let (status, answer) =
+        a.call(&ops, Method::DELETE, "/v1/tenants/acme/grants/gus@acme.test/forum.addUsers", None).await;
+    assert!(status.is_success(), "{answer}");
+    assert_eq!(add().await.0, StatusCode::FORBIDDEN, "revoked on A, refused on B");
+
     // One database_bytes quota, whichever nodes write: each node re-reads the
     // tenant's sizes from the server (at most once a second).
     let (status, answer) =
