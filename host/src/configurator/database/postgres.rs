@@ -481,7 +481,6 @@ impl Drop for Lease {
 }
 
 /// What one call asks of the instance's database.
-#[derive(Clone)]
 pub enum Work {
     Query(String, Vec<SqlValue>),
     Execute(String, Vec<SqlValue>),
@@ -530,26 +529,21 @@ impl PgInstance {
             return Err("the request is out of time".into());
         }
         let started = now;
-        let login = self.login.get_or_try_init(|| self.pool.login(&self.instance)).await?.clone();
+        let login = self.login.get_or_try_init(|| self.pool.login(&self.instance)).await?;
         let until = (now + MAX_WAIT).min(call.deadline);
-        let mut lease = self.pool.acquire(&login, until).await?;
+        let mut lease = self.pool.acquire(login, until).await?;
         let limit = (Instant::now() + STATEMENT_TIMEOUT).min(call.deadline);
         // Only a call that may write is measured; what a function called from a
         // SELECT writes is found by the tenant's next re-read of its sizes.
         let measure = !read_only && !reads;
-        let retry = matches!(&work, Work::Query(..) | Work::Execute(..)).then(|| work.clone());
         let mut outcome =
-            tokio::time::timeout_at(limit.into(), perform(lease.conn(), &login, work, limit, read_only, measure)).await;
-        if let (Ok(Err(e)), Some(work)) = (&outcome, retry) {
-            if e.stale_plan {
-                // A cached statement whose table changed shape: prepare it again.
-                lease.conn().forget_statements();
-                outcome = tokio::time::timeout_at(
-                    limit.into(),
-                    perform(lease.conn(), &login, work, limit, read_only, measure),
-                )
-                .await;
-            }
+            tokio::time::timeout_at(limit.into(), perform(lease.conn(), login, &work, limit, read_only, measure)).await;
+        if matches!(&outcome, Ok(Err(e)) if e.stale_plan) {
+            // A cached statement whose table changed shape: prepare it again.
+            lease.conn().forget_statements();
+            outcome =
+                tokio::time::timeout_at(limit.into(), perform(lease.conn(), login, &work, limit, read_only, measure))
+                    .await;
         }
         call.cpu_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match outcome {
@@ -603,7 +597,7 @@ impl From<String> for Failure {
 async fn perform(
     conn: &Conn,
     login: &Login,
-    work: Work,
+    work: &Work,
     limit: Instant,
     read_only: bool,
     measure: bool,
@@ -616,15 +610,15 @@ async fn perform(
         // BEGIN and the statement go out together (one round trip when the
         // statement is prepared already).
         Work::Query(statement, params) => {
-            let translated = placeholders(&statement)?;
-            let run = async { read_rows(client, &conn.prepare(&translated).await?, &params).await };
+            let translated = placeholders(statement)?;
+            let run = async { read_rows(client, &conn.prepare(&translated).await?, params).await };
             let (began, rows) = tokio::join!(client.batch_execute(&begin), run);
             began?;
             rows.map(Done::Rows)
         }
         Work::Execute(statement, params) => {
-            let translated = placeholders(&statement)?;
-            let run = async { execute(client, &conn.prepare(&translated).await?, &params).await };
+            let translated = placeholders(statement)?;
+            let run = async { execute(client, &conn.prepare(&translated).await?, params).await };
             let (began, changed) = tokio::join!(client.batch_execute(&begin), run);
             began?;
             changed.map(Done::Changed)
