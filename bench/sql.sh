@@ -16,7 +16,12 @@ prepare hello misbehave
 
 # A fresh database for the PostgreSQL node (its instance roles go with it).
 db=wharf_bench_sql
-psql "$base" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
+psql "$base" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+# Instance roles are the server's: those the dropped database left owning nothing go too.
+psql "$base" -Atc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'wi\_%'" | while read -r role; do
+    psql "$base" -qc "DROP ROLE IF EXISTS $role" >/dev/null 2>&1 || true
+done
+psql "$base" -qc "CREATE DATABASE $db" >/dev/null
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 start_node() { # name ingress admin [serve args...]
