@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub init_admin: Option<String>,
     /// Who may join, what they may claim, and how much they may hold.
     pub trust: TrustConfig,
+    /// The job queue and this node's workers.
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 /// Who may register, which hostnames tenants may claim, and the quotas.
@@ -126,6 +128,7 @@ pub struct QuotaDefaults {
     pub instances_per_tenant: i64,
     pub hostnames_per_tenant: i64,
     pub database_bytes_per_tenant: i64,
+    pub pending_jobs_per_tenant: i64,
 }
 
 impl Default for QuotaDefaults {
@@ -135,6 +138,7 @@ impl Default for QuotaDefaults {
             instances_per_tenant: 20,
             hostnames_per_tenant: 50,
             database_bytes_per_tenant: 1 << 30,
+            pending_jobs_per_tenant: 100_000,
         }
     }
 }
@@ -329,6 +333,7 @@ impl NodeConfig {
             usage_flush_interval: Duration::from_secs(1),
             init_admin: None,
             trust: TrustConfig::default(),
+            jobs: crate::jobs::JobsConfig::default(),
         }
     }
 }

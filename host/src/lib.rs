@@ -10,6 +10,8 @@
 //!   what they may do (roles, platform and service permissions), [`audit`] what
 //!   they did;
 //! - [`billing`] counts what each instance used;
+//! - [`jobs`] is the durable job queue, its workers and the instance setups
+//!   (migrations, seeders) that run on it;
 //! - [`store`] is the control-plane database;
 //! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
 //! - [`sched`] lowers threads running CPU-heavy work;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod configurator;
 pub mod identity;
 pub mod ingress;
+pub mod jobs;
 pub mod node;
 pub mod registry;
 pub mod router;

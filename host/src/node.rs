@@ -48,6 +48,8 @@ pub struct Node {
     pub generation: Arc<crate::store::Seen>,
     /// How fast one account may change things through the admin API.
     pub admin_throttle: crate::admin::throttle::Throttle,
+    /// The platform's job queue.
+    pub queue: Arc<crate::jobs::Queue>,
     /// The last readiness probe of the control plane, and when it ran.
     pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<i64, String>)>>,
 }
@@ -118,6 +120,15 @@ impl Node {
             ),
             None => None,
         };
+        anyhow::ensure!(
+            config.jobs.lease > config.jobs.timeout,
+            "--job-lease ({} s) must be longer than --job-timeout ({} s): a live worker must finish before another may take its job",
+            config.jobs.lease.as_secs(),
+            config.jobs.timeout.as_secs()
+        );
+        let mut jobs_config = config.jobs.clone();
+        jobs_config.fuel = jobs_config.fuel.max(config.limits.fuel_per_request);
+        let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
         let configurator = Arc::new(Configurator::new(
             db.clone(),
             registry.clone(),
@@ -126,6 +137,7 @@ impl Node {
             db_threads,
             redis.clone(),
             postgres,
+            Some(queue.clone()),
             seen.clone(),
             &config,
         )?);
@@ -165,6 +177,7 @@ impl Node {
             // 10 changes a second per account, 50 at once.
             admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
             readiness: tokio::sync::Mutex::new(None),
+            queue,
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -196,6 +209,8 @@ impl Node {
         if crate::store::dialect(&node.db) == crate::store::Dialect::Postgres {
             tasks.push(tokio::spawn(crate::cluster::follow(node.clone(), watcher.clone())));
         }
+
+        tasks.push(tokio::spawn(crate::jobs::worker::run(node.clone(), watcher.clone(), node.config.shutdown_grace)));
 
         let flusher = node.clone();
         let mut flush_watch = watcher;

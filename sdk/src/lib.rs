@@ -93,15 +93,22 @@
 
 pub mod features;
 pub mod identity;
+pub mod jobs;
 pub mod kv;
 mod router;
 pub mod sql;
 
-mod bindings {
-    // The platform's WIT (wharf:platform) lives at the repository root, beside the SDK.
+#[doc(hidden)]
+pub mod bindings {
+    // The platform's WIT (wharf:platform) lives at the repository root, beside the
+    // SDK. The world's `worker` export is only emitted by `worker!`: a service
+    // without jobs exports nothing but its HTTP handler.
     wit_bindgen::generate!({
         path: "../wit",
-        world: "wharf:platform/service",
+        world: "wharf:platform/worker-service",
+        pub_export_macro: true,
+        export_macro_name: "export_worker",
+        default_bindings_module: "wharf_sdk::bindings",
     });
 }
 
@@ -480,6 +487,32 @@ macro_rules! service {
         }
 
         $crate::__private::wasip2::http::proxy::export!(__WharfService with_types_in $crate::__private::wasip2);
+    };
+}
+
+/// Export `run` (and optionally a seeder) as the component's
+/// `wharf:platform/worker`: `run` is `fn(jobs::Job) -> Result<(), String>`, the
+/// seeder `fn() -> Result<(), String>` and runs once per instance, after its
+/// first migrations. See [`jobs`].
+#[macro_export]
+macro_rules! worker {
+    ($run:path) => {
+        $crate::worker!($run, $crate::jobs::no_seed);
+    };
+    ($run:path, $seed:path) => {
+        struct __WharfWorker;
+
+        impl $crate::bindings::exports::wharf::platform::worker::Guest for __WharfWorker {
+            fn run(job: $crate::bindings::exports::wharf::platform::worker::Job) -> ::core::result::Result<(), String> {
+                $run($crate::jobs::Job::from_guest(job))
+            }
+
+            fn seed() -> ::core::result::Result<(), String> {
+                $seed()
+            }
+        }
+
+        $crate::bindings::export_worker!(__WharfWorker with_types_in $crate::bindings);
     };
 }
 

@@ -59,6 +59,11 @@ pub fn test_config(data: &Path) -> NodeConfig {
     config.usage_flush_interval = Duration::from_millis(200);
     config.init_admin = Some(OPERATOR.into());
     config.redis_url = redis_url();
+    // Jobs retry and poll quickly, so tests see backoff and recovery in seconds.
+    config.jobs.backoff = Duration::from_millis(100);
+    config.jobs.poll = Duration::from_millis(50);
+    config.jobs.timeout = Duration::from_secs(5);
+    config.jobs.lease = Duration::from_secs(8);
     config
 }
 

@@ -10,6 +10,7 @@ mod cluster;
 mod containment;
 mod data;
 mod instances;
+mod jobs;
 mod limits;
 mod publish;
 mod races;

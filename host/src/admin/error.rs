@@ -105,7 +105,9 @@ impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
         use RegistryError as E;
         let status = match &err {
-            E::Manifest(_) | E::Component(_) | E::NameMismatch { .. } | E::Dialect { .. } => StatusCode::BAD_REQUEST,
+            E::Manifest(_) | E::Component(_) | E::NameMismatch { .. } | E::Dialect { .. } | E::NoWorker { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             E::VersionConflict { .. } => StatusCode::CONFLICT,
             E::UnknownService(_) | E::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             E::Internal(e) => return Self::internal(e),
@@ -140,6 +142,26 @@ impl From<ConfigError> for ApiError {
                 RegistryError::UnknownService(_) | RegistryError::UnknownVersion { .. } | RegistryError::Dialect { .. },
             ) => StatusCode::BAD_REQUEST,
             E::Registry(inner) => return Self::from(RegistryError::Internal(anyhow::anyhow!("{inner}"))),
+            E::Internal(e) => return Self::internal(e),
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl From<crate::jobs::JobError> for ApiError {
+    fn from(err: crate::jobs::JobError) -> Self {
+        use crate::jobs::JobError as E;
+        let status = match &err {
+            E::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            E::InvalidKind(_)
+            | E::NotDeclared { .. }
+            | E::InvalidKey
+            | E::InvalidAttempts
+            | E::InvalidDelay
+            | E::InvalidState(_) => StatusCode::BAD_REQUEST,
+            E::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
+            E::UnknownJob(_) => StatusCode::NOT_FOUND,
+            E::WrongState { .. } => StatusCode::CONFLICT,
             E::Internal(e) => return Self::internal(e),
         };
         Self::new(status, err.to_string())

@@ -24,10 +24,15 @@
 //! | GET, PUT | `/v1/tenants/{id}/quotas[/{quota}]` | quotas with usage; `{"limit": n or null}` (operators) |
 //! | GET, PUT | `/v1/users/{email}/quotas[/{quota}]` | a user's tenants quota |
 //! | GET | `/v1/instances/{id}/usage`, `/v1/usage[?tenant=T]` | requests, fuel and errors |
+//! | POST | `/v1/instances/{id}/jobs` | `{"kind", "payload"?, "version"?, "delay_ms"?, "idempotency_key"?}`: queue a job |
+//! | GET | `/v1/jobs[?tenant&instance&kind&state&service&before&limit]`, `/v1/jobs/{id}` | jobs, newest first |
+//! | GET | `/v1/jobs/stats[?tenant=T]` | queue depth, running, dead and oldest ready job's wait per service |
+//! | POST | `/v1/jobs/{id}/retry`, `/v1/jobs/{id}/cancel` | retry a dead job; cancel one not running |
 
 mod auth;
 mod error;
 mod identity_api;
+mod jobs_api;
 pub mod throttle;
 
 use std::sync::atomic::Ordering;
@@ -97,10 +102,28 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/instances/{id}/hosts/verify", post(verify_host))
         .route("/v1/instances/{id}/usage", get(instance_usage))
         .route("/v1/usage", get(all_usage))
+        .route("/v1/instances/{id}/jobs", post(jobs_api::enqueue))
+        .route("/v1/jobs", get(jobs_api::list))
+        .route("/v1/jobs/stats", get(jobs_api::stats))
+        .route("/v1/jobs/{id}", get(jobs_api::get))
+        .route("/v1/jobs/{id}/retry", post(jobs_api::retry))
+        .route("/v1/jobs/{id}/cancel", post(jobs_api::cancel))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
         })
         .with_state(node)
+}
+
+/// Queue the instance setups a change made due (migrations of a version just
+/// activated or pinned), so they start now rather than at the next periodic check.
+async fn setups_due(node: &Node) -> usize {
+    match crate::jobs::setup::reconcile(node).await {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::warn!("failed to queue instance setups (retried shortly): {e:#}");
+            0
+        }
+    }
 }
 
 /// A JSON body, with the rejection turned into a 400 that says what is wrong.
@@ -284,6 +307,9 @@ async fn publish(
     let manifest = manifest.ok_or_else(|| ApiError::bad_request("missing the `manifest` part (wharf.toml)"))?;
     let component = component.ok_or_else(|| ApiError::bad_request("missing the `component` part (the .wasm file)"))?;
     let published = node.registry.publish(Some(&name), &manifest, component, query.activate).await?;
+    if published.version.active {
+        setups_due(&node).await;
+    }
     if published.created {
         node.audit
             .record(&caller.email, "version.publish", &format!("{name} {}", published.version.version), None, "ok")
@@ -314,6 +340,7 @@ async fn activate(
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Activate { version } = body(payload)?;
     let activated = node.registry.activate(&name, &version).await?;
+    setups_due(&node).await;
     node.audit.record(&caller.email, "version.activate", &format!("{name} {version}"), None, "ok").await;
     Ok(Json(serde_json::to_value(activated).map_err(anyhow::Error::from)?))
 }
@@ -546,7 +573,10 @@ async fn update_instance(
 ) -> ApiResult<Json<Value>> {
     let change = body(payload)?;
     instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
-    let instance = node.configurator.update_instance(&id, change, actor(&caller)).await?;
+    let mut instance = node.configurator.update_instance(&id, change, actor(&caller)).await?;
+    if setups_due(&node).await > 0 {
+        instance = node.configurator.instance(&id).await?;
+    }
     node.audit.record(&caller.email, "instance.update", &instance.id, Some(&instance.tenant), "ok").await;
     Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }

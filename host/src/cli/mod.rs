@@ -152,6 +152,22 @@ pub struct ServeArgs {
     /// most (four per instance; idle ones close after 30 s).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub instance_connections: u16,
+    /// Jobs this node runs at once (0: this node runs none, only serves).
+    #[arg(long, default_value_t = 16)]
+    pub job_workers: usize,
+    /// Wall-clock limit of one job attempt, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub job_timeout: u64,
+    /// Seconds a worker holds a job: past it, a job whose worker died runs
+    /// again elsewhere. At least the job timeout + 1 (default: timeout + 30).
+    #[arg(long)]
+    pub job_lease: Option<u64>,
+    /// First retry delay of a failed job, in milliseconds; doubles per attempt.
+    #[arg(long, default_value_t = 1000)]
+    pub job_backoff_ms: u64,
+    /// Attempts of a job unless it says otherwise.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_attempts: u32,
     /// Redis (redis://host:6379) for instances' key-value stores and login limits
     /// shared by several nodes; default: each node keeps them itself.
     #[arg(long, env = "WHARF_REDIS_URL", hide_env_values = true, value_name = "URL")]
@@ -245,6 +261,9 @@ pub struct ServeArgs {
     /// Database MiB per tenant, all its instances together (default quota).
     #[arg(long, default_value_t = 1024)]
     pub quota_database_mib: i64,
+    /// Jobs a tenant may have queued or running at once (default quota).
+    #[arg(long, default_value_t = 100_000)]
+    pub quota_pending_jobs: i64,
     /// Days an invitation can be accepted.
     #[arg(long, default_value_t = 7)]
     pub invitation_days: u64,
@@ -287,6 +306,11 @@ impl ServeArgs {
         config.edges.header_timeout = Duration::from_millis(self.client_timeout_ms);
         config.edges.body_idle_timeout = Duration::from_millis(self.client_timeout_ms);
         config.db_threads = self.db_threads;
+        config.jobs.concurrency = self.job_workers;
+        config.jobs.timeout = Duration::from_secs(self.job_timeout);
+        config.jobs.lease = Duration::from_secs(self.job_lease.unwrap_or(self.job_timeout + 30));
+        config.jobs.backoff = Duration::from_millis(self.job_backoff_ms.max(1));
+        config.jobs.max_attempts = self.job_attempts;
         config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
         let trust = &mut config.trust;
         trust.domains = self.domains.clone();
@@ -301,6 +325,7 @@ impl ServeArgs {
             instances_per_tenant: self.quota_instances,
             hostnames_per_tenant: self.quota_hostnames,
             database_bytes_per_tenant: self.quota_database_mib.saturating_mul(1 << 20),
+            pending_jobs_per_tenant: self.quota_pending_jobs,
         };
         trust.invitation_lifetime = Duration::from_secs(self.invitation_days * 86_400);
         trust.public_url = self.public_url.clone();

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::billing::Usage;
 use crate::registry::{manifest::validate_name, LoadedVersion, Registry, RegistryError};
-use crate::router::{self, Route, Router, VersionTarget};
+use crate::router::{self, InstanceSetup, Route, Router, SetupState, VersionTarget};
 use crate::runtime::Features;
 use crate::store::{self, Db};
 use hostnames::{Method, PendingHost, Policy, Verifier};
@@ -106,6 +106,25 @@ pub struct Instance {
     /// A disabled instance answers 410; its data is kept.
     pub enabled: bool,
     pub created_at: i64,
+    /// Its database's migrations and the setup in progress or failed.
+    pub setup: SetupInfo,
+}
+
+/// Where an instance's setup stands, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupInfo {
+    /// `ready`, `migrating` (in maintenance: 503) or `failed` (serving its
+    /// settled version; retry the setup job).
+    pub state: String,
+    /// The version the setup brings (or failed to bring) the instance to.
+    pub target: Option<String>,
+    pub error: Option<String>,
+    /// Migrations the instance's database has, in order.
+    pub applied_migrations: Vec<String>,
+    /// The last version set up successfully.
+    pub settled_version: Option<String>,
+    /// When the seeder ran (Unix seconds).
+    pub seeded_at: Option<i64>,
 }
 
 /// What to create.
@@ -163,10 +182,17 @@ struct InstanceRow {
     /// `(CASE WHEN enabled THEN 1 ELSE 0 END)`: see [`store::flag`].
     enabled: i64,
     created_at: i64,
+    setup_state: String,
+    setup_target: Option<String>,
+    setup_error: Option<String>,
+    applied_migrations: String,
+    settled_version: Option<String>,
+    seeded_at: Option<i64>,
 }
 
 const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, \
-     (CASE WHEN enabled THEN 1 ELSE 0 END) AS enabled, created_at";
+     (CASE WHEN enabled THEN 1 ELSE 0 END) AS enabled, created_at, setup_state, setup_target, setup_error, \
+     applied_migrations, settled_version, seeded_at";
 
 /// Who asks for a change: operators are bound by no quota and prove no hostname.
 #[derive(Debug, Clone, Copy)]
@@ -209,6 +235,8 @@ pub struct Configurator {
     redis: Option<Arc<crate::shared::Redis>>,
     /// With a PostgreSQL control plane, where instances keep their SQL databases.
     postgres: Option<Arc<database::PgDatabases>>,
+    /// The job queue guests enqueue into.
+    queue: Option<Arc<crate::jobs::Queue>>,
     /// The platform generation this node has applied.
     seen: Arc<store::Seen>,
     pub quotas: Quotas,
@@ -232,6 +260,7 @@ impl Configurator {
         db_threads: Arc<database::DbThreads>,
         redis: Option<Arc<crate::shared::Redis>>,
         postgres: Option<Arc<database::PgDatabases>>,
+        queue: Option<Arc<crate::jobs::Queue>>,
         seen: Arc<store::Seen>,
         config: &crate::config::NodeConfig,
     ) -> anyhow::Result<Self> {
@@ -239,6 +268,7 @@ impl Configurator {
         Ok(Self {
             redis,
             postgres,
+            queue,
             seen,
             quotas: Quotas::new(db.clone(), trust.quotas),
             policy: Policy::new(trust),
@@ -414,12 +444,22 @@ impl Configurator {
             let used = match quota {
                 Quota::Instances => self.count_instances(&self.db, tenant).await?,
                 Quota::Hostnames => self.count_hostnames(&self.db, tenant).await?,
+                Quota::PendingJobs => self.pending_jobs(tenant).await?,
                 _ => shared_bytes.unwrap_or_else(|| self.db_threads.tenant_bytes(tenant) as i64),
             };
             let (limit, source) = limits[&quota];
             out.push(QuotaUse { quota: quota.name(), limit, used, source });
         }
         Ok(out)
+    }
+
+    async fn pending_jobs(&self, tenant: &str) -> Result<i64, ConfigError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT pending FROM job_tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&self.db)
+            .await
+            .context("failed to count the tenant's jobs")?;
+        Ok(row.map(|(n,)| n).unwrap_or(0))
     }
 
     /// A user's tenants quota with what they use of it.
@@ -572,8 +612,17 @@ impl Configurator {
                 .context("provisioning task failed")?
                 .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
         }
+        // Migrations and the seeder run before the instance serves its first request.
+        if let (Some(queue), Some(version)) = (&self.queue, &version) {
+            if crate::jobs::setup::needed(version, &[], false) {
+                crate::jobs::setup::begin_in(&mut tx, queue, &id, &new.tenant, &new.service, &version.version).await?;
+            }
+        }
         let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit instance")?;
+        if let Some(queue) = &self.queue {
+            queue.wake.notify_one();
+        }
         self.add_routes(&id).await?;
         self.seen.applied_own(generation);
         tracing::info!(instance = %id, %name, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
@@ -954,6 +1003,14 @@ impl Configurator {
             settings: serde_json::from_str(&row.settings).unwrap_or_default(),
             enabled: store::flag(row.enabled),
             created_at: row.created_at,
+            setup: SetupInfo {
+                state: row.setup_state,
+                target: row.setup_target,
+                error: row.setup_error,
+                applied_migrations: serde_json::from_str(&row.applied_migrations).unwrap_or_default(),
+                settled_version: row.settled_version,
+                seeded_at: row.seeded_at,
+            },
         }
     }
 
@@ -974,7 +1031,8 @@ impl Configurator {
             let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
         }
-        self.router.replace(self.routes_of(rows));
+        let (routes, instances) = self.routes_of(rows);
+        self.router.replace(routes, instances);
         self.load_challenges().await
     }
 
@@ -986,7 +1044,8 @@ impl Configurator {
             let bytes = self.quotas.limit(&Subject::Tenant(&row.2), Quota::DatabaseBytes).await?;
             self.db_threads.set_tenant_quota(&row.2, bytes.max(0) as u64);
         }
-        self.router.extend(self.routes_of(rows));
+        let (routes, instances) = self.routes_of(rows);
+        self.router.extend(routes, instances);
         self.load_challenges().await
     }
 
@@ -1008,10 +1067,12 @@ impl Configurator {
     /// names under a platform domain).
     async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
         let custom =
-            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name \
+            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
+                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target \
                    FROM instance_hosts h JOIN instances i ON i.id = h.instance_id";
         let platform =
-            "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name \
+            "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
+                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target \
                    FROM instances i";
         let rows = match instance {
             Some(id) => {
@@ -1020,38 +1081,51 @@ impl Configurator {
                     .fetch_all(&self.db)
                     .await
                     .context("failed to load routes")?;
-                if self.policy.has_domains() {
-                    rows.extend(
-                        sqlx::query_as::<_, RouteRow>(&format!("{platform} WHERE i.id = $1"))
-                            .bind(id)
-                            .fetch_all(&self.db)
-                            .await
-                            .context("failed to load routes")?,
-                    );
-                }
+                // Every instance has a route (its jobs run through it), with
+                // or without hostnames.
+                rows.extend(
+                    sqlx::query_as::<_, RouteRow>(&format!("{platform} WHERE i.id = $1"))
+                        .bind(id)
+                        .fetch_all(&self.db)
+                        .await
+                        .context("failed to load routes")?,
+                );
                 rows
             }
             None => {
                 let mut rows: Vec<RouteRow> =
                     sqlx::query_as(custom).fetch_all(&self.db).await.context("failed to load routes")?;
-                if self.policy.has_domains() {
-                    rows.extend(
-                        sqlx::query_as::<_, RouteRow>(platform)
-                            .fetch_all(&self.db)
-                            .await
-                            .context("failed to load routes")?,
-                    );
-                }
+                rows.extend(
+                    sqlx::query_as::<_, RouteRow>(platform)
+                        .fetch_all(&self.db)
+                        .await
+                        .context("failed to load routes")?,
+                );
                 rows
             }
         };
         Ok(rows)
     }
 
-    fn routes_of(&self, rows: Vec<RouteRow>) -> HashMap<String, Arc<Route>> {
+    fn routes_of(&self, rows: Vec<RouteRow>) -> (HashMap<String, Arc<Route>>, HashMap<String, Arc<Route>>) {
         let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
         let mut by_instance: HashMap<String, Arc<Route>> = HashMap::new();
-        for (host, instance, tenant, service, pinned, modules, settings, enabled, name) in rows {
+        for (
+            host,
+            instance,
+            tenant,
+            service,
+            pinned,
+            modules,
+            settings,
+            enabled,
+            name,
+            applied,
+            settled,
+            state,
+            setup_target,
+        ) in rows
+        {
             let route = match by_instance.get(&instance) {
                 Some(route) => route.clone(),
                 None => {
@@ -1060,7 +1134,7 @@ impl Configurator {
                         continue;
                     };
                     let target = match pinned.as_deref() {
-                        None => VersionTarget::Follow(slot),
+                        None => VersionTarget::Follow(slot.clone()),
                         Some(version) => match slot.version(version) {
                             Some(loaded) => VersionTarget::Pinned(loaded),
                             None => {
@@ -1084,6 +1158,13 @@ impl Configurator {
                                 .into_iter()
                                 .collect(),
                         }),
+                        setup: InstanceSetup {
+                            state: SetupState::parse(&state),
+                            target: setup_target,
+                            applied: serde_json::from_str(&applied).unwrap_or_default(),
+                            settled: settled.and_then(|v| slot.version(&v)),
+                        },
+                        queue: self.queue.clone(),
                     });
                     by_instance.insert(instance.clone(), route.clone());
                     route
@@ -1097,13 +1178,28 @@ impl Configurator {
                 routes.insert(host, route);
             }
         }
-        routes
+        (routes, by_instance)
     }
 }
 
 /// hostname ('' for the platform names), instance, tenant, service, pinned
-/// version, modules, settings, enabled, instance name
-type RouteRow = (String, String, String, String, Option<String>, String, String, i64, String);
+/// version, modules, settings, enabled, instance name, applied migrations,
+/// settled version, setup state, setup target
+type RouteRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+);
 
 /// instance, hostname, token, created_at, checked_at, last_error
 type ClaimRow = (String, String, String, i64, Option<i64>, Option<String>);

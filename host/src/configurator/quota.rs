@@ -22,10 +22,12 @@ pub enum Quota {
     Hostnames,
     /// Bytes of all a tenant's instance databases together.
     DatabaseBytes,
+    /// Jobs of a tenant queued or running at once.
+    PendingJobs,
 }
 
 impl Quota {
-    pub const TENANT: [Quota; 3] = [Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes];
+    pub const TENANT: [Quota; 4] = [Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,11 +35,12 @@ impl Quota {
             Quota::Instances => "instances",
             Quota::Hostnames => "hostnames",
             Quota::DatabaseBytes => "database_bytes",
+            Quota::PendingJobs => "pending_jobs",
         }
     }
 
     pub fn parse(name: &str) -> Option<Quota> {
-        [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes]
+        [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs]
             .into_iter()
             .find(|q| q.name() == name)
     }
@@ -53,6 +56,7 @@ impl Quota {
             Quota::Instances => defaults.instances_per_tenant,
             Quota::Hostnames => defaults.hostnames_per_tenant,
             Quota::DatabaseBytes => defaults.database_bytes_per_tenant,
+            Quota::PendingJobs => defaults.pending_jobs_per_tenant,
         }
     }
 }
@@ -106,7 +110,7 @@ impl Quotas {
             .await
             .context("failed to read quotas")?;
         let mut limits: HashMap<Quota, (i64, &'static str)> =
-            [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes]
+            [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs]
                 .into_iter()
                 .map(|q| (q, (q.default_in(&self.defaults), "default")))
                 .collect();

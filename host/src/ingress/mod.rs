@@ -28,9 +28,9 @@ use body::{BodyPace, PacedBody};
 use crate::access::Access;
 use crate::identity::Identity;
 use crate::registry::LoadedVersion;
-use crate::router::{self, Router};
+use crate::router::{self, Router, Serving};
 use crate::runtime::Handled;
-use crate::runtime::{plain_body, GuestCaller, GuestContext, GuestFailure, RequestIdentity, Runtime};
+use crate::runtime::{plain_body, GuestCaller, GuestContext, GuestFailure, JobsContext, RequestIdentity, Runtime};
 
 /// What the ingress needs from the node.
 pub struct Ingress {
@@ -155,8 +155,12 @@ impl Ingress {
         if !route.enabled {
             return plain(StatusCode::GONE, "this site is disabled by its owner\n", request_id);
         }
-        let Some(version) = route.version() else {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id);
+        let version = match route.serving() {
+            Serving::Version(version) => version,
+            Serving::Nothing => {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id)
+            }
+            Serving::Maintenance => return maintenance(request_id),
         };
         // A module's routes exist only where the instance enabled the module.
         if !version.module_routes.is_empty() {
@@ -230,7 +234,19 @@ impl Ingress {
             .handle(
                 &version.pre,
                 who,
-                GuestContext { caller: guest_caller, features: route.features.clone(), db: Some(route.db.clone()) },
+                GuestContext {
+                    caller: guest_caller,
+                    features: route.features.clone(),
+                    db: Some(route.db.clone()),
+                    jobs: route.queue.as_ref().map(|queue| {
+                        Arc::new(JobsContext {
+                            queue: queue.clone(),
+                            tenant: route.tenant.clone(),
+                            instance: route.instance.clone(),
+                            version: version.clone(),
+                        })
+                    }),
+                },
                 req,
                 &route.recent,
                 move |who, outcome| {
@@ -402,6 +418,17 @@ fn failure_response(failure: &GuestFailure, request_id: u64) -> hyper::Response<
 }
 
 /// A short plain-text response made by the host.
+/// An instance being set up (its migrations and seeder running) answers this:
+/// every other instance keeps serving.
+fn maintenance(request_id: u64) -> hyper::Response<HyperOutgoingBody> {
+    const PAGE: &str = "<!doctype html><meta charset=utf-8><title>Updating</title>\
+        <h1>This site is being updated</h1><p>It will be back in a few seconds.</p>\n";
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, PAGE, request_id);
+    response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+}
+
 fn plain(status: StatusCode, body: impl Into<bytes::Bytes>, request_id: u64) -> hyper::Response<HyperOutgoingBody> {
     let mut response = hyper::Response::new(plain_body(body));
     *response.status_mut() = status;

@@ -35,6 +35,77 @@ pub struct Manifest {
     /// The optional `[[modules]]` a tenant may enable per instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<ModuleDecl>,
+    /// The `[[jobs]]` this version enqueues and runs, with the job versions it accepts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobDecl>,
+    /// The ordered `[[migrations]]` of the instance database, applied once each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<MigrationDecl>,
+}
+
+/// One `[[jobs]]` entry: a kind of background job.
+///
+/// ```toml
+/// [[jobs]]
+/// kind = "digest"
+/// versions = [1, 2]     # the payload shapes this version's `run` understands
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobDecl {
+    /// Letters, digits, '-', '_' and '.', starting with a letter (at most 64);
+    /// kinds starting with `wharf.` are the platform's.
+    pub kind: String,
+    /// Job versions `run` accepts (default `[1]`).
+    #[serde(default = "first_job_version")]
+    pub versions: Vec<u32>,
+    /// What the job does, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn first_job_version() -> Vec<u32> {
+    vec![1]
+}
+
+/// One `[[migrations]]` entry: a step of the instance database's schema, with
+/// its SQL for each dialect the service declares. `wharf publish` reads
+/// `sqlite_file` / `postgres_file` (relative to the manifest) into `sqlite` /
+/// `postgres`; the host stores the SQL with the version.
+///
+/// ```toml
+/// [[migrations]]
+/// name = "0001_posts"
+/// sqlite_file = "migrations/sqlite/0001_posts.sql"
+/// postgres_file = "migrations/postgres/0001_posts.sql"
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationDecl {
+    /// Unique and never renamed: an instance records the names it has applied.
+    pub name: String,
+    /// The statements for SQLite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<String>,
+    /// The statements for PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    /// A file the CLI reads into `sqlite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite_file: Option<String>,
+    /// A file the CLI reads into `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_file: Option<String>,
+}
+
+impl MigrationDecl {
+    /// The statements for `dialect`, if the migration has them.
+    pub fn sql(&self, dialect: SqlDialect) -> Option<&str> {
+        match dialect {
+            SqlDialect::Sqlite => self.sqlite.as_deref(),
+            SqlDialect::Postgres => self.postgres.as_deref(),
+        }
+    }
 }
 
 /// One `[[modules]]` entry: an optional feature of the service.
@@ -137,6 +208,23 @@ pub enum ManifestError {
     DuplicateModule(String),
     #[error("{0:?}: route {1:?} is not valid: write it as \"METHOD /path\", e.g. \"POST /users/:id\"")]
     Route(String, String),
+    #[error("job kind {0:?} is not valid: use a letter, then letters, digits, '-', '_' or '.' (at most 64); kinds starting with \"wharf.\" are the platform's")]
+    JobKind(String),
+    #[error("job kind {0:?} is declared twice")]
+    DuplicateJob(String),
+    #[error("job kind {0:?} must accept at least one job version (versions = [1])")]
+    NoJobVersions(String),
+    #[error("migration name {0:?} is not valid: use letters, digits, '-', '_' and '.' (at most 100)")]
+    MigrationName(String),
+    #[error("migration {0:?} is declared twice")]
+    DuplicateMigration(String),
+    #[error(
+        "migration {name:?} has no SQL for {dialect}, which the service declares: add `{dialect} = \"...\"` or \
+         `{dialect}_file = \"path.sql\"` (wharf publish reads the file)"
+    )]
+    MigrationSql { name: String, dialect: SqlDialect },
+    #[error("migration {0:?} is larger than 1 MiB")]
+    MigrationSize(String),
 }
 
 impl Manifest {
@@ -187,7 +275,57 @@ impl Manifest {
                 }
             }
         }
+        let mut kinds = std::collections::HashSet::new();
+        for job in &manifest.jobs {
+            if !valid_job_kind(&job.kind) {
+                return Err(ManifestError::JobKind(job.kind.clone()));
+            }
+            if !kinds.insert(job.kind.as_str()) {
+                return Err(ManifestError::DuplicateJob(job.kind.clone()));
+            }
+            if job.versions.is_empty() {
+                return Err(ManifestError::NoJobVersions(job.kind.clone()));
+            }
+            if job.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
+                return Err(ManifestError::Description);
+            }
+        }
+        let mut migrations = std::collections::HashSet::new();
+        for migration in &manifest.migrations {
+            let name = &migration.name;
+            let valid = !name.is_empty()
+                && name.len() <= 100
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(ManifestError::MigrationName(name.clone()));
+            }
+            if !migrations.insert(name.as_str()) {
+                return Err(ManifestError::DuplicateMigration(name.clone()));
+            }
+            for dialect in manifest.sql_dialects() {
+                match migration.sql(dialect) {
+                    None => return Err(ManifestError::MigrationSql { name: name.clone(), dialect }),
+                    Some(sql) if sql.len() > 1 << 20 => return Err(ManifestError::MigrationSize(name.clone())),
+                    Some(_) => {}
+                }
+            }
+        }
         Ok(manifest)
+    }
+
+    /// The `[[jobs]]` entry of `kind`, if declared.
+    pub fn job(&self, kind: &str) -> Option<&JobDecl> {
+        self.jobs.iter().find(|j| j.kind == kind)
+    }
+
+    /// Whether this version declares migration `name`.
+    pub fn declares_migration(&self, name: &str) -> bool {
+        self.migrations.iter().any(|m| m.name == name)
+    }
+
+    /// Whether this version's `run` accepts job `kind` at `version`.
+    pub fn accepts(&self, kind: &str, version: u32) -> bool {
+        self.job(kind).is_some_and(|j| j.versions.contains(&version))
     }
 
     /// The SQL dialects the service declares (`["sqlite"]` when it says nothing).
@@ -205,6 +343,14 @@ impl Manifest {
     pub fn declares_module(&self, id: &str) -> bool {
         self.modules.iter().any(|m| m.id == id)
     }
+}
+
+/// Whether `kind` may name a service's job.
+pub fn valid_job_kind(kind: &str) -> bool {
+    kind.len() <= 64
+        && kind.starts_with(|c: char| c.is_ascii_alphabetic())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !kind.starts_with("wharf.")
 }
 
 /// Check a service name: it appears in permissions (`name.permission`), URLs and
@@ -265,6 +411,21 @@ mod tests {
         assert!(Manifest::parse(&format!("{base}sql = []\n")).unwrap().runs_on(SqlDialect::Postgres));
         let err = Manifest::parse(&format!("{base}sql = [\"mysql\"]\n")).unwrap_err();
         assert!(err.to_string().contains("postgres"), "{err}");
+    }
+
+    #[test]
+    fn jobs_and_migrations_are_validated() {
+        let base = "[service]\nname = \"a\"\nversion = \"1.0.0\"\nsql = [\"sqlite\", \"postgres\"]\n";
+        let ok = format!("{base}[[jobs]]\nkind = \"digest\"\nversions = [1, 2]\n[[migrations]]\nname = \"0001\"\nsqlite = \"CREATE TABLE t (x)\"\npostgres = \"CREATE TABLE t (x int)\"\n");
+        let m = Manifest::parse(&ok).unwrap();
+        assert!(m.accepts("digest", 2) && !m.accepts("digest", 3) && !m.accepts("other", 1));
+        let platform = format!("{base}[[jobs]]\nkind = \"wharf.migrate\"\n");
+        assert!(matches!(Manifest::parse(&platform), Err(ManifestError::JobKind(_))));
+        let missing = format!("{base}[[migrations]]\nname = \"0001\"\nsqlite = \"CREATE TABLE t (x)\"\n");
+        let err = Manifest::parse(&missing).unwrap_err();
+        assert!(err.to_string().contains("postgres_file"), "{err}");
+        let twice = format!("{base}[[jobs]]\nkind = \"a\"\n[[jobs]]\nkind = \"a\"\n");
+        assert!(matches!(Manifest::parse(&twice), Err(ManifestError::DuplicateJob(_))));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::runtime::{InvalidComponent, Runtime};
 use crate::store::{self, Db};
 pub use guards::RouteGuards;
 pub use manifest::SqlDialect;
-pub use manifest::{Manifest, ManifestError, ModuleDecl, PermissionDecl};
+pub use manifest::{JobDecl, Manifest, ManifestError, MigrationDecl, ModuleDecl, PermissionDecl};
 
 /// A version compiled and linked, ready to serve.
 pub struct LoadedVersion {
@@ -44,13 +44,16 @@ pub struct LoadedVersion {
     pub guards: RouteGuards,
     /// Routes that belong to a module.
     pub module_routes: RouteGuards,
+    /// The job entry points, when the component exports `wharf:platform/worker`.
+    pub worker: Option<crate::runtime::WorkerPre>,
 }
 
 impl LoadedVersion {
-    fn new(sha256: String, pre: ProxyPre, manifest: Manifest) -> Self {
+    fn new(sha256: String, pre: ProxyPre, manifest: Manifest, worker: Option<crate::runtime::WorkerPre>) -> Self {
         let guards = RouteGuards::permissions(&manifest);
         let module_routes = RouteGuards::modules(&manifest);
         Self {
+            worker,
             module_routes,
             service: manifest.service.name.clone(),
             version: manifest.service.version.clone(),
@@ -113,6 +116,11 @@ pub enum RegistryError {
         platform.product()
     )]
     Dialect { service: String, version: String, declared: String, platform: SqlDialect },
+    #[error(
+        "{service} {version} declares [[jobs]] but its component does not export `wharf:platform/worker`: \
+         export it (with the SDK, `wharf_sdk::worker!(run_job)`) or remove the [[jobs]] entries"
+    )]
+    NoWorker { service: String, version: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -277,7 +285,8 @@ impl Registry {
         counter.fetch_add(1, Ordering::Relaxed);
         let pre = self.runtime.prepare(&component)?;
         let manifest = Manifest::parse(&row.manifest).context("the stored manifest no longer parses")?;
-        Ok(Arc::new(LoadedVersion::new(row.sha256.clone(), pre, manifest)))
+        let worker = self.runtime.prepare_worker(&pre);
+        Ok(Arc::new(LoadedVersion::new(row.sha256.clone(), pre, manifest, worker)))
     }
 
     /// Copy a component's bytes from the control plane to `path`, checking its hash.
@@ -397,6 +406,10 @@ impl Registry {
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
+        let worker = self.runtime.prepare_worker(&pre);
+        if !manifest.jobs.is_empty() && worker.is_none() {
+            return Err(RegistryError::NoWorker { service, version });
+        }
 
         let now = store::now();
         let _activating = self.activate_lock.lock().await;
@@ -442,7 +455,7 @@ impl Registry {
         let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit publish")?;
 
-        let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest));
+        let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest, worker));
         let slot = self.slot_or_new(&service);
         slot.versions.insert(version.clone(), loaded.clone());
         if activated {

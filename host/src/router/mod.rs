@@ -29,6 +29,53 @@ pub struct Route {
     pub db: Arc<crate::configurator::database::InstanceDb>,
     /// The instance's recent CPU use: heavy instances start on lowered threads.
     pub recent: Arc<crate::sched::RecentUse>,
+    /// Where the instance's schema stands: which version requests may run.
+    pub setup: InstanceSetup,
+    /// The platform's job queue, for the guest's `jobs` import.
+    pub queue: Option<Arc<crate::jobs::Queue>>,
+}
+
+/// Where an instance's database schema stands (see [`crate::jobs::setup`]).
+#[derive(Default)]
+pub struct InstanceSetup {
+    pub state: SetupState,
+    /// The version a setup is bringing the instance to (or failed to).
+    pub target: Option<String>,
+    /// Migrations its database has.
+    pub applied: Vec<String>,
+    /// The last version set up successfully: its schema is in place.
+    pub settled: Option<Arc<LoadedVersion>>,
+}
+
+/// The state of an instance's setup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SetupState {
+    /// Nothing in progress.
+    #[default]
+    Ready,
+    /// Migrations (and the seeder) are queued or running: the instance is in maintenance.
+    Migrating,
+    /// The last setup failed: the instance stays on its settled version.
+    Failed,
+}
+
+impl SetupState {
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "migrating" => Self::Migrating,
+            "failed" => Self::Failed,
+            _ => Self::Ready,
+        }
+    }
+}
+
+/// What a request arriving now runs.
+pub enum Serving {
+    Version(Arc<LoadedVersion>),
+    /// The instance is being set up (migrations, seeder): 503 with Retry-After.
+    Maintenance,
+    /// The service has no active version.
+    Nothing,
 }
 
 /// The version policy of an instance.
@@ -47,12 +94,33 @@ impl Route {
             VersionTarget::Pinned(version) => Some(version.clone()),
         }
     }
+
+    /// The version a request arriving now runs, given the instance's schema:
+    /// the wanted version once its migrations are applied; while they are being
+    /// applied, maintenance; after they failed, the version set up last.
+    pub fn serving(&self) -> Serving {
+        let Some(wanted) = self.version() else { return Serving::Nothing };
+        let setup = &self.setup;
+        let targeted = setup.target.as_deref() == Some(wanted.version.as_str());
+        if setup.state == SetupState::Migrating && targeted {
+            return Serving::Maintenance;
+        }
+        if wanted.manifest.migrations.iter().all(|m| setup.applied.contains(&m.name)) {
+            return Serving::Version(wanted);
+        }
+        match &setup.settled {
+            Some(settled) if setup.state == SetupState::Failed && targeted => Serving::Version(settled.clone()),
+            _ => Serving::Maintenance,
+        }
+    }
 }
 
 /// The hostname table.
 #[derive(Default)]
 pub struct Router {
     table: ArcSwap<HashMap<String, Arc<Route>>>,
+    /// Every instance's route, by instance id (also those without hostnames).
+    instances: ArcSwap<HashMap<String, Arc<Route>>>,
     /// Hostnames claimed but not yet proven, with their challenge tokens.
     challenges: ArcSwap<HashMap<String, Vec<String>>>,
 }
@@ -63,16 +131,27 @@ impl Router {
         self.table.load().get(host).cloned()
     }
 
-    /// Replace the whole table.
-    pub fn replace(&self, table: HashMap<String, Arc<Route>>) {
-        self.table.store(Arc::new(table));
+    /// An instance's route.
+    pub fn instance(&self, id: &str) -> Option<Arc<Route>> {
+        self.instances.load().get(id).cloned()
     }
 
-    /// Add or replace some hostnames, keeping the rest.
-    pub fn extend(&self, routes: HashMap<String, Arc<Route>>) {
+    /// Replace the whole table.
+    pub fn replace(&self, table: HashMap<String, Arc<Route>>, instances: HashMap<String, Arc<Route>>) {
+        self.table.store(Arc::new(table));
+        self.instances.store(Arc::new(instances));
+    }
+
+    /// Add or replace some hostnames and instances, keeping the rest.
+    pub fn extend(&self, routes: HashMap<String, Arc<Route>>, instances: HashMap<String, Arc<Route>>) {
         self.table.rcu(|current| {
             let mut next = HashMap::clone(current);
             next.extend(routes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            next
+        });
+        self.instances.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.extend(instances.iter().map(|(k, v)| (k.clone(), v.clone())));
             next
         });
     }

@@ -278,7 +278,7 @@ impl Drop for GuestTask {
     }
 }
 
-fn classify(err: &wasmtime::Error, memory_cap_hit: bool) -> GuestFailure {
+pub(crate) fn classify(err: &wasmtime::Error, memory_cap_hit: bool) -> GuestFailure {
     if err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
         return GuestFailure::AtCapacity;
     }

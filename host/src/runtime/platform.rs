@@ -19,13 +19,14 @@ mod bindings {
         imports: {
             "wharf:platform/sql": async,
             "wharf:platform/kv": async,
+            "wharf:platform/jobs": async,
         },
     });
 }
 
 use std::sync::Arc;
 
-use bindings::wharf::platform::{features, identity, kv, sql};
+use bindings::wharf::platform::{features, identity, jobs, kv, sql};
 
 use crate::configurator::database::{Call, Dialect, InstanceDb, SqlValue};
 
@@ -47,6 +48,22 @@ pub struct GuestContext {
     pub features: Arc<Features>,
     /// The instance's database and key-value store.
     pub db: Option<Arc<InstanceDb>>,
+    /// Where the guest's jobs go.
+    pub jobs: Option<Arc<JobsContext>>,
+}
+
+/// What a guest enqueues jobs as: its instance and the version running.
+pub struct JobsContext {
+    pub queue: Arc<crate::jobs::Queue>,
+    pub tenant: Arc<str>,
+    pub instance: Arc<str>,
+    pub version: Arc<crate::registry::LoadedVersion>,
+}
+
+impl std::fmt::Debug for JobsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsContext").field("instance", &self.instance).finish_non_exhaustive()
+    }
 }
 
 /// A caller as the guest sees it.
@@ -194,6 +211,48 @@ impl kv::Host for GuestState {
     }
 }
 
+impl jobs::Host for GuestState {
+    async fn enqueue(&mut self, kind: String, payload: Vec<u8>, options: jobs::Options) -> Result<String, String> {
+        let Some(context) = self.context.jobs.clone() else {
+            return Err("this call cannot enqueue jobs".into());
+        };
+        let version = &context.version;
+        if !version.manifest.accepts(&kind, options.version) {
+            return Err(crate::jobs::JobError::NotDeclared {
+                service: version.service.clone(),
+                version: version.version.clone(),
+                kind,
+                job_version: options.version,
+            }
+            .to_string());
+        }
+        let job = crate::jobs::NewJob {
+            tenant: context.tenant.to_string(),
+            instance: context.instance.to_string(),
+            service: version.service.clone(),
+            kind,
+            payload,
+            job_version: options.version,
+            enqueued_by: version.version.clone(),
+            delay: std::time::Duration::from_millis(options.delay_ms),
+            idempotency_key: options.idempotency_key,
+            priority: options.priority,
+            max_attempts: options.max_attempts,
+        };
+        // Its wall time is charged like a database call's.
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let result = match tokio::time::timeout_at(deadline, context.queue.enqueue_for_tenant(job)).await {
+            Ok(Ok(enqueued)) => Ok(enqueued.id),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the request's deadline passed while queueing the job".into()),
+        };
+        let fuel = started.elapsed().as_micros() as u64 * (HOST_CALL_FUEL_PER_MS / 1000);
+        self.host_fuel_debt = self.host_fuel_debt.saturating_add(fuel);
+        result
+    }
+}
+
 /// Take the fuel owed for host-call time from the store. Called as a platform
 /// call returns to the guest, where compiled code reloads its fuel counter; past
 /// the budget, the guest stops at its next instruction (out of fuel).
@@ -243,5 +302,7 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<GuestState>) -> wa
     link_charged!(kv, "delete", kv::Host, delete, (key: String));
     link_charged!(kv, "list-keys", kv::Host, list_keys, (prefix: String, limit: u32));
     link_charged!(kv, "increment", kv::Host, increment, (key: String, delta: i64));
+    let mut jobs = linker.instance("wharf:platform/jobs@0.1.0")?;
+    link_charged!(jobs, "enqueue", jobs::Host, enqueue, (kind: String, payload: Vec<u8>, options: jobs::Options));
     Ok(())
 }

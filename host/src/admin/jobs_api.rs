@@ -1,0 +1,202 @@
+//! `/v1/jobs`: list, inspect, retry and cancel jobs, queue depth per service,
+//! and enqueueing a job for an instance. Members see their tenants' jobs
+//! (`wharf.tenants.read`) and act on them with `wharf.instances.manage`; a job
+//! of another tenant answers 404, like one that does not exist.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Authed;
+use super::{body, instance_for, ApiError, ApiResult};
+use crate::access::{AccessError, Platform};
+use crate::jobs::{JobError, JobFilter, JobInfo, NewJob, SETUP_KIND};
+use crate::node::Node;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobQuery {
+    tenant: Option<String>,
+    instance: Option<String>,
+    kind: Option<String>,
+    state: Option<String>,
+    service: Option<String>,
+    /// A job id: list the jobs created before it (the `next` of a page).
+    before: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The tenants whose jobs the caller may see (`None`: every tenant).
+async fn visible(
+    node: &Node,
+    caller: &crate::identity::Caller,
+    tenant: Option<&str>,
+) -> ApiResult<Option<Vec<String>>> {
+    Ok(match tenant {
+        Some(tenant) => {
+            node.access.require(caller, tenant, Platform::TenantRead).await?;
+            Some(vec![tenant.to_string()])
+        }
+        None => node.access.tenants_holding(caller, Platform::TenantRead).await?,
+    })
+}
+
+pub(crate) async fn list(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tenants = visible(&node, &caller, query.tenant.as_deref()).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = JobFilter {
+        tenants,
+        instance: query.instance,
+        kind: query.kind,
+        state: query.state,
+        service: query.service,
+        before: query.before.filter(|b| !b.is_empty()),
+        limit,
+    };
+    let jobs = node.queue.list(&filter).await?;
+    let next = match jobs.last() {
+        Some(last) if jobs.len() as i64 == limit => json!(last.id),
+        _ => Value::Null,
+    };
+    Ok(Json(json!({ "jobs": jobs, "next": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatsQuery {
+    tenant: Option<String>,
+}
+
+pub(crate) async fn stats(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tenants = visible(&node, &caller, query.tenant.as_deref()).await?;
+    let services = node.queue.stats(tenants.as_deref()).await?;
+    Ok(Json(json!({ "services": services, "workers": node.queue.config.concurrency })))
+}
+
+/// A job the caller may act on with `permission`: 404 for other tenants' jobs.
+async fn job_for(node: &Node, caller: &crate::identity::Caller, id: &str, permission: Platform) -> ApiResult<JobInfo> {
+    let job = node.queue.get(id).await?;
+    node.access.require(caller, &job.tenant, permission).await.map_err(|e| match e {
+        AccessError::NoSuchTenant(_) => ApiError::from(JobError::UnknownJob(id.to_string())),
+        other => other.into(),
+    })?;
+    Ok(job)
+}
+
+pub(crate) async fn get(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let job = job_for(&node, &caller, &id, Platform::TenantRead).await?;
+    Ok(Json(serde_json::to_value(job).map_err(anyhow::Error::from)?))
+}
+
+pub(crate) async fn retry(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let job = job_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let retried = node.queue.retry(&id).await?;
+    if job.kind == SETUP_KIND {
+        node.configurator.refresh_routes().await?;
+    }
+    node.audit.record(&caller.email, "job.retry", &id, Some(&job.tenant), "ok").await;
+    Ok(Json(serde_json::to_value(retried).map_err(anyhow::Error::from)?))
+}
+
+pub(crate) async fn cancel(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let job = job_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let cancelled = node.queue.cancel(&id).await?;
+    if job.kind == SETUP_KIND {
+        node.configurator.refresh_routes().await?;
+    }
+    node.audit.record(&caller.email, "job.cancel", &id, Some(&job.tenant), "ok").await;
+    Ok(Json(serde_json::to_value(cancelled).map_err(anyhow::Error::from)?))
+}
+
+/// A job to queue through the API.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Enqueue {
+    kind: String,
+    /// Text (often JSON) handed to the job as its payload bytes.
+    #[serde(default)]
+    payload: String,
+    #[serde(default = "one")]
+    version: u32,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+pub(crate) async fn enqueue(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    payload: Result<Json<Enqueue>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let request = body(payload)?;
+    let instance = instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let route = node.router.instance(&id).ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))?;
+    let Some(version) = route.version() else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "the service has no active version"));
+    };
+    if !version.manifest.accepts(&request.kind, request.version) {
+        return Err(JobError::NotDeclared {
+            service: version.service.clone(),
+            version: version.version.clone(),
+            kind: request.kind,
+            job_version: request.version,
+        }
+        .into());
+    }
+    let job = NewJob {
+        tenant: instance.tenant.clone(),
+        instance: instance.id.clone(),
+        service: instance.service.clone(),
+        kind: request.kind,
+        payload: request.payload.into_bytes(),
+        job_version: request.version,
+        enqueued_by: version.version.clone(),
+        delay: std::time::Duration::from_millis(request.delay_ms),
+        idempotency_key: request.idempotency_key,
+        priority: request.priority,
+        max_attempts: request.max_attempts,
+    };
+    let enqueued = node.queue.enqueue_for_tenant(job).await?;
+    if enqueued.created {
+        node.audit.record(&caller.email, "job.enqueue", &enqueued.id, Some(&instance.tenant), "ok").await;
+    }
+    let status = if enqueued.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::to_value(enqueued).map_err(anyhow::Error::from)?)))
+}

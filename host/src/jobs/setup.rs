@@ -1,0 +1,455 @@
+//! The instance lifecycle: an instance whose wanted version (the service's
+//! active one, or the one it is pinned to) has migrations its database lacks,
+//! or that was never seeded, gets a setup job (`wharf.setup`): a worker applies
+//! the pending migrations in one transaction of the instance's database,
+//! recording each in its `wharf_migrations` table, then runs the version's
+//! seeder once. Meanwhile the instance is in maintenance (503, `Retry-After`);
+//! every other instance keeps serving. A failed setup leaves the database as it
+//! was and the instance on the version set up last, serving, with the error in
+//! the API until the job is retried.
+//!
+//! Setups start when an instance is created, and from [`reconcile`], which
+//! every node runs every few seconds and after activations and pin changes: a
+//! conditional update of the instance row decides which node queues the job.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use super::{Claimed, Finish, NewJob, Queue, SETUP_KIND};
+use crate::configurator::database::{Call, Dialect, SqlValue};
+use crate::node::Node;
+use crate::registry::LoadedVersion;
+use crate::router::{Route, SetupState};
+use crate::store::{self, Backend};
+
+/// Where an instance records the migrations it has.
+const RECORD_TABLE: &str = "CREATE TABLE IF NOT EXISTS wharf_migrations \
+     (name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at BIGINT NOT NULL)";
+
+/// Whether an instance at `applied` (and seeded or not) needs a setup to run `version`.
+pub fn needed(version: &LoadedVersion, applied: &[String], seeded: bool) -> bool {
+    version.manifest.migrations.iter().any(|m| !applied.contains(&m.name)) || (!seeded && version.worker.is_some())
+}
+
+/// Put `instance` in maintenance and queue its setup to `version` (inside
+/// `tx`), unless a setup to that version is already queued or has failed.
+/// Returns whether a setup was queued.
+pub async fn begin_in(
+    tx: &mut sqlx::Transaction<'_, Backend>,
+    queue: &Queue,
+    instance: &str,
+    tenant: &str,
+    service: &str,
+    version: &str,
+) -> anyhow::Result<bool> {
+    let claimed = sqlx::query(
+        "UPDATE instances SET setup_state = 'migrating', setup_target = $1, setup_error = NULL \
+         WHERE id = $2 AND NOT (COALESCE(setup_target, '') = $1 AND setup_state IN ('migrating', 'failed'))",
+    )
+    .bind(version)
+    .bind(instance)
+    .execute(&mut **tx)
+    .await
+    .context("failed to start the instance's setup")?
+    .rows_affected();
+    if claimed == 0 {
+        return Ok(false);
+    }
+    let job = NewJob {
+        tenant: tenant.to_string(),
+        instance: instance.to_string(),
+        service: service.to_string(),
+        kind: SETUP_KIND.to_string(),
+        payload: serde_json::json!({ "version": version }).to_string().into_bytes(),
+        job_version: 1,
+        enqueued_by: version.to_string(),
+        delay: std::time::Duration::ZERO,
+        idempotency_key: None,
+        // Ahead of the tenant's other jobs: its instance is down meanwhile.
+        priority: 1000,
+        // A failed setup waits for a person (the instance keeps serving its
+        // previous version meanwhile).
+        max_attempts: Some(1),
+    };
+    queue.enqueue_in(tx, &job, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(true)
+}
+
+/// A setup job about to be retried: its instance goes back to maintenance.
+pub async fn retrying(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE instances SET setup_state = 'migrating', setup_error = NULL WHERE id = $1")
+        .bind(instance)
+        .execute(&mut **tx)
+        .await
+        .context("failed to restart the instance's setup")?;
+    store::bump_generation(tx).await.context("failed to record the change")?;
+    Ok(())
+}
+
+/// A setup job cancelled: its instance leaves maintenance, on its previous version.
+pub async fn cancelled(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE instances SET setup_state = 'failed', setup_error = 'the setup job was cancelled' \
+         WHERE id = $1 AND setup_state = 'migrating'",
+    )
+    .bind(instance)
+    .execute(&mut **tx)
+    .await
+    .context("failed to stop the instance's setup")?;
+    store::bump_generation(tx).await.context("failed to record the change")?;
+    Ok(())
+}
+
+type SetupRow = (String, String, String, Option<String>, String, String, Option<String>, Option<i64>);
+
+/// Queue the setups instances need: those whose wanted version has migrations
+/// their database lacks, or that were never seeded. Returns how many started.
+pub async fn reconcile(node: &Node) -> anyhow::Result<usize> {
+    let rows: Vec<SetupRow> = sqlx::query_as(
+        "SELECT id, tenant_id, service, pinned_version, applied_migrations, setup_state, setup_target, seeded_at \
+         FROM instances WHERE enabled",
+    )
+    .fetch_all(&node.db)
+    .await
+    .context("failed to read instances")?;
+    let mut started = 0;
+    for (id, tenant, service, pinned, applied, state, target, seeded) in rows {
+        let Some(slot) = node.registry.slot(&service) else { continue };
+        let wanted = match &pinned {
+            Some(version) => slot.version(version),
+            None => slot.active(),
+        };
+        let Some(wanted) = wanted else { continue };
+        let applied: Vec<String> = serde_json::from_str(&applied).unwrap_or_default();
+        if !needed(&wanted, &applied, seeded.is_some()) {
+            continue;
+        }
+        let state = SetupState::parse(&state);
+        if state != SetupState::Ready && target.as_deref() == Some(wanted.version.as_str()) {
+            continue;
+        }
+        let mut tx = node.db.begin().await.context("failed to begin transaction")?;
+        if begin_in(&mut tx, &node.queue, &id, &tenant, &service, &wanted.version).await? {
+            let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
+            tx.commit().await.context("failed to commit the setup")?;
+            node.generation.applied_own(generation);
+            node.queue.wake.notify_one();
+            tracing::info!(instance = %id, version = %wanted.version, "instance setup queued");
+            started += 1;
+        }
+    }
+    if started > 0 {
+        node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(started)
+}
+
+/// Run a setup job: migrations, then the seeder; the instance leaves
+/// maintenance either way (on the new version, or on its previous one).
+pub async fn run(node: &Node, job: &Claimed) -> Finish {
+    let target = serde_json::from_slice::<serde_json::Value>(&job.payload)
+        .ok()
+        .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_string));
+    let Some(target) = target else {
+        return Finish::Dead { error: "the setup job names no version".into() };
+    };
+    let route = match super::worker::route_of(node, &job.instance_id).await {
+        Ok(route) => route,
+        Err(finish) => return finish,
+    };
+    let outcome = apply(node, job, &route, &target).await;
+    let recorded = finish(node, &job.instance_id, &target, &outcome).await;
+    if let Err(e) = recorded {
+        tracing::warn!(instance = %job.instance_id, "failed to record the setup's outcome: {e:#}");
+    }
+    match outcome {
+        Ok(_) => Finish::Succeeded { ran_version: target },
+        Err(Failure { error, .. }) => Finish::Failed { error, ran_version: Some(target) },
+    }
+}
+
+struct Failure {
+    error: String,
+    /// Migrations the database has (unchanged by the failure).
+    applied: Option<Vec<String>>,
+}
+
+impl Failure {
+    fn new(error: impl Into<String>) -> Self {
+        Self { error: error.into(), applied: None }
+    }
+}
+
+/// What a successful setup leaves: the migrations applied, and whether it seeded.
+struct Done {
+    applied: Vec<String>,
+    seeded: bool,
+}
+
+async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> Result<Done, Failure> {
+    let version = node
+        .registry
+        .slot(&job.service)
+        .and_then(|slot| slot.version(target))
+        .ok_or_else(|| Failure::new(format!("{} {target} is not loaded", job.service)))?;
+    let db = route.db.clone();
+    let dialect = match db.dialect() {
+        Dialect::Postgres => crate::registry::SqlDialect::Postgres,
+        Dialect::Sqlite => crate::registry::SqlDialect::Sqlite,
+    };
+    let deadline = Instant::now() + node.queue.config.timeout;
+    let call = Call::until(deadline);
+    let mut applied: HashMap<String, String> = HashMap::new();
+    if !version.manifest.migrations.is_empty() {
+        db.execute(RECORD_TABLE.to_string(), Vec::new(), &call)
+            .await
+            .map_err(|e| Failure::new(format!("cannot record migrations in the instance database: {e}")))?;
+        let rows = db
+            .query("SELECT name, checksum FROM wharf_migrations".to_string(), Vec::new(), &call)
+            .await
+            .map_err(|e| Failure::new(format!("cannot read the instance's migrations: {e}")))?;
+        for row in rows.rows {
+            if let [SqlValue::Text(name), SqlValue::Text(checksum)] = row.as_slice() {
+                applied.insert(name.clone(), checksum.clone());
+            }
+        }
+    }
+    let known: Vec<String> = applied.keys().cloned().collect();
+    let mut statements: Vec<(String, Vec<SqlValue>)> = Vec::new();
+    // Which migration each statement belongs to, for the error.
+    let mut owners: Vec<&str> = Vec::new();
+    let mut names = Vec::new();
+    for migration in &version.manifest.migrations {
+        let sql = migration.sql(dialect).unwrap_or_default();
+        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+        match applied.get(&migration.name) {
+            Some(recorded) if *recorded == checksum => continue,
+            Some(_) => {
+                return Err(Failure {
+                    error: format!(
+                        "migration {:?} was changed after it was applied to this instance; migrations are \
+                         append-only: restore it and add a new migration",
+                        migration.name
+                    ),
+                    applied: Some(known),
+                })
+            }
+            None => {}
+        }
+        for statement in split_statements(sql) {
+            statements.push((statement, Vec::new()));
+            owners.push(&migration.name);
+        }
+        statements.push((
+            "INSERT INTO wharf_migrations (name, checksum, applied_at) VALUES (?1, ?2, ?3)".to_string(),
+            vec![
+                SqlValue::Text(migration.name.clone()),
+                SqlValue::Text(checksum),
+                SqlValue::Integer(store::now_millis()),
+            ],
+        ));
+        owners.push(&migration.name);
+        names.push(migration.name.clone());
+    }
+    if !statements.is_empty() {
+        if let Err(e) = db.batch(statements, &call).await {
+            let owner = e
+                .strip_prefix("statement ")
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| owners.get(n.wrapping_sub(1)));
+            let error = match owner {
+                Some(name) => format!("migration {name:?} failed, so none was applied: {e}"),
+                None => format!("the migrations failed, so none was applied: {e}"),
+            };
+            return Err(Failure { error, applied: Some(known) });
+        }
+        tracing::info!(instance = %job.instance_id, version = target, migrations = ?names, "migrations applied");
+    }
+    let mut all: Vec<String> = version.manifest.migrations.iter().map(|m| m.name.clone()).collect();
+    all.extend(known.into_iter().filter(|n| !version.manifest.declares_migration(n)));
+    let seeded: Option<(Option<i64>,)> = sqlx::query_as("SELECT seeded_at FROM instances WHERE id = $1")
+        .bind(&job.instance_id)
+        .fetch_optional(&node.db)
+        .await
+        .map_err(|e| Failure::new(format!("cannot read the instance: {e}")))?;
+    let mut did_seed = false;
+    if matches!(seeded, Some((None,))) {
+        if let Some(worker) = &version.worker {
+            let outcome = node
+                .runtime
+                .run_job(
+                    worker,
+                    super::worker::identity(route),
+                    super::worker::context(node, route, &version),
+                    crate::runtime::JobCall::Seed,
+                    node.queue.config.fuel,
+                    deadline.saturating_duration_since(Instant::now()),
+                )
+                .await;
+            route.usage.record(outcome.fuel, outcome.result.is_err());
+            if let Err(e) = outcome.result {
+                return Err(Failure { error: format!("the seeder failed: {e}"), applied: Some(all) });
+            }
+            did_seed = true;
+        }
+    }
+    Ok(Done { applied: all, seeded: did_seed })
+}
+
+/// Record the setup's outcome on the instance and re-route it everywhere.
+async fn finish(node: &Node, instance: &str, target: &str, outcome: &Result<Done, Failure>) -> anyhow::Result<()> {
+    let mut tx = node.db.begin().await.context("failed to begin transaction")?;
+    match outcome {
+        Ok(done) => {
+            sqlx::query(
+                "UPDATE instances SET setup_state = 'ready', setup_error = NULL, settled_version = $1, \
+                 applied_migrations = $2, seeded_at = CASE WHEN $3 = 1 THEN $4 ELSE seeded_at END \
+                 WHERE id = $5 AND setup_target = $1",
+            )
+            .bind(target)
+            .bind(serde_json::to_string(&done.applied).unwrap_or_else(|_| "[]".into()))
+            .bind(i64::from(done.seeded))
+            .bind(store::now())
+            .bind(instance)
+            .execute(&mut *tx)
+            .await
+            .context("failed to record the setup")?;
+        }
+        Err(failure) => {
+            sqlx::query(
+                "UPDATE instances SET setup_state = 'failed', setup_error = $1, \
+                 applied_migrations = COALESCE($2, applied_migrations) WHERE id = $3 AND setup_target = $4",
+            )
+            .bind(super::truncate(&failure.error, 2000))
+            .bind(failure.applied.as_ref().and_then(|a| serde_json::to_string(a).ok()))
+            .bind(instance)
+            .bind(target)
+            .execute(&mut *tx)
+            .await
+            .context("failed to record the setup's failure")?;
+            tracing::warn!(%instance, version = target, "instance setup failed: {}", failure.error);
+        }
+    }
+    let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
+    tx.commit().await.context("failed to commit the setup's outcome")?;
+    node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    node.generation.applied_own(generation);
+    Ok(())
+}
+
+/// Split a migration file into statements at `;`, outside strings, quoted
+/// identifiers, comments, PostgreSQL dollar quotes and SQLite trigger bodies
+/// (`CREATE TRIGGER ... BEGIN ...; ...; END`). Empty statements are dropped.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    // BEGIN/CASE ... END nesting inside a trigger.
+    let mut depth = 0usize;
+    let mut words: Vec<String> = Vec::new();
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'\'' | b'"' | b'`' => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == c {
+                        if bytes.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'$' => {
+                // $tag$ ... $tag$ (a parameter like $1 is not a quote).
+                let tag_end = bytes[i + 1..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+                match tag_end.map(|n| i + 1 + n) {
+                    Some(end) if bytes[end] == b'$' && !bytes[i + 1].is_ascii_digit() => {
+                        let tag = &sql[i..=end];
+                        match sql[end + 1..].find(tag) {
+                            Some(close) => i = end + 1 + close + tag.len(),
+                            None => i = bytes.len(),
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            b';' if depth == 0 => {
+                let statement = sql[start..i].trim();
+                if !statement.is_empty() {
+                    out.push(statement.to_string());
+                }
+                words.clear();
+                i += 1;
+                start = i;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let begin = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                let word = sql[begin..i].to_ascii_uppercase();
+                let in_trigger = words.len() >= 2
+                    && words[0] == "CREATE"
+                    && (words[1] == "TRIGGER" || (words.len() >= 3 && words[2] == "TRIGGER"));
+                if in_trigger {
+                    match word.as_str() {
+                        "BEGIN" | "CASE" => depth += 1,
+                        "END" => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+                if words.len() < 3 {
+                    words.push(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    let statement = sql[start.min(sql.len())..].trim();
+    if !statement.is_empty() {
+        out.push(statement.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn statements_split_outside_quotes_comments_and_bodies() {
+        let sql = "CREATE TABLE a (x TEXT DEFAULT ';'); -- a; comment\n\
+                   /* b; */ INSERT INTO a VALUES ('it''s; fine');\n\
+                   CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;\n\
+                   CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE a SET x = CASE WHEN 1 THEN 'y' END; DELETE FROM a; END;\n\
+                   SELECT $1;;";
+        let statements = split_statements(sql);
+        assert_eq!(statements.len(), 5, "{statements:#?}");
+        assert!(statements[2].ends_with("LANGUAGE sql"));
+        assert!(statements[3].starts_with("CREATE TRIGGER") && statements[3].ends_with("END"));
+        assert_eq!(statements[4], "SELECT $1");
+    }
+}

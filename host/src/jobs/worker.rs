@@ -1,0 +1,240 @@
+//! The workers of one node: claim ready jobs while slots are free, run each on
+//! the version that accepts it, record outcomes in batches. Every second the
+//! node also takes back jobs whose worker died (expired leases); every few
+//! seconds it queues the instance setups that are due.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+use super::{Claimed, Finish, SETUP_KIND};
+use crate::node::Node;
+use crate::registry::LoadedVersion;
+use crate::router::{Route, Serving};
+use crate::runtime::{GuestContext, GuestJob, JobCall, JobsContext, RequestIdentity};
+
+/// How often expired leases are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+/// How often due setups are looked for.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How often finished jobs past their retention are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Run this node's workers until `stop` is set, then wait (up to `grace`) for
+/// the jobs in flight.
+pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Duration) {
+    let concurrency = node.queue.config.concurrency;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let freed = Arc::new(Notify::new());
+    let (done, outcomes) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record(node.clone(), outcomes));
+    let mut last_reap = Instant::now() - REAP_EVERY;
+    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
+    let mut last_purge = Instant::now();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if last_reap.elapsed() >= REAP_EVERY {
+            last_reap = Instant::now();
+            if let Err(e) = node.queue.reap().await {
+                tracing::warn!("failed to take back expired jobs: {e:#}");
+            }
+        }
+        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            last_reconcile = Instant::now();
+            if let Err(e) = super::setup::reconcile(&node).await {
+                tracing::warn!("failed to queue instance setups: {e:#}");
+            }
+        }
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = Instant::now();
+            match node.queue.purge().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
+        let free = if concurrency == 0 { 0 } else { slots.available_permits() };
+        let claimed = if free > 0 {
+            match node.queue.claim(free).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!("failed to claim jobs: {e:#}");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let full = !claimed.is_empty() && claimed.len() == free.min(super::CLAIM_BATCH);
+        for job in claimed {
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let (node, done, freed) = (node.clone(), done.clone(), freed.clone());
+            tokio::spawn(async move {
+                let finish = run_one(&node, &job).await;
+                let _ = done.send((job, finish));
+                drop(permit);
+                freed.notify_one();
+            });
+        }
+        if full {
+            // More may be ready: claim again at once.
+            continue;
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = node.queue.wake.notified() => {}
+            _ = freed.notified(), if free == 0 => {}
+            _ = tokio::time::sleep(node.queue.config.poll) => {}
+        }
+    }
+    // Jobs in flight finish (their outcomes recorded); one that outlives the
+    // grace is left to its lease and runs again elsewhere.
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!("jobs still running at shutdown are left to their leases");
+    }
+    drop(done);
+    let _ = recorder.await;
+}
+
+/// Write outcomes as they arrive, all those waiting in one transaction.
+async fn record(node: Arc<Node>, mut outcomes: mpsc::UnboundedReceiver<(Claimed, Finish)>) {
+    let mut batch = Vec::new();
+    while let Some(first) = outcomes.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match outcomes.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // A failed write is retried: the jobs stay leased meanwhile.
+        for attempt in 0..5 {
+            match node.queue.finish(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(attempt, "failed to record job outcomes: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn run_one(node: &Node, job: &Claimed) -> Finish {
+    if job.kind == SETUP_KIND {
+        return super::setup::run(node, job).await;
+    }
+    let route = match route_of(node, &job.instance_id).await {
+        Ok(route) => route,
+        Err(finish) => return finish,
+    };
+    if !route.enabled {
+        return Finish::Deferred { after: Duration::from_secs(30), reason: "its instance is disabled".into() };
+    }
+    let current = match route.serving() {
+        Serving::Version(version) => version,
+        Serving::Maintenance => {
+            return Finish::Deferred { after: Duration::from_secs(2), reason: "its instance is being set up".into() }
+        }
+        Serving::Nothing => {
+            return Finish::Deferred {
+                after: Duration::from_secs(5),
+                reason: "the service has no active version".into(),
+            }
+        }
+    };
+    let version = match pick_version(node, job, current) {
+        Ok(version) => version,
+        Err(error) => return Finish::Dead { error },
+    };
+    let Some(worker) = &version.worker else {
+        return Finish::Dead { error: format!("{} {} exports no worker", version.service, version.version) };
+    };
+    let call = JobCall::Run(GuestJob {
+        id: job.id.clone(),
+        kind: job.kind.clone(),
+        version: u32::try_from(job.job_version).unwrap_or(0),
+        payload: job.payload.clone(),
+        attempt: u32::try_from(job.attempts).unwrap_or(u32::MAX),
+        enqueued_by: job.enqueued_by.clone(),
+    });
+    let config = &node.queue.config;
+    let outcome = node
+        .runtime
+        .run_job(worker, identity(&route), context(node, &route, &version), call, config.fuel, config.timeout)
+        .await;
+    route.usage.record(outcome.fuel, outcome.result.is_err());
+    match outcome.result {
+        Ok(()) => Finish::Succeeded { ran_version: version.version.clone() },
+        Err(error) => {
+            tracing::debug!(job = %job.id, kind = %job.kind, attempt = job.attempts, "job failed: {error}");
+            Finish::Failed { error, ran_version: Some(version.version.clone()) }
+        }
+    }
+}
+
+/// The route of a job's instance. One this node has not routed yet (created an
+/// instant ago, or through another node) waits for it; one that is gone ends
+/// its jobs.
+pub(crate) async fn route_of(node: &Node, instance: &str) -> Result<Arc<Route>, Finish> {
+    if let Some(route) = node.router.instance(instance) {
+        return Ok(route);
+    }
+    let exists: Result<Option<(String,)>, _> =
+        sqlx::query_as("SELECT id FROM instances WHERE id = $1").bind(instance).fetch_optional(&node.db).await;
+    match exists {
+        Ok(None) => Err(Finish::Dead { error: "its instance no longer exists".into() }),
+        _ => Err(Finish::Deferred {
+            after: Duration::from_millis(200),
+            reason: "its instance is not routed on this node yet".into(),
+        }),
+    }
+}
+
+/// The version a job runs on: the one its instance runs now if it accepts the
+/// job's version, else the one that enqueued it.
+fn pick_version(node: &Node, job: &Claimed, current: Arc<LoadedVersion>) -> Result<Arc<LoadedVersion>, String> {
+    let job_version = u32::try_from(job.job_version).unwrap_or(0);
+    if current.service == job.service && current.manifest.accepts(&job.kind, job_version) {
+        return Ok(current);
+    }
+    let enqueuer = node.registry.slot(&job.service).and_then(|slot| slot.version(&job.enqueued_by));
+    match enqueuer {
+        Some(enqueuer) if enqueuer.manifest.accepts(&job.kind, job_version) => Ok(enqueuer),
+        _ => Err(format!(
+            "no loaded version of {} accepts job {:?} version {job_version}: the instance runs {}, and {} (which \
+             enqueued it) is not loaded or does not accept it",
+            job.service, job.kind, current.version, job.enqueued_by
+        )),
+    }
+}
+
+/// Who a job runs as, for logs and the memory budget.
+pub(crate) fn identity(route: &Route) -> RequestIdentity {
+    RequestIdentity {
+        tenant: route.tenant.clone(),
+        instance: route.instance.clone(),
+        request_id: u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8])),
+    }
+}
+
+/// What a job's guest sees: its instance's configuration and databases, no
+/// caller, and the queue (a job may queue more).
+pub(crate) fn context(node: &Node, route: &Route, version: &Arc<LoadedVersion>) -> GuestContext {
+    GuestContext {
+        caller: None,
+        features: route.features.clone(),
+        db: Some(route.db.clone()),
+        jobs: Some(Arc::new(JobsContext {
+            queue: node.queue.clone(),
+            tenant: route.tenant.clone(),
+            instance: route.instance.clone(),
+            version: version.clone(),
+        })),
+    }
+}

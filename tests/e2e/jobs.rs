@@ -1,0 +1,402 @@
+//! Jobs: durable, retried with backoff, idempotent, fair between tenants,
+//! versioned across updates; and instance setups (migrations, seeder) with
+//! maintenance, on both backends.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::{guest, on_postgres, TestNode};
+
+/// A manifest of the jobs-lab fixture, its job kinds accepting `versions`,
+/// with `extra` TOML after it.
+pub fn lab_manifest(service: &str, version: &str, versions: &str, extra: &str) -> String {
+    let mut text =
+        format!("[service]\nname = \"{service}\"\nversion = \"{version}\"\nsql = [\"sqlite\", \"postgres\"]\n");
+    for kind in ["noop", "record", "sleep", "fail", "trap", "chain"] {
+        text.push_str(&format!("[[jobs]]\nkind = \"{kind}\"\nversions = {versions}\n"));
+    }
+    text.push_str(extra);
+    text
+}
+
+/// Publish jobs-lab as `service` `version`.
+async fn publish_lab(node: &TestNode, service: &str, version: &str, versions: &str, extra: &str) -> Value {
+    let (status, body) = node.publish_bytes(&lab_manifest(service, version, versions, extra), guest("jobs-lab")).await;
+    assert!(status.is_success(), "publish {service} {version}: {body}");
+    body
+}
+
+/// Poll `GET /` on `host` until it answers 200 (the instance is set up).
+async fn wait_serving(node: &TestNode, host: &str) {
+    let started = Instant::now();
+    loop {
+        let (status, body) = node.get(host, "/").await;
+        if status == StatusCode::OK {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let instances = node.get_admin("/v1/instances").await;
+            let jobs = node.get_admin("/v1/jobs").await;
+            panic!("{host} never served: {status} {body}\n{instances:#}\n{jobs:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll job `id` until `done` holds for it.
+async fn wait_job(node: &TestNode, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let job = node.get_admin(&format!("/v1/jobs/{id}")).await;
+        if done(&job) {
+            return job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "job never got there: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn enqueue(node: &TestNode, host: &str, query: &str) -> Vec<String> {
+    let resp =
+        node.http.post(format!("http://{}/enqueue?{query}", node.ingress())).header("host", host).send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "enqueue {query}: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+async fn runs(node: &TestNode, host: &str) -> Vec<Value> {
+    let (status, body) = node.get(host, "/runs").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["runs"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_retry_with_backoff_die_and_are_idempotent() {
+    let node = TestNode::start().await;
+    publish_lab(&node, "lab", "1.0.0", "[1]", "").await;
+    node.create_tenant("acme").await;
+    let instance = node.create_instance("acme", "lab", &["lab.test"]).await;
+    // The instance was seeded before it served.
+    wait_serving(&node, "lab.test").await;
+    let (_, seeded) = node.get("lab.test", "/seeded").await;
+    assert!(seeded.contains("unnamed"), "{seeded}");
+
+    // Jobs run and record on which version.
+    let ids = enqueue(&node, "lab.test", "kind=record&n=3").await;
+    for id in &ids {
+        let job = wait_job(&node, id, |j| j["state"] == "succeeded").await;
+        assert_eq!(job["ran_version"], "1.0.0");
+        assert_eq!(job["attempts"], 1);
+    }
+    assert_eq!(runs(&node, "lab.test").await.len(), 3);
+
+    // The same idempotency key twice is one job, run once.
+    let first = enqueue(&node, "lab.test", "kind=record&key=once&payload=k").await;
+    let second = enqueue(&node, "lab.test", "kind=record&key=once&payload=k").await;
+    assert_eq!(first, second);
+    wait_job(&node, &first[0], |j| j["state"] == "succeeded").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs(&node, "lab.test").await.iter().filter(|r| r["payload"] == "k").count(), 1);
+
+    // Failing twice, then succeeding: retried after 100 ms, then 200 ms.
+    let flaky = enqueue(&node, "lab.test", "kind=fail&payload=3&attempts=5").await;
+    let job = wait_job(&node, &flaky[0], |j| j["state"] == "succeeded").await;
+    assert_eq!(job["attempts"], 3);
+    let created = job["created_at"].as_i64().unwrap();
+    let last_start = job["started_at"].as_i64().unwrap();
+    assert!(last_start - created >= 300, "two backoffs (100 + 200 ms) before the third attempt: {job}");
+
+    // Out of attempts: dead, with the guest's error; listed, retried, cancelled.
+    let doomed = enqueue(&node, "lab.test", "kind=fail&payload=99&attempts=2").await;
+    let dead = wait_job(&node, &doomed[0], |j| j["state"] == "dead").await;
+    assert_eq!(dead["attempts"], 2);
+    assert!(dead["last_error"].as_str().unwrap().contains("asked to fail (attempt 2)"), "{dead}");
+    let listed = node.get_admin(&format!("/v1/jobs?instance={instance}&state=dead")).await;
+    assert!(listed["jobs"].as_array().unwrap().iter().any(|j| j["id"] == doomed[0]), "{listed}");
+    let (status, retried) = node.admin(Method::POST, &format!("/v1/jobs/{}/retry", doomed[0]), None).await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["attempts"], 0);
+    wait_job(&node, &doomed[0], |j| j["state"] == "dead" && j["attempts"] == 2).await;
+    let (status, cancelled) = node.admin(Method::POST, &format!("/v1/jobs/{}/cancel", doomed[0]), None).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled");
+    let (status, again) = node.admin(Method::POST, &format!("/v1/jobs/{}/cancel", doomed[0]), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+
+    // A delayed job cancelled before its time never runs.
+    let later = enqueue(&node, "lab.test", "kind=record&delay_ms=800&payload=never").await;
+    let (status, _) = node.admin(Method::POST, &format!("/v1/jobs/{}/cancel", later[0]), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // A trap fails the attempt with a reason; a job may queue another.
+    let trap = enqueue(&node, "lab.test", "kind=trap&attempts=1").await;
+    let trapped = wait_job(&node, &trap[0], |j| j["state"] == "dead").await;
+    assert!(trapped["last_error"].as_str().unwrap().contains("trapped"), "{trapped}");
+    enqueue(&node, "lab.test", "kind=chain").await;
+    let started = Instant::now();
+    while !runs(&node, "lab.test").await.iter().any(|r| r["payload"] == "chained") {
+        assert!(started.elapsed() < Duration::from_secs(10), "the chained job never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!runs(&node, "lab.test").await.iter().any(|r| r["payload"] == "never"));
+
+    // Undeclared kinds and oversized payloads are refused with the reason.
+    let resp = node
+        .http
+        .post(format!("http://{}/enqueue?kind=undeclared", node.ingress()))
+        .header("host", "lab.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().contains("[[jobs]]"));
+    let (status, body) = node
+        .admin(
+            Method::POST,
+            &format!("/v1/instances/{instance}/jobs"),
+            Some(json!({ "kind": "record", "payload": "x".repeat(70_000) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (status, body) = node
+        .admin(Method::POST, &format!("/v1/instances/{instance}/jobs"), Some(json!({ "kind": "record", "version": 7 })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = node.admin(Method::GET, "/v1/jobs?state=bogus", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Queue depth per service; jobs count as the instance's usage.
+    let stats = node.get_admin("/v1/jobs/stats").await;
+    let lab = stats["services"].as_array().unwrap().iter().find(|s| s["service"] == "lab").cloned().unwrap();
+    assert!(lab["dead"].as_i64().unwrap() >= 1, "{stats}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(node.usage(&instance).await["fuel"].as_i64().unwrap() > 0);
+
+    // Another tenant's member sees none of it.
+    let outsider = node.user("mallory@jobs.test").await;
+    let (status, _) = node.call(&outsider, Method::GET, &format!("/v1/jobs/{}", ids[0]), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = node.call(&outsider, Method::POST, &format!("/v1/jobs/{}/retry", doomed[0]), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, listed) = node.call(&outsider, Method::GET, "/v1/jobs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 0, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_under_v1_run_correctly_after_v2_is_activated() {
+    let node = TestNode::start().await;
+    // 1.0.0 runs job version 1 only; 2.0.0 runs version 2 only.
+    publish_lab(&node, "vlab", "1.0.0", "[1]", "").await;
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "vlab", &["vlab.test"]).await;
+    wait_serving(&node, "vlab.test").await;
+    let old = enqueue(&node, "vlab.test", "kind=record&n=3&version=1&delay_ms=1500").await;
+    publish_lab(&node, "vlab", "2.0.0", "[2]", "").await;
+    let (status, body) =
+        node.admin(Method::POST, "/v1/services/vlab/activate", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let info = node.get_admin("/v1/instances").await;
+    assert_eq!(info["instances"][0]["setup"]["state"], "ready", "{info}");
+    let new = enqueue(&node, "vlab.test", "kind=record&version=2").await;
+    // 2.0.0 does not accept version 1: those run on 1.0.0, which queued them.
+    for id in &old {
+        let job = wait_job(&node, id, |j| j["state"] == "succeeded").await;
+        assert_eq!((job["ran_version"].as_str(), job["enqueued_by"].as_str()), (Some("1.0.0"), Some("1.0.0")));
+    }
+    let job = wait_job(&node, &new[0], |j| j["state"] == "succeeded").await;
+    assert_eq!((job["ran_version"].as_str(), job["enqueued_by"].as_str()), (Some("2.0.0"), Some("2.0.0")));
+    let versions: Vec<i64> = runs(&node, "vlab.test").await.iter().map(|r| r["version"].as_i64().unwrap()).collect();
+    assert_eq!(versions.iter().filter(|v| **v == 1).count(), 3, "{versions:?}");
+    // 2.0.0 cannot queue version 1 any more.
+    let resp = node
+        .http
+        .post(format!("http://{}/enqueue?kind=record&version=1", node.ingress()))
+        .header("host", "vlab.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Migrations: one table, then a slow one, then one that fails.
+fn migration(name: &str, sqlite: &str, postgres: &str) -> String {
+    format!("[[migrations]]\nname = \"{name}\"\nsqlite = \"\"\"{sqlite}\"\"\"\npostgres = \"\"\"{postgres}\"\"\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_put_only_their_instance_in_maintenance_and_a_failure_keeps_the_old_schema() {
+    let node = TestNode::start().await;
+    let first = migration(
+        "0001_posts",
+        "CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT); -- a comment; with a semicolon\nCREATE INDEX posts_title ON posts (title);",
+        "CREATE TABLE posts (id BIGINT PRIMARY KEY, title TEXT); -- a comment; with a semicolon\nCREATE INDEX posts_title ON posts (title);",
+    );
+    publish_lab(&node, "mig", "1.0.0", "[1]", &first).await;
+    node.create_tenant("acme").await;
+    let (status, created) = node
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({ "tenant": "acme", "service": "mig", "hosts": ["mig.test"], "settings": { "site-name": "Acme" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let instance = created["id"].as_str().unwrap().to_string();
+    wait_serving(&node, "mig.test").await;
+    let (_, tables) = node.get("mig.test", "/tables").await;
+    assert!(tables.contains("\"posts\"") && tables.contains("wharf_migrations"), "{tables}");
+    let (_, seeded) = node.get("mig.test", "/seeded").await;
+    assert!(seeded.contains("Acme"), "the seeder ran with the instance's settings: {seeded}");
+    let info = node.get_admin(&format!("/v1/instances/{instance}")).await;
+    assert_eq!(info["setup"]["state"], "ready", "{info}");
+    assert_eq!(info["setup"]["applied_migrations"], json!(["0001_posts"]));
+
+    // Another tenant's instance keeps serving throughout.
+    node.tenant_with("globex", "hello", "hello", "neighbour.test").await;
+
+    // A slow migration: the instance answers 503 with Retry-After meanwhile.
+    let slow = migration(
+        "0002_slow",
+        "CREATE TABLE tally AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) SELECT count(*) AS n FROM c;",
+        "SELECT pg_sleep(0.6); CREATE TABLE tally (n BIGINT);",
+    );
+    publish_lab(&node, "mig", "2.0.0", "[1]", &format!("{first}{slow}")).await;
+    let (status, body) =
+        node.admin(Method::POST, "/v1/services/mig/activate", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let started = Instant::now();
+    let (mut maintenance, mut neighbour_ok) = (0, 0);
+    loop {
+        let resp =
+            node.http.get(format!("http://{}/tables", node.ingress())).header("host", "mig.test").send().await.unwrap();
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").is_some();
+        let body = resp.text().await.unwrap();
+        let (neighbour, _) = node.get("neighbour.test", "/").await;
+        assert_eq!(neighbour, StatusCode::OK, "another tenant's instance keeps serving");
+        neighbour_ok += 1;
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after && body.contains("being updated"), "{body}");
+                maintenance += 1;
+            }
+            StatusCode::OK if body.contains("tally") => break,
+            StatusCode::OK => assert!(maintenance == 0, "no old-schema answer once maintenance began: {body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the migration never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(maintenance > 0, "the instance answered 503 while it migrated");
+    assert!(neighbour_ok > maintenance);
+
+    // A failing migration: nothing of it applies, the instance keeps serving 2.0.0.
+    let broken = migration(
+        "0003_broken",
+        "CREATE TABLE extra (x TEXT); CREATE TABLE posts (x TEXT);",
+        "CREATE TABLE extra (x TEXT); CREATE TABLE posts (x TEXT);",
+    );
+    publish_lab(&node, "mig", "3.0.0", "[1]", &format!("{first}{slow}{broken}")).await;
+    let (status, _) = node.admin(Method::POST, "/v1/services/mig/activate", Some(json!({ "version": "3.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK);
+    let started = Instant::now();
+    let info = loop {
+        let info = node.get_admin(&format!("/v1/instances/{instance}")).await;
+        if info["setup"]["state"] == "failed" {
+            break info;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the failed setup was never recorded: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = info["setup"]["error"].as_str().unwrap();
+    assert!(error.contains("0003_broken"), "{error}");
+    assert_eq!(info["setup"]["target"], "3.0.0");
+    assert_eq!(info["setup"]["settled_version"], "2.0.0");
+    let (status, tables) = node.get("mig.test", "/tables").await;
+    assert_eq!(status, StatusCode::OK, "the instance keeps serving its previous version");
+    assert!(tables.contains("tally") && !tables.contains("extra"), "none of the failed migration applied: {tables}");
+    // The failed setup job is dead, with the same error.
+    let dead = node.get_admin(&format!("/v1/jobs?instance={instance}&kind=wharf.setup&state=dead")).await;
+    assert_eq!(dead["jobs"].as_array().unwrap().len(), 1, "{dead}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_flood_does_not_hold_back_another_tenants_job() {
+    let node = TestNode::start_with(|config| config.jobs.concurrency = 4).await;
+    publish_lab(&node, "fair", "1.0.0", "[1]", "").await;
+    node.create_tenant("flood").await;
+    node.create_tenant("quiet").await;
+    let flood = node.create_instance("flood", "fair", &["flood.test"]).await;
+    node.create_instance("quiet", "fair", &["quiet.test"]).await;
+    wait_serving(&node, "flood.test").await;
+    wait_serving(&node, "quiet.test").await;
+
+    // 100,000 jobs of 20 ms each for one tenant, written straight into the
+    // queue (as fast as a bulk producer could), ...
+    let total: i64 = 100_000;
+    insert_flood(&node, &flood, "flood", total as usize).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... then one job for another tenant: it starts within a claim or two.
+    let queued_at = Instant::now();
+    let quiet = enqueue(&node, "quiet.test", "kind=record").await;
+    let job = wait_job(&node, &quiet[0], |j| j["state"] == "succeeded").await;
+    let waited = queued_at.elapsed();
+    assert!(waited < Duration::from_secs(3), "the quiet tenant's job waited {waited:?}: {job}");
+    let stats = node.get_admin("/v1/jobs/stats?tenant=flood").await;
+    let queued = stats["services"][0]["queued"].as_i64().unwrap();
+    assert!(queued > total - 2_000, "the flood was still queued meanwhile: {stats}");
+    // The flood counts against its tenant's pending-jobs quota.
+    let quotas = node.get_admin("/v1/tenants/flood/quotas").await;
+    let pending = quotas["quotas"].as_array().unwrap().iter().find(|q| q["quota"] == "pending_jobs").cloned().unwrap();
+    assert!(pending["used"].as_i64().unwrap() > total - 2_000, "{quotas}");
+    let (status, body) =
+        node.admin(Method::PUT, "/v1/tenants/flood/quotas/pending_jobs", Some(json!({ "limit": 1000 }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        node.admin(Method::POST, &format!("/v1/instances/{flood}/jobs"), Some(json!({ "kind": "record" }))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "past the quota: {body}");
+    assert!(body["error"].as_str().unwrap().contains("pending_jobs"), "{body}");
+}
+
+/// Write `count` 20 ms `sleep` jobs for `instance` straight into the queue.
+async fn insert_flood(node: &TestNode, instance: &str, tenant: &str, count: usize) {
+    use sqlx::Connection as _;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let rows: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                "('flood-{i}', '{tenant}', '{instance}', 'fair', 'sleep', X'3230', 1, '1.0.0', {now}, 0, 0, 5, 'queued', {now})"
+            )
+        })
+        .collect();
+    let columns = "INSERT INTO jobs (id, tenant_id, instance_id, service, kind, payload, job_version, enqueued_by, \
+                   run_at, priority, attempts, max_attempts, state, created_at) VALUES ";
+    let counter = format!(
+        "INSERT INTO job_tenants (tenant_id, served_at, pending) VALUES ('{tenant}', 0, {count}) \
+         ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + {count}"
+    );
+    if on_postgres() {
+        let mut conn = crate::harness::pg_admin(node).await;
+        let mut tx = conn.begin().await.unwrap();
+        for chunk in rows.chunks(5000) {
+            let sql = format!("{columns}{}", chunk.join(", ")).replace("X'3230'", "'\\x3230'::bytea");
+            sqlx::query(&sql).execute(&mut *tx).await.unwrap();
+        }
+        sqlx::query(&counter).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    } else {
+        let path = node.data.path().join("wharf.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        for chunk in rows.chunks(5000) {
+            sqlx::query(&format!("{columns}{}", chunk.join(", "))).execute(&mut *tx).await.unwrap();
+        }
+        sqlx::query(&counter).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
