@@ -415,14 +415,36 @@ pub struct Served {
     pub key: String,
     /// Kept until the node stops.
     pub _data: tempfile::TempDir,
+    /// Its options besides the addresses and data directory.
+    pub args: Vec<String>,
 }
 
 impl Served {
     /// Start `wharf serve` on ephemeral ports with `extra` options.
     pub async fn start(extra: &[&str]) -> Self {
+        let mut args = shared_service_args().await;
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::start_in(tempfile::tempdir().unwrap(), args, true).await
+    }
+
+    /// Kill the node with SIGKILL (no shutdown at all) and start it again on
+    /// the same data directory and shared services.
+    pub async fn kill_and_restart(mut self) -> Self {
+        let status = std::process::Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().unwrap());
+        let args = std::mem::take(&mut self.args);
+        // The fresh start prints no key (the operator exists): keep the old one.
+        let key = self.key.clone();
+        let mut again = Self::start_in(data, args, false).await;
+        again.key = key;
+        again
+    }
+
+    async fn start_in(data: tempfile::TempDir, args: Vec<String>, new_operator: bool) -> Self {
         use std::io::BufRead;
-        let data = tempfile::tempdir().unwrap();
-        let log = data.path().join("serve.log");
+        let log = data.path().join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args([
                 "serve",
@@ -434,23 +456,25 @@ impl Served {
                 "127.0.0.1:0",
             ])
             .args(["--init-admin", "ops@served.test"])
-            .args(shared_service_args().await)
-            .args(extra)
+            .args(&args)
             .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
+            .stdout(if new_operator { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let key = tokio::task::spawn_blocking(move || {
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| l.strip_prefix("WHARF_TOKEN=").map(str::to_string))
-        })
-        .await
-        .unwrap()
-        .expect("the operator key is printed once");
+        // The key is printed once, when the operator is created.
+        let key = match child.stdout.take() {
+            Some(stdout) => tokio::task::spawn_blocking(move || {
+                std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .find_map(|l| l.strip_prefix("WHARF_TOKEN=").map(str::to_string))
+            })
+            .await
+            .unwrap()
+            .expect("the operator key is printed once"),
+            None => String::new(),
+        };
         let mut line = None;
         for _ in 0..200 {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -465,7 +489,7 @@ impl Served {
             |name: &str| line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
         let admin = format!("http://{}", field("admin"));
         let ingress = field("ingress").parse().unwrap();
-        Self { child, log, admin, ingress, key, _data: data }
+        Self { child, log, admin, ingress, key, _data: data, args }
     }
 
     /// Publish a built guest as `service` 1.0.0 and give tenant `tenant` an

@@ -400,3 +400,86 @@ async fn insert_flood(node: &TestNode, instance: &str, tenant: &str, count: usiz
         tx.commit().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_node_is_killed_mid_run_runs_again_exactly_once_after_its_lease() {
+    let served = crate::harness::Served::start(&["--job-timeout", "3", "--job-lease", "4"]).await;
+    let http = crate::harness::client();
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", lab_manifest("lab", "1.0.0", "[1]", ""))
+        .part("component", reqwest::multipart::Part::bytes(guest("jobs-lab")).file_name("c.wasm"));
+    let resp = http
+        .post(format!("{}/v1/services/lab/versions", served.admin))
+        .bearer_auth(&served.key)
+        .multipart(form)
+        .send()
+        .await;
+    assert!(resp.unwrap().status().is_success());
+    for (path, body) in [
+        ("/v1/tenants", json!({ "id": "acme" })),
+        ("/v1/instances", json!({ "tenant": "acme", "service": "lab", "hosts": ["lab.test"] })),
+    ] {
+        let resp = http.post(format!("{}{path}", served.admin)).bearer_auth(&served.key).json(&body).send().await;
+        assert_eq!(resp.unwrap().status(), StatusCode::CREATED);
+    }
+    let get = |ingress: std::net::SocketAddr, path: &'static str| {
+        let http = http.clone();
+        async move {
+            let resp = http.get(format!("http://{ingress}{path}")).header("host", "lab.test").send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    let started = Instant::now();
+    let ingress = served.ingress;
+    while get(ingress, "/").await.0 != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(20), "the instance never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = http
+        .post(format!("http://{ingress}/enqueue?kind=sleep&payload=2000"))
+        .header("host", "lab.test")
+        .send()
+        .await
+        .unwrap();
+    let id = resp.json::<Value>().await.unwrap()["ids"][0].as_str().unwrap().to_string();
+    let job = |admin: String, key: String| {
+        let (http, id) = (http.clone(), id.clone());
+        async move {
+            let resp = http.get(format!("{admin}/v1/jobs/{id}")).bearer_auth(key).send().await.unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    // Kill the node while the job sleeps inside its guest.
+    let started = Instant::now();
+    let first = loop {
+        let j = job(served.admin.clone(), served.key.clone()).await;
+        if j["state"] == "running" {
+            break j;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the job never started: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = served.kill_and_restart().await;
+    let started = Instant::now();
+    let done = loop {
+        let j = job(served.admin.clone(), served.key.clone()).await;
+        if j["state"] == "succeeded" {
+            break j;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the job never completed: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["attempts"], 2, "{done}");
+    // Not before the first worker's lease ran out: never two at a time.
+    let (first_start, second_start) = (first["started_at"].as_i64().unwrap(), done["started_at"].as_i64().unwrap());
+    assert!(second_start - first_start >= 4000, "taken over after the lease: {first} {done}");
+    // The killed run never finished; the second finished once.
+    let (status, body) = get(served.ingress, "/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    let runs: Value = serde_json::from_str(&body).unwrap();
+    let ours: Vec<&Value> = runs["runs"].as_array().unwrap().iter().filter(|r| r["job_id"] == id.as_str()).collect();
+    assert_eq!(ours.len(), 1, "{runs}");
+    assert_eq!(ours[0]["attempt"], 2);
+    served.stop();
+}
