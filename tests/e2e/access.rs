@@ -17,9 +17,17 @@ const TASKS_V1: &str = "[service]\nname = \"tasks\"\nversion = \"1.0.0\"\nsql = 
     [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n\
     [[permissions]]\nname = \"runTasks\"\ndescription = \"Run tasks\"\nroutes = [\"POST /tasks/:id/run\"]\n";
 
+fn forum_v1() -> String {
+    format!("{FORUM_V1}{}", crate::harness::forum_migrations())
+}
+
+fn forum_v2_without_remove() -> String {
+    format!("{FORUM_V2_WITHOUT_REMOVE}{}", crate::harness::forum_migrations())
+}
+
 async fn publish_seed_services(node: &TestNode) {
-    for (manifest, guest) in [(FORUM_V1, "forum"), (TASKS_V1, "tasks")] {
-        let (status, body) = node.publish_bytes(manifest, crate::harness::guest(guest)).await;
+    for (manifest, guest) in [(forum_v1(), "forum"), (TASKS_V1.to_string(), "tasks")] {
+        let (status, body) = node.publish_bytes(&manifest, crate::harness::guest(guest)).await;
         assert!(status.is_success(), "{body}");
     }
 }
@@ -35,7 +43,9 @@ async fn tenant_owned_by(node: &TestNode, name: &str, service: &str, host: &str)
         node.call(&owner, Method::POST, "/v1/instances", Some(json!({ "tenant": name, "service": service }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["platform_hosts"], json!([host]), "{body}");
-    (owner, body["id"].as_str().unwrap().to_string())
+    let id = body["id"].as_str().unwrap().to_string();
+    node.wait_set_up(&id).await;
+    (owner, id)
 }
 
 /// A node whose platform domain is `test`.
@@ -140,7 +150,7 @@ async fn one_tenants_credentials_never_reach_or_reveal_another_tenants_resources
         let (status, body) = node.call(&alice, method, path, Some(json!({ "version": "1.0.0" }))).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
     }
-    let (status, _) = node.publish_bytes_as(&alice, FORUM_V2_WITHOUT_REMOVE, crate::harness::guest("forum")).await;
+    let (status, _) = node.publish_bytes_as(&alice, &forum_v2_without_remove(), crate::harness::guest("forum")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
@@ -337,7 +347,7 @@ async fn grants_name_declared_permissions_and_a_dropped_permission_stops_applyin
     );
 
     // 2.0.0 drops removeUsers: its route is no longer guarded, and the grant is reported inactive.
-    let (status, body) = node.publish_bytes(FORUM_V2_WITHOUT_REMOVE, crate::harness::guest("forum")).await;
+    let (status, body) = node.publish_bytes(&forum_v2_without_remove(), crate::harness::guest("forum")).await;
     assert!(status.is_success(), "{body}");
     node.admin(Method::POST, "/v1/services/forum/activate", Some(json!({ "version": "2.0.0" }))).await;
     assert_eq!(node.ingress_call("forum.acme.test", Method::DELETE, "/users/ada", None, "").await.0, StatusCode::OK);

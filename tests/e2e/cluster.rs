@@ -104,7 +104,7 @@ async fn two_nodes_share_one_platform() {
     assert_eq!(b.get("sql.acme.test", "/sql/read/1").await, (StatusCode::OK, "from A".to_string()));
 
     // A grant given and revoked through A holds on B at once.
-    let forum = std::fs::read_to_string(crate::harness::repo().join("plugins/forum/wharf.toml")).unwrap();
+    let forum = crate::harness::service_manifest("forum");
     assert!(a.publish_bytes(&forum, crate::harness::guest("forum")).await.0.is_success());
     a.create_instance("acme", "forum", &["forum.acme.test"]).await;
     let gus = a.user("gus@acme.test").await;

@@ -318,7 +318,7 @@ async fn key_value_is_per_instance_with_ttl_prefixes_and_counters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_forum_keeps_posts_and_polls_per_instance_and_its_modules_add_features() {
     let node = TestNode::start().await;
-    let manifest = std::fs::read_to_string(crate::harness::repo().join("plugins/forum/wharf.toml")).unwrap();
+    let manifest = crate::harness::service_manifest("forum");
     assert!(node.publish_bytes(&manifest, crate::harness::guest("forum")).await.0.is_success());
     node.create_tenant("acme").await;
     node.create_tenant("globex").await;
@@ -332,6 +332,7 @@ async fn the_forum_keeps_posts_and_polls_per_instance_and_its_modules_add_featur
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    node.wait_set_up(body["id"].as_str().unwrap()).await;
     node.create_instance("globex", "forum", &["globex.test"]).await;
 
     let post = json!({ "title": "Tabs", "body": "Tabs are better 100%" }).to_string();
@@ -347,9 +348,11 @@ async fn the_forum_keeps_posts_and_polls_per_instance_and_its_modules_add_featur
     let (_, polls) = call(&node, "acme.test", Method::GET, "/polls", "").await;
     assert_eq!(polls["polls"][0]["question"], "Tabs?");
 
-    // Globex has the same code, its own (empty) data, and no polls or search.
+    // Globex has the same code, its own data (only the welcome post its setup
+    // wrote), and no polls or search.
     let (_, posts) = call(&node, "globex.test", Method::GET, "/posts", "").await;
-    assert_eq!(posts["posts"], json!([]));
+    assert_eq!(posts["posts"].as_array().unwrap().len(), 1, "{posts}");
+    assert!(posts["posts"][0]["title"].as_str().unwrap().starts_with("Welcome to"), "{posts}");
     assert_eq!(call(&node, "globex.test", Method::GET, "/polls", "").await.0, StatusCode::NOT_FOUND);
     assert_eq!(call(&node, "globex.test", Method::GET, "/search?q=Tabs", "").await.0, StatusCode::NOT_FOUND);
 }

@@ -46,6 +46,22 @@ pub fn manifest(service: &str, version: &str) -> String {
     format!("[service]\nname = \"{service}\"\nversion = \"{version}\"\nsql = [\"sqlite\", \"postgres\"]\n")
 }
 
+/// An example service's `wharf.toml` with its migration files read into it,
+/// as `wharf publish` sends it.
+pub fn service_manifest(name: &str) -> String {
+    wharf::cli::read_manifest(&repo().join("plugins").join(name)).unwrap().1
+}
+
+/// The forum's `[[migrations]]`, as TOML to append to a manifest of its own.
+pub fn forum_migrations() -> String {
+    #[derive(serde::Serialize)]
+    struct Migrations {
+        migrations: Vec<wharf::registry::MigrationDecl>,
+    }
+    let (_, _, manifest) = wharf::cli::read_manifest(&repo().join("plugins/forum")).unwrap();
+    toml::to_string(&Migrations { migrations: manifest.migrations }).unwrap()
+}
+
 /// Limits small enough for tests to hit quickly.
 pub fn test_config(data: &Path) -> NodeConfig {
     let mut config = NodeConfig::new(data);
@@ -356,7 +372,23 @@ impl TestNode {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_str().unwrap().to_string()
+        let id = body["id"].as_str().unwrap().to_string();
+        self.wait_set_up(&id).await;
+        id
+    }
+
+    /// Wait until instance `id` is set up (its migrations and seeder ran).
+    pub async fn wait_set_up(&self, id: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, instance) = self.admin(reqwest::Method::GET, &format!("/v1/instances/{id}"), None).await;
+            assert_eq!(status, StatusCode::OK, "{instance}");
+            if instance["setup"]["state"] != "migrating" {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "instance {id} was never set up: {instance}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A tenant with an instance of a freshly published guest at `host`.

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::harness::{guest, repo, TestNode};
 
 async fn publish_forum(node: &TestNode) {
-    let manifest = std::fs::read_to_string(repo().join("plugins/forum/wharf.toml")).unwrap();
+    let manifest = crate::harness::service_manifest("forum");
     let (status, body) = node.publish_bytes(&manifest, guest("forum")).await;
     assert!(status.is_success(), "{body}");
 }
@@ -41,6 +41,9 @@ async fn modules_and_settings_reach_the_guest_and_gate_routes_at_the_edge() {
         Some(json!({ "tenant": "globex", "service": "forum", "hosts": ["globex.test"] })),
     )
     .await;
+    for instance in node.get_admin("/v1/instances").await["instances"].as_array().unwrap() {
+        node.wait_set_up(instance["id"].as_str().unwrap()).await;
+    }
 
     let page = home(&node, "acme.test").await;
     assert_eq!((page["forum"].as_str(), page["language"].as_str()), (Some("Acme Forum"), Some("fr")));
@@ -106,6 +109,7 @@ async fn a_disabled_instance_answers_410_and_comes_back_intact() {
         )
         .await;
     let id = created["id"].as_str().unwrap().to_string();
+    node.wait_set_up(&id).await;
     let (status, body) =
         node.admin(Method::PATCH, &format!("/v1/instances/{id}"), Some(json!({ "enabled": false }))).await;
     assert_eq!((status, body["enabled"].clone()), (StatusCode::OK, json!(false)));

@@ -116,9 +116,43 @@ pub fn encode(s: &str) -> String {
 }
 
 /// Read `path` (a directory holding wharf.toml, or the manifest itself).
+/// Read a service's `wharf.toml` (a directory or the file), with its
+/// migration files read into it, as `wharf publish` sends it.
 pub fn read_manifest(path: &Path) -> anyhow::Result<(PathBuf, String, Manifest)> {
     let manifest_path = if path.is_dir() { path.join("wharf.toml") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&manifest_path).with_context(|| format!("failed to read {manifest_path:?}"))?;
+    let text = inline_migrations(&manifest_path, &text)?;
     let manifest = Manifest::parse(&text).with_context(|| format!("in {manifest_path:?}"))?;
     Ok((manifest_path, text, manifest))
+}
+
+/// The manifest with each migration's `sqlite_file` / `postgres_file` read
+/// (relative to the manifest) into `sqlite` / `postgres`: the host stores the
+/// SQL with the version.
+fn inline_migrations(manifest_path: &Path, text: &str) -> anyhow::Result<String> {
+    let mut doc: toml::Table = match toml::from_str(text) {
+        Ok(doc) => doc,
+        // Manifest::parse says what is wrong.
+        Err(_) => return Ok(text.to_string()),
+    };
+    let Some(toml::Value::Array(migrations)) = doc.get_mut("migrations") else { return Ok(text.to_string()) };
+    let dir = manifest_path.parent().unwrap_or_else(|| Path::new("."));
+    let mut changed = false;
+    for migration in migrations.iter_mut() {
+        let Some(table) = migration.as_table_mut() else { continue };
+        for dialect in ["sqlite", "postgres"] {
+            let key = format!("{dialect}_file");
+            if let Some(toml::Value::String(file)) = table.remove(&key) {
+                let path = dir.join(&file);
+                let sql =
+                    std::fs::read_to_string(&path).with_context(|| format!("failed to read migration {path:?}"))?;
+                table.insert(dialect.to_string(), toml::Value::String(sql));
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(text.to_string());
+    }
+    toml::to_string(&doc).context("failed to write the manifest with its migrations")
 }

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::NodeConfig;
+pub use client::read_manifest;
 use client::Client;
 
 /// Wharf: host services written as WebAssembly components, for many tenants.
@@ -126,6 +127,9 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Background jobs: list, inspect, retry, cancel, queue depth, enqueue.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Requests, fuel and errors per instance.
     Usage {
         /// Only this tenant's instances.
@@ -134,6 +138,54 @@ pub enum Command {
         /// Only this instance.
         #[arg(long)]
         instance: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// queued, running, failed, succeeded, dead or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job, with its last error.
+    Show { id: String },
+    /// Queue a dead, failed or cancelled job again (its attempts start over).
+    Retry { id: String },
+    /// Cancel a job that is not running.
+    Cancel { id: String },
+    /// Queue depth, running and dead jobs, and the oldest ready job's wait, per service.
+    Stats {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Queue a job for an instance (a kind its version declares under [[jobs]]).
+    Enqueue {
+        instance: String,
+        kind: String,
+        /// The payload, as text (often JSON).
+        #[arg(long, default_value = "")]
+        payload: String,
+        /// The job version.
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+        /// Run no sooner than this many seconds from now.
+        #[arg(long, default_value_t = 0)]
+        delay: u64,
+        /// Queue at most one job per instance with this key.
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -558,6 +610,74 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+const JOB_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("INSTANCE", "instance"),
+    ("KIND", "kind"),
+    ("V", "job_version"),
+    ("STATE", "state"),
+    ("ATTEMPTS", "attempts"),
+    ("RAN ON", "ran_version"),
+    ("LAST ERROR", "last_error"),
+];
+
+async fn run_jobs(client: &Client, out: &output::Output, command: JobsCommand) -> anyhow::Result<()> {
+    use serde_json::json;
+    match command {
+        JobsCommand::List { tenant, instance, kind, state, service, limit } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (name, value) in
+                [("tenant", tenant), ("instance", instance), ("kind", kind), ("state", state), ("service", service)]
+            {
+                if let Some(value) = value {
+                    query.push(format!("{name}={}", client::encode(&value)));
+                }
+            }
+            out.rows(&client.get(&format!("/v1/jobs?{}", query.join("&"))).await?, "jobs", JOB_COLUMNS)
+        }
+        JobsCommand::Show { id } => out.job(&client.get(&format!("/v1/jobs/{}", client::encode(&id))).await?),
+        JobsCommand::Retry { id } => {
+            out.job(&client.post(&format!("/v1/jobs/{}/retry", client::encode(&id)), &json!({})).await?)
+        }
+        JobsCommand::Cancel { id } => {
+            out.job(&client.post(&format!("/v1/jobs/{}/cancel", client::encode(&id)), &json!({})).await?)
+        }
+        JobsCommand::Stats { tenant } => {
+            let path = match tenant {
+                Some(t) => format!("/v1/jobs/stats?tenant={}", client::encode(&t)),
+                None => "/v1/jobs/stats".to_string(),
+            };
+            out.rows(
+                &client.get(&path).await?,
+                "services",
+                &[
+                    ("SERVICE", "service"),
+                    ("QUEUED", "queued"),
+                    ("RUNNING", "running"),
+                    ("DEAD", "dead"),
+                    ("OLDEST READY (ms)", "oldest_ready_ms"),
+                ],
+            )
+        }
+        JobsCommand::Enqueue { instance, kind, payload, version, delay, key } => {
+            let body = json!({
+                "kind": kind,
+                "payload": payload,
+                "version": version,
+                "delay_ms": delay.saturating_mul(1000),
+                "idempotency_key": key,
+            });
+            let queued = client.post(&format!("/v1/instances/{}/jobs", client::encode(&instance)), &body).await?;
+            let what = if queued.get("created").and_then(serde_json::Value::as_bool) == Some(true) {
+                "queued"
+            } else {
+                "already queued under that key"
+            };
+            out.line(&queued, &format!("job {} {what}", output::s(&queued, "id")))
+        }
+    }
+}
+
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     let password = if from_stdin {
         let mut line = String::new();
@@ -599,6 +719,7 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
             let published = client.publish(&manifest.service.name, manifest_text, bytes, activate).await?;
             out.published(&published)
         }
+        Command::Jobs(command) => run_jobs(client, &out, command).await,
         Command::Activate { service, version } => {
             let v = client.post(&format!("/v1/services/{service}/activate"), &json!({ "version": version })).await?;
             out.activated(&v)

@@ -163,6 +163,47 @@ impl Output {
                     println!("           last check: {error}");
                 }
             }
+            if let Some(setup) = v.get("setup") {
+                let migrations = list(setup, "applied_migrations").len();
+                match setup.get("state").and_then(Value::as_str) {
+                    Some("migrating") => {
+                        println!("  setup    migrating to {} (in maintenance)", s(setup, "target"))
+                    }
+                    Some("failed") => println!(
+                        "  setup    FAILED for {} (serving {}): {}\n           retry with `wharf jobs retry` \
+                         (see `wharf jobs list --instance {} --kind wharf.setup`)",
+                        s(setup, "target"),
+                        s(setup, "settled_version"),
+                        s(setup, "error"),
+                        s(v, "id")
+                    ),
+                    _ => println!("  setup    ready ({migrations} migrations applied)"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn job(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            println!(
+                "job {} ({} v{}, {})\n  instance  {} (tenant {})\n  state     {} after {} of {} attempts\n  \
+                 queued by {}; last ran on {}",
+                s(v, "id"),
+                s(v, "kind"),
+                s(v, "job_version"),
+                s(v, "service"),
+                s(v, "instance"),
+                s(v, "tenant"),
+                s(v, "state"),
+                s(v, "attempts"),
+                s(v, "max_attempts"),
+                s(v, "enqueued_by"),
+                s(v, "ran_version"),
+            );
+            if let Some(error) = v.get("last_error").and_then(Value::as_str) {
+                println!("  error     {error}");
+            }
         }
         Ok(())
     }
