@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::harness::{guest, repo, TestNode};
+use crate::harness::{guest, TestNode};
 
 async fn publish_forum(node: &TestNode) {
     let manifest = crate::harness::service_manifest("forum");
