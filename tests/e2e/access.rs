@@ -15,7 +15,8 @@ const FORUM_V2_WITHOUT_REMOVE: &str =
     [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n";
 const TASKS_V1: &str = "[service]\nname = \"tasks\"\nversion = \"1.0.0\"\nsql = [\"sqlite\", \"postgres\"]\n\
     [[permissions]]\nname = \"addUsers\"\ndescription = \"Add users\"\nroutes = [\"POST /users\"]\n\
-    [[permissions]]\nname = \"runTasks\"\ndescription = \"Run tasks\"\nroutes = [\"POST /tasks/:id/run\"]\n";
+    [[permissions]]\nname = \"runTasks\"\ndescription = \"Run tasks\"\nroutes = [\"POST /tasks/:id/run\"]\n\
+    [[jobs]]\nkind = \"run-task\"\n";
 
 fn forum_v1() -> String {
     format!("{FORUM_V1}{}", crate::harness::forum_migrations())

@@ -62,6 +62,11 @@ pub fn forum_migrations() -> String {
     toml::to_string(&Migrations { migrations: manifest.migrations }).unwrap()
 }
 
+/// A jobs-lab manifest whose schedule is not a period.
+pub fn lab_bad_period() -> String {
+    "[service]\nname = \"clock\"\nversion = \"9.0.0\"\n[[jobs]]\nkind = \"tick\"\nevery = \"often\"\n".to_string()
+}
+
 /// Limits small enough for tests to hit quickly.
 pub fn test_config(data: &Path) -> NodeConfig {
     let mut config = NodeConfig::new(data);

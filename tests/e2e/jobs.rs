@@ -174,7 +174,8 @@ async fn jobs_run_retry_with_backoff_die_and_are_idempotent() {
     let lab = stats["services"].as_array().unwrap().iter().find(|s| s["service"] == "lab").cloned().unwrap();
     assert!(lab["dead"].as_i64().unwrap() >= 1, "{stats}");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(node.usage(&instance).await["fuel"].as_i64().unwrap() > 0);
+    let usage = node.usage(&instance).await;
+    assert!(usage["jobs"].as_i64().unwrap() >= 10 && usage["fuel"].as_i64().unwrap() > 0, "{usage}");
 
     // Another tenant's member sees none of it.
     let outsider = node.user("mallory@jobs.test").await;
@@ -482,4 +483,61 @@ async fn a_job_whose_node_is_killed_mid_run_runs_again_exactly_once_after_its_le
     assert_eq!(ours.len(), 1, "{runs}");
     assert_eq!(ours[0]["attempt"], 2);
     served.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_jobs_run_once_per_period_and_the_tasks_service_runs_its_own() {
+    let node = TestNode::start().await;
+    publish_lab(&node, "clock", "1.0.0", "[1]", "[[jobs]]\nkind = \"tick\"\nevery = \"1s\"\n").await;
+    node.create_tenant("acme").await;
+    let started = Instant::now();
+    node.create_instance("acme", "clock", &["clock.test"]).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let ticks = runs(&node, "clock.test").await.iter().filter(|r| r["kind"] == "tick").count();
+    // One per second boundary crossed, plus the first period's.
+    let most = started.elapsed().as_secs_f64().ceil() as usize + 1;
+    assert!((3..=most).contains(&ticks), "one tick per second: {ticks}, at most {most}");
+    let (status, body) = node.publish_bytes(&crate::harness::lab_bad_period(), guest("jobs-lab")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("every"), "{body}");
+
+    // The tasks service runs a task in the background and digests on a schedule.
+    let (status, body) = node.publish_bytes(&crate::harness::service_manifest("tasks"), guest("tasks")).await;
+    assert!(status.is_success(), "{body}");
+    let tasks = node.create_instance("acme", "tasks", &["tasks.test"]).await;
+    let resp = node
+        .http
+        .post(format!("http://{}/tasks", node.ingress()))
+        .header("host", "tasks.test")
+        .body(r#"{"title": "ship it"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (status, queued) = node
+        .admin(
+            Method::POST,
+            &format!("/v1/instances/{tasks}/jobs"),
+            Some(json!({ "kind": "run-task", "payload": "1" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{queued}");
+    let started = Instant::now();
+    loop {
+        let (_, task) = node.get("tasks.test", "/tasks/1").await;
+        if task.contains("\"done\"") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the task never ran: {task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let (_, digests) = node.get("tasks.test", "/digests").await;
+        if digests.contains("\"at\"") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no digest was written: {digests}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -55,3 +55,6 @@ ALTER TABLE instances ADD COLUMN setup_state TEXT NOT NULL DEFAULT 'ready';
 ALTER TABLE instances ADD COLUMN setup_target TEXT;
 ALTER TABLE instances ADD COLUMN setup_error TEXT;
 ALTER TABLE instances ADD COLUMN seeded_at BIGINT;
+
+-- Job runs count apart from requests (their fuel and failures count alike).
+ALTER TABLE usage_totals ADD COLUMN jobs BIGINT NOT NULL DEFAULT 0;

@@ -17,6 +17,7 @@ use crate::store::Db;
 #[derive(Debug, Default)]
 pub struct UsageCounters {
     requests: AtomicU64,
+    jobs: AtomicU64,
     fuel: AtomicU64,
     errors: AtomicU64,
 }
@@ -31,8 +32,18 @@ impl UsageCounters {
         }
     }
 
+    /// Count one finished job run (a seeder's included).
+    pub fn record_job(&self, fuel: u64, failed: bool) {
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        self.fuel.fetch_add(fuel, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn take(&self) -> UsageTotals {
         UsageTotals {
+            jobs: self.jobs.swap(0, Ordering::Relaxed),
             requests: self.requests.swap(0, Ordering::Relaxed),
             fuel: self.fuel.swap(0, Ordering::Relaxed),
             errors: self.errors.swap(0, Ordering::Relaxed),
@@ -41,12 +52,14 @@ impl UsageCounters {
 
     fn put_back(&self, t: &UsageTotals) {
         self.requests.fetch_add(t.requests, Ordering::Relaxed);
+        self.jobs.fetch_add(t.jobs, Ordering::Relaxed);
         self.fuel.fetch_add(t.fuel, Ordering::Relaxed);
         self.errors.fetch_add(t.errors, Ordering::Relaxed);
     }
 
     fn peek(&self) -> UsageTotals {
         UsageTotals {
+            jobs: self.jobs.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             fuel: self.fuel.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -59,15 +72,17 @@ impl UsageCounters {
 pub struct UsageTotals {
     /// Requests that reached the guest.
     pub requests: u64,
-    /// Fuel consumed by those requests.
+    /// Job runs (attempts, seeders included).
+    pub jobs: u64,
+    /// Fuel consumed by those requests and jobs.
     pub fuel: u64,
-    /// Requests whose guest failed (trap, fuel, memory, deadline).
+    /// Requests and job runs whose guest failed (trap, fuel, memory, deadline).
     pub errors: u64,
 }
 
 impl UsageTotals {
     fn is_zero(&self) -> bool {
-        self.requests == 0 && self.fuel == 0 && self.errors == 0
+        self.requests == 0 && self.jobs == 0 && self.fuel == 0 && self.errors == 0
     }
 }
 
@@ -100,16 +115,17 @@ impl Usage {
 
     /// Stored totals plus pending amounts of one instance.
     pub async fn totals(&self, instance: &str) -> anyhow::Result<UsageTotals> {
-        let row: Option<(i64, i64, i64)> =
-            sqlx::query_as("SELECT requests, fuel, errors FROM usage_totals WHERE instance_id = $1")
+        let row: Option<(i64, i64, i64, i64)> =
+            sqlx::query_as("SELECT requests, jobs, fuel, errors FROM usage_totals WHERE instance_id = $1")
                 .bind(instance)
                 .fetch_optional(&self.db)
                 .await
                 .context("failed to read usage")?;
-        let (requests, fuel, errors) = row.unwrap_or_default();
+        let (requests, jobs, fuel, errors) = row.unwrap_or_default();
         let pending = self.counters.get(instance).map(|c| c.peek()).unwrap_or_default();
         Ok(UsageTotals {
             requests: requests as u64 + pending.requests,
+            jobs: jobs as u64 + pending.jobs,
             fuel: fuel as u64 + pending.fuel,
             errors: errors as u64 + pending.errors,
         })
@@ -126,14 +142,16 @@ impl Usage {
                 continue;
             }
             let written = sqlx::query(
-                "INSERT INTO usage_totals (instance_id, requests, fuel, errors) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO usage_totals (instance_id, requests, fuel, errors, jobs) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (instance_id) DO UPDATE SET requests = usage_totals.requests + excluded.requests, \
-                 fuel = usage_totals.fuel + excluded.fuel, errors = usage_totals.errors + excluded.errors",
+                 fuel = usage_totals.fuel + excluded.fuel, errors = usage_totals.errors + excluded.errors, \
+                 jobs = usage_totals.jobs + excluded.jobs",
             )
             .bind(&instance)
             .bind(delta.requests as i64)
             .bind(delta.fuel as i64)
             .bind(delta.errors as i64)
+            .bind(delta.jobs as i64)
             .execute(&self.db)
             .await;
             if let Err(e) = written {

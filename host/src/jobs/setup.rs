@@ -291,7 +291,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
                     deadline.saturating_duration_since(Instant::now()),
                 )
                 .await;
-            route.usage.record(outcome.fuel, outcome.result.is_err());
+            route.usage.record_job(outcome.fuel, outcome.result.is_err());
             if let Err(e) = outcome.result {
                 return Err(Failure { error: format!("the seeder failed: {e}"), applied: Some(all) });
             }

@@ -32,6 +32,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
     let mut last_reap = Instant::now() - REAP_EVERY;
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
     let mut last_purge = Instant::now();
+    let mut schedules = Schedules::default();
     loop {
         if *stop.borrow() {
             break;
@@ -48,6 +49,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
                 tracing::warn!("failed to queue instance setups: {e:#}");
             }
         }
+        schedules.queue_due(&node).await;
         if last_purge.elapsed() >= PURGE_EVERY {
             last_purge = Instant::now();
             match node.queue.purge().await {
@@ -98,6 +100,67 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
     }
     drop(done);
     let _ = recorder.await;
+}
+
+/// Jobs declared with `every`: each instance's job of each period is queued
+/// once, under an idempotency key naming the period, so any number of nodes
+/// (and restarts) queue it once.
+#[derive(Default)]
+struct Schedules {
+    /// The period last queued per (instance, kind).
+    queued: std::collections::HashMap<(String, String), i64>,
+    last_check: Option<Instant>,
+}
+
+impl Schedules {
+    async fn queue_due(&mut self, node: &Node) {
+        if self.last_check.is_some_and(|at| at.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.last_check = Some(Instant::now());
+        let now = crate::store::now_millis();
+        let routes = node.router.instances();
+        self.queued.retain(|(instance, _), _| routes.contains_key(instance));
+        for route in routes.values() {
+            if !route.enabled {
+                continue;
+            }
+            let Serving::Version(version) = route.serving() else { continue };
+            for job in &version.manifest.jobs {
+                let Some(period) = job.period() else { continue };
+                let slot = now / period.as_millis().max(1) as i64;
+                let key = (route.instance.to_string(), job.kind.clone());
+                if self.queued.get(&key) == Some(&slot) {
+                    continue;
+                }
+                let new = super::NewJob {
+                    tenant: route.tenant.to_string(),
+                    instance: route.instance.to_string(),
+                    service: version.service.clone(),
+                    kind: job.kind.clone(),
+                    payload: Vec::new(),
+                    job_version: job.versions.iter().copied().max().unwrap_or(1),
+                    enqueued_by: version.version.clone(),
+                    delay: Duration::ZERO,
+                    idempotency_key: Some(format!("wharf.every:{}:{slot}", job.kind)),
+                    priority: 0,
+                    max_attempts: None,
+                };
+                match node.queue.enqueue_for_tenant(new).await {
+                    Ok(_) => {}
+                    Err(super::JobError::Internal(e)) => {
+                        tracing::warn!(instance = %route.instance, kind = %job.kind, "failed to queue a scheduled job: {e:#}");
+                        continue;
+                    }
+                    // Over its quota: this period is skipped.
+                    Err(e) => {
+                        tracing::debug!(instance = %route.instance, kind = %job.kind, "scheduled job not queued: {e}")
+                    }
+                }
+                self.queued.insert(key, slot);
+            }
+        }
+    }
 }
 
 /// Write outcomes as they arrive, all those waiting in one transaction.
@@ -168,7 +231,7 @@ async fn run_one(node: &Node, job: &Claimed) -> Finish {
         .runtime
         .run_job(worker, identity(&route), context(node, &route, &version), call, config.fuel, config.timeout)
         .await;
-    route.usage.record(outcome.fuel, outcome.result.is_err());
+    route.usage.record_job(outcome.fuel, outcome.result.is_err());
     match outcome.result {
         Ok(()) => Finish::Succeeded { ran_version: version.version.clone() },
         Err(error) => {

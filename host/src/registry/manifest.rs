@@ -62,6 +62,33 @@ pub struct JobDecl {
     /// What the job does, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Run it on a schedule: once per period (`"30s"`, `"5m"`, `"1h"`, `"1d"`)
+    /// for every instance, with the highest job version accepted and an empty
+    /// payload. Each period's job is queued once however many nodes there are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+}
+
+impl JobDecl {
+    /// The schedule's period, if the job has one.
+    pub fn period(&self) -> Option<std::time::Duration> {
+        self.every.as_deref().and_then(parse_period)
+    }
+}
+
+/// `"30s"`, `"5m"`, `"1h"` or `"1d"`: at least one second, at most 30 days.
+pub fn parse_period(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let number: u64 = text[..text.len() - unit.len_utf8()].trim().parse().ok()?;
+    let seconds = match unit {
+        's' => number,
+        'm' => number.checked_mul(60)?,
+        'h' => number.checked_mul(3600)?,
+        'd' => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (1..=30 * 86_400).contains(&seconds).then(|| std::time::Duration::from_secs(seconds))
 }
 
 fn first_job_version() -> Vec<u32> {
@@ -214,6 +241,8 @@ pub enum ManifestError {
     DuplicateJob(String),
     #[error("job kind {0:?} must accept at least one job version (versions = [1])")]
     NoJobVersions(String),
+    #[error("job kind {0:?}: every = {1:?} is not a period: write a number and s, m, h or d (\"30s\", \"1h\"), from 1s to 30d")]
+    JobPeriod(String, String),
     #[error("migration name {0:?} is not valid: use letters, digits, '-', '_' and '.' (at most 100)")]
     MigrationName(String),
     #[error("migration {0:?} is declared twice")]
@@ -285,6 +314,11 @@ impl Manifest {
             }
             if job.versions.is_empty() {
                 return Err(ManifestError::NoJobVersions(job.kind.clone()));
+            }
+            if let Some(every) = &job.every {
+                if parse_period(every).is_none() {
+                    return Err(ManifestError::JobPeriod(job.kind.clone(), every.clone()));
+                }
             }
             if job.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
                 return Err(ManifestError::Description);

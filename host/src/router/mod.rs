@@ -136,6 +136,11 @@ impl Router {
         self.instances.load().get(id).cloned()
     }
 
+    /// Every instance's route, by instance id.
+    pub fn instances(&self) -> Arc<HashMap<String, Arc<Route>>> {
+        self.instances.load_full()
+    }
+
     /// Replace the whole table.
     pub fn replace(&self, table: HashMap<String, Arc<Route>>, instances: HashMap<String, Arc<Route>>) {
         self.table.store(Arc::new(table));
