@@ -109,10 +109,14 @@ drain() {
 }
 
 fresh_database
-start sqlite 127.0.0.1:18580 127.0.0.1:18581 0
-start postgres 127.0.0.1:18590 127.0.0.1:18591 0
+# With workers while the instances are set up (their seeder is a job), then
+# without, so that the enqueue rounds only fill the queue.
+start sqlite 127.0.0.1:18580 127.0.0.1:18581 "$workers"
+start postgres 127.0.0.1:18590 127.0.0.1:18591 "$workers"
 setup sqlite 127.0.0.1:18581 127.0.0.1:18580
 setup postgres 127.0.0.1:18591 127.0.0.1:18590
+stop sqlite; start sqlite 127.0.0.1:18580 127.0.0.1:18581 0
+stop postgres; start postgres 127.0.0.1:18590 127.0.0.1:18591 0
 
 declare -A rps p50 p99 drained
 echo "==> wrk -t1 -c$connections -d$duration, $rounds interleaved rounds; $workers workers per node to drain"

@@ -197,3 +197,59 @@ async fn the_cli_logs_in_manages_keys_members_and_grants_and_keeps_credentials_p
     let (ok, _, err) = saved(&["whoami"]);
     assert!(!ok && err.contains("wharf login"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_publishes_migrations_and_lists_retries_and_cancels_jobs() {
+    guests();
+    let node = TestNode::start().await;
+    let plugins = repo().join("plugins");
+    // The forum's migrations are files beside its wharf.toml: publish reads them in.
+    ok_json(&node, &["publish", plugins.join("forum").to_str().unwrap()]);
+    ok_json(&node, &["publish", plugins.join("tasks").to_str().unwrap()]);
+    ok_json(&node, &["tenant", "create", "acme"]);
+    let forum = ok_json(&node, &["instance", "create", "--tenant", "acme", "--service", "forum", "--host", "f.test"]);
+    let forum = forum["id"].as_str().unwrap().to_string();
+    node.wait_set_up(&forum).await;
+    let shown = ok_json(&node, &["instance", "show", &forum]);
+    assert_eq!(shown["setup"]["applied_migrations"], serde_json::json!(["0001_init"]), "{shown}");
+    let (ok, human, _) = wharf(&node, &["instance", "show", &forum]);
+    assert!(ok && human.contains("setup    ready (1 migrations applied)"), "{human}");
+    let (_, posts) = node.get("f.test", "/posts").await;
+    assert!(posts.contains("Welcome to"), "the seeder wrote the welcome post: {posts}");
+
+    let tasks = ok_json(&node, &["instance", "create", "--tenant", "acme", "--service", "tasks", "--host", "t.test"]);
+    let tasks = tasks["id"].as_str().unwrap().to_string();
+    node.wait_set_up(&tasks).await;
+    // A job for a task that does not exist fails; a delayed one waits.
+    let failing = ok_json(&node, &["jobs", "enqueue", &tasks, "run-task", "--payload", "not-a-number"]);
+    let later = ok_json(&node, &["jobs", "enqueue", &tasks, "run-task", "--payload", "1", "--delay", "3600"]);
+    let keyed =
+        ok_json(&node, &["jobs", "enqueue", &tasks, "run-task", "--payload", "1", "--delay", "3600", "--key", "k"]);
+    let again =
+        ok_json(&node, &["jobs", "enqueue", &tasks, "run-task", "--payload", "1", "--delay", "3600", "--key", "k"]);
+    assert_eq!((keyed["id"].clone(), again["created"].clone()), (again["id"].clone(), serde_json::json!(false)));
+    let (ok, _, stderr) = wharf(&node, &["jobs", "enqueue", &tasks, "no-such-kind"]);
+    assert!(!ok && stderr.contains("[[jobs]]"), "{stderr}");
+    let failing = failing["id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    loop {
+        let job = ok_json(&node, &["jobs", "show", &failing]);
+        if job["state"] == "failed" || job["state"] == "dead" {
+            assert!(job["last_error"].as_str().unwrap().contains("not a task id"), "{job}");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (ok, table, _) = wharf(&node, &["jobs", "list", "--instance", &tasks]);
+    assert!(ok && table.starts_with("ID") && table.contains(&failing) && table.contains("run-task"), "{table}");
+    let (ok, stats, _) = wharf(&node, &["jobs", "stats"]);
+    assert!(ok && stats.contains("tasks"), "{stats}");
+    let later = later["id"].as_str().unwrap();
+    let cancelled = ok_json(&node, &["jobs", "cancel", later]);
+    assert_eq!(cancelled["state"], "cancelled");
+    let retried = ok_json(&node, &["jobs", "retry", later]);
+    assert_eq!(retried["state"], "queued");
+    let (ok, _, stderr) = wharf(&node, &["jobs", "retry", keyed["id"].as_str().unwrap()]);
+    assert!(!ok && stderr.contains("only dead, failed or cancelled"), "{stderr}");
+}

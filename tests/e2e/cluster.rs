@@ -277,3 +277,39 @@ async fn haproxy_keeps_serving_when_a_node_goes_away() {
     drop(haproxy);
     assert_eq!(failed, 0, "GETs failed while a node was gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_queue_and_run_each_job_once() {
+    if postgres_base().is_none() {
+        eprintln!("skipped: two_nodes_share_one_queue_and_run_each_job_once needs WHARF_TEST_DATABASE (PostgreSQL)");
+        return;
+    }
+    let a = TestNode::start().await;
+    let b = TestNode::start_sharing(&a).await;
+    let manifest = crate::jobs::lab_manifest("lab", "1.0.0", "[1]", "");
+    assert!(a.publish_bytes(&manifest, crate::harness::guest("jobs-lab")).await.0.is_success());
+    a.create_tenant("acme").await;
+    a.create_instance("acme", "lab", &["lab.acme.test"]).await;
+    within("node B routing the instance", || async { b.get("lab.acme.test", "/").await.0 == StatusCode::OK }).await;
+    // 200 jobs queued through both nodes, claimed by the workers of both.
+    for node in [&a, &b] {
+        let resp = node
+            .http
+            .post(format!("http://{}/enqueue?kind=record&n=100", node.ingress()))
+            .header("host", "lab.acme.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    within("every job done", || async {
+        let stats = a.get_admin("/v1/jobs/stats").await;
+        stats["services"].as_array().is_some_and(|s| s.iter().all(|q| q["queued"] == 0 && q["running"] == 0))
+    })
+    .await;
+    let (_, runs) = a.get("lab.acme.test", "/runs").await;
+    let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+    let ids: std::collections::HashSet<&str> =
+        runs["runs"].as_array().unwrap().iter().filter_map(|r| r["job_id"].as_str()).collect();
+    assert_eq!((runs["runs"].as_array().unwrap().len(), ids.len()), (200, 200), "each job ran exactly once");
+}

@@ -23,6 +23,8 @@
 pub mod setup;
 pub mod worker;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -303,31 +305,40 @@ pub struct Queue {
     /// Names this node's leases.
     node_id: String,
     pub config: JobsConfig,
-    quotas: crate::configurator::quota::Quotas,
+    /// Jobs waiting to be written by the batcher.
+    batches: tokio::sync::mpsc::UnboundedSender<(NewJob, Reply)>,
     /// Woken when this node queues a job, so its workers need not wait for a poll.
-    pub(crate) wake: tokio::sync::Notify,
+    pub(crate) wake: Arc<tokio::sync::Notify>,
 }
+
+type Reply = tokio::sync::oneshot::Sender<Result<Enqueued, JobError>>;
+
+/// Most jobs one batched write holds.
+const ENQUEUE_BATCH: usize = 512;
 
 const STATES: [&str; 6] = ["queued", "running", "failed", "succeeded", "dead", "cancelled"];
 
 impl Queue {
+    /// The queue, with the task that writes enqueued jobs in batches (call
+    /// within a tokio runtime).
     pub fn new(db: Db, config: JobsConfig, quotas: crate::config::QuotaDefaults) -> Self {
         let node_id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let quotas = crate::configurator::quota::Quotas::new(db.clone(), quotas);
-        Self { db, node_id, config, quotas, wake: tokio::sync::Notify::new() }
+        let quotas = Arc::new(crate::configurator::quota::Quotas::new(db.clone(), quotas));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (batches, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_batches(db.clone(), config.max_attempts, quotas, wake.clone(), pending));
+        Self { db, node_id, config, batches, wake }
     }
 
-    /// Queue a job of a tenant's (a guest's, or a person's), within the
-    /// tenant's pending-jobs quota.
+    /// Queue a job of a tenant's (a guest's, a person's, a schedule's), within
+    /// the tenant's pending-jobs quota. Jobs queued at the same moment (by
+    /// concurrent requests) are written together, in one transaction: one
+    /// commit for many jobs.
     pub async fn enqueue_for_tenant(&self, job: NewJob) -> Result<Enqueued, JobError> {
-        use crate::configurator::quota::{Quota, Subject};
-        let limit = self.quotas.limit(&Subject::Tenant(&job.tenant), Quota::PendingJobs).await?;
-        self.enqueue(job, Some(limit)).await
-    }
-
-    /// The id this node's leases carry.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
+        job.check()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batches.send((job, reply)).map_err(|_| anyhow::anyhow!("the node is stopping"))?;
+        answer.await.map_err(|_| anyhow::anyhow!("the node is stopping"))?
     }
 
     /// Queue a job, within its tenant's `pending_limit`. An idempotency key
@@ -351,20 +362,10 @@ impl Queue {
         pending_limit: Option<i64>,
     ) -> Result<Enqueued, JobError> {
         job.check()?;
-        if let Some(key) = &job.idempotency_key {
-            let existing: Option<(String,)> =
-                sqlx::query_as("SELECT id FROM jobs WHERE instance_id = $1 AND idempotency_key = $2")
-                    .bind(&job.instance)
-                    .bind(key)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .context("failed to look up the idempotency key")?;
-            if let Some((id,)) = existing {
-                return Ok(Enqueued { id, created: false });
-            }
-        }
         // The tenant's counter first: it also orders concurrent enqueues of one
-        // tenant, so the quota holds across nodes.
+        // tenant, so the quota holds across nodes, and on SQLite the transaction
+        // takes the write lock before it reads (a read first could not upgrade
+        // past a concurrent writer).
         let (pending,): (i64,) = sqlx::query_as(
             "INSERT INTO job_tenants (tenant_id, served_at, pending) VALUES ($1, 0, 1) \
              ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + 1 RETURNING pending",
@@ -373,6 +374,19 @@ impl Queue {
         .fetch_one(&mut **tx)
         .await
         .context("failed to count the tenant's jobs")?;
+        if let Some(key) = &job.idempotency_key {
+            let existing: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM jobs WHERE instance_id = $1 AND idempotency_key = $2")
+                    .bind(&job.instance)
+                    .bind(key)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .context("failed to look up the idempotency key")?;
+            // (The caller does not commit: the counter goes back.)
+            if let Some((id,)) = existing {
+                return Ok(Enqueued { id, created: false });
+            }
+        }
         if let Some(limit) = pending_limit {
             if pending > limit {
                 return Err(JobError::QuotaExceeded { tenant: job.tenant.clone(), pending: pending - 1 });
@@ -547,10 +561,11 @@ impl Queue {
     pub async fn reap(&self) -> anyhow::Result<u64> {
         let now = store::now_millis();
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        let dead: Vec<(String,)> = sqlx::query_as(
+        let dead: Vec<(String, String, String, String)> = sqlx::query_as(
             "UPDATE jobs SET state = 'dead', finished_at = $1, lease_owner = NULL, lease_until = NULL, \
              last_error = 'its worker stopped before finishing (the lease expired) on every attempt' \
-             WHERE state = 'running' AND lease_until < $1 AND attempts >= max_attempts RETURNING tenant_id",
+             WHERE state = 'running' AND lease_until < $1 AND attempts >= max_attempts \
+             RETURNING tenant_id, kind, instance_id, enqueued_by",
         )
         .bind(now)
         .fetch_all(&mut *tx)
@@ -566,12 +581,16 @@ impl Queue {
         .await
         .context("failed to expire leases")?
         .rows_affected();
-        for (tenant,) in &dead {
+        for (tenant, kind, instance, version) in &dead {
             sqlx::query("UPDATE job_tenants SET pending = pending - 1 WHERE tenant_id = $1")
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await
                 .context("failed to count dead jobs")?;
+            if kind == SETUP_KIND {
+                // Its instance leaves maintenance, on the version set up last.
+                setup::abandoned(&mut tx, instance, version, "its worker stopped on every attempt").await?;
+            }
         }
         tx.commit().await.context("failed to commit expired leases")?;
         let total = requeued + dead.len() as u64;
@@ -682,7 +701,7 @@ impl Queue {
                 .context("failed to count the job")?;
         }
         if job.kind == SETUP_KIND {
-            setup::retrying(&mut tx, &job.instance).await?;
+            setup::retrying(&mut tx, &job.instance, &job.enqueued_by).await?;
         }
         tx.commit().await.context("failed to commit the retry")?;
         self.wake.notify_one();
@@ -716,6 +735,9 @@ impl Queue {
                 .execute(&mut *tx)
                 .await
                 .context("failed to count the job")?;
+        }
+        if job.kind == SETUP_KIND {
+            setup::cancelled(&mut tx, &job.instance, &job.enqueued_by).await?;
         }
         tx.commit().await.context("failed to commit the cancellation")?;
         self.get(id).await
@@ -758,6 +780,182 @@ impl Queue {
             })
             .collect())
     }
+}
+
+/// Write enqueued jobs as they arrive: all those waiting (up to
+/// [`ENQUEUE_BATCH`]) in one transaction, so a burst of enqueues costs a few
+/// commits rather than one each.
+async fn write_batches(
+    db: Db,
+    max_attempts: u32,
+    quotas: Arc<crate::configurator::quota::Quotas>,
+    wake: Arc<tokio::sync::Notify>,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<(NewJob, Reply)>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = pending.recv().await {
+        batch.push(first);
+        while batch.len() < ENQUEUE_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let jobs: Vec<&NewJob> = batch.iter().map(|(job, _)| job).collect();
+        match write_batch(&db, max_attempts, &quotas, &jobs).await {
+            Ok(outcomes) => {
+                let created = outcomes.iter().any(|o| matches!(o, Ok(Enqueued { created: true, .. })));
+                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+                if created {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(anyhow::anyhow!("failed to queue the job: {message}").into()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for `jobs`: each tenant's counter once (its quota checked
+/// for the jobs in order), idempotency keys looked up (and shared within the
+/// batch), the new jobs inserted together.
+async fn write_batch(
+    db: &Db,
+    max_attempts: u32,
+    quotas: &crate::configurator::quota::Quotas,
+    jobs: &[&NewJob],
+) -> anyhow::Result<Vec<Result<Enqueued, JobError>>> {
+    use crate::configurator::quota::{Quota, Subject};
+    let mut per_tenant: HashMap<&str, i64> = HashMap::new();
+    for job in jobs {
+        *per_tenant.entry(job.tenant.as_str()).or_default() += 1;
+    }
+    let mut limits = HashMap::new();
+    for tenant in per_tenant.keys() {
+        limits.insert(*tenant, quotas.limit(&Subject::Tenant(tenant), Quota::PendingJobs).await?);
+    }
+    let mut tx = db.begin().await.context("failed to begin transaction")?;
+    // Counters first: the write lock (SQLite) and each tenant's row lock
+    // (PostgreSQL) before any read, so concurrent batches of one tenant queue up.
+    let mut room: HashMap<&str, i64> = HashMap::new();
+    let mut tenants: Vec<&str> = per_tenant.keys().copied().collect();
+    tenants.sort_unstable();
+    for tenant in tenants {
+        let count = per_tenant[tenant];
+        let (pending,): (i64,) = sqlx::query_as(
+            "INSERT INTO job_tenants (tenant_id, served_at, pending) VALUES ($1, 0, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + excluded.pending RETURNING pending",
+        )
+        .bind(tenant)
+        .bind(count)
+        .fetch_one(&mut *tx)
+        .await
+        .context("failed to count the tenant's jobs")?;
+        room.insert(tenant, limits[tenant] - (pending - count));
+    }
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut keys: HashMap<(&str, &str), String> = HashMap::new();
+    let mut rows: Vec<(String, &NewJob)> = Vec::new();
+    let now = store::now_millis();
+    for job in jobs {
+        if let Some(key) = &job.idempotency_key {
+            let known = match keys.get(&(job.instance.as_str(), key.as_str())) {
+                Some(id) => Some(id.clone()),
+                None => sqlx::query_as::<_, (String,)>(
+                    "SELECT id FROM jobs WHERE instance_id = $1 AND idempotency_key = $2",
+                )
+                .bind(&job.instance)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("failed to look up the idempotency key")?
+                .map(|(id,)| id),
+            };
+            if let Some(id) = known {
+                outcomes.push(Ok(Enqueued { id, created: false }));
+                continue;
+            }
+        }
+        let left = room.get_mut(job.tenant.as_str()).expect("every tenant has room");
+        if *left <= 0 {
+            let pending = limits[job.tenant.as_str()] - *left;
+            outcomes.push(Err(JobError::QuotaExceeded { tenant: job.tenant.clone(), pending }));
+            continue;
+        }
+        *left -= 1;
+        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        if let Some(key) = &job.idempotency_key {
+            keys.insert((job.instance.as_str(), key.as_str()), id.clone());
+        }
+        outcomes.push(Ok(Enqueued { id: id.clone(), created: true }));
+        rows.push((id, job));
+    }
+    // Counted but not queued (duplicates, over the quota): counted back.
+    for (tenant, count) in &per_tenant {
+        let queued = rows.iter().filter(|(_, job)| job.tenant == *tenant).count() as i64;
+        if queued < *count {
+            sqlx::query("UPDATE job_tenants SET pending = pending - $1 WHERE tenant_id = $2")
+                .bind(count - queued)
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await
+                .context("failed to count the tenant's jobs")?;
+        }
+    }
+    for chunk in rows.chunks(64) {
+        let mut sql = String::from(
+            "INSERT INTO jobs (id, tenant_id, instance_id, service, kind, payload, job_version, enqueued_by, run_at, \
+             priority, attempts, max_attempts, idempotency_key, state, created_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 13;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, 'queued', ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 12,
+                b + 13
+            ));
+        }
+        let mut query = sqlx::query(&sql);
+        for (id, job) in chunk {
+            query = query
+                .bind(id.as_str())
+                .bind(job.tenant.as_str())
+                .bind(job.instance.as_str())
+                .bind(job.service.as_str())
+                .bind(job.kind.as_str())
+                .bind(job.payload.as_slice())
+                .bind(i64::from(job.job_version))
+                .bind(job.enqueued_by.as_str())
+                .bind(now + job.delay.as_millis() as i64)
+                .bind(i64::from(job.priority))
+                .bind(i64::from(job.max_attempts.unwrap_or(max_attempts)))
+                .bind(job.idempotency_key.as_deref())
+                .bind(now);
+        }
+        query.execute(&mut *tx).await.context("failed to queue jobs")?;
+    }
+    tx.commit().await.context("failed to commit the jobs")?;
+    Ok(outcomes)
 }
 
 /// At most `max` characters of `text`.

@@ -71,17 +71,21 @@ pub async fn begin_in(
         idempotency_key: None,
         // Ahead of the tenant's other jobs: its instance is down meanwhile.
         priority: 1000,
-        // A failed setup waits for a person (the instance keeps serving its
-        // previous version meanwhile).
-        max_attempts: Some(1),
+        // A worker dying is retried; a failed migration is final (the job is
+        // dead at once) and waits for a person, the instance serving its
+        // previous version meanwhile.
+        max_attempts: Some(3),
     };
     queue.enqueue_in(tx, &job, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(true)
 }
 
-/// A setup job about to be retried: its instance goes back to maintenance.
-pub async fn retrying(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str) -> anyhow::Result<()> {
-    sqlx::query("UPDATE instances SET setup_state = 'migrating', setup_error = NULL WHERE id = $1")
+/// A setup job to `version` about to be retried: its instance goes back to
+/// maintenance for that version (once it is set up, the periodic check moves
+/// it on to the version it wants, if that is another).
+pub async fn retrying(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str, version: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE instances SET setup_state = 'migrating', setup_target = $1, setup_error = NULL WHERE id = $2")
+        .bind(version)
         .bind(instance)
         .execute(&mut **tx)
         .await
@@ -90,13 +94,26 @@ pub async fn retrying(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str) -
     Ok(())
 }
 
-/// A setup job cancelled: its instance leaves maintenance, on its previous version.
-pub async fn cancelled(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str) -> anyhow::Result<()> {
+/// A setup job to `version` cancelled: its instance leaves maintenance, on the
+/// version set up last.
+pub async fn cancelled(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str, version: &str) -> anyhow::Result<()> {
+    abandoned(tx, instance, version, "the setup job was cancelled").await
+}
+
+/// A setup to `version` that will not run (cancelled, or its worker kept dying).
+pub async fn abandoned(
+    tx: &mut sqlx::Transaction<'_, Backend>,
+    instance: &str,
+    version: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE instances SET setup_state = 'failed', setup_error = 'the setup job was cancelled' \
-         WHERE id = $1 AND setup_state = 'migrating'",
+        "UPDATE instances SET setup_state = 'failed', setup_error = $1 \
+         WHERE id = $2 AND setup_target = $3 AND setup_state = 'migrating'",
     )
+    .bind(reason)
     .bind(instance)
+    .bind(version)
     .execute(&mut **tx)
     .await
     .context("failed to stop the instance's setup")?;
@@ -168,7 +185,8 @@ pub async fn run(node: &Node, job: &Claimed) -> Finish {
     }
     match outcome {
         Ok(_) => Finish::Succeeded { ran_version: target },
-        Err(Failure { error, .. }) => Finish::Failed { error, ran_version: Some(target) },
+        // Final: nothing was applied, and running it again would fail the same way.
+        Err(Failure { error, .. }) => Finish::Dead { error },
     }
 }
 

@@ -33,6 +33,9 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
     let mut last_purge = Instant::now();
     let mut schedules = Schedules::default();
+    // Whether the last claim took all it asked for (more jobs are ready).
+    let mut backlog = false;
+    let refill = (concurrency.min(super::CLAIM_BATCH) / 2).max(1);
     loop {
         if *stop.borrow() {
             break;
@@ -58,7 +61,21 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
                 Err(e) => tracing::warn!("{e:#}"),
             }
         }
-        let free = if concurrency == 0 { 0 } else { slots.available_permits() };
+        let mut free = if concurrency == 0 { 0 } else { slots.available_permits() };
+        // While the queue has more than the workers take, claim in batches:
+        // wait for half the slots (or a quiet moment) rather than claiming
+        // each slot as it frees.
+        if backlog && free < refill {
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            free = slots.available_permits();
+            if free < refill && !*stop.borrow() && free < concurrency {
+                continue;
+            }
+        }
         let claimed = if free > 0 {
             match node.queue.claim(free).await {
                 Ok(claimed) => claimed,
@@ -71,6 +88,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
             Vec::new()
         };
         let full = !claimed.is_empty() && claimed.len() == free.min(super::CLAIM_BATCH);
+        backlog = full;
         for job in claimed {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
             let (node, done, freed) = (node.clone(), done.clone(), freed.clone());

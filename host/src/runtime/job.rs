@@ -1,7 +1,7 @@
 //! One job through one guest: a fresh store, the job's fuel and deadline, and a
 //! call of the service's `wharf:platform/worker` export (`run` or `seed`).
-//! Jobs run on the node's low-priority threads: background work never takes a
-//! core from a request.
+//! Jobs run on the node's job threads (one per core, at `SCHED_IDLE`):
+//! background work uses idle cores and never takes one from a request.
 
 use std::time::{Duration, Instant};
 

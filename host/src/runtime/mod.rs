@@ -71,6 +71,9 @@ pub struct Runtime {
     ticker: Option<EpochTicker>,
     /// Where CPU-heavy guests continue (see [`invoke`]).
     heavy: Option<tokio::runtime::Runtime>,
+    /// Where jobs run: a thread per core, all at `SCHED_IDLE`, so background
+    /// work uses every core nobody else wants and never delays a request.
+    jobs: Option<tokio::runtime::Runtime>,
     /// Linear memory of all guests together.
     memory: Arc<MemoryBudget>,
 }
@@ -100,11 +103,18 @@ impl Runtime {
             .enable_all()
             .build()
             .context("failed to start the heavy-guest threads")?;
+        let jobs = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+            .thread_name("wharf-jobs")
+            .on_thread_start(crate::sched::lower_current_thread)
+            .enable_all()
+            .build()
+            .context("failed to start the job threads")?;
         // A tenant holds at most a quarter of it, as of the guest slots, but
         // always enough for one guest at its own cap.
         let total = limits.total_memory_bytes(pool.max_instances);
         let memory = MemoryBudget::new(total, (total / 4).max(limits.max_memory_bytes));
-        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy), memory })
+        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy), jobs: Some(jobs), memory })
     }
 
     /// The engine, for compiling and deserializing components.
@@ -183,6 +193,9 @@ impl Drop for Runtime {
         // Not a blocking shutdown: this may run on an async worker.
         if let Some(heavy) = self.heavy.take() {
             heavy.shutdown_background();
+        }
+        if let Some(jobs) = self.jobs.take() {
+            jobs.shutdown_background();
         }
     }
 }
