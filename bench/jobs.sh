@@ -9,10 +9,10 @@
 #            every queued no-op job: jobs/s from the first claim to an empty queue.
 #
 # Usage: bench/jobs.sh [--quick]   (env: DURATION=10s ROUNDS=3 CONNECTIONS=32
-#   WORKERS=32 WHARF_BENCH_DATABASE=postgres://postgres@127.0.0.1:5432/postgres)
+#   WORKERS=64 WHARF_BENCH_DATABASE=postgres://postgres@127.0.0.1:5432/postgres)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration="${DURATION:-10s}"; rounds="${ROUNDS:-3}"; connections="${CONNECTIONS:-32}"; workers="${WORKERS:-32}"
+duration="${DURATION:-10s}"; rounds="${ROUNDS:-3}"; connections="${CONNECTIONS:-32}"; workers="${WORKERS:-64}"
 if [[ "${1:-}" == "--quick" ]]; then duration=3s; rounds=1; fi
 base="${WHARF_BENCH_DATABASE:-postgres://postgres@127.0.0.1:5432/postgres}"
 
@@ -65,9 +65,10 @@ setup() {
     echo "the lab instance on $1 never served" >&2; exit 1
 }
 
-# stats NAME ADMIN: "queued running" of the lab service.
+# stats NAME ADMIN: "queued running" of the lab service (curl: cheaper than the
+# CLI while the node is being measured).
 stats() {
-    local json; json=$(WHARF_TOKEN=${tokens[$1]} $wharf --admin-url "http://$2" --json jobs stats)
+    local json; json=$(curl -sf -H "Authorization: Bearer ${tokens[$1]}" "http://$2/v1/jobs/stats")
     local queued running
     queued=$(grep -o '"queued": *[0-9]*' <<<"$json" | grep -o '[0-9]*$' || echo 0)
     running=$(grep -o '"running": *[0-9]*' <<<"$json" | grep -o '[0-9]*$' || echo 0)
@@ -99,7 +100,7 @@ drain() {
         now=$(date +%s.%N)
         if [[ -z $first && ( $q -lt $queued || $r -gt 0 ) ]]; then first=$now; fi
         if [[ $q -eq 0 && $r -eq 0 ]]; then break; fi
-        sleep 0.05
+        sleep 0.2
     done
     local rate; rate=$(awk -v n="$queued" -v a="$first" -v b="$now" 'BEGIN { printf "%.0f", n / (b - a) }')
     drained[$name]+="$rate "

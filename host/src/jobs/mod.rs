@@ -507,11 +507,15 @@ impl Queue {
         }
         for (ran_version, jobs) in &succeeded {
             for chunk in jobs.chunks(200) {
+                let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", 3 + 2 * i)).collect();
                 let pairs: Vec<String> =
                     (0..chunk.len()).map(|i| format!("(${}, CAST(${} AS BIGINT))", 3 + 2 * i, 4 + 2 * i)).collect();
+                // `id IN` finds the rows by key; the pairs check each one's fence.
                 let sql = format!(
                     "UPDATE jobs SET state = 'succeeded', ran_version = $1, lease_owner = NULL, lease_until = NULL, \
-                     finished_at = $2 WHERE state = 'running' AND (id, fence) IN (VALUES {}) RETURNING id, tenant_id",
+                     finished_at = $2 WHERE id IN ({}) AND state = 'running' AND (id, fence) IN (VALUES {}) \
+                     RETURNING id, tenant_id",
+                    ids.join(", "),
                     pairs.join(", ")
                 );
                 let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(*ran_version).bind(now);
