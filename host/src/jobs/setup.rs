@@ -297,18 +297,21 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
         .map_err(|e| Failure::new(format!("cannot read the instance: {e}")))?;
     let mut did_seed = false;
     if matches!(seeded, Some((None,))) {
-        if let Some(worker) = &version.worker {
+        if let Some(worker) = version.worker.clone() {
+            // The seeder is guest code: on the job threads, like any job.
+            let (runtime, who, context) =
+                (node.runtime.clone(), super::worker::identity(route), super::worker::context(node, route, &version));
+            let (fuel, left) = (node.queue.config.fuel, deadline.saturating_duration_since(Instant::now()));
             let outcome = node
                 .runtime
-                .run_job(
-                    worker,
-                    super::worker::identity(route),
-                    super::worker::context(node, route, &version),
-                    crate::runtime::JobCall::Seed,
-                    node.queue.config.fuel,
-                    deadline.saturating_duration_since(Instant::now()),
-                )
-                .await;
+                .spawn_job(async move {
+                    runtime.run_job(&worker, who, context, crate::runtime::JobCall::Seed, fuel, left).await
+                })
+                .await
+                .unwrap_or_else(|e| crate::runtime::JobOutcome {
+                    fuel: 0,
+                    result: Err(format!("the seeder's task failed: {e}")),
+                });
             route.usage.record_job(outcome.fuel, outcome.result.is_err());
             if let Err(e) = outcome.result {
                 return Err(Failure { error: format!("the seeder failed: {e}"), applied: Some(all) });

@@ -91,13 +91,21 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
         backlog = full;
         for job in claimed {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
-            let (node, done, freed) = (node.clone(), done.clone(), freed.clone());
-            tokio::spawn(async move {
-                let finish = run_one(&node, &job).await;
+            let (runner, done, freed) = (node.clone(), done.clone(), freed.clone());
+            let setup = job.kind == SETUP_KIND;
+            let work = async move {
+                let finish = run_one(&runner, &job).await;
                 let _ = done.send((job, finish));
                 drop(permit);
                 freed.notify_one();
-            });
+            };
+            // Guests' jobs run on the job threads from start to end (no hand-off
+            // per job); setups take locks that requests wait on, so they stay here.
+            if setup {
+                tokio::spawn(work);
+            } else {
+                node.runtime.spawn_job(work);
+            }
         }
         if full {
             // More may be ready: claim again at once.

@@ -48,7 +48,8 @@ impl Runtime {
         WorkerPre::new(pre.instance_pre().clone()).ok()
     }
 
-    /// Run `call` on a fresh instance of `worker`, with `fuel` and `timeout`.
+    /// Run `call` on a fresh instance of `worker`, with `fuel` and `timeout`,
+    /// on the calling task (workers call it on the job threads: [`Runtime::spawn_job`]).
     pub async fn run_job(
         &self,
         worker: &WorkerPre,
@@ -72,33 +73,35 @@ impl Runtime {
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
-        let worker = worker.clone();
-        let run = async move {
-            let called = tokio::time::timeout(timeout, async {
-                let instance = worker.instantiate_async(&mut store).await?;
-                let guest = instance.wharf_platform_worker();
-                match &call {
-                    JobCall::Run(job) => guest.call_run(&mut store, job).await,
-                    JobCall::Seed => guest.call_seed(&mut store).await,
-                }
-            })
-            .await;
-            let owed = store.data().host_fuel_debt;
-            let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(fuel);
-            let result = match called {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(guest_error))) => Err(crate::jobs::truncate(&guest_error, 2000)),
-                Ok(Err(e)) => Err(describe(&super::invoke::classify(&e, store.data().limiter.hit))),
-                Err(_elapsed) => Err(describe(&GuestFailure::Timeout)),
-            };
-            JobOutcome { fuel: used, result }
+        let called = tokio::time::timeout(timeout, async {
+            let instance = worker.instantiate_async(&mut store).await?;
+            let guest = instance.wharf_platform_worker();
+            match &call {
+                JobCall::Run(job) => guest.call_run(&mut store, job).await,
+                JobCall::Seed => guest.call_seed(&mut store).await,
+            }
+        })
+        .await;
+        let owed = store.data().host_fuel_debt;
+        let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(fuel);
+        let result = match called {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(guest_error))) => Err(crate::jobs::truncate(&guest_error, 2000)),
+            Ok(Err(e)) => Err(describe(&super::invoke::classify(&e, store.data().limiter.hit))),
+            Err(_elapsed) => Err(describe(&GuestFailure::Timeout)),
         };
-        match &self.heavy {
-            Some(heavy) => heavy
-                .spawn(run)
-                .await
-                .unwrap_or_else(|e| JobOutcome { fuel: 0, result: Err(format!("the job's task failed: {e}")) }),
-            None => run.await,
+        JobOutcome { fuel: used, result }
+    }
+
+    /// Run `work` on the job threads (one per core, at `SCHED_IDLE`).
+    pub fn spawn_job<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.jobs {
+            Some(jobs) => jobs.spawn(work),
+            None => tokio::spawn(work),
         }
     }
 }
