@@ -126,6 +126,12 @@ impl Node {
             config.jobs.lease.as_secs(),
             config.jobs.timeout.as_secs()
         );
+        if config.jobs.concurrency == 0 {
+            tracing::warn!(
+                "--job-workers 0: this node runs no jobs; instances are set up (migrations, seeders) and jobs run \
+                 only on nodes with workers"
+            );
+        }
         let mut jobs_config = config.jobs.clone();
         jobs_config.fuel = jobs_config.fuel.max(config.limits.fuel_per_request);
         let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));

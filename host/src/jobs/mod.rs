@@ -336,22 +336,13 @@ impl Queue {
     /// commit for many jobs.
     pub async fn enqueue_for_tenant(&self, job: NewJob) -> Result<Enqueued, JobError> {
         job.check()?;
+        // The platform's own kinds are queued by the platform only.
+        if job.kind.starts_with("wharf.") {
+            return Err(JobError::InvalidKind(job.kind));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.batches.send((job, reply)).map_err(|_| anyhow::anyhow!("the node is stopping"))?;
         answer.await.map_err(|_| anyhow::anyhow!("the node is stopping"))?
-    }
-
-    /// Queue a job, within its tenant's `pending_limit`. An idempotency key
-    /// already used by the instance returns that job instead.
-    pub async fn enqueue(&self, job: NewJob, pending_limit: Option<i64>) -> Result<Enqueued, JobError> {
-        job.check()?;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        let enqueued = self.enqueue_in(&mut tx, &job, pending_limit).await?;
-        if enqueued.created {
-            tx.commit().await.context("failed to commit the job")?;
-            self.wake.notify_one();
-        }
-        Ok(enqueued)
     }
 
     /// Queue a job inside `tx` (nothing is queued unless it commits).
