@@ -536,8 +536,10 @@ impl Queue {
                     0,
                 ),
                 Finish::Failed { error, ran_version } => ("dead", None, Some(error.clone()), ran_version.clone(), 0),
+                // Not an error of the job's: nothing recorded but the log.
                 Finish::Deferred { after, reason } => {
-                    ("queued", Some(now + after.as_millis() as i64), Some(reason.clone()), None, 1)
+                    tracing::debug!(job = %job.id, "job deferred: {reason}");
+                    ("queued", Some(now + after.as_millis() as i64), None, None, 1)
                 }
                 Finish::Dead { error } => ("dead", None, Some(error.clone()), None, 0),
             };
