@@ -585,7 +585,7 @@ impl Registry {
         }
         let mut out: Vec<ServiceInfo> = services.into_values().collect();
         for service in &mut out {
-            service.versions.sort_by(|a, b| semver_key(&b.version).cmp(&semver_key(&a.version)));
+            service.versions.sort_by_key(|v| std::cmp::Reverse(semver_key(&v.version)));
         }
         Ok(out)
     }
