@@ -318,7 +318,15 @@ async fn migrations_put_only_their_instance_in_maintenance_and_a_failure_keeps_t
     assert!(error.contains("0003_broken"), "{error}");
     assert_eq!(info["setup"]["target"], "3.0.0");
     assert_eq!(info["setup"]["settled_version"], "2.0.0");
-    let (status, tables) = node.get("mig.test", "/tables").await;
+    // (The failure is recorded, then the routes rebuilt: a moment apart.)
+    let started = Instant::now();
+    let (status, tables) = loop {
+        let (status, tables) = node.get("mig.test", "/tables").await;
+        if status == StatusCode::OK || started.elapsed() > Duration::from_secs(5) {
+            break (status, tables);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, StatusCode::OK, "the instance keeps serving its previous version");
     assert!(tables.contains("tally") && !tables.contains("extra"), "none of the failed migration applied: {tables}");
     // The failed setup job is dead, with the same error.

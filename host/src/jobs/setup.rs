@@ -258,7 +258,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
             }
             None => {}
         }
-        for statement in split_statements(sql) {
+        for statement in crate::configurator::database::sqltext::split_statements(sql) {
             statements.push((statement, Vec::new()));
             owners.push(&migration.name);
         }
@@ -361,116 +361,4 @@ async fn finish(node: &Node, instance: &str, target: &str, outcome: &Result<Done
     node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     node.generation.applied_own(generation);
     Ok(())
-}
-
-/// Split a migration file into statements at `;`, outside strings, quoted
-/// identifiers, comments, PostgreSQL dollar quotes and SQLite trigger bodies
-/// (`CREATE TRIGGER ... BEGIN ...; ...; END`). Empty statements are dropped.
-pub fn split_statements(sql: &str) -> Vec<String> {
-    let bytes = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    // BEGIN/CASE ... END nesting inside a trigger.
-    let mut depth = 0usize;
-    let mut words: Vec<String> = Vec::new();
-    while i < bytes.len() {
-        let c = bytes[i];
-        match c {
-            b'\'' | b'"' | b'`' => {
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == c {
-                        if bytes.get(i + 1) == Some(&c) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'$' => {
-                // $tag$ ... $tag$ (a parameter like $1 is not a quote).
-                let tag_end = bytes[i + 1..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
-                match tag_end.map(|n| i + 1 + n) {
-                    Some(end) if bytes[end] == b'$' && !bytes[i + 1].is_ascii_digit() => {
-                        let tag = &sql[i..=end];
-                        match sql[end + 1..].find(tag) {
-                            Some(close) => i = end + 1 + close + tag.len(),
-                            None => i = bytes.len(),
-                        }
-                    }
-                    _ => i += 1,
-                }
-            }
-            b';' if depth == 0 => {
-                let statement = sql[start..i].trim();
-                if !statement.is_empty() {
-                    out.push(statement.to_string());
-                }
-                words.clear();
-                i += 1;
-                start = i;
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let begin = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                let word = sql[begin..i].to_ascii_uppercase();
-                let in_trigger = words.len() >= 2
-                    && words[0] == "CREATE"
-                    && (words[1] == "TRIGGER" || (words.len() >= 3 && words[2] == "TRIGGER"));
-                if in_trigger {
-                    match word.as_str() {
-                        "BEGIN" | "CASE" => depth += 1,
-                        "END" => depth = depth.saturating_sub(1),
-                        _ => {}
-                    }
-                }
-                if words.len() < 3 {
-                    words.push(word);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    let statement = sql[start.min(sql.len())..].trim();
-    if !statement.is_empty() {
-        out.push(statement.to_string());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_statements;
-
-    #[test]
-    fn statements_split_outside_quotes_comments_and_bodies() {
-        let sql = "CREATE TABLE a (x TEXT DEFAULT ';'); -- a; comment\n\
-                   /* b; */ INSERT INTO a VALUES ('it''s; fine');\n\
-                   CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;\n\
-                   CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE a SET x = CASE WHEN 1 THEN 'y' END; DELETE FROM a; END;\n\
-                   SELECT $1;;";
-        let statements = split_statements(sql);
-        assert_eq!(statements.len(), 5, "{statements:#?}");
-        assert!(statements[2].ends_with("LANGUAGE sql"));
-        assert!(statements[3].starts_with("CREATE TRIGGER") && statements[3].ends_with("END"));
-        assert_eq!(statements[4], "SELECT $1");
-    }
 }

@@ -23,6 +23,7 @@
 
 mod postgres;
 mod sqlguard;
+pub mod sqltext;
 mod storage;
 mod threads;
 

@@ -42,6 +42,8 @@ use anyhow::Context as _;
 use futures_util::{pin_mut, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
+
+use super::sqltext;
 use tokio_postgres::{Client, NoTls};
 
 use super::{Call, SqlRows, SqlValue, MAX_COLUMNS, MAX_RESULT_BYTES, MAX_ROWS, MAX_STATEMENT_BYTES, MAX_WAIT};
@@ -803,7 +805,7 @@ fn leading_words(statement: &str, n: usize) -> Vec<String> {
             continue;
         }
         if rest.starts_with("/*") {
-            rest = skip_block_comment(rest);
+            rest = sqltext::skip_block_comment(rest);
             continue;
         }
         let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
@@ -816,29 +818,6 @@ fn leading_words(statement: &str, n: usize) -> Vec<String> {
     words
 }
 
-/// What follows a (nested) block comment at the start of `s`.
-fn skip_block_comment(s: &str) -> &str {
-    let bytes = s.as_bytes();
-    let (mut depth, mut i) = (0usize, 0usize);
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return &s[i..];
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    ""
-}
-
 /// Rewrite SQLite-style parameters (`?1`, `?`) as PostgreSQL's (`$1`) outside
 /// strings, quoted identifiers, dollar-quoted bodies and comments.
 pub fn placeholders(sql: &str) -> Result<String, String> {
@@ -846,60 +825,18 @@ pub fn placeholders(sql: &str) -> Result<String, String> {
     let mut out = String::with_capacity(sql.len() + 8);
     let (mut i, mut copied, mut highest) = (0usize, 0usize, 0u32);
     while i < bytes.len() {
+        if let Some(next) = sqltext::skip_quoted(sql, i) {
+            i = next;
+            continue;
+        }
         match bytes[i] {
-            b'\'' => {
-                // E'…' strings take backslash escapes; others only ''.
-                let escapes = i > 0 && matches!(bytes[i - 1], b'e' | b'E') && (i < 2 || !is_word(bytes[i - 2]));
-                i += 1;
-                while i < bytes.len() {
-                    if escapes && bytes[i] == b'\\' {
-                        i += 2;
-                    } else if bytes[i] == b'\'' {
-                        if bytes.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                        } else {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
+            // A PostgreSQL parameter ($1) counts toward the next bare `?`.
+            b'$' if i == 0 || !sqltext::is_word(bytes[i - 1]) => {
+                let digits = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                if let Ok(n) = sql[i + 1..i + 1 + digits].parse::<u32>() {
+                    highest = highest.max(n);
                 }
-                i += 1;
-            }
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = sql.len() - skip_block_comment(&sql[i..]).len();
-            }
-            b'$' if i == 0 || !is_word(bytes[i - 1]) => {
-                // $tag$ … $tag$ (a tag never starts with a digit: $1 is a parameter).
-                let tag_end = bytes[i + 1..].iter().position(|b| !is_word(*b)).map(|p| i + 1 + p);
-                match tag_end {
-                    Some(end) if bytes[end] == b'$' && !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                        let tag = &sql[i..=end];
-                        i = match sql[end + 1..].find(tag) {
-                            Some(at) => end + 1 + at + tag.len(),
-                            None => sql.len(),
-                        };
-                    }
-                    _ => {
-                        let digits = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
-                        if let Ok(n) = sql[i + 1..i + 1 + digits].parse::<u32>() {
-                            highest = highest.max(n);
-                        }
-                        i += 1 + digits;
-                    }
-                }
+                i += 1 + digits;
             }
             b'?' => {
                 let digits = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
@@ -923,10 +860,6 @@ pub fn placeholders(sql: &str) -> Result<String, String> {
     }
     out.push_str(&sql[copied.min(sql.len())..]);
     Ok(out)
-}
-
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
 /// Bind each value as the type the server inferred for its parameter.
