@@ -100,7 +100,9 @@ impl Node {
         let seen = Arc::new(crate::store::Seen::new(generation));
         let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir, seen.clone()).await?);
         let router = Arc::new(Router::default());
-        let usage = Arc::new(Usage::new(db.clone()));
+        let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"))?);
+        // What a previous run journaled but did not apply (it was killed) counts now.
+        usage.flush().await.context("failed to apply the usage journal of the previous run")?;
         let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)
             .context("failed to start the database threads")?;
         let redis = match &config.redis_url {

@@ -57,3 +57,65 @@ async fn a_graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(in_flight.await.unwrap(), (StatusCode::OK, "slept\n".to_string()));
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "a stopped node accepts no connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_survives_sigkill_under_load_within_the_requests_in_flight() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let served = crate::harness::Served::start(&[]).await;
+    served.tenant_with("hello", "hello", "acme", "hello.acme.test").await;
+    let http = crate::harness::client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    const CLIENTS: u64 = 8;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (http, stop, received, addr) = (http.clone(), stop.clone(), received.clone(), served.ingress);
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(format!("http://{addr}/")).header("host", "hello.acme.test").send().await {
+                    Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+                        if resp.bytes().await.is_ok() {
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                }
+            }
+        }));
+    }
+    // 2.5 s of load, then SIGKILL in the middle of it (no flush, no shutdown).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let served = served.kill_and_restart().await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let received = received.load(Ordering::Relaxed);
+    let instances: serde_json::Value = http
+        .get(format!("{}/v1/instances", served.admin))
+        .bearer_auth(&served.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = instances["instances"][0]["id"].as_str().unwrap().to_string();
+    let usage: serde_json::Value = http
+        .get(format!("{}/v1/instances/{id}/usage", served.admin))
+        .bearer_auth(&served.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let billed = usage["requests"].as_u64().unwrap();
+    eprintln!("served {received} responses, billed {billed} after SIGKILL");
+    assert!(received > 200, "the load ran: {received}");
+    // Each side may lead by the requests in flight at the kill: a response sent
+    // before its guest finished (not yet counted), or counted before it was sent.
+    assert!(billed.abs_diff(received) <= CLIENTS, "served {received}, billed {billed}");
+    served.stop();
+}

@@ -1,21 +1,39 @@
-//! Usage metering, the seed of billing: requests, fuel and errors per instance.
+//! Usage metering, the seed of billing: requests, job runs, fuel and errors per
+//! instance, per hour, from every node.
 //!
-//! The request path only adds to atomic counters held by the instance's route. A
-//! flusher moves the pending amounts into `usage_totals` every second (and at
-//! shutdown), so reading usage is the stored total plus what is still pending.
+//! Every finished request and job run is appended to the node's usage journal
+//! (`<data>/usage/`, one line, one `write(2)`) before it is counted: the kernel
+//! holds what was written even if the process is killed the next instant. Once
+//! a second the flusher closes the current journal file (opening a new one under
+//! the same lock, so each file holds exactly what was counted while it was
+//! current), and applies each closed file as one batch: in one transaction the
+//! batch's id goes into `usage_batches` and its amounts into `usage_ledger`
+//! (per instance per hour) and `usage_totals`. The file is deleted after the
+//! commit. A batch applied twice (a crash between the commit and the delete, a
+//! retry) counts once; files left by a killed node are applied when it starts
+//! again. So after SIGKILL nothing counted is lost; what a killed node served but
+//! had not yet counted (a guest still finishing) is lost, and is bounded by the
+//! requests in flight. (A power cut can lose what the page cache held.)
 
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use crate::store::Db;
+use crate::store::{self, Db};
 
-/// Amounts not yet written to the database.
-#[derive(Debug, Default)]
+/// Amounts of one instance not yet applied to the database (shown by
+/// [`Usage::totals`] meanwhile), and where new amounts are journaled.
+#[derive(Debug)]
 pub struct UsageCounters {
+    instance: String,
+    tenant: String,
+    journal: Arc<Journal>,
     requests: AtomicU64,
     jobs: AtomicU64,
     fuel: AtomicU64,
@@ -25,36 +43,35 @@ pub struct UsageCounters {
 impl UsageCounters {
     /// Count one finished request.
     pub fn record(&self, fuel: u64, failed: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.fuel.fetch_add(fuel, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.add(1, 0, fuel, failed);
     }
 
     /// Count one finished job run (a seeder's included).
     pub fn record_job(&self, fuel: u64, failed: bool) {
-        self.jobs.fetch_add(1, Ordering::Relaxed);
+        self.add(0, 1, fuel, failed);
+    }
+
+    fn add(&self, requests: u64, jobs: u64, fuel: u64, failed: bool) {
+        let errors = u64::from(failed);
+        let hour = store::now() / 3600 * 3600;
+        let line = format!("{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant);
+        // Journaled and counted under the journal's read lock: a flush (the
+        // write lock) never splits the two.
+        let current = self.journal.current.read().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = (&current.file).write_all(line.as_bytes()) {
+            tracing::error!(instance = %self.instance, "failed to journal usage (it is lost): {e}");
+            return;
+        }
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs, Ordering::Relaxed);
         self.fuel.fetch_add(fuel, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.errors.fetch_add(errors, Ordering::Relaxed);
     }
 
-    fn take(&self) -> UsageTotals {
-        UsageTotals {
-            jobs: self.jobs.swap(0, Ordering::Relaxed),
-            requests: self.requests.swap(0, Ordering::Relaxed),
-            fuel: self.fuel.swap(0, Ordering::Relaxed),
-            errors: self.errors.swap(0, Ordering::Relaxed),
+    fn reset(&self) {
+        for counter in [&self.requests, &self.jobs, &self.fuel, &self.errors] {
+            counter.store(0, Ordering::Relaxed);
         }
-    }
-
-    fn put_back(&self, t: &UsageTotals) {
-        self.requests.fetch_add(t.requests, Ordering::Relaxed);
-        self.jobs.fetch_add(t.jobs, Ordering::Relaxed);
-        self.fuel.fetch_add(t.fuel, Ordering::Relaxed);
-        self.errors.fetch_add(t.errors, Ordering::Relaxed);
     }
 
     fn peek(&self) -> UsageTotals {
@@ -81,8 +98,11 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
-    fn is_zero(&self) -> bool {
-        self.requests == 0 && self.jobs == 0 && self.fuel == 0 && self.errors == 0
+    fn add(&mut self, other: &UsageTotals) {
+        self.requests += other.requests;
+        self.jobs += other.jobs;
+        self.fuel += other.fuel;
+        self.errors += other.errors;
     }
 }
 
@@ -96,24 +116,72 @@ pub struct InstanceUsage {
     pub totals: UsageTotals,
 }
 
-/// Usage counters of every instance on this node.
+/// The node's usage journal: the file being written, in a directory of files
+/// waiting to be applied.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    current: RwLock<JournalFile>,
+}
+
+#[derive(Debug)]
+struct JournalFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JournalFile {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        // Names sort by creation: batches apply in order.
+        let name = format!("usage-{:016}-{}.log", store::now_millis(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("failed to create the usage journal {path:?}"))?;
+        Ok(Self { path, file })
+    }
+}
+
+/// Usage counters of every instance on this node, and its journal.
 pub struct Usage {
     db: Db,
     counters: DashMap<String, Arc<UsageCounters>>,
+    journal: Arc<Journal>,
+    /// One flush at a time.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl Usage {
-    /// Usage backed by `db`.
-    pub fn new(db: Db) -> Self {
-        Self { db, counters: DashMap::new() }
+    /// Usage backed by `db`, journaled in `dir` (files left there by an
+    /// earlier run are applied by the first [`Usage::flush`]).
+    pub fn open(db: Db, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
+        let current = JournalFile::create(dir)?;
+        let journal = Arc::new(Journal { dir: dir.to_path_buf(), current: RwLock::new(current) });
+        Ok(Self { db, counters: DashMap::new(), journal, flushing: tokio::sync::Mutex::new(()) })
     }
 
     /// The counters of an instance (created on first use).
-    pub fn counters(&self, instance: &str) -> Arc<UsageCounters> {
-        self.counters.entry(instance.to_string()).or_default().clone()
+    pub fn counters(&self, instance: &str, tenant: &str) -> Arc<UsageCounters> {
+        self.counters
+            .entry(instance.to_string())
+            .or_insert_with(|| {
+                Arc::new(UsageCounters {
+                    instance: instance.to_string(),
+                    tenant: tenant.to_string(),
+                    journal: self.journal.clone(),
+                    requests: AtomicU64::new(0),
+                    jobs: AtomicU64::new(0),
+                    fuel: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                })
+            })
+            .clone()
     }
 
-    /// Stored totals plus pending amounts of one instance.
+    /// Stored totals plus amounts this node has not applied yet, of one instance.
     pub async fn totals(&self, instance: &str) -> anyhow::Result<UsageTotals> {
         let row: Option<(i64, i64, i64, i64)> =
             sqlx::query_as("SELECT requests, jobs, fuel, errors FROM usage_totals WHERE instance_id = $1")
@@ -131,34 +199,100 @@ impl Usage {
         })
     }
 
-    /// Write every pending amount to the database. Amounts whose write fails stay
-    /// pending for the next flush, so nothing is lost or counted twice.
+    /// Close the current journal file and apply every closed one. A file whose
+    /// write fails stays for the next flush (it counts once whenever it lands).
     pub async fn flush(&self) -> anyhow::Result<()> {
-        let pending: Vec<(String, Arc<UsageCounters>)> =
-            self.counters.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
-        for (instance, counters) in pending {
-            let delta = counters.take();
-            if delta.is_zero() {
-                continue;
+        let _one = self.flushing.lock().await;
+        let fresh = JournalFile::create(&self.journal.dir)?;
+        let current_path = {
+            let mut current = self.journal.current.write().unwrap_or_else(|e| e.into_inner());
+            *current = fresh;
+            // What was counted is all in the closed file now.
+            for counters in self.counters.iter() {
+                counters.reset();
             }
-            let written = sqlx::query(
+            current.path.clone()
+        };
+        let mut closed: Vec<PathBuf> = std::fs::read_dir(&self.journal.dir)
+            .with_context(|| format!("failed to list {:?}", self.journal.dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| *p != current_path && p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        closed.sort();
+        for path in closed {
+            self.apply(&path).await?;
+            std::fs::remove_file(&path).with_context(|| format!("failed to remove {path:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// Apply one closed journal file as a batch (once, whatever happens).
+    async fn apply(&self, path: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {path:?}"))?;
+        let mut amounts: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [instance, tenant, hour, requests, jobs, fuel, errors] = fields[..] else { continue };
+            let number = |s: &str| s.parse::<u64>().ok();
+            let (Ok(hour), Some(requests), Some(jobs), Some(fuel), Some(errors)) =
+                (hour.parse::<i64>(), number(requests), number(jobs), number(fuel), number(errors))
+            else {
+                // A line cut short by a crash mid-write.
+                continue;
+            };
+            amounts.entry((instance, tenant, hour)).or_default().add(&UsageTotals { requests, jobs, fuel, errors });
+        }
+        let batch = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let fresh =
+            sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                .bind(&batch)
+                .bind(store::now())
+                .execute(&mut *tx)
+                .await
+                .context("failed to record the usage batch")?
+                .rows_affected();
+        if fresh == 0 {
+            tracing::info!(%batch, "usage batch already applied");
+            return Ok(());
+        }
+        let mut per_instance: HashMap<&str, UsageTotals> = HashMap::new();
+        for ((instance, tenant, hour), t) in &amounts {
+            per_instance.entry(instance).or_default().add(t);
+            sqlx::query(
+                "INSERT INTO usage_ledger (instance_id, tenant_id, hour, requests, jobs, fuel, errors) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (instance_id, hour) DO UPDATE SET \
+                 requests = usage_ledger.requests + excluded.requests, jobs = usage_ledger.jobs + excluded.jobs, \
+                 fuel = usage_ledger.fuel + excluded.fuel, errors = usage_ledger.errors + excluded.errors",
+            )
+            .bind(*instance)
+            .bind(*tenant)
+            .bind(*hour)
+            .bind(t.requests as i64)
+            .bind(t.jobs as i64)
+            .bind(t.fuel as i64)
+            .bind(t.errors as i64)
+            .execute(&mut *tx)
+            .await
+            .context("failed to write the usage ledger")?;
+        }
+        for (instance, t) in per_instance {
+            sqlx::query(
                 "INSERT INTO usage_totals (instance_id, requests, fuel, errors, jobs) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (instance_id) DO UPDATE SET requests = usage_totals.requests + excluded.requests, \
                  fuel = usage_totals.fuel + excluded.fuel, errors = usage_totals.errors + excluded.errors, \
                  jobs = usage_totals.jobs + excluded.jobs",
             )
-            .bind(&instance)
-            .bind(delta.requests as i64)
-            .bind(delta.fuel as i64)
-            .bind(delta.errors as i64)
-            .bind(delta.jobs as i64)
-            .execute(&self.db)
-            .await;
-            if let Err(e) = written {
-                counters.put_back(&delta);
-                return Err(e).with_context(|| format!("failed to write usage of instance {instance:?}"));
-            }
+            .bind(instance)
+            .bind(t.requests as i64)
+            .bind(t.fuel as i64)
+            .bind(t.errors as i64)
+            .bind(t.jobs as i64)
+            .execute(&mut *tx)
+            .await
+            .context("failed to write usage totals")?;
         }
+        tx.commit().await.context("failed to commit the usage batch")?;
         Ok(())
     }
 }

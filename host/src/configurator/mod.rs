@@ -1147,7 +1147,7 @@ impl Configurator {
                         instance: instance.as_str().into(),
                         tenant: tenant.as_str().into(),
                         target,
-                        usage: self.usage.counters(&instance),
+                        usage: self.usage.counters(&instance, &tenant),
                         enabled: store::flag(enabled),
                         recent: self.database(&instance, &tenant).recent_use(),
                         db: self.database(&instance, &tenant),
