@@ -166,6 +166,11 @@ async fn jobs_run_retry_with_backoff_die_and_are_idempotent() {
         .admin(Method::POST, &format!("/v1/instances/{instance}/jobs"), Some(json!({ "kind": "record", "version": 7 })))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The platform's own kinds are not a tenant's to queue.
+    let (status, body) = node
+        .admin(Method::POST, &format!("/v1/instances/{instance}/jobs"), Some(json!({ "kind": "wharf.setup" })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = node.admin(Method::GET, "/v1/jobs?state=bogus", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 

@@ -1164,7 +1164,13 @@ impl Configurator {
                             applied: serde_json::from_str(&applied).unwrap_or_default(),
                             settled: settled.and_then(|v| slot.version(&v)),
                         },
-                        queue: self.queue.clone(),
+                        jobs: self.queue.as_ref().map(|queue| {
+                            Arc::new(crate::runtime::InstanceJobs {
+                                queue: queue.clone(),
+                                tenant: tenant.as_str().into(),
+                                instance: instance.as_str().into(),
+                            })
+                        }),
                     });
                     by_instance.insert(instance.clone(), route.clone());
                     route

@@ -238,14 +238,10 @@ impl Ingress {
                     caller: guest_caller,
                     features: route.features.clone(),
                     db: Some(route.db.clone()),
-                    jobs: route.queue.as_ref().map(|queue| {
-                        Arc::new(JobsContext {
-                            queue: queue.clone(),
-                            tenant: route.tenant.clone(),
-                            instance: route.instance.clone(),
-                            version: version.clone(),
-                        })
-                    }),
+                    jobs: route
+                        .jobs
+                        .as_ref()
+                        .map(|door| JobsContext { instance: door.clone(), version: version.clone() }),
                 },
                 req,
                 &route.recent,

@@ -300,7 +300,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
         if let Some(worker) = version.worker.clone() {
             // The seeder is guest code: on the job threads, like any job.
             let (runtime, who, context) =
-                (node.runtime.clone(), super::worker::identity(route), super::worker::context(node, route, &version));
+                (node.runtime.clone(), super::worker::identity(route), super::worker::context(route, &version));
             let (fuel, left) = (node.queue.config.fuel, deadline.saturating_duration_since(Instant::now()));
             let outcome = node
                 .runtime

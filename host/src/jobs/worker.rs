@@ -255,7 +255,7 @@ async fn run_one(node: &Node, job: &Claimed) -> Finish {
     let config = &node.queue.config;
     let outcome = node
         .runtime
-        .run_job(worker, identity(&route), context(node, &route, &version), call, config.fuel, config.timeout)
+        .run_job(worker, identity(&route), context(&route, &version), call, config.fuel, config.timeout)
         .await;
     route.usage.record_job(outcome.fuel, outcome.result.is_err());
     match outcome.result {
@@ -314,16 +314,11 @@ pub(crate) fn identity(route: &Route) -> RequestIdentity {
 
 /// What a job's guest sees: its instance's configuration and databases, no
 /// caller, and the queue (a job may queue more).
-pub(crate) fn context(node: &Node, route: &Route, version: &Arc<LoadedVersion>) -> GuestContext {
+pub(crate) fn context(route: &Route, version: &Arc<LoadedVersion>) -> GuestContext {
     GuestContext {
         caller: None,
         features: route.features.clone(),
         db: Some(route.db.clone()),
-        jobs: Some(Arc::new(JobsContext {
-            queue: node.queue.clone(),
-            tenant: route.tenant.clone(),
-            instance: route.instance.clone(),
-            version: version.clone(),
-        })),
+        jobs: route.jobs.as_ref().map(|door| JobsContext { instance: door.clone(), version: version.clone() }),
     }
 }

@@ -31,8 +31,8 @@ pub struct Route {
     pub recent: Arc<crate::sched::RecentUse>,
     /// Where the instance's schema stands: which version requests may run.
     pub setup: InstanceSetup,
-    /// The platform's job queue, for the guest's `jobs` import.
-    pub queue: Option<Arc<crate::jobs::Queue>>,
+    /// The instance's door to the job queue, for the guest's `jobs` import.
+    pub jobs: Option<Arc<crate::runtime::InstanceJobs>>,
 }
 
 /// Where an instance's database schema stands (see [`crate::jobs::setup`]).

@@ -28,7 +28,7 @@ use crate::config::{GuestLimits, PoolConfig};
 pub use guest::{plain_body, GuestState, MemoryBudget, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
 pub use job::{GuestJob, JobCall, JobOutcome, WorkerPre};
-pub use platform::{Features, GuestCaller, GuestContext, JobsContext, HOST_CALL_FUEL_PER_MS};
+pub use platform::{Features, GuestCaller, GuestContext, InstanceJobs, JobsContext, HOST_CALL_FUEL_PER_MS};
 
 /// A pre-instantiated HTTP component, ready for one store per request.
 pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;

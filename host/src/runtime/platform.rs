@@ -49,20 +49,27 @@ pub struct GuestContext {
     /// The instance's database and key-value store.
     pub db: Option<Arc<InstanceDb>>,
     /// Where the guest's jobs go.
-    pub jobs: Option<Arc<JobsContext>>,
+    pub jobs: Option<JobsContext>,
 }
 
-/// What a guest enqueues jobs as: its instance and the version running.
-pub struct JobsContext {
+/// An instance's door to the job queue, built with its route.
+pub struct InstanceJobs {
     pub queue: Arc<crate::jobs::Queue>,
     pub tenant: Arc<str>,
     pub instance: Arc<str>,
+}
+
+/// What a guest enqueues jobs as: its instance, and the version running (two
+/// reference counts per request, no allocation).
+#[derive(Clone)]
+pub struct JobsContext {
+    pub instance: Arc<InstanceJobs>,
     pub version: Arc<crate::registry::LoadedVersion>,
 }
 
 impl std::fmt::Debug for JobsContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobsContext").field("instance", &self.instance).finish_non_exhaustive()
+        f.debug_struct("JobsContext").field("instance", &self.instance.instance).finish_non_exhaustive()
     }
 }
 
@@ -229,9 +236,10 @@ impl jobs::Host for GuestState {
             }
             .to_string());
         }
+        let door = &context.instance;
         let job = crate::jobs::NewJob {
-            tenant: context.tenant.to_string(),
-            instance: context.instance.to_string(),
+            tenant: door.tenant.to_string(),
+            instance: door.instance.to_string(),
             service: version.service.clone(),
             kind,
             payload,
@@ -243,7 +251,7 @@ impl jobs::Host for GuestState {
             max_attempts: options.max_attempts,
         };
         let deadline = tokio::time::Instant::from_std(self.deadline);
-        let result = match tokio::time::timeout_at(deadline, context.queue.enqueue_for_tenant(job)).await {
+        let result = match tokio::time::timeout_at(deadline, door.queue.enqueue_for_tenant(job)).await {
             Ok(Ok(enqueued)) => Ok(enqueued.id),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("the request's deadline passed while queueing the job".into()),
