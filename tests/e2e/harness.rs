@@ -82,7 +82,7 @@ pub fn test_config(data: &Path) -> NodeConfig {
     config.redis_url = redis_url();
     // Jobs retry and poll quickly, so tests see backoff and recovery in seconds.
     config.jobs.backoff = Duration::from_millis(100);
-    config.jobs.poll = Duration::from_millis(50);
+    config.jobs.poll = Duration::from_millis(100);
     config.jobs.timeout = Duration::from_secs(5);
     config.jobs.lease = Duration::from_secs(8);
     config
