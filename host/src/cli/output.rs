@@ -241,12 +241,13 @@ impl Output {
                         s(u, "tenant"),
                         s(u, "service"),
                         s(u, "requests"),
+                        s(u, "jobs"),
                         s(u, "fuel"),
                         s(u, "errors"),
                     ]
                 })
                 .collect();
-            table(&["INSTANCE", "TENANT", "SERVICE", "REQUESTS", "FUEL", "ERRORS"], rows);
+            table(&["INSTANCE", "TENANT", "SERVICE", "REQUESTS", "JOBS", "FUEL", "ERRORS"], rows);
         }
         Ok(())
     }
