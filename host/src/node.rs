@@ -135,7 +135,8 @@ impl Node {
             );
         }
         let mut jobs_config = config.jobs.clone();
-        jobs_config.fuel = jobs_config.fuel.max(config.limits.fuel_per_request);
+        // A job may do ten requests' worth of work.
+        jobs_config.fuel = config.limits.fuel_per_request.saturating_mul(10);
         let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
         let configurator = Arc::new(Configurator::new(
             db.clone(),

@@ -72,7 +72,9 @@ impl Default for JobsConfig {
             lease: Duration::from_secs(90),
             backoff: Duration::from_secs(1),
             max_attempts: 5,
-            fuel: 10_000_000_000,
+            // Ten requests' worth at the default request budget; a node sets
+            // it to ten times its own (`NodeConfig::limits`).
+            fuel: 20_000_000_000,
             poll: Duration::from_millis(200),
             retention: Duration::from_secs(7 * 86_400),
         }
