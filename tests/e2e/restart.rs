@@ -92,25 +92,13 @@ async fn usage_survives_sigkill_under_load_within_the_requests_in_flight() {
         client.await.unwrap();
     }
     let received = received.load(Ordering::Relaxed);
-    let instances: serde_json::Value = http
-        .get(format!("{}/v1/instances", served.admin))
-        .bearer_auth(&served.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = |path: String| {
+        let (http, url, key) = (http.clone(), format!("{}{path}", served.admin), served.key.clone());
+        async move { http.get(url).bearer_auth(key).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let instances = admin("/v1/instances".into()).await;
     let id = instances["instances"][0]["id"].as_str().unwrap().to_string();
-    let usage: serde_json::Value = http
-        .get(format!("{}/v1/instances/{id}/usage", served.admin))
-        .bearer_auth(&served.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = admin(format!("/v1/instances/{id}/usage")).await;
     let billed = usage["requests"].as_u64().unwrap();
     eprintln!("served {received} responses, billed {billed} after SIGKILL");
     assert!(received > 200, "the load ran: {received}");

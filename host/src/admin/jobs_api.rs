@@ -112,13 +112,7 @@ pub(crate) async fn retry(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let job = job_for(&node, &caller, &id, Platform::InstancesManage).await?;
-    let retried = node.queue.retry(&id).await?;
-    if job.kind == SETUP_KIND {
-        node.configurator.refresh_routes().await?;
-    }
-    node.audit.record(&caller.email, "job.retry", &id, Some(&job.tenant), "ok").await;
-    Ok(Json(serde_json::to_value(retried).map_err(anyhow::Error::from)?))
+    act(&node, &caller, &id, Action::Retry).await
 }
 
 pub(crate) async fn cancel(
@@ -126,13 +120,28 @@ pub(crate) async fn cancel(
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let job = job_for(&node, &caller, &id, Platform::InstancesManage).await?;
-    let cancelled = node.queue.cancel(&id).await?;
+    act(&node, &caller, &id, Action::Cancel).await
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Retry,
+    Cancel,
+}
+
+/// Retry or cancel a job the caller may manage; a setup job's instance is
+/// re-routed at once (it enters or leaves maintenance).
+async fn act(node: &Node, caller: &crate::identity::Caller, id: &str, action: Action) -> ApiResult<Json<Value>> {
+    let job = job_for(node, caller, id, Platform::InstancesManage).await?;
+    let (changed, audited) = match action {
+        Action::Retry => (node.queue.retry(id).await?, "job.retry"),
+        Action::Cancel => (node.queue.cancel(id).await?, "job.cancel"),
+    };
     if job.kind == SETUP_KIND {
         node.configurator.refresh_routes().await?;
     }
-    node.audit.record(&caller.email, "job.cancel", &id, Some(&job.tenant), "ok").await;
-    Ok(Json(serde_json::to_value(cancelled).map_err(anyhow::Error::from)?))
+    node.audit.record(&caller.email, audited, id, Some(&job.tenant), "ok").await;
+    Ok(Json(serde_json::to_value(changed).map_err(anyhow::Error::from)?))
 }
 
 /// A job to queue through the API.

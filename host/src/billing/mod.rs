@@ -54,11 +54,24 @@ impl UsageCounters {
     fn add(&self, requests: u64, jobs: u64, fuel: u64, failed: bool) {
         let errors = u64::from(failed);
         let hour = store::now() / 3600 * 3600;
-        let line = format!("{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant);
+        // One line, formatted on the stack (ids are short; a longer line falls
+        // back to the heap), written with one `write`.
+        let mut stack = [0u8; 256];
+        let mut cursor = std::io::Cursor::new(&mut stack[..]);
+        let fits = write!(cursor, "{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant)
+            .is_ok();
+        let written = cursor.position() as usize;
+        let heap;
+        let line: &[u8] = if fits {
+            &stack[..written]
+        } else {
+            heap = format!("{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant);
+            heap.as_bytes()
+        };
         // Journaled and counted under the journal's read lock: a flush (the
         // write lock) never splits the two.
         let current = self.journal.current.read().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = (&current.file).write_all(line.as_bytes()) {
+        if let Err(e) = (&current.file).write_all(line) {
             tracing::error!(instance = %self.instance, "failed to journal usage (it is lost): {e}");
             return;
         }
