@@ -415,9 +415,20 @@ impl TestNode {
         (resp.status(), resp.text().await.unwrap())
     }
 
-    /// Usage of an instance, after the next flush.
+    /// Usage of an instance once it has settled: a guest is counted when it is
+    /// done, which can be just after its client has read the response.
     pub async fn usage(&self, instance: &str) -> Value {
-        self.get_admin(&format!("/v1/instances/{instance}/usage")).await
+        let path = format!("/v1/instances/{instance}/usage");
+        let mut last = self.get_admin(&path).await;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.get_admin(&path).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 }
 

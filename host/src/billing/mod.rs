@@ -15,7 +15,7 @@
 //! had not yet counted (a guest still finishing) is lost, and is bounded by the
 //! requests in flight. (A power cut can lose what the page cache held.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,9 +81,15 @@ impl UsageCounters {
         self.errors.fetch_add(errors, Ordering::Relaxed);
     }
 
-    fn reset(&self) {
-        for counter in [&self.requests, &self.jobs, &self.fuel, &self.errors] {
-            counter.store(0, Ordering::Relaxed);
+    /// Take out what a committed batch applied.
+    fn subtract(&self, applied: &UsageTotals) {
+        for (counter, amount) in [
+            (&self.requests, applied.requests),
+            (&self.jobs, applied.jobs),
+            (&self.fuel, applied.fuel),
+            (&self.errors, applied.errors),
+        ] {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(amount)));
         }
     }
 
@@ -162,8 +168,13 @@ pub struct Usage {
     db: Db,
     counters: DashMap<String, Arc<UsageCounters>>,
     journal: Arc<Journal>,
-    /// One flush at a time.
-    flushing: tokio::sync::Mutex<()>,
+    /// One flush at a time; holds the journal files this process wrote (their
+    /// amounts are in the counters until applied).
+    flushing: tokio::sync::Mutex<HashSet<PathBuf>>,
+    /// Held to read stored totals and counters together, and to commit a batch
+    /// and take its amounts out of the counters together: a reader never sees
+    /// an amount twice or not at all.
+    applying: tokio::sync::RwLock<()>,
 }
 
 impl Usage {
@@ -172,8 +183,15 @@ impl Usage {
     pub fn open(db: Db, dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
         let current = JournalFile::create(dir)?;
+        let own = HashSet::from([current.path.clone()]);
         let journal = Arc::new(Journal { dir: dir.to_path_buf(), current: RwLock::new(current) });
-        Ok(Self { db, counters: DashMap::new(), journal, flushing: tokio::sync::Mutex::new(()) })
+        Ok(Self {
+            db,
+            counters: DashMap::new(),
+            journal,
+            flushing: tokio::sync::Mutex::new(own),
+            applying: tokio::sync::RwLock::new(()),
+        })
     }
 
     /// The counters of an instance (created on first use).
@@ -196,6 +214,7 @@ impl Usage {
 
     /// Stored totals plus amounts this node has not applied yet, of one instance.
     pub async fn totals(&self, instance: &str) -> anyhow::Result<UsageTotals> {
+        let _together = self.applying.read().await;
         let row: Option<(i64, i64, i64, i64)> =
             sqlx::query_as("SELECT requests, jobs, fuel, errors FROM usage_totals WHERE instance_id = $1")
                 .bind(instance)
@@ -215,17 +234,12 @@ impl Usage {
     /// Close the current journal file and apply every closed one. A file whose
     /// write fails stays for the next flush (it counts once whenever it lands).
     pub async fn flush(&self) -> anyhow::Result<()> {
-        let _one = self.flushing.lock().await;
+        let mut own = self.flushing.lock().await;
         let fresh = JournalFile::create(&self.journal.dir)?;
-        let current_path = {
-            let mut current = self.journal.current.write().unwrap_or_else(|e| e.into_inner());
-            *current = fresh;
-            // What was counted is all in the closed file now.
-            for counters in self.counters.iter() {
-                counters.reset();
-            }
-            current.path.clone()
-        };
+        let current_path = fresh.path.clone();
+        own.insert(fresh.path.clone());
+        // What was counted is all in the closed file now; new amounts go to the fresh one.
+        drop(std::mem::replace(&mut *self.journal.current.write().unwrap_or_else(|e| e.into_inner()), fresh));
         let mut closed: Vec<PathBuf> = std::fs::read_dir(&self.journal.dir)
             .with_context(|| format!("failed to list {:?}", self.journal.dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -233,14 +247,17 @@ impl Usage {
             .collect();
         closed.sort();
         for path in closed {
-            self.apply(&path).await?;
+            // Files of an earlier run were never counted here.
+            let counted = own.contains(&path);
+            self.apply(&path, counted).await?;
+            own.remove(&path);
             std::fs::remove_file(&path).with_context(|| format!("failed to remove {path:?}"))?;
         }
         Ok(())
     }
 
     /// Apply one closed journal file as a batch (once, whatever happens).
-    async fn apply(&self, path: &Path) -> anyhow::Result<()> {
+    async fn apply(&self, path: &Path, counted: bool) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {path:?}"))?;
         let mut amounts: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
         for line in text.lines() {
@@ -267,6 +284,10 @@ impl Usage {
                 .rows_affected();
         if fresh == 0 {
             tracing::info!(%batch, "usage batch already applied");
+            if counted {
+                let _together = self.applying.write().await;
+                self.uncount(&amounts);
+            }
             return Ok(());
         }
         let mut per_instance: HashMap<&str, UsageTotals> = HashMap::new();
@@ -305,7 +326,20 @@ impl Usage {
             .await
             .context("failed to write usage totals")?;
         }
+        let _together = self.applying.write().await;
         tx.commit().await.context("failed to commit the usage batch")?;
+        if counted {
+            self.uncount(&amounts);
+        }
         Ok(())
+    }
+
+    /// Take an applied batch's amounts out of the counters.
+    fn uncount(&self, amounts: &HashMap<(&str, &str, i64), UsageTotals>) {
+        for ((instance, _, _), t) in amounts {
+            if let Some(counters) = self.counters.get(*instance) {
+                counters.subtract(t);
+            }
+        }
     }
 }
