@@ -43,6 +43,34 @@ pub struct NodeConfig {
     pub trust: TrustConfig,
     /// The job queue and this node's workers.
     pub jobs: crate::jobs::JobsConfig,
+    /// Billing: its clock, and when invoices close.
+    pub billing: BillingConfig,
+}
+
+/// Billing settings of a node.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    /// Let operators move the billing clock forward (tests, demos).
+    pub settable_clock: bool,
+    /// How long after its period an invoice closes by itself (usage of the
+    /// period's last moments is flushed meanwhile).
+    pub invoice_grace: Duration,
+    /// How often a node closes due invoices and checks spending limits.
+    pub interval: Duration,
+    /// How often a node re-reads every instance's subscription (a safety net:
+    /// every change records its own event at once).
+    pub sync_interval: Duration,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            settable_clock: false,
+            invoice_grace: Duration::from_secs(3600),
+            interval: Duration::from_secs(5),
+            sync_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Who may register, which hostnames tenants may claim, and the quotas.
@@ -334,6 +362,7 @@ impl NodeConfig {
             init_admin: None,
             trust: TrustConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
+            billing: BillingConfig::default(),
         }
     }
 }

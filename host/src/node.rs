@@ -39,6 +39,8 @@ pub struct Node {
     pub configurator: Arc<Configurator>,
     pub router: Arc<Router>,
     pub usage: Arc<Usage>,
+    /// Plans, subscriptions, accounts, discounts and invoices.
+    pub billing: Arc<crate::billing::Billing>,
     pub identity: Arc<Identity>,
     pub access: Arc<Access>,
     pub audit: Arc<Audit>,
@@ -100,7 +102,14 @@ impl Node {
         let seen = Arc::new(crate::store::Seen::new(generation));
         let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir, seen.clone()).await?);
         let router = Arc::new(Router::default());
-        let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"))?);
+        let clock = Arc::new(if config.billing.settable_clock {
+            tracing::warn!("--settable-clock: operators may move this node's billing clock (tests and demos only)");
+            crate::billing::Clock::settable()
+        } else {
+            crate::billing::Clock::real()
+        });
+        let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
+        let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone())?);
         // What a previous run journaled but did not apply (it was killed) counts now.
         usage.flush().await.context("failed to apply the usage journal of the previous run")?;
         let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)
@@ -147,6 +156,7 @@ impl Node {
             redis.clone(),
             postgres,
             Some(queue.clone()),
+            Some(billing.clone()),
             seen.clone(),
             &config,
         )?);
@@ -178,6 +188,7 @@ impl Node {
             configurator,
             router: router.clone(),
             usage,
+            billing,
             identity: identity.clone(),
             access: access.clone(),
             audit,
@@ -192,8 +203,15 @@ impl Node {
         let mut tasks = Vec::new();
 
         let edges = node.config.edges.clone();
-        let ingress =
-            Arc::new(Ingress::new(router, runtime, identity, access, edges.clone(), node.config.pool.max_instances));
+        let ingress = Arc::new(Ingress::new(
+            router,
+            runtime,
+            identity,
+            access,
+            clock,
+            edges.clone(),
+            node.config.pool.max_instances,
+        ));
         tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), node.config.shutdown_grace)));
 
         let app = crate::admin::router(node.clone());
@@ -220,6 +238,8 @@ impl Node {
         }
 
         tasks.push(tokio::spawn(crate::jobs::worker::run(node.clone(), watcher.clone(), node.config.shutdown_grace)));
+
+        tasks.push(tokio::spawn(crate::billing::run(node.clone(), watcher.clone())));
 
         let flusher = node.clone();
         let mut flush_watch = watcher;

@@ -85,6 +85,9 @@ pub fn test_config(data: &Path) -> NodeConfig {
     config.jobs.poll = Duration::from_millis(100);
     config.jobs.timeout = Duration::from_secs(5);
     config.jobs.lease = Duration::from_secs(8);
+    // Tests simulate months; invoices close and limits apply within a tenth of a second.
+    config.billing.settable_clock = true;
+    config.billing.interval = Duration::from_millis(100);
     config
 }
 

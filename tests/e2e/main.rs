@@ -5,6 +5,7 @@
 mod harness;
 
 mod access;
+mod billing;
 mod cli;
 mod cluster;
 mod containment;

@@ -46,8 +46,8 @@ impl Role {
             Platform::InstancesManage | Platform::BillingRead | Platform::AuditRead => {
                 matches!(self, Role::Owner | Role::Admin)
             }
-            Platform::MembersManage => matches!(self, Role::Owner | Role::Admin),
-            Platform::ServicesPublish | Platform::NodeRead | Platform::QuotasManage => false,
+            Platform::MembersManage | Platform::BillingManage => matches!(self, Role::Owner | Role::Admin),
+            Platform::ServicesPublish | Platform::NodeRead | Platform::QuotasManage | Platform::BillingOperate => false,
         }
     }
 }
@@ -61,8 +61,12 @@ pub enum Platform {
     InstancesManage,
     /// Add and remove members, grant and revoke permissions.
     MembersManage,
-    /// Read usage.
+    /// Read usage, subscriptions and invoices.
     BillingRead,
+    /// Set the tenant's billing details and spending limit.
+    BillingManage,
+    /// Set plans and discounts, close invoices, move the clock (operators).
+    BillingOperate,
     /// Read the audit log.
     AuditRead,
     /// Publish and activate service versions (operators).
@@ -80,6 +84,8 @@ impl Platform {
             Platform::InstancesManage => "wharf.instances.manage",
             Platform::MembersManage => "wharf.members.manage",
             Platform::BillingRead => "wharf.billing.read",
+            Platform::BillingManage => "wharf.billing.manage",
+            Platform::BillingOperate => "wharf.billing.operate",
             Platform::AuditRead => "wharf.audit.read",
             Platform::ServicesPublish => "wharf.services.publish",
             Platform::NodeRead => "wharf.node.read",

@@ -168,6 +168,24 @@ impl From<crate::jobs::JobError> for ApiError {
     }
 }
 
+impl From<crate::billing::BillingError> for ApiError {
+    fn from(err: crate::billing::BillingError) -> Self {
+        use crate::billing::{BillingError as E, ClockError};
+        let status = match &err {
+            E::UnknownService(_) | E::NoPlan(_) | E::UnknownDiscount(_) => StatusCode::NOT_FOUND,
+            E::InvalidPlan(_)
+            | E::InvalidPeriod(_)
+            | E::InvalidDiscount(_)
+            | E::InvalidDetails(_)
+            | E::InvalidLimit(_)
+            | E::Clock(ClockError::Backwards { .. }) => StatusCode::BAD_REQUEST,
+            E::PeriodOpen { .. } | E::Clock(ClockError::NotSettable) => StatusCode::CONFLICT,
+            E::Internal(e) => return Self::internal(e),
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
         Self::internal(&err)

@@ -28,8 +28,18 @@
 //! | GET | `/v1/jobs[?tenant&instance&kind&state&service&before&limit]`, `/v1/jobs/{id}` | jobs, newest first |
 //! | GET | `/v1/jobs/stats[?tenant=T]` | queue depth, running, dead and oldest ready job's wait per service |
 //! | POST | `/v1/jobs/{id}/retry`, `/v1/jobs/{id}/cancel` | retry a dead job; cancel one not running |
+//! | GET, PUT | `/v1/services/{name}/plan` | a service's prices (operators set; revisions kept) |
+//! | GET | `/v1/tenants/{id}/billing` | billing details, spending limit, suspension, running total |
+//! | PUT | `/v1/tenants/{id}/billing/details`, `/v1/tenants/{id}/billing/limit` | `{name, address, tax_id, email}`; `{"amount", "currency"}` or `{"amount": null}` |
+//! | GET | `/v1/tenants/{id}/subscriptions[?instance=I]` | subscription events |
+//! | GET | `/v1/tenants/{id}/invoices`, `/v1/tenants/{id}/invoices/{YYYY-MM or current}[?format=html]` | invoices |
+//! | POST | `/v1/tenants/{id}/invoices/{YYYY-MM}/close` | close an ended period's invoice (operators) |
+//! | GET | `/v1/instances/{id}/usage/hourly[?from&to]` | the usage ledger's hourly rows |
+//! | GET, POST, DELETE | `/v1/discounts[?tenant=T]`, `/v1/discounts/{id}` | discounts (operators create and remove) |
+//! | GET, POST | `/v1/clock` | the billing clock; `{"now"}` or `{"advance"}` with `--settable-clock` (operators) |
 
 mod auth;
+mod billing_api;
 mod error;
 mod identity_api;
 mod jobs_api;
@@ -108,6 +118,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/jobs/{id}", get(jobs_api::get))
         .route("/v1/jobs/{id}/retry", post(jobs_api::retry))
         .route("/v1/jobs/{id}/cancel", post(jobs_api::cancel))
+        .route("/v1/services/{name}/plan", get(billing_api::get_plan).put(billing_api::set_plan))
+        .route("/v1/tenants/{id}/billing", get(billing_api::account))
+        .route("/v1/tenants/{id}/billing/details", axum::routing::put(billing_api::set_details))
+        .route("/v1/tenants/{id}/billing/limit", axum::routing::put(billing_api::set_limit))
+        .route("/v1/tenants/{id}/subscriptions", get(billing_api::subscriptions))
+        .route("/v1/tenants/{id}/invoices", get(billing_api::list_invoices))
+        .route("/v1/tenants/{id}/invoices/{period}", get(billing_api::get_invoice))
+        .route("/v1/tenants/{id}/invoices/{period}/close", post(billing_api::close_invoice))
+        .route("/v1/instances/{id}/usage/hourly", get(billing_api::ledger))
+        .route("/v1/discounts", get(billing_api::list_discounts).post(billing_api::add_discount))
+        .route("/v1/discounts/{id}", axum::routing::delete(billing_api::remove_discount))
+        .route("/v1/clock", get(billing_api::clock).post(billing_api::set_clock))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
         })
@@ -123,6 +145,14 @@ async fn setups_due(node: &Node) -> usize {
             tracing::warn!("failed to queue instance setups (retried shortly): {e:#}");
             0
         }
+    }
+}
+
+/// Record the subscription changes an activation made (modules the new version
+/// lacks stop being billed at once).
+async fn subscriptions_due(node: &Node) {
+    if let Err(e) = crate::billing::sync_all(node).await {
+        tracing::warn!("failed to record subscription changes (retried by the billing pass): {e:#}");
     }
 }
 
@@ -309,6 +339,7 @@ async fn publish(
     let published = node.registry.publish(Some(&name), &manifest, component, query.activate).await?;
     if published.version.active {
         setups_due(&node).await;
+        subscriptions_due(&node).await;
     }
     if published.created {
         node.audit
@@ -341,6 +372,8 @@ async fn activate(
     let Activate { version } = body(payload)?;
     let activated = node.registry.activate(&name, &version).await?;
     setups_due(&node).await;
+    // A version that drops a module ends that module's charge now.
+    subscriptions_due(&node).await;
     node.audit.record(&caller.email, "version.activate", &format!("{name} {version}"), None, "ok").await;
     Ok(Json(serde_json::to_value(activated).map_err(anyhow::Error::from)?))
 }
@@ -501,6 +534,9 @@ async fn create_instance(
     payload: Result<Json<NewInstance>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let new = body(payload)?;
+    if new.ends_at.is_some() {
+        node.access.require_operator(&caller, Platform::BillingOperate)?;
+    }
     node.access.require(&caller, &new.tenant, Platform::InstancesManage).await.map_err(|e| match e {
         AccessError::NoSuchTenant(t) => ApiError::from(ConfigError::UnknownTenant(t)),
         other => other.into(),
@@ -573,6 +609,10 @@ async fn update_instance(
 ) -> ApiResult<Json<Value>> {
     let change = body(payload)?;
     instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    // A trial's or prepaid period's end is the platform's to set.
+    if change.ends_at.is_some() {
+        node.access.require_operator(&caller, Platform::BillingOperate)?;
+    }
     let mut instance = node.configurator.update_instance(&id, change, actor(&caller)).await?;
     if setups_due(&node).await > 0 {
         instance = node.configurator.instance(&id).await?;

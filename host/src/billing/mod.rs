@@ -1,345 +1,922 @@
-//! Usage metering, the seed of billing: requests, job runs, fuel and errors per
-//! instance, per hour, from every node.
+//! Billing: what each instance used ([`usage`]), what each tenant subscribes to,
+//! at what prices, and invoices that explain every charge ([`invoice`]).
 //!
-//! Every finished request and job run is appended to the node's usage journal
-//! (`<data>/usage/`, one line, one `write(2)`) before it is counted: the kernel
-//! holds what was written even if the process is killed the next instant. Once
-//! a second the flusher closes the current journal file (opening a new one under
-//! the same lock, so each file holds exactly what was counted while it was
-//! current), and applies each closed file as one batch: in one transaction the
-//! batch's id goes into `usage_batches` and its amounts into `usage_ledger`
-//! (per instance per hour) and `usage_totals`. The file is deleted after the
-//! commit. A batch applied twice (a crash between the commit and the delete, a
-//! retry) counts once; files left by a killed node are applied when it starts
-//! again. So after SIGKILL nothing counted is lost; what a killed node served but
-//! had not yet counted (a guest still finishing) is lost, and is bounded by the
-//! requests in flight. (A power cut can lose what the page cache held.)
+//! - **Plans**: an operator sets prices per service (a price per period for the
+//!   service and per module, per unit of fuel, per request, in one currency).
+//!   Each change is a new revision, effective from when it was made.
+//! - **Subscriptions** follow the instances: every change of what an instance
+//!   is billed for (created, enabled or disabled, a module enabled or disabled,
+//!   a version that drops a module, an end date) is a timestamped event holding
+//!   the whole new state, so an invoice reads the subscription as it was at
+//!   any moment.
+//! - **Accounts**: billing details printed on invoices, a spending limit that
+//!   suspends the tenant's instances (402) when the period's running total
+//!   reaches it.
+//! - **Discounts**: a percentage or a fixed amount, per tenant, per service or
+//!   both, over a time range, shown as their own lines.
+//!
+//! Time is the node's [`Clock`], which tests and the demo may move forward.
 
-use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+pub mod clock;
+pub mod invoice;
+pub mod money;
+mod usage;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub use clock::{Clock, ClockError, Period};
+pub use usage::*;
+
+use crate::configurator::Instance;
+use crate::registry::Registry;
 use crate::store::{self, Db};
 
-/// Amounts of one instance not yet applied to the database (shown by
-/// [`Usage::totals`] meanwhile), and where new amounts are journaled.
-#[derive(Debug)]
-pub struct UsageCounters {
-    instance: String,
-    tenant: String,
-    journal: Arc<Journal>,
-    requests: AtomicU64,
-    jobs: AtomicU64,
-    fuel: AtomicU64,
-    errors: AtomicU64,
+/// Fuel is priced per this many units unless the plan says otherwise.
+pub const DEFAULT_FUEL_UNIT: i64 = 1_000_000_000;
+/// Requests are priced per this many unless the plan says otherwise.
+pub const DEFAULT_REQUEST_UNIT: i64 = 1_000_000;
+/// Largest price or amount accepted, in minor units (10 billion units of a currency).
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+
+/// Why a billing request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error("no service {0:?}")]
+    UnknownService(String),
+    #[error("service {0:?} has no plan yet; an operator sets one with `wharf plan set`")]
+    NoPlan(String),
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    #[error("invalid period {0:?}: write a calendar month as YYYY-MM, e.g. 2027-01")]
+    InvalidPeriod(String),
+    #[error("period {period} is still open (it ends at {ends}); an invoice closes after its period")]
+    PeriodOpen { period: String, ends: String },
+    #[error("invalid discount: {0}")]
+    InvalidDiscount(String),
+    #[error("no discount {0:?}")]
+    UnknownDiscount(String),
+    #[error("invalid billing details: {0}")]
+    InvalidDetails(String),
+    #[error("invalid spending limit: {0}")]
+    InvalidLimit(String),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }
 
-impl UsageCounters {
-    /// Count one finished request.
-    pub fn record(&self, fuel: u64, failed: bool) {
-        self.add(1, 0, fuel, failed);
+impl From<sqlx::Error> for BillingError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::from(e).context("billing database error"))
     }
+}
 
-    /// Count one finished job run (a seeder's included).
-    pub fn record_job(&self, fuel: u64, failed: bool) {
-        self.add(0, 1, fuel, failed);
-    }
+fn billion() -> i64 {
+    DEFAULT_FUEL_UNIT
+}
 
-    fn add(&self, requests: u64, jobs: u64, fuel: u64, failed: bool) {
-        let errors = u64::from(failed);
-        let hour = store::now() / 3600 * 3600;
-        // One line, formatted on the stack (ids are short; a longer line falls
-        // back to the heap), written with one `write`.
-        let mut stack = [0u8; 256];
-        let mut cursor = std::io::Cursor::new(&mut stack[..]);
-        let fits = write!(cursor, "{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant)
-            .is_ok();
-        let written = cursor.position() as usize;
-        let heap;
-        let line: &[u8] = if fits {
-            &stack[..written]
-        } else {
-            heap = format!("{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant);
-            heap.as_bytes()
-        };
-        // Journaled and counted under the journal's read lock: a flush (the
-        // write lock) never splits the two.
-        let current = self.journal.current.read().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = (&current.file).write_all(line) {
-            tracing::error!(instance = %self.instance, "failed to journal usage (it is lost): {e}");
-            return;
+fn million() -> i64 {
+    DEFAULT_REQUEST_UNIT
+}
+
+/// A plan's prices, in minor units of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    /// ISO 4217 code, e.g. `USD`.
+    pub currency: String,
+    /// The service, per billing period (a calendar month), pro-rated by the second.
+    #[serde(default)]
+    pub period_price: i64,
+    /// Each module, per period, pro-rated likewise.
+    #[serde(default)]
+    pub module_prices: BTreeMap<String, i64>,
+    /// Per `fuel_unit` units of fuel (requests, jobs and the host calls they
+    /// were charged for).
+    #[serde(default)]
+    pub fuel_price: i64,
+    #[serde(default = "billion")]
+    pub fuel_unit: i64,
+    /// Per `request_unit` requests.
+    #[serde(default)]
+    pub request_price: i64,
+    #[serde(default = "million")]
+    pub request_unit: i64,
+}
+
+impl Prices {
+    fn check(&self, modules: &BTreeSet<String>) -> Result<(), BillingError> {
+        let bad = |why: String| Err(BillingError::InvalidPlan(why));
+        if !money::is_currency(&self.currency) {
+            return bad(format!("currency {:?} is not an ISO 4217 code such as USD or EUR", self.currency));
         }
-        self.requests.fetch_add(requests, Ordering::Relaxed);
-        self.jobs.fetch_add(jobs, Ordering::Relaxed);
-        self.fuel.fetch_add(fuel, Ordering::Relaxed);
-        self.errors.fetch_add(errors, Ordering::Relaxed);
-    }
-
-    /// Take out what a committed batch applied.
-    fn subtract(&self, applied: &UsageTotals) {
-        for (counter, amount) in [
-            (&self.requests, applied.requests),
-            (&self.jobs, applied.jobs),
-            (&self.fuel, applied.fuel),
-            (&self.errors, applied.errors),
-        ] {
-            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(amount)));
+        let prices = [
+            ("period_price", self.period_price),
+            ("fuel_price", self.fuel_price),
+            ("request_price", self.request_price),
+        ];
+        for (name, price) in prices.into_iter().chain(self.module_prices.values().map(|p| ("a module price", *p))) {
+            if !(0..=MAX_PRICE).contains(&price) {
+                return bad(format!("{name} must be 0 to {MAX_PRICE} minor units of {}", self.currency));
+            }
         }
-    }
-
-    fn peek(&self) -> UsageTotals {
-        UsageTotals {
-            jobs: self.jobs.load(Ordering::Relaxed),
-            requests: self.requests.load(Ordering::Relaxed),
-            fuel: self.fuel.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+        for (name, unit) in [("fuel_unit", self.fuel_unit), ("request_unit", self.request_unit)] {
+            if !(1..=1_000_000_000_000_000).contains(&unit) {
+                return bad(format!("{name} must be 1 to 10^15"));
+            }
         }
+        if let Some(unknown) = self.module_prices.keys().find(|m| !modules.contains(*m)) {
+            let known: Vec<&str> = modules.iter().map(String::as_str).collect();
+            return bad(format!(
+                "no version of the service declares module {unknown:?} (modules: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ));
+        }
+        Ok(())
     }
 }
 
-/// What an instance has used so far.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct UsageTotals {
-    /// Requests that reached the guest.
-    pub requests: u64,
-    /// Job runs (attempts, seeders included).
-    pub jobs: u64,
-    /// Fuel consumed by those requests and jobs.
-    pub fuel: u64,
-    /// Requests and job runs whose guest failed (trap, fuel, memory, deadline).
-    pub errors: u64,
+/// One revision of a service's plan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Plan {
+    pub service: String,
+    pub revision: i64,
+    pub effective_from: i64,
+    #[serde(flatten)]
+    pub prices: Prices,
+    pub set_by: String,
 }
 
-impl UsageTotals {
-    fn add(&mut self, other: &UsageTotals) {
-        self.requests += other.requests;
-        self.jobs += other.jobs;
-        self.fuel += other.fuel;
-        self.errors += other.errors;
+type PlanRow = (String, i64, i64, String, i64, String, i64, i64, i64, i64, String);
+
+const PLAN_COLUMNS: &str = "service, revision, effective_from, currency, period_price, module_prices, fuel_price, \
+                            fuel_unit, request_price, request_unit, set_by";
+
+fn plan_of(row: PlanRow) -> Plan {
+    let (
+        service,
+        revision,
+        effective_from,
+        currency,
+        period_price,
+        modules,
+        fuel_price,
+        fuel_unit,
+        request_price,
+        request_unit,
+        set_by,
+    ) = row;
+    Plan {
+        service,
+        revision,
+        effective_from,
+        prices: Prices {
+            currency,
+            period_price,
+            module_prices: serde_json::from_str(&modules).unwrap_or_default(),
+            fuel_price,
+            fuel_unit,
+            request_price,
+            request_unit,
+        },
+        set_by,
     }
 }
 
-/// Usage of one instance, as the API shows it.
+/// What an instance is billed for from one moment on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionState {
+    pub active: bool,
+    pub version: Option<String>,
+    /// Enabled modules the running version declares.
+    pub modules: Vec<String>,
+    pub ends_at: Option<i64>,
+}
+
+/// A recorded change of an instance's subscription.
 #[derive(Debug, Clone, Serialize)]
-pub struct InstanceUsage {
+pub struct SubscriptionEvent {
     pub instance: String,
+    pub seq: i64,
     pub tenant: String,
     pub service: String,
-    #[serde(flatten)]
-    pub totals: UsageTotals,
+    pub at: i64,
+    pub active: bool,
+    pub version: Option<String>,
+    pub modules: Vec<String>,
+    pub ends_at: Option<i64>,
+    pub reason: String,
 }
 
-/// The node's usage journal: the file being written, in a directory of files
-/// waiting to be applied.
-#[derive(Debug)]
-pub struct Journal {
-    dir: PathBuf,
-    current: RwLock<JournalFile>,
-}
+impl SubscriptionEvent {
+    /// How an invoice line cites it.
+    pub fn cite(&self) -> String {
+        format!("event {}#{} at {}: {}", self.instance, self.seq, clock::format_utc(self.at), self.reason)
+    }
 
-#[derive(Debug)]
-struct JournalFile {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl JournalFile {
-    fn create(dir: &Path) -> anyhow::Result<Self> {
-        // Names sort by creation: batches apply in order.
-        let name = format!("usage-{:016}-{}.log", store::now_millis(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let path = dir.join(name);
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("failed to create the usage journal {path:?}"))?;
-        Ok(Self { path, file })
+    fn state(&self) -> SubscriptionState {
+        SubscriptionState {
+            active: self.active,
+            version: self.version.clone(),
+            modules: self.modules.clone(),
+            ends_at: self.ends_at,
+        }
     }
 }
 
-/// Usage counters of every instance on this node, and its journal.
-pub struct Usage {
+type EventRow = (String, i64, String, String, i64, i64, Option<String>, String, Option<i64>, String);
+
+const EVENT_COLUMNS: &str = "instance_id, seq, tenant_id, service, at, active, version, modules, ends_at, reason";
+
+fn event_of(row: EventRow) -> SubscriptionEvent {
+    let (instance, seq, tenant, service, at, active, version, modules, ends_at, reason) = row;
+    SubscriptionEvent {
+        instance,
+        seq,
+        tenant,
+        service,
+        at,
+        active: active != 0,
+        version,
+        modules: serde_json::from_str(&modules).unwrap_or_default(),
+        ends_at,
+        reason,
+    }
+}
+
+/// Who a tenant's invoices are addressed to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Details {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub tax_id: String,
+    #[serde(default)]
+    pub email: String,
+}
+
+impl Details {
+    fn check(&self) -> Result<(), BillingError> {
+        for (field, value, max) in [
+            ("name", &self.name, 200),
+            ("address", &self.address, 1000),
+            ("tax_id", &self.tax_id, 64),
+            ("email", &self.email, 254),
+        ] {
+            if value.chars().count() > max {
+                return Err(BillingError::InvalidDetails(format!("{field} is longer than {max} characters")));
+            }
+            if value.chars().any(|c| c.is_control() && c != '\n') {
+                return Err(BillingError::InvalidDetails(format!("{field} holds control characters")));
+            }
+        }
+        if !self.email.is_empty() && crate::identity::normalize_email(&self.email).is_err() {
+            return Err(BillingError::InvalidDetails(format!("{:?} is not an email address", self.email)));
+        }
+        Ok(())
+    }
+}
+
+/// A tenant's billing account.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Account {
+    pub tenant: String,
+    pub details: Details,
+    /// Minor units of `limit_currency` per period; `None`: no limit.
+    pub spending_limit: Option<i64>,
+    pub limit_currency: Option<String>,
+    /// Why the tenant's instances answer 402, when they do.
+    pub suspended: Option<String>,
+}
+
+/// A discount, as stored and shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Discount {
+    pub id: String,
+    pub tenant: Option<String>,
+    pub service: Option<String>,
+    /// Percentage in basis points (1250 = 12.5 %), or else:
+    pub basis_points: Option<i64>,
+    /// a fixed amount per period, in minor units of `currency`.
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub starts_at: i64,
+    pub ends_at: Option<i64>,
+    pub description: String,
+}
+
+/// A discount to create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDiscount {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A percentage, as a decimal string (`"12.5"`) or number.
+    #[serde(default)]
+    pub percent: Option<serde_json::Value>,
+    #[serde(default)]
+    pub amount: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Unix seconds or `2027-01-10[T08:00Z]`; default now.
+    #[serde(default)]
+    pub starts_at: Option<serde_json::Value>,
+    #[serde(default)]
+    pub ends_at: Option<serde_json::Value>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One hour of an instance's usage ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerRow {
+    pub hour: i64,
+    pub hour_utc: String,
+    pub requests: i64,
+    pub jobs: i64,
+    pub fuel: i64,
+    pub errors: i64,
+}
+
+/// A time given as Unix seconds or an ISO 8601 UTC date/time.
+pub fn time_value(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => clock::parse_time(s),
+        _ => None,
+    }
+}
+
+/// The billing room.
+pub struct Billing {
     db: Db,
-    counters: DashMap<String, Arc<UsageCounters>>,
-    journal: Arc<Journal>,
-    /// One flush at a time; holds the journal files this process wrote (their
-    /// amounts are in the counters until applied).
-    flushing: tokio::sync::Mutex<HashSet<PathBuf>>,
-    /// Held to read stored totals and counters together, and to commit a batch
-    /// and take its amounts out of the counters together: a reader never sees
-    /// an amount twice or not at all.
-    applying: tokio::sync::RwLock<()>,
+    pub clock: Arc<Clock>,
+    registry: Arc<Registry>,
 }
 
-impl Usage {
-    /// Usage backed by `db`, journaled in `dir` (files left there by an
-    /// earlier run are applied by the first [`Usage::flush`]).
-    pub fn open(db: Db, dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
-        let current = JournalFile::create(dir)?;
-        let own = HashSet::from([current.path.clone()]);
-        let journal = Arc::new(Journal { dir: dir.to_path_buf(), current: RwLock::new(current) });
-        Ok(Self {
-            db,
-            counters: DashMap::new(),
-            journal,
-            flushing: tokio::sync::Mutex::new(own),
-            applying: tokio::sync::RwLock::new(()),
-        })
+impl Billing {
+    pub fn new(db: Db, clock: Arc<Clock>, registry: Arc<Registry>) -> Self {
+        Self { db, clock, registry }
     }
 
-    /// The counters of an instance (created on first use).
-    pub fn counters(&self, instance: &str, tenant: &str) -> Arc<UsageCounters> {
-        self.counters
-            .entry(instance.to_string())
-            .or_insert_with(|| {
-                Arc::new(UsageCounters {
-                    instance: instance.to_string(),
-                    tenant: tenant.to_string(),
-                    journal: self.journal.clone(),
-                    requests: AtomicU64::new(0),
-                    jobs: AtomicU64::new(0),
-                    fuel: AtomicU64::new(0),
-                    errors: AtomicU64::new(0),
-                })
-            })
-            .clone()
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
-    /// Stored totals plus amounts this node has not applied yet, of one instance.
-    pub async fn totals(&self, instance: &str) -> anyhow::Result<UsageTotals> {
-        let _together = self.applying.read().await;
-        let row: Option<(i64, i64, i64, i64)> =
-            sqlx::query_as("SELECT requests, jobs, fuel, errors FROM usage_totals WHERE instance_id = $1")
-                .bind(instance)
-                .fetch_optional(&self.db)
-                .await
-                .context("failed to read usage")?;
-        let (requests, jobs, fuel, errors) = row.unwrap_or_default();
-        let pending = self.counters.get(instance).map(|c| c.peek()).unwrap_or_default();
-        Ok(UsageTotals {
-            requests: requests as u64 + pending.requests,
-            jobs: jobs as u64 + pending.jobs,
-            fuel: fuel as u64 + pending.fuel,
-            errors: errors as u64 + pending.errors,
-        })
+    // ---- plans ----
+
+    /// Set a service's prices: a new revision, effective now.
+    pub async fn set_plan(&self, service: &str, prices: Prices, by: &str) -> Result<Plan, BillingError> {
+        let slot = self.registry.slot(service).ok_or_else(|| BillingError::UnknownService(service.to_string()))?;
+        prices.check(&slot.declared_modules())?;
+        let mut tx = self.db.begin().await?;
+        store::lock_row(&mut tx, "services", "name", service).await.context("failed to lock the service")?;
+        let (last,): (Option<i64>,) = sqlx::query_as("SELECT MAX(revision) FROM plan_revisions WHERE service = $1")
+            .bind(service)
+            .fetch_one(&mut *tx)
+            .await?;
+        let plan = Plan {
+            service: service.to_string(),
+            revision: last.unwrap_or(0) + 1,
+            effective_from: self.now(),
+            prices,
+            set_by: by.to_string(),
+        };
+        sqlx::query(&format!(
+            "INSERT INTO plan_revisions ({PLAN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&plan.service)
+        .bind(plan.revision)
+        .bind(plan.effective_from)
+        .bind(&plan.prices.currency)
+        .bind(plan.prices.period_price)
+        .bind(serde_json::to_string(&plan.prices.module_prices).context("module prices")?)
+        .bind(plan.prices.fuel_price)
+        .bind(plan.prices.fuel_unit)
+        .bind(plan.prices.request_price)
+        .bind(plan.prices.request_unit)
+        .bind(&plan.set_by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(%service, revision = plan.revision, "plan set");
+        Ok(plan)
     }
 
-    /// Close the current journal file and apply every closed one. A file whose
-    /// write fails stays for the next flush (it counts once whenever it lands).
-    pub async fn flush(&self) -> anyhow::Result<()> {
-        let mut own = self.flushing.lock().await;
-        let fresh = JournalFile::create(&self.journal.dir)?;
-        let current_path = fresh.path.clone();
-        own.insert(fresh.path.clone());
-        // What was counted is all in the closed file now; new amounts go to the fresh one.
-        drop(std::mem::replace(&mut *self.journal.current.write().unwrap_or_else(|e| e.into_inner()), fresh));
-        let mut closed: Vec<PathBuf> = std::fs::read_dir(&self.journal.dir)
-            .with_context(|| format!("failed to list {:?}", self.journal.dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| *p != current_path && p.extension().is_some_and(|x| x == "log"))
-            .collect();
-        closed.sort();
-        for path in closed {
-            // Files of an earlier run were never counted here.
-            let counted = own.contains(&path);
-            self.apply(&path, counted).await?;
-            own.remove(&path);
-            std::fs::remove_file(&path).with_context(|| format!("failed to remove {path:?}"))?;
+    /// Every revision of a service's plan, oldest first.
+    pub async fn plan_history(&self, service: &str) -> Result<Vec<Plan>, BillingError> {
+        if self.registry.slot(service).is_none() {
+            return Err(BillingError::UnknownService(service.to_string()));
         }
-        Ok(())
+        let rows: Vec<PlanRow> =
+            sqlx::query_as(&format!("SELECT {PLAN_COLUMNS} FROM plan_revisions WHERE service = $1 ORDER BY revision"))
+                .bind(service)
+                .fetch_all(&self.db)
+                .await?;
+        Ok(rows.into_iter().map(plan_of).collect())
     }
 
-    /// Apply one closed journal file as a batch (once, whatever happens).
-    async fn apply(&self, path: &Path, counted: bool) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {path:?}"))?;
-        let mut amounts: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let [instance, tenant, hour, requests, jobs, fuel, errors] = fields[..] else { continue };
-            let number = |s: &str| s.parse::<u64>().ok();
-            let (Ok(hour), Some(requests), Some(jobs), Some(fuel), Some(errors)) =
-                (hour.parse::<i64>(), number(requests), number(jobs), number(fuel), number(errors))
-            else {
-                // A line cut short by a crash mid-write.
+    /// The plan in force for `period`: the revision in force at its start, or
+    /// (for a service priced during the period) its first revision. A change of
+    /// prices applies from the next period on.
+    pub async fn plan_for(&self, service: &str, period: Period) -> Result<Option<Plan>, BillingError> {
+        let rows: Vec<PlanRow> = sqlx::query_as(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plan_revisions WHERE service = $1 AND effective_from < $2 ORDER BY revision"
+        ))
+        .bind(service)
+        .bind(period.end())
+        .fetch_all(&self.db)
+        .await?;
+        let plans: Vec<Plan> = rows.into_iter().map(plan_of).collect();
+        let at_start = plans.iter().rfind(|p| p.effective_from <= period.start());
+        Ok(at_start.or(plans.first()).cloned())
+    }
+
+    // ---- subscriptions ----
+
+    /// What `instance` is billed for now.
+    pub fn state_of(&self, instance: &Instance) -> SubscriptionState {
+        let declared = instance
+            .running_version
+            .as_deref()
+            .and_then(|v| self.registry.slot(&instance.service).and_then(|s| s.version(v)))
+            .map(|v| v.manifest.modules.iter().map(|m| m.id.clone()).collect::<BTreeSet<_>>());
+        let mut modules: Vec<String> =
+            instance.modules.iter().filter(|m| declared.as_ref().is_none_or(|d| d.contains(*m))).cloned().collect();
+        modules.sort();
+        modules.dedup();
+        SubscriptionState {
+            active: instance.enabled,
+            version: instance.running_version.clone(),
+            modules,
+            ends_at: instance.ends_at,
+        }
+    }
+
+    /// Record a subscription event for each instance whose billed state changed
+    /// since its last event. Safe to run on any node at any time.
+    pub async fn sync(&self, instances: &[Instance]) -> Result<usize, BillingError> {
+        let mut recorded = 0;
+        for instance in instances {
+            let state = self.state_of(instance);
+            let last: Option<EventRow> = sqlx::query_as(&format!(
+                "SELECT {EVENT_COLUMNS} FROM subscription_events WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1"
+            ))
+            .bind(&instance.id)
+            .fetch_optional(&self.db)
+            .await?;
+            let last = last.map(event_of);
+            if last.as_ref().is_some_and(|l| l.state() == state) {
                 continue;
-            };
-            amounts.entry((instance, tenant, hour)).or_default().add(&UsageTotals { requests, jobs, fuel, errors });
-        }
-        let batch = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        let fresh =
-            sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-                .bind(&batch)
-                .bind(store::now())
-                .execute(&mut *tx)
-                .await
-                .context("failed to record the usage batch")?
-                .rows_affected();
-        if fresh == 0 {
-            tracing::info!(%batch, "usage batch already applied");
-            if counted {
-                let _together = self.applying.write().await;
-                self.uncount(&amounts);
             }
-            return Ok(());
+            let reason = describe_change(last.as_ref().map(SubscriptionEvent::state).as_ref(), &state);
+            let at = match &last {
+                // Never before the previous event (a clock set back by a restart).
+                Some(last) => self.now().max(last.at),
+                None => self.now(),
+            };
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO subscription_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (instance_id, seq) DO NOTHING"
+            ))
+            .bind(&instance.id)
+            .bind(last.as_ref().map_or(1, |l| l.seq + 1))
+            .bind(&instance.tenant)
+            .bind(&instance.service)
+            .bind(at)
+            .bind(i64::from(state.active))
+            .bind(&state.version)
+            .bind(serde_json::to_string(&state.modules).context("modules")?)
+            .bind(state.ends_at)
+            .bind(&reason)
+            .execute(&self.db)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                tracing::info!(instance = %instance.id, %reason, "subscription changed");
+                recorded += 1;
+            }
         }
-        let mut per_instance: HashMap<&str, UsageTotals> = HashMap::new();
-        for ((instance, tenant, hour), t) in &amounts {
-            per_instance.entry(instance).or_default().add(t);
-            sqlx::query(
-                "INSERT INTO usage_ledger (instance_id, tenant_id, hour, requests, jobs, fuel, errors) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (instance_id, hour) DO UPDATE SET \
-                 requests = usage_ledger.requests + excluded.requests, jobs = usage_ledger.jobs + excluded.jobs, \
-                 fuel = usage_ledger.fuel + excluded.fuel, errors = usage_ledger.errors + excluded.errors",
-            )
-            .bind(*instance)
-            .bind(*tenant)
-            .bind(*hour)
-            .bind(t.requests as i64)
-            .bind(t.jobs as i64)
-            .bind(t.fuel as i64)
-            .bind(t.errors as i64)
-            .execute(&mut *tx)
-            .await
-            .context("failed to write the usage ledger")?;
-        }
-        for (instance, t) in per_instance {
-            sqlx::query(
-                "INSERT INTO usage_totals (instance_id, requests, fuel, errors, jobs) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (instance_id) DO UPDATE SET requests = usage_totals.requests + excluded.requests, \
-                 fuel = usage_totals.fuel + excluded.fuel, errors = usage_totals.errors + excluded.errors, \
-                 jobs = usage_totals.jobs + excluded.jobs",
-            )
-            .bind(instance)
-            .bind(t.requests as i64)
-            .bind(t.fuel as i64)
-            .bind(t.errors as i64)
-            .bind(t.jobs as i64)
-            .execute(&mut *tx)
-            .await
-            .context("failed to write usage totals")?;
-        }
-        let _together = self.applying.write().await;
-        tx.commit().await.context("failed to commit the usage batch")?;
-        if counted {
-            self.uncount(&amounts);
-        }
+        Ok(recorded)
+    }
+
+    /// Subscription events of a tenant (or one instance) before `before`, in order.
+    pub async fn events(
+        &self,
+        tenant: &str,
+        instance: Option<&str>,
+        before: i64,
+    ) -> Result<Vec<SubscriptionEvent>, BillingError> {
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM subscription_events WHERE tenant_id = $1 AND at < $2 \
+             AND ($3 = '' OR instance_id = $3) ORDER BY instance_id, seq"
+        ))
+        .bind(tenant)
+        .bind(before)
+        .bind(instance.unwrap_or(""))
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(event_of).collect())
+    }
+
+    /// An instance's usage ledger rows in `[from, to)`: (hour, requests, jobs, fuel, errors).
+    pub async fn ledger(&self, instance: &str, from: i64, to: i64) -> Result<Vec<LedgerRow>, BillingError> {
+        let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT hour, requests, jobs, fuel, errors FROM usage_ledger WHERE instance_id = $1 AND hour >= $2 \
+             AND hour < $3 ORDER BY hour LIMIT 10000",
+        )
+        .bind(instance)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(hour, requests, jobs, fuel, errors)| LedgerRow {
+                hour,
+                hour_utc: clock::format_utc(hour),
+                requests,
+                jobs,
+                fuel,
+                errors,
+            })
+            .collect())
+    }
+
+    // ---- accounts ----
+
+    pub async fn account(&self, tenant: &str) -> Result<Account, BillingError> {
+        type Row = (String, String, String, String, Option<i64>, Option<String>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT name, address, tax_id, email, spending_limit, limit_currency, suspended_reason \
+             FROM billing_accounts WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(match row {
+            Some((name, address, tax_id, email, spending_limit, limit_currency, suspended)) => Account {
+                tenant: tenant.to_string(),
+                details: Details { name, address, tax_id, email },
+                spending_limit,
+                limit_currency,
+                suspended,
+            },
+            None => Account { tenant: tenant.to_string(), ..Account::default() },
+        })
+    }
+
+    async fn ensure_account(&self, tenant: &str) -> Result<(), BillingError> {
+        sqlx::query(
+            "INSERT INTO billing_accounts (tenant_id, updated_at) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(self.now())
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
-    /// Take an applied batch's amounts out of the counters.
-    fn uncount(&self, amounts: &HashMap<(&str, &str, i64), UsageTotals>) {
-        for ((instance, _, _), t) in amounts {
-            if let Some(counters) = self.counters.get(*instance) {
-                counters.subtract(t);
+    pub async fn set_details(&self, tenant: &str, details: Details) -> Result<Account, BillingError> {
+        details.check()?;
+        self.ensure_account(tenant).await?;
+        sqlx::query(
+            "UPDATE billing_accounts SET name = $1, address = $2, tax_id = $3, email = $4, updated_at = $5 \
+             WHERE tenant_id = $6",
+        )
+        .bind(&details.name)
+        .bind(&details.address)
+        .bind(&details.tax_id)
+        .bind(&details.email)
+        .bind(self.now())
+        .bind(tenant)
+        .execute(&self.db)
+        .await?;
+        self.account(tenant).await
+    }
+
+    /// Set (or with `None` remove) a tenant's spending limit per period.
+    pub async fn set_limit(&self, tenant: &str, limit: Option<(i64, String)>) -> Result<Account, BillingError> {
+        if let Some((amount, currency)) = &limit {
+            if !money::is_currency(currency) {
+                return Err(BillingError::InvalidLimit(format!("currency {currency:?} is not an ISO 4217 code")));
+            }
+            if !(0..=MAX_PRICE).contains(amount) {
+                return Err(BillingError::InvalidLimit(format!("the amount must be 0 to {MAX_PRICE} minor units")));
             }
         }
+        self.ensure_account(tenant).await?;
+        sqlx::query(
+            "UPDATE billing_accounts SET spending_limit = $1, limit_currency = $2, updated_at = $3 WHERE tenant_id = $4",
+        )
+        .bind(limit.as_ref().map(|l| l.0))
+        .bind(limit.as_ref().map(|l| l.1.clone()))
+        .bind(self.now())
+        .bind(tenant)
+        .execute(&self.db)
+        .await?;
+        self.account(tenant).await
     }
+
+    /// Tenants with a spending limit: (tenant, limit, currency, suspended reason).
+    pub async fn limited_tenants(&self) -> Result<Vec<(String, i64, String, Option<String>)>, BillingError> {
+        Ok(sqlx::query_as(
+            "SELECT tenant_id, spending_limit, limit_currency, suspended_reason FROM billing_accounts \
+             WHERE spending_limit IS NOT NULL AND limit_currency IS NOT NULL",
+        )
+        .fetch_all(&self.db)
+        .await?)
+    }
+
+    /// Suspend a tenant (`Some(reason)`) or lift its suspension (`None`); the
+    /// platform generation of the change, if it changed anything (the caller
+    /// then reloads its routes; other nodes hear of it).
+    pub async fn set_suspended(&self, tenant: &str, reason: Option<&str>) -> Result<Option<i64>, BillingError> {
+        let mut tx = self.db.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE billing_accounts SET suspended_reason = $1, suspended_at = $2 WHERE tenant_id = $3 \
+             AND ((suspended_reason IS NULL) <> ($1 IS NULL) OR suspended_reason <> $1)",
+        )
+        .bind(reason)
+        .bind(reason.map(|_| self.now()))
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let generation = if changed > 0 {
+            Some(store::bump_generation(&mut tx).await.context("failed to record the change")?)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(generation)
+    }
+
+    // ---- discounts ----
+
+    pub async fn add_discount(&self, new: NewDiscount, by: &str) -> Result<Discount, BillingError> {
+        let bad = |why: &str| Err(BillingError::InvalidDiscount(why.to_string()));
+        let basis_points = match &new.percent {
+            None => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(_) => return bad("percent is a number such as 12.5"),
+        }
+        .map(|p| money::percent_to_basis_points(&p).ok_or(()))
+        .transpose()
+        .map_err(|_| {
+            BillingError::InvalidDiscount(
+                "percent must be more than 0 and at most 100, with at most two decimals".to_string(),
+            )
+        })?;
+        match (basis_points, new.amount) {
+            (Some(_), Some(_)) | (None, None) => return bad("give either percent or amount (with currency)"),
+            (None, Some(amount)) => {
+                if !(1..=MAX_PRICE).contains(&amount) {
+                    return bad("amount must be 1 to 10^12 minor units");
+                }
+                if !new.currency.as_deref().is_some_and(money::is_currency) {
+                    return bad("a fixed amount needs its currency, an ISO 4217 code such as USD");
+                }
+            }
+            (Some(_), None) => {
+                if new.currency.is_some() {
+                    return bad("a percentage has no currency");
+                }
+            }
+        }
+        if new.tenant.is_none() && new.service.is_none() {
+            return bad("say whom it is for: a tenant, a service, or both");
+        }
+        if let Some(service) = &new.service {
+            if self.registry.slot(service).is_none() {
+                return Err(BillingError::UnknownService(service.clone()));
+            }
+        }
+        let time = |v: &Option<serde_json::Value>, name: &str| -> Result<Option<i64>, BillingError> {
+            v.as_ref()
+                .map(|v| {
+                    time_value(v).ok_or_else(|| {
+                        BillingError::InvalidDiscount(format!("{name} is Unix seconds or a date such as 2027-01-10"))
+                    })
+                })
+                .transpose()
+        };
+        let starts_at = time(&new.starts_at, "starts_at")?.unwrap_or_else(|| self.now());
+        let ends_at = time(&new.ends_at, "ends_at")?;
+        if ends_at.is_some_and(|e| e <= starts_at) {
+            return bad("ends_at must be after starts_at");
+        }
+        let description = new.description.unwrap_or_default().trim().to_string();
+        if description.chars().count() > 200 {
+            return bad("the description is longer than 200 characters");
+        }
+        let discount = Discount {
+            id: format!("disc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            tenant: new.tenant,
+            service: new.service,
+            basis_points,
+            amount: new.amount,
+            currency: new.currency,
+            starts_at,
+            ends_at,
+            description,
+        };
+        sqlx::query(
+            "INSERT INTO discounts (id, tenant_id, service, basis_points, amount, currency, starts_at, ends_at, \
+             description, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&discount.id)
+        .bind(&discount.tenant)
+        .bind(&discount.service)
+        .bind(discount.basis_points)
+        .bind(discount.amount)
+        .bind(&discount.currency)
+        .bind(discount.starts_at)
+        .bind(discount.ends_at)
+        .bind(&discount.description)
+        .bind(by)
+        .bind(self.now())
+        .execute(&self.db)
+        .await?;
+        Ok(discount)
+    }
+
+    /// Discounts for `tenant` (its own and its services'), or every one.
+    pub async fn discounts(&self, tenant: Option<&str>) -> Result<Vec<Discount>, BillingError> {
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            i64,
+            Option<i64>,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, tenant_id, service, basis_points, amount, currency, starts_at, ends_at, description \
+             FROM discounts WHERE ($1 = '' OR tenant_id = $1 OR tenant_id IS NULL) ORDER BY starts_at, id",
+        )
+        .bind(tenant.unwrap_or(""))
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant, service, basis_points, amount, currency, starts_at, ends_at, description)| Discount {
+                id,
+                tenant,
+                service,
+                basis_points,
+                amount,
+                currency,
+                starts_at,
+                ends_at,
+                description,
+            })
+            .collect())
+    }
+
+    /// Remove a discount. Closed invoices keep the lines it gave.
+    pub async fn remove_discount(&self, id: &str) -> Result<(), BillingError> {
+        let gone = sqlx::query("DELETE FROM discounts WHERE id = $1").bind(id).execute(&self.db).await?.rows_affected();
+        if gone == 0 {
+            return Err(BillingError::UnknownDiscount(id.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Check every spending limit against its tenant's running total: suspend the
+/// tenants that reached theirs, lift the suspension of those below again (a
+/// new period, a raised limit). Returns how many changed.
+pub async fn enforce_limits(node: &crate::node::Node) -> Result<usize, BillingError> {
+    let billing = &node.billing;
+    let mut changed = 0;
+    for (tenant, limit, currency, suspended) in billing.limited_tenants().await? {
+        let running = billing.running(&tenant).await?;
+        let total = running.totals.iter().find(|t| t.currency == currency).map_or(0, |t| t.amount);
+        let reason = (total >= limit).then(|| {
+            format!(
+                "its spending limit of {} for {} is reached ({} so far)",
+                money::format(limit, &currency),
+                running.period,
+                money::format(total, &currency)
+            )
+        });
+        // An unchanged verdict is not rewritten (the running total moves).
+        if reason.is_some() == suspended.is_some() {
+            continue;
+        }
+        if let Some(generation) = billing.set_suspended(&tenant, reason.as_deref()).await? {
+            tracing::info!(%tenant, suspended = reason.is_some(), "spending limit");
+            node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            node.generation.applied_own(generation);
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Record a subscription event for every instance whose state changed without
+/// one (a safety net: changes record their own at once).
+pub async fn sync_all(node: &crate::node::Node) -> Result<usize, BillingError> {
+    let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
+    let mut recorded = 0;
+    loop {
+        let instances = node.configurator.instances(None, &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        recorded += node.billing.sync(&instances).await?;
+        match instances.last() {
+            Some(last) if instances.len() as i64 == page.limit => page.after = Some(last.id.clone()),
+            _ => return Ok(recorded),
+        }
+    }
+}
+
+/// The node's billing pass: close invoices whose period is over, enforce
+/// spending limits, and now and then re-read every subscription.
+pub async fn run(node: Arc<crate::node::Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let config = node.config.billing.clone();
+    let mut every = tokio::time::interval(config.interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sync: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if last_sync.is_none_or(|at| at.elapsed() >= config.sync_interval) {
+            last_sync = Some(std::time::Instant::now());
+            if let Err(e) = sync_all(&node).await {
+                tracing::warn!("billing: failed to re-read subscriptions: {e:#}");
+            }
+        }
+        if let Err(e) = node.billing.close_due(config.invoice_grace.as_secs() as i64).await {
+            tracing::warn!("billing: failed to close invoices: {e:#}");
+        }
+        if let Err(e) = enforce_limits(&node).await {
+            tracing::warn!("billing: failed to check spending limits: {e:#}");
+        }
+    }
+}
+
+/// Why an instance's billed state changed, in words.
+fn describe_change(before: Option<&SubscriptionState>, after: &SubscriptionState) -> String {
+    let Some(before) = before else {
+        let modules =
+            if after.modules.is_empty() { String::new() } else { format!(" with {}", after.modules.join(", ")) };
+        return format!("subscription started{modules}");
+    };
+    let mut parts = Vec::new();
+    if before.active != after.active {
+        parts.push(if after.active { "instance enabled".to_string() } else { "instance disabled".to_string() });
+    }
+    let version_changed = before.version != after.version;
+    if version_changed {
+        parts.push(format!("now runs version {}", after.version.as_deref().unwrap_or("none")));
+    }
+    for module in before.modules.iter().filter(|m| !after.modules.contains(m)) {
+        parts.push(if version_changed {
+            format!("version {} has no module {module}", after.version.as_deref().unwrap_or("none"))
+        } else {
+            format!("module {module} disabled")
+        });
+    }
+    for module in after.modules.iter().filter(|m| !before.modules.contains(m)) {
+        parts.push(format!("module {module} enabled"));
+    }
+    if before.ends_at != after.ends_at {
+        parts.push(match after.ends_at {
+            Some(at) => format!("ends at {}", clock::format_utc(at)),
+            None => "end date removed".to_string(),
+        });
+    }
+    parts.join("; ")
+}
+
+/// Deserialize a time that may be absent (`None`), cleared with `null`
+/// (`Some(None)`) or given as Unix seconds or a date (`Some(Some(t))`).
+pub fn time_change<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(Some(None)),
+        Some(v) => time_value(&v).map(|t| Some(Some(t))).ok_or_else(|| {
+            D::Error::custom("a time is Unix seconds or a UTC date such as 2027-01-10 or 2027-01-10T08:00Z")
+        }),
+    }
+}
+
+/// Deserialize an optional time (Unix seconds or a date).
+pub fn time_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    time_change(d).map(Option::flatten)
 }

@@ -220,6 +220,13 @@ pub struct ServeArgs {
     /// Attempts of a job unless it says otherwise.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub job_attempts: u32,
+    /// Let operators move the billing clock forward (`wharf clock set`), to
+    /// simulate months in seconds. For tests and demos, never production.
+    #[arg(long)]
+    pub settable_clock: bool,
+    /// Seconds after its month ends that an invoice closes by itself.
+    #[arg(long, default_value_t = 3600)]
+    pub invoice_grace: u64,
     /// Redis (redis://host:6379) for instances' key-value stores and login limits
     /// shared by several nodes; default: each node keeps them itself.
     #[arg(long, env = "WHARF_REDIS_URL", hide_env_values = true, value_name = "URL")]
@@ -363,6 +370,8 @@ impl ServeArgs {
         config.jobs.lease = Duration::from_secs(self.job_lease.unwrap_or(self.job_timeout + 30));
         config.jobs.backoff = Duration::from_millis(self.job_backoff_ms.max(1));
         config.jobs.max_attempts = self.job_attempts;
+        config.billing.settable_clock = self.settable_clock;
+        config.billing.invoice_grace = Duration::from_secs(self.invoice_grace);
         config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
         let trust = &mut config.trust;
         trust.domains = self.domains.clone();

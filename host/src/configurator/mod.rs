@@ -105,6 +105,9 @@ pub struct Instance {
     pub settings: BTreeMap<String, String>,
     /// A disabled instance answers 410; its data is kept.
     pub enabled: bool,
+    /// End of a trial or prepaid period: past it the instance answers 402 and
+    /// is not billed.
+    pub ends_at: Option<i64>,
     pub created_at: i64,
     /// Its database's migrations and the setup in progress or failed.
     pub setup: SetupInfo,
@@ -147,6 +150,9 @@ pub struct NewInstance {
     /// Settings.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// End of a trial or prepaid period (operators): Unix seconds or a UTC date.
+    #[serde(default, deserialize_with = "crate::billing::time_opt")]
+    pub ends_at: Option<i64>,
 }
 
 /// What to change; absent fields stay as they are.
@@ -168,6 +174,9 @@ pub struct InstanceChange {
     /// Disable (`false`) or re-enable (`true`) the instance.
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Set (a time) or remove (`null`) the end of a trial or prepaid period (operators).
+    #[serde(default, deserialize_with = "crate::billing::time_change")]
+    pub ends_at: Option<Option<i64>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -188,11 +197,12 @@ struct InstanceRow {
     applied_migrations: String,
     settled_version: Option<String>,
     seeded_at: Option<i64>,
+    ends_at: Option<i64>,
 }
 
 const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, \
      (CASE WHEN enabled THEN 1 ELSE 0 END) AS enabled, created_at, setup_state, setup_target, setup_error, \
-     applied_migrations, settled_version, seeded_at";
+     applied_migrations, settled_version, seeded_at, ends_at";
 
 /// Who asks for a change: operators are bound by no quota and prove no hostname.
 #[derive(Debug, Clone, Copy)]
@@ -231,6 +241,8 @@ pub struct Configurator {
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
+    /// Records subscription changes.
+    billing: Option<Arc<crate::billing::Billing>>,
     /// In a cluster, where instances keep their key-value stores.
     redis: Option<Arc<crate::shared::Redis>>,
     /// With a PostgreSQL control plane, where instances keep their SQL databases.
@@ -261,6 +273,7 @@ impl Configurator {
         redis: Option<Arc<crate::shared::Redis>>,
         postgres: Option<Arc<database::PgDatabases>>,
         queue: Option<Arc<crate::jobs::Queue>>,
+        billing: Option<Arc<crate::billing::Billing>>,
         seen: Arc<store::Seen>,
         config: &crate::config::NodeConfig,
     ) -> anyhow::Result<Self> {
@@ -284,6 +297,7 @@ impl Configurator {
             registry,
             router,
             usage,
+            billing,
             change_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -579,8 +593,8 @@ impl Configurator {
             }
         }
         let inserted = sqlx::query(
-            "INSERT INTO instances (id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO instances (id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at, ends_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(&name)
@@ -591,6 +605,7 @@ impl Configurator {
         .bind(json_text(&new.settings))
         .bind(true)
         .bind(store::now())
+        .bind(new.ends_at)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -626,7 +641,9 @@ impl Configurator {
         self.add_routes(&id).await?;
         self.seen.applied_own(generation);
         tracing::info!(instance = %id, %name, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
-        self.instance(&id).await
+        let instance = self.instance(&id).await?;
+        self.subscriptions_changed(std::slice::from_ref(&instance)).await;
+        Ok(instance)
     }
 
     /// Make `desired` the custom hostnames of `instance`: names kept stay as they
@@ -866,16 +883,19 @@ impl Configurator {
         let settings = change.settings.clone().unwrap_or_else(|| current.settings.clone());
         check_settings(&settings)?;
         let enabled = change.enabled.unwrap_or(current.enabled);
+        let ends_at = change.ends_at.unwrap_or(current.ends_at);
 
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &current.tenant).await.context("failed to lock the tenant")?;
         sqlx::query(
-            "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4 WHERE id = $5",
+            "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4, ends_at = $5 \
+             WHERE id = $6",
         )
         .bind(&pinned)
         .bind(json_text(&modules))
         .bind(json_text(&settings))
         .bind(enabled)
+        .bind(ends_at)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -887,7 +907,19 @@ impl Configurator {
         tx.commit().await.context("failed to commit instance change")?;
         self.rebuild_routes().await?;
         self.seen.applied_own(generation);
-        self.instance(id).await
+        let instance = self.instance(id).await?;
+        self.subscriptions_changed(std::slice::from_ref(&instance)).await;
+        Ok(instance)
+    }
+
+    /// Record what changed in these instances' subscriptions (billing). A
+    /// failure is logged: billing's periodic pass records it shortly after.
+    pub async fn subscriptions_changed(&self, instances: &[Instance]) {
+        if let Some(billing) = &self.billing {
+            if let Err(e) = billing.sync(instances).await {
+                tracing::warn!("failed to record a subscription change (retried by the next billing pass): {e:#}");
+            }
+        }
     }
 
     /// One instance.
@@ -1002,6 +1034,7 @@ impl Configurator {
             modules: serde_json::from_str(&row.modules).unwrap_or_default(),
             settings: serde_json::from_str(&row.settings).unwrap_or_default(),
             enabled: store::flag(row.enabled),
+            ends_at: row.ends_at,
             created_at: row.created_at,
             setup: SetupInfo {
                 state: row.setup_state,
@@ -1068,12 +1101,13 @@ impl Configurator {
     async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
         let custom =
             "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
-                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target \
-                   FROM instance_hosts h JOIN instances i ON i.id = h.instance_id";
+                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason \
+                   FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
+                   LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id";
         let platform =
             "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
-                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target \
-                   FROM instances i";
+                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason \
+                   FROM instances i LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id";
         let rows = match instance {
             Some(id) => {
                 let mut rows: Vec<RouteRow> = sqlx::query_as(&format!("{custom} WHERE i.id = $1"))
@@ -1124,6 +1158,8 @@ impl Configurator {
             settled,
             state,
             setup_target,
+            ends_at,
+            suspended,
         ) in rows
         {
             let route = match by_instance.get(&instance) {
@@ -1149,6 +1185,8 @@ impl Configurator {
                         target,
                         usage: self.usage.counters(&instance, &tenant),
                         enabled: store::flag(enabled),
+                        ends_at,
+                        suspended: suspended.map(Arc::from),
                         recent: self.database(&instance, &tenant).recent_use(),
                         db: self.database(&instance, &tenant),
                         features: Arc::new(Features {
@@ -1190,7 +1228,7 @@ impl Configurator {
 
 /// hostname ('' for the platform names), instance, tenant, service, pinned
 /// version, modules, settings, enabled, instance name, applied migrations,
-/// settled version, setup state, setup target
+/// settled version, setup state, setup target, end date, the tenant's suspension
 type RouteRow = (
     String,
     String,
@@ -1204,6 +1242,8 @@ type RouteRow = (
     String,
     Option<String>,
     String,
+    Option<String>,
+    Option<i64>,
     Option<String>,
 );
 

@@ -38,6 +38,8 @@ pub struct Ingress {
     pub(crate) runtime: Arc<Runtime>,
     identity: Arc<Identity>,
     access: Arc<Access>,
+    /// Billing time, for end dates.
+    clock: Arc<crate::billing::Clock>,
     next_request_id: AtomicU64,
     /// Request ids are the sequence hashed with a key of this process, so they are
     /// unique without telling anyone how many requests came before.
@@ -66,6 +68,7 @@ impl Ingress {
         runtime: Arc<Runtime>,
         identity: Arc<Identity>,
         access: Arc<Access>,
+        clock: Arc<crate::billing::Clock>,
         edges: EdgeLimits,
         pool: u32,
     ) -> Self {
@@ -76,6 +79,7 @@ impl Ingress {
             runtime,
             identity,
             access,
+            clock,
             next_request_id: AtomicU64::new(1),
             ids: Default::default(),
             per_tenant: edges.guests_per_tenant(pool),
@@ -154,6 +158,23 @@ impl Ingress {
         };
         if !route.enabled {
             return plain(StatusCode::GONE, "this site is disabled by its owner\n", request_id);
+        }
+        if let Some(reason) = &route.suspended {
+            return plain(
+                StatusCode::PAYMENT_REQUIRED,
+                format!("this site is suspended: {reason}; its owner can raise the limit (wharf billing limit)\n"),
+                request_id,
+            );
+        }
+        if let Some(ends_at) = route.ends_at.filter(|end| self.clock.now() >= *end) {
+            return plain(
+                StatusCode::PAYMENT_REQUIRED,
+                format!(
+                    "this site's subscription ended at {}; its owner can renew it with the platform's operators\n",
+                    crate::billing::clock::format_utc(ends_at)
+                ),
+                request_id,
+            );
         }
         let version = match route.serving() {
             Serving::Version(version) => version,

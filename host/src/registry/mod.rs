@@ -92,6 +92,11 @@ impl ServiceSlot {
     pub fn version(&self, version: &str) -> Option<Arc<LoadedVersion>> {
         self.versions.get(version).map(|v| v.clone())
     }
+
+    /// Every module any loaded version declares.
+    pub fn declared_modules(&self) -> std::collections::BTreeSet<String> {
+        self.versions.iter().flat_map(|v| v.manifest.modules.iter().map(|m| m.id.clone()).collect::<Vec<_>>()).collect()
+    }
 }
 
 /// Why a registry operation was refused.

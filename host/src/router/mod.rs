@@ -23,6 +23,10 @@ pub struct Route {
     pub usage: Arc<UsageCounters>,
     /// A disabled instance answers 410 and runs no guest; its data is kept.
     pub enabled: bool,
+    /// Past this time (the billing clock's) the instance answers 402.
+    pub ends_at: Option<i64>,
+    /// Why the tenant is suspended (its spending limit): every instance answers 402.
+    pub suspended: Option<Arc<str>>,
     /// Enabled modules and settings.
     pub features: Arc<Features>,
     /// The instance's own database and key-value store.

@@ -170,12 +170,20 @@ impl PgDatabases {
                  GRANT EXECUTE ON FUNCTION pg_notify(text, text) TO <user>` as a superuser"
             );
         }
+        // Nodes starting together would race on the same catalog rows ("tuple
+        // concurrently updated"): one at a time, under an advisory lock.
+        let mut tx = admin.begin().await.context("failed to begin transaction")?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7465821093)")
+            .execute(&mut *tx)
+            .await
+            .context("failed to take the start-up lock")?;
         for statement in hardening {
             sqlx::query(&statement)
-                .execute(&admin)
+                .execute(&mut *tx)
                 .await
                 .with_context(|| format!("failed to run {statement:?} (the --database user must own the database)"))?;
         }
+        tx.commit().await.context("failed to commit the database hardening")?;
         let this = Arc::new(Self { admin, base, max: max.max(1), pool: Mutex::default(), freed: Default::default() });
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {

@@ -1,0 +1,317 @@
+//! Billing endpoints: plans (operators set, anyone signed in reads), a tenant's
+//! account (details, spending limit, running total), subscriptions, invoices
+//! (JSON or HTML), discounts, the hourly usage ledger, and the billing clock.
+//! Members with `wharf.billing.read` see their tenants'; another tenant's
+//! answers 404, like one that does not exist.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Authed;
+use super::{body, instance_for, ApiError, ApiResult};
+use crate::access::{AccessError, Platform};
+use crate::billing::clock::{format_utc, parse_time};
+use crate::billing::{invoice, BillingError, Details, NewDiscount, Period, Prices};
+use crate::configurator::ConfigError;
+use crate::node::Node;
+
+/// Require `permission` in `tenant`: a tenant the caller cannot see is 404.
+async fn tenant_access(
+    node: &Node,
+    caller: &crate::identity::Caller,
+    tenant: &str,
+    permission: Platform,
+) -> ApiResult<()> {
+    node.access.require(caller, tenant, permission).await.map_err(|e| match e {
+        AccessError::NoSuchTenant(t) => ApiError::from(ConfigError::UnknownTenant(t)),
+        other => other.into(),
+    })?;
+    // Operators may name tenants that do not exist: say so.
+    node.configurator.tenant(tenant).await?;
+    Ok(())
+}
+
+fn json_of<T: serde::Serialize>(value: &T) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(value).map_err(anyhow::Error::from)?))
+}
+
+pub(crate) async fn get_plan(
+    State(node): State<Arc<Node>>,
+    Authed(_caller): Authed,
+    Path(service): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let history = node.billing.plan_history(&service).await?;
+    let current = history.last().cloned();
+    Ok(Json(json!({ "service": service, "plan": current, "history": history })))
+}
+
+pub(crate) async fn set_plan(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+    payload: Result<Json<Prices>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::BillingOperate)?;
+    let prices = body(payload)?;
+    let plan = node.billing.set_plan(&service, prices, &caller.email).await?;
+    node.audit.record(&caller.email, "plan.set", &format!("{service} revision {}", plan.revision), None, "ok").await;
+    json_of(&plan)
+}
+
+pub(crate) async fn account(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Value>> {
+    tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
+    let account = node.billing.account(&tenant).await?;
+    let running = node.billing.running(&tenant).await?;
+    Ok(Json(json!({
+        "tenant": tenant,
+        "details": account.details,
+        "spending_limit": account.spending_limit,
+        "limit_currency": account.limit_currency,
+        "suspended": account.suspended,
+        "period": running.period,
+        "running_totals": running.totals,
+        "now": node.billing.now(),
+        "now_utc": format_utc(node.billing.now()),
+    })))
+}
+
+pub(crate) async fn set_details(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+    payload: Result<Json<Details>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let details = body(payload)?;
+    tenant_access(&node, &caller, &tenant, Platform::BillingManage).await?;
+    let account = node.billing.set_details(&tenant, details).await?;
+    node.audit.record(&caller.email, "billing.details", &tenant, Some(&tenant), "ok").await;
+    json_of(&account)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitChange {
+    amount: Option<i64>,
+    #[serde(default)]
+    currency: Option<String>,
+}
+
+pub(crate) async fn set_limit(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+    payload: Result<Json<LimitChange>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let change = body(payload)?;
+    tenant_access(&node, &caller, &tenant, Platform::BillingManage).await?;
+    let limit = match (change.amount, change.currency) {
+        (None, _) => None,
+        (Some(amount), Some(currency)) => Some((amount, currency)),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "a spending limit needs its currency, e.g. {\"amount\": 5000, \"currency\": \"USD\"}",
+            ))
+        }
+    };
+    let described = limit.as_ref().map(|(a, c)| crate::billing::money::format(*a, c)).unwrap_or_else(|| "none".into());
+    let mut account = node.billing.set_limit(&tenant, limit).await?;
+    // Applied at once, not at the next pass.
+    crate::billing::enforce_limits(&node).await?;
+    account.suspended = node.billing.account(&tenant).await?.suspended;
+    node.audit.record(&caller.email, "billing.limit", &format!("{tenant} {described}"), Some(&tenant), "ok").await;
+    json_of(&account)
+}
+
+pub(crate) async fn subscriptions(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+    Query(query): Query<InstanceQuery>,
+) -> ApiResult<Json<Value>> {
+    tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
+    let events = node.billing.events(&tenant, query.instance.as_deref(), i64::MAX).await?;
+    Ok(Json(json!({ "tenant": tenant, "events": events })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InstanceQuery {
+    instance: Option<String>,
+}
+
+pub(crate) async fn list_invoices(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Value>> {
+    tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
+    Ok(Json(json!({ "tenant": tenant, "invoices": node.billing.invoices(&tenant).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InvoiceQuery {
+    format: Option<String>,
+}
+
+fn period_named(node: &Node, name: &str) -> Result<Period, BillingError> {
+    if name == "current" {
+        return Ok(Period::containing(node.billing.now()));
+    }
+    Period::parse(name).ok_or_else(|| BillingError::InvalidPeriod(name.to_string()))
+}
+
+pub(crate) async fn get_invoice(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((tenant, period)): Path<(String, String)>,
+    Query(query): Query<InvoiceQuery>,
+    headers: http::HeaderMap,
+) -> ApiResult<Response> {
+    tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
+    let period = period_named(&node, &period)?;
+    let invoice = node.billing.invoice(&tenant, period).await?;
+    let wants_html = match query.format.as_deref() {
+        Some("html") => true,
+        Some("json") => false,
+        Some(other) => return Err(ApiError::bad_request(format!("format {other:?}: use json or html"))),
+        None => {
+            headers.get(http::header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+        }
+    };
+    if wants_html {
+        return Ok(Html(invoice::html(&invoice)).into_response());
+    }
+    Ok(json_of(&invoice)?.into_response())
+}
+
+pub(crate) async fn close_invoice(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path((tenant, period)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::BillingOperate)?;
+    node.configurator.tenant(&tenant).await?;
+    let period = period_named(&node, &period)?;
+    let invoice = node.billing.close(&tenant, period).await?;
+    node.audit.record(&caller.email, "invoice.close", &invoice.id, Some(&tenant), "ok").await;
+    json_of(&invoice)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DiscountQuery {
+    tenant: Option<String>,
+}
+
+pub(crate) async fn list_discounts(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Query(query): Query<DiscountQuery>,
+) -> ApiResult<Json<Value>> {
+    match &query.tenant {
+        Some(tenant) => tenant_access(&node, &caller, tenant, Platform::BillingRead).await?,
+        None => node.access.require_operator(&caller, Platform::BillingOperate)?,
+    }
+    Ok(Json(json!({ "discounts": node.billing.discounts(query.tenant.as_deref()).await? })))
+}
+
+pub(crate) async fn add_discount(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    payload: Result<Json<NewDiscount>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    node.access.require_operator(&caller, Platform::BillingOperate)?;
+    let new = body(payload)?;
+    if let Some(tenant) = &new.tenant {
+        node.configurator.tenant(tenant).await?;
+    }
+    let discount = node.billing.add_discount(new, &caller.email).await?;
+    node.audit.record(&caller.email, "discount.add", &discount.id, discount.tenant.as_deref(), "ok").await;
+    Ok((StatusCode::CREATED, json_of(&discount)?))
+}
+
+pub(crate) async fn remove_discount(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::BillingOperate)?;
+    node.billing.remove_discount(&id).await?;
+    node.audit.record(&caller.email, "discount.remove", &id, None, "ok").await;
+    Ok(Json(json!({ "removed": id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LedgerQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+pub(crate) async fn ledger(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    Query(query): Query<LedgerQuery>,
+) -> ApiResult<Json<Value>> {
+    let instance = instance_for(&node, &caller, &id, Platform::BillingRead).await?;
+    let time = |t: &Option<String>, default: i64| -> ApiResult<i64> {
+        match t {
+            None => Ok(default),
+            Some(t) => parse_time(t).or_else(|| Period::parse(t).map(Period::start)).ok_or_else(|| {
+                ApiError::bad_request(format!("{t:?} is not a time: use Unix seconds, 2027-01-10 or 2027-01"))
+            }),
+        }
+    };
+    let period = Period::containing(node.billing.now());
+    let (from, to) = (time(&query.from, period.start())?, time(&query.to, period.end())?);
+    let rows = node.billing.ledger(&instance.id, from, to).await?;
+    Ok(Json(json!({ "instance": instance.id, "from": from, "to": to, "rows": rows })))
+}
+
+pub(crate) async fn clock(State(node): State<Arc<Node>>, Authed(_caller): Authed) -> Json<Value> {
+    let now = node.billing.now();
+    Json(json!({ "now": now, "utc": format_utc(now), "settable": node.billing.clock.is_settable() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClockChange {
+    /// Unix seconds or a UTC date/time.
+    #[serde(default)]
+    now: Option<Value>,
+    /// Seconds to move forward.
+    #[serde(default)]
+    advance: Option<i64>,
+}
+
+pub(crate) async fn set_clock(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    payload: Result<Json<ClockChange>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::BillingOperate)?;
+    let change = body(payload)?;
+    let target = match (change.now, change.advance) {
+        (Some(now), None) => crate::billing::time_value(&now)
+            .ok_or_else(|| ApiError::bad_request("now is Unix seconds or a UTC date such as 2027-01-10T08:00Z"))?,
+        (None, Some(secs)) if secs >= 0 => node.billing.now().saturating_add(secs),
+        (None, Some(_)) => return Err(ApiError::bad_request("the clock only moves forward: advance is ≥ 0")),
+        _ => return Err(ApiError::bad_request("give either now (a time) or advance (seconds)")),
+    };
+    let now = node.billing.clock.set(target).map_err(BillingError::from)?;
+    tracing::info!(now = %format_utc(now), by = %caller.email, "billing clock set");
+    Ok(Json(json!({ "now": now, "utc": format_utc(now), "settable": true })))
+}

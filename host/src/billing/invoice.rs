@@ -1,0 +1,788 @@
+//! Invoices: one per tenant per billing period (a calendar month, UTC).
+//!
+//! An invoice is computed from the subscription events, the usage ledger, the
+//! plans and the discounts, all of which carry their times, so computing it
+//! twice gives the same invoice. Every line says how its amount was reached
+//! (`quantity × unit_price / per`, rounded once, see [`super::money`]) and cites
+//! the events and ledger rows behind it.
+//!
+//! A period's invoice closes once the period is over (by itself, an hour
+//! later, on whichever node gets there first; or by an operator): the document
+//! is stored and never changes again. Closing records, per instance, how much
+//! usage had been recorded up to the period's end; usage recorded later for an
+//! earlier hour (a node replaying its journal after a crash) goes on the next
+//! invoice, marked as such. Periods close in order.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::clock::{format_utc, Period};
+use super::money::{self, mul_div_round, Exact};
+use super::{Billing, BillingError, Details, Discount, Plan, SubscriptionEvent};
+
+/// How amounts are rounded, printed on every invoice.
+pub const ROUNDING: &str = "each line's amount is quantity × unit price ÷ per, computed exactly and rounded once to \
+                            the nearest minor unit, halves away from zero; totals add the rounded lines";
+
+/// An invoice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Invoice {
+    pub id: String,
+    pub tenant: String,
+    /// `2027-01`.
+    pub period: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    /// `open` (the period is running), `ended` (over, not closed yet) or `closed`.
+    pub state: String,
+    pub closed_at: Option<i64>,
+    pub bill_to: Details,
+    pub lines: Vec<Line>,
+    pub totals: Vec<Total>,
+    pub rounding: String,
+}
+
+/// One line of an invoice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Line {
+    /// `service`, `module`, `fuel`, `requests` or `discount`.
+    pub kind: String,
+    pub instance: Option<String>,
+    pub service: Option<String>,
+    pub module: Option<String>,
+    pub description: String,
+    /// The time range a subscription line covers.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Seconds (subscriptions), fuel units or requests.
+    pub quantity: Option<i64>,
+    /// Price per `per` units of the quantity.
+    pub unit_price: Option<i64>,
+    pub per: Option<i64>,
+    pub amount: i64,
+    pub currency: String,
+    /// The amount with its currency, e.g. `12.34 USD`.
+    pub formatted: String,
+    /// The arithmetic, in words.
+    pub explanation: String,
+    /// The plan revision the prices come from.
+    pub plan_revision: Option<i64>,
+    /// The subscription events, ledger rows and discounts behind the line.
+    pub sources: Vec<String>,
+}
+
+/// What an invoice comes to in one currency.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Total {
+    pub currency: String,
+    pub amount: i64,
+    pub formatted: String,
+}
+
+/// A line of the list of a tenant's invoices.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvoiceSummary {
+    pub id: String,
+    pub period: String,
+    pub state: String,
+    pub lines: usize,
+    pub totals: Vec<Total>,
+}
+
+/// Usage of one instance accounted by a closed invoice.
+struct Accounted {
+    instance: String,
+    requests: i64,
+    fuel: i64,
+}
+
+/// A subscribed time range of one item (the service or a module) of an instance.
+struct Range {
+    from: i64,
+    to: i64,
+    sources: Vec<String>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Amounts {
+    requests: i64,
+    jobs: i64,
+    fuel: i64,
+}
+
+/// The ledger rows of one instance in the period, and what they came to.
+struct InstanceUsage {
+    billed: Amounts,
+    late: Amounts,
+    rows: usize,
+    dropped_rows: usize,
+    first_hour: Option<i64>,
+    last_hour: Option<i64>,
+    /// Billed rows by hour (for discounts limited in time).
+    by_hour: Vec<(i64, Amounts)>,
+}
+
+pub fn invoice_id(tenant: &str, period: Period) -> String {
+    format!("inv-{tenant}-{period}")
+}
+
+impl Billing {
+    /// The invoice of `tenant` for `period`: the stored one once closed, else
+    /// computed now from the records.
+    pub async fn invoice(&self, tenant: &str, period: Period) -> Result<Invoice, BillingError> {
+        if let Some(closed) = self.stored(tenant, period).await? {
+            return Ok(closed);
+        }
+        Ok(self.compute(tenant, period, false).await?.0)
+    }
+
+    /// The current period's invoice so far: the running total.
+    pub async fn running(&self, tenant: &str) -> Result<Invoice, BillingError> {
+        self.invoice(tenant, Period::containing(self.now())).await
+    }
+
+    async fn stored(&self, tenant: &str, period: Period) -> Result<Option<Invoice>, BillingError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT document FROM invoices WHERE id = $1")
+            .bind(invoice_id(tenant, period))
+            .fetch_optional(&self.db)
+            .await?;
+        row.map(|(doc,)| serde_json::from_str(&doc).context("a stored invoice is unreadable").map_err(Into::into))
+            .transpose()
+    }
+
+    /// A tenant's invoices: every closed one and the current period's, newest first.
+    pub async fn invoices(&self, tenant: &str) -> Result<Vec<InvoiceSummary>, BillingError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT document FROM invoices WHERE tenant_id = $1 ORDER BY period DESC")
+                .bind(tenant)
+                .fetch_all(&self.db)
+                .await?;
+        let mut list = Vec::new();
+        let current = Period::containing(self.now());
+        let mut pending = Vec::new();
+        // Periods over but not closed yet, then the current one.
+        let first_open = match rows.first() {
+            Some((doc,)) => {
+                let latest: Invoice = serde_json::from_str(doc).context("a stored invoice is unreadable")?;
+                Period::parse(&latest.period).map(Period::next)
+            }
+            None => self.first_period(tenant).await?,
+        };
+        if let Some(mut period) = first_open {
+            while period <= current {
+                pending.push(period);
+                period = period.next();
+            }
+        }
+        for period in pending.into_iter().rev() {
+            list.push(summary(&self.compute(tenant, period, false).await?.0));
+        }
+        for (doc,) in rows {
+            let invoice: Invoice = serde_json::from_str(&doc).context("a stored invoice is unreadable")?;
+            list.push(summary(&invoice));
+        }
+        Ok(list)
+    }
+
+    /// The period of a tenant's first subscription event.
+    async fn first_period(&self, tenant: &str) -> Result<Option<Period>, BillingError> {
+        let (first,): (Option<i64>,) = sqlx::query_as("SELECT MIN(at) FROM subscription_events WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&self.db)
+            .await?;
+        Ok(first.map(Period::containing))
+    }
+
+    /// Close `tenant`'s invoice for `period` (and any earlier period still
+    /// open, in order). Closing a closed invoice returns it unchanged.
+    pub async fn close(&self, tenant: &str, period: Period) -> Result<Invoice, BillingError> {
+        if self.now() < period.end() {
+            return Err(BillingError::PeriodOpen { period: period.to_string(), ends: format_utc(period.end()) });
+        }
+        if let Some(closed) = self.stored(tenant, period).await? {
+            return Ok(closed);
+        }
+        let (latest,): (Option<String>,) =
+            sqlx::query_as("SELECT MAX(period) FROM invoices WHERE tenant_id = $1 AND period < $2")
+                .bind(tenant)
+                .bind(period.to_string())
+                .fetch_one(&self.db)
+                .await?;
+        let mut next = match latest.as_deref().and_then(Period::parse) {
+            Some(latest) => latest.next(),
+            None => self.first_period(tenant).await?.unwrap_or(period).min(period),
+        };
+        while next < period {
+            Box::pin(self.close_one(tenant, next)).await?;
+            next = next.next();
+        }
+        self.close_one(tenant, period).await
+    }
+
+    async fn close_one(&self, tenant: &str, period: Period) -> Result<Invoice, BillingError> {
+        let (mut invoice, accounted) = self.compute(tenant, period, true).await?;
+        invoice.state = "closed".to_string();
+        invoice.closed_at = Some(self.now());
+        let mut tx = self.db.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO invoices (id, tenant_id, period, closed_at, document) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&invoice.id)
+        .bind(tenant)
+        .bind(&invoice.period)
+        .bind(self.now())
+        .bind(serde_json::to_string(&invoice).context("invoice")?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // Another node closed it first: its document is the invoice.
+            drop(tx);
+            return self.stored(tenant, period).await?.context("a closed invoice vanished").map_err(Into::into);
+        }
+        for a in &accounted {
+            sqlx::query(
+                "INSERT INTO invoice_usage (invoice_id, instance_id, tenant_id, requests, fuel) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&invoice.id)
+            .bind(&a.instance)
+            .bind(tenant)
+            .bind(a.requests)
+            .bind(a.fuel)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(invoice = %invoice.id, lines = invoice.lines.len(), "invoice closed");
+        Ok(invoice)
+    }
+
+    /// Close every invoice whose period ended more than `grace` seconds ago.
+    pub async fn close_due(&self, grace: i64) -> Result<usize, BillingError> {
+        let due = Period::containing(self.now() - grace);
+        let firsts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT tenant_id, MIN(at) FROM subscription_events GROUP BY tenant_id")
+                .fetch_all(&self.db)
+                .await?;
+        let latest: BTreeMap<String, String> =
+            sqlx::query_as::<_, (String, String)>("SELECT tenant_id, MAX(period) FROM invoices GROUP BY tenant_id")
+                .fetch_all(&self.db)
+                .await?
+                .into_iter()
+                .collect();
+        let mut closed = 0;
+        for (tenant, first) in firsts {
+            let mut next = match latest.get(&tenant).and_then(|p| Period::parse(p)) {
+                Some(p) => p.next(),
+                None => Period::containing(first),
+            };
+            while next < due {
+                self.close_one(&tenant, next).await?;
+                closed += 1;
+                next = next.next();
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Compute the invoice (and, when `closing`, the usage it accounts for).
+    async fn compute(
+        &self,
+        tenant: &str,
+        period: Period,
+        closing: bool,
+    ) -> Result<(Invoice, Vec<Accounted>), BillingError> {
+        let (start, end) = (period.start(), period.end());
+        let period_secs = end - start;
+        let events = self.events(tenant, None, end).await?;
+        let mut by_instance: BTreeMap<&str, Vec<&SubscriptionEvent>> = BTreeMap::new();
+        for event in &events {
+            by_instance.entry(event.instance.as_str()).or_default().push(event);
+        }
+        // The latest closed invoice before this period, and its accounted usage.
+        let (previous,): (Option<String>,) =
+            sqlx::query_as("SELECT MAX(period) FROM invoices WHERE tenant_id = $1 AND period < $2")
+                .bind(tenant)
+                .bind(period.to_string())
+                .fetch_one(&self.db)
+                .await?;
+        let previous = previous.as_deref().and_then(Period::parse);
+        let discounts: Vec<Discount> = self
+            .discounts(Some(tenant))
+            .await?
+            .into_iter()
+            .filter(|d| d.starts_at < end && d.ends_at.is_none_or(|e| e > start))
+            .collect();
+
+        let mut plans: BTreeMap<String, Option<Plan>> = BTreeMap::new();
+        let mut lines = Vec::new();
+        let mut accounted = Vec::new();
+        // What each discount applies to, exactly, per currency.
+        let mut eligible: Vec<BTreeMap<String, (Exact, i64)>> = vec![BTreeMap::new(); discounts.len()];
+        for (instance, events) in by_instance {
+            let service = events[0].service.clone();
+            if !plans.contains_key(&service) {
+                let plan = self.plan_for(&service, period).await?;
+                plans.insert(service.clone(), plan);
+            }
+            let plan = plans[&service].clone();
+            // Subscribed ranges per item, and every active range (for usage).
+            let mut items: BTreeMap<(u8, String), Vec<Range>> = BTreeMap::new();
+            let mut active: Vec<(i64, i64)> = Vec::new();
+            for (i, event) in events.iter().enumerate() {
+                let next = events.get(i + 1);
+                let segment_end = next.map_or(end, |n| n.at.min(end));
+                if !event.active {
+                    continue;
+                }
+                let stop = event.ends_at.map_or(segment_end, |e| e.min(segment_end));
+                if stop > event.at {
+                    active.push((event.at, stop));
+                }
+                let (from, to) = (event.at.max(start), stop.min(end));
+                if to <= from {
+                    continue;
+                }
+                let mut cites = vec![if event.at < start {
+                    format!("{} (before the period; in force at its start)", event.cite())
+                } else {
+                    event.cite()
+                }];
+                if event.ends_at == Some(stop) {
+                    cites.push(format!("end date {} reached", format_utc(stop)));
+                } else if let Some(next) = next.filter(|n| n.at == to) {
+                    cites.push(next.cite());
+                }
+                let mut add = |key: (u8, String)| {
+                    let ranges = items.entry(key).or_default();
+                    match ranges.last_mut() {
+                        // Contiguous: the same subscription continues.
+                        Some(last) if last.to == from => {
+                            last.to = to;
+                            last.sources.extend(cites.iter().skip(1).cloned());
+                        }
+                        _ => ranges.push(Range { from, to, sources: cites.clone() }),
+                    }
+                };
+                add((0, String::new()));
+                for module in &event.modules {
+                    add((1, module.clone()));
+                }
+            }
+            let Some(plan) = plan else { continue };
+            let prices = &plan.prices;
+            let currency = prices.currency.clone();
+            for ((kind, module), ranges) in &items {
+                let (price, what) = if *kind == 0 {
+                    (prices.period_price, format!("{service} (instance {instance})"))
+                } else {
+                    match prices.module_prices.get(module) {
+                        Some(price) => (*price, format!("module {module} of {service} (instance {instance})")),
+                        None => continue,
+                    }
+                };
+                if price == 0 {
+                    continue;
+                }
+                for range in ranges {
+                    let seconds = range.to - range.from;
+                    let amount = mul_div_round(price as i128, seconds as i128, period_secs as i128);
+                    for (d, discount) in discounts.iter().enumerate() {
+                        if applies(discount, &service) {
+                            let overlap =
+                                range.to.min(discount.ends_at.unwrap_or(i64::MAX)) - range.from.max(discount.starts_at);
+                            if overlap > 0 {
+                                let entry = eligible[d].entry(currency.clone()).or_default();
+                                entry.0.add(Exact::of(price, overlap, period_secs));
+                                entry.1 += amount;
+                            }
+                        }
+                    }
+                    lines.push(Line {
+                        kind: if *kind == 0 { "service" } else { "module" }.to_string(),
+                        instance: Some(instance.to_string()),
+                        service: Some(service.clone()),
+                        module: (*kind == 1).then(|| module.clone()),
+                        description: format!("{what}, {} to {}", format_utc(range.from), format_utc(range.to)),
+                        from: Some(range.from),
+                        to: Some(range.to),
+                        quantity: Some(seconds),
+                        unit_price: Some(price),
+                        per: Some(period_secs),
+                        amount,
+                        formatted: money::format(amount, &currency),
+                        currency: currency.clone(),
+                        explanation: format!(
+                            "{} per period × {seconds} s of the period's {period_secs} s ({})",
+                            money::format(price, &currency),
+                            proration(seconds, period_secs)
+                        ),
+                        plan_revision: Some(plan.revision),
+                        sources: range.sources.clone(),
+                    });
+                }
+            }
+            // Usage.
+            let usage = self.usage_of(tenant, instance, period, previous, closing, &active).await?;
+            accounted.push(Accounted {
+                instance: instance.to_string(),
+                requests: usage.0.requests,
+                fuel: usage.0.fuel,
+            });
+            let usage = usage.1;
+            let ledger = match (usage.first_hour, usage.last_hour) {
+                (Some(first), Some(last)) => format!(
+                    "usage_ledger of {instance}: {} hourly rows, {} to {}",
+                    usage.rows,
+                    format_utc(first),
+                    format_utc(last + 3600)
+                ),
+                _ => format!("usage_ledger of {instance}: no rows in the period"),
+            };
+            for (kind, quantity, late, price, per, label) in [
+                ("fuel", usage.billed.fuel, usage.late.fuel, prices.fuel_price, prices.fuel_unit, "fuel"),
+                (
+                    "requests",
+                    usage.billed.requests,
+                    usage.late.requests,
+                    prices.request_price,
+                    prices.request_unit,
+                    "requests",
+                ),
+            ] {
+                if price == 0 || quantity == 0 {
+                    continue;
+                }
+                let amount = mul_div_round(quantity as i128, price as i128, per as i128);
+                for (d, discount) in discounts.iter().enumerate() {
+                    if applies(discount, &service) {
+                        let in_range: i64 = usage
+                            .by_hour
+                            .iter()
+                            .filter(|(h, _)| *h >= discount.starts_at && discount.ends_at.is_none_or(|e| *h < e))
+                            .map(|(_, a)| if kind == "fuel" { a.fuel } else { a.requests })
+                            .sum();
+                        if in_range > 0 {
+                            let entry = eligible[d].entry(currency.clone()).or_default();
+                            entry.0.add(Exact::of(in_range, price, per));
+                            entry.1 += amount;
+                        }
+                    }
+                }
+                let mut sources = vec![ledger.clone()];
+                let mut explanation =
+                    format!("{quantity} {label} × {} per {per} {label}", money::format(price, &currency));
+                if kind == "fuel" {
+                    let _ = write!(
+                        explanation,
+                        " (from {} requests and {} job runs, host calls included)",
+                        usage.billed.requests, usage.billed.jobs
+                    );
+                }
+                if late > 0 {
+                    let _ =
+                        write!(explanation, "; {late} of them recorded for earlier periods after their invoice closed");
+                    sources
+                        .push(format!("usage_ledger of {instance}: rows before {} recorded late", format_utc(start)));
+                }
+                if usage.dropped_rows > 0 {
+                    sources.push(format!(
+                        "{} hourly rows outside the subscription (disabled or past its end) are not billed",
+                        usage.dropped_rows
+                    ));
+                }
+                lines.push(Line {
+                    kind: kind.to_string(),
+                    instance: Some(instance.to_string()),
+                    service: Some(service.clone()),
+                    module: None,
+                    description: format!("{label} of {service} (instance {instance}), {period}"),
+                    from: None,
+                    to: None,
+                    quantity: Some(quantity),
+                    unit_price: Some(price),
+                    per: Some(per),
+                    amount,
+                    formatted: money::format(amount, &currency),
+                    currency: currency.clone(),
+                    explanation,
+                    plan_revision: Some(plan.revision),
+                    sources,
+                });
+            }
+        }
+        for (d, discount) in discounts.iter().enumerate() {
+            for (currency, (exact, line_total)) in &eligible[d] {
+                let (amount, explanation) = match (discount.basis_points, discount.amount) {
+                    (Some(bp), _) => (
+                        -exact.share_rounded(bp, 10_000),
+                        format!(
+                            "{}% of the charges it covers ({} exactly, within its time range)",
+                            percent(bp),
+                            format_exact(exact, currency)
+                        ),
+                    ),
+                    (None, Some(fixed)) if discount.currency.as_deref() == Some(currency.as_str()) => (
+                        -fixed.min(*line_total),
+                        format!(
+                            "{} off, at most the {} of charges it covers",
+                            money::format(fixed, currency),
+                            money::format(*line_total, currency)
+                        ),
+                    ),
+                    _ => continue,
+                };
+                if amount == 0 {
+                    continue;
+                }
+                let scope = match (&discount.tenant, &discount.service) {
+                    (Some(_), Some(s)) => format!("your use of {s}"),
+                    (Some(_), None) => "all your services".to_string(),
+                    (None, Some(s)) => format!("every use of {s}"),
+                    (None, None) => "everything".to_string(),
+                };
+                let label =
+                    if discount.description.is_empty() { "Discount".to_string() } else { discount.description.clone() };
+                lines.push(Line {
+                    kind: "discount".to_string(),
+                    instance: None,
+                    service: discount.service.clone(),
+                    module: None,
+                    description: format!("{label} ({scope})"),
+                    from: Some(discount.starts_at.max(start)),
+                    to: Some(discount.ends_at.unwrap_or(end).min(end)),
+                    quantity: None,
+                    unit_price: None,
+                    per: None,
+                    amount,
+                    formatted: money::format(amount, currency),
+                    currency: currency.clone(),
+                    explanation,
+                    plan_revision: None,
+                    sources: vec![format!(
+                        "discount {} from {}{}",
+                        discount.id,
+                        format_utc(discount.starts_at),
+                        discount.ends_at.map(|e| format!(" to {}", format_utc(e))).unwrap_or_default()
+                    )],
+                });
+            }
+        }
+        let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+        for line in &lines {
+            *totals.entry(line.currency.clone()).or_default() += line.amount;
+        }
+        let now = self.now();
+        let invoice = Invoice {
+            id: invoice_id(tenant, period),
+            tenant: tenant.to_string(),
+            period: period.to_string(),
+            starts_at: start,
+            ends_at: end,
+            state: if now < end { "open" } else { "ended" }.to_string(),
+            closed_at: None,
+            bill_to: self.account(tenant).await?.details,
+            lines,
+            totals: totals
+                .into_iter()
+                .map(|(currency, amount)| Total { formatted: money::format(amount, &currency), currency, amount })
+                .collect(),
+            rounding: ROUNDING.to_string(),
+        };
+        Ok((invoice, accounted))
+    }
+
+    /// An instance's usage for `period`: (what closing it accounts for, what it bills).
+    async fn usage_of(
+        &self,
+        tenant: &str,
+        instance: &str,
+        period: Period,
+        previous: Option<Period>,
+        closing: bool,
+        active: &[(i64, i64)],
+    ) -> Result<(Amounts, InstanceUsage), BillingError> {
+        let (start, end) = (period.start(), period.end());
+        let sum = |before: i64| {
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT), CAST(COALESCE(SUM(jobs), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(fuel), 0) AS BIGINT) FROM usage_ledger WHERE instance_id = $1 AND hour < $2",
+            )
+            .bind(instance)
+            .bind(before)
+            .fetch_one(&self.db)
+        };
+        // Usage before the period not yet accounted by a closed invoice. While
+        // the periods between the last closed invoice and this one are still
+        // open, only what arrived late for the closed one counts here (the rest
+        // is theirs).
+        let mut late = Amounts::default();
+        if let Some(previous) = previous {
+            let (requests, fuel): (i64, i64) =
+                sqlx::query_as("SELECT requests, fuel FROM invoice_usage WHERE invoice_id = $1 AND instance_id = $2")
+                    .bind(invoice_id(tenant, previous))
+                    .bind(instance)
+                    .fetch_optional(&self.db)
+                    .await?
+                    .unwrap_or((0, 0));
+            let until = if closing || previous.next() == period { start } else { previous.end() };
+            let (r, _, f) = sum(until).await?;
+            late = Amounts { requests: (r - requests).max(0), jobs: 0, fuel: (f - fuel).max(0) };
+        }
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT hour, requests, jobs, fuel FROM usage_ledger WHERE instance_id = $1 AND hour >= $2 AND hour < $3 \
+             ORDER BY hour",
+        )
+        .bind(instance)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.db)
+        .await?;
+        let mut usage = InstanceUsage {
+            billed: late,
+            late,
+            rows: 0,
+            dropped_rows: 0,
+            first_hour: None,
+            last_hour: None,
+            by_hour: Vec::new(),
+        };
+        for (hour, requests, jobs, fuel) in rows {
+            // Billed only for hours the subscription was active in.
+            if !active.iter().any(|(from, to)| *from < hour + 3600 && hour < *to) {
+                usage.dropped_rows += 1;
+                continue;
+            }
+            usage.rows += 1;
+            usage.first_hour.get_or_insert(hour);
+            usage.last_hour = Some(hour);
+            usage.billed.requests += requests;
+            usage.billed.jobs += jobs;
+            usage.billed.fuel += fuel;
+            usage.by_hour.push((hour, Amounts { requests, jobs, fuel }));
+        }
+        let accounted = if closing {
+            let (requests, jobs, fuel) = sum(end).await?;
+            Amounts { requests, jobs, fuel }
+        } else {
+            Amounts::default()
+        };
+        Ok((accounted, usage))
+    }
+}
+
+fn applies(discount: &Discount, service: &str) -> bool {
+    discount.service.as_deref().is_none_or(|s| s == service)
+}
+
+fn summary(invoice: &Invoice) -> InvoiceSummary {
+    InvoiceSummary {
+        id: invoice.id.clone(),
+        period: invoice.period.clone(),
+        state: invoice.state.clone(),
+        lines: invoice.lines.len(),
+        totals: invoice.totals.clone(),
+    }
+}
+
+/// `9 days of 31` when whole days, else `2.50 % of the period`.
+fn proration(seconds: i64, period: i64) -> String {
+    if seconds % 86_400 == 0 && period % 86_400 == 0 {
+        format!("{} of {} days", seconds / 86_400, period / 86_400)
+    } else {
+        let bp = mul_div_round(seconds as i128, 10_000, period as i128);
+        format!("{}% of the period", percent(bp))
+    }
+}
+
+/// 1250 → `12.5`.
+fn percent(bp: i64) -> String {
+    let text = format!("{}.{:02}", bp / 100, bp % 100);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn format_exact(exact: &Exact, currency: &str) -> String {
+    // Shown to a hundredth of a minor unit.
+    let hundredths = exact.share_rounded(100, 1);
+    let whole = money::format(hundredths / 100, currency);
+    if hundredths % 100 == 0 {
+        whole
+    } else {
+        format!("≈{whole}")
+    }
+}
+
+/// A readable page of an invoice.
+pub fn html(invoice: &Invoice) -> String {
+    let e = escape;
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Invoice {id}</title>\
+         <style>body{{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}}\
+         table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}\
+         td.n,th.n{{text-align:right;white-space:nowrap}}small{{color:#666}}.total td{{font-weight:bold}}</style></head><body>\
+         <h1>Invoice {id}</h1><p>Period {period}: {from} to {to} &middot; <b>{state}</b>{closed}</p>",
+        id = e(&invoice.id),
+        period = e(&invoice.period),
+        from = format_utc(invoice.starts_at),
+        to = format_utc(invoice.ends_at),
+        state = e(&invoice.state),
+        closed = invoice.closed_at.map(|c| format!(" at {}", format_utc(c))).unwrap_or_default(),
+    );
+    let to = &invoice.bill_to;
+    let _ = write!(
+        page,
+        "<h2>Bill to</h2><p>{}<br>{}<br>{}{}</p>",
+        e(if to.name.is_empty() { &invoice.tenant } else { &to.name }),
+        e(&to.address).replace('\n', "<br>"),
+        if to.tax_id.is_empty() { String::new() } else { format!("Tax id {}<br>", e(&to.tax_id)) },
+        e(&to.email),
+    );
+    page.push_str("<table><tr><th>Charge</th><th>How</th><th class=\"n\">Amount</th></tr>");
+    for line in &invoice.lines {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}<br><small>{}</small></td><td class=\"n\">{}</td></tr>",
+            e(&line.description),
+            e(&line.explanation),
+            line.sources.iter().map(|s| e(s)).collect::<Vec<_>>().join("<br>"),
+            e(&line.formatted)
+        );
+    }
+    if invoice.lines.is_empty() {
+        page.push_str("<tr><td colspan=\"3\">No charges in this period.</td></tr>");
+    }
+    for total in &invoice.totals {
+        let _ = write!(
+            page,
+            "<tr class=\"total\"><td>Total</td><td></td><td class=\"n\">{}</td></tr>",
+            e(&total.formatted)
+        );
+    }
+    let _ = write!(page, "</table><p><small>Rounding: {}.</small></p></body></html>", e(&invoice.rounding));
+    page
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prorations_read_well() {
+        assert_eq!(proration(9 * 86_400, 31 * 86_400), "9 of 31 days");
+        assert_eq!(proration(3600, 31 * 86_400), "0.13% of the period");
+        assert_eq!(percent(1250), "12.5");
+        assert_eq!(percent(10_000), "100");
+        assert_eq!(escape("<a href=\"x\">&"), "&lt;a href=&quot;x&quot;&gt;&amp;");
+    }
+}

@@ -1,0 +1,347 @@
+//! Usage metering: requests, job runs, fuel and errors per
+//! instance, per hour, from every node.
+//!
+//! Every finished request and job run is appended to the node's usage journal
+//! (`<data>/usage/`, one line, one `write(2)`) before it is counted: the kernel
+//! holds what was written even if the process is killed the next instant. Once
+//! a second the flusher closes the current journal file (opening a new one under
+//! the same lock, so each file holds exactly what was counted while it was
+//! current), and applies each closed file as one batch: in one transaction the
+//! batch's id goes into `usage_batches` and its amounts into `usage_ledger`
+//! (per instance per hour) and `usage_totals`. The file is deleted after the
+//! commit. A batch applied twice (a crash between the commit and the delete, a
+//! retry) counts once; files left by a killed node are applied when it starts
+//! again. So after SIGKILL nothing counted is lost; what a killed node served but
+//! had not yet counted (a guest still finishing) is lost, and is bounded by the
+//! requests in flight. (A power cut can lose what the page cache held.)
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context as _;
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::store::{self, Db};
+
+/// Amounts of one instance not yet applied to the database (shown by
+/// [`Usage::totals`] meanwhile), and where new amounts are journaled.
+#[derive(Debug)]
+pub struct UsageCounters {
+    instance: String,
+    tenant: String,
+    journal: Arc<Journal>,
+    requests: AtomicU64,
+    jobs: AtomicU64,
+    fuel: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl UsageCounters {
+    /// Count one finished request.
+    pub fn record(&self, fuel: u64, failed: bool) {
+        self.add(1, 0, fuel, failed);
+    }
+
+    /// Count one finished job run (a seeder's included).
+    pub fn record_job(&self, fuel: u64, failed: bool) {
+        self.add(0, 1, fuel, failed);
+    }
+
+    fn add(&self, requests: u64, jobs: u64, fuel: u64, failed: bool) {
+        let errors = u64::from(failed);
+        let hour = self.journal.clock.now() / 3600 * 3600;
+        // One line, formatted on the stack (ids are short; a longer line falls
+        // back to the heap), written with one `write`.
+        let mut stack = [0u8; 256];
+        let mut cursor = std::io::Cursor::new(&mut stack[..]);
+        let fits = writeln!(cursor, "{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}", self.instance, self.tenant)
+            .is_ok();
+        let written = cursor.position() as usize;
+        let heap;
+        let line: &[u8] = if fits {
+            &stack[..written]
+        } else {
+            heap = format!("{}\t{}\t{hour}\t{requests}\t{jobs}\t{fuel}\t{errors}\n", self.instance, self.tenant);
+            heap.as_bytes()
+        };
+        // Journaled and counted under the journal's read lock: a flush (the
+        // write lock) never splits the two.
+        let current = self.journal.current.read().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = (&current.file).write_all(line) {
+            tracing::error!(instance = %self.instance, "failed to journal usage (it is lost): {e}");
+            return;
+        }
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs, Ordering::Relaxed);
+        self.fuel.fetch_add(fuel, Ordering::Relaxed);
+        self.errors.fetch_add(errors, Ordering::Relaxed);
+    }
+
+    /// Take out what a committed batch applied.
+    fn subtract(&self, applied: &UsageTotals) {
+        for (counter, amount) in [
+            (&self.requests, applied.requests),
+            (&self.jobs, applied.jobs),
+            (&self.fuel, applied.fuel),
+            (&self.errors, applied.errors),
+        ] {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(amount)));
+        }
+    }
+
+    fn peek(&self) -> UsageTotals {
+        UsageTotals {
+            jobs: self.jobs.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            fuel: self.fuel.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What an instance has used so far.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Requests that reached the guest.
+    pub requests: u64,
+    /// Job runs (attempts, seeders included).
+    pub jobs: u64,
+    /// Fuel consumed by those requests and jobs.
+    pub fuel: u64,
+    /// Requests and job runs whose guest failed (trap, fuel, memory, deadline).
+    pub errors: u64,
+}
+
+impl UsageTotals {
+    fn add(&mut self, other: &UsageTotals) {
+        self.requests += other.requests;
+        self.jobs += other.jobs;
+        self.fuel += other.fuel;
+        self.errors += other.errors;
+    }
+}
+
+/// Usage of one instance, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceUsage {
+    pub instance: String,
+    pub tenant: String,
+    pub service: String,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// The node's usage journal: the file being written, in a directory of files
+/// waiting to be applied.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    /// Billing time: amounts go to the hour it says.
+    clock: Arc<super::Clock>,
+    current: RwLock<JournalFile>,
+}
+
+#[derive(Debug)]
+struct JournalFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JournalFile {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        // Names sort by creation: batches apply in order.
+        let name = format!("usage-{:016}-{}.log", store::now_millis(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("failed to create the usage journal {path:?}"))?;
+        Ok(Self { path, file })
+    }
+}
+
+/// Usage counters of every instance on this node, and its journal.
+pub struct Usage {
+    db: Db,
+    counters: DashMap<String, Arc<UsageCounters>>,
+    journal: Arc<Journal>,
+    /// One flush at a time; holds the journal files this process wrote (their
+    /// amounts are in the counters until applied).
+    flushing: tokio::sync::Mutex<HashSet<PathBuf>>,
+    /// Held to read stored totals and counters together, and to commit a batch
+    /// and take its amounts out of the counters together: a reader never sees
+    /// an amount twice or not at all.
+    applying: tokio::sync::RwLock<()>,
+}
+
+impl Usage {
+    /// Usage backed by `db`, journaled in `dir` (files left there by an
+    /// earlier run are applied by the first [`Usage::flush`]).
+    pub fn open(db: Db, dir: &Path, clock: Arc<super::Clock>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
+        let current = JournalFile::create(dir)?;
+        let own = HashSet::from([current.path.clone()]);
+        let journal = Arc::new(Journal { dir: dir.to_path_buf(), clock, current: RwLock::new(current) });
+        Ok(Self {
+            db,
+            counters: DashMap::new(),
+            journal,
+            flushing: tokio::sync::Mutex::new(own),
+            applying: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// The counters of an instance (created on first use).
+    pub fn counters(&self, instance: &str, tenant: &str) -> Arc<UsageCounters> {
+        self.counters
+            .entry(instance.to_string())
+            .or_insert_with(|| {
+                Arc::new(UsageCounters {
+                    instance: instance.to_string(),
+                    tenant: tenant.to_string(),
+                    journal: self.journal.clone(),
+                    requests: AtomicU64::new(0),
+                    jobs: AtomicU64::new(0),
+                    fuel: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Stored totals plus amounts this node has not applied yet, of one instance.
+    pub async fn totals(&self, instance: &str) -> anyhow::Result<UsageTotals> {
+        let _together = self.applying.read().await;
+        let row: Option<(i64, i64, i64, i64)> =
+            sqlx::query_as("SELECT requests, jobs, fuel, errors FROM usage_totals WHERE instance_id = $1")
+                .bind(instance)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to read usage")?;
+        let (requests, jobs, fuel, errors) = row.unwrap_or_default();
+        let pending = self.counters.get(instance).map(|c| c.peek()).unwrap_or_default();
+        Ok(UsageTotals {
+            requests: requests as u64 + pending.requests,
+            jobs: jobs as u64 + pending.jobs,
+            fuel: fuel as u64 + pending.fuel,
+            errors: errors as u64 + pending.errors,
+        })
+    }
+
+    /// Close the current journal file and apply every closed one. A file whose
+    /// write fails stays for the next flush (it counts once whenever it lands).
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let mut own = self.flushing.lock().await;
+        let fresh = JournalFile::create(&self.journal.dir)?;
+        let current_path = fresh.path.clone();
+        own.insert(fresh.path.clone());
+        // What was counted is all in the closed file now; new amounts go to the fresh one.
+        drop(std::mem::replace(&mut *self.journal.current.write().unwrap_or_else(|e| e.into_inner()), fresh));
+        let mut closed: Vec<PathBuf> = std::fs::read_dir(&self.journal.dir)
+            .with_context(|| format!("failed to list {:?}", self.journal.dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| *p != current_path && p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        closed.sort();
+        for path in closed {
+            // Files of an earlier run were never counted here.
+            let counted = own.contains(&path);
+            self.apply(&path, counted).await?;
+            own.remove(&path);
+            std::fs::remove_file(&path).with_context(|| format!("failed to remove {path:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// Apply one closed journal file as a batch (once, whatever happens).
+    async fn apply(&self, path: &Path, counted: bool) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {path:?}"))?;
+        let mut amounts: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [instance, tenant, hour, requests, jobs, fuel, errors] = fields[..] else { continue };
+            let number = |s: &str| s.parse::<u64>().ok();
+            let (Ok(hour), Some(requests), Some(jobs), Some(fuel), Some(errors)) =
+                (hour.parse::<i64>(), number(requests), number(jobs), number(fuel), number(errors))
+            else {
+                // A line cut short by a crash mid-write.
+                continue;
+            };
+            amounts.entry((instance, tenant, hour)).or_default().add(&UsageTotals { requests, jobs, fuel, errors });
+        }
+        let batch = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let fresh =
+            sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                .bind(&batch)
+                .bind(store::now())
+                .execute(&mut *tx)
+                .await
+                .context("failed to record the usage batch")?
+                .rows_affected();
+        if fresh == 0 {
+            tracing::info!(%batch, "usage batch already applied");
+            if counted {
+                let _together = self.applying.write().await;
+                self.uncount(&amounts);
+            }
+            return Ok(());
+        }
+        let mut per_instance: HashMap<&str, UsageTotals> = HashMap::new();
+        for ((instance, tenant, hour), t) in &amounts {
+            per_instance.entry(instance).or_default().add(t);
+            sqlx::query(
+                "INSERT INTO usage_ledger (instance_id, tenant_id, hour, requests, jobs, fuel, errors) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (instance_id, hour) DO UPDATE SET \
+                 requests = usage_ledger.requests + excluded.requests, jobs = usage_ledger.jobs + excluded.jobs, \
+                 fuel = usage_ledger.fuel + excluded.fuel, errors = usage_ledger.errors + excluded.errors",
+            )
+            .bind(*instance)
+            .bind(*tenant)
+            .bind(*hour)
+            .bind(t.requests as i64)
+            .bind(t.jobs as i64)
+            .bind(t.fuel as i64)
+            .bind(t.errors as i64)
+            .execute(&mut *tx)
+            .await
+            .context("failed to write the usage ledger")?;
+        }
+        for (instance, t) in per_instance {
+            sqlx::query(
+                "INSERT INTO usage_totals (instance_id, requests, fuel, errors, jobs) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (instance_id) DO UPDATE SET requests = usage_totals.requests + excluded.requests, \
+                 fuel = usage_totals.fuel + excluded.fuel, errors = usage_totals.errors + excluded.errors, \
+                 jobs = usage_totals.jobs + excluded.jobs",
+            )
+            .bind(instance)
+            .bind(t.requests as i64)
+            .bind(t.fuel as i64)
+            .bind(t.errors as i64)
+            .bind(t.jobs as i64)
+            .execute(&mut *tx)
+            .await
+            .context("failed to write usage totals")?;
+        }
+        let _together = self.applying.write().await;
+        tx.commit().await.context("failed to commit the usage batch")?;
+        if counted {
+            self.uncount(&amounts);
+        }
+        Ok(())
+    }
+
+    /// Take an applied batch's amounts out of the counters.
+    fn uncount(&self, amounts: &HashMap<(&str, &str, i64), UsageTotals>) {
+        for ((instance, _, _), t) in amounts {
+            if let Some(counters) = self.counters.get(*instance) {
+                counters.subtract(t);
+            }
+        }
+    }
+}
