@@ -253,3 +253,85 @@ async fn the_cli_publishes_migrations_and_lists_retries_and_cancels_jobs() {
     let (ok, _, stderr) = wharf(&node, &["jobs", "retry", keyed["id"].as_str().unwrap()]);
     assert!(!ok && stderr.contains("only dead, failed or cancelled"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prices_a_service_and_shows_a_month_of_invoices() {
+    guests();
+    let node = TestNode::start().await;
+    ok_json(&node, &["publish", repo().join("plugins/forum").to_str().unwrap()]);
+    let plan = ok_json(
+        &node,
+        &[
+            "plan",
+            "set",
+            "forum",
+            "--currency",
+            "EUR",
+            "--period-price",
+            "31",
+            "--module",
+            "polls=6.20",
+            "--request-price",
+            "0.01",
+            "--request-unit",
+            "1",
+        ],
+    );
+    assert_eq!((plan["period_price"].as_i64(), plan["module_prices"]["polls"].as_i64()), (Some(3100), Some(620)));
+    let (ok, _, stderr) = wharf(&node, &["plan", "set", "forum", "--currency", "EUR", "--period-price", "31.001"]);
+    assert!(!ok && stderr.contains("at most 2 decimals"), "{stderr}");
+    let (ok, shown, _) = wharf(&node, &["plan", "show", "forum"]);
+    assert!(ok && shown.contains("module    polls: 6.20 EUR per month"), "{shown}");
+
+    ok_json(&node, &["clock", "set", "2027-03-01"]);
+    ok_json(&node, &["tenant", "create", "acme"]);
+    ok_json(
+        &node,
+        &[
+            "billing",
+            "details",
+            "--tenant",
+            "acme",
+            "--name",
+            "Acme Ltd",
+            "--address",
+            "1 Dock Road",
+            "--email",
+            "ap@acme.test",
+        ],
+    );
+    let forum = ok_json(
+        &node,
+        &["instance", "create", "--tenant", "acme", "--service", "forum", "--host", "f.test", "--module", "polls"],
+    );
+    let forum = forum["id"].as_str().unwrap().to_string();
+    node.wait_set_up(&forum).await;
+    let (ok, _, _) = wharf(&node, &["clock", "advance", "15d"]);
+    assert!(ok);
+    ok_json(&node, &["instance", "update", &forum, "--modules", "none"]);
+    let (ok, events, _) = wharf(&node, &["billing", "events", "--tenant", "acme"]);
+    assert!(ok && events.contains("module polls disabled"), "{events}");
+    ok_json(&node, &["clock", "advance", "20d"]);
+    let (ok, list, _) = wharf(&node, &["invoice", "list", "--tenant", "acme"]);
+    assert!(ok && list.contains("inv-acme-2027-03") && list.contains("inv-acme-2027-04"), "{list}");
+    let closed = ok_json(&node, &["invoice", "close", "--tenant", "acme", "2027-03"]);
+    assert_eq!(closed["state"], "closed");
+    let (ok, human, _) = wharf(&node, &["invoice", "show", "--tenant", "acme", "2027-03"]);
+    assert!(ok && human.contains("bill to   Acme Ltd, 1 Dock Road"), "{human}");
+    assert!(human.contains("module polls of forum") && human.contains("15 of 31 days"), "{human}");
+    let (ok, html, _) = wharf(&node, &["invoice", "show", "--tenant", "acme", "2027-03", "--html"]);
+    assert!(ok && html.starts_with("<!doctype html>"), "{html}");
+    // The end of a trial, and a limit the tenant sets.
+    ok_json(&node, &["instance", "update", &forum, "--ends-at", "2027-04-10"]);
+    let (ok, out, _) = wharf(&node, &["billing", "limit", "--tenant", "acme", "1000", "--currency", "EUR"]);
+    assert!(ok, "{out}");
+    let (ok, account, _) = wharf(&node, &["billing", "show", "--tenant", "acme"]);
+    assert!(ok && account.contains("limit     1000.00 EUR per month"), "{account}");
+    ok_json(&node, &["clock", "advance", "10d"]);
+    assert_eq!(node.get("f.test", "/").await.0, StatusCode::PAYMENT_REQUIRED);
+    let discount =
+        ok_json(&node, &["discount", "add", "--tenant", "acme", "--percent", "10", "--description", "Loyal"]);
+    let (ok, discounts, _) = wharf(&node, &["discount", "list", "--tenant", "acme"]);
+    assert!(ok && discounts.contains("Loyal"), "{discounts}");
+    ok_json(&node, &["discount", "remove", discount["id"].as_str().unwrap()]);
+}

@@ -88,6 +88,23 @@ pub fn format(amount: i64, currency: &str) -> String {
     format!("{sign}{}.{:0width$} {currency}", abs / scale, abs % scale, width = digits as usize)
 }
 
+/// An amount written in major units (`31`, `31.5`, `31.00`) as minor units of
+/// `currency`, exactly; `None` if it has more decimals than the currency.
+pub fn parse(text: &str, currency: &str) -> Option<i64> {
+    let digits = minor_digits(currency) as usize;
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > digits {
+        return None;
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let fraction: i64 = if digits == 0 { 0 } else { format!("{fraction:0<digits$}").parse().ok()? };
+    whole.checked_mul(10i64.pow(digits as u32))?.checked_add(fraction)
+}
+
 /// Whether `text` is an ISO 4217-shaped currency code (three capital letters).
 pub fn is_currency(text: &str) -> bool {
     text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase())
@@ -131,6 +148,12 @@ mod tests {
         assert_eq!(format(1234, "USD"), "12.34 USD");
         assert_eq!(format(-5, "EUR"), "-0.05 EUR");
         assert_eq!(format(1234, "JPY"), "1234 JPY");
+        assert_eq!(parse("31", "USD"), Some(3100));
+        assert_eq!(parse("31.5", "USD"), Some(3150));
+        assert_eq!(parse("0.07", "EUR"), Some(7));
+        assert_eq!(parse("0.075", "EUR"), None);
+        assert_eq!(parse("-1", "EUR"), None);
+        assert_eq!(parse("500", "JPY"), Some(500));
         assert_eq!(percent_to_basis_points("12.5"), Some(1250));
         assert_eq!(percent_to_basis_points("100"), Some(10_000));
         assert_eq!(percent_to_basis_points("0"), None);

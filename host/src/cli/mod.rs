@@ -1,6 +1,7 @@
 //! The `wharf` command: `serve` runs a node; every other command talks to a node's
 //! admin API (`--admin-url`, default `http://127.0.0.1:8081`).
 
+mod billing;
 mod client;
 mod credentials;
 mod output;
@@ -130,6 +131,22 @@ pub enum Command {
     /// Background jobs: list, inspect, retry, cancel, queue depth, enqueue.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Prices of a service (operators set them).
+    #[command(subcommand)]
+    Plan(billing::PlanCommand),
+    /// Invoices of a tenant: list, show (with how every line was reached), close.
+    #[command(subcommand)]
+    Invoice(billing::InvoiceCommand),
+    /// A tenant's billing: details on its invoices, spending limit, running
+    /// total, subscription events.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
+    /// Discounts (operators).
+    #[command(subcommand)]
+    Discount(billing::DiscountCommand),
+    /// The billing clock (settable with `wharf serve --settable-clock`).
+    #[command(subcommand)]
+    Clock(billing::ClockCommand),
     /// Requests, fuel and errors per instance.
     Usage {
         /// Only this tenant's instances.
@@ -535,6 +552,12 @@ pub enum InstanceCommand {
         /// Pin to this version instead of following the active one.
         #[arg(long)]
         version: Option<String>,
+        /// Enable a module the service declares (repeatable).
+        #[arg(long = "module")]
+        modules: Vec<String>,
+        /// End of a trial or prepaid period (operators): `2027-02-01` or Unix seconds.
+        #[arg(long)]
+        ends_at: Option<String>,
     },
     /// List instances.
     List {
@@ -543,7 +566,7 @@ pub enum InstanceCommand {
     },
     /// Show an instance.
     Show { id: String },
-    /// Change an instance's hostnames or version policy.
+    /// Change an instance's hostnames, version policy, modules, state or end date.
     Update {
         id: String,
         /// Replace the hostnames (repeatable).
@@ -552,6 +575,16 @@ pub enum InstanceCommand {
         /// Pin to a version, or `active` to follow the active one.
         #[arg(long)]
         version: Option<String>,
+        /// Replace the enabled modules (comma-separated; `none` for none).
+        #[arg(long)]
+        modules: Option<String>,
+        /// Disable (`false`: it answers 410, keeping its data) or enable (`true`).
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// End of a trial or prepaid period (operators): `2027-02-01`, Unix
+        /// seconds, or `none`. Past it the instance answers 402.
+        #[arg(long)]
+        ends_at: Option<String>,
     },
 }
 
@@ -729,6 +762,11 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
             out.published(&published)
         }
         Command::Jobs(command) => run_jobs(client, &out, command).await,
+        Command::Plan(command) => billing::plan(client, &out, command).await,
+        Command::Invoice(command) => billing::invoice(client, &out, command).await,
+        Command::Billing(command) => billing::billing(client, &out, command).await,
+        Command::Discount(command) => billing::discount(client, &out, command).await,
+        Command::Clock(command) => billing::clock(client, &out, command).await,
         Command::Activate { service, version } => {
             let v = client.post(&format!("/v1/services/{service}/activate"), &json!({ "version": version })).await?;
             out.activated(&v)
@@ -742,9 +780,11 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
         }
         Command::Tenant(TenantCommand::List) => out.tenants(&client.get_all("/v1/tenants", "tenants").await?),
         Command::Tenant(TenantCommand::Show { id }) => out.tenant(&client.get(&format!("/v1/tenants/{id}")).await?),
-        Command::Instance(InstanceCommand::Create { tenant, service, name, hosts, version }) => {
-            let body =
-                json!({ "tenant": tenant, "service": service, "name": name, "hosts": hosts, "version": version });
+        Command::Instance(InstanceCommand::Create { tenant, service, name, hosts, version, modules, ends_at }) => {
+            let body = json!({
+                "tenant": tenant, "service": service, "name": name, "hosts": hosts, "version": version,
+                "modules": modules, "ends_at": ends_at,
+            });
             out.instance(&client.post("/v1/instances", &body).await?)
         }
         Command::Instance(InstanceCommand::List { tenant }) => {
@@ -757,7 +797,7 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
         Command::Instance(InstanceCommand::Show { id }) => {
             out.instance(&client.get(&format!("/v1/instances/{id}")).await?)
         }
-        Command::Instance(InstanceCommand::Update { id, hosts, version }) => {
+        Command::Instance(InstanceCommand::Update { id, hosts, version, modules, enabled, ends_at }) => {
             let mut body = serde_json::Map::new();
             if !hosts.is_empty() {
                 body.insert("hosts".into(), json!(hosts));
@@ -765,7 +805,21 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
             if let Some(v) = version {
                 body.insert("version".into(), json!(v));
             }
-            anyhow::ensure!(!body.is_empty(), "nothing to change: pass --host or --version");
+            if let Some(modules) = modules {
+                let list: Vec<&str> =
+                    modules.split(',').map(str::trim).filter(|m| !m.is_empty() && *m != "none").collect();
+                body.insert("modules".into(), json!(list));
+            }
+            if let Some(enabled) = enabled {
+                body.insert("enabled".into(), json!(enabled));
+            }
+            if let Some(ends_at) = ends_at {
+                body.insert("ends_at".into(), if ends_at == "none" { serde_json::Value::Null } else { json!(ends_at) });
+            }
+            anyhow::ensure!(
+                !body.is_empty(),
+                "nothing to change: pass --host, --version, --modules, --enabled or --ends-at"
+            );
             out.instance(&client.patch(&format!("/v1/instances/{id}"), &body.into()).await?)
         }
         Command::Register { email, password_stdin, invitation } => {

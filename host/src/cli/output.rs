@@ -251,4 +251,98 @@ impl Output {
         }
         Ok(())
     }
+
+    pub fn plan(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let Some(plan) = v.get("plan").filter(|p| !p.is_null()) else {
+                println!(
+                    "{} has no plan: it is not billed (an operator sets one with `wharf plan set`)",
+                    s(v, "service")
+                );
+                return Ok(());
+            };
+            let currency = s(plan, "currency");
+            let price = |p: &Value| money(p.as_i64().unwrap_or(0), &currency);
+            println!("{} plan revision {} (set by {})", s(v, "service"), s(plan, "revision"), s(plan, "set_by"));
+            println!("  service   {} per month", price(&plan["period_price"]));
+            if let Some(modules) = plan.get("module_prices").and_then(Value::as_object) {
+                for (module, p) in modules {
+                    println!("  module    {module}: {} per month", price(p));
+                }
+            }
+            println!("  fuel      {} per {}", price(&plan["fuel_price"]), s(plan, "fuel_unit"));
+            println!("  requests  {} per {}", price(&plan["request_price"]), s(plan, "request_unit"));
+            println!("  {} revisions; a change applies from the next month", list(v, "history").len());
+        }
+        Ok(())
+    }
+
+    pub fn invoice(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            println!("invoice {} ({}, {})", s(v, "id"), s(v, "period"), s(v, "state"));
+            let to = &v["bill_to"];
+            let name = s(to, "name");
+            if name != "-" && !name.is_empty() {
+                println!("  bill to   {name}, {}", s(to, "address").replace('\n', ", "));
+            }
+            for line in list(v, "lines") {
+                println!("  {:>14}  {}", s(line, "formatted"), s(line, "description"));
+                println!("  {:>14}  = {}", "", s(line, "explanation"));
+                for source in list(line, "sources").iter().filter_map(Value::as_str) {
+                    println!("  {:>14}    from {source}", "");
+                }
+            }
+            if list(v, "lines").is_empty() {
+                println!("  no charges");
+            }
+            for total in list(v, "totals") {
+                println!("  {:>14}  total", s(total, "formatted"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn invoices(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let rows = list(v, "invoices")
+                .iter()
+                .map(|i| {
+                    let totals: Vec<String> = list(i, "totals").iter().map(|t| s(t, "formatted")).collect();
+                    vec![s(i, "id"), s(i, "period"), s(i, "state"), s(i, "lines"), totals.join(", ")]
+                })
+                .collect();
+            table(&["INVOICE", "PERIOD", "STATE", "LINES", "TOTAL"], rows);
+        }
+        Ok(())
+    }
+
+    pub fn account(&self, v: &Value) -> anyhow::Result<()> {
+        if !self.raw(v) {
+            let details = &v["details"];
+            println!("billing of {} (clock {})", s(v, "tenant"), s(v, "now_utc"));
+            println!("  name      {}", s(details, "name"));
+            println!("  address   {}", s(details, "address").replace('\n', ", "));
+            println!("  tax id    {}", s(details, "tax_id"));
+            println!("  email     {}", s(details, "email"));
+            let limit = match (v["spending_limit"].as_i64(), v["limit_currency"].as_str()) {
+                (Some(amount), Some(currency)) => format!("{} per month", money(amount, currency)),
+                _ => "none".to_string(),
+            };
+            println!("  limit     {limit}");
+            if let Some(reason) = v["suspended"].as_str() {
+                println!("  SUSPENDED {reason}");
+            }
+            let totals: Vec<String> = list(v, "running_totals").iter().map(|t| s(t, "formatted")).collect();
+            println!(
+                "  {}   {}",
+                s(v, "period"),
+                if totals.is_empty() { "nothing so far".to_string() } else { totals.join(", ") }
+            );
+        }
+        Ok(())
+    }
+}
+
+fn money(amount: i64, currency: &str) -> String {
+    crate::billing::money::format(amount, currency)
 }
