@@ -278,8 +278,9 @@ async fn usage_is_recorded_when_the_client_goes_away() {
     }
     assert_eq!(usage["requests"], 1, "{usage}");
     // Up to 300 ms in the database, charged at 1,000,000 fuel per millisecond of
-    // CPU; on a loaded machine the statements get less CPU, so ask for 10 ms.
-    assert!(usage["fuel"].as_u64().unwrap() > 10_000_000, "the work done is billed: {usage}");
+    // CPU; on a loaded machine (the suite runs in parallel) the statements get
+    // far less CPU, so ask for 5 ms: still ten times a whole hello request.
+    assert!(usage["fuel"].as_u64().unwrap() > 5_000_000, "the work done is billed: {usage}");
     assert_eq!(usage["errors"], 1, "an abandoned request is not a success: {usage}");
 }
 

@@ -246,7 +246,14 @@ impl Ingress {
             return response;
         };
         let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
-        let usage = route.usage.clone();
+        // Counted once the guest is done and its response handed over in full,
+        // whichever comes last: a node killed in between bills nothing the
+        // client did not get.
+        let tally = Arc::new(Tally::new(route.usage.clone()));
+        let guest_tally = tally.clone();
+        // If this future is dropped before a response (the client left), the
+        // hand-over is over then.
+        let handover = Handover(Some(tally));
         let failure_logs = self.failure_logs.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
@@ -272,7 +279,7 @@ impl Ingress {
                     // A request refused for lack of capacity never ran: the node's
                     // shortage, not the tenant's usage.
                     if outcome.failure != Some(GuestFailure::AtCapacity) {
-                        usage.record(outcome.fuel, outcome.failure.is_some());
+                        guest_tally.guest_done(outcome.fuel, outcome.failure.is_some());
                     }
                     match &outcome.failure {
                         // The client left: nothing went wrong with the guest.
@@ -301,13 +308,96 @@ impl Ingress {
                 },
             )
             .await;
-        match handled {
+        let response = match handled {
             Handled::Response(mut response) => {
                 response.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
                 response
             }
             Handled::Failed(failure) => failure_response(&failure, request_id),
+        };
+        response.map(|body| http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover }))
+    }
+}
+
+/// One request's usage, recorded when both its guest is done and its response
+/// body has been handed to the connection (or dropped: the client left).
+struct Tally {
+    usage: Arc<crate::billing::UsageCounters>,
+    /// The guest's fuel and failure, once done; whether the body is over.
+    state: std::sync::Mutex<(Option<(u64, bool)>, bool)>,
+}
+
+impl Tally {
+    fn new(usage: Arc<crate::billing::UsageCounters>) -> Self {
+        Self { usage, state: std::sync::Mutex::new((None, false)) }
+    }
+
+    fn guest_done(&self, fuel: u64, failed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = Some((fuel, failed));
+        if state.1 {
+            self.usage.record(fuel, failed);
         }
+    }
+
+    fn body_done(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.1 {
+            return;
+        }
+        state.1 = true;
+        if let Some((fuel, failed)) = state.0 {
+            self.usage.record(fuel, failed);
+        }
+    }
+}
+
+/// Tells a [`Tally`] that the response is over: when finished, or when dropped.
+struct Handover(Option<Arc<Tally>>);
+
+impl Handover {
+    fn finish(&mut self) {
+        if let Some(tally) = self.0.take() {
+            tally.body_done();
+        }
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away, or hyper saw the end
+        // from the size hint without polling for it.
+        self.finish();
+    }
+}
+
+/// A response body that tells its [`Tally`] when it is over.
+struct TalliedBody {
+    inner: HyperOutgoingBody,
+    handover: Handover,
+}
+
+impl hyper::body::Body for TalliedBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
+            self.handover.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
