@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// How often usage counters are written to the database.
     pub usage_flush_interval: Duration,
+    /// Append each request's usage to a local journal before counting it
+    /// (default), so a killed node loses none; `false` keeps it in memory
+    /// until the next flush (for comparison benchmarks).
+    pub usage_journal: bool,
     /// Create this platform operator at start if there is none; its API key is
     /// returned once (and printed by `wharf serve --init-admin`).
     pub init_admin: Option<String>,
@@ -359,6 +363,7 @@ impl NodeConfig {
             db_threads: 4,
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
+            usage_journal: true,
             init_admin: None,
             trust: TrustConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),

@@ -109,7 +109,8 @@ impl Node {
             crate::billing::Clock::real()
         });
         let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
-        let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone())?);
+        let usage =
+            Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
         // What a previous run journaled but did not apply (it was killed) counts now.
         usage.flush().await.context("failed to apply the usage journal of the previous run")?;
         let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)

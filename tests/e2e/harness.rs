@@ -391,7 +391,8 @@ impl TestNode {
         loop {
             let (status, instance) = self.admin(reqwest::Method::GET, &format!("/v1/instances/{id}"), None).await;
             assert_eq!(status, StatusCode::OK, "{instance}");
-            if instance["setup"]["state"] != "migrating" {
+            // Set up, and this node's ingress knows it.
+            if instance["setup"]["state"] != "migrating" && instance["serving_here"]["state"] != "maintenance" {
                 return;
             }
             assert!(started.elapsed() < Duration::from_secs(20), "instance {id} was never set up: {instance}");

@@ -598,7 +598,17 @@ async fn get_instance(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let instance = instance_for(&node, &caller, &id, Platform::TenantRead).await?;
-    Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
+    let mut value = serde_json::to_value(instance).map_err(anyhow::Error::from)?;
+    // What this node's ingress does for the instance right now (it follows the
+    // records above within moments).
+    let serving = match node.router.instance(&id).map(|route| route.serving()) {
+        Some(crate::router::Serving::Version(version)) => json!({ "state": "serving", "version": version.version }),
+        Some(crate::router::Serving::Maintenance) => json!({ "state": "maintenance" }),
+        Some(crate::router::Serving::Nothing) => json!({ "state": "no active version" }),
+        None => json!({ "state": "not routed" }),
+    };
+    value["serving_here"] = serving;
+    Ok(Json(value))
 }
 
 async fn update_instance(

@@ -373,6 +373,15 @@ impl Billing {
                     add((1, module.clone()));
                 }
             }
+            // Usage is accounted for by a closed invoice even when unpriced: a
+            // plan set later bills from then on, not the past.
+            let usage = self.usage_of(tenant, instance, period, previous, closing, &active).await?;
+            accounted.push(Accounted {
+                instance: instance.to_string(),
+                requests: usage.0.requests,
+                fuel: usage.0.fuel,
+            });
+            let usage = usage.1;
             let Some(plan) = plan else { continue };
             let prices = &plan.prices;
             let currency = prices.currency.clone();
@@ -426,14 +435,6 @@ impl Billing {
                     });
                 }
             }
-            // Usage.
-            let usage = self.usage_of(tenant, instance, period, previous, closing, &active).await?;
-            accounted.push(Accounted {
-                instance: instance.to_string(),
-                requests: usage.0.requests,
-                fuel: usage.0.fuel,
-            });
-            let usage = usage.1;
             let ledger = match (usage.first_hour, usage.last_hour) {
                 (Some(first), Some(last)) => format!(
                     "usage_ledger of {instance}: {} hourly rows, {} to {}",

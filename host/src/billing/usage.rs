@@ -71,7 +71,9 @@ impl UsageCounters {
         // Journaled and counted under the journal's read lock: a flush (the
         // write lock) never splits the two.
         let current = self.journal.current.read().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = (&current.file).write_all(line) {
+        if let Some(memory) = &self.journal.memory {
+            memory.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(line);
+        } else if let Err(e) = (&current.file).write_all(line) {
             tracing::error!(instance = %self.instance, "failed to journal usage (it is lost): {e}");
             return;
         }
@@ -143,6 +145,9 @@ pub struct Journal {
     /// Billing time: amounts go to the hour it says.
     clock: Arc<super::Clock>,
     current: RwLock<JournalFile>,
+    /// With `--no-usage-journal`: lines kept in memory until the next flush
+    /// (a SIGKILL loses them); the file stays empty.
+    memory: Option<std::sync::Mutex<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -182,11 +187,16 @@ pub struct Usage {
 impl Usage {
     /// Usage backed by `db`, journaled in `dir` (files left there by an
     /// earlier run are applied by the first [`Usage::flush`]).
-    pub fn open(db: Db, dir: &Path, clock: Arc<super::Clock>) -> anyhow::Result<Self> {
+    pub fn open(db: Db, dir: &Path, clock: Arc<super::Clock>, durable: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
         let current = JournalFile::create(dir)?;
         let own = HashSet::from([current.path.clone()]);
-        let journal = Arc::new(Journal { dir: dir.to_path_buf(), clock, current: RwLock::new(current) });
+        let journal = Arc::new(Journal {
+            dir: dir.to_path_buf(),
+            clock,
+            current: RwLock::new(current),
+            memory: (!durable).then(|| std::sync::Mutex::new(Vec::new())),
+        });
         Ok(Self {
             db,
             counters: DashMap::new(),
@@ -241,7 +251,15 @@ impl Usage {
         let current_path = fresh.path.clone();
         own.insert(fresh.path.clone());
         // What was counted is all in the closed file now; new amounts go to the fresh one.
-        drop(std::mem::replace(&mut *self.journal.current.write().unwrap_or_else(|e| e.into_inner()), fresh));
+        let in_memory = {
+            let mut current = self.journal.current.write().unwrap_or_else(|e| e.into_inner());
+            drop(std::mem::replace(&mut *current, fresh));
+            self.journal.memory.as_ref().map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())))
+        };
+        if let Some(lines) = in_memory.filter(|l| !l.is_empty()) {
+            let batch = format!("mem-{:016}-{}", store::now_millis(), uuid::Uuid::new_v4().simple());
+            self.apply_text(&batch, &String::from_utf8_lossy(&lines), true).await?;
+        }
         let mut closed: Vec<PathBuf> = std::fs::read_dir(&self.journal.dir)
             .with_context(|| format!("failed to list {:?}", self.journal.dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -261,6 +279,12 @@ impl Usage {
     /// Apply one closed journal file as a batch (once, whatever happens).
     async fn apply(&self, path: &Path, counted: bool) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {path:?}"))?;
+        let batch = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        self.apply_text(&batch, &text, counted).await
+    }
+
+    /// Apply the journal lines `text` as the batch `batch`.
+    async fn apply_text(&self, batch: &str, text: &str, counted: bool) -> anyhow::Result<()> {
         let mut amounts: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
@@ -274,7 +298,6 @@ impl Usage {
             };
             amounts.entry((instance, tenant, hour)).or_default().add(&UsageTotals { requests, jobs, fuel, errors });
         }
-        let batch = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         let fresh =
             sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")

@@ -241,6 +241,11 @@ pub struct ServeArgs {
     /// simulate months in seconds. For tests and demos, never production.
     #[arg(long)]
     pub settable_clock: bool,
+    /// Keep usage in memory until the once-a-second flush instead of
+    /// appending it to the journal first: a SIGKILL then loses up to a second
+    /// of usage. For measuring what the journal costs, not for production.
+    #[arg(long)]
+    pub no_usage_journal: bool,
     /// Seconds after its month ends that an invoice closes by itself.
     #[arg(long, default_value_t = 3600)]
     pub invoice_grace: u64,
@@ -388,6 +393,7 @@ impl ServeArgs {
         config.jobs.backoff = Duration::from_millis(self.job_backoff_ms.max(1));
         config.jobs.max_attempts = self.job_attempts;
         config.billing.settable_clock = self.settable_clock;
+        config.usage_journal = !self.no_usage_journal;
         config.billing.invoice_grace = Duration::from_secs(self.invoice_grace);
         config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
         let trust = &mut config.trust;
