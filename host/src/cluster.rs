@@ -90,6 +90,9 @@ pub async fn catch_up(node: &Node) -> anyhow::Result<()> {
     node.registry.refresh().await?;
     node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     node.generation.caught_up(current);
+    // The acknowledgement a promotion waits for.
+    node.fleet.ack(current).await?;
+    node.fleet.wake.notify_one();
     tracing::debug!(generation = current, "caught up with the platform");
     Ok(())
 }

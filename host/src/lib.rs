@@ -30,6 +30,7 @@ pub mod ingress;
 pub mod jobs;
 pub mod node;
 pub mod registry;
+pub mod rollout;
 pub mod router;
 pub mod runtime;
 pub mod sched;

@@ -52,6 +52,8 @@ pub struct Node {
     pub admin_throttle: crate::admin::throttle::Throttle,
     /// The platform's job queue.
     pub queue: Arc<crate::jobs::Queue>,
+    /// This node's membership of the fleet (beats, acknowledgements, versions).
+    pub fleet: Arc<crate::rollout::Fleet>,
     /// The last readiness probe of the control plane, and when it ran.
     pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<i64, String>)>>,
 }
@@ -167,6 +169,13 @@ impl Node {
             Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
             None => None,
         };
+        let fleet = crate::rollout::Fleet::join(
+            db.clone(),
+            &addresses.ingress.to_string(),
+            &addresses.admin.to_string(),
+            seen.get(),
+        )
+        .await?;
         let access = Arc::new(Access::new(db.clone()));
         let audit = Arc::new(Audit::new(db.clone()));
         let mut initial_admin_key = None;
@@ -199,17 +208,21 @@ impl Node {
             admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
             readiness: tokio::sync::Mutex::new(None),
             queue,
+            fleet,
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let edges = node.config.edges.clone();
+        let (unhealthy, unhealthy_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(crate::rollout::health_rollbacks(node.clone(), unhealthy_rx)));
         let ingress = Arc::new(Ingress::new(
             router,
             runtime,
             identity,
             access,
             clock,
+            unhealthy,
             edges.clone(),
             node.config.pool.max_instances,
         ));
@@ -241,6 +254,7 @@ impl Node {
         tasks.push(tokio::spawn(crate::jobs::worker::run(node.clone(), watcher.clone(), node.config.shutdown_grace)));
 
         tasks.push(tokio::spawn(crate::billing::run(node.clone(), watcher.clone())));
+        tasks.push(tokio::spawn(crate::rollout::run(node.clone(), watcher.clone())));
 
         let flusher = node.clone();
         let mut flush_watch = watcher;

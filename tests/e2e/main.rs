@@ -16,6 +16,7 @@ mod limits;
 mod publish;
 mod races;
 mod restart;
+mod rollout;
 mod routing;
 mod services;
 mod switch;

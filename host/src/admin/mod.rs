@@ -36,6 +36,10 @@
 //! | POST | `/v1/tenants/{id}/invoices/{YYYY-MM}/close` | close an ended period's invoice (operators) |
 //! | GET | `/v1/instances/{id}/usage/hourly[?from&to]` | the usage ledger's hourly rows |
 //! | GET, POST, DELETE | `/v1/discounts[?tenant=T]`, `/v1/discounts/{id}` | discounts (operators create and remove) |
+//! | GET | `/v1/nodes` | the fleet: live nodes, their generation (operators) |
+//! | POST | `/v1/services/{name}/stage`, `/promote`, `/rollback` | two-phase updates across the fleet (operators) |
+//! | POST, DELETE | `/v1/services/{name}/canary` | pin chosen instances (or a percent) to a version first; end it |
+//! | GET | `/v1/services/{name}/rollout` | each version per node: ready, active, requests, errors, pins, history |
 //! | GET, POST | `/v1/clock` | the billing clock; `{"now"}` or `{"advance"}` with `--settable-clock` (operators) |
 
 mod auth;
@@ -43,6 +47,7 @@ mod billing_api;
 mod error;
 mod identity_api;
 mod jobs_api;
+mod rollout_api;
 pub mod throttle;
 
 use std::sync::atomic::Ordering;
@@ -130,6 +135,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/discounts", get(billing_api::list_discounts).post(billing_api::add_discount))
         .route("/v1/discounts/{id}", axum::routing::delete(billing_api::remove_discount))
         .route("/v1/clock", get(billing_api::clock).post(billing_api::set_clock))
+        .route("/v1/nodes", get(rollout_api::nodes))
+        .route("/v1/services/{name}/stage", post(rollout_api::stage))
+        .route("/v1/services/{name}/promote", post(rollout_api::promote))
+        .route("/v1/services/{name}/rollback", post(rollout_api::rollback))
+        .route("/v1/services/{name}/canary", post(rollout_api::canary).delete(rollout_api::abort_canary))
+        .route("/v1/services/{name}/rollout", get(rollout_api::status))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
         })
@@ -138,7 +149,7 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Queue the instance setups a change made due (migrations of a version just
 /// activated or pinned), so they start now rather than at the next periodic check.
-async fn setups_due(node: &Node) -> usize {
+pub(crate) async fn setups_due(node: &Node) -> usize {
     match crate::jobs::setup::reconcile(node).await {
         Ok(started) => started,
         Err(e) => {
@@ -150,7 +161,7 @@ async fn setups_due(node: &Node) -> usize {
 
 /// Record the subscription changes an activation made (modules the new version
 /// lacks stop being billed at once).
-async fn subscriptions_due(node: &Node) {
+pub(crate) async fn subscriptions_due(node: &Node) {
     if let Err(e) = crate::billing::sync_all(node).await {
         tracing::warn!("failed to record subscription changes (retried by the billing pass): {e:#}");
     }

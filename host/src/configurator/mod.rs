@@ -97,6 +97,10 @@ pub struct Instance {
     pub pending_hosts: Vec<PendingHost>,
     /// The version the instance is pinned to; `None` follows the active version.
     pub pinned_version: Option<String>,
+    /// Who pinned it when not its tenant or an operator: `canary` or `health`
+    /// (the rollout's pins, released by the next promotion), with why.
+    pub pinned_by: Option<String>,
+    pub pin_reason: Option<String>,
     /// The version requests run now.
     pub running_version: Option<String>,
     /// Enabled modules.
@@ -198,11 +202,13 @@ struct InstanceRow {
     settled_version: Option<String>,
     seeded_at: Option<i64>,
     ends_at: Option<i64>,
+    pinned_by: Option<String>,
+    pin_reason: Option<String>,
 }
 
 const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, \
      (CASE WHEN enabled THEN 1 ELSE 0 END) AS enabled, created_at, setup_state, setup_target, setup_error, \
-     applied_migrations, settled_version, seeded_at, ends_at";
+     applied_migrations, settled_version, seeded_at, ends_at, pinned_by, pin_reason";
 
 /// Who asks for a change: operators are bound by no quota and prove no hostname.
 #[derive(Debug, Clone, Copy)]
@@ -888,7 +894,8 @@ impl Configurator {
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &current.tenant).await.context("failed to lock the tenant")?;
         sqlx::query(
-            "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4, ends_at = $5 \
+            "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4, ends_at = $5, \
+             pinned_by = CASE WHEN $7 THEN NULL ELSE pinned_by END, pin_reason = CASE WHEN $7 THEN NULL ELSE pin_reason END \
              WHERE id = $6",
         )
         .bind(&pinned)
@@ -897,6 +904,8 @@ impl Configurator {
         .bind(enabled)
         .bind(ends_at)
         .bind(id)
+        // A pin set here is the owner's: it replaces the rollout's.
+        .bind(change.version.is_some())
         .execute(&mut *tx)
         .await
         .context("failed to update instance")?;
@@ -910,6 +919,111 @@ impl Configurator {
         let instance = self.instance(id).await?;
         self.subscriptions_changed(std::slice::from_ref(&instance)).await;
         Ok(instance)
+    }
+
+    /// Pin `instances` of `service` to `version` on the rollout's behalf (`by`:
+    /// `canary` or `health`, with `reason`). Instances their owner pinned are
+    /// left alone. Returns the instances pinned and the generation.
+    pub async fn rollout_pin(
+        &self,
+        service: &str,
+        instances: &[String],
+        version: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<(Vec<String>, i64), ConfigError> {
+        let _guard = self.change_lock.lock().await;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut pinned = Vec::new();
+        for id in instances {
+            let changed = sqlx::query(
+                "UPDATE instances SET pinned_version = $1, pinned_by = $2, pin_reason = $3 \
+                 WHERE id = $4 AND service = $5 AND (pinned_version IS NULL OR pinned_by IS NOT NULL)",
+            )
+            .bind(version)
+            .bind(by)
+            .bind(reason)
+            .bind(id)
+            .bind(service)
+            .execute(&mut *tx)
+            .await
+            .context("failed to pin")?
+            .rows_affected();
+            if changed > 0 {
+                pinned.push(id.clone());
+            }
+        }
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        tx.commit().await.context("failed to commit the pins")?;
+        self.rebuild_routes().await?;
+        self.seen.applied_own(generation);
+        drop(_guard);
+        self.rollout_changed(&pinned).await;
+        Ok((pinned, generation))
+    }
+
+    /// Release the rollout's pins (`kinds`: `canary`, `health`) of `service`:
+    /// those instances follow the active version again. Returns them and the
+    /// generation (`None` when there were none).
+    pub async fn rollout_unpin(
+        &self,
+        service: &str,
+        kinds: &[&str],
+    ) -> Result<(Vec<String>, Option<i64>), ConfigError> {
+        let _guard = self.change_lock.lock().await;
+        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut released = Vec::new();
+        for kind in kinds {
+            let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM instances WHERE service = $1 AND pinned_by = $2")
+                .bind(service)
+                .bind(kind)
+                .fetch_all(&mut *tx)
+                .await
+                .context("failed to read pins")?;
+            sqlx::query(
+                "UPDATE instances SET pinned_version = NULL, pinned_by = NULL, pin_reason = NULL \
+                 WHERE service = $1 AND pinned_by = $2",
+            )
+            .bind(service)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await
+            .context("failed to release pins")?;
+            released.extend(ids.into_iter().map(|(id,)| id));
+        }
+        if released.is_empty() {
+            return Ok((released, None));
+        }
+        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
+        tx.commit().await.context("failed to commit the pins")?;
+        self.rebuild_routes().await?;
+        self.seen.applied_own(generation);
+        drop(_guard);
+        self.rollout_changed(&released).await;
+        Ok((released, Some(generation)))
+    }
+
+    /// After the rollout moved instances: their subscriptions (billing).
+    async fn rollout_changed(&self, ids: &[String]) {
+        let mut instances = Vec::new();
+        for id in ids {
+            if let Ok(instance) = self.instance(id).await {
+                instances.push(instance);
+            }
+        }
+        self.subscriptions_changed(&instances).await;
+    }
+
+    /// Instances of `service` following its active version (none pinned), by id.
+    pub async fn followers(&self, service: &str) -> Result<Vec<String>, ConfigError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM instances WHERE service = $1 AND (pinned_version IS NULL OR pinned_by = 'canary') ORDER BY id",
+        )
+        .bind(service)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list instances")?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Record what changed in these instances' subscriptions (billing). A
@@ -1030,6 +1144,8 @@ impl Configurator {
             hosts,
             pending_hosts,
             pinned_version: row.pinned_version,
+            pinned_by: row.pinned_by,
+            pin_reason: row.pin_reason,
             running_version,
             modules: serde_json::from_str(&row.modules).unwrap_or_default(),
             settings: serde_json::from_str(&row.settings).unwrap_or_default(),
@@ -1101,12 +1217,12 @@ impl Configurator {
     async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
         let custom =
             "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
-                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason \
+                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason, i.pinned_by \
                    FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
                    LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id";
         let platform =
             "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
-                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason \
+                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason, i.pinned_by \
                    FROM instances i LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id";
         let rows = match instance {
             Some(id) => {
@@ -1160,6 +1276,7 @@ impl Configurator {
             setup_target,
             ends_at,
             suspended,
+            pinned_by,
         ) in rows
         {
             let route = match by_instance.get(&instance) {
@@ -1202,6 +1319,14 @@ impl Configurator {
                             applied: serde_json::from_str(&applied).unwrap_or_default(),
                             settled: settled.and_then(|v| slot.version(&v)),
                         },
+                        health: Some(
+                            self.router.instance(&instance).and_then(|r| r.health.clone()).unwrap_or_default(),
+                        ),
+                        gate: match (pinned.as_deref(), pinned_by.as_deref()) {
+                            (None, _) => Some(crate::rollout::GateBack::Previous(slot.clone())),
+                            (Some(_), Some("canary")) => Some(crate::rollout::GateBack::Active(slot.clone())),
+                            _ => None,
+                        },
                         jobs: self.queue.as_ref().map(|queue| {
                             Arc::new(crate::runtime::InstanceJobs {
                                 queue: queue.clone(),
@@ -1228,7 +1353,7 @@ impl Configurator {
 
 /// hostname ('' for the platform names), instance, tenant, service, pinned
 /// version, modules, settings, enabled, instance name, applied migrations,
-/// settled version, setup state, setup target, end date, the tenant's suspension
+/// settled version, setup state, setup target, end date, the tenant's suspension, who pinned it
 type RouteRow = (
     String,
     String,
@@ -1244,6 +1369,7 @@ type RouteRow = (
     String,
     Option<String>,
     Option<i64>,
+    Option<String>,
     Option<String>,
 );
 

@@ -40,6 +40,8 @@ pub struct Ingress {
     access: Arc<Access>,
     /// Billing time, for end dates.
     clock: Arc<crate::billing::Clock>,
+    /// Where a version failing its health gate is reported.
+    unhealthy: tokio::sync::mpsc::UnboundedSender<crate::rollout::Unhealthy>,
     next_request_id: AtomicU64,
     /// Request ids are the sequence hashed with a key of this process, so they are
     /// unique without telling anyone how many requests came before.
@@ -61,6 +63,9 @@ const GUEST_SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(50
 /// Response header carrying the request id, to match a client's report to the log.
 pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
 
+/// The service version that answered a request.
+pub const VERSION_HEADER: &str = "x-wharf-version";
+
 impl Ingress {
     /// An ingress routing through `router` into `runtime`.
     pub fn new(
@@ -69,6 +74,7 @@ impl Ingress {
         identity: Arc<Identity>,
         access: Arc<Access>,
         clock: Arc<crate::billing::Clock>,
+        unhealthy: tokio::sync::mpsc::UnboundedSender<crate::rollout::Unhealthy>,
         edges: EdgeLimits,
         pool: u32,
     ) -> Self {
@@ -80,6 +86,7 @@ impl Ingress {
             identity,
             access,
             clock,
+            unhealthy,
             next_request_id: AtomicU64::new(1),
             ids: Default::default(),
             per_tenant: edges.guests_per_tenant(pool),
@@ -308,13 +315,33 @@ impl Ingress {
                 },
             )
             .await;
-        let response = match handled {
+        // The version's own tally (what `wharf status` shows), and the health
+        // gate of a version the instance newly serves.
+        let failed = match &handled {
+            Handled::Response(response) => response.status().is_server_error(),
+            Handled::Failed(GuestFailure::AtCapacity) => false,
+            Handled::Failed(_) => true,
+        };
+        version.served.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            version.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(window), Some(back_to)) = (&route.health, &route.gate) {
+            if let Some(unhealthy) = window.observe(&route.instance, &version, failed, back_to) {
+                let _ = self.unhealthy.send(unhealthy);
+            }
+        }
+        let mut response = match handled {
             Handled::Response(mut response) => {
                 response.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
                 response
             }
             Handled::Failed(failure) => failure_response(&failure, request_id),
         };
+        // Which version answered: one of two during a rollout, never a mix.
+        if let Ok(value) = HeaderValue::from_str(&version.version) {
+            response.headers_mut().insert(VERSION_HEADER, value);
+        }
         response.map(|body| http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover }))
     }
 }

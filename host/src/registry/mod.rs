@@ -46,6 +46,13 @@ pub struct LoadedVersion {
     pub module_routes: RouteGuards,
     /// The job entry points, when the component exports `wharf:platform/worker`.
     pub worker: Option<crate::runtime::WorkerPre>,
+    /// Requests this node served with it since it last became active here, and
+    /// how many of those failed (5xx); a promotion's health gate reads them.
+    pub served: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// When it last became the active version on this node (Unix ms; 0: before
+    /// this node started). The health gate judges only fresh promotions.
+    pub activated_ms: std::sync::atomic::AtomicI64,
 }
 
 impl LoadedVersion {
@@ -54,6 +61,9 @@ impl LoadedVersion {
         let module_routes = RouteGuards::modules(&manifest);
         Self {
             worker,
+            served: Default::default(),
+            failed: Default::default(),
+            activated_ms: Default::default(),
             module_routes,
             service: manifest.service.name.clone(),
             version: manifest.service.version.clone(),
@@ -75,12 +85,19 @@ pub struct ServiceSlot {
     /// Service name.
     pub name: String,
     active: ArcSwapOption<LoadedVersion>,
+    /// The version active before the current one (`wharf rollback` returns to it).
+    previous: std::sync::Mutex<Option<String>>,
     versions: DashMap<String, Arc<LoadedVersion>>,
 }
 
 impl ServiceSlot {
     fn new(name: &str) -> Self {
-        Self { name: name.to_string(), active: ArcSwapOption::empty(), versions: DashMap::new() }
+        Self {
+            name: name.to_string(),
+            active: ArcSwapOption::empty(),
+            previous: std::sync::Mutex::new(None),
+            versions: DashMap::new(),
+        }
     }
 
     /// The active version, if any (one atomic load).
@@ -91,6 +108,20 @@ impl ServiceSlot {
     /// A specific loaded version.
     pub fn version(&self, version: &str) -> Option<Arc<LoadedVersion>> {
         self.versions.get(version).map(|v| v.clone())
+    }
+
+    /// The version active before the current one.
+    pub fn previous(&self) -> Option<String> {
+        self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_previous(&self, version: Option<String>) {
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = version;
+    }
+
+    /// Every version loaded on this node.
+    pub fn versions(&self) -> Vec<Arc<LoadedVersion>> {
+        self.versions.iter().map(|v| v.clone()).collect()
     }
 
     /// Every module any loaded version declares.
@@ -180,6 +211,8 @@ pub struct Registry {
     /// Held while the active version changes in the database and in memory.
     activate_lock: tokio::sync::Mutex<()>,
     stats: CacheStats,
+    /// Versions this node failed to load, with why (reported to the fleet).
+    pub failed: DashMap<(String, String), String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -231,12 +264,27 @@ impl Registry {
             publish_lock: tokio::sync::Mutex::new(()),
             activate_lock: tokio::sync::Mutex::new(()),
             stats: CacheStats::default(),
+            failed: DashMap::new(),
         };
         registry.load_all().await?;
         Ok(registry)
     }
 
     async fn load_all(&self) -> anyhow::Result<()> {
+        self.load_versions().await?;
+        let previous: Vec<(String, Option<String>)> = sqlx::query_as("SELECT name, previous_version FROM services")
+            .fetch_all(&self.db)
+            .await
+            .context("failed to read previous versions")?;
+        for (service, version) in previous {
+            if let Some(slot) = self.slot(&service) {
+                slot.set_previous(version);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_versions(&self) -> anyhow::Result<()> {
         let rows: Vec<VersionRow> = sqlx::query_as(&format!("SELECT {VERSION_COLUMNS}"))
             .fetch_all(&self.db)
             .await
@@ -321,26 +369,41 @@ impl Registry {
         for row in &rows {
             let slot = self.slot_or_new(&row.service);
             if slot.version(&row.version).is_none() {
-                let loaded = self
-                    .load_version(row)
-                    .await
-                    .with_context(|| format!("failed to load {} {}", row.service, row.version))?;
-                slot.versions.insert(row.version.clone(), loaded);
+                // A version this node cannot load is reported, not fatal: the
+                // node keeps following every other change.
+                match self.load_version(row).await {
+                    Ok(loaded) => {
+                        slot.versions.insert(row.version.clone(), loaded);
+                        self.failed.remove(&(row.service.clone(), row.version.clone()));
+                    }
+                    Err(e) => {
+                        let key = (row.service.clone(), row.version.clone());
+                        if !self.failed.contains_key(&key) {
+                            tracing::error!(service = %row.service, version = %row.version, "failed to load: {e:#}");
+                        }
+                        self.failed.insert(key, format!("{e:#}"));
+                    }
+                }
             }
         }
         // Read the active versions under the lock local activations hold while
         // they write and swap: a stale read can never undo a newer activation.
         let _guard = self.activate_lock.lock().await;
-        let active: Vec<(String, Option<String>)> = sqlx::query_as("SELECT name, active_version FROM services")
-            .fetch_all(&self.db)
-            .await
-            .context("failed to read active versions")?;
-        for (service, version) in active {
+        let active: Vec<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT name, active_version, previous_version FROM services")
+                .fetch_all(&self.db)
+                .await
+                .context("failed to read active versions")?;
+        for (service, version, previous) in active {
             let Some(version) = version else { continue };
             let slot = self.slot_or_new(&service);
+            slot.set_previous(previous);
             let current = slot.active().map(|a| a.version.clone());
             if current.as_deref() != Some(version.as_str()) {
                 if let Some(loaded) = slot.version(&version) {
+                    loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
+                    loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);
+                    loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
                     slot.active.store(Some(loaded));
                     tracing::info!(%service, %version, "activated through another node");
                 }
@@ -355,6 +418,11 @@ impl Registry {
 
     fn slot_or_new(&self, name: &str) -> Arc<ServiceSlot> {
         self.services.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceSlot::new(name))).clone()
+    }
+
+    /// Every service slot on this node.
+    pub fn slots(&self) -> Vec<Arc<ServiceSlot>> {
+        self.services.iter().map(|s| s.clone()).collect()
     }
 
     /// The slot of a service, if it has been published.
@@ -512,15 +580,27 @@ impl Registry {
         // never leave the database naming one version and the node running another.
         let _guard = self.activate_lock.lock().await;
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
-        sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2")
-            .bind(version)
-            .bind(service)
-            .execute(&mut *tx)
-            .await
-            .context("failed to record the active version")?;
+        // The version it replaces is kept: `wharf rollback` returns to it.
+        sqlx::query(
+            "UPDATE services SET previous_version = CASE WHEN active_version = $1 THEN previous_version \
+             ELSE active_version END, active_version = $1 WHERE name = $2",
+        )
+        .bind(version)
+        .bind(service)
+        .execute(&mut *tx)
+        .await
+        .context("failed to record the active version")?;
         let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit activation")?;
+        if slot.active().is_none_or(|a| a.version != loaded.version) {
+            loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
+            loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);
+            loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
+        }
         let previous = slot.active.swap(Some(loaded));
+        if let Some(previous) = previous.as_ref().filter(|p| p.version != version) {
+            slot.set_previous(Some(previous.version.clone()));
+        }
         self.seen.applied_own(generation);
         tracing::info!(
             %service,

@@ -37,6 +37,12 @@ pub struct Route {
     pub setup: InstanceSetup,
     /// The instance's door to the job queue, for the guest's `jobs` import.
     pub jobs: Option<Arc<crate::runtime::InstanceJobs>>,
+    /// The health gate of a newly served version (kept across table rebuilds);
+    /// `None` while the health gate itself pinned the instance back.
+    pub health: Option<Arc<crate::rollout::HealthWindow>>,
+    /// Where the health gate sends the instance back to (`None`: its owner
+    /// pinned it, or the gate already did).
+    pub gate: Option<crate::rollout::GateBack>,
 }
 
 /// Where an instance's database schema stands (see [`crate::jobs::setup`]).

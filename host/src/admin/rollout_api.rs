@@ -1,0 +1,329 @@
+//! Rollout endpoints (operators): the fleet, staging, promotion and rollback,
+//! canaries, and where each version stands on each node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Authed;
+use super::{body, setups_due, ApiError, ApiResult};
+use crate::access::Platform;
+use crate::node::Node;
+use crate::rollout;
+
+/// Longest a caller may ask stage or promote to wait for the nodes.
+const MAX_WAIT_MS: u64 = 120_000;
+
+pub(crate) async fn nodes(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::NodeRead)?;
+    Ok(Json(json!({ "this_node": node.fleet.id, "nodes": rollout::nodes(&node.db).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Stage {
+    version: String,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+fn wait(ms: Option<u64>, default: u64) -> ApiResult<Duration> {
+    match ms {
+        Some(ms) if ms > MAX_WAIT_MS => Err(ApiError::bad_request(format!("wait_ms is at most {MAX_WAIT_MS}"))),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(Duration::from_millis(default)),
+    }
+}
+
+/// Every live node fetches and compiles the version; wait until each reports it
+/// ready (or failed).
+pub(crate) async fn stage(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+    payload: Result<Json<Stage>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let Stage { version, wait_ms } = body(payload)?;
+    let wait = wait(wait_ms, 30_000)?;
+    node.registry.version(&service, &version).await?;
+    {
+        let mut tx = node.db.begin().await.map_err(anyhow::Error::from)?;
+        sqlx::query("UPDATE service_versions SET staged_at = $1 WHERE service = $2 AND version = $3")
+            .bind(crate::store::now())
+            .bind(&service)
+            .bind(&version)
+            .execute(&mut *tx)
+            .await
+            .map_err(anyhow::Error::from)?;
+        // Nodes that missed the version load it when they catch up.
+        let generation = crate::store::bump_generation(&mut tx).await.map_err(anyhow::Error::from)?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        node.generation.applied_own(generation);
+    }
+    node.fleet.wake.notify_one();
+    let deadline = tokio::time::Instant::now() + wait;
+    let pending = loop {
+        let pending = rollout::not_ready(&node.db, &service, &version).await?;
+        let failed = pending.iter().any(|p| p.contains("(failed"));
+        if pending.is_empty() || failed || tokio::time::Instant::now() >= deadline {
+            break pending;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let on_nodes = rollout::versions_on_nodes(&node.db, &service).await?.remove(&version).unwrap_or_default();
+    node.audit.record(&caller.email, "version.stage", &format!("{service} {version}"), None, "ok").await;
+    Ok(Json(json!({
+        "service": service,
+        "version": version,
+        "ready": pending.is_empty(),
+        "not_ready": pending,
+        "nodes": on_nodes,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Promote {
+    version: String,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rollback {
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+pub(crate) async fn promote(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+    payload: Result<Json<Promote>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let Promote { version, wait_ms } = body(payload)?;
+    promote_to(&node, &caller.email, &service, &version, "promote", wait(wait_ms, 10_000)?).await
+}
+
+pub(crate) async fn rollback(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+    payload: Result<Json<Rollback>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let Rollback { wait_ms } = payload.map(|Json(r)| r).unwrap_or_default();
+    let (previous,): (Option<String>,) = sqlx::query_as("SELECT previous_version FROM services WHERE name = $1")
+        .bind(&service)
+        .fetch_optional(&node.db)
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or_else(|| ApiError::from(crate::registry::RegistryError::UnknownService(service.clone())))?;
+    let previous = previous.ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, format!("{service} has no previous version to roll back to"))
+    })?;
+    promote_to(&node, &caller.email, &service, &previous, "rollback", wait(wait_ms, 10_000)?).await
+}
+
+/// Make `version` active on every node: refused unless every live node has it
+/// ready; returns once every live node acknowledged, or names those that did not.
+async fn promote_to(
+    node: &Node,
+    actor: &str,
+    service: &str,
+    version: &str,
+    kind: &str,
+    wait: Duration,
+) -> ApiResult<Json<Value>> {
+    node.registry.version(service, version).await?;
+    let not_ready = rollout::not_ready(&node.db, service, version).await?;
+    if !not_ready.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{service} {version} is not ready on every node: {}; stage it first (wharf stage {service} {version})",
+                not_ready.join(", ")
+            ),
+        ));
+    }
+    let previous = node.registry.slot(service).and_then(|s| s.active()).map(|v| v.version.clone());
+    let started = std::time::Instant::now();
+    node.registry.activate(service, version).await?;
+    let mut generation = node.generation.get();
+    // Canaries and health pins end with a promotion: every instance follows it.
+    let (released, unpinned) =
+        node.configurator.rollout_unpin(service, &["canary", "health"]).await.map_err(ApiError::from)?;
+    if let Some(g) = unpinned {
+        generation = generation.max(g);
+    }
+    node.fleet.ack(node.generation.get()).await?;
+    let (acknowledged, pending) = rollout::wait_for_acks(&node.db, generation, wait).await?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    let detail = format!("{} nodes acknowledged in {took_ms} ms", acknowledged.len());
+    rollout::record(&node.db, service, kind, version, previous.as_deref(), generation, actor, &detail).await?;
+    setups_due(node).await;
+    super::subscriptions_due(node).await;
+    node.audit.record(actor, &format!("version.{kind}"), &format!("{service} {version}"), None, "ok").await;
+    Ok(Json(json!({
+        "service": service,
+        "version": version,
+        "previous": previous,
+        "generation": generation,
+        "acknowledged": acknowledged,
+        "pending": pending,
+        "released_pins": released,
+        "took_ms": took_ms,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Canary {
+    version: String,
+    #[serde(default)]
+    instances: Vec<String>,
+    #[serde(default)]
+    percent: Option<u32>,
+}
+
+/// Promote a version to chosen instances, or a share of them, first.
+pub(crate) async fn canary(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+    payload: Result<Json<Canary>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let Canary { version, instances, percent } = body(payload)?;
+    node.registry.version(&service, &version).await?;
+    let not_ready = rollout::not_ready(&node.db, &service, &version).await?;
+    if !not_ready.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{service} {version} is not ready on every node: {}; stage it first", not_ready.join(", ")),
+        ));
+    }
+    let followers = node.configurator.followers(&service).await?;
+    let chosen: Vec<String> = match (instances.is_empty(), percent) {
+        (false, None) => {
+            if let Some(stranger) = instances.iter().find(|i| !followers.contains(i)) {
+                return Err(ApiError::bad_request(format!(
+                    "instance {stranger:?} is not an instance of {service} following its active version"
+                )));
+            }
+            instances
+        }
+        (true, Some(p)) if (1..=100).contains(&p) => {
+            // A stable choice: the same instances for the same share.
+            let mut ranked: Vec<(u64, String)> = followers
+                .into_iter()
+                .map(|id| {
+                    use sha2::Digest as _;
+                    let digest = sha2::Sha256::digest(id.as_bytes());
+                    (u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()), id)
+                })
+                .collect();
+            ranked.sort();
+            let count = (ranked.len() * p as usize).div_ceil(100);
+            ranked.into_iter().take(count).map(|(_, id)| id).collect()
+        }
+        (true, Some(_)) => return Err(ApiError::bad_request("percent is 1 to 100")),
+        _ => return Err(ApiError::bad_request("name the canary instances, or a percent of them, not both")),
+    };
+    let reason = format!("canary of {service} {version}");
+    let (pinned, generation) = node.configurator.rollout_pin(&service, &chosen, &version, "canary", &reason).await?;
+    node.fleet.ack(node.generation.get()).await?;
+    let (acknowledged, pending) = rollout::wait_for_acks(&node.db, generation, Duration::from_secs(10)).await?;
+    let previous = node.registry.slot(&service).and_then(|s| s.active()).map(|v| v.version.clone());
+    let detail = format!("{} instances", pinned.len());
+    rollout::record(&node.db, &service, "canary", &version, previous.as_deref(), generation, &caller.email, &detail)
+        .await?;
+    setups_due(&node).await;
+    super::subscriptions_due(&node).await;
+    node.audit.record(&caller.email, "version.canary", &format!("{service} {version}"), None, "ok").await;
+    Ok(Json(json!({
+        "service": service, "version": version, "instances": pinned,
+        "acknowledged": acknowledged, "pending": pending,
+    })))
+}
+
+/// End a canary: its instances follow the active version again.
+pub(crate) async fn abort_canary(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let (released, _) = node.configurator.rollout_unpin(&service, &["canary"]).await?;
+    node.audit.record(&caller.email, "version.canary.abort", &service, None, "ok").await;
+    Ok(Json(json!({ "service": service, "released": released })))
+}
+
+/// Where each version of a service stands on each live node.
+pub(crate) async fn status(
+    State(node): State<Arc<Node>>,
+    Authed(caller): Authed,
+    Path(service): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let info = node.registry.service(&service).await?;
+    let (previous,): (Option<String>,) = sqlx::query_as("SELECT previous_version FROM services WHERE name = $1")
+        .bind(&service)
+        .fetch_one(&node.db)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let nodes: Vec<_> = rollout::nodes(&node.db).await?.into_iter().filter(|n| n.live).collect();
+    let current = crate::store::generation(&node.db).await.map_err(anyhow::Error::from)?;
+    let mut on_nodes = rollout::versions_on_nodes(&node.db, &service).await?;
+    let pins: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, pinned_version, pinned_by, pin_reason FROM instances WHERE service = $1 AND pinned_version IS NOT NULL",
+    )
+    .bind(&service)
+    .fetch_all(&node.db)
+    .await
+    .map_err(anyhow::Error::from)?;
+    let versions: Vec<Value> = info
+        .versions
+        .iter()
+        .map(|v| {
+            let states = on_nodes.remove(&v.version).unwrap_or_default();
+            let requests: i64 = states.iter().map(|s| s.requests).sum();
+            let errors: i64 = states.iter().map(|s| s.errors).sum();
+            let pinned: Vec<Value> = pins
+                .iter()
+                .filter(|p| p.1.as_deref() == Some(v.version.as_str()))
+                .map(|p| json!({ "instance": p.0, "by": p.2, "reason": p.3 }))
+                .collect();
+            json!({
+                "version": v.version,
+                "active": info.active_version.as_deref() == Some(v.version.as_str()),
+                "previous": previous.as_deref() == Some(v.version.as_str()),
+                "ready_on": states.iter().filter(|s| s.state == "ready").count(),
+                "nodes": states,
+                "requests": requests,
+                "errors": errors,
+                "pinned": pinned,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "service": service,
+        "active_version": info.active_version,
+        "previous_version": previous,
+        "generation": current,
+        "nodes": nodes.iter().map(|n| json!({
+            "id": n.id, "ingress": n.ingress, "generation": n.generation, "caught_up": n.generation >= current,
+        })).collect::<Vec<_>>(),
+        "versions": versions,
+        "history": rollout::history(&node.db, &service, 20).await?,
+    })))
+}

@@ -1,0 +1,269 @@
+//! Updates across the fleet: stage, promote, roll back, canaries and the health
+//! gate, on one node (SQLite) and on two nodes sharing PostgreSQL; and a short
+//! form of the rollout load test: continuous load while promoting and rolling
+//! back, no failed request, every response from exactly one version.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// The nodes of the test's fleet: one on SQLite, two on PostgreSQL.
+async fn fleet() -> Vec<TestNode> {
+    let a = TestNode::start().await;
+    if postgres_base().is_some() {
+        let b = TestNode::start_sharing(&a).await;
+        vec![a, b]
+    } else {
+        vec![a]
+    }
+}
+
+async fn publish(node: &TestNode, guest_name: &str, version: &str) {
+    let (status, body) = node.publish_bytes(&manifest("site", version), guest(guest_name)).await;
+    assert!(status.is_success(), "{body}");
+}
+
+/// GET `path` on `node` for `host`: (status, the version that answered).
+async fn version_of(node: &TestNode, host: &str, path: &str) -> (StatusCode, String) {
+    let resp = node.http.get(format!("http://{}{path}", node.ingress())).header("host", host).send().await.unwrap();
+    let version = resp.headers().get("x-wharf-version").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (resp.status(), version)
+}
+
+async fn post(node: &TestNode, path: &str, body: Value) -> Value {
+    let (status, answer) = node.admin(Method::POST, path, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    answer
+}
+
+/// Wait until every node of `nodes` reports `version` of site ready.
+async fn staged(nodes: &[TestNode], version: &str) {
+    let staged = post(&nodes[0], "/v1/services/site/stage", json!({ "version": version })).await;
+    assert_eq!(staged["ready"], true, "{staged}");
+    assert_eq!(staged["nodes"].as_array().unwrap().len(), nodes.len(), "{staged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_promote_and_rollback_switch_every_node_at_once() {
+    let nodes = fleet().await;
+    let a = &nodes[0];
+    publish(a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    a.create_instance("acme", "site", &["site.test"]).await;
+    publish(a, "wstd-hello", "2.0.0").await;
+    staged(&nodes, "2.0.0").await;
+    let fleet = a.get_admin("/v1/nodes").await;
+    assert_eq!(fleet["nodes"].as_array().unwrap().iter().filter(|n| n["live"] == true).count(), nodes.len(), "{fleet}");
+
+    for (round, (kind, version)) in
+        [("promote", "2.0.0"), ("rollback", "1.0.0"), ("rollback", "2.0.0")].iter().enumerate()
+    {
+        let body = if *kind == "promote" { json!({ "version": version }) } else { json!({}) };
+        let done = post(a, &format!("/v1/services/site/{kind}"), body).await;
+        assert_eq!(done["version"], *version, "{done}");
+        assert_eq!(done["pending"], json!([]), "{done}");
+        assert_eq!(done["acknowledged"].as_array().unwrap().len(), nodes.len(), "{done}");
+        // Once promote returns, every node answers with the new version.
+        for node in &nodes {
+            assert_eq!(
+                version_of(node, "site.test", "/").await,
+                (StatusCode::OK, version.to_string()),
+                "round {round}"
+            );
+        }
+    }
+    let status = a.get_admin("/v1/services/site/rollout").await;
+    assert_eq!(
+        (status["active_version"].as_str(), status["previous_version"].as_str()),
+        (Some("2.0.0"), Some("1.0.0"))
+    );
+    let v2 = status["versions"].as_array().unwrap().iter().find(|v| v["version"] == "2.0.0").unwrap().clone();
+    assert_eq!((v2["active"].as_bool(), v2["ready_on"].as_u64()), (Some(true), Some(nodes.len() as u64)), "{status:#}");
+    let kinds: Vec<&str> = status["history"].as_array().unwrap().iter().map(|h| h["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["rollback", "rollback", "promote"], "{status:#}");
+    // Requests since it became active again are counted (reported with the nodes' next beat).
+    let mut counted = 0;
+    for _ in 0..40 {
+        let status = a.get_admin("/v1/services/site/rollout").await;
+        let v2 = status["versions"].as_array().unwrap().iter().find(|v| v["version"] == "2.0.0").unwrap().clone();
+        counted = v2["requests"].as_i64().unwrap();
+        if counted >= nodes.len() as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted >= nodes.len() as i64, "{counted}");
+
+    // Mistakes are 4xx that say what to do.
+    let (status, answer) =
+        a.admin(Method::POST, "/v1/services/site/promote", Some(json!({ "version": "9.9.9" }))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    publish(a, "hello", "0.1.0").await;
+    let (status, answer) = a.admin(Method::POST, "/v1/services/nope/rollback", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (status, answer) = a
+        .admin(Method::POST, "/v1/services/site/promote", Some(json!({ "version": "2.0.0", "wait_ms": 999_999 })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let member = a.user("dev@acme.test").await;
+    let (status, _) =
+        a.call(&member, Method::POST, "/v1/services/site/promote", Some(json!({ "version": "1.0.0" }))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_runs_the_new_version_on_chosen_instances_until_promoted() {
+    let nodes = fleet().await;
+    let a = &nodes[0];
+    publish(a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(a.create_instance("acme", "site", &[&format!("s{i}.test")]).await);
+    }
+    // An instance its owner pinned stays where it is.
+    a.expect(
+        &a.admin_key,
+        Method::PATCH,
+        &format!("/v1/instances/{}", ids[3]),
+        json!({ "version": "1.0.0" }),
+        StatusCode::OK,
+    )
+    .await;
+    publish(a, "wstd-hello", "2.0.0").await;
+    staged(&nodes, "2.0.0").await;
+    let canary = post(a, "/v1/services/site/canary", json!({ "version": "2.0.0", "percent": 50 })).await;
+    let chosen: Vec<String> =
+        canary["instances"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect();
+    assert_eq!(chosen.len(), 2, "half of the three followers, rounded up: {canary}");
+    assert!(!chosen.contains(&ids[3]));
+    for node in &nodes {
+        for (i, id) in ids.iter().enumerate() {
+            let expected = if chosen.contains(id) { "2.0.0" } else { "1.0.0" };
+            assert_eq!(version_of(node, &format!("s{i}.test"), "/").await.1, expected, "instance {i}");
+        }
+    }
+    let instance = a.get_admin(&format!("/v1/instances/{}", chosen[0])).await;
+    assert_eq!((instance["pinned_by"].as_str(), instance["pinned_version"].as_str()), (Some("canary"), Some("2.0.0")));
+    // Promoted: every follower (not the owner's pin) runs it; canary pins are gone.
+    let done = post(a, "/v1/services/site/promote", json!({ "version": "2.0.0" })).await;
+    assert_eq!(done["released_pins"].as_array().unwrap().len(), 2, "{done}");
+    for node in &nodes {
+        for (i, _) in ids.iter().enumerate() {
+            let expected = if i == 3 { "1.0.0" } else { "2.0.0" };
+            assert_eq!(version_of(node, &format!("s{i}.test"), "/").await.1, expected, "instance {i}");
+        }
+    }
+    // A canary can be ended without promoting.
+    publish(a, "hello", "3.0.0").await;
+    staged(&nodes, "3.0.0").await;
+    post(a, "/v1/services/site/canary", json!({ "version": "3.0.0", "instances": [ids[0]] })).await;
+    assert_eq!(version_of(a, "s0.test", "/").await.1, "3.0.0");
+    let (status, ended) = a.admin(Method::DELETE, "/v1/services/site/canary", None).await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(version_of(a, "s0.test", "/").await.1, "2.0.0");
+    let (status, answer) = a
+        .admin(Method::POST, "/v1/services/site/canary", Some(json!({ "version": "3.0.0", "instances": [ids[3]] })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the owner's pin is not the canary's to move: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_failing_its_first_requests_is_rolled_back_by_itself() {
+    let node = TestNode::start().await;
+    publish(&node, "hello", "1.0.0").await;
+    node.create_tenant("acme").await;
+    let sick = node.create_instance("acme", "site", &["sick.test"]).await;
+    let well = node.create_instance("acme", "site", &["well.test"]).await;
+    // 2.0.0 traps on /trap, where 1.0.0 answered 200.
+    publish(&node, "misbehave", "2.0.0").await;
+    staged(std::slice::from_ref(&node), "2.0.0").await;
+    post(&node, "/v1/services/site/promote", json!({ "version": "2.0.0" })).await;
+    assert_eq!(version_of(&node, "well.test", "/ok").await, (StatusCode::OK, "2.0.0".to_string()));
+    let mut failures = 0;
+    for _ in 0..60 {
+        let (status, version) = version_of(&node, "sick.test", "/trap").await;
+        if version == "1.0.0" {
+            assert_eq!(status, StatusCode::OK);
+            break;
+        }
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        failures += 1;
+    }
+    // Judged after 10 requests; the pin lands moments later (a transaction and
+    // a table rebuild), so a few more may still fail.
+    assert!((10..=40).contains(&failures), "rolled back after its first failures: {failures}");
+    let instance = node.get_admin(&format!("/v1/instances/{sick}")).await;
+    assert_eq!((instance["pinned_by"].as_str(), instance["pinned_version"].as_str()), (Some("health"), Some("1.0.0")));
+    assert!(instance["pin_reason"].as_str().unwrap().contains("of its first"), "{instance}");
+    // The healthy instance stays on the new version; the history says why.
+    for _ in 0..15 {
+        assert_eq!(version_of(&node, "well.test", "/ok").await, (StatusCode::OK, "2.0.0".to_string()));
+    }
+    let status = node.get_admin("/v1/services/site/rollout").await;
+    let health = status["history"].as_array().unwrap().iter().find(|h| h["kind"] == "health").unwrap().clone();
+    assert!(health["detail"].as_str().unwrap().contains(&sick), "{health}");
+    let _ = well;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_and_rolling_back_under_load_fails_no_request() {
+    let nodes = Arc::new(fleet().await);
+    let a = &nodes[0];
+    publish(a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    for i in 0..3 {
+        a.create_instance("acme", "site", &[&format!("load{i}.test")]).await;
+    }
+    publish(a, "wstd-hello", "2.0.0").await;
+    staged(&nodes, "2.0.0").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (nodes, stop, ok, bad) = (nodes.clone(), stop.clone(), ok.clone(), bad.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let node = &nodes[(c + n) % nodes.len()];
+                let (status, version) = version_of(node, &format!("load{}.test", n % 3), "/").await;
+                if status == StatusCode::OK && (version == "1.0.0" || version == "2.0.0") {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    eprintln!("bad response: {status} from version {version:?}");
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        let (kind, version) = if i % 2 == 0 { ("promote", "2.0.0") } else { ("rollback", "1.0.0") };
+        let body = if kind == "promote" { json!({ "version": version }) } else { json!({}) };
+        let done = post(a, &format!("/v1/services/site/{kind}"), body).await;
+        assert_eq!(done["pending"], json!([]), "{done}");
+        let returned = Instant::now();
+        for node in nodes.iter() {
+            assert_eq!(version_of(node, "load0.test", "/").await.1, version, "swap {i}");
+        }
+        worst = worst.max(returned.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    eprintln!(
+        "{ok} responses during 10 swaps on {} nodes, {bad} bad; new version on every node within {worst:?}",
+        nodes.len()
+    );
+    assert_eq!(bad, 0);
+    assert!(ok > 100, "the load ran: {ok}");
+}
