@@ -45,8 +45,11 @@ pub struct Fleet {
     /// Wakes the beat at once (a version loaded, a generation caught up).
     pub wake: Notify,
     /// What was last written to `node_versions`, to write only changes.
-    reported: std::sync::Mutex<BTreeMap<(String, String), (String, Option<String>, u64, u64)>>,
+    reported: std::sync::Mutex<Reports>,
 }
+
+/// (service, version) → (state, error, requests, errors), as reported.
+type Reports = BTreeMap<(String, String), (String, Option<String>, u64, u64)>;
 
 /// A node as the fleet sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -117,7 +120,7 @@ impl Fleet {
             .execute(&self.db)
             .await
             .context("failed to beat")?;
-        let mut current: BTreeMap<(String, String), (String, Option<String>, u64, u64)> = BTreeMap::new();
+        let mut current = Reports::new();
         for slot in node.registry.slots() {
             for version in slot.versions() {
                 let served = version.served.load(std::sync::atomic::Ordering::Relaxed);

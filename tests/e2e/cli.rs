@@ -335,3 +335,39 @@ async fn the_cli_prices_a_service_and_shows_a_month_of_invoices() {
     assert!(ok && discounts.contains("Loyal"), "{discounts}");
     ok_json(&node, &["discount", "remove", discount["id"].as_str().unwrap()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_stages_promotes_rolls_back_and_runs_canaries() {
+    guests();
+    let node = TestNode::start().await;
+    ok_json(&node, &["publish", repo().join("plugins/hello").to_str().unwrap()]);
+    ok_json(&node, &["tenant", "create", "acme"]);
+    ok_json(&node, &["instance", "create", "--tenant", "acme", "--service", "hello", "--host", "a.test"]);
+    let b = ok_json(&node, &["instance", "create", "--tenant", "acme", "--service", "hello", "--host", "b.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wharf.toml"), "[service]\nname = \"hello\"\nversion = \"2.0.0\"\n").unwrap();
+    let echo = guests().join("echo.wasm");
+    ok_json(&node, &["publish", dir.path().to_str().unwrap(), "--component", echo.to_str().unwrap()]);
+
+    let (ok, out, err) = wharf(&node, &["stage", "hello", "2.0.0"]);
+    assert!(ok && out.contains("hello 2.0.0: ready on 1 nodes; not ready: none"), "{out}{err}");
+    let (ok, out, _) = wharf(&node, &["canary", "start", "hello", "2.0.0", "--instance", b["id"].as_str().unwrap()]);
+    assert!(ok && out.contains(b["id"].as_str().unwrap()), "{out}");
+    assert!(node.get("b.test", "/").await.1.starts_with("echo:"));
+    assert!(node.get("a.test", "/").await.1.starts_with("Hello"));
+    let (ok, out, _) = wharf(&node, &["canary", "end", "hello"]);
+    assert!(ok && out.contains("canary ended"), "{out}");
+    let (ok, out, _) = wharf(&node, &["promote", "hello", "2.0.0"]);
+    assert!(ok && out.contains("hello: 0.1.0 -> 2.0.0 on 1 nodes"), "{out}");
+    assert!(node.get("a.test", "/").await.1.starts_with("echo:"));
+    let (ok, status, _) = wharf(&node, &["status", "hello"]);
+    assert!(ok && status.contains("active 2.0.0, previous 0.1.0") && status.contains("caught up"), "{status}");
+    assert!(status.contains("promote 2.0.0 by"), "{status}");
+    let (ok, out, _) = wharf(&node, &["rollback", "hello"]);
+    assert!(ok && out.contains("2.0.0 -> 0.1.0"), "{out}");
+    assert!(node.get("a.test", "/").await.1.starts_with("Hello"));
+    let (ok, nodes, _) = wharf(&node, &["nodes"]);
+    assert!(ok && nodes.starts_with("NODE") && nodes.contains("true"), "{nodes}");
+    let (ok, _, err) = wharf(&node, &["promote", "hello", "7.0.0"]);
+    assert!(!ok && err.contains("7.0.0"), "{err}");
+}

@@ -284,7 +284,9 @@ pub(crate) async fn status(
     let nodes: Vec<_> = rollout::nodes(&node.db).await?.into_iter().filter(|n| n.live).collect();
     let current = crate::store::generation(&node.db).await.map_err(anyhow::Error::from)?;
     let mut on_nodes = rollout::versions_on_nodes(&node.db, &service).await?;
-    let pins: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+    // (instance, version, by, reason)
+    type Pin = (String, Option<String>, Option<String>, Option<String>);
+    let pins: Vec<Pin> = sqlx::query_as(
         "SELECT id, pinned_version, pinned_by, pin_reason FROM instances WHERE service = $1 AND pinned_version IS NOT NULL",
     )
     .bind(&service)

@@ -301,7 +301,7 @@ impl Usage {
         let mut tx = self.db.begin().await.context("failed to begin transaction")?;
         let fresh =
             sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-                .bind(&batch)
+                .bind(batch)
                 .bind(store::now())
                 .execute(&mut *tx)
                 .await

@@ -5,6 +5,7 @@ mod billing;
 mod client;
 mod credentials;
 mod output;
+mod rollout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,22 @@ pub enum Command {
     /// Switch the version every instance following a service runs. Atomic: new
     /// requests run the new version, in-flight ones finish on the old.
     Activate { service: String, version: String },
+    /// Make every node fetch and compile a version, and wait until each reports
+    /// it ready (or why not).
+    Stage { service: String, version: String },
+    /// Make a staged version active on every node at once; returns when every
+    /// live node has switched, or names those that have not.
+    Promote { service: String, version: String },
+    /// Return to the version active before, the same way.
+    Rollback { service: String },
+    /// Per node: which versions are ready and active, requests and errors since
+    /// each became active, pins and the latest promotions.
+    Status { service: String },
+    /// Canaries: a version on chosen instances before promoting it.
+    #[command(subcommand)]
+    Canary(rollout::CanaryCommand),
+    /// The nodes of the platform.
+    Nodes,
     /// Services and their versions.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -768,6 +785,12 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
             out.published(&published)
         }
         Command::Jobs(command) => run_jobs(client, &out, command).await,
+        Command::Stage { service, version } => rollout::stage(client, &out, &service, &version).await,
+        Command::Promote { service, version } => rollout::promote(client, &out, &service, Some(&version)).await,
+        Command::Rollback { service } => rollout::promote(client, &out, &service, None).await,
+        Command::Status { service } => rollout::status(client, &out, &service).await,
+        Command::Canary(command) => rollout::canary(client, &out, command).await,
+        Command::Nodes => rollout::nodes(client, &out).await,
         Command::Plan(command) => billing::plan(client, &out, command).await,
         Command::Invoice(command) => billing::invoice(client, &out, command).await,
         Command::Billing(command) => billing::billing(client, &out, command).await,

@@ -68,6 +68,7 @@ pub const VERSION_HEADER: &str = "x-wharf-version";
 
 impl Ingress {
     /// An ingress routing through `router` into `runtime`.
+    #[allow(clippy::too_many_arguments)] // one per part of the node it ties together
     pub fn new(
         router: Arc<Router>,
         runtime: Arc<Runtime>,
