@@ -39,10 +39,10 @@ export WHARF_TOKEN=$(sed -n 's/^WHARF_TOKEN=//p' "$work/node1.out") WHARF_ADMIN_
 start_node 2
 start_node 3
 
-printf '[service]\nname = "site"\nversion = "1.0.0"\n' >"$work/v1.toml"
-printf '[service]\nname = "site"\nversion = "2.0.0"\n' >"$work/v2.toml"
+printf '[service]\nname = "site"\nversion = "1.0.0"\nsql = ["sqlite", "postgres"]\n' >"$work/v1.toml"
+printf '[service]\nname = "site"\nversion = "2.0.0"\nsql = ["sqlite", "postgres"]\n' >"$work/v2.toml"
 "$wharf" publish "$work/v1.toml" --component "$wasm/hello.wasm" >/dev/null
-"$wharf" publish "$work/v2.toml" --component "$wasm/wstd_hello.wasm" >/dev/null
+"$wharf" publish "$work/v2.toml" --component "$wasm/wstd-hello.wasm" >/dev/null
 "$wharf" tenant create bench >/dev/null
 for i in 1 2 3; do "$wharf" instance create --tenant bench --service site --host "site$i.bench" >/dev/null; done
 "$wharf" stage site 2.0.0

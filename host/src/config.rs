@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub jobs: crate::jobs::JobsConfig,
     /// Billing: its clock, and when invoices close.
     pub billing: BillingConfig,
+    /// How often a node unloads versions nothing uses any more.
+    pub unload_interval: Duration,
 }
 
 /// Billing settings of a node.
@@ -368,6 +370,7 @@ impl NodeConfig {
             trust: TrustConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
             billing: BillingConfig::default(),
+            unload_interval: Duration::from_secs(60),
         }
     }
 }

@@ -131,6 +131,9 @@ impl Fleet {
                 );
             }
         }
+        for entry in node.registry.unloaded.iter() {
+            current.insert(entry.key().clone(), ("unloaded".to_string(), None, 0, 0));
+        }
         for entry in node.registry.failed.iter() {
             current.insert(entry.key().clone(), ("failed".to_string(), Some(entry.value().clone()), 0, 0));
         }
@@ -201,7 +204,16 @@ pub async fn nodes(db: &Db) -> anyhow::Result<Vec<NodeInfo>> {
 
 /// The node's beat, until it stops; then it leaves the fleet.
 pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut last_unload = tokio::time::Instant::now();
     loop {
+        if last_unload.elapsed() >= node.config.unload_interval {
+            last_unload = tokio::time::Instant::now();
+            match node.registry.unload_unused().await {
+                Ok(unloaded) if !unloaded.is_empty() => node.fleet.wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("fleet: failed to unload unused versions: {e:#}"),
+            }
+        }
         if let Err(e) = node.fleet.beat(&node).await {
             tracing::warn!("fleet: {e:#}");
         }
@@ -306,7 +318,8 @@ pub async fn record(
 
 /// A service's latest promotions, newest first.
 pub async fn history(db: &Db, service: &str, limit: i64) -> anyhow::Result<Vec<serde_json::Value>> {
-    let rows: Vec<(String, String, Option<String>, i64, String, String, i64)> = sqlx::query_as(
+    type Row = (String, String, Option<String>, i64, String, String, i64);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT kind, version, previous, generation, actor, detail, at FROM promotions WHERE service = $1 \
          ORDER BY at DESC LIMIT $2",
     )
@@ -345,7 +358,8 @@ pub struct HealthWindow {
 
 #[derive(Default)]
 struct WindowState {
-    judged: Option<Arc<crate::registry::LoadedVersion>>,
+    /// The version judged, by address (holding it would keep it loaded).
+    judged: usize,
     previous: Option<String>,
     seen: u32,
     failed: u32,
@@ -400,12 +414,11 @@ impl HealthWindow {
             return None;
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let same = state.judged.as_ref().is_some_and(|j| Arc::ptr_eq(j, version));
-        if !same {
+        if state.judged != address {
             // A version this instance did not serve before here: judge it,
             // unless there is nothing to go back to.
             let previous = back_to.version(version);
-            *state = WindowState { judged: Some(version.clone()), previous, seen: 0, failed: 0 };
+            *state = WindowState { judged: address, previous, seen: 0, failed: 0 };
             if state.previous.is_none() || state.previous.as_deref() == Some(version.version.as_str()) {
                 self.settled.store(address, std::sync::atomic::Ordering::Relaxed);
                 return None;
@@ -441,7 +454,7 @@ pub async fn health_rollbacks(node: Arc<Node>, mut unhealthy: tokio::sync::mpsc:
         tracing::warn!(instance = %bad.instance, version = %bad.version, back_to = %bad.previous, "health gate: {}", bad.reason);
         let pinned = node
             .configurator
-            .rollout_pin(&bad.service, &[bad.instance.clone()], &bad.previous, "health", &bad.reason)
+            .rollout_pin(&bad.service, std::slice::from_ref(&bad.instance), &bad.previous, "health", &bad.reason)
             .await;
         match pinned {
             Ok((ids, generation)) if !ids.is_empty() => {

@@ -88,6 +88,8 @@ pub fn test_config(data: &Path) -> NodeConfig {
     // Tests simulate months; invoices close and limits apply within a tenth of a second.
     config.billing.settable_clock = true;
     config.billing.interval = Duration::from_millis(100);
+    // Unused versions are unloaded within a second or two.
+    config.unload_interval = Duration::from_secs(1);
     config
 }
 

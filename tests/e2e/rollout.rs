@@ -267,3 +267,75 @@ async fn promoting_and_rolling_back_under_load_fails_no_request() {
     assert_eq!(bad, 0);
     assert!(ok > 100, "the load ran: {ok}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_nothing_uses_are_unloaded_and_loaded_again_when_needed() {
+    let nodes = fleet().await;
+    let a = &nodes[0];
+    publish(a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    let id = a.create_instance("acme", "site", &["old.test"]).await;
+    publish(a, "wstd-hello", "2.0.0").await;
+    publish(a, "hello", "3.0.0").await;
+    publish(a, "wstd-hello", "4.0.0").await;
+    staged(&nodes, "2.0.0").await;
+    post(a, "/v1/services/site/promote", json!({ "version": "2.0.0" })).await;
+    staged(&nodes, "3.0.0").await;
+    post(a, "/v1/services/site/promote", json!({ "version": "3.0.0" })).await;
+    // 1.0.0 is neither active nor previous, older than the active version and
+    // unused: every node unloads it. 2.0.0 (previous) and 4.0.0 (newer: a
+    // candidate) stay.
+    let mut states = Value::Null;
+    for _ in 0..100 {
+        let status = a.get_admin("/v1/services/site/rollout").await;
+        states = json!(status["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (
+                v["version"].clone(),
+                v["nodes"].as_array().unwrap().iter().map(|n| n["state"].clone()).collect::<Vec<_>>()
+            ))
+            .collect::<Vec<_>>());
+        let unloaded = status["versions"].as_array().unwrap().iter().find(|v| v["version"] == "1.0.0").unwrap()
+            ["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["state"] == "unloaded")
+            .count();
+        if unloaded == nodes.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unloaded = |version: &str| {
+        states.as_array().unwrap().iter().find(|v| v[0] == version).unwrap()[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == "unloaded")
+    };
+    assert!(unloaded("1.0.0"), "{states}");
+    assert!(!unloaded("2.0.0") && !unloaded("3.0.0") && !unloaded("4.0.0"), "{states}");
+    // Pinned to it: loaded again (on every node), and served.
+    a.expect(
+        &a.admin_key,
+        Method::PATCH,
+        &format!("/v1/instances/{id}"),
+        json!({ "version": "1.0.0" }),
+        StatusCode::OK,
+    )
+    .await;
+    for node in &nodes {
+        let mut answer = (StatusCode::OK, String::new());
+        for _ in 0..100 {
+            answer = version_of(node, "old.test", "/").await;
+            if answer.1 == "1.0.0" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(answer, (StatusCode::OK, "1.0.0".to_string()));
+    }
+}

@@ -38,7 +38,8 @@ struct Args {
     /// Promotions and rollbacks, alternating.
     #[arg(long, default_value_t = 50)]
     swaps: usize,
-    /// Seconds of steady load before the first swap.
+    /// Seconds of steady load before the first swap (the first of them warms
+    /// connections up and is not counted).
     #[arg(long, default_value_t = 5)]
     steady_secs: u64,
     /// Pause between swaps, in milliseconds.
@@ -170,7 +171,9 @@ async fn main() -> anyhow::Result<()> {
         client.await?;
     }
     let samples = std::mem::take(&mut *samples.lock().unwrap());
-    let steady: Vec<Duration> = samples.iter().filter(|s| s.at < swaps_started).map(|s| s.latency).collect();
+    let warm = Duration::from_secs(1).min(swaps_started / 2);
+    let steady: Vec<Duration> =
+        samples.iter().filter(|s| s.at >= warm && s.at < swaps_started).map(|s| s.latency).collect();
     let during: Vec<Duration> =
         samples.iter().filter(|s| s.at >= swaps_started && s.at < swaps_ended).map(|s| s.latency).collect();
     let failed = samples.iter().filter(|s| !s.ok).count();

@@ -563,6 +563,7 @@ impl Configurator {
         let slot =
             self.registry.slot(&new.service).ok_or_else(|| RegistryError::UnknownService(new.service.clone()))?;
         if let Some(version) = &new.version {
+            self.registry.ensure_loaded(&new.service, version).await?;
             if slot.version(version).is_none() {
                 return Err(self.registry.unknown_version(&new.service, version).await.into());
             }
@@ -863,6 +864,7 @@ impl Configurator {
             None => current.pinned_version.clone(),
             Some("active") => None,
             Some(version) => {
+                self.registry.ensure_loaded(&current.service, version).await?;
                 let known = self.registry.slot(&current.service).and_then(|s| s.version(version));
                 if known.is_none() {
                     return Err(self.registry.unknown_version(&current.service, version).await.into());

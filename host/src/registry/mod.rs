@@ -213,6 +213,9 @@ pub struct Registry {
     stats: CacheStats,
     /// Versions this node failed to load, with why (reported to the fleet).
     pub failed: DashMap<(String, String), String>,
+    /// Versions this node unloaded because nothing used them; loaded again when
+    /// something needs them.
+    pub unloaded: DashMap<(String, String), ()>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -265,6 +268,7 @@ impl Registry {
             activate_lock: tokio::sync::Mutex::new(()),
             stats: CacheStats::default(),
             failed: DashMap::new(),
+            unloaded: DashMap::new(),
         };
         registry.load_all().await?;
         Ok(registry)
@@ -366,9 +370,15 @@ impl Registry {
             .fetch_all(&self.db)
             .await
             .context("failed to list published versions")?;
+        let needed = if self.unloaded.is_empty() { Default::default() } else { self.needed().await? };
         for row in &rows {
             let slot = self.slot_or_new(&row.service);
+            let key = (row.service.clone(), row.version.clone());
+            if self.unloaded.contains_key(&key) && !needed.contains(&key) {
+                continue;
+            }
             if slot.version(&row.version).is_none() {
+                self.unloaded.remove(&key);
                 // A version this node cannot load is reported, not fatal: the
                 // node keeps following every other change.
                 match self.load_version(row).await {
@@ -418,6 +428,76 @@ impl Registry {
 
     fn slot_or_new(&self, name: &str) -> Arc<ServiceSlot> {
         self.services.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceSlot::new(name))).clone()
+    }
+
+    /// Versions something needs loaded: active and previous ones, those
+    /// instances are pinned to or set up with, those with jobs that may still
+    /// run, and those staged in the last hour.
+    pub async fn needed(&self) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+        let mut needed = std::collections::HashSet::new();
+        let queries = [
+            "SELECT name, active_version FROM services WHERE active_version IS NOT NULL",
+            "SELECT name, previous_version FROM services WHERE previous_version IS NOT NULL",
+            "SELECT service, pinned_version FROM instances WHERE pinned_version IS NOT NULL",
+            "SELECT service, settled_version FROM instances WHERE settled_version IS NOT NULL",
+            "SELECT service, setup_target FROM instances WHERE setup_target IS NOT NULL",
+            "SELECT DISTINCT service, enqueued_by FROM jobs WHERE state IN ('queued', 'running', 'failed', 'dead')",
+        ];
+        for sql in queries {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as(sql).fetch_all(&self.db).await.context("failed to read what versions are used")?;
+            needed.extend(rows);
+        }
+        let staged: Vec<(String, String)> =
+            sqlx::query_as("SELECT service, version FROM service_versions WHERE staged_at > $1")
+                .bind(store::now() - 3600)
+                .fetch_all(&self.db)
+                .await
+                .context("failed to read staged versions")?;
+        needed.extend(staged);
+        Ok(needed)
+    }
+
+    /// Unload versions nothing uses: not needed (see [`Registry::needed`]), not
+    /// newer than the active version (a candidate for promotion), and held by
+    /// no request, job or route. Returns them.
+    pub async fn unload_unused(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let needed = self.needed().await?;
+        let mut unloaded = Vec::new();
+        for slot in self.slots() {
+            let Some(active) = slot.active() else { continue };
+            let active_key = semver_key(&active.version);
+            let candidates: Vec<String> = slot
+                .versions
+                .iter()
+                .filter(|v| !needed.contains(&(slot.name.clone(), v.key().clone())))
+                .filter(|v| semver_key(v.key()) < active_key)
+                .map(|v| v.key().clone())
+                .collect();
+            for version in candidates {
+                // Only the table holds it: no request, job or route does.
+                let removed = slot.versions.remove_if(&version, |_, v| Arc::strong_count(v) == 1);
+                if removed.is_some() {
+                    tracing::info!(service = %slot.name, %version, "unloaded: nothing uses it");
+                    self.unloaded.insert((slot.name.clone(), version.clone()), ());
+                    unloaded.push((slot.name.clone(), version));
+                }
+            }
+        }
+        Ok(unloaded)
+    }
+
+    /// Load `version` again if this node unloaded it (something needs it now).
+    pub async fn ensure_loaded(&self, service: &str, version: &str) -> Result<(), RegistryError> {
+        let key = (service.to_string(), version.to_string());
+        if self.unloaded.remove(&key).is_none() {
+            return Ok(());
+        }
+        let Some(row) = self.find_version(service, version).await? else { return Ok(()) };
+        let loaded = self.load_version(&row).await.map_err(RegistryError::Internal)?;
+        self.slot_or_new(service).versions.entry(version.to_string()).or_insert(loaded);
+        tracing::info!(%service, %version, "loaded again");
+        Ok(())
     }
 
     /// Every service slot on this node.
@@ -572,6 +652,7 @@ impl Registry {
     /// Make `version` the one every instance following `service` runs, at once.
     pub async fn activate(&self, service: &str, version: &str) -> Result<VersionInfo, RegistryError> {
         let slot = self.slot(service).ok_or_else(|| RegistryError::UnknownService(service.to_string()))?;
+        self.ensure_loaded(service, version).await?;
         let Some(loaded) = slot.version(version) else {
             return Err(self.unknown_version(service, version).await);
         };
