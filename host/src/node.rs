@@ -237,7 +237,7 @@ impl Node {
             admin_caps,
             watcher.clone(),
             node.config.shutdown_grace,
-            move |peer| {
+            move |peer, _after_flush| {
                 let app = app.clone();
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     // Login rate limits key on the client's address.

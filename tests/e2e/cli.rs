@@ -345,7 +345,11 @@ async fn the_cli_stages_promotes_rolls_back_and_runs_canaries() {
     ok_json(&node, &["instance", "create", "--tenant", "acme", "--service", "hello", "--host", "a.test"]);
     let b = ok_json(&node, &["instance", "create", "--tenant", "acme", "--service", "hello", "--host", "b.test"]);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("wharf.toml"), "[service]\nname = \"hello\"\nversion = \"2.0.0\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("wharf.toml"),
+        "[service]\nname = \"hello\"\nversion = \"2.0.0\"\nsql = [\"sqlite\", \"postgres\"]\n",
+    )
+    .unwrap();
     let echo = guests().join("echo.wasm");
     ok_json(&node, &["publish", dir.path().to_str().unwrap(), "--component", echo.to_str().unwrap()]);
 
@@ -357,8 +361,8 @@ async fn the_cli_stages_promotes_rolls_back_and_runs_canaries() {
     assert!(node.get("a.test", "/").await.1.starts_with("Hello"));
     let (ok, out, _) = wharf(&node, &["canary", "end", "hello"]);
     assert!(ok && out.contains("canary ended"), "{out}");
-    let (ok, out, _) = wharf(&node, &["promote", "hello", "2.0.0"]);
-    assert!(ok && out.contains("hello: 0.1.0 -> 2.0.0 on 1 nodes"), "{out}");
+    let (ok, out, err) = wharf(&node, &["promote", "hello", "2.0.0"]);
+    assert!(ok && out.contains("hello: 0.1.0 -> 2.0.0 on 1 nodes"), "{out}{err}");
     assert!(node.get("a.test", "/").await.1.starts_with("echo:"));
     let (ok, status, _) = wharf(&node, &["status", "hello"]);
     assert!(ok && status.contains("active 2.0.0, previous 0.1.0") && status.contains("caught up"), "{status}");

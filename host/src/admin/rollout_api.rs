@@ -41,6 +41,16 @@ fn wait(ms: Option<u64>, default: u64) -> ApiResult<Duration> {
     }
 }
 
+/// Refuse a version whose SQL dialects this platform's instance databases do
+/// not speak (as activating it would).
+async fn runnable_here(node: &Node, service: &str, version: &str) -> ApiResult<()> {
+    node.registry.ensure_loaded(service, version).await?;
+    if let Some(loaded) = node.registry.slot(service).and_then(|s| s.version(version)) {
+        node.registry.check_dialect(&loaded)?;
+    }
+    Ok(())
+}
+
 /// Every live node fetches and compiles the version; wait until each reports it
 /// ready (or failed).
 pub(crate) async fn stage(
@@ -53,6 +63,7 @@ pub(crate) async fn stage(
     let Stage { version, wait_ms } = body(payload)?;
     let wait = wait(wait_ms, 30_000)?;
     node.registry.version(&service, &version).await?;
+    runnable_here(&node, &service, &version).await?;
     {
         let mut tx = node.db.begin().await.map_err(anyhow::Error::from)?;
         sqlx::query("UPDATE service_versions SET staged_at = $1 WHERE service = $2 AND version = $3")
@@ -205,6 +216,7 @@ pub(crate) async fn canary(
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Canary { version, instances, percent } = body(payload)?;
     node.registry.version(&service, &version).await?;
+    runnable_here(&node, &service, &version).await?;
     let not_ready = rollout::not_ready(&node.db, &service, &version).await?;
     if !not_ready.is_empty() {
         return Err(ApiError::new(

@@ -71,7 +71,7 @@ pub async fn serve<S, B>(
     caps: ConnectionCaps,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-    service: impl Fn(SocketAddr) -> S,
+    service: impl Fn(SocketAddr, Arc<AfterFlush>) -> S,
 ) where
     S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -100,12 +100,14 @@ pub async fn serve<S, B>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let after_flush = Arc::new(AfterFlush::default());
+        let io = FlushIo { inner: TokioIo::new(stream), after_flush: after_flush.clone() };
         let conn = http1::Builder::new()
             .keep_alive(true)
             // A client gets this long to send a request's headers (slowloris).
             .timer(TokioTimer::new())
             .header_read_timeout(caps.header_timeout)
-            .serve_connection(TokioIo::new(stream), service(peer));
+            .serve_connection(io, service(peer, after_flush));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -118,5 +120,90 @@ pub async fn serve<S, B>(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(listener = name, "drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(listener = name, "shutdown grace period elapsed with requests in flight"),
+    }
+}
+
+/// What to do once everything a connection has written so far has been handed
+/// to the kernel (hyper flushes after each response): the ingress counts a
+/// request's usage there, so a node killed before a response left bills
+/// nothing for it. What is still pending when the connection ends runs then.
+#[derive(Default)]
+pub struct AfterFlush {
+    pending: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl AfterFlush {
+    /// Run `work` after the connection's next flush.
+    pub fn push(&self, work: Box<dyn FnOnce() + Send>) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(work);
+    }
+
+    fn run(&self) {
+        let work = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in work {
+            w();
+        }
+    }
+}
+
+impl Drop for AfterFlush {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// A connection's IO that runs its [`AfterFlush`] work on every completed flush.
+struct FlushIo<T> {
+    inner: T,
+    after_flush: Arc<AfterFlush>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for FlushIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for FlushIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let flushed = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(flushed, std::task::Poll::Ready(Ok(()))) {
+            self.after_flush.run();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -138,18 +138,28 @@ impl Ingress {
         grace: std::time::Duration,
     ) {
         let caps = self.caps.clone();
-        listener::serve("ingress", listener, caps, shutdown, grace, move |_peer| {
+        listener::serve("ingress", listener, caps, shutdown, grace, move |_peer, after_flush| {
             let ingress = self.clone();
             hyper::service::service_fn(move |req| {
-                let ingress = ingress.clone();
-                async move { Ok::<_, std::convert::Infallible>(ingress.handle(req).await) }
+                let (ingress, after_flush) = (ingress.clone(), after_flush.clone());
+                async move { Ok::<_, std::convert::Infallible>(ingress.handle_on(req, Some(after_flush)).await) }
             })
         })
         .await
     }
 
     /// Route and run one request.
-    pub async fn handle(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    pub async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+        self.handle_on(req, None).await
+    }
+
+    /// Route and run one request of a connection whose flushes `after_flush`
+    /// hears of: its usage counts once its response has left.
+    async fn handle_on(
+        &self,
+        mut req: hyper::Request<Incoming>,
+        after_flush: Option<Arc<listener::AfterFlush>>,
+    ) -> hyper::Response<HyperOutgoingBody> {
         let request_id = self.ids.hash_one(self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let host = match router::request_host(&req) {
             Ok(host) => host,
@@ -343,7 +353,9 @@ impl Ingress {
         if let Ok(value) = HeaderValue::from_str(&version.version) {
             response.headers_mut().insert(VERSION_HEADER, value);
         }
-        response.map(|body| http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover }))
+        response.map(|body| {
+            http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover: Some(handover), after_flush })
+        })
     }
 }
 
@@ -399,10 +411,28 @@ impl Drop for Handover {
     }
 }
 
-/// A response body that tells its [`Tally`] when it is over.
+/// A response body that tells its [`Tally`] when it is over and has left: at
+/// the connection's next flush.
 struct TalliedBody {
     inner: HyperOutgoingBody,
-    handover: Handover,
+    handover: Option<Handover>,
+    after_flush: Option<Arc<listener::AfterFlush>>,
+}
+
+impl TalliedBody {
+    fn over(&mut self) {
+        let Some(handover) = self.handover.take() else { return };
+        match &self.after_flush {
+            Some(after_flush) => after_flush.push(Box::new(move || drop(handover))),
+            None => drop(handover),
+        }
+    }
+}
+
+impl Drop for TalliedBody {
+    fn drop(&mut self) {
+        self.over();
+    }
 }
 
 impl hyper::body::Body for TalliedBody {
@@ -415,7 +445,7 @@ impl hyper::body::Body for TalliedBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
-            self.handover.finish();
+            self.over();
         }
         polled
     }
