@@ -186,7 +186,8 @@ async fn a_new_version_failing_its_first_requests_is_rolled_back_by_itself() {
     post(&node, "/v1/services/site/promote", json!({ "version": "2.0.0" })).await;
     assert_eq!(version_of(&node, "well.test", "/ok").await, (StatusCode::OK, "2.0.0".to_string()));
     let mut failures = 0;
-    for _ in 0..60 {
+    let started = Instant::now();
+    loop {
         let (status, version) = version_of(&node, "sick.test", "/trap").await;
         if version == "1.0.0" {
             assert_eq!(status, StatusCode::OK);
@@ -194,10 +195,14 @@ async fn a_new_version_failing_its_first_requests_is_rolled_back_by_itself() {
         }
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         failures += 1;
+        assert!(started.elapsed() < Duration::from_secs(20), "never rolled back ({failures} failures)");
+        if failures >= 10 {
+            // Judged; the pin lands moments later (a transaction and a table
+            // rebuild, slower on a loaded PostgreSQL).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    // Judged after 10 requests; the pin lands moments later (a transaction and
-    // a table rebuild), so a few more may still fail.
-    assert!((10..=40).contains(&failures), "rolled back after its first failures: {failures}");
+    assert!(failures >= 10, "judged only after 10 requests: {failures}");
     let instance = node.get_admin(&format!("/v1/instances/{sick}")).await;
     assert_eq!((instance["pinned_by"].as_str(), instance["pinned_version"].as_str()), (Some("health"), Some("1.0.0")));
     assert!(instance["pin_reason"].as_str().unwrap().contains("of its first"), "{instance}");

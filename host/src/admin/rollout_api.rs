@@ -168,15 +168,14 @@ async fn promote_to(
     }
     let previous = node.registry.slot(service).and_then(|s| s.active()).map(|v| v.version.clone());
     let started = std::time::Instant::now();
-    node.registry.activate(service, version).await?;
-    let mut generation = node.generation.get();
-    // Canaries and health pins end with a promotion: every instance follows it.
-    let (released, unpinned) =
-        node.configurator.rollout_unpin(service, &["canary", "health"]).await.map_err(ApiError::from)?;
-    if let Some(g) = unpinned {
-        generation = generation.max(g);
+    // One transaction: the version becomes active and canary and health pins
+    // end (every instance follows it), under one generation.
+    let (_, released) = node.registry.promote(service, version, true).await?;
+    let generation = node.generation.get();
+    if !released.is_empty() {
+        node.configurator.refresh_routes().await?;
     }
-    node.fleet.ack(node.generation.get()).await?;
+    node.fleet.ack(generation).await?;
     let (acknowledged, pending) = rollout::wait_for_acks(&node.db, generation, wait).await?;
     let took_ms = started.elapsed().as_millis() as u64;
     let detail = format!("{} nodes acknowledged in {took_ms} ms", acknowledged.len());
@@ -305,6 +304,15 @@ pub(crate) async fn status(
     .fetch_all(&node.db)
     .await
     .map_err(anyhow::Error::from)?;
+    let staged: std::collections::HashMap<String, Option<i64>> = sqlx::query_as::<_, (String, Option<i64>)>(
+        "SELECT version, staged_at FROM service_versions WHERE service = $1",
+    )
+    .bind(&service)
+    .fetch_all(&node.db)
+    .await
+    .map_err(anyhow::Error::from)?
+    .into_iter()
+    .collect();
     let versions: Vec<Value> = info
         .versions
         .iter()
@@ -320,6 +328,7 @@ pub(crate) async fn status(
             json!({
                 "version": v.version,
                 "active": info.active_version.as_deref() == Some(v.version.as_str()),
+                "staged_at": staged.get(&v.version).copied().flatten(),
                 "previous": previous.as_deref() == Some(v.version.as_str()),
                 "ready_on": states.iter().filter(|s| s.state == "ready").count(),
                 "nodes": states,

@@ -651,6 +651,18 @@ impl Registry {
 
     /// Make `version` the one every instance following `service` runs, at once.
     pub async fn activate(&self, service: &str, version: &str) -> Result<VersionInfo, RegistryError> {
+        Ok(self.promote(service, version, false).await?.0)
+    }
+
+    /// Activate `version` and, with `release_pins`, release the rollout's pins
+    /// (canary, health) of the service's instances, in one transaction. Returns
+    /// the version and the instances released (the caller rebuilds routes).
+    pub async fn promote(
+        &self,
+        service: &str,
+        version: &str,
+        release_pins: bool,
+    ) -> Result<(VersionInfo, Vec<String>), RegistryError> {
         let slot = self.slot(service).ok_or_else(|| RegistryError::UnknownService(service.to_string()))?;
         self.ensure_loaded(service, version).await?;
         let Some(loaded) = slot.version(version) else {
@@ -671,6 +683,25 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .context("failed to record the active version")?;
+        let mut released = Vec::new();
+        if release_pins {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT id FROM instances WHERE service = $1 AND pinned_by IN ('canary', 'health') ORDER BY id",
+            )
+            .bind(service)
+            .fetch_all(&mut *tx)
+            .await
+            .context("failed to read the rollout's pins")?;
+            sqlx::query(
+                "UPDATE instances SET pinned_version = NULL, pinned_by = NULL, pin_reason = NULL \
+                 WHERE service = $1 AND pinned_by IN ('canary', 'health')",
+            )
+            .bind(service)
+            .execute(&mut *tx)
+            .await
+            .context("failed to release the rollout's pins")?;
+            released = rows.into_iter().map(|(id,)| id).collect();
+        }
         let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
         tx.commit().await.context("failed to commit activation")?;
         if slot.active().is_none_or(|a| a.version != loaded.version) {
@@ -689,10 +720,12 @@ impl Registry {
             previous = previous.as_ref().map(|p| p.version.as_str()).unwrap_or("none"),
             "activated"
         );
-        self.find_version(service, version)
+        let info = self
+            .find_version(service, version)
             .await?
             .map(|row| row.info())
-            .ok_or_else(|| anyhow::anyhow!("activated version vanished").into())
+            .ok_or_else(|| RegistryError::Internal(anyhow::anyhow!("activated version vanished")))?;
+        Ok((info, released))
     }
 
     /// The error for a version that does not exist, listing the ones that do.
