@@ -89,34 +89,9 @@ echo "all: $(tr '\n' ' ' <<<"$sorted")"
 "$wharf" activate hello 1.0.0 >/dev/null
 
 haproxy_with() {
-    local n=$1 servers=""
-    for i in $(seq 1 "$n"); do servers+="    server node$i 127.0.0.1:$((19000 + i)) check port $((19100 + i))"$'\n'; done
-    cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    option redispatch
-    retries 2
-    retry-on conn-failure empty-response response-timeout 502 503 504
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 1s fall 2 rise 1
-frontend ingress
-    bind 127.0.0.1:18080
-    default_backend nodes
-backend nodes
-    balance roundrobin
-    http-request disable-l7-retry unless { method GET HEAD PUT DELETE OPTIONS }
-$servers
-listen stats
-    bind 127.0.0.1:18099
-    stats enable
-    stats uri /stats
-CFG
+    local n=$1 nodes=()
+    for i in $(seq 1 "$n"); do nodes+=($((19000 + i)) $((19100 + i))); done
+    haproxy_config "$work/haproxy.cfg" 18080 "${nodes[@]}"
     haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
     haproxy_pid=$!
     pids+=($!)

@@ -37,3 +37,42 @@ prepare() {
     work=$(mktemp -d); pids=()
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 }
+
+# haproxy_config FILE PORT ADMIN_PORT NODE_PORTS... — HAProxy in front of the nodes
+# listening on NODE_PORTS (ingress) with their admin API on ADMIN_PORT + the
+# same offset: health checks on /readyz, idempotent requests retried on another
+# node, stats at 127.0.0.1:18099/stats.
+haproxy_config() {
+    local file=$1 port=$2; shift 2
+    local servers="" i=1
+    while (( $# >= 2 )); do
+        servers+="    server node$i 127.0.0.1:$1 check port $2"$'\n'
+        shift 2; i=$((i + 1))
+    done
+    cat >"$file" <<CFG
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option redispatch
+    retries 2
+    retry-on conn-failure empty-response response-timeout 502 503 504
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 1
+frontend ingress
+    bind 127.0.0.1:$port
+    default_backend nodes
+backend nodes
+    balance roundrobin
+    http-request disable-l7-retry unless { method GET HEAD PUT DELETE OPTIONS }
+$servers
+listen stats
+    bind 127.0.0.1:18099
+    stats enable
+    stats uri /stats
+CFG
+}

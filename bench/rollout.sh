@@ -47,30 +47,7 @@ printf '[service]\nname = "site"\nversion = "2.0.0"\nsql = ["sqlite", "postgres"
 for i in 1 2 3; do "$wharf" instance create --tenant bench --service site --host "site$i.bench" >/dev/null; done
 "$wharf" stage site 2.0.0
 
-cat >"$work/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    option redispatch
-    retries 2
-    retry-on conn-failure empty-response response-timeout 502 503 504
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 1s fall 2 rise 1
-frontend ingress
-    bind 127.0.0.1:18180
-    default_backend nodes
-backend nodes
-    balance roundrobin
-    http-request disable-l7-retry unless { method GET HEAD PUT DELETE OPTIONS }
-    server node1 127.0.0.1:19201 check port 19301
-    server node2 127.0.0.1:19202 check port 19302
-    server node3 127.0.0.1:19203 check port 19303
-CFG
+haproxy_config "$work/haproxy.cfg" 18180 19201 19301 19202 19302 19203 19303
 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
 pids+=($!)
 until curl -sf -H 'Host: site1.bench' http://127.0.0.1:18180/ >/dev/null; do sleep 0.05; done

@@ -60,6 +60,11 @@ fn event_at(events: &[Value], what: &str, scripted: i64) -> i64 {
     at
 }
 
+/// PATCH an instance as `token`, expecting `status`.
+async fn patch_instance(node: &TestNode, token: &str, id: &str, body: Value, status: StatusCode) -> Value {
+    node.expect(token, Method::PATCH, &format!("/v1/instances/{id}"), body, status).await
+}
+
 async fn set_plan(node: &TestNode, service: &str, plan: Value) -> Value {
     let (status, body) = node.admin(Method::PUT, &format!("/v1/services/{service}/plan"), Some(plan)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -119,14 +124,7 @@ async fn a_scripted_month_bills_exactly_the_expected_lines() {
     traffic(&node, "site.acme.test", 10, StatusCode::OK).await;
     // Day 10: Y dropped.
     set_clock(&node, JAN_1 + 9 * DAY).await;
-    node.expect(
-        &node.admin_key,
-        Method::PATCH,
-        &format!("/v1/instances/{id}"),
-        json!({ "modules": ["x"] }),
-        StatusCode::OK,
-    )
-    .await;
+    patch_instance(&node, &node.admin_key, &id, json!({ "modules": ["x"] }), StatusCode::OK).await;
     traffic(&node, "site.acme.test", 10, StatusCode::OK).await;
     // Day 20: a new version without X is activated.
     set_clock(&node, JAN_1 + 19 * DAY).await;
@@ -143,14 +141,7 @@ async fn a_scripted_month_bills_exactly_the_expected_lines() {
     traffic(&node, "site.acme.test", 10, StatusCode::OK).await;
     // Day 25: the instance disabled; it serves (and bills) nothing more.
     set_clock(&node, JAN_1 + 24 * DAY).await;
-    node.expect(
-        &node.admin_key,
-        Method::PATCH,
-        &format!("/v1/instances/{id}"),
-        json!({ "enabled": false }),
-        StatusCode::OK,
-    )
-    .await;
+    patch_instance(&node, &node.admin_key, &id, json!({ "enabled": false }), StatusCode::OK).await;
     traffic(&node, "site.acme.test", 5, StatusCode::GONE).await;
     let usage = wait_billed_requests(&node, &id, 30).await;
     let fuel = usage["fuel"].as_i64().unwrap();
@@ -288,35 +279,14 @@ async fn an_expired_instance_answers_402_and_is_not_billed_after_its_end() {
     let id = node.create_instance("acme", "hello", &["trial.acme.test"]).await;
     // The end of a trial is the operator's: the tenant cannot extend its own.
     let ends = JAN_1 + 14 * DAY;
-    let answer = node
-        .expect(
-            &owner,
-            Method::PATCH,
-            &format!("/v1/instances/{id}"),
-            json!({ "ends_at": ends + 365 * DAY }),
-            StatusCode::FORBIDDEN,
-        )
-        .await;
+    let answer =
+        patch_instance(&node, &owner, &id, json!({ "ends_at": ends + 365 * DAY }), StatusCode::FORBIDDEN).await;
     assert!(answer["error"].as_str().unwrap().contains("wharf.billing.operate"), "{answer}");
-    let answer = node
-        .expect(
-            &node.admin_key,
-            Method::PATCH,
-            &format!("/v1/instances/{id}"),
-            json!({ "ends_at": "tomorrow" }),
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+    let answer =
+        patch_instance(&node, &node.admin_key, &id, json!({ "ends_at": "tomorrow" }), StatusCode::BAD_REQUEST).await;
     assert!(answer["error"].as_str().unwrap().contains("2027-01-10"), "{answer}");
-    let instance = node
-        .expect(
-            &node.admin_key,
-            Method::PATCH,
-            &format!("/v1/instances/{id}"),
-            json!({ "ends_at": "2027-01-15" }),
-            StatusCode::OK,
-        )
-        .await;
+    let instance =
+        patch_instance(&node, &node.admin_key, &id, json!({ "ends_at": "2027-01-15" }), StatusCode::OK).await;
     assert_eq!(instance["ends_at"], ends);
     assert_eq!(node.get("trial.acme.test", "/").await.0, StatusCode::OK);
 
@@ -333,14 +303,7 @@ async fn an_expired_instance_answers_402_and_is_not_billed_after_its_end() {
     assert_eq!(lines[0]["amount"], prorate(3100, ends - start, JANUARY));
     assert!(lines[0]["sources"].to_string().contains("end date 2027-01-15T00:00:00Z reached"));
     // Renewed by the operator: it serves again, billed from the renewal on.
-    node.expect(
-        &node.admin_key,
-        Method::PATCH,
-        &format!("/v1/instances/{id}"),
-        json!({ "ends_at": null }),
-        StatusCode::OK,
-    )
-    .await;
+    patch_instance(&node, &node.admin_key, &id, json!({ "ends_at": null }), StatusCode::OK).await;
     assert_eq!(node.get("trial.acme.test", "/").await.0, StatusCode::OK);
 }
 
