@@ -426,7 +426,7 @@ impl Billing {
                         formatted: money::format(amount, &currency),
                         currency: currency.clone(),
                         explanation: format!(
-                            "{} per period × {seconds} s of the period's {period_secs} s ({})",
+                            "{} per month × {seconds} s of the month's {period_secs} s ({})",
                             money::format(price, &currency),
                             proration(seconds, period_secs)
                         ),
@@ -690,13 +690,13 @@ fn summary(invoice: &Invoice) -> InvoiceSummary {
     }
 }
 
-/// `9 days of 31` when whole days, else `2.50 % of the period`.
+/// `9 of 31 days` when whole days, else `2.5% of the month`.
 fn proration(seconds: i64, period: i64) -> String {
     if seconds % 86_400 == 0 && period % 86_400 == 0 {
         format!("{} of {} days", seconds / 86_400, period / 86_400)
     } else {
         let bp = mul_div_round(seconds as i128, 10_000, period as i128);
-        format!("{}% of the period", percent(bp))
+        format!("{}% of the month", percent(bp))
     }
 }
 
@@ -781,7 +781,7 @@ mod tests {
     #[test]
     fn prorations_read_well() {
         assert_eq!(proration(9 * 86_400, 31 * 86_400), "9 of 31 days");
-        assert_eq!(proration(3600, 31 * 86_400), "0.13% of the period");
+        assert_eq!(proration(3600, 31 * 86_400), "0.13% of the month");
         assert_eq!(percent(1250), "12.5");
         assert_eq!(percent(10_000), "100");
         assert_eq!(escape("<a href=\"x\">&"), "&lt;a href=&quot;x&quot;&gt;&amp;");
