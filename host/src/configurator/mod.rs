@@ -1177,6 +1177,7 @@ impl Configurator {
     pub async fn rebuild_routes(&self) -> Result<(), ConfigError> {
         let (default_bytes, overrides) = self.quotas.database_limits().await?;
         let rows = self.route_rows(None).await?;
+        self.load_pinned(&rows).await?;
         for row in &rows {
             let tenant = &row.2;
             let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
@@ -1191,6 +1192,7 @@ impl Configurator {
     /// copied and swapped (creating many instances stays linear).
     async fn add_routes(&self, instance: &str) -> Result<(), ConfigError> {
         let rows = self.route_rows(Some(instance)).await?;
+        self.load_pinned(&rows).await?;
         if let Some(row) = rows.first() {
             let bytes = self.quotas.limit(&Subject::Tenant(&row.2), Quota::DatabaseBytes).await?;
             self.db_threads.set_tenant_quota(&row.2, bytes.max(0) as u64);
@@ -1198,6 +1200,23 @@ impl Configurator {
         let (routes, instances) = self.routes_of(rows);
         self.router.extend(routes, instances);
         self.load_challenges().await
+    }
+
+    /// Versions routes are pinned to (or settled on) that this node unloaded:
+    /// load them again before the table is built.
+    async fn load_pinned(&self, rows: &[RouteRow]) -> Result<(), ConfigError> {
+        let mut wanted = std::collections::BTreeSet::new();
+        for row in rows {
+            for version in [&row.4, &row.10].into_iter().flatten() {
+                wanted.insert((row.3.clone(), version.clone()));
+            }
+        }
+        for (service, version) in wanted {
+            if self.registry.unloaded.contains_key(&(service.clone(), version.clone())) {
+                self.registry.ensure_loaded(&service, &version).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn load_challenges(&self) -> Result<(), ConfigError> {

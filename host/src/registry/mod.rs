@@ -53,6 +53,9 @@ pub struct LoadedVersion {
     /// When it last became the active version on this node (Unix ms; 0: before
     /// this node started). The health gate judges only fresh promotions.
     pub activated_ms: std::sync::atomic::AtomicI64,
+    /// When something last asked for it to be loaded (a pin, an activation):
+    /// it is not unloaded for a minute after, whatever the tables say.
+    touched_ms: std::sync::atomic::AtomicI64,
 }
 
 impl LoadedVersion {
@@ -64,6 +67,7 @@ impl LoadedVersion {
             served: Default::default(),
             failed: Default::default(),
             activated_ms: Default::default(),
+            touched_ms: Default::default(),
             module_routes,
             service: manifest.service.name.clone(),
             version: manifest.service.version.clone(),
@@ -472,6 +476,8 @@ impl Registry {
                 .iter()
                 .filter(|v| !needed.contains(&(slot.name.clone(), v.key().clone())))
                 .filter(|v| semver_key(v.key()) < active_key)
+                // Asked for a moment ago: a pin or activation may be on its way.
+                .filter(|v| store::now_millis() - v.touched_ms.load(std::sync::atomic::Ordering::Relaxed) > 60_000)
                 .map(|v| v.key().clone())
                 .collect();
             for version in candidates {
@@ -490,11 +496,15 @@ impl Registry {
     /// Load `version` again if this node unloaded it (something needs it now).
     pub async fn ensure_loaded(&self, service: &str, version: &str) -> Result<(), RegistryError> {
         let key = (service.to_string(), version.to_string());
+        if let Some(loaded) = self.slot(service).and_then(|s| s.version(version)) {
+            loaded.touched_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
+        }
         if self.unloaded.remove(&key).is_none() {
             return Ok(());
         }
         let Some(row) = self.find_version(service, version).await? else { return Ok(()) };
         let loaded = self.load_version(&row).await.map_err(RegistryError::Internal)?;
+        loaded.touched_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
         self.slot_or_new(service).versions.entry(version.to_string()).or_insert(loaded);
         tracing::info!(%service, %version, "loaded again");
         Ok(())
