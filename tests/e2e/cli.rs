@@ -318,7 +318,9 @@ async fn the_cli_prices_a_service_and_shows_a_month_of_invoices() {
     assert_eq!(closed["state"], "closed");
     let (ok, human, _) = wharf(&node, &["invoice", "show", "--tenant", "acme", "2027-03"]);
     assert!(ok && human.contains("bill to   Acme Ltd, 1 Dock Road"), "{human}");
-    assert!(human.contains("module polls of forum") && human.contains("15 of 31 days"), "{human}");
+    // Half of March, give or take the second the commands took.
+    assert!(human.contains("module polls of forum"), "{human}");
+    assert!(human.contains("15 of 31 days") || human.contains("48.39% of the month"), "{human}");
     let (ok, html, _) = wharf(&node, &["invoice", "show", "--tenant", "acme", "2027-03", "--html"]);
     assert!(ok && html.starts_with("<!doctype html>"), "{html}");
     // The end of a trial, and a limit the tenant sets.
