@@ -350,8 +350,8 @@ impl Ingress {
             Handled::Failed(failure) => failure_response(&failure, request_id),
         };
         // Which version answered: one of two during a rollout, never a mix.
-        if let Ok(value) = HeaderValue::from_str(&version.version) {
-            response.headers_mut().insert(VERSION_HEADER, value);
+        if let Some(value) = &version.version_header {
+            response.headers_mut().insert(VERSION_HEADER, value.clone());
         }
         response.map(|body| {
             http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover: Some(handover), after_flush })

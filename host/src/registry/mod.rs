@@ -34,6 +34,8 @@ pub struct LoadedVersion {
     pub service: String,
     /// Semantic version.
     pub version: String,
+    /// The version as the `x-wharf-version` response header (built once).
+    pub version_header: Option<http::HeaderValue>,
     /// sha256 of the component bytes, hex.
     pub sha256: String,
     /// The pre-instantiated component.
@@ -71,6 +73,7 @@ impl LoadedVersion {
             module_routes,
             service: manifest.service.name.clone(),
             version: manifest.service.version.clone(),
+            version_header: http::HeaderValue::from_str(&manifest.service.version).ok(),
             sha256,
             pre,
             manifest,
