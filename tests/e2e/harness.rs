@@ -588,6 +588,16 @@ impl Served {
     }
 }
 
+impl Drop for Served {
+    /// A test that fails midway leaves no node running behind it.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Run `attack` while a neighbour's `GET /` on `neighbour_host` is served in a
 /// loop; panics if the neighbour gets a single error or fewer than `min_served`
 /// answers. Returns the attack's output.
