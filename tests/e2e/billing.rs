@@ -60,6 +60,15 @@ fn event_at(events: &[Value], what: &str, scripted: i64) -> i64 {
     at
 }
 
+/// A new account added to `tenant` with `role`; returns its session token.
+async fn member(node: &TestNode, tenant: &str, email: &str, role: &str) -> String {
+    let token = node.user(email).await;
+    let path = format!("/v1/tenants/{tenant}/members");
+    node.expect(&node.admin_key, Method::POST, &path, json!({ "email": email, "role": role }), StatusCode::CREATED)
+        .await;
+    token
+}
+
 /// PATCH an instance as `token`, expecting `status`.
 async fn patch_instance(node: &TestNode, token: &str, id: &str, body: Value, status: StatusCode) -> Value {
     node.expect(token, Method::PATCH, &format!("/v1/instances/{id}"), body, status).await
@@ -267,15 +276,7 @@ async fn an_expired_instance_answers_402_and_is_not_billed_after_its_end() {
     node.publish("hello", "hello", "1.0.0").await;
     set_plan(&node, "hello", json!({ "currency": "EUR", "period_price": 3100 })).await;
     node.create_tenant("acme").await;
-    let owner = node.user("owner@acme.test").await;
-    node.expect(
-        &node.admin_key,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "owner@acme.test", "role": "owner" }),
-        StatusCode::CREATED,
-    )
-    .await;
+    let owner = member(&node, "acme", "owner@acme.test", "owner").await;
     let id = node.create_instance("acme", "hello", &["trial.acme.test"]).await;
     // The end of a trial is the operator's: the tenant cannot extend its own.
     let ends = JAN_1 + 14 * DAY;
@@ -333,15 +334,7 @@ async fn two_tenants_usage_and_invoices_never_mix() {
         );
     }
     // A member of acme sees nothing of globex's billing.
-    let member = node.user("admin@acme.test").await;
-    node.expect(
-        &node.admin_key,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "admin@acme.test", "role": "admin" }),
-        StatusCode::CREATED,
-    )
-    .await;
+    let member = member(&node, "acme", "admin@acme.test", "admin").await;
     for path in [
         "/v1/tenants/globex/invoices",
         "/v1/tenants/globex/invoices/current",
@@ -379,15 +372,7 @@ async fn a_spending_limit_suspends_the_tenant_until_raised() {
     // 1 cent per request.
     set_plan(&node, "hello", json!({ "currency": "USD", "request_price": 1, "request_unit": 1 })).await;
     node.create_tenant("acme").await;
-    let owner = node.user("owner@acme.test").await;
-    node.expect(
-        &node.admin_key,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "owner@acme.test", "role": "owner" }),
-        StatusCode::CREATED,
-    )
-    .await;
+    let owner = member(&node, "acme", "owner@acme.test", "owner").await;
     let id = node.create_instance("acme", "hello", &["spend.test"]).await;
     let bad = node
         .expect(&owner, Method::PUT, "/v1/tenants/acme/billing/limit", json!({ "amount": 5 }), StatusCode::BAD_REQUEST)
