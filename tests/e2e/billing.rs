@@ -566,4 +566,25 @@ async fn billing_input_errors_are_4xx_that_say_what_to_fix() {
         .await;
     assert!(answer["error"].as_str().unwrap().contains("email"), "{answer}");
     node.expect(&node.admin_key, Method::GET, "/v1/tenants/nobody/invoices", json!(null), StatusCode::NOT_FOUND).await;
+    // What a tenant writes on its invoices is printed, never run.
+    node.expect(
+        &node.admin_key,
+        Method::PUT,
+        "/v1/tenants/acme/billing/details",
+        json!({ "name": "<script>alert(1)</script>", "address": "\"><img src=x onerror=alert(1)>" }),
+        StatusCode::OK,
+    )
+    .await;
+    let page = node
+        .http
+        .get(format!("{}/v1/tenants/acme/invoices/current?format=html", node.admin_url()))
+        .bearer_auth(&node.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+    assert!(!page.contains("<script>") && !page.contains("<img"), "{page}");
 }

@@ -111,9 +111,21 @@ async fn stage_promote_and_rollback_switch_every_node_at_once() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     let member = a.user("dev@acme.test").await;
-    let (status, _) =
-        a.call(&member, Method::POST, "/v1/services/site/promote", Some(json!({ "version": "1.0.0" }))).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A stranger with an account can neither see the fleet nor move versions.
+    for (method, path, body) in [
+        (Method::POST, "/v1/services/site/promote", Some(json!({ "version": "1.0.0" }))),
+        (Method::POST, "/v1/services/site/rollback", Some(json!({}))),
+        (Method::POST, "/v1/services/site/stage", Some(json!({ "version": "1.0.0" }))),
+        (Method::POST, "/v1/services/site/canary", Some(json!({ "version": "1.0.0", "percent": 100 }))),
+        (Method::DELETE, "/v1/services/site/canary", None),
+        (Method::GET, "/v1/services/site/rollout", None),
+        (Method::GET, "/v1/nodes", None),
+    ] {
+        let (status, answer) = a.call(&member, method, path, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+    }
+    // And without a credential, nothing at all.
+    assert_eq!(a.anonymous(Method::GET, "/v1/services/site/rollout").await.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
