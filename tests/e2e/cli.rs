@@ -249,7 +249,8 @@ async fn the_cli_publishes_migrations_and_lists_retries_and_cancels_jobs() {
     let cancelled = ok_json(&node, &["jobs", "cancel", later]);
     assert_eq!(cancelled["state"], "cancelled");
     let retried = ok_json(&node, &["jobs", "retry", later]);
-    assert_eq!(retried["state"], "queued");
+    // Queued again; an idle worker may already have claimed it when it is read back.
+    assert!(["queued", "running", "succeeded"].contains(&retried["state"].as_str().unwrap()), "{retried}");
     let (ok, _, stderr) = wharf(&node, &["jobs", "retry", keyed["id"].as_str().unwrap()]);
     assert!(!ok && stderr.contains("only dead, failed or cancelled"), "{stderr}");
 }
