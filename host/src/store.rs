@@ -93,6 +93,19 @@ pub async fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// Begin a transaction on the control plane. On SQLite it takes the write lock
+/// at its start (`BEGIN IMMEDIATE`), waiting for another writer as long as the
+/// busy timeout allows: a deferred transaction that reads, then writes after
+/// another connection committed, fails at once with "database is locked" (its
+/// WAL snapshot is stale), and the background passes (beats, usage flushes,
+/// job claims) write every second. PostgreSQL's transactions need nothing more.
+pub async fn begin(db: &Db) -> Result<sqlx::Transaction<'static, Backend>, sqlx::Error> {
+    match dialect(db) {
+        Dialect::Sqlite => db.begin_with("BEGIN IMMEDIATE").await,
+        Dialect::Postgres => db.begin().await,
+    }
+}
+
 /// A URL with its password hidden, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -204,7 +217,7 @@ pub async fn generation(db: &Db) -> Result<i64, sqlx::Error> {
 
 /// Bump the generation in a transaction of its own; returns the new generation.
 pub async fn bump(db: &Db) -> Result<i64, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut tx = begin(db).await?;
     let generation = bump_generation(&mut tx).await?;
     tx.commit().await?;
     Ok(generation)

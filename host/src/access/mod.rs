@@ -219,7 +219,7 @@ impl Access {
     /// the change are one statement, so two owners demoting each other at once
     /// cannot both succeed.
     pub async fn set_member(&self, tenant: &str, user_id: &str, role: Role) -> Result<(), AccessError> {
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", tenant).await.context("failed to lock the tenant")?;
         let changed = sqlx::query(
             "INSERT INTO tenant_members (tenant_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
@@ -244,7 +244,7 @@ impl Access {
 
     /// Remove a member and their grants in the tenant; never the last owner.
     pub async fn remove_member(&self, tenant: &str, user_id: &str, email: &str) -> Result<(), AccessError> {
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", tenant).await.context("failed to lock the tenant")?;
         let removed = sqlx::query(
             "DELETE FROM tenant_members WHERE tenant_id = $1 AND user_id = $2 AND (role <> 'owner' OR EXISTS ( \

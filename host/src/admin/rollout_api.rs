@@ -65,7 +65,7 @@ pub(crate) async fn stage(
     node.registry.version(&service, &version).await?;
     runnable_here(&node, &service, &version).await?;
     {
-        let mut tx = node.db.begin().await.map_err(anyhow::Error::from)?;
+        let mut tx = crate::store::begin(&node.db).await.map_err(anyhow::Error::from)?;
         sqlx::query("UPDATE service_versions SET staged_at = $1 WHERE service = $2 AND version = $3")
             .bind(crate::store::now())
             .bind(&service)

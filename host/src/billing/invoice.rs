@@ -226,7 +226,7 @@ impl Billing {
         let (mut invoice, accounted) = self.compute(tenant, period, true).await?;
         invoice.state = "closed".to_string();
         invoice.closed_at = Some(self.now());
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let inserted = sqlx::query(
             "INSERT INTO invoices (id, tenant_id, period, closed_at, document) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (id) DO NOTHING",

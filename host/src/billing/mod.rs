@@ -378,7 +378,7 @@ impl Billing {
     pub async fn set_plan(&self, service: &str, prices: Prices, by: &str) -> Result<Plan, BillingError> {
         let slot = self.registry.slot(service).ok_or_else(|| BillingError::UnknownService(service.to_string()))?;
         prices.check(&slot.declared_modules())?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         store::lock_row(&mut tx, "services", "name", service).await.context("failed to lock the service")?;
         let (last,): (Option<i64>,) = sqlx::query_as("SELECT MAX(revision) FROM plan_revisions WHERE service = $1")
             .bind(service)
@@ -641,7 +641,7 @@ impl Billing {
     /// platform generation of the change, if it changed anything (the caller
     /// then reloads its routes; other nodes hear of it).
     pub async fn set_suspended(&self, tenant: &str, reason: Option<&str>) -> Result<Option<i64>, BillingError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let changed = sqlx::query(
             "UPDATE billing_accounts SET suspended_reason = $1, suspended_at = $2 WHERE tenant_id = $3 \
              AND ((suspended_reason IS NULL) <> ($1 IS NULL) OR suspended_reason <> $1)",

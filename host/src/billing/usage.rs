@@ -298,7 +298,7 @@ impl Usage {
             };
             amounts.entry((instance, tenant, hour)).or_default().add(&UsageTotals { requests, jobs, fuel, errors });
         }
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let fresh =
             sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
                 .bind(batch)

@@ -362,7 +362,7 @@ impl Configurator {
         };
         // The count and the insert are one statement, under the user's row
         // lock: concurrent creations cannot both take the last place.
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "users", "id", actor.user_id).await.context("failed to lock the user")?;
         let inserted = sqlx::query(
             "INSERT INTO tenants (id, display_name, created_at, created_by) SELECT $1, $2, $3, $4 \
@@ -585,7 +585,7 @@ impl Configurator {
 
         let _guard = self.change_lock.lock().await;
         let name = self.instance_name(&new.tenant, new.name.as_deref(), &new.service).await?;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &new.tenant).await.context("failed to lock the tenant")?;
         if !actor.operator {
             let limit = self.quotas.limit(&Subject::Tenant(&new.tenant), Quota::Instances).await?;
@@ -828,7 +828,7 @@ impl Configurator {
             return Err(ConfigError::NotVerified(host, why));
         }
         let _guard = self.change_lock.lock().await;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         // The claim may have been withdrawn, or another tenant proven first.
         let still: Option<(String,)> =
             sqlx::query_as("SELECT token FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
@@ -893,7 +893,7 @@ impl Configurator {
         let enabled = change.enabled.unwrap_or(current.enabled);
         let ends_at = change.ends_at.unwrap_or(current.ends_at);
 
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &current.tenant).await.context("failed to lock the tenant")?;
         sqlx::query(
             "UPDATE instances SET pinned_version = $1, modules = $2, settings = $3, enabled = $4, ends_at = $5, \
@@ -935,7 +935,7 @@ impl Configurator {
         reason: &str,
     ) -> Result<(Vec<String>, i64), ConfigError> {
         let _guard = self.change_lock.lock().await;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let mut pinned = Vec::new();
         for id in instances {
             let changed = sqlx::query(
@@ -973,7 +973,7 @@ impl Configurator {
         kinds: &[&str],
     ) -> Result<(Vec<String>, Option<i64>), ConfigError> {
         let _guard = self.change_lock.lock().await;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let mut released = Vec::new();
         for kind in kinds {
             let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM instances WHERE service = $1 AND pinned_by = $2")

@@ -217,7 +217,7 @@ impl Identity {
         }
         let _slot = self.hashing_slot().await?;
         let password_hash = hash_blocking(password.to_string()).await?;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let accepted = match invitation {
             Some(token) => Some(Invitations::take(&mut tx, token, &email).await?),
             None => None,
@@ -230,7 +230,7 @@ impl Identity {
     /// Accept an invitation with an existing account of its address: proves
     /// the address; the caller then makes the user a member.
     pub async fn accept(&self, token: &str, user: &Caller) -> Result<Invitation, IdentityError> {
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let invitation = Invitations::take(&mut tx, token, &user.email).await?;
         sqlx::query("UPDATE users SET email_verified = $1 WHERE id = $2")
             .bind(true)
@@ -247,7 +247,7 @@ impl Identity {
         check_password(password)?;
         let _slot = self.hashing_slot().await?;
         let password_hash = hash_blocking(password.to_string()).await?;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let user = self.insert_user(&mut tx, email, &password_hash, operator, true).await?;
         tx.commit().await.context("failed to commit user")?;
         Ok(user)

@@ -490,7 +490,7 @@ impl Queue {
         }
         let now = store::now_millis();
         let mut finished_per_tenant: std::collections::BTreeMap<String, i64> = Default::default();
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         // Successes (the common case) in one statement per version they ran on.
         let mut succeeded: std::collections::BTreeMap<&str, Vec<&Claimed>> = Default::default();
         for (job, finish) in done {
@@ -591,7 +591,7 @@ impl Queue {
     /// queue, or make them dead when out of attempts. Returns how many.
     pub async fn reap(&self) -> anyhow::Result<u64> {
         let now = store::now_millis();
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let dead: Vec<(String, String, String, String)> = sqlx::query_as(
             "UPDATE jobs SET state = 'dead', finished_at = $1, lease_owner = NULL, lease_until = NULL, \
              last_error = 'its worker stopped before finishing (the lease expired) on every attempt' \
@@ -704,7 +704,7 @@ impl Queue {
     /// Queue a dead (or failed, or cancelled) job again, with its attempts reset.
     pub async fn retry(&self, id: &str) -> Result<JobInfo, JobError> {
         let job = self.get(id).await?;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let changed = sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $1, finished_at = NULL \
              WHERE id = $2 AND state IN ('dead', 'failed', 'cancelled')",
@@ -742,7 +742,7 @@ impl Queue {
     /// Cancel a job that is not running: it will not run (again).
     pub async fn cancel(&self, id: &str) -> Result<JobInfo, JobError> {
         let job = self.get(id).await?;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let changed = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = $1 WHERE id = $2 AND state IN ('queued', 'failed', 'dead')",
         )
@@ -871,7 +871,7 @@ async fn write_batch(
     for tenant in per_tenant.keys() {
         limits.insert(*tenant, quotas.limit(&Subject::Tenant(tenant), Quota::PendingJobs).await?);
     }
-    let mut tx = db.begin().await.context("failed to begin transaction")?;
+    let mut tx = crate::store::begin(db).await.context("failed to begin transaction")?;
     // Counters first: the write lock (SQLite) and each tenant's row lock
     // (PostgreSQL) before any read, so concurrent batches of one tenant queue up.
     let mut room: HashMap<&str, i64> = HashMap::new();

@@ -149,7 +149,7 @@ pub async fn reconcile(node: &Node) -> anyhow::Result<usize> {
         if state != SetupState::Ready && target.as_deref() == Some(wanted.version.as_str()) {
             continue;
         }
-        let mut tx = node.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&node.db).await.context("failed to begin transaction")?;
         if begin_in(&mut tx, &node.queue, &id, &tenant, &service, &wanted.version).await? {
             let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
             tx.commit().await.context("failed to commit the setup")?;
@@ -324,7 +324,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
 
 /// Record the setup's outcome on the instance and re-route it everywhere.
 async fn finish(node: &Node, instance: &str, target: &str, outcome: &Result<Done, Failure>) -> anyhow::Result<()> {
-    let mut tx = node.db.begin().await.context("failed to begin transaction")?;
+    let mut tx = crate::store::begin(&node.db).await.context("failed to begin transaction")?;
     match outcome {
         Ok(done) => {
             sqlx::query(

@@ -579,7 +579,7 @@ impl Registry {
 
         let now = store::now();
         let _activating = self.activate_lock.lock().await;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         sqlx::query("INSERT INTO services (name, active_version, created_at) VALUES ($1, NULL, $2) ON CONFLICT (name) DO NOTHING")
             .bind(&service)
             .bind(now)
@@ -685,7 +685,7 @@ impl Registry {
         // The record and the pointer change together: two concurrent activations
         // never leave the database naming one version and the node running another.
         let _guard = self.activate_lock.lock().await;
-        let mut tx = self.db.begin().await.context("failed to begin transaction")?;
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         // The version it replaces is kept: `wharf rollback` returns to it.
         sqlx::query(
             "UPDATE services SET previous_version = CASE WHEN active_version = $1 THEN previous_version \
