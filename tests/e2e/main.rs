@@ -2,6 +2,7 @@
 //! over loopback. One test binary for the whole project (every binary links
 //! wasmtime again).
 
+mod browser;
 mod harness;
 
 mod access;
@@ -9,6 +10,7 @@ mod billing;
 mod cli;
 mod cluster;
 mod containment;
+mod dashboard;
 mod data;
 mod instances;
 mod jobs;

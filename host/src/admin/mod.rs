@@ -1,4 +1,5 @@
-//! The admin API: JSON over HTTP, for the CLI and for scripts.
+//! The admin API: JSON over HTTP, for the CLI, scripts and the dashboard
+//! (`/dashboard`, a page over this API).
 //!
 //! Every endpoint but registration and login needs `Authorization: Bearer <token>`
 //! (a session token from `/v1/login` or an API key) and is authorized: operators
@@ -44,6 +45,7 @@
 
 mod auth;
 mod billing_api;
+pub mod dashboard;
 mod error;
 mod identity_api;
 mod jobs_api;
@@ -141,6 +143,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/services/{name}/rollback", post(rollout_api::rollback))
         .route("/v1/services/{name}/canary", post(rollout_api::canary).delete(rollout_api::abort_canary))
         .route("/v1/services/{name}/rollout", get(rollout_api::status))
+        .merge(dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
         })

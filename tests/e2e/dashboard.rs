@@ -1,0 +1,208 @@
+//! The dashboard: served with a strict policy and no data in it; driven in a
+//! headless Chromium, an operator sees the fleet and promotes and rolls back
+//! with clicks, a tenant's admin sees only their tenant, and text a tenant
+//! controls is shown as text.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::browser::{chromium, Browser};
+use crate::harness::*;
+use crate::jobs::{lab_manifest, wait_serving};
+
+async fn publish_site(node: &TestNode, version: &str) {
+    let (status, body) = node.publish_bytes(&lab_manifest("site", version, "[1]", ""), guest("jobs-lab")).await;
+    assert!(status.is_success(), "{body}");
+}
+
+async fn served_version(node: &TestNode, host: &str) -> String {
+    let resp = node.http.get(format!("http://{}/", node.ingress())).header("host", host).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.headers().get("x-wharf-version").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+/// Quote `text` as a JavaScript string literal.
+fn js(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click() {
+    let node = TestNode::start().await;
+
+    // The page itself: anyone may load it, it holds nothing, and it may run
+    // only its own script.
+    let page = node.anonymous(Method::GET, "/dashboard").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/dashboard/app.js") && !html.contains("<script>"), "no inline script: {html}");
+    let script = node.anonymous(Method::GET, "/dashboard/app.js").await;
+    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(!script.text().await.unwrap().contains("innerHTML"), "the page never parses data as HTML");
+    let root = client_no_redirects().get(format!("{}/", node.admin_url())).send().await.unwrap();
+    assert!(root.status().is_redirection(), "{}", root.status());
+    assert_eq!(root.headers()["location"], "/dashboard");
+    assert_eq!(node.anonymous(Method::GET, "/dashboard/missing").await.status(), StatusCode::NOT_FOUND);
+
+    let Some(binary) = chromium() else {
+        assert!(
+            std::env::var("WHARF_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "Chromium is needed for the dashboard test: apt-get install chromium"
+        );
+        eprintln!("SKIPPED: the dashboard in a browser (no Chromium; apt-get install chromium)");
+        return;
+    };
+
+    // A service with two versions, two tenants, and a dead job whose error
+    // carries markup a tenant's guest chose.
+    publish_site(&node, "1.0.0").await;
+    node.create_tenant("acme").await;
+    node.create_tenant("globex").await;
+    let acme = node.create_instance("acme", "site", &["acme.test"]).await;
+    let globex = node.create_instance("globex", "site", &["globex.test"]).await;
+    wait_serving(&node, "acme.test").await;
+    wait_serving(&node, "globex.test").await;
+    publish_site(&node, "2.0.0").await;
+    let markup = r#"<img src=x onerror="document.title='owned'">"#;
+    let resp = node
+        .http
+        .post(format!("http://{}/enqueue", node.ingress()))
+        .query(&[("kind", "fail"), ("payload", markup), ("attempts", "1")])
+        .header("host", "acme.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+    let started = Instant::now();
+    let dead_job = loop {
+        let dead = node.get_admin(&format!("/v1/jobs?instance={acme}&state=dead")).await;
+        if let Some(job) = dead["jobs"].as_array().unwrap().first() {
+            break job["id"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the failing job never died: {dead}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let this_node = node.get_admin("/v1/nodes").await["this_node"].as_str().unwrap().to_string();
+
+    let mut browser = Browser::start(&binary).await;
+    browser.navigate(&format!("{}/dashboard", node.admin_url())).await;
+    browser.wait_for("!document.getElementById('login').hidden", "the login form").await;
+
+    // The operator logs in with an API key and sees the fleet.
+    browser
+        .eval(&format!(
+            "(() => {{ const f = document.getElementById('login-form'); f.key.value = {}; f.requestSubmit(); return true; }})()",
+            js(&node.admin_key)
+        ))
+        .await;
+    browser
+        .wait_for(
+            &format!("document.querySelector('#nodes[data-state=ok] [data-node={}]')", js(&this_node)),
+            "this node in the nodes panel",
+        )
+        .await;
+    browser
+        .wait_for("document.querySelector('[data-service=site] tr[data-version=\"2.0.0\"]')", "version 2.0.0 listed")
+        .await;
+    for instance in [&acme, &globex] {
+        browser
+            .wait_for(&format!("document.querySelector('#instances [data-instance={}]')", js(instance)), "instances")
+            .await;
+    }
+    browser.wait_for(&format!("document.querySelector('#jobs [data-job={}]')", js(&dead_job)), "the dead job").await;
+    let text = browser.text().await;
+    assert!(text.contains(markup), "the guest's error is shown as text: {text}");
+    assert_eq!(browser.eval("document.querySelectorAll('main img').length").await, json!(0));
+    assert_eq!(browser.eval("document.title").await, json!("Wharf"));
+
+    // Stage, then promote with two clicks.
+    let click = |key: &str| {
+        format!("(() => {{ document.querySelector('[data-action={}]').click(); return true; }})()", js(key))
+    };
+    browser.eval(&click("stage:site:2.0.0")).await;
+    browser
+        .wait_for("document.getElementById('flash').textContent.includes('ready on every live node')", "staged")
+        .await;
+    browser.eval(&click("promote:site:2.0.0")).await;
+    browser
+        .wait_for(
+            "document.querySelector('[data-action=\"promote:site:2.0.0\"]').textContent.startsWith('Confirm')",
+            "the promote button asking for confirmation",
+        )
+        .await;
+    assert_eq!(node.get_admin("/v1/services/site").await["active_version"], "1.0.0", "one click changes nothing");
+    browser.eval(&click("promote:site:2.0.0")).await;
+    browser.wait_for("document.getElementById('flash').textContent.includes('now runs 2.0.0')", "promoted").await;
+    assert_eq!(node.get_admin("/v1/services/site").await["active_version"], "2.0.0");
+    assert_eq!(served_version(&node, "acme.test").await, "2.0.0");
+    browser
+        .wait_for(
+            "document.querySelector('[data-service=site] tr[data-version=\"2.0.0\"]').innerText.includes('active')",
+            "2.0.0 shown active",
+        )
+        .await;
+
+    // Roll back the same way.
+    browser.eval(&click("rollback:site")).await;
+    browser.eval(&click("rollback:site")).await;
+    browser.wait_for("document.getElementById('flash').textContent.includes('now runs 1.0.0')", "rolled back").await;
+    assert_eq!(node.get_admin("/v1/services/site").await["active_version"], "1.0.0");
+    assert_eq!(served_version(&node, "acme.test").await, "1.0.0");
+
+    // Cancel the dead job.
+    let cancel = format!("cancel:{dead_job}");
+    browser.eval(&click(&cancel)).await;
+    browser.eval(&click(&cancel)).await;
+    browser.wait_for("document.getElementById('flash').textContent.includes('cancelled')", "the job cancelled").await;
+    assert_eq!(node.get_admin(&format!("/v1/jobs/{dead_job}")).await["state"], "cancelled");
+
+    // Log out: the credential is gone from the tab.
+    browser.eval("(() => { document.getElementById('logout').click(); return true; })()").await;
+    browser.wait_for("!document.getElementById('login').hidden", "the login form again").await;
+    assert_eq!(browser.eval("sessionStorage.length").await, json!(0));
+
+    // A wrong password says so and logs nobody in.
+    let ann = "ann@acme.test";
+    node.user(ann).await;
+    let (status, body) =
+        node.admin(Method::POST, "/v1/tenants/acme/members", Some(json!({ "email": ann, "role": "admin" }))).await;
+    assert!(status.is_success(), "{body}");
+    let log_in = |password: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('login-form'); f.email.value = {}; f.password.value = {}; \
+             f.requestSubmit(); return true; }})()",
+            js(ann),
+            js(password)
+        )
+    };
+    browser.eval(&log_in("not the password")).await;
+    browser.wait_for("document.getElementById('flash').textContent.includes('Cannot log in')", "refused").await;
+    assert_eq!(browser.eval("sessionStorage.length").await, json!(0));
+
+    // A tenant's admin sees their tenant only, and no operator's controls.
+    browser.eval(&log_in(PASSWORD)).await;
+    browser.wait_for(&format!("document.querySelector('#instances [data-instance={}]')", js(&acme)), "acme").await;
+    browser.wait_for("document.querySelector('#billing [data-tenant=acme]')", "acme's billing").await;
+    let seen: Value = browser
+        .eval(
+            "({ nodes: document.getElementById('nodes').hidden, actions: document.querySelectorAll('[data-action^=promote], \
+             [data-action^=stage], [data-action^=rollback]').length, globexBilling: \
+             Boolean(document.querySelector('[data-tenant=globex]')) })",
+        )
+        .await;
+    assert_eq!(seen, json!({ "nodes": true, "actions": 0, "globexBilling": false }));
+    let text = browser.text().await;
+    assert!(text.contains(&acme) && !text.contains(&globex), "only acme's instance: {text}");
+    assert!(browser.problems.is_empty(), "the page ran without errors or policy violations: {:?}", browser.problems);
+}
+
+fn client_no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
