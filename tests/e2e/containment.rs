@@ -48,8 +48,10 @@ async fn wide_results_are_refused_before_the_node_holds_them() {
     let postgres = crate::harness::on_postgres();
     let blob = if postgres { "repeat('x', 1000000)" } else { "randomblob(1000000)" };
     let wide = |n: usize| format!("SELECT {}", vec![blob; n].join(", "));
+    // Past the column limit: refused by the count of columns alone.
+    let many_columns = format!("SELECT {}", vec!["0"; 1500].join(", "));
     let (over_columns, over_size) = neighbour_unharmed(&node, "good.test", 5, async {
-        let a = sql(&node, "/sql/query", &wide(1500)).await;
+        let a = sql(&node, "/sql/query", &many_columns).await;
         let sixty_four = wide(64);
         let b = futures::future::join_all((0..4).map(|_| sql(&node, "/sql/query", &sixty_four))).await;
         (a, b)
@@ -58,7 +60,8 @@ async fn wide_results_are_refused_before_the_node_holds_them() {
     assert!(over_columns.1.contains("too many columns"), "{over_columns:?}");
     for (status, body) in over_size {
         assert_ne!(status, StatusCode::OK);
-        assert!(body.contains("larger than 4 MiB") || body.contains("busy"), "{body}");
+        // (On a loaded machine the statement's 2 s may run out first: refused all the same.)
+        assert!(body.contains("larger than 4 MiB") || body.contains("busy") || body.contains("ran longer"), "{body}");
     }
     if postgres {
         // The node refuses a row past the result limit as it arrives (checked in
@@ -155,9 +158,19 @@ async fn time_in_database_calls_is_charged_as_fuel() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let plain = node.usage(&bad).await["fuel"].as_u64().unwrap();
     // Few enough statements to stay inside the test budget (400M fuel) on a slow
-    // machine: each takes 1 to 6 ms here.
-    let (status, body) = node.get("bad.test", "/sql/many?n=20").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // machine: each takes 1 to 6 ms here (more while the whole suite runs on
+    // two cores: a request over budget is tried again, a few times).
+    let mut tries = 0;
+    loop {
+        let (status, body) = node.get("bad.test", "/sql/many?n=20").await;
+        tries += 1;
+        if status == StatusCode::SERVICE_UNAVAILABLE && body.contains("compute budget") && tries < 5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        break;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let with_sql = node.usage(&bad).await["fuel"].as_u64().unwrap() - plain;
     // 20 statements of half a millisecond or more each, charged at 1,000,000 fuel

@@ -41,19 +41,24 @@ pub struct UsageCounters {
 }
 
 impl UsageCounters {
-    /// Count one finished request.
-    pub fn record(&self, fuel: u64, failed: bool) {
-        self.add(1, 0, fuel, failed);
+    /// The billing hour now: a request is counted in the hour it arrived
+    /// (it is recorded only once its response has left, which may be later).
+    pub fn hour(&self) -> i64 {
+        self.journal.clock.now() / 3600 * 3600
+    }
+
+    /// Count one finished request that arrived in `hour` (from [`Self::hour`]).
+    pub fn record(&self, hour: i64, fuel: u64, failed: bool) {
+        self.add(hour, 1, 0, fuel, failed);
     }
 
     /// Count one finished job run (a seeder's included).
     pub fn record_job(&self, fuel: u64, failed: bool) {
-        self.add(0, 1, fuel, failed);
+        self.add(self.hour(), 0, 1, fuel, failed);
     }
 
-    fn add(&self, requests: u64, jobs: u64, fuel: u64, failed: bool) {
+    fn add(&self, hour: i64, requests: u64, jobs: u64, fuel: u64, failed: bool) {
         let errors = u64::from(failed);
-        let hour = self.journal.clock.now() / 3600 * 3600;
         // One line, formatted on the stack (ids are short; a longer line falls
         // back to the heap), written with one `write`.
         let mut stack = [0u8; 256];

@@ -363,20 +363,22 @@ impl Ingress {
 /// body has been handed to the connection (or dropped: the client left).
 struct Tally {
     usage: Arc<crate::billing::UsageCounters>,
+    /// The billing hour the request arrived in.
+    hour: i64,
     /// The guest's fuel and failure, once done; whether the body is over.
     state: std::sync::Mutex<(Option<(u64, bool)>, bool)>,
 }
 
 impl Tally {
     fn new(usage: Arc<crate::billing::UsageCounters>) -> Self {
-        Self { usage, state: std::sync::Mutex::new((None, false)) }
+        Self { hour: usage.hour(), usage, state: std::sync::Mutex::new((None, false)) }
     }
 
     fn guest_done(&self, fuel: u64, failed: bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.0 = Some((fuel, failed));
         if state.1 {
-            self.usage.record(fuel, failed);
+            self.usage.record(self.hour, fuel, failed);
         }
     }
 
@@ -387,7 +389,7 @@ impl Tally {
         }
         state.1 = true;
         if let Some((fuel, failed)) = state.0 {
-            self.usage.record(fuel, failed);
+            self.usage.record(self.hour, fuel, failed);
         }
     }
 }
