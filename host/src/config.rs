@@ -163,6 +163,7 @@ pub struct QuotaDefaults {
     pub hostnames_per_tenant: i64,
     pub database_bytes_per_tenant: i64,
     pub pending_jobs_per_tenant: i64,
+    pub job_bytes_per_tenant: i64,
 }
 
 impl Default for QuotaDefaults {
@@ -173,6 +174,7 @@ impl Default for QuotaDefaults {
             hostnames_per_tenant: 50,
             database_bytes_per_tenant: 1 << 30,
             pending_jobs_per_tenant: 100_000,
+            job_bytes_per_tenant: 256 << 20,
         }
     }
 }

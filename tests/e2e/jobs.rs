@@ -563,3 +563,126 @@ async fn scheduled_jobs_run_once_per_period_and_the_tasks_service_runs_its_own()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What one of the tenant's quotas shows as used.
+async fn quota_used(node: &TestNode, tenant: &str, quota: &str) -> i64 {
+    let quotas = node.get_admin(&format!("/v1/tenants/{tenant}/quotas")).await;
+    let found = quotas["quotas"].as_array().unwrap().iter().find(|q| q["quota"] == quota).cloned();
+    found.unwrap_or_else(|| panic!("no {quota} in {quotas}"))["used"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_fill_the_control_plane_with_dead_jobs_or_big_payloads() {
+    let node = TestNode::start_with(|config| {
+        config.trust.quotas.pending_jobs_per_tenant = 4;
+        config.trust.quotas.job_bytes_per_tenant = 100_000;
+        config.jobs.kept_finished = 3;
+    })
+    .await;
+    publish_lab(&node, "hog", "1.0.0", "[1]", "").await;
+    node.create_tenant("hog").await;
+    let instance = node.create_instance("hog", "hog", &["hog.test"]).await;
+    wait_serving(&node, "hog.test").await;
+    let path = format!("/v1/instances/{instance}/jobs");
+
+    // Jobs that fail at once die, and dead jobs still count: a tenant cannot
+    // pile them up without end.
+    let mut dead = Vec::new();
+    for n in 0..4 {
+        let (status, body) = node
+            .admin(
+                Method::POST,
+                &path,
+                Some(json!({ "kind": "fail", "payload": format!("not a number {n}"), "max_attempts": 1 })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        dead.push(body["id"].as_str().unwrap().to_string());
+    }
+    for id in &dead {
+        wait_job(&node, id, |j| j["state"] == "dead").await;
+    }
+    assert_eq!(quota_used(&node, "hog", "pending_jobs").await, 4);
+    let (status, body) = node.admin(Method::POST, &path, Some(json!({ "kind": "noop" }))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("pending_jobs") && body["error"].as_str().unwrap().contains("dead"),
+        "{body}"
+    );
+    // Cancelling a dead job frees its place; retrying one keeps it taken (it
+    // dies again here, and still counts).
+    let (status, body) = node.admin(Method::POST, &format!("/v1/jobs/{}/cancel", dead[0]), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = node.admin(Method::POST, &format!("/v1/jobs/{}/retry", dead[1]), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_job(&node, &dead[1], |j| j["state"] == "dead" && j["attempts"] == 1).await;
+    assert_eq!(quota_used(&node, "hog", "pending_jobs").await, 3);
+    let later = json!({ "kind": "record", "delay_ms": 600_000 });
+    let (status, body) = node.admin(Method::POST, &path, Some(later.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let waiting = body["id"].as_str().unwrap().to_string();
+    let (status, _) = node.admin(Method::POST, &path, Some(later)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for id in dead[1..].iter().chain([&waiting]) {
+        let (status, body) = node.admin(Method::POST, &format!("/v1/jobs/{id}/cancel"), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(quota_used(&node, "hog", "pending_jobs").await, 0);
+
+    // Payload bytes are bounded too: what is kept counts, a succeeded job's
+    // payload is dropped at once.
+    let before = quota_used(&node, "hog", "job_bytes").await;
+    let big = "x".repeat(60_000);
+    let (status, body) =
+        node.admin(Method::POST, &path, Some(json!({ "kind": "record", "payload": big, "delay_ms": 600_000 }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let waiting = body["id"].as_str().unwrap().to_string();
+    assert_eq!(quota_used(&node, "hog", "job_bytes").await, before + 60_000);
+    let (status, body) = node.admin(Method::POST, &path, Some(json!({ "kind": "noop", "payload": big }))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("job_bytes"), "{body}");
+    // A guest enqueueing past it gets the same refusal.
+    let resp = node
+        .http
+        .post(format!("http://{}/enqueue", node.ingress()))
+        .query(&[("kind", "noop"), ("payload", big.as_str())])
+        .header("host", "hog.test")
+        .send()
+        .await
+        .unwrap();
+    let (status, text) = (resp.status(), resp.text().await.unwrap());
+    assert!(!status.is_success() && text.contains("job_bytes"), "{status} {text}");
+    // A small job runs; once it succeeded its payload is gone from the count.
+    let (status, body) =
+        node.admin(Method::POST, &path, Some(json!({ "kind": "noop", "payload": "y".repeat(30_000) }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let small = body["id"].as_str().unwrap().to_string();
+    wait_job(&node, &small, |j| j["state"] == "succeeded").await;
+    assert_eq!(quota_used(&node, "hog", "job_bytes").await, before + 60_000);
+    let shown = node.get_admin(&format!("/v1/jobs/{small}")).await;
+    assert_eq!(shown["payload"], "", "{shown}");
+    // An operator raises the quota and the big job fits.
+    let (status, body) =
+        node.admin(Method::PUT, "/v1/tenants/hog/quotas/job_bytes", Some(json!({ "limit": 1_000_000 }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = node.admin(Method::POST, &path, Some(json!({ "kind": "noop", "payload": big }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    wait_job(&node, body["id"].as_str().unwrap(), |j| j["state"] == "succeeded").await;
+    let (status, _) = node.admin(Method::POST, &format!("/v1/jobs/{waiting}/cancel"), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Only the newest finished jobs are kept (3 here), and what the quota
+    // counts is exactly the payloads still stored.
+    let stored = |jobs: &Value| -> (usize, i64) {
+        let jobs = jobs["jobs"].as_array().unwrap();
+        let finished = jobs.iter().filter(|j| j["state"] == "succeeded" || j["state"] == "cancelled").count();
+        (finished, jobs.iter().map(|j| j["payload"].as_str().unwrap_or_default().len() as i64).sum())
+    };
+    let all = format!("/v1/jobs?instance={instance}&limit=1000");
+    assert!(stored(&node.get_admin(&all).await).0 > 3);
+    let deleted = node.node().node.queue.purge().await.unwrap();
+    assert!(deleted > 0);
+    let (finished, bytes) = stored(&node.get_admin(&all).await);
+    assert_eq!(finished, 3);
+    assert_eq!(quota_used(&node, "hog", "job_bytes").await, bytes);
+}

@@ -313,6 +313,7 @@ async fn every_quota_holds_at_its_limit_and_operators_raise_it() {
             hostnames_per_tenant: 2,
             database_bytes_per_tenant: 1 << 20,
             pending_jobs_per_tenant: 100,
+            job_bytes_per_tenant: 1 << 20,
         };
     })
     .await;

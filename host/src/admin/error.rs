@@ -159,7 +159,7 @@ impl From<crate::jobs::JobError> for ApiError {
             | E::InvalidAttempts
             | E::InvalidDelay
             | E::InvalidState(_) => StatusCode::BAD_REQUEST,
-            E::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
+            E::QuotaExceeded { .. } | E::BytesExceeded { .. } => StatusCode::FORBIDDEN,
             E::UnknownJob(_) => StatusCode::NOT_FOUND,
             E::WrongState { .. } => StatusCode::CONFLICT,
             E::Internal(e) => return Self::internal(e),

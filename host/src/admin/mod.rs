@@ -480,7 +480,7 @@ struct QuotaChange {
 fn quota_named(name: &str, per_user: bool) -> ApiResult<Quota> {
     let holder = if per_user { "user" } else { "tenant" };
     Quota::parse(name).filter(|q| q.per_user() == per_user).ok_or_else(|| {
-        let known = if per_user { "tenants" } else { "instances, hostnames, database_bytes" };
+        let known = if per_user { "tenants" } else { "instances, hostnames, database_bytes, pending_jobs, job_bytes" };
         ApiError::bad_request(format!("{name:?} is not a {holder} quota; use one of: {known}"))
     })
 }

@@ -359,9 +359,13 @@ pub struct ServeArgs {
     /// Database MiB per tenant, all its instances together (default quota).
     #[arg(long, default_value_t = 1024)]
     pub quota_database_mib: i64,
-    /// Jobs a tenant may have queued or running at once (default quota).
+    /// Jobs a tenant may have unfinished at once: queued, running, waiting to
+    /// retry or dead (default quota).
     #[arg(long, default_value_t = 100_000)]
     pub quota_pending_jobs: i64,
+    /// MiB of job payloads kept for a tenant (default quota).
+    #[arg(long, default_value_t = 256)]
+    pub quota_job_mib: i64,
     /// Days an invitation can be accepted.
     #[arg(long, default_value_t = 7)]
     pub invitation_days: u64,
@@ -427,6 +431,7 @@ impl ServeArgs {
             hostnames_per_tenant: self.quota_hostnames,
             database_bytes_per_tenant: self.quota_database_mib.saturating_mul(1 << 20),
             pending_jobs_per_tenant: self.quota_pending_jobs,
+            job_bytes_per_tenant: self.quota_job_mib.saturating_mul(1 << 20),
         };
         trust.invitation_lifetime = Duration::from_secs(self.invitation_days * 86_400);
         trust.public_url = self.public_url.clone();
@@ -468,7 +473,7 @@ pub enum QuotaCommand {
         tenant: Option<String>,
         #[arg(long)]
         user: Option<String>,
-        /// instances, hostnames or database_bytes (tenants); tenants (users).
+        /// instances, hostnames, database_bytes, pending_jobs or job_bytes (tenants); tenants (users).
         quota: String,
         /// The new limit, or `default` to remove the override.
         limit: String,

@@ -464,7 +464,8 @@ impl Configurator {
             let used = match quota {
                 Quota::Instances => self.count_instances(&self.db, tenant).await?,
                 Quota::Hostnames => self.count_hostnames(&self.db, tenant).await?,
-                Quota::PendingJobs => self.pending_jobs(tenant).await?,
+                Quota::PendingJobs => self.job_counters(tenant).await?.0,
+                Quota::JobBytes => self.job_counters(tenant).await?.1,
                 _ => shared_bytes.unwrap_or_else(|| self.db_threads.tenant_bytes(tenant) as i64),
             };
             let (limit, source) = limits[&quota];
@@ -473,13 +474,14 @@ impl Configurator {
         Ok(out)
     }
 
-    async fn pending_jobs(&self, tenant: &str) -> Result<i64, ConfigError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT pending FROM job_tenants WHERE tenant_id = $1")
+    /// A tenant's unfinished jobs and the bytes of payload kept for it.
+    async fn job_counters(&self, tenant: &str) -> Result<(i64, i64), ConfigError> {
+        let row: Option<(i64, i64)> = sqlx::query_as("SELECT pending, bytes FROM job_tenants WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_optional(&self.db)
             .await
             .context("failed to count the tenant's jobs")?;
-        Ok(row.map(|(n,)| n).unwrap_or(0))
+        Ok(row.unwrap_or((0, 0)))
     }
 
     /// A user's tenants quota with what they use of it.

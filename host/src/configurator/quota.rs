@@ -22,12 +22,19 @@ pub enum Quota {
     Hostnames,
     /// Bytes of all a tenant's instance databases together.
     DatabaseBytes,
-    /// Jobs of a tenant queued or running at once.
+    /// Jobs of a tenant not finished for good: queued, running, waiting to
+    /// retry, or dead (until retried or cancelled).
     PendingJobs,
+    /// Bytes of job payloads the control plane keeps for a tenant.
+    JobBytes,
 }
 
 impl Quota {
-    pub const TENANT: [Quota; 4] = [Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs];
+    pub const TENANT: [Quota; 5] =
+        [Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs, Quota::JobBytes];
+    /// Every quota.
+    pub const ALL: [Quota; 6] =
+        [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs, Quota::JobBytes];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -36,13 +43,12 @@ impl Quota {
             Quota::Hostnames => "hostnames",
             Quota::DatabaseBytes => "database_bytes",
             Quota::PendingJobs => "pending_jobs",
+            Quota::JobBytes => "job_bytes",
         }
     }
 
     pub fn parse(name: &str) -> Option<Quota> {
-        [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs]
-            .into_iter()
-            .find(|q| q.name() == name)
+        Quota::ALL.into_iter().find(|q| q.name() == name)
     }
 
     /// Whether the quota is held by a user (else by a tenant).
@@ -57,6 +63,7 @@ impl Quota {
             Quota::Hostnames => defaults.hostnames_per_tenant,
             Quota::DatabaseBytes => defaults.database_bytes_per_tenant,
             Quota::PendingJobs => defaults.pending_jobs_per_tenant,
+            Quota::JobBytes => defaults.job_bytes_per_tenant,
         }
     }
 }
@@ -110,10 +117,7 @@ impl Quotas {
             .await
             .context("failed to read quotas")?;
         let mut limits: HashMap<Quota, (i64, &'static str)> =
-            [Quota::Tenants, Quota::Instances, Quota::Hostnames, Quota::DatabaseBytes, Quota::PendingJobs]
-                .into_iter()
-                .map(|q| (q, (q.default_in(&self.defaults), "default")))
-                .collect();
+            Quota::ALL.into_iter().map(|q| (q, (q.default_in(&self.defaults), "default"))).collect();
         for (name, value) in rows {
             if let Some(quota) = Quota::parse(&name) {
                 limits.insert(quota, (value, "override"));

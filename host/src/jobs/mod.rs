@@ -62,6 +62,9 @@ pub struct JobsConfig {
     /// Finished (succeeded, cancelled) jobs are deleted after this long; dead
     /// ones are kept until someone retries or cancels them.
     pub retention: Duration,
+    /// Finished jobs kept per tenant besides the retention: only its newest
+    /// this many (a tenant running jobs without pause fills no disk).
+    pub kept_finished: i64,
 }
 
 impl Default for JobsConfig {
@@ -77,6 +80,7 @@ impl Default for JobsConfig {
             fuel: 20_000_000_000,
             poll: Duration::from_millis(200),
             retention: Duration::from_secs(7 * 86_400),
+            kept_finished: 10_000,
         }
     }
 }
@@ -96,8 +100,10 @@ pub enum JobError {
     InvalidAttempts,
     #[error("the delay may be at most 30 days")]
     InvalidDelay,
-    #[error("tenant {tenant:?} has {pending} pending jobs, its quota (pending_jobs); wait for them to run, or ask an operator to raise it (wharf quota set)")]
+    #[error("tenant {tenant:?} has {pending} unfinished jobs (queued, running, waiting to retry or dead), its quota (pending_jobs); wait for them to run, retry or cancel its dead jobs, or ask an operator to raise it (wharf quota set)")]
     QuotaExceeded { tenant: String, pending: i64 },
+    #[error("tenant {tenant:?} keeps {bytes} bytes of job payloads, and this job's {payload} would pass its quota (job_bytes, {limit}); send smaller payloads (an id to look up rather than the data), cancel dead jobs, or ask an operator to raise it")]
+    BytesExceeded { tenant: String, bytes: i64, payload: usize, limit: i64 },
     #[error("no job {0:?}")]
     UnknownJob(String),
     #[error("job {id} is {state}; only {allowed} jobs can be {action}")]
@@ -352,18 +358,20 @@ impl Queue {
         &self,
         tx: &mut sqlx::Transaction<'_, store::Backend>,
         job: &NewJob,
-        pending_limit: Option<i64>,
+        limits: Option<(i64, i64)>,
     ) -> Result<Enqueued, JobError> {
         job.check()?;
         // The tenant's counter first: it also orders concurrent enqueues of one
         // tenant, so the quota holds across nodes, and on SQLite the transaction
         // takes the write lock before it reads (a read first could not upgrade
         // past a concurrent writer).
-        let (pending,): (i64,) = sqlx::query_as(
-            "INSERT INTO job_tenants (tenant_id, served_at, pending) VALUES ($1, 0, 1) \
-             ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + 1 RETURNING pending",
+        let (pending, bytes): (i64, i64) = sqlx::query_as(
+            "INSERT INTO job_tenants (tenant_id, served_at, pending, bytes) VALUES ($1, 0, 1, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + 1, \
+             bytes = job_tenants.bytes + excluded.bytes RETURNING pending, bytes",
         )
         .bind(&job.tenant)
+        .bind(job.payload.len() as i64)
         .fetch_one(&mut **tx)
         .await
         .context("failed to count the tenant's jobs")?;
@@ -380,9 +388,17 @@ impl Queue {
                 return Ok(Enqueued { id, created: false });
             }
         }
-        if let Some(limit) = pending_limit {
-            if pending > limit {
+        if let Some((pending_limit, bytes_limit)) = limits {
+            if pending > pending_limit {
                 return Err(JobError::QuotaExceeded { tenant: job.tenant.clone(), pending: pending - 1 });
+            }
+            if bytes > bytes_limit {
+                return Err(JobError::BytesExceeded {
+                    tenant: job.tenant.clone(),
+                    bytes: bytes - job.payload.len() as i64,
+                    payload: job.payload.len(),
+                    limit: bytes_limit,
+                });
             }
         }
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
@@ -489,7 +505,8 @@ impl Queue {
             return Ok(());
         }
         let now = store::now_millis();
-        let mut finished_per_tenant: std::collections::BTreeMap<String, i64> = Default::default();
+        // Per tenant: jobs finished for good, and payload bytes dropped.
+        let mut finished_per_tenant: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         // Successes (the common case) in one statement per version they ran on.
         let mut succeeded: std::collections::BTreeMap<&str, Vec<&Claimed>> = Default::default();
@@ -500,18 +517,20 @@ impl Queue {
         }
         for (ran_version, jobs) in &succeeded {
             for chunk in jobs.chunks(200) {
-                let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", 3 + 2 * i)).collect();
+                let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", 4 + 2 * i)).collect();
                 let pairs: Vec<String> =
-                    (0..chunk.len()).map(|i| format!("(${}, CAST(${} AS BIGINT))", 3 + 2 * i, 4 + 2 * i)).collect();
+                    (0..chunk.len()).map(|i| format!("(${}, CAST(${} AS BIGINT))", 4 + 2 * i, 5 + 2 * i)).collect();
                 // `id IN` finds the rows by key; the pairs check each one's fence.
                 let sql = format!(
                     "UPDATE jobs SET state = 'succeeded', ran_version = $1, lease_owner = NULL, lease_until = NULL, \
-                     finished_at = $2 WHERE id IN ({}) AND state = 'running' AND (id, fence) IN (VALUES {}) \
-                     RETURNING id, tenant_id",
+                     finished_at = $2, payload = $3 WHERE id IN ({}) AND state = 'running' \
+                     AND (id, fence) IN (VALUES {}) RETURNING id, tenant_id",
                     ids.join(", "),
                     pairs.join(", ")
                 );
-                let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(*ran_version).bind(now);
+                // A succeeded job's payload is not needed any more: dropped.
+                let mut query =
+                    sqlx::query_as::<_, (String, String)>(&sql).bind(*ran_version).bind(now).bind(Vec::<u8>::new());
                 for job in chunk {
                     query = query.bind(job.id.as_str()).bind(job.fence);
                 }
@@ -522,8 +541,11 @@ impl Queue {
                         "jobs' leases were taken over before they finished; their outcomes are dropped"
                     );
                 }
-                for (_, tenant) in changed {
-                    *finished_per_tenant.entry(tenant).or_default() += 1;
+                for (id, tenant) in changed {
+                    let bytes = chunk.iter().find(|j| j.id == id).map_or(0, |j| j.payload.len() as i64);
+                    let counts = finished_per_tenant.entry(tenant).or_default();
+                    counts.0 += 1;
+                    counts.1 += bytes;
                 }
             }
         }
@@ -563,15 +585,15 @@ impl Queue {
             .await
             .context("failed to record a job's outcome")?
             .rows_affected();
+            // (A dead job still counts: it keeps its payload until retried or cancelled.)
             if changed == 0 {
                 tracing::warn!(job = %job.id, "a job's lease was taken over before it finished; its outcome is dropped");
-            } else if state == "dead" {
-                *finished_per_tenant.entry(job.tenant_id.clone()).or_default() += 1;
             }
         }
-        for (tenant, count) in &finished_per_tenant {
-            sqlx::query("UPDATE job_tenants SET pending = pending - $1 WHERE tenant_id = $2")
+        for (tenant, (count, bytes)) in &finished_per_tenant {
+            sqlx::query("UPDATE job_tenants SET pending = pending - $1, bytes = bytes - $2 WHERE tenant_id = $3")
                 .bind(count)
+                .bind(bytes)
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await
@@ -612,12 +634,8 @@ impl Queue {
         .await
         .context("failed to expire leases")?
         .rows_affected();
-        for (tenant, kind, instance, version) in &dead {
-            sqlx::query("UPDATE job_tenants SET pending = pending - 1 WHERE tenant_id = $1")
-                .bind(tenant)
-                .execute(&mut *tx)
-                .await
-                .context("failed to count dead jobs")?;
+        // A dead job still counts against its tenant's quotas (until retried or cancelled).
+        for (_tenant, kind, instance, version) in &dead {
             if kind == SETUP_KIND {
                 // Its instance leaves maintenance, on the version set up last.
                 setup::abandoned(&mut tx, instance, version, "its worker stopped on every attempt").await?;
@@ -631,15 +649,37 @@ impl Queue {
         Ok(total)
     }
 
-    /// Delete succeeded and cancelled jobs older than the retention.
+    /// Delete succeeded and cancelled jobs older than the retention, and those
+    /// of a tenant beyond its newest `kept_finished` (so a tenant running
+    /// jobs without pause does not fill the control plane in a week).
     pub async fn purge(&self) -> anyhow::Result<u64> {
         let before = store::now_millis() - self.config.retention.as_millis() as i64;
-        Ok(sqlx::query("DELETE FROM jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < $1")
-            .bind(before)
-            .execute(&self.db)
-            .await
-            .context("failed to purge old jobs")?
-            .rows_affected())
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
+        let deleted: Vec<(String, i64)> = sqlx::query_as(
+            "DELETE FROM jobs WHERE state IN ('succeeded', 'cancelled') AND (finished_at < $1 OR id IN ( \
+             SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY finished_at DESC, id DESC) \
+             AS n FROM jobs WHERE state IN ('succeeded', 'cancelled')) ranked WHERE n > $2)) \
+             RETURNING tenant_id, CAST(length(payload) AS BIGINT)",
+        )
+        .bind(before)
+        .bind(self.config.kept_finished)
+        .fetch_all(&mut *tx)
+        .await
+        .context("failed to purge old jobs")?;
+        let mut freed: HashMap<&str, i64> = HashMap::new();
+        for (tenant, bytes) in &deleted {
+            *freed.entry(tenant.as_str()).or_default() += bytes;
+        }
+        for (tenant, bytes) in freed.into_iter().filter(|(_, b)| *b > 0) {
+            sqlx::query("UPDATE job_tenants SET bytes = bytes - $1 WHERE tenant_id = $2")
+                .bind(bytes)
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await
+                .context("failed to count purged jobs")?;
+        }
+        tx.commit().await.context("failed to commit purged jobs")?;
+        Ok(deleted.len() as u64)
     }
 
     /// One job.
@@ -723,8 +763,8 @@ impl Queue {
                 action: "retried",
             });
         }
-        if job.state != "failed" {
-            // It counts as pending again.
+        if job.state == "cancelled" {
+            // It counts as unfinished again (a failed or dead one still did).
             sqlx::query("UPDATE job_tenants SET pending = pending + 1 WHERE tenant_id = $1")
                 .bind(&job.tenant)
                 .execute(&mut *tx)
@@ -760,13 +800,12 @@ impl Queue {
                 action: "cancelled",
             });
         }
-        if job.state != "dead" {
-            sqlx::query("UPDATE job_tenants SET pending = pending - 1 WHERE tenant_id = $1")
-                .bind(&job.tenant)
-                .execute(&mut *tx)
-                .await
-                .context("failed to count the job")?;
-        }
+        // Finished for good (its payload stays, for a retry, until the job is deleted).
+        sqlx::query("UPDATE job_tenants SET pending = pending - 1 WHERE tenant_id = $1")
+            .bind(&job.tenant)
+            .execute(&mut *tx)
+            .await
+            .context("failed to count the job")?;
         if job.kind == SETUP_KIND {
             setup::cancelled(&mut tx, &job.instance, &job.enqueued_by).await?;
         }
@@ -863,32 +902,42 @@ async fn write_batch(
     jobs: &[&NewJob],
 ) -> anyhow::Result<Vec<Result<Enqueued, JobError>>> {
     use crate::configurator::quota::{Quota, Subject};
-    let mut per_tenant: HashMap<&str, i64> = HashMap::new();
+    // Per tenant: jobs and payload bytes in the batch.
+    let mut per_tenant: HashMap<&str, (i64, i64)> = HashMap::new();
     for job in jobs {
-        *per_tenant.entry(job.tenant.as_str()).or_default() += 1;
+        let counts = per_tenant.entry(job.tenant.as_str()).or_default();
+        counts.0 += 1;
+        counts.1 += job.payload.len() as i64;
     }
     let mut limits = HashMap::new();
     for tenant in per_tenant.keys() {
-        limits.insert(*tenant, quotas.limit(&Subject::Tenant(tenant), Quota::PendingJobs).await?);
+        let subject = Subject::Tenant(tenant);
+        let count = quotas.limit(&subject, Quota::PendingJobs).await?;
+        let bytes = quotas.limit(&subject, Quota::JobBytes).await?;
+        limits.insert(*tenant, (count, bytes));
     }
     let mut tx = crate::store::begin(db).await.context("failed to begin transaction")?;
     // Counters first: the write lock (SQLite) and each tenant's row lock
     // (PostgreSQL) before any read, so concurrent batches of one tenant queue up.
-    let mut room: HashMap<&str, i64> = HashMap::new();
+    // Room left per tenant: (jobs, bytes).
+    let mut room: HashMap<&str, (i64, i64)> = HashMap::new();
     let mut tenants: Vec<&str> = per_tenant.keys().copied().collect();
     tenants.sort_unstable();
     for tenant in tenants {
-        let count = per_tenant[tenant];
-        let (pending,): (i64,) = sqlx::query_as(
-            "INSERT INTO job_tenants (tenant_id, served_at, pending) VALUES ($1, 0, $2) \
-             ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + excluded.pending RETURNING pending",
+        let (count, bytes) = per_tenant[tenant];
+        let (pending, held): (i64, i64) = sqlx::query_as(
+            "INSERT INTO job_tenants (tenant_id, served_at, pending, bytes) VALUES ($1, 0, $2, $3) \
+             ON CONFLICT (tenant_id) DO UPDATE SET pending = job_tenants.pending + excluded.pending, \
+             bytes = job_tenants.bytes + excluded.bytes RETURNING pending, bytes",
         )
         .bind(tenant)
         .bind(count)
+        .bind(bytes)
         .fetch_one(&mut *tx)
         .await
         .context("failed to count the tenant's jobs")?;
-        room.insert(tenant, limits[tenant] - (pending - count));
+        let (count_limit, bytes_limit) = limits[tenant];
+        room.insert(tenant, (count_limit - (pending - count), bytes_limit - (held - bytes)));
     }
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut keys: HashMap<(&str, &str), String> = HashMap::new();
@@ -913,13 +962,24 @@ async fn write_batch(
                 continue;
             }
         }
+        let (count_limit, bytes_limit) = limits[job.tenant.as_str()];
         let left = room.get_mut(job.tenant.as_str()).expect("every tenant has room");
-        if *left <= 0 {
-            let pending = limits[job.tenant.as_str()] - *left;
-            outcomes.push(Err(JobError::QuotaExceeded { tenant: job.tenant.clone(), pending }));
+        if left.0 <= 0 {
+            outcomes.push(Err(JobError::QuotaExceeded { tenant: job.tenant.clone(), pending: count_limit - left.0 }));
             continue;
         }
-        *left -= 1;
+        let size = job.payload.len() as i64;
+        if size > left.1 {
+            outcomes.push(Err(JobError::BytesExceeded {
+                tenant: job.tenant.clone(),
+                bytes: bytes_limit - left.1,
+                payload: job.payload.len(),
+                limit: bytes_limit,
+            }));
+            continue;
+        }
+        left.0 -= 1;
+        left.1 -= size;
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         if let Some(key) = &job.idempotency_key {
             keys.insert((job.instance.as_str(), key.as_str()), id.clone());
@@ -928,11 +988,15 @@ async fn write_batch(
         rows.push((id, job));
     }
     // Counted but not queued (duplicates, over the quota): counted back.
-    for (tenant, count) in &per_tenant {
-        let queued = rows.iter().filter(|(_, job)| job.tenant == *tenant).count() as i64;
+    for (tenant, (count, bytes)) in &per_tenant {
+        let (queued, queued_bytes) = rows
+            .iter()
+            .filter(|(_, job)| job.tenant == *tenant)
+            .fold((0i64, 0i64), |(n, b), (_, job)| (n + 1, b + job.payload.len() as i64));
         if queued < *count {
-            sqlx::query("UPDATE job_tenants SET pending = pending - $1 WHERE tenant_id = $2")
+            sqlx::query("UPDATE job_tenants SET pending = pending - $1, bytes = bytes - $2 WHERE tenant_id = $3")
                 .bind(count - queued)
+                .bind(bytes - queued_bytes)
                 .bind(tenant)
                 .execute(&mut *tx)
                 .await
