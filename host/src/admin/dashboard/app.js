@@ -407,7 +407,7 @@ async function tenantBilling(tenant) {
     if (e.status === 403 || e.status === 404) return null;
     throw e;
   }
-  const totals = (list) => list.length ? list.map((t) => t.formatted).join(' + ') : '0';
+  const totals = (list) => list.length ? list.map((t) => t.formatted).join(' + ') : 'nothing billed';
   const limit = account.spending_limit !== null && account.spending_limit !== undefined
     ? `limit ${account.spending_limit} ${account.limit_currency || ''} (minor units)` : 'no spending limit';
   const rows = [];
@@ -435,6 +435,7 @@ async function tenantBilling(tenant) {
 
 async function invoiceLines(tenant, period) {
   const invoice = await api('GET', `/v1/tenants/${path(tenant)}/invoices/${path(period)}`);
+  if (!invoice.lines.length) return el('p', { class: 'muted' }, 'No lines: nothing is priced for this tenant in this period.');
   return table(['line', 'explanation', { label: 'amount', num: true }],
     invoice.lines.map((l) => el('tr', {}, el('td', {}, l.description),
       el('td', {}, l.explanation, l.sources.length ? el('div', { class: 'muted' }, l.sources.join('; ')) : ''),
