@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     while let Some(result) = work.next().await {
         result?;
         done += 1;
-        if done % 1000 == 0 || done == args.count {
+        if done.is_multiple_of(1000) || done == args.count {
             eprintln!("  {done}/{} tenants ({:.0}/s)", args.count, done as f64 / started.elapsed().as_secs_f64());
         }
     }
