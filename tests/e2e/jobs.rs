@@ -266,10 +266,12 @@ async fn migrations_put_only_their_instance_in_maintenance_and_a_failure_keeps_t
     node.tenant_with("globex", "hello", "hello", "neighbour.test").await;
 
     // A slow migration: the instance answers 503 with Retry-After meanwhile.
+    // (On PostgreSQL one statement runs 2.5 s: longer than a guest's statement
+    // may, which a migration's may.)
     let slow = migration(
         "0002_slow",
         "CREATE TABLE tally AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) SELECT count(*) AS n FROM c;",
-        "SELECT pg_sleep(0.6); CREATE TABLE tally (n BIGINT);",
+        "SELECT pg_sleep(2.5); CREATE TABLE tally (n BIGINT);",
     );
     publish_lab(&node, "mig", "2.0.0", "[1]", &format!("{first}{slow}")).await;
     let (status, body) =

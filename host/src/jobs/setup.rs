@@ -220,7 +220,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
         Dialect::Sqlite => crate::registry::SqlDialect::Sqlite,
     };
     let deadline = Instant::now() + node.queue.config.timeout;
-    let call = Call::until(deadline);
+    let call = Call::migration(deadline);
     let mut applied: HashMap<String, String> = HashMap::new();
     if !version.manifest.migrations.is_empty() {
         db.execute(RECORD_TABLE.to_string(), Vec::new(), &call)

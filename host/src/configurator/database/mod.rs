@@ -276,12 +276,22 @@ pub struct Call {
     /// CPU time the call's work used on its database thread, added here (waits
     /// for the connection or for a CPU are not included).
     pub cpu_nanos: Arc<AtomicU64>,
+    /// How long one statement may run ([`STATEMENT_TIMEOUT`] for guests).
+    pub statement_limit: Duration,
 }
 
 impl Call {
     /// A call bounded by `deadline`, its CPU time counted in a fresh meter.
     pub fn until(deadline: Instant) -> Self {
-        Self { deadline, cpu_nanos: Arc::default() }
+        Self { deadline, cpu_nanos: Arc::default(), statement_limit: STATEMENT_TIMEOUT }
+    }
+
+    /// A call whose statements may run until `deadline` (an instance's
+    /// migrations: building an index on a big table takes longer than a
+    /// guest's statement may).
+    pub fn migration(deadline: Instant) -> Self {
+        let limit = deadline.saturating_duration_since(Instant::now()).max(STATEMENT_TIMEOUT);
+        Self { deadline, cpu_nanos: Arc::default(), statement_limit: limit }
     }
 }
 
@@ -387,7 +397,7 @@ impl InstanceDb {
         T: Send + 'static,
         F: FnOnce(&mut Session<'_>) -> Result<T, String> + Send + 'static,
     {
-        let deadline = call.deadline;
+        let (deadline, statement_limit) = (call.deadline, call.statement_limit);
         let now = Instant::now();
         if now >= deadline {
             return Err("the request is out of time".into());
@@ -409,7 +419,7 @@ impl InstanceDb {
                     conns,
                     shared: &shared,
                     job: id,
-                    deadline: (Instant::now() + STATEMENT_TIMEOUT).min(deadline),
+                    deadline: (Instant::now() + statement_limit).min(deadline),
                     cancelled: flag,
                     data_used: false,
                     kv_used: false,
@@ -438,7 +448,7 @@ impl InstanceDb {
                 }
                 // Started: the progress handler stops it at its deadline; if it is
                 // stuck where the handler does not run, interrupt it from here.
-                let limit = (Instant::now() + STATEMENT_TIMEOUT).min(deadline) + Duration::from_millis(100);
+                let limit = (Instant::now() + statement_limit).min(deadline) + Duration::from_millis(100);
                 match tokio::time::timeout_at(limit.into(), &mut receiver).await {
                     Ok(Ok(result)) => Ok(result),
                     Ok(Err(_)) => Err("the database job failed".to_string()),
@@ -446,7 +456,7 @@ impl InstanceDb {
                         watch.interrupt();
                         match tokio::time::timeout(Duration::from_secs(1), receiver).await {
                             Ok(Ok(result)) => Ok(result),
-                            _ => Err(format!("the statement ran longer than {} s", STATEMENT_TIMEOUT.as_secs())),
+                            _ => Err(format!("the statement ran longer than {} s", statement_limit.as_secs())),
                         }
                     }
                 }

@@ -542,7 +542,7 @@ impl PgInstance {
         let login = self.login.get_or_try_init(|| self.pool.login(&self.instance)).await?;
         let until = (now + MAX_WAIT).min(call.deadline);
         let mut lease = self.pool.acquire(login, until).await?;
-        let limit = (Instant::now() + STATEMENT_TIMEOUT).min(call.deadline);
+        let limit = (Instant::now() + call.statement_limit).min(call.deadline);
         // Only a call that may write is measured; what a function called from a
         // SELECT writes is found by the tenant's next re-read of its sizes.
         let measure = !read_only && !reads;
