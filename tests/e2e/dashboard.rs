@@ -167,6 +167,11 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
     browser.eval("(() => { document.getElementById('logout').click(); return true; })()").await;
     browser.wait_for("!document.getElementById('login').hidden", "the login form again").await;
     assert_eq!(browser.eval("sessionStorage.length").await, json!(0));
+    // Nothing of the operator's stays on the page, even from a refresh that
+    // was under way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left = browser.eval("document.querySelectorAll('[data-tenant], [data-instance], [data-node]').length").await;
+    assert_eq!(left, json!(0), "{}", browser.text().await);
 
     // A wrong password says so and logs nobody in.
     let ann = "ann@acme.test";

@@ -13,6 +13,9 @@ const state = {
   me: null,
   busy: false,
   again: false,
+  // Bumped when the caller changes (log in, log out): what an earlier caller's
+  // call answers after that is thrown away, never shown to the next one.
+  epoch: 0,
   // An action waiting for its second click: { key, until }.
   confirming: null,
   // Invoices whose lines are open: "tenant/period".
@@ -92,6 +95,7 @@ async function api(method, path, body) {
 
 function signedOut(message) {
   sessionStorage.removeItem(TOKEN);
+  state.epoch += 1;
   state.me = null;
   clearInterval(state.timer);
   state.timer = null;
@@ -141,6 +145,7 @@ async function logOut() {
 }
 
 async function start() {
+  state.epoch += 1;
   state.me = await api('GET', '/v1/me');
   document.getElementById('login').hidden = true;
   document.getElementById('logout').hidden = false;
@@ -165,8 +170,10 @@ function schedule() {
 async function panel(id, load) {
   const section = document.getElementById(id);
   const body = section.querySelector('.body');
+  const epoch = state.epoch;
   try {
     const content = await load();
+    if (epoch !== state.epoch) return;
     if (content === null) {
       section.hidden = true;
       section.setAttribute('data-state', 'forbidden');
@@ -176,7 +183,7 @@ async function panel(id, load) {
     section.hidden = false;
     section.setAttribute('data-state', 'ok');
   } catch (e) {
-    if (e.status === 401) return;
+    if (e.status === 401 || epoch !== state.epoch) return;
     if (e.status === 403) {
       section.hidden = true;
       section.setAttribute('data-state', 'forbidden');
