@@ -188,6 +188,9 @@ pub enum Finish {
     Deferred { after: Duration, reason: String },
     /// Cannot run at all (no version accepts it, its instance is gone): dead now.
     Dead { error: String },
+    /// Its outcome is written already, with what it changed (an instance's
+    /// setup: the instance and its job in one transaction).
+    Recorded,
 }
 
 /// A job as the API shows it.
@@ -551,7 +554,7 @@ impl Queue {
         }
         for (job, finish) in done {
             let (state, run_at, error, ran, attempts_back) = match finish {
-                Finish::Succeeded { .. } => continue,
+                Finish::Succeeded { .. } | Finish::Recorded => continue,
                 Finish::Failed { error, ran_version } if job.attempts < job.max_attempts => (
                     "failed",
                     Some(now + self.backoff(job.attempts).as_millis() as i64),

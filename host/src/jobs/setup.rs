@@ -179,9 +179,9 @@ pub async fn run(node: &Node, job: &Claimed) -> Finish {
         Err(finish) => return finish,
     };
     let outcome = apply(node, job, &route, &target).await;
-    let recorded = finish(node, &job.instance_id, &target, &outcome).await;
-    if let Err(e) = recorded {
-        tracing::warn!(instance = %job.instance_id, "failed to record the setup's outcome: {e:#}");
+    match finish(node, job, &target, &outcome).await {
+        Ok(()) => return Finish::Recorded,
+        Err(e) => tracing::warn!(instance = %job.instance_id, "failed to record the setup's outcome: {e:#}"),
     }
     match outcome {
         Ok(_) => Finish::Succeeded { ran_version: target },
@@ -322,8 +322,10 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
     Ok(Done { applied: all, seeded: did_seed })
 }
 
-/// Record the setup's outcome on the instance and re-route it everywhere.
-async fn finish(node: &Node, instance: &str, target: &str, outcome: &Result<Done, Failure>) -> anyhow::Result<()> {
+/// Record the setup's outcome on the instance and on its job, in one
+/// transaction (whoever reads one reads the other), and re-route it everywhere.
+async fn finish(node: &Node, job: &Claimed, target: &str, outcome: &Result<Done, Failure>) -> anyhow::Result<()> {
+    let instance = job.instance_id.as_str();
     let mut tx = crate::store::begin(&node.db).await.context("failed to begin transaction")?;
     match outcome {
         Ok(done) => {
@@ -340,6 +342,27 @@ async fn finish(node: &Node, instance: &str, target: &str, outcome: &Result<Done
             .execute(&mut *tx)
             .await
             .context("failed to record the setup")?;
+            // A succeeded job's payload is dropped; it stops counting.
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'succeeded', ran_version = $1, lease_owner = NULL, lease_until = NULL, \
+                 finished_at = $2, payload = $3 WHERE id = $4 AND fence = $5 AND state = 'running'",
+            )
+            .bind(target)
+            .bind(store::now_millis())
+            .bind(Vec::<u8>::new())
+            .bind(&job.id)
+            .bind(job.fence)
+            .execute(&mut *tx)
+            .await
+            .context("failed to record the setup job")?;
+            if done.rows_affected() == 1 {
+                sqlx::query("UPDATE job_tenants SET pending = pending - 1, bytes = bytes - $1 WHERE tenant_id = $2")
+                    .bind(job.payload.len() as i64)
+                    .bind(&job.tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .context("failed to count the setup job")?;
+            }
         }
         Err(failure) => {
             sqlx::query(
@@ -353,6 +376,19 @@ async fn finish(node: &Node, instance: &str, target: &str, outcome: &Result<Done
             .execute(&mut *tx)
             .await
             .context("failed to record the setup's failure")?;
+            // Final: nothing was applied, and running it again would fail the
+            // same way (a dead job still counts against its tenant's quota).
+            sqlx::query(
+                "UPDATE jobs SET state = 'dead', last_error = $1, lease_owner = NULL, lease_until = NULL, \
+                 finished_at = $2 WHERE id = $3 AND fence = $4 AND state = 'running'",
+            )
+            .bind(super::truncate(&failure.error, 4000))
+            .bind(store::now_millis())
+            .bind(&job.id)
+            .bind(job.fence)
+            .execute(&mut *tx)
+            .await
+            .context("failed to record the setup job")?;
             tracing::warn!(%instance, version = target, "instance setup failed: {}", failure.error);
         }
     }
