@@ -6,6 +6,9 @@
 
 const TOKEN = 'wharf.token';
 const REFRESH_MS = 5000;
+// Running totals are computed from a month of events: the timer reloads the
+// billing panel this often only (Refresh and its own buttons reload it at once).
+const BILLING_REFRESH_MS = 60000;
 const CONFIRM_MS = 5000;
 const MAX_TENANTS = 20;
 
@@ -16,6 +19,9 @@ const state = {
   // Bumped when the caller changes (log in, log out): what an earlier caller's
   // call answers after that is thrown away, never shown to the next one.
   epoch: 0,
+  // When the billing panel was last loaded, and whether the next refresh must.
+  billingAt: 0,
+  billingDue: true,
   // An action waiting for its second click: { key, until }.
   confirming: null,
   // Invoices whose lines are open: "tenant/period".
@@ -146,6 +152,7 @@ async function logOut() {
 
 async function start() {
   state.epoch += 1;
+  state.billingDue = true;
   state.me = await api('GET', '/v1/me');
   document.getElementById('login').hidden = true;
   document.getElementById('logout').hidden = false;
@@ -195,8 +202,8 @@ async function panel(id, load) {
   }
 }
 
-// Reload every panel; a call made while one runs is run again after it, so
-// what an action changed is always shown.
+// Reload the panels (billing once a minute, or when asked); a call made while
+// one runs is run again after it, so what an action changed is always shown.
 async function refresh() {
   if (!state.me) return;
   if (state.busy) {
@@ -204,6 +211,11 @@ async function refresh() {
     return;
   }
   state.busy = true;
+  const billing = state.billingDue || Date.now() - state.billingAt >= BILLING_REFRESH_MS;
+  if (billing) {
+    state.billingDue = false;
+    state.billingAt = Date.now();
+  }
   try {
     await Promise.all([
       panel('nodes', nodesPanel),
@@ -211,7 +223,7 @@ async function refresh() {
       panel('instances', instancesPanel),
       panel('jobs', jobsPanel),
       panel('usage', usagePanel),
-      panel('billing', billingPanel),
+      billing ? panel('billing', billingPanel) : null,
     ]);
     document.body.setAttribute('data-refreshed', String(Date.now()));
   } finally {
@@ -428,6 +440,7 @@ async function tenantBilling(tenant) {
         type: 'button',
         onclick: async () => {
           if (isOpen) state.open.delete(key); else state.open.add(key);
+          state.billingDue = true;
           await refresh();
         },
       }, isOpen ? 'Hide lines' : 'Show lines'))));
@@ -453,7 +466,10 @@ async function invoiceLines(tenant, period) {
 
 document.getElementById('login-form').addEventListener('submit', logIn);
 document.getElementById('logout').addEventListener('click', logOut);
-document.getElementById('refresh').addEventListener('click', refresh);
+document.getElementById('refresh').addEventListener('click', () => {
+  state.billingDue = true;
+  refresh();
+});
 document.getElementById('auto').addEventListener('change', () => { if (state.me) schedule(); });
 if (sessionStorage.getItem(TOKEN)) {
   start().catch((e) => { if (e.status !== 401) signedOut(`Cannot reach the admin API: ${e.message}`); });
