@@ -89,7 +89,12 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
         assert!(started.elapsed() < Duration::from_secs(20), "the failing job never died: {dead}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let this_node = node.get_admin("/v1/nodes").await["this_node"].as_str().unwrap().to_string();
+    // On PostgreSQL a second node shares the platform: the dashboard shows both.
+    let second = if postgres_base().is_some() { Some(TestNode::start_sharing(&node).await) } else { None };
+    let fleet = node.get_admin("/v1/nodes").await;
+    let nodes: Vec<String> =
+        fleet["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes.len(), if second.is_some() { 2 } else { 1 }, "{fleet}");
 
     let mut browser = Browser::start(&binary).await;
     browser.navigate(&format!("{}/dashboard", node.admin_url())).await;
@@ -102,12 +107,11 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
             js(&node.admin_key)
         ))
         .await;
-    browser
-        .wait_for(
-            &format!("document.querySelector('#nodes[data-state=ok] [data-node={}]')", js(&this_node)),
-            "this node in the nodes panel",
-        )
-        .await;
+    for id in &nodes {
+        browser
+            .wait_for(&format!("document.querySelector('#nodes[data-state=ok] [data-node={}]')", js(id)), "every node")
+            .await;
+    }
     browser
         .wait_for("document.querySelector('[data-service=site] tr[data-version=\"2.0.0\"]')", "version 2.0.0 listed")
         .await;
@@ -142,6 +146,9 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
     browser.wait_for("document.getElementById('flash').textContent.includes('now runs 2.0.0')", "promoted").await;
     assert_eq!(node.get_admin("/v1/services/site").await["active_version"], "2.0.0");
     assert_eq!(served_version(&node, "acme.test").await, "2.0.0");
+    if let Some(second) = &second {
+        assert_eq!(served_version(second, "acme.test").await, "2.0.0", "every node switched");
+    }
     browser
         .wait_for(
             "document.querySelector('[data-service=site] tr[data-version=\"2.0.0\"]').innerText.includes('active')",
