@@ -212,6 +212,28 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
     assert_eq!(seen, json!({ "nodes": true, "actions": 0, "globexBilling": false }));
     let text = browser.text().await;
     assert!(text.contains(&acme) && !text.contains(&globex), "only acme's instance: {text}");
+
+    // A stranger with an account sees nobody's data.
+    browser.eval("(() => { document.getElementById('logout').click(); return true; })()").await;
+    browser.wait_for("!document.getElementById('login').hidden", "the login form for the stranger").await;
+    let eve = "eve@elsewhere.test";
+    node.user(eve).await;
+    browser
+        .eval(&format!(
+            "(() => {{ const f = document.getElementById('login-form'); f.email.value = {}; f.password.value = {}; \
+             f.requestSubmit(); return true; }})()",
+            js(eve),
+            js(PASSWORD)
+        ))
+        .await;
+    browser.wait_for("document.querySelector('#instances[data-state=ok]')", "the stranger's instances panel").await;
+    browser.wait_for("document.body.getAttribute('data-refreshed')", "a whole refresh").await;
+    let text = browser.text().await;
+    assert!(text.contains("No instance yet") && !text.contains(&acme) && !text.contains(&globex), "{text}");
+    assert_eq!(
+        browser.eval("document.querySelectorAll('[data-tenant], [data-node], [data-job], [data-usage]').length").await,
+        json!(0)
+    );
     assert!(browser.problems.is_empty(), "the page ran without errors or policy violations: {:?}", browser.problems);
 }
 

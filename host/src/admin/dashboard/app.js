@@ -114,6 +114,7 @@ function signedOut(message) {
   document.getElementById('logout').hidden = true;
   document.getElementById('refresh').hidden = true;
   document.getElementById('who').textContent = '';
+  document.body.removeAttribute('data-refreshed');
   flash(message || '', Boolean(message));
 }
 
@@ -211,6 +212,7 @@ async function refresh() {
     return;
   }
   state.busy = true;
+  const epoch = state.epoch;
   const billing = state.billingDue || Date.now() - state.billingAt >= BILLING_REFRESH_MS;
   if (billing) {
     state.billingDue = false;
@@ -225,7 +227,7 @@ async function refresh() {
       panel('usage', usagePanel),
       billing ? panel('billing', billingPanel) : null,
     ]);
-    document.body.setAttribute('data-refreshed', String(Date.now()));
+    if (epoch === state.epoch) document.body.setAttribute('data-refreshed', String(Date.now()));
   } finally {
     state.busy = false;
   }
