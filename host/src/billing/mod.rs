@@ -465,16 +465,29 @@ impl Billing {
     /// Record a subscription event for each instance whose billed state changed
     /// since its last event. Safe to run on any node at any time.
     pub async fn sync(&self, instances: &[Instance]) -> Result<usize, BillingError> {
+        // Each instance's latest event, a few hundred instances per query (not
+        // a round trip each: every activation re-reads every instance).
+        let mut latest: BTreeMap<String, SubscriptionEvent> = BTreeMap::new();
+        for chunk in instances.chunks(500) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM subscription_events e WHERE instance_id IN ({}) \
+                 AND seq = (SELECT MAX(m.seq) FROM subscription_events m WHERE m.instance_id = e.instance_id)",
+                list.join(", ")
+            );
+            let mut query = sqlx::query_as::<_, EventRow>(&sql);
+            for instance in chunk {
+                query = query.bind(&instance.id);
+            }
+            for row in query.fetch_all(&self.db).await? {
+                let event = event_of(row);
+                latest.insert(event.instance.clone(), event);
+            }
+        }
         let mut recorded = 0;
         for instance in instances {
             let state = self.state_of(instance);
-            let last: Option<EventRow> = sqlx::query_as(&format!(
-                "SELECT {EVENT_COLUMNS} FROM subscription_events WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1"
-            ))
-            .bind(&instance.id)
-            .fetch_optional(&self.db)
-            .await?;
-            let last = last.map(event_of);
+            let last = latest.remove(&instance.id);
             if last.as_ref().is_some_and(|l| l.state() == state) {
                 continue;
             }
