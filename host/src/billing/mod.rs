@@ -485,6 +485,8 @@ impl Billing {
             }
         }
         let mut recorded = 0;
+        // The changes in one transaction (taken only if there is one).
+        let mut tx = None;
         for instance in instances {
             let state = self.state_of(instance);
             let last = latest.remove(&instance.id);
@@ -497,6 +499,10 @@ impl Billing {
                 Some(last) => self.now().max(last.at),
                 None => self.now(),
             };
+            if tx.is_none() {
+                tx = Some(crate::store::begin(&self.db).await?);
+            }
+            let Some(tx) = tx.as_mut() else { continue };
             let inserted = sqlx::query(&format!(
                 "INSERT INTO subscription_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (instance_id, seq) DO NOTHING"
@@ -511,13 +517,23 @@ impl Billing {
             .bind(serde_json::to_string(&state.modules).context("modules")?)
             .bind(state.ends_at)
             .bind(&reason)
-            .execute(&self.db)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
             if inserted == 1 {
-                tracing::info!(instance = %instance.id, %reason, "subscription changed");
+                if instances.len() == 1 {
+                    tracing::info!(instance = %instance.id, %reason, "subscription changed");
+                } else {
+                    tracing::debug!(instance = %instance.id, %reason, "subscription changed");
+                }
                 recorded += 1;
             }
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        if instances.len() > 1 && recorded > 0 {
+            tracing::info!(instances = recorded, "subscriptions changed");
         }
         Ok(recorded)
     }
