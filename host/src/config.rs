@@ -93,7 +93,11 @@ pub struct TrustConfig {
     /// Where HTTP challenges connect instead of the name's own address (a load
     /// balancer in front, or, with port 0, this node's own ingress).
     pub challenge_connect: Option<SocketAddr>,
-    /// DNS server for TXT challenges (default: the system's resolvers).
+    /// The addresses a name must resolve to for its HTTP challenge to count when
+    /// `challenge_connect` is set (default: that address's IP).
+    pub platform_addresses: Vec<std::net::IpAddr>,
+    /// DNS server for TXT challenges, and for resolving names checked through
+    /// `challenge_connect` (default: the system's resolvers).
     pub dns_server: Option<SocketAddr>,
     /// Who may create an account.
     pub registration: Registration,
@@ -120,6 +124,7 @@ impl Default for TrustConfig {
             node_names: Vec::new(),
             hostname_reservation: Duration::from_secs(30 * 86_400),
             challenge_connect: None,
+            platform_addresses: Vec::new(),
             dns_server: None,
             registration: Registration::Invite,
             tenant_creation: TenantCreation::Anyone,

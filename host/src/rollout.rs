@@ -61,6 +61,8 @@ pub struct NodeInfo {
     pub seen_at: i64,
     pub generation: i64,
     pub live: bool,
+    /// It left the fleet gracefully (no promotion waits for it).
+    pub stopped: bool,
 }
 
 type NodeRow = (String, String, String, i64, i64, i64, Option<i64>);
@@ -190,6 +192,7 @@ pub async fn nodes(db: &Db) -> anyhow::Result<Vec<NodeInfo>> {
         .into_iter()
         .map(|(id, ingress, admin, started_at, seen_at, generation, stopped_at)| NodeInfo {
             live: stopped_at.is_none() && now - seen_at < LIVE_MS,
+            stopped: stopped_at.is_some(),
             id,
             ingress,
             admin,
@@ -214,13 +217,24 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!("fleet: failed to unload unused versions: {e:#}"),
             }
         }
+        if let Err(e) = node.registry.retry_due().await {
+            tracing::warn!("fleet: failed to retry versions that did not load: {e:#}");
+        }
         if let Err(e) = node.fleet.beat(&node).await {
             tracing::warn!("fleet: {e:#}");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(BEAT) => {}
-            _ = node.fleet.wake.notified() => {}
+        let loaded = tokio::select! {
+            _ = tokio::time::sleep(BEAT) => false,
+            _ = node.fleet.wake.notified() => false,
+            _ = node.registry.loaded.notified() => true,
             _ = stop.wait_for(|stop| *stop) => break,
+        };
+        // A version loaded in the background: routes pinned to it (skipped
+        // while it was missing) may use it now.
+        if loaded {
+            if let Err(e) = node.configurator.refresh_routes().await {
+                tracing::warn!("fleet: failed to rebuild routes after a load: {e}");
+            }
         }
     }
     node.fleet.leave().await;
@@ -270,58 +284,113 @@ pub async fn not_ready(db: &Db, service: &str, version: &str) -> anyhow::Result<
         .collect())
 }
 
-/// Wait until every live node has acknowledged `generation`, at most `wait`.
-/// Returns (acknowledged, pending) node ids.
-pub async fn wait_for_acks(db: &Db, generation: i64, wait: Duration) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+/// The nodes live now: those a change made now must reach.
+pub async fn live_nodes(db: &Db) -> anyhow::Result<Vec<String>> {
+    Ok(nodes(db).await?.into_iter().filter(|n| n.live).map(|n| n.id).collect())
+}
+
+/// Wait until every node of `expected` (the nodes live when the change was
+/// made) has acknowledged `generation`, at most `wait`. A node that falls
+/// silent meanwhile (frozen, partitioned) is still waited for and named as
+/// pending — it has not applied the change — while one that left the fleet
+/// gracefully is not. Returns (acknowledged, pending) node ids.
+pub async fn wait_for_acks(
+    db: &Db,
+    expected: &[String],
+    generation: i64,
+    wait: Duration,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let live: Vec<NodeInfo> = nodes(db).await?.into_iter().filter(|n| n.live).collect();
-        let (acked, pending): (Vec<_>, Vec<_>) = live.into_iter().partition(|n| n.generation >= generation);
-        let ids = |v: Vec<NodeInfo>| v.into_iter().map(|n| n.id).collect::<Vec<_>>();
+        let all = nodes(db).await?;
+        let mut acked = Vec::new();
+        let mut pending = Vec::new();
+        for node in &all {
+            if node.generation >= generation && (node.live || expected.contains(&node.id)) {
+                acked.push(node.id.clone());
+            } else if expected.contains(&node.id) && !node.stopped {
+                pending.push(node.id.clone());
+            }
+        }
         if pending.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok((ids(acked), ids(pending)));
+            return Ok((acked, pending));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
+/// An entry of a service's rollout history.
+pub struct Promotion<'a> {
+    pub service: &'a str,
+    /// `promote`, `rollback`, `canary` or `health`.
+    pub kind: &'a str,
+    pub version: &'a str,
+    pub previous: Option<&'a str>,
+    pub generation: i64,
+    pub actor: &'a str,
+    pub detail: &'a str,
+    /// The instance a health rollback moved.
+    pub instance: Option<&'a str>,
+    /// The node that recorded it.
+    pub node: &'a str,
+}
+
 /// Record a promotion, rollback, canary or health rollback.
-#[allow(clippy::too_many_arguments)]
-pub async fn record(
-    db: &Db,
-    service: &str,
-    kind: &str,
-    version: &str,
-    previous: Option<&str>,
-    generation: i64,
-    actor: &str,
-    detail: &str,
-) -> anyhow::Result<()> {
+pub async fn record(db: &Db, entry: &Promotion<'_>) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO promotions (id, service, kind, version, previous, generation, actor, detail, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO promotions (id, service, kind, version, previous, generation, actor, detail, at, instance_id, nodes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(format!("prm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
-    .bind(service)
-    .bind(kind)
-    .bind(version)
-    .bind(previous)
-    .bind(generation)
-    .bind(actor)
-    .bind(detail)
+    .bind(entry.service)
+    .bind(entry.kind)
+    .bind(entry.version)
+    .bind(entry.previous)
+    .bind(entry.generation)
+    .bind(entry.actor)
+    .bind(entry.detail)
     .bind(store::now_millis())
+    .bind(entry.instance)
+    .bind(entry.node)
     .execute(db)
     .await
     .context("failed to record the promotion")?;
     Ok(())
 }
 
+/// Add `node` to the latest health rollback of `instance` to `version`: it
+/// reached the same verdict as the node that moved it. Returns whether there
+/// was such an entry.
+async fn seen_by(db: &Db, service: &str, instance: &str, version: &str, node: &str) -> anyhow::Result<bool> {
+    let latest: Option<(String, String)> = sqlx::query_as(
+        "SELECT id, nodes FROM promotions WHERE service = $1 AND kind = 'health' AND instance_id = $2 \
+         AND version = $3 ORDER BY at DESC LIMIT 1",
+    )
+    .bind(service)
+    .bind(instance)
+    .bind(version)
+    .fetch_optional(db)
+    .await
+    .context("failed to read the health rollbacks")?;
+    let Some((id, nodes)) = latest else { return Ok(false) };
+    if nodes.split(',').any(|n| n == node) {
+        return Ok(true);
+    }
+    sqlx::query("UPDATE promotions SET nodes = nodes || ',' || $1 WHERE id = $2")
+        .bind(node)
+        .bind(&id)
+        .execute(db)
+        .await
+        .context("failed to record the node's verdict")?;
+    Ok(true)
+}
+
 /// A service's latest promotions, newest first.
 pub async fn history(db: &Db, service: &str, limit: i64) -> anyhow::Result<Vec<serde_json::Value>> {
-    type Row = (String, String, Option<String>, i64, String, String, i64);
+    type Row = (String, String, Option<String>, i64, String, String, i64, Option<String>, String);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT kind, version, previous, generation, actor, detail, at FROM promotions WHERE service = $1 \
-         ORDER BY at DESC LIMIT $2",
+        "SELECT kind, version, previous, generation, actor, detail, at, instance_id, nodes FROM promotions \
+         WHERE service = $1 ORDER BY at DESC LIMIT $2",
     )
     .bind(service)
     .bind(limit)
@@ -330,10 +399,11 @@ pub async fn history(db: &Db, service: &str, limit: i64) -> anyhow::Result<Vec<s
     .context("failed to read promotions")?;
     Ok(rows
         .into_iter()
-        .map(|(kind, version, previous, generation, actor, detail, at)| {
+        .map(|(kind, version, previous, generation, actor, detail, at, instance, nodes)| {
+            let nodes: Vec<&str> = nodes.split(',').filter(|n| !n.is_empty()).collect();
             serde_json::json!({
                 "kind": kind, "version": version, "previous": previous, "generation": generation,
-                "actor": actor, "detail": detail, "at_ms": at,
+                "actor": actor, "detail": detail, "at_ms": at, "instance": instance, "nodes": nodes,
             })
         })
         .collect())
@@ -459,24 +529,42 @@ pub async fn health_rollbacks(node: Arc<Node>, mut unhealthy: tokio::sync::mpsc:
         match pinned {
             Ok((ids, generation)) if !ids.is_empty() => {
                 let detail = format!("instance {} back to {}: {}", bad.instance, bad.previous, bad.reason);
-                if let Err(e) = record(
-                    &node.db,
-                    &bad.service,
-                    "health",
-                    &bad.previous,
-                    Some(&bad.version),
+                let entry = Promotion {
+                    service: &bad.service,
+                    kind: "health",
+                    version: &bad.previous,
+                    previous: Some(&bad.version),
                     generation,
-                    "health gate",
-                    &detail,
-                )
-                .await
-                {
+                    actor: "health gate",
+                    detail: &detail,
+                    instance: Some(&bad.instance),
+                    node: &node.fleet.id,
+                };
+                if let Err(e) = record(&node.db, &entry).await {
                     tracing::warn!("{e:#}");
                 }
                 let _ = node.fleet.ack(generation).await;
             }
             Ok(_) => {
-                tracing::info!(instance = %bad.instance, "health gate: the instance was pinned by its owner; left alone")
+                // Another node moved it first (one entry per rollback, naming
+                // every node that saw it fail), or its owner pinned it.
+                let mut seen = false;
+                for _ in 0..10 {
+                    match seen_by(&node.db, &bad.service, &bad.instance, &bad.previous, &node.fleet.id).await {
+                        Ok(true) => {
+                            seen = true;
+                            break;
+                        }
+                        Ok(false) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(e) => {
+                            tracing::warn!("{e:#}");
+                            break;
+                        }
+                    }
+                }
+                if !seen {
+                    tracing::info!(instance = %bad.instance, "health gate: the instance was pinned by its owner; left alone")
+                }
             }
             Err(e) => tracing::warn!(instance = %bad.instance, "health gate: failed to roll back: {e}"),
         }

@@ -498,6 +498,40 @@ async fn concurrent_wrong_passwords_are_all_refused_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_password_is_counted_by_the_limits_and_never_audited() {
+    let node = node_with_domain().await;
+    node.user("gus@x.test").await;
+    let before = node.get_admin("/v1/audit?limit=1000").await;
+    let long = "p".repeat(2000);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (status, body) =
+            node.anonymous_json(Method::POST, "/v1/login", json!({ "email": "gus@x.test", "password": long })).await;
+        if status == StatusCode::UNAUTHORIZED {
+            assert!(body["error"].as_str().unwrap().contains("wrong email or password"), "{body}");
+        }
+        statuses.push(status);
+    }
+    let refused = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((refused, limited), (5, 7), "overlong guesses count against the account's limit: {statuses:?}");
+    // The account is locked for strangers like after any five wrong guesses.
+    let (status, _) = node
+        .anonymous_json(
+            Method::POST,
+            "/v1/login",
+            json!({ "email": "gus@x.test", "password": crate::harness::PASSWORD }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Refused without a check: counted, not audited one by one.
+    let after = node.get_admin("/v1/audit?limit=1000").await;
+    assert_eq!(before["entries"], after["entries"], "refused logins are not audited");
+    let info = node.get_admin("/v1/node").await;
+    assert!(info["logins"]["invalid"].as_u64().unwrap() >= 5, "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_or_invalid_email_at_login_is_refused_small_and_stores_nothing() {
     let node = node_with_domain().await;
     let before = node.get_admin("/v1/audit?limit=1000").await;

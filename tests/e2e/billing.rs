@@ -415,6 +415,80 @@ async fn a_spending_limit_suspends_the_tenant_until_raised() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_plan_bills_from_when_it_was_set_and_the_running_total_accrues_to_now() {
+    let node = TestNode::start().await;
+    set_clock(&node, JAN_1).await;
+    node.publish("hello", "hello", "1.0.0").await;
+    node.create_tenant("acme").await;
+    let id = node.create_instance("acme", "hello", &["early.test"]).await;
+    // Used for 19 days while nothing is priced.
+    traffic(&node, "early.test", 4, StatusCode::OK).await;
+    wait_billed_requests(&node, &id, 4).await;
+    // The service's first plan, on the 20th: 31.00 a month (1.00 a day) and a cent a request.
+    set_clock(&node, JAN_1 + 19 * DAY).await;
+    let plan = set_plan(
+        &node,
+        "hello",
+        json!({ "currency": "USD", "period_price": 3100, "request_price": 1, "request_unit": 1 }),
+    )
+    .await;
+    let priced = plan["effective_from"].as_i64().unwrap();
+    assert!((JAN_1 + 19 * DAY..JAN_1 + 19 * DAY + 10).contains(&priced), "{plan}");
+    traffic(&node, "early.test", 3, StatusCode::OK).await;
+    wait_billed_requests(&node, &id, 7).await;
+    // A limit below the month's projection but above what has accrued.
+    node.expect(
+        &node.admin_key,
+        Method::PUT,
+        "/v1/tenants/acme/billing/limit",
+        json!({ "amount": 1000, "currency": "USD" }),
+        StatusCode::OK,
+    )
+    .await;
+    set_clock(&node, JAN_1 + 24 * DAY).await;
+
+    let invoice = node.get_admin("/v1/tenants/acme/invoices/current").await;
+    let accrued_until = invoice["accrued_until"].as_i64().expect("an open invoice says how far it is accrued");
+    assert!((JAN_1 + 24 * DAY..JAN_1 + 24 * DAY + 10).contains(&accrued_until), "{invoice:#}");
+    let lines = invoice["lines"].as_array().unwrap();
+    let service = lines.iter().find(|l| l["kind"] == "service").unwrap();
+    // Billed from the plan, not from the instance's creation; up to now, not the month's end.
+    assert_eq!(service["from"].as_i64(), Some(priced), "{service:#}");
+    assert_eq!(service["to"].as_i64(), Some(accrued_until), "{service:#}");
+    let seconds = accrued_until - priced;
+    assert_eq!(service["amount"].as_i64(), Some(prorate(3100, seconds, JANUARY)), "{service:#}");
+    assert!(service["sources"].to_string().contains("first priced"), "{service:#}");
+    // Only the requests made once the service was priced.
+    let requests = lines.iter().find(|l| l["kind"] == "requests").unwrap();
+    assert_eq!(requests["quantity"].as_i64(), Some(3), "{requests:#}");
+    assert!(requests["sources"].to_string().contains("before hello was first priced"), "{requests:#}");
+    let so_far = prorate(3100, seconds, JANUARY) + 3;
+    assert_eq!(invoice["totals"][0]["amount"].as_i64(), Some(so_far), "{invoice:#}");
+    let projected = prorate(3100, JAN_1 + JANUARY - priced, JANUARY) + 3;
+    assert_eq!(invoice["projected"][0]["amount"].as_i64(), Some(projected), "{invoice:#}");
+    assert!(so_far < 1000 && projected > 1000, "the limit sits between the two: {so_far} {projected}");
+
+    // The account shows both, and the limit applies to what has accrued: not suspended.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let account = node.get_admin("/v1/tenants/acme/billing").await;
+    assert_eq!(account["running_totals"][0]["amount"].as_i64(), Some(so_far), "{account:#}");
+    assert_eq!(account["projected_totals"][0]["amount"].as_i64(), Some(projected), "{account:#}");
+    assert_eq!(account["suspended"], Value::Null, "{account:#}");
+    assert_eq!(node.get("early.test", "/").await.0, StatusCode::OK);
+    // Once what has accrued reaches the limit (11 days of 1.00 on the 31st), it applies.
+    set_clock(&node, JAN_1 + 30 * DAY).await;
+    let mut status = StatusCode::OK;
+    for _ in 0..100 {
+        status = node.get("early.test", "/").await.0;
+        if status == StatusCode::PAYMENT_REQUIRED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discounts_are_lines_of_their_own() {
     let node = TestNode::start().await;
     set_clock(&node, JAN_1).await;
@@ -515,6 +589,60 @@ async fn a_usage_batch_applied_by_two_nodes_counts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_flushing_the_same_instances_at_once_never_deadlock_and_count_everything() {
+    // Three nodes' usage rooms on one control plane, each recording the same
+    // 40 instances over 3 hours in its own order, flushing at the same moment.
+    let node = TestNode::start().await;
+    node.publish("hello", "hello", "1.0.0").await;
+    node.create_tenant("acme").await;
+    let mut instances = Vec::new();
+    for i in 0..40 {
+        let (status, body) = node
+            .admin(
+                Method::POST,
+                "/v1/instances",
+                Some(json!({ "tenant": "acme", "service": "hello", "hosts": [format!("i{i:02}.flush.test")] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        instances.push(body["id"].as_str().unwrap().to_string());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = wharf::store::open(node.data.path(), node.database_url.as_deref()).await.unwrap();
+    let clock = std::sync::Arc::new(wharf::billing::Clock::settable());
+    let nodes: Vec<wharf::billing::Usage> = (0..3)
+        .map(|n| {
+            wharf::billing::Usage::open(db.clone(), &dir.path().join(format!("usage-{n}")), clock.clone(), false)
+                .unwrap()
+        })
+        .collect();
+    let rounds = 8;
+    for _ in 0..rounds {
+        for (n, usage) in nodes.iter().enumerate() {
+            let mut order = instances.clone();
+            order.rotate_left(n * 13);
+            if n % 2 == 1 {
+                order.reverse();
+            }
+            for instance in &order {
+                let counters = usage.counters(instance, "acme");
+                for hour in 0..3 {
+                    counters.record(JAN_1 + hour * 3600, 10, false);
+                }
+            }
+        }
+        let flushed = futures::future::join_all(nodes.iter().map(|u| u.flush())).await;
+        for result in flushed {
+            result.expect("a flush failed (on PostgreSQL: deadlock detected?)");
+        }
+    }
+    for instance in &instances {
+        let totals = nodes[0].totals(instance).await.unwrap();
+        assert_eq!((totals.requests, totals.fuel), (3 * 3 * rounds, 3 * 3 * rounds * 10), "{instance}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_input_errors_are_4xx_that_say_what_to_fix() {
     let node = TestNode::start().await;
     node.publish("hello", "hello", "1.0.0").await;
@@ -555,6 +683,18 @@ async fn billing_input_errors_are_4xx_that_say_what_to_fix() {
         .expect(&node.admin_key, Method::POST, "/v1/clock", json!({ "now": "2020-01-01" }), StatusCode::BAD_REQUEST)
         .await;
     assert!(answer["error"].as_str().unwrap().contains("only moves forward"), "{answer}");
+    // Milliseconds sent as seconds (year ~58,000), or a huge advance: refused,
+    // naming the bound, and the clock has not moved.
+    let before = node.get_admin("/v1/clock").await["now"].as_i64().unwrap();
+    let millis = before * 1000;
+    for change in [json!({ "now": millis }), json!({ "advance": 400 * 365 * 86_400_i64 }), json!({ "now": i64::MAX })] {
+        let answer =
+            node.expect(&node.admin_key, Method::POST, "/v1/clock", change.clone(), StatusCode::BAD_REQUEST).await;
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains("10 years ahead") && error.contains("not milliseconds"), "{change}: {answer}");
+    }
+    let after = node.get_admin("/v1/clock").await["now"].as_i64().unwrap();
+    assert!(after - before < 60, "the clock did not move: {before} -> {after}");
     let answer = node
         .expect(
             &node.admin_key,

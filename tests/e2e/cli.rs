@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::harness::{guests, repo, TestNode};
 
-fn wharf(node: &TestNode, args: &[&str]) -> (bool, String, String) {
+/// Run the CLI against `node` as its operator: (success, stdout, stderr).
+pub fn wharf(node: &TestNode, args: &[&str]) -> (bool, String, String) {
     wharf_with(node, Some(&node.admin_key), args)
 }
 
@@ -357,7 +358,7 @@ async fn the_cli_stages_promotes_rolls_back_and_runs_canaries() {
     ok_json(&node, &["publish", dir.path().to_str().unwrap(), "--component", echo.to_str().unwrap()]);
 
     let (ok, out, err) = wharf(&node, &["stage", "hello", "2.0.0"]);
-    assert!(ok && out.contains("hello 2.0.0: ready on 1 nodes; not ready: none"), "{out}{err}");
+    assert!(ok && out.contains("hello 2.0.0: ready on 1 of 1 nodes; not ready: none"), "{out}{err}");
     let (ok, out, _) = wharf(&node, &["canary", "start", "hello", "2.0.0", "--instance", b["id"].as_str().unwrap()]);
     assert!(ok && out.contains(b["id"].as_str().unwrap()), "{out}");
     assert!(node.get("b.test", "/").await.1.starts_with("echo:"));

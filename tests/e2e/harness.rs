@@ -205,9 +205,15 @@ impl TestNode {
     /// A second node on `other`'s control plane (PostgreSQL), with a data
     /// directory of its own: a cluster of two.
     pub async fn start_sharing(other: &TestNode) -> Self {
+        Self::start_sharing_with(other, |_| {}).await
+    }
+
+    /// A second node on `other`'s control plane, its configuration adjusted.
+    pub async fn start_sharing_with(other: &TestNode, adjust: impl FnOnce(&mut NodeConfig)) -> Self {
         let data = tempfile::tempdir().unwrap();
         let mut config = test_config(data.path());
         config.database_url = other.database_url.clone();
+        adjust(&mut config);
         let running = Node::start(config).await.expect("the second node starts");
         Self {
             running: Some(running),
@@ -479,6 +485,27 @@ impl Served {
         let mut args = shared_service_args().await;
         args.extend(extra.iter().map(|a| a.to_string()));
         Self::start_in(tempfile::tempdir().unwrap(), args, true).await
+    }
+
+    /// The real binary joining `node`'s control plane (PostgreSQL) and shared
+    /// services, with `node`'s operator key.
+    pub async fn joining(node: &TestNode) -> Self {
+        let mut args = vec!["--database".to_string(), node.database_url.clone().expect("a PostgreSQL control plane")];
+        if let Some(url) = redis_url() {
+            args.extend(["--redis".to_string(), url]);
+        }
+        let mut served = Self::start_in(tempfile::tempdir().unwrap(), args, false).await;
+        served.key = node.admin_key.clone();
+        served
+    }
+
+    /// Send the node a signal (`STOP` freezes it, `CONT` resumes it).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Kill the node with SIGKILL (no shutdown at all) and start it again on

@@ -343,6 +343,81 @@ async fn migrations_put_only_their_instance_in_maintenance_and_a_failure_keeps_t
     assert!(dead["jobs"][0]["last_error"].as_str().unwrap_or_default().contains("0003_broken"), "{dead}");
 }
 
+/// Wait until instance `id`'s setup is `failed`; returns the instance.
+async fn wait_setup_failed(node: &TestNode, id: &str, target: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let info = node.get_admin(&format!("/v1/instances/{id}")).await;
+        if info["setup"]["state"] == "failed" && info["setup"]["target"] == target {
+            return info;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the setup to {target} never failed: {info:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_setup_the_api_shows_and_queues_for_the_version_that_serves() {
+    // A setup may run 3 s here: a migration still running then is cut short.
+    let node = TestNode::start_with(|c| c.jobs.timeout = Duration::from_secs(3)).await;
+    let names = ["0001_a", "0002_b", "0003_c", "0004_d", "0005_e", "0006_f", "0007_g"];
+    let mut v1 = String::new();
+    for (i, name) in names.iter().enumerate() {
+        let sql = format!("CREATE TABLE t{i} (x TEXT);");
+        v1.push_str(&migration(name, &sql, &sql));
+    }
+    publish_lab(&node, "mig", "1.0.0", "[1]", &v1).await;
+    node.create_tenant("acme").await;
+    let id = node.create_instance("acme", "mig", &["mig.test"]).await;
+    wait_serving(&node, "mig.test").await;
+
+    // 2.0.0 adds job version 2 and a migration that fails.
+    let broken = migration("0008_broken", "CREATE TABLE t0 (x TEXT);", "CREATE TABLE t0 (x TEXT);");
+    publish_lab(&node, "mig", "2.0.0", "[1, 2]", &format!("{v1}{broken}")).await;
+    let (status, body) =
+        node.admin(Method::POST, "/v1/services/mig/activate", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let info = wait_setup_failed(&node, &id, "2.0.0").await;
+    // What serves, and what it is trying to reach.
+    assert_eq!(info["running_version"], "1.0.0", "{info:#}");
+    assert_eq!(info["wanted_version"], "2.0.0", "{info:#}");
+    assert_eq!(info["setup"]["settled_version"], "1.0.0", "{info:#}");
+    // The migrations the database has, in the order they were applied.
+    assert_eq!(info["setup"]["applied_migrations"], json!(names), "{info:#}");
+    assert!(info["setup"]["error"].as_str().unwrap().contains("0008_broken"), "{info:#}");
+
+    // A job only 2.0.0 accepts is refused: 1.0.0 serves, on 1.0.0's schema.
+    let path = format!("/v1/instances/{id}/jobs");
+    let (status, answer) = node.admin(Method::POST, &path, Some(json!({ "kind": "noop", "version": 2 }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("mig 1.0.0 does not declare job \"noop\" version 2"),
+        "{answer}"
+    );
+    // One 1.0.0 accepts is queued as 1.0.0's.
+    let (status, queued) = node.admin(Method::POST, &path, Some(json!({ "kind": "noop", "version": 1 }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{queued}");
+    let job = node.get_admin(&format!("/v1/jobs/{}", queued["id"].as_str().unwrap())).await;
+    assert_eq!(job["enqueued_by"], "1.0.0", "{job:#}");
+
+    // 3.0.0's migration runs past the setup's deadline: the error names that deadline.
+    let slow = migration(
+        "0008_slow",
+        "CREATE TABLE slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000) SELECT count(*) AS n FROM c;",
+        "SELECT pg_sleep(6);",
+    );
+    publish_lab(&node, "mig", "3.0.0", "[1]", &format!("{v1}{slow}")).await;
+    let (status, body) =
+        node.admin(Method::POST, "/v1/services/mig/activate", Some(json!({ "version": "3.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let info = wait_setup_failed(&node, &id, "3.0.0").await;
+    let error = info["setup"]["error"].as_str().unwrap();
+    assert!(error.contains("deadline of 3 s") && !error.contains("2 s"), "{error}");
+    assert_eq!(info["running_version"], "1.0.0", "{info:#}");
+    assert_eq!(info["setup"]["applied_migrations"], json!(names), "{info:#}");
+    assert_eq!(node.get("mig.test", "/").await.0, StatusCode::OK, "the instance keeps serving 1.0.0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_flood_does_not_hold_back_another_tenants_job() {
     let node = TestNode::start_with(|config| config.jobs.concurrency = 4).await;

@@ -356,3 +356,230 @@ async fn versions_nothing_uses_are_unloaded_and_loaded_again_when_needed() {
         assert_eq!(answer, (StatusCode::OK, "1.0.0".to_string()));
     }
 }
+
+/// `GET /readyz` of `node`: (status, the generation it has caught up with).
+async fn readiness(node: &TestNode) -> (StatusCode, i64) {
+    let resp = node.http.get(format!("{}/readyz", node.admin_url())).send().await.unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    (status, body["generation"].as_i64().unwrap())
+}
+
+/// Where `version` of site stands on node `id`, once the node has reported it.
+async fn state_on(node: &TestNode, version: &str, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let status = node.get_admin("/v1/services/site/rollout").await;
+        let on = status["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["version"] == version)
+            .and_then(|v| v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == id).cloned());
+        if let Some(on) = on {
+            return on;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{id} never reported {version}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_load_a_version_says_why_is_counted_as_not_ready_and_stays_in_rotation() {
+    let a = TestNode::start().await;
+    publish(&a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    let instance = a.create_instance("acme", "site", &["site.test"]).await;
+    if !on_postgres() {
+        // One node: a component over its memory limit is refused, naming the limit.
+        let small = TestNode::start_with(|c| c.limits.max_memory_bytes = 1 << 20).await;
+        let (status, body) = small.publish_bytes(&manifest("site", "1.0.0"), guest("hello")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("needs more than this node allows") && error.contains("--max-memory-mib"), "{error}");
+        assert!(!error.contains("malformed"), "{error}");
+        publish(&a, "wstd-hello", "2.0.0").await;
+        let (ok, out, _) = crate::cli::wharf(&a, &["stage", "site", "2.0.0"]);
+        assert!(ok && out.contains("ready on 1 of 1 nodes"), "{out}");
+        return;
+    }
+    // A node whose instances may have 1 MiB of memory: no Rust component fits.
+    // It starts all the same, and serves what it can.
+    let b = TestNode::start_sharing_with(&a, |c| c.limits.max_memory_bytes = 1 << 20).await;
+    let b_id = b.node().node.fleet.id.clone();
+    let failed = state_on(&a, "1.0.0", &b_id).await;
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(error.contains("needs more than this node allows") && error.contains("1 MiB"), "{failed}");
+    assert!(!error.contains("malformed"), "a valid component is not called malformed: {failed}");
+
+    // Staging counts only the nodes that have it ready.
+    publish(&a, "wstd-hello", "2.0.0").await;
+    let (status, staged) = a.admin(Method::POST, "/v1/services/site/stage", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{staged}");
+    assert_eq!((staged["ready"].as_bool(), staged["ready_on"].as_u64()), (Some(false), Some(1)), "{staged}");
+    assert!(staged["not_ready"].to_string().contains(&b_id), "{staged}");
+    let (ok, out, err) = crate::cli::wharf(&a, &["stage", "site", "2.0.0"]);
+    assert!(!ok, "staging a version a node cannot load fails: {out}");
+    assert!(out.contains("ready on 1 of 2 nodes") && out.contains(&b_id), "{out}{err}");
+
+    // Unrelated changes: the versions b could not load are not tried again on
+    // each of them (they wait for their backoff), so b catches up at once.
+    let mut slowest = Duration::ZERO;
+    for round in 0..8 {
+        let settings = json!({ "settings": { "round": round.to_string() } });
+        let (status, _) = a.admin(Method::PATCH, &format!("/v1/instances/{instance}"), Some(settings)).await;
+        assert_eq!(status, StatusCode::OK);
+        let target = readiness(&a).await.1;
+        let started = Instant::now();
+        loop {
+            let (status, generation) = readiness(&b).await;
+            if status == StatusCode::OK && generation >= target {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "b never caught up");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(150), "b caught up with an unrelated change in {slowest:?}");
+    // b still serves: the platform's own answers (an unknown host) come from it.
+    let resp = b.http.get(format!("http://{}/", b.ingress())).header("host", "nobody.test").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_a_version_no_instance_runs_never_holds_a_node_back() {
+    let a = TestNode::start().await;
+    publish(&a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    a.create_instance("acme", "site", &["site.test"]).await;
+    let Some(b) = (if on_postgres() { Some(TestNode::start_sharing(&a).await) } else { None }) else {
+        // One node compiles what is published to it while publishing.
+        publish(&a, "wstd-hello", "2.0.0").await;
+        assert_eq!(readiness(&a).await.0, StatusCode::OK);
+        return;
+    };
+    let compiled = |info: &Value| info["versions_compiled"].as_u64().unwrap();
+    let before = compiled(&b.get_admin("/v1/node").await);
+    // Published on a: b catches up with the change (ready, routes current)
+    // before it has compiled the new version, which it does in the background.
+    publish(&a, "wstd-hello", "2.0.0").await;
+    let target = readiness(&a).await.1;
+    let started = Instant::now();
+    let compiled_when_caught_up = loop {
+        let (status, generation) = readiness(&b).await;
+        if status == StatusCode::OK && generation >= target {
+            break compiled(&b.get_admin("/v1/node").await);
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "b never caught up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert_eq!(compiled_when_caught_up, before, "b was ready before compiling 2.0.0");
+    // The compile finishes and b reports the version ready; stage and promote work as ever.
+    assert_eq!(state_on(&a, "2.0.0", &b.node().node.fleet.id).await["state"], "ready");
+    staged(&[a, b], "2.0.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_names_a_frozen_node_as_pending_and_fails_the_cli() {
+    let nodes = fleet().await;
+    let a = &nodes[0];
+    publish(a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    a.create_instance("acme", "site", &["site.test"]).await;
+    publish(a, "wstd-hello", "2.0.0").await;
+    if !on_postgres() {
+        staged(&nodes, "2.0.0").await;
+        let (ok, out, err) = crate::cli::wharf(a, &["promote", "site", "2.0.0"]);
+        assert!(ok && out.contains("not acknowledged: none"), "{out}{err}");
+        return;
+    }
+    let frozen = Served::joining(a).await;
+    let fleet = a.get_admin("/v1/nodes").await;
+    let frozen_id = fleet["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| frozen.admin.ends_with(n["admin"].as_str().unwrap()))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let staged_on = post(a, "/v1/services/site/stage", json!({ "version": "2.0.0" })).await;
+    assert_eq!((staged_on["ready"].as_bool(), staged_on["ready_on"].as_u64()), (Some(true), Some(3)), "{staged_on}");
+    // SIGSTOP: the node neither beats nor acknowledges; it drops out of the
+    // live set after 5 s, which must not make the promotion look complete.
+    frozen.signal("STOP");
+    let (ok, out, err) = crate::cli::wharf(a, &["--json", "promote", "site", "2.0.0"]);
+    assert!(!ok, "a promotion a live node did not acknowledge fails the CLI: {out}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["pending"], json!([frozen_id]), "{done:#}");
+    assert_eq!(done["acknowledged"].as_array().unwrap().len(), 2, "{done:#}");
+    assert!(err.contains("did not acknowledge"), "{err}");
+    // A rollback now: the frozen node is no longer live (silent for over 5 s),
+    // so the rollback does not wait for it; it catches up when it thaws.
+    let back = post(a, "/v1/services/site/rollback", json!({})).await;
+    assert_eq!(back["pending"], json!([]), "{back:#}");
+    // Resumed, it catches up and serves the active version.
+    frozen.signal("CONT");
+    let started = Instant::now();
+    loop {
+        let resp = client().get(format!("{}/readyz", frozen.admin)).send().await.unwrap();
+        if resp.status() == StatusCode::OK {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the thawed node never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = client().get(format!("http://{}/", frozen.ingress)).header("host", "site.test").send().await.unwrap();
+    assert_eq!(resp.headers()["x-wharf-version"], "1.0.0", "it serves what the last rollback made active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_staged_versions_and_one_history_entry_per_health_rollback() {
+    let nodes = fleet().await;
+    let a = &nodes[0];
+    publish(a, "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    let sick = a.create_instance("acme", "site", &["sick.test"]).await;
+    publish(a, "misbehave", "2.0.0").await;
+    staged(&nodes, "2.0.0").await;
+    publish(a, "wstd-hello", "3.0.0").await;
+    staged(&nodes, "3.0.0").await;
+    let (ok, out, err) = crate::cli::wharf(a, &["status", "site"]);
+    assert!(ok, "{err}");
+    let line = |v: &str| out.lines().find(|l| l.trim_start().starts_with(v)).unwrap_or_default().to_string();
+    assert!(line("2.0.0").contains("staged") && line("3.0.0").contains("staged"), "{out}");
+    assert!(line("1.0.0").contains("active"), "{out}");
+
+    post(a, "/v1/services/site/promote", json!({ "version": "2.0.0" })).await;
+    // Every node sees the first failures of 2.0.0 on the instance at once:
+    // nine on each, then the tenth on each together.
+    for node in &nodes {
+        for _ in 0..9 {
+            assert_eq!(version_of(node, "sick.test", "/trap").await.0, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+    futures::future::join_all(nodes.iter().map(|n| version_of(n, "sick.test", "/trap"))).await;
+    let started = Instant::now();
+    let health = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = a.get_admin("/v1/services/site/rollout").await;
+        let health: Vec<Value> =
+            status["history"].as_array().unwrap().iter().filter(|h| h["kind"] == "health").cloned().collect();
+        if health.first().is_some_and(|h| h["nodes"].as_array().unwrap().len() == nodes.len()) {
+            break health;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never judged by every node: {status:#}");
+    };
+    assert_eq!(health.len(), 1, "one entry per instance rollback: {health:#?}");
+    assert_eq!(health[0]["instance"], sick.as_str());
+    let (ok, out, err) = crate::cli::wharf(a, &["status", "site"]);
+    assert!(ok, "{err}");
+    let entries: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with("health")).collect();
+    assert_eq!(entries.len(), 1, "{out}");
+    for node in &nodes {
+        assert!(entries[0].contains(&node.node().node.fleet.id), "{out}");
+    }
+}

@@ -36,7 +36,10 @@ async fn instance(node: &TestNode, token: &str, body: Value) -> (StatusCode, Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostnames_are_owned_claims_route_nothing_until_proven_and_squatting_is_refused() {
-    let dns = dns_server(Default::default()).await;
+    // The name points at the platform (this node's ingress, 127.0.0.1).
+    let records =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![("shop.acme.example".to_string(), "127.0.0.1".to_string())]));
+    let dns = dns_server(records.clone()).await;
     let node = node_with(|c| c.trust.dns_server = Some(dns)).await;
     node.publish("hello", "hello", "1.0.0").await;
     let acme = owned_tenant(&node, "acme").await;
@@ -71,8 +74,15 @@ async fn hostnames_are_owned_claims_route_nothing_until_proven_and_squatting_is_
         StatusCode::NOT_FOUND
     );
 
-    // Acme proves it over HTTP; the name routes to acme's instance.
+    // Two tenants claim the name: reaching the platform over HTTP proves
+    // nothing (it does for both), only the TXT record its owner publishes does.
     let path = format!("/v1/instances/{shop_id}/hosts/verify");
+    let http = json!({ "hostname": "shop.acme.example", "method": "http" });
+    let (status, answer) = node.call(&acme, Method::POST, &path, Some(http)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("more than one tenant"), "{answer}");
+    records.lock().unwrap().push(("_wharf-challenge.shop.acme.example".into(), format!("wharf-verify={token}")));
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let verified =
         node.expect(&acme, Method::POST, &path, json!({ "hostname": "shop.acme.example" }), StatusCode::OK).await;
     assert_eq!(verified["hosts"], json!(["shop.acme.example"]), "{verified}");
@@ -92,6 +102,12 @@ async fn hostnames_are_owned_claims_route_nothing_until_proven_and_squatting_is_
         ("localhost", "localhost"),
         ("127.0.0.1", "IP"),
         ("10.0.0.8", "IP"),
+        ("0x7f.0x1", "IP"),
+        ("127.0.0.0x1", "IP"),
+        ("127.1", "IP"),
+        ("0x7f000001", "IP"),
+        ("2130706433", "IP"),
+        ("0177.0.0.01", "IP"),
         ("intranet", "single-label"),
         ("x.eve.apps.test", "platform domain"),
         ("hello.acme.apps.test", "platform domain"),
@@ -136,11 +152,12 @@ async fn hostnames_are_owned_claims_route_nothing_until_proven_and_squatting_is_
     assert_eq!(bound["hosts"], json!(["localhost"]), "{bound}");
 }
 
-/// A DNS server on 127.0.0.1 answering TXT queries from `records` (name → value).
+/// A DNS server on 127.0.0.1 answering from `records` (name → value): A
+/// queries with the values that are IPv4 addresses, TXT queries with the others.
 async fn dns_server(records: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) -> SocketAddr {
     use hickory_proto::op::{Message, MessageType, ResponseCode};
-    use hickory_proto::rr::rdata::TXT;
-    use hickory_proto::rr::{Name, RData, Record};
+    use hickory_proto::rr::rdata::{A, TXT};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -155,14 +172,16 @@ async fn dns_server(records: std::sync::Arc<std::sync::Mutex<Vec<(String, String
             for q in query.queries() {
                 let asked = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
                 for (name, value) in records.lock().unwrap().iter() {
-                    if *name == asked {
-                        found = true;
-                        answer.add_answer(Record::from_rdata(
-                            Name::from_ascii(format!("{name}.")).unwrap(),
-                            1,
-                            RData::TXT(TXT::new(vec![value.clone()])),
-                        ));
+                    if *name != asked {
+                        continue;
                     }
+                    let data = match (q.query_type(), value.parse::<std::net::Ipv4Addr>()) {
+                        (RecordType::A, Ok(ip)) => RData::A(A(ip)),
+                        (RecordType::TXT, Err(_)) => RData::TXT(TXT::new(vec![value.clone()])),
+                        _ => continue,
+                    };
+                    found = true;
+                    answer.add_answer(Record::from_rdata(Name::from_ascii(format!("{name}.")).unwrap(), 1, data));
                 }
             }
             if !found {
@@ -172,6 +191,70 @@ async fn dns_server(records: std::sync::Arc<std::sync::Mutex<Vec<(String, String
         }
     });
     addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_proof_counts_only_for_a_name_whose_dns_points_at_the_platform_and_nobody_else_claims() {
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let dns = dns_server(records.clone()).await;
+    // HTTP challenges go to this node's ingress whatever the name's DNS says.
+    let node = node_with(|c| c.trust.dns_server = Some(dns)).await;
+    node.publish("hello", "hello", "1.0.0").await;
+    let acme = owned_tenant(&node, "acme").await;
+    let (_, created) =
+        instance(&node, &acme, json!({ "tenant": "acme", "service": "hello", "hosts": ["www.acme.example"] })).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/instances/{id}/hosts/verify");
+    let http = json!({ "hostname": "www.acme.example", "method": "http" });
+
+    // A name that resolves nowhere proves nothing, though the platform answers its challenge.
+    let (status, answer) = node.call(&acme, Method::POST, &path, Some(http.clone())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("does not resolve"), "{answer}");
+    // Nor one that points at someone else.
+    records.lock().unwrap().push(("www.acme.example".into(), "10.9.9.9".into()));
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, answer) = node.call(&acme, Method::POST, &path, Some(http.clone())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("resolves to 10.9.9.9") && error.contains("127.0.0.1"), "{answer}");
+    assert_eq!(node.get("www.acme.example", "/").await.0, StatusCode::NOT_FOUND);
+    // Pointed at the platform, and claimed by acme alone: proven over HTTP.
+    records.lock().unwrap().push(("www.acme.example".into(), "127.0.0.1".into()));
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let verified = node.expect(&acme, Method::POST, &path, http, StatusCode::OK).await;
+    assert_eq!(verified["hosts"], json!(["www.acme.example"]), "{verified}");
+
+    // A squatter claims a name first; its owner points DNS at the platform and
+    // claims it too. The squatter's HTTP proof no longer wins.
+    let eve = owned_tenant(&node, "eve").await;
+    let (_, squat) =
+        instance(&node, &eve, json!({ "tenant": "eve", "service": "hello", "hosts": ["shop.corp.example"] })).await;
+    let squat_id = squat["id"].as_str().unwrap().to_string();
+    records.lock().unwrap().push(("shop.corp.example".into(), "127.0.0.1".into()));
+    let corp = owned_tenant(&node, "corp").await;
+    let (_, owned) =
+        instance(&node, &corp, json!({ "tenant": "corp", "service": "hello", "hosts": ["shop.corp.example"] })).await;
+    let owned_id = owned["id"].as_str().unwrap().to_string();
+    let corp_token = owned["pending_hosts"][0]["token"].as_str().unwrap().to_string();
+    let eve_path = format!("/v1/instances/{squat_id}/hosts/verify");
+    for body in
+        [json!({ "hostname": "shop.corp.example" }), json!({ "hostname": "shop.corp.example", "method": "http" })]
+    {
+        let (status, answer) = node.call(&eve, Method::POST, &eve_path, Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "the squatter's proof must not count: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains("more than one tenant"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+    }
+    assert_eq!(node.get("shop.corp.example", "/").await.0, StatusCode::NOT_FOUND);
+    // The owner publishes the TXT record and gets the name.
+    records.lock().unwrap().push(("_wharf-challenge.shop.corp.example".into(), format!("wharf-verify={corp_token}")));
+    let corp_path = format!("/v1/instances/{owned_id}/hosts/verify");
+    let verified =
+        node.expect(&corp, Method::POST, &corp_path, json!({ "hostname": "shop.corp.example" }), StatusCode::OK).await;
+    assert_eq!(verified["hosts"], json!(["shop.corp.example"]), "{verified}");
+    let (status, _) = node.call(&eve, Method::POST, &eve_path, Some(json!({ "hostname": "shop.corp.example" }))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the squatter's claim ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +338,9 @@ async fn an_invitation_proves_the_address_from_member_add_to_first_login() {
     let (status, user) = register("ann@corp.example", Some(&token)).await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["joined"], json!({ "tenant": "acme", "role": "admin" }));
-    assert_eq!(user["email_verified"], true);
+    // The token came back to the inviter (no SMTP): a member of acme, the
+    // address still unproven to anyone else.
+    assert_eq!(user["email_verified"], false);
     assert_eq!(register("ann2@corp.example", Some(&token)).await.0, StatusCode::BAD_REQUEST);
     let (status, session) = node
         .anonymous_json(Method::POST, "/v1/login", json!({ "email": "ann@corp.example", "password": PASSWORD }))
@@ -593,6 +678,60 @@ async fn with_smtp_configured_the_invitation_is_mailed_not_returned() {
     let (status, user) = node.anonymous_json(Method::POST, "/v1/users", body).await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["joined"]["tenant"], "acme");
+    // The token reached the address itself: the address is proven, so another
+    // tenant adding dee makes her a member at once.
+    assert_eq!(user["email_verified"], true, "{user}");
+    let other = owned_tenant(&node, "globex").await;
+    let (status, added) = node
+        .call(&other, Method::POST, "/v1/tenants/globex/members", Some(json!({ "email": "dee@corp.example" })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "a proven address is added at once: {added}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_handed_to_the_inviter_proves_the_address_to_nobody_else() {
+    // No SMTP: invitation tokens come back to whoever invites.
+    let node = node_with(|_| {}).await;
+    let eve = owned_tenant(&node, "eve").await;
+    let corp = owned_tenant(&node, "corp").await;
+    // Eve invites Corp's admin-to-be to her own tenant and uses the token herself.
+    let (status, added) =
+        node.call(&eve, Method::POST, "/v1/tenants/eve/members", Some(json!({ "email": "ann@corp.example" }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{added}");
+    let token = added["invitation"]["token"].as_str().unwrap().to_string();
+    let body = json!({ "email": "ann@corp.example", "password": PASSWORD, "invitation": token });
+    let (status, user) = node.anonymous_json(Method::POST, "/v1/users", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    assert_eq!(user["joined"]["tenant"], "eve", "the token is a membership of eve's tenant");
+    assert_eq!(user["email_verified"], false, "a token the inviter held proves nothing about the address: {user}");
+    let (_, session) = node
+        .anonymous_json(Method::POST, "/v1/login", json!({ "email": "ann@corp.example", "password": PASSWORD }))
+        .await;
+    let squatter = session["token"].as_str().unwrap().to_string();
+
+    // Corp adds the real Ann as an admin: an invitation, never the role itself.
+    let (status, added) = node
+        .call(
+            &corp,
+            Method::POST,
+            "/v1/tenants/corp/members",
+            Some(json!({ "email": "ann@corp.example", "role": "admin" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "an unproven account is invited, not made a member: {added}");
+    let (_, members) = node.call(&corp, Method::GET, "/v1/tenants/corp/members", None).await;
+    assert!(!members.to_string().contains("ann@corp.example"), "{members}");
+    let (_, me) = node.call(&squatter, Method::GET, "/v1/me", None).await;
+    assert_eq!(me["tenants"], json!([{ "tenant": "eve", "role": "member" }]), "{me}");
+    let (status, _) = node.call(&squatter, Method::GET, "/v1/tenants/corp", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Accepting an invitation whose token also went to its inviter proves nothing either.
+    let corp_token = added["invitation"]["token"].as_str().unwrap().to_string();
+    let (status, joined) =
+        node.call(&squatter, Method::POST, "/v1/invitations/accept", Some(json!({ "token": corp_token }))).await;
+    assert_eq!(status, StatusCode::OK, "whoever holds the token joins that tenant: {joined}");
+    let (_, me) = node.call(&squatter, Method::GET, "/v1/me", None).await;
+    assert_eq!(me["email_verified"], false, "{me}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,7 +80,11 @@ pub(crate) async fn account(
         "limit_currency": account.limit_currency,
         "suspended": account.suspended,
         "period": running.period,
+        // Owed so far (what spending limits apply to), and what the month
+        // comes to at its end if nothing changes.
         "running_totals": running.totals,
+        "accrued_until": running.accrued_until,
+        "projected_totals": running.projected,
         "now": node.billing.now(),
         "now_utc": format_utc(node.billing.now()),
     })))

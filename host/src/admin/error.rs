@@ -69,7 +69,7 @@ impl From<IdentityError> for ApiError {
             E::EmailTaken => StatusCode::CONFLICT,
             E::RegistrationClosed | E::InvitationRequired | E::TooManyInvitations(_) => StatusCode::FORBIDDEN,
             E::InvalidInvitation => StatusCode::BAD_REQUEST,
-            E::BadCredentials => StatusCode::UNAUTHORIZED,
+            E::BadCredentials | E::OverlongPassword => StatusCode::UNAUTHORIZED,
             E::RateLimited(wait) => {
                 let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, err.to_string());
                 e.retry_after = Some(wait.as_secs().max(1));
@@ -108,7 +108,7 @@ impl From<RegistryError> for ApiError {
             E::Manifest(_) | E::Component(_) | E::NameMismatch { .. } | E::Dialect { .. } | E::NoWorker { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            E::VersionConflict { .. } => StatusCode::CONFLICT,
+            E::VersionConflict { .. } | E::NotLoadable { .. } => StatusCode::CONFLICT,
             E::UnknownService(_) | E::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             E::Internal(e) => return Self::internal(e),
         };
@@ -141,6 +141,7 @@ impl From<ConfigError> for ApiError {
             E::Registry(
                 RegistryError::UnknownService(_) | RegistryError::UnknownVersion { .. } | RegistryError::Dialect { .. },
             ) => StatusCode::BAD_REQUEST,
+            E::Registry(RegistryError::NotLoadable { .. }) => StatusCode::CONFLICT,
             E::Registry(inner) => return Self::from(RegistryError::Internal(anyhow::anyhow!("{inner}"))),
             E::Internal(e) => return Self::internal(e),
         };
@@ -178,7 +179,7 @@ impl From<crate::billing::BillingError> for ApiError {
             | E::InvalidDiscount(_)
             | E::InvalidDetails(_)
             | E::InvalidLimit(_)
-            | E::Clock(ClockError::Backwards { .. }) => StatusCode::BAD_REQUEST,
+            | E::Clock(ClockError::Backwards { .. } | ClockError::TooFar { .. }) => StatusCode::BAD_REQUEST,
             E::PeriodOpen { .. } | E::Clock(ClockError::NotSettable) => StatusCode::CONFLICT,
             E::Internal(e) => return Self::internal(e),
         };

@@ -178,9 +178,12 @@ pub async fn me(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiRes
     for member in node.access.memberships(&caller.user_id).await? {
         tenants.push(json!({ "tenant": member.tenant, "role": member.role }));
     }
+    // Whether other tenants may add this account at once (see invitations).
+    let proven = node.identity.user_by_email(&caller.email).await?.email_verified;
     Ok(Json(json!({
         "user_id": caller.user_id,
         "email": caller.email,
+        "email_verified": proven,
         "operator": caller.operator,
         "credential": caller.credential,
         "tenants": tenants,
@@ -294,7 +297,9 @@ pub async fn add_member(
             "{email} has no account and registration is closed; an operator must create the account first"
         )));
     }
-    let (invitation, token) = node.identity.invitations.create(&tenant, &email, role.as_str(), &caller.email).await?;
+    let mailed = node.mailer.is_some();
+    let (invitation, token) =
+        node.identity.invitations.create(&tenant, &email, role.as_str(), &caller.email, mailed).await?;
     let link = format!("{}/v1/invitations/{token}", public_url(&node));
     let delivered = match &node.mailer {
         Some(mailer) => {

@@ -17,6 +17,7 @@ use super::{body, instance_for, ApiError, ApiResult};
 use crate::access::{AccessError, Platform};
 use crate::jobs::{JobError, JobFilter, JobInfo, NewJob, SETUP_KIND};
 use crate::node::Node;
+use crate::router::Serving;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,8 +178,21 @@ pub(crate) async fn enqueue(
     let request = body(payload)?;
     let instance = instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
     let route = node.router.instance(&id).ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))?;
-    let Some(version) = route.version() else {
-        return Err(ApiError::new(StatusCode::CONFLICT, "the service has no active version"));
+    // Checked and recorded against the version that serves the instance (as
+    // the guest's own enqueue is), not the one it should run: after a failed
+    // setup it still serves the old version on the old schema, and a job only
+    // the new version accepts would run the new code against it.
+    let version = match route.serving() {
+        Serving::Version(version) => version,
+        Serving::Maintenance => {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("instance {id:?} is being set up (migrations); queue the job once it serves again"),
+            );
+            error.retry_after = Some(2);
+            return Err(error);
+        }
+        Serving::Nothing => return Err(ApiError::new(StatusCode::CONFLICT, "the service has no active version")),
     };
     if !version.manifest.accepts(&request.kind, request.version) {
         return Err(JobError::NotDeclared {

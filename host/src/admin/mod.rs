@@ -351,6 +351,8 @@ async fn publish(
     let manifest = manifest.ok_or_else(|| ApiError::bad_request("missing the `manifest` part (wharf.toml)"))?;
     let component = component.ok_or_else(|| ApiError::bad_request("missing the `component` part (the .wasm file)"))?;
     let published = node.registry.publish(Some(&name), &manifest, component, query.activate).await?;
+    // Compiled here already: the fleet hears it is ready with this beat, not the next.
+    node.fleet.wake.notify_one();
     if published.version.active {
         setups_due(&node).await;
         subscriptions_due(&node).await;

@@ -44,7 +44,11 @@ fn wait(ms: Option<u64>, default: u64) -> ApiResult<Duration> {
 /// Refuse a version whose SQL dialects this platform's instance databases do
 /// not speak (as activating it would).
 async fn runnable_here(node: &Node, service: &str, version: &str) -> ApiResult<()> {
-    node.registry.ensure_loaded(service, version).await?;
+    match node.registry.ensure_loaded(service, version).await {
+        // This node's failure is reported with the others' (its beat names it).
+        Ok(()) | Err(crate::registry::RegistryError::NotLoadable { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     if let Some(loaded) = node.registry.slot(service).and_then(|s| s.version(version)) {
         node.registry.check_dialect(&loaded)?;
     }
@@ -89,11 +93,15 @@ pub(crate) async fn stage(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let on_nodes = rollout::versions_on_nodes(&node.db, &service).await?.remove(&version).unwrap_or_default();
+    let live = rollout::live_nodes(&node.db).await?;
+    let ready_on = on_nodes.iter().filter(|n| n.state == "ready" && live.contains(&n.node)).count();
     node.audit.record(&caller.email, "version.stage", &format!("{service} {version}"), None, "ok").await;
     Ok(Json(json!({
         "service": service,
         "version": version,
         "ready": pending.is_empty(),
+        "ready_on": ready_on,
+        "live_nodes": live.len(),
         "not_ready": pending,
         "nodes": on_nodes,
     })))
@@ -167,6 +175,8 @@ async fn promote_to(
         ));
     }
     let previous = node.registry.slot(service).and_then(|s| s.active()).map(|v| v.version.clone());
+    // Every node live now must apply it; one that freezes meanwhile is named.
+    let expected = rollout::live_nodes(&node.db).await?;
     let started = std::time::Instant::now();
     // One transaction: the version becomes active and canary and health pins
     // end (every instance follows it), under one generation.
@@ -176,10 +186,21 @@ async fn promote_to(
         node.configurator.refresh_routes().await?;
     }
     node.fleet.ack(generation).await?;
-    let (acknowledged, pending) = rollout::wait_for_acks(&node.db, generation, wait).await?;
+    let (acknowledged, pending) = rollout::wait_for_acks(&node.db, &expected, generation, wait).await?;
     let took_ms = started.elapsed().as_millis() as u64;
     let detail = format!("{} nodes acknowledged in {took_ms} ms", acknowledged.len());
-    rollout::record(&node.db, service, kind, version, previous.as_deref(), generation, actor, &detail).await?;
+    let entry = rollout::Promotion {
+        service,
+        kind,
+        version,
+        previous: previous.as_deref(),
+        generation,
+        actor,
+        detail: &detail,
+        instance: None,
+        node: &node.fleet.id,
+    };
+    rollout::record(&node.db, &entry).await?;
     setups_due(node).await;
     super::subscriptions_due(node).await;
     node.audit.record(actor, &format!("version.{kind}"), &format!("{service} {version}"), None, "ok").await;
@@ -251,13 +272,25 @@ pub(crate) async fn canary(
         _ => return Err(ApiError::bad_request("name the canary instances, or a percent of them, not both")),
     };
     let reason = format!("canary of {service} {version}");
+    let expected = rollout::live_nodes(&node.db).await?;
     let (pinned, generation) = node.configurator.rollout_pin(&service, &chosen, &version, "canary", &reason).await?;
     node.fleet.ack(node.generation.get()).await?;
-    let (acknowledged, pending) = rollout::wait_for_acks(&node.db, generation, Duration::from_secs(10)).await?;
+    let (acknowledged, pending) =
+        rollout::wait_for_acks(&node.db, &expected, generation, Duration::from_secs(10)).await?;
     let previous = node.registry.slot(&service).and_then(|s| s.active()).map(|v| v.version.clone());
     let detail = format!("{} instances", pinned.len());
-    rollout::record(&node.db, &service, "canary", &version, previous.as_deref(), generation, &caller.email, &detail)
-        .await?;
+    let entry = rollout::Promotion {
+        service: &service,
+        kind: "canary",
+        version: &version,
+        previous: previous.as_deref(),
+        generation,
+        actor: &caller.email,
+        detail: &detail,
+        instance: None,
+        node: &node.fleet.id,
+    };
+    rollout::record(&node.db, &entry).await?;
     setups_due(&node).await;
     super::subscriptions_due(&node).await;
     node.audit.record(&caller.email, "version.canary", &format!("{service} {version}"), None, "ok").await;

@@ -22,7 +22,20 @@ pub enum ClockError {
     NotSettable,
     #[error("the clock only moves forward: it is {now} and {asked} is earlier")]
     Backwards { now: String, asked: String },
+    #[error(
+        "{asked} is more than {} years ahead of real time (at most {limit}); a time is Unix seconds or a UTC date \
+         such as 2027-01-10T08:00Z, not milliseconds",
+        MAX_AHEAD_SECS / YEAR_SECS
+    )]
+    TooFar { asked: String, limit: String },
 }
+
+/// Seconds in a (Julian) year.
+const YEAR_SECS: i64 = 31_557_600;
+/// How far ahead of real time the clock may be moved: a month simulated in a
+/// test or a demo is seconds away, and a slip of units (milliseconds sent as
+/// seconds) is tens of thousands of years away and could never be undone.
+pub const MAX_AHEAD_SECS: i64 = 10 * YEAR_SECS;
 
 impl Clock {
     /// Real time, not settable.
@@ -52,6 +65,11 @@ impl Clock {
         let now = self.now();
         if at < now {
             return Err(ClockError::Backwards { now: format_utc(now), asked: format_utc(at) });
+        }
+        let limit = crate::store::now() + MAX_AHEAD_SECS;
+        if at > limit {
+            let asked = if at < 253_402_300_800 { format_utc(at) } else { format!("{at} (Unix seconds)") };
+            return Err(ClockError::TooFar { asked, limit: format_utc(limit) });
         }
         self.offset.fetch_add(at - now, Ordering::Relaxed);
         Ok(self.now())
@@ -217,5 +235,11 @@ mod tests {
         assert_eq!(clock.set(later).unwrap(), later);
         assert!(clock.now() >= later);
         assert!(matches!(clock.set(later - 10), Err(ClockError::Backwards { .. })));
+        // Nine years ahead is a simulation; milliseconds taken for seconds are not.
+        let nine_years = crate::store::now() + 9 * YEAR_SECS;
+        assert_eq!(clock.set(nine_years).unwrap(), nine_years);
+        assert!(matches!(clock.set(nine_years * 1000), Err(ClockError::TooFar { .. })));
+        assert!(matches!(clock.set(i64::MAX), Err(ClockError::TooFar { .. })));
+        assert!(clock.now() < nine_years + 60);
     }
 }

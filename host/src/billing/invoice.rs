@@ -42,6 +42,14 @@ pub struct Invoice {
     pub bill_to: Details,
     pub lines: Vec<Line>,
     pub totals: Vec<Total>,
+    /// While the period runs: the time its lines are accrued to (the billing
+    /// clock's now). `totals` is what is owed so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accrued_until: Option<i64>,
+    /// While the period runs: what it comes to at its end if nothing changes
+    /// (subscriptions to the end of the month, usage as recorded so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected: Option<Vec<Total>>,
     pub rounding: String,
 }
 
@@ -119,6 +127,8 @@ struct InstanceUsage {
     late: Amounts,
     rows: usize,
     dropped_rows: usize,
+    /// Rows before the service's first plan took effect.
+    unpriced_rows: usize,
     first_hour: Option<i64>,
     last_hour: Option<i64>,
     /// Billed rows by hour (for discounts limited in time).
@@ -131,17 +141,32 @@ pub fn invoice_id(tenant: &str, period: Period) -> String {
 
 impl Billing {
     /// The invoice of `tenant` for `period`: the stored one once closed, else
-    /// computed now from the records.
+    /// computed now from the records; while the period runs, accrued to now,
+    /// with what it is projected to come to at its end.
     pub async fn invoice(&self, tenant: &str, period: Period) -> Result<Invoice, BillingError> {
         if let Some(closed) = self.stored(tenant, period).await? {
             return Ok(closed);
         }
-        Ok(self.compute(tenant, period, false).await?.0)
+        let now = self.now();
+        let (mut invoice, _) = self.compute(tenant, period, false, now.min(period.end())).await?;
+        if now < period.end() {
+            let (projected, _) = self.compute(tenant, period, false, period.end()).await?;
+            invoice.accrued_until = Some(now);
+            invoice.projected = Some(projected.totals);
+        }
+        Ok(invoice)
     }
 
-    /// The current period's invoice so far: the running total.
+    /// The current period's invoice so far (the running total), with its projection.
     pub async fn running(&self, tenant: &str) -> Result<Invoice, BillingError> {
         self.invoice(tenant, Period::containing(self.now())).await
+    }
+
+    /// What `tenant` owes for the current period so far (spending limits
+    /// apply to this, not to the month's projection).
+    pub async fn accrued(&self, tenant: &str) -> Result<Invoice, BillingError> {
+        let now = self.now();
+        Ok(self.compute(tenant, Period::containing(now), false, now).await?.0)
     }
 
     async fn stored(&self, tenant: &str, period: Period) -> Result<Option<Invoice>, BillingError> {
@@ -178,7 +203,8 @@ impl Billing {
             }
         }
         for period in pending.into_iter().rev() {
-            list.push(summary(&self.compute(tenant, period, false).await?.0));
+            let until = self.now().min(period.end());
+            list.push(summary(&self.compute(tenant, period, false, until).await?.0));
         }
         for (doc,) in rows {
             let invoice: Invoice = serde_json::from_str(&doc).context("a stored invoice is unreadable")?;
@@ -223,7 +249,7 @@ impl Billing {
     }
 
     async fn close_one(&self, tenant: &str, period: Period) -> Result<Invoice, BillingError> {
-        let (mut invoice, accounted) = self.compute(tenant, period, true).await?;
+        let (mut invoice, accounted) = self.compute(tenant, period, true, period.end()).await?;
         invoice.state = "closed".to_string();
         invoice.closed_at = Some(self.now());
         let mut tx = crate::store::begin(&self.db).await?;
@@ -289,14 +315,18 @@ impl Billing {
         Ok(closed)
     }
 
-    /// Compute the invoice (and, when `closing`, the usage it accounts for).
+    /// Compute the invoice with subscriptions accrued up to `until` (the
+    /// period's end for a finished one) and, when `closing`, the usage it
+    /// accounts for.
     async fn compute(
         &self,
         tenant: &str,
         period: Period,
         closing: bool,
+        until: i64,
     ) -> Result<(Invoice, Vec<Accounted>), BillingError> {
         let (start, end) = (period.start(), period.end());
+        let until = until.clamp(start, end);
         let period_secs = end - start;
         let events = self.events(tenant, None, end).await?;
         let mut by_instance: BTreeMap<&str, Vec<&SubscriptionEvent>> = BTreeMap::new();
@@ -330,6 +360,9 @@ impl Billing {
                 plans.insert(service.clone(), plan);
             }
             let plan = plans[&service].clone();
+            // A service first priced during the period bills from then: time
+            // before any plan existed is not billed.
+            let priced_from = plan.as_ref().map(|p| p.effective_from).filter(|from| *from > start);
             // Subscribed ranges per item, and every active range (for usage).
             let mut items: BTreeMap<(u8, String), Vec<Range>> = BTreeMap::new();
             let mut active: Vec<(i64, i64)> = Vec::new();
@@ -343,7 +376,8 @@ impl Billing {
                 if stop > event.at {
                     active.push((event.at, stop));
                 }
-                let (from, to) = (event.at.max(start), stop.min(end));
+                let from = event.at.max(start).max(priced_from.unwrap_or(start));
+                let to = stop.min(until);
                 if to <= from {
                     continue;
                 }
@@ -352,6 +386,12 @@ impl Billing {
                 } else {
                     event.cite()
                 }];
+                if let Some(priced) = priced_from.filter(|p| *p == from) {
+                    cites.push(format!(
+                        "{service} was first priced at {}: the time before it is not billed",
+                        format_utc(priced)
+                    ));
+                }
                 if event.ends_at == Some(stop) {
                     cites.push(format!("end date {} reached", format_utc(stop)));
                 } else if let Some(next) = next.filter(|n| n.at == to) {
@@ -375,7 +415,7 @@ impl Billing {
             }
             // Usage is accounted for by a closed invoice even when unpriced: a
             // plan set later bills from then on, not the past.
-            let usage = self.usage_of(tenant, instance, period, previous, closing, &active).await?;
+            let usage = self.usage_of(tenant, instance, period, previous, closing, &active, priced_from).await?;
             accounted.push(Accounted {
                 instance: instance.to_string(),
                 requests: usage.0.requests,
@@ -496,6 +536,13 @@ impl Billing {
                         usage.dropped_rows
                     ));
                 }
+                if let Some(priced) = priced_from.filter(|_| usage.unpriced_rows > 0) {
+                    sources.push(format!(
+                        "{} hourly rows before {service} was first priced ({}) are not billed",
+                        usage.unpriced_rows,
+                        format_utc(priced)
+                    ));
+                }
                 lines.push(Line {
                     kind: kind.to_string(),
                     instance: Some(instance.to_string()),
@@ -592,12 +639,17 @@ impl Billing {
                 .into_iter()
                 .map(|(currency, amount)| Total { formatted: money::format(amount, &currency), currency, amount })
                 .collect(),
+            accrued_until: None,
+            projected: None,
             rounding: ROUNDING.to_string(),
         };
         Ok((invoice, accounted))
     }
 
-    /// An instance's usage for `period`: (what closing it accounts for, what it bills).
+    /// An instance's usage for `period`: (what closing it accounts for, what
+    /// it bills). Billed: hours the subscription was active in, from the hour
+    /// `priced_from` falls in (a service first priced during the period).
+    #[allow(clippy::too_many_arguments)]
     async fn usage_of(
         &self,
         tenant: &str,
@@ -606,6 +658,7 @@ impl Billing {
         previous: Option<Period>,
         closing: bool,
         active: &[(i64, i64)],
+        priced_from: Option<i64>,
     ) -> Result<(Amounts, InstanceUsage), BillingError> {
         let (start, end) = (period.start(), period.end());
         let sum = |before: i64| {
@@ -648,11 +701,16 @@ impl Billing {
             late,
             rows: 0,
             dropped_rows: 0,
+            unpriced_rows: 0,
             first_hour: None,
             last_hour: None,
             by_hour: Vec::new(),
         };
         for (hour, requests, jobs, fuel) in rows {
+            if priced_from.is_some_and(|from| hour + 3600 <= from) {
+                usage.unpriced_rows += 1;
+                continue;
+            }
             // Billed only for hours the subscription was active in.
             if !active.iter().any(|(from, to)| *from < hour + 3600 && hour < *to) {
                 usage.dropped_rows += 1;
@@ -758,10 +816,22 @@ pub fn html(invoice: &Invoice) -> String {
     if invoice.lines.is_empty() {
         page.push_str("<tr><td colspan=\"3\">No charges in this period.</td></tr>");
     }
+    let label = match invoice.accrued_until {
+        Some(at) => format!("So far (to {})", format_utc(at)),
+        None => "Total".to_string(),
+    };
     for total in &invoice.totals {
         let _ = write!(
             page,
-            "<tr class=\"total\"><td>Total</td><td></td><td class=\"n\">{}</td></tr>",
+            "<tr class=\"total\"><td>{}</td><td></td><td class=\"n\">{}</td></tr>",
+            e(&label),
+            e(&total.formatted)
+        );
+    }
+    for total in invoice.projected.iter().flatten() {
+        let _ = write!(
+            page,
+            "<tr><td>Projected to the end of the month, if nothing changes</td><td></td><td class=\"n\">{}</td></tr>",
             e(&total.formatted)
         );
     }

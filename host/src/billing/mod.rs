@@ -833,7 +833,7 @@ pub async fn enforce_limits(node: &crate::node::Node) -> Result<usize, BillingEr
     let billing = &node.billing;
     let mut changed = 0;
     for (tenant, limit, currency, suspended) in billing.limited_tenants().await? {
-        let running = billing.running(&tenant).await?;
+        let running = billing.accrued(&tenant).await?;
         let total = running.totals.iter().find(|t| t.currency == currency).map_or(0, |t| t.amount);
         let reason = (total >= limit).then(|| {
             format!(

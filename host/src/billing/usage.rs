@@ -15,7 +15,7 @@
 //! had not yet counted (a guest still finishing) is lost, and is bounded by the
 //! requests in flight. (A power cut can lose what the page cache held.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -290,7 +290,10 @@ impl Usage {
 
     /// Apply the journal lines `text` as the batch `batch`.
     async fn apply_text(&self, batch: &str, text: &str, counted: bool) -> anyhow::Result<()> {
-        let mut amounts: HashMap<(&str, &str, i64), UsageTotals> = HashMap::new();
+        // Rows are written in one global order (instance, then hour; then the
+        // totals by instance), so nodes flushing the same instances at once
+        // lock them in the same order and never deadlock on PostgreSQL.
+        let mut amounts: BTreeMap<(&str, &str, i64), UsageTotals> = BTreeMap::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
             let [instance, tenant, hour, requests, jobs, fuel, errors] = fields[..] else { continue };
@@ -320,7 +323,7 @@ impl Usage {
             }
             return Ok(());
         }
-        let mut per_instance: HashMap<&str, UsageTotals> = HashMap::new();
+        let mut per_instance: BTreeMap<&str, UsageTotals> = BTreeMap::new();
         for ((instance, tenant, hour), t) in &amounts {
             per_instance.entry(instance).or_default().add(t);
             sqlx::query(
@@ -365,7 +368,7 @@ impl Usage {
     }
 
     /// Take an applied batch's amounts out of the counters.
-    fn uncount(&self, amounts: &HashMap<(&str, &str, i64), UsageTotals>) {
+    fn uncount(&self, amounts: &BTreeMap<(&str, &str, i64), UsageTotals>) {
         for ((instance, _, _), t) in amounts {
             if let Some(counters) = self.counters.get(*instance) {
                 counters.subtract(t);

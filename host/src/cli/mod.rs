@@ -341,10 +341,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     pub hostname_reservation_days: u64,
     /// Connect HTTP hostname challenges to this address instead of the name's
-    /// (a load balancer in front; port 0: this node's own ingress).
+    /// (a load balancer in front; port 0: this node's own ingress). The name
+    /// must still resolve to a platform address (--platform-address).
     #[arg(long, value_name = "ADDR")]
     pub challenge_connect: Option<SocketAddr>,
-    /// DNS server for TXT hostname challenges (default: the system's).
+    /// A public address of the platform (repeatable): with --challenge-connect,
+    /// an HTTP proof counts only for a name that resolves to one of these
+    /// (default: the --challenge-connect address's IP).
+    #[arg(long = "platform-address", value_name = "IP")]
+    pub platform_addresses: Vec<std::net::IpAddr>,
+    /// DNS server for TXT hostname challenges and for resolving names checked
+    /// through --challenge-connect (default: the system's).
     #[arg(long, value_name = "ADDR")]
     pub dns_server: Option<SocketAddr>,
     /// Tenants one user may create (default quota).
@@ -424,6 +431,7 @@ impl ServeArgs {
         trust.tenant_creation = self.tenant_creation;
         trust.hostname_reservation = Duration::from_secs(self.hostname_reservation_days * 86_400);
         trust.challenge_connect = self.challenge_connect;
+        trust.platform_addresses = self.platform_addresses.clone();
         trust.dns_server = self.dns_server;
         trust.quotas = crate::config::QuotaDefaults {
             tenants_per_user: self.quota_tenants,

@@ -133,10 +133,13 @@ impl Output {
             let strings = |key: &str| -> Vec<String> {
                 list(v, key).iter().filter_map(Value::as_str).map(str::to_string).collect()
             };
-            let policy = match v.get("pinned_version").and_then(Value::as_str) {
+            let mut policy = match v.get("pinned_version").and_then(Value::as_str) {
                 Some(p) => format!("pinned to {p}"),
                 None => "follows the active version".to_string(),
             };
+            if v["wanted_version"] != v["running_version"] && v["wanted_version"].is_string() {
+                policy.push_str(&format!(", which is {}", s(v, "wanted_version")));
+            }
             let mut hosts = strings("platform_hosts");
             hosts.extend(strings("hosts"));
             println!(
@@ -295,8 +298,12 @@ impl Output {
             if list(v, "lines").is_empty() {
                 println!("  no charges");
             }
+            let label = if v["accrued_until"].is_i64() { "so far" } else { "total" };
             for total in list(v, "totals") {
-                println!("  {:>14}  total", s(total, "formatted"));
+                println!("  {:>14}  {label}", s(total, "formatted"));
+            }
+            for total in list(v, "projected") {
+                println!("  {:>14}  projected to the end of the month, if nothing changes", s(total, "formatted"));
             }
         }
         Ok(())
@@ -334,10 +341,14 @@ impl Output {
             }
             let totals: Vec<String> = list(v, "running_totals").iter().map(|t| s(t, "formatted")).collect();
             println!(
-                "  {}   {}",
+                "  {}   {} so far",
                 s(v, "period"),
-                if totals.is_empty() { "nothing so far".to_string() } else { totals.join(", ") }
+                if totals.is_empty() { "nothing".to_string() } else { totals.join(", ") }
             );
+            let projected: Vec<String> = list(v, "projected_totals").iter().map(|t| s(t, "formatted")).collect();
+            if !projected.is_empty() {
+                println!("            {} projected to the end of the month", projected.join(", "));
+            }
         }
         Ok(())
     }

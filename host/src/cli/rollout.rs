@@ -44,10 +44,14 @@ pub async fn stage(client: &Client, out: &Output, service: &str, version: &str) 
     }
     let staged =
         client.post(&format!("/v1/services/{}/stage", client::encode(service)), &json!({ "version": version })).await?;
-    let nodes = staged["nodes"].as_array().map(Vec::len).unwrap_or(0);
     out.line(
         &staged,
-        &format!("{service} {version}: ready on {nodes} nodes; not ready: {}", list(&staged, "not_ready")),
+        &format!(
+            "{service} {version}: ready on {} of {} nodes; not ready: {}",
+            output::s(&staged, "ready_on"),
+            output::s(&staged, "live_nodes"),
+            list(&staged, "not_ready")
+        ),
     )?;
     anyhow::ensure!(staged["ready"] == true, "{service} {version} is not ready on every node");
     Ok(())
@@ -116,7 +120,7 @@ pub async fn status(client: &Client, out: &Output, service: &str) -> anyhow::Res
             output::s(node, "generation")
         );
     }
-    println!("  {:<12} {:<8} {:<10} {:>9} {:>7}  pins", "VERSION", "ACTIVE", "READY ON", "REQUESTS", "ERRORS");
+    println!("  {:<12} {:<9} {:<10} {:>9} {:>7}  pins", "VERSION", "STATE", "READY ON", "REQUESTS", "ERRORS");
     for v in status["versions"].as_array().cloned().unwrap_or_default() {
         let failed: Vec<String> = v["nodes"]
             .as_array()
@@ -129,12 +133,14 @@ pub async fn status(client: &Client, out: &Output, service: &str) -> anyhow::Res
             .unwrap_or_default();
         let pins = v["pinned"].as_array().map(Vec::len).unwrap_or(0);
         println!(
-            "  {:<12} {:<8} {:<10} {:>9} {:>7}  {pins}{}",
+            "  {:<12} {:<9} {:<10} {:>9} {:>7}  {pins}{}",
             output::s(&v, "version"),
             if v["active"] == true {
                 "active"
             } else if v["previous"] == true {
                 "previous"
+            } else if v["staged_at"].is_i64() {
+                "staged"
             } else {
                 ""
             },
@@ -145,12 +151,14 @@ pub async fn status(client: &Client, out: &Output, service: &str) -> anyhow::Res
         );
     }
     for h in status["history"].as_array().cloned().unwrap_or_default().iter().take(5) {
+        let nodes = list(h, "nodes");
         println!(
-            "  {} {} by {}: {}",
+            "  {} {} by {}: {}{}",
             output::s(h, "kind"),
             output::s(h, "version"),
             output::s(h, "actor"),
-            output::s(h, "detail")
+            output::s(h, "detail"),
+            if h["kind"] == "health" { format!(" (seen by {nodes})") } else { String::new() }
         );
     }
     Ok(())

@@ -86,8 +86,10 @@ pub struct Policy {
 
 /// Why a name cannot be claimed.
 pub fn refusal(policy: &Policy, host: &str) -> Option<String> {
-    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() || host.rsplit('.').next().is_some_and(is_numeric) {
-        return Some("IP addresses cannot be claimed; use a DNS name".into());
+    if reads_as_ip(host) {
+        return Some(
+            "IP addresses cannot be claimed (in any spelling: 127.1, 0x7f.0x1, 017700000001); use a DNS name".into(),
+        );
     }
     if !host.contains('.') {
         return Some("single-label names cannot be claimed; use a full DNS name like shop.example.com".into());
@@ -106,8 +108,21 @@ pub fn refusal(policy: &Policy, host: &str) -> Option<String> {
     None
 }
 
-fn is_numeric(label: &str) -> bool {
-    !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit())
+/// Whether a browser or a resolver could read `host` as an IP address. The
+/// WHATWG URL parser (which browsers and most HTTP clients follow) reads any
+/// host whose last label is a number — decimal, octal, or `0x` hex — as IPv4,
+/// or refuses it; `inet_aton` reads the same one-to-four-part forms. So a name
+/// ending in a number is never a DNS name, whatever the digit check says.
+fn reads_as_ip(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    match url::Host::parse(host) {
+        Ok(url::Host::Domain(_)) => false,
+        Ok(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        Err(e) => matches!(e, url::ParseError::InvalidIpv4Address | url::ParseError::InvalidIpv6Address),
+    }
 }
 
 impl Policy {
@@ -137,13 +152,23 @@ impl Policy {
 pub struct Verifier {
     http: reqwest::Client,
     connect: Option<SocketAddr>,
+    /// With `connect`: the addresses a name must resolve to for its HTTP
+    /// challenge to count (the platform's public addresses).
+    platform: Vec<IpAddr>,
     dns: TokioResolver,
 }
 
 impl Verifier {
     /// A verifier connecting HTTP challenges to `connect` when set (else to the
     /// name's own address), and asking `dns_server` (else the system's resolvers).
-    pub fn new(connect: Option<SocketAddr>, dns_server: Option<SocketAddr>) -> anyhow::Result<Self> {
+    /// Through `connect`, a name's challenge counts only if the name resolves to
+    /// one of `platform` (default: `connect`'s IP): the fetch goes to the
+    /// platform whatever the name's DNS says, so the DNS must be checked apart.
+    pub fn new(
+        connect: Option<SocketAddr>,
+        platform: &[IpAddr],
+        dns_server: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(CHECK_TIMEOUT)
@@ -166,7 +191,39 @@ impl Verifier {
         // A record the tenant just published must be seen now, not after a TTL.
         options.positive_max_ttl = Some(Duration::ZERO);
         options.negative_max_ttl = Some(Duration::ZERO);
-        Ok(Self { http, connect, dns: builder.build() })
+        let platform = match (platform.is_empty(), connect) {
+            (false, _) => platform.to_vec(),
+            (true, Some(addr)) => vec![addr.ip()],
+            (true, None) => Vec::new(),
+        };
+        Ok(Self { http, connect, platform, dns: builder.build() })
+    }
+
+    /// With a fixed challenge address: `Err` unless `hostname` resolves (A or
+    /// AAAA, through the configured resolver) to a platform address.
+    async fn check_points_here(&self, hostname: &str) -> Result<(), String> {
+        if self.connect.is_none() {
+            return Ok(());
+        }
+        let listed = self.platform.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+        let found: Vec<IpAddr> = match self.dns.lookup_ip(format!("{hostname}.")).await {
+            Ok(lookup) => lookup.iter().collect(),
+            Err(e) if e.is_no_records_found() => Vec::new(),
+            Err(e) => return Err(format!("http: resolving {hostname} failed: {e}")),
+        };
+        if found.is_empty() {
+            return Err(format!(
+                "http: {hostname} does not resolve (no A or AAAA record); point it at the platform ({listed}) and retry"
+            ));
+        }
+        if found.iter().any(|ip| self.platform.contains(ip)) {
+            return Ok(());
+        }
+        let shown = found.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+        Err(format!(
+            "http: {hostname} resolves to {shown}, not to the platform ({listed}); point it at the platform, \
+             or prove it with the DNS TXT record (--method dns)"
+        ))
     }
 
     /// Check the challenge of `hostname` by `method`: `Err` says what was found.
@@ -178,6 +235,7 @@ impl Verifier {
     }
 
     async fn check_http(&self, hostname: &str, token: &str) -> Result<(), String> {
+        self.check_points_here(hostname).await?;
         let url = format!("http://{hostname}{CHALLENGE_PATH}{token}");
         let mut request = self.http.get(&url);
         if let Some(addr) = self.connect {
@@ -266,10 +324,21 @@ mod tests {
             "node1.example.net",
             "apps.example.com",
             "forum.acme.apps.example.com",
+            // IPv4 as browsers and inet_aton read it.
+            "0x7f.0x1",
+            "127.0.0.0x1",
+            "127.1",
+            "0x7f000001",
+            "017700000001",
+            "1.2.3.4.5",
+            "shop.example.0x",
+            "10.0.0.1.",
         ] {
             assert!(refusal(&policy, host).is_some(), "{host} must be refused");
         }
-        for host in ["shop.example.com", "www.acme.com", "apps.example.com.evil.org"] {
+        for host in
+            ["shop.example.com", "www.acme.com", "apps.example.com.evil.org", "0x7f.example.com", "1.2.3.4.nip.io"]
+        {
             assert_eq!(refusal(&policy, host), None, "{host} may be claimed");
         }
         assert_eq!(policy.platform_names("forum", "acme"), ["forum.acme.apps.example.com"]);

@@ -19,7 +19,7 @@ use crate::registry::{manifest::validate_name, LoadedVersion, Registry, Registry
 use crate::router::{self, InstanceSetup, Route, Router, SetupState, VersionTarget};
 use crate::runtime::Features;
 use crate::store::{self, Db};
-use hostnames::{Method, PendingHost, Policy, Verifier};
+use hostnames::{Method, PendingHost, Policy, Verifier, TXT_LABEL, TXT_PREFIX};
 use quota::{Quota, QuotaUse, Quotas, Subject};
 
 /// Why a configuration change was refused.
@@ -101,8 +101,13 @@ pub struct Instance {
     /// (the rollout's pins, released by the next promotion), with why.
     pub pinned_by: Option<String>,
     pub pin_reason: Option<String>,
-    /// The version requests run now.
+    /// The version requests run now: the wanted one once it is set up; while
+    /// a setup to it runs, the wanted one (requests wait in maintenance); after
+    /// its setup failed, the version set up last.
     pub running_version: Option<String>,
+    /// The version the instance should run (its pin, or the service's active
+    /// version); `setup` says how far it is from running it.
+    pub wanted_version: Option<String>,
     /// Enabled modules.
     pub modules: Vec<String>,
     /// Settings (site name, language, ...).
@@ -291,7 +296,7 @@ impl Configurator {
             seen,
             quotas: Quotas::new(db.clone(), trust.quotas),
             policy: Policy::new(trust),
-            verifier: Verifier::new(trust.challenge_connect, trust.dns_server)
+            verifier: Verifier::new(trust.challenge_connect, &trust.platform_addresses, trust.dns_server)
                 .context("failed to set up the DNS resolver for hostname challenges")?,
             reservation: trust.hostname_reservation,
             tenant_creation: trust.tenant_creation,
@@ -803,11 +808,35 @@ impl Configurator {
             .execute(&self.db)
             .await
             .context("failed to record the check")?;
+        // A name several tenants claim is disputed: the HTTP proof shows only
+        // that the name reaches the platform, which is true for every claimant
+        // at once, so the first to ask would win. Only the name's owner can
+        // publish its TXT record.
+        let (claimants,): (i64,) =
+            sqlx::query_as("SELECT COUNT(DISTINCT tenant_id) FROM hostname_claims WHERE hostname = $1")
+                .bind(&host)
+                .fetch_one(&self.db)
+                .await
+                .context("failed to count the name's claims")?;
+        let disputed = claimants > 1;
+        let mut failures = Vec::new();
         let methods = match method {
+            Some(Method::Http) if disputed => {
+                failures.push(format!(
+                    "http: {host} is claimed by more than one tenant, so an HTTP check proves nothing; publish \
+                     {TXT_LABEL}.{host} TXT \"{TXT_PREFIX}{token}\" and verify with --method dns"
+                ));
+                vec![]
+            }
             Some(m) => vec![m],
+            None if disputed => {
+                failures.push(format!(
+                    "http: not tried: {host} is claimed by more than one tenant, and only its TXT record proves it"
+                ));
+                vec![Method::Dns]
+            }
             None => vec![Method::Http, Method::Dns],
         };
-        let mut failures = Vec::new();
         let mut proven = false;
         for method in methods {
             match self.verifier.check(&host, &token, method).await {
@@ -941,8 +970,11 @@ impl Configurator {
         let mut pinned = Vec::new();
         for id in instances {
             let changed = sqlx::query(
+                // The health gate of several nodes may judge one instance at
+                // once: the first moves it, the others find it moved.
                 "UPDATE instances SET pinned_version = $1, pinned_by = $2, pin_reason = $3 \
-                 WHERE id = $4 AND service = $5 AND (pinned_version IS NULL OR pinned_by IS NOT NULL)",
+                 WHERE id = $4 AND service = $5 AND (pinned_version IS NULL OR pinned_by IS NOT NULL) \
+                 AND NOT ($2 = 'health' AND COALESCE(pinned_by, '') = 'health' AND COALESCE(pinned_version, '') = $1)",
             )
             .bind(version)
             .bind(by)
@@ -1135,9 +1167,23 @@ impl Configurator {
     }
 
     fn describe(&self, row: InstanceRow, hosts: Vec<String>, pending_hosts: Vec<PendingHost>) -> Instance {
-        let running_version = match &row.pinned_version {
-            Some(v) => Some(v.clone()),
-            None => self.registry.slot(&row.service).and_then(|s| s.active()).map(|v| v.version.clone()),
+        let slot = self.registry.slot(&row.service);
+        let wanted = match &row.pinned_version {
+            Some(v) => slot.as_ref().and_then(|s| s.version(v)),
+            None => slot.as_ref().and_then(|s| s.active()),
+        };
+        let wanted_version = wanted.as_ref().map(|v| v.version.clone()).or_else(|| row.pinned_version.clone());
+        let applied: Vec<String> = serde_json::from_str(&row.applied_migrations).unwrap_or_default();
+        // What the ingress serves, decided the same way it decides.
+        let setup = InstanceSetup {
+            state: SetupState::parse(&row.setup_state),
+            target: row.setup_target.clone(),
+            applied: applied.clone(),
+            settled: row.settled_version.as_deref().and_then(|v| slot.as_ref().and_then(|s| s.version(v))),
+        };
+        let running_version = match router::serving(wanted, &setup) {
+            router::Serving::Version(v) => Some(v.version.clone()),
+            router::Serving::Maintenance | router::Serving::Nothing => wanted_version.clone(),
         };
         Instance {
             platform_hosts: self.policy.platform_names(&row.name, &row.tenant_id),
@@ -1151,6 +1197,7 @@ impl Configurator {
             pinned_by: row.pinned_by,
             pin_reason: row.pin_reason,
             running_version,
+            wanted_version,
             modules: serde_json::from_str(&row.modules).unwrap_or_default(),
             settings: serde_json::from_str(&row.settings).unwrap_or_default(),
             enabled: store::flag(row.enabled),
@@ -1160,7 +1207,7 @@ impl Configurator {
                 state: row.setup_state,
                 target: row.setup_target,
                 error: row.setup_error,
-                applied_migrations: serde_json::from_str(&row.applied_migrations).unwrap_or_default(),
+                applied_migrations: applied,
                 settled_version: row.settled_version,
                 seeded_at: row.seeded_at,
             },

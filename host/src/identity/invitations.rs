@@ -1,9 +1,12 @@
-//! Invitations: how an address is proven. Adding someone to a tenant who has no
-//! proven account creates an invitation, a one-time token that expires; it goes
-//! to the address by email when SMTP is configured, else its link is returned to
-//! the inviter and printed in the node's log. Registering with the token (or, for
-//! an existing account of that address, accepting it) proves the address and
-//! makes the invitee a member.
+//! Invitations: how someone without a proven account joins a tenant. Adding them
+//! creates an invitation, a one-time token that expires; it goes to the address
+//! by email when SMTP is configured, else its link is returned to the inviter and
+//! printed in the node's log. Registering with the token (or, for an existing
+//! account of that address, accepting it) makes the invitee a member of that
+//! tenant. Only a mailed token proves the address (to every tenant): a token
+//! handed back to the inviter proves only that the inviter passed it on, so an
+//! owner cannot invite `ann@corp.com` to their own tenant, register that address
+//! with the token, and be given Corp's role for Ann later.
 
 use std::time::Duration;
 
@@ -33,6 +36,21 @@ pub struct Invitation {
     pub accepted_at: Option<i64>,
 }
 
+/// An invitation used up by [`Invitations::take`], and whether using it proves
+/// the address (its token reached the address by mail).
+pub struct Taken {
+    pub invitation: Invitation,
+    pub proves_address: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct TakenRow {
+    #[sqlx(flatten)]
+    invitation: Invitation,
+    /// `(CASE WHEN proves_address THEN 1 ELSE 0 END)`: see [`store::flag`].
+    proves: i64,
+}
+
 /// A new invitation: the token is shown only here (and only when no email was sent).
 #[derive(Debug, Clone, Serialize)]
 pub struct NewInvitation {
@@ -60,13 +78,15 @@ impl Invitations {
     }
 
     /// Create an invitation of `email` (normalised) to `tenant` as `role`;
-    /// returns it with its token.
+    /// returns it with its token. `mailed`: the token goes to the address
+    /// itself, so using it proves the address.
     pub async fn create(
         &self,
         tenant: &str,
         email: &str,
         role: &str,
         invited_by: &str,
+        mailed: bool,
     ) -> Result<(Invitation, String), IdentityError> {
         let token = format!("{INVITATION_PREFIX}{}", secrets::random_token(32));
         let now = store::now();
@@ -82,8 +102,9 @@ impl Invitations {
         };
         // Counted and inserted in one statement.
         let done = sqlx::query(
-            "INSERT INTO invitations (id, token_hash, tenant_id, email, role, invited_by, created_at, expires_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM invitations \
+            "INSERT INTO invitations (id, token_hash, tenant_id, email, role, invited_by, created_at, expires_at, \
+                 proves_address) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10 WHERE (SELECT COUNT(*) FROM invitations \
                  WHERE tenant_id = $3 AND accepted_at IS NULL AND expires_at > $7) < $9",
         )
         .bind(&invitation.id)
@@ -95,6 +116,7 @@ impl Invitations {
         .bind(invitation.created_at)
         .bind(invitation.expires_at)
         .bind(MAX_OPEN_PER_TENANT)
+        .bind(mailed)
         .execute(&self.db)
         .await
         .context("failed to create invitation")?;
@@ -148,17 +170,18 @@ impl Invitations {
         tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
         token: &str,
         email: &str,
-    ) -> Result<Invitation, IdentityError> {
+    ) -> Result<Taken, IdentityError> {
         let now = store::now();
-        let found: Option<Invitation> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM invitations WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2"
+        let found: Option<TakenRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS}, (CASE WHEN proves_address THEN 1 ELSE 0 END) AS proves FROM invitations \
+             WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2"
         ))
         .bind(secrets::hash_token(token))
         .bind(now)
         .fetch_optional(&mut **tx)
         .await
         .context("failed to read invitation")?;
-        let Some(mut invitation) = found.filter(|i| i.email == email) else {
+        let Some(TakenRow { mut invitation, proves }) = found.filter(|r| r.invitation.email == email) else {
             return Err(IdentityError::InvalidInvitation);
         };
         let done = sqlx::query("UPDATE invitations SET accepted_at = $1 WHERE id = $2 AND accepted_at IS NULL")
@@ -171,7 +194,7 @@ impl Invitations {
             return Err(IdentityError::InvalidInvitation);
         }
         invitation.accepted_at = Some(now);
-        Ok(invitation)
+        Ok(Taken { invitation, proves_address: store::flag(proves) })
     }
 }
 

@@ -17,8 +17,11 @@ use serde::Serialize;
 
 use crate::config::Registration;
 use crate::store::{self, Db};
-use invitations::{Invitation, Invitations};
+use invitations::{Invitation, Invitations, Taken};
 use ratelimit::Limiter;
+
+/// The longest password accepted (hashing a longer one would be work for nothing).
+const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// How long a session lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -40,7 +43,7 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub is_operator: bool,
-    /// Whether the address is proven (by an invitation, or an operator's word).
+    /// Whether the address is proven (by a mailed invitation, or an operator's word).
     pub email_verified: bool,
     pub created_at: i64,
 }
@@ -85,6 +88,9 @@ pub enum IdentityError {
     EmailTaken,
     #[error("wrong email or password")]
     BadCredentials,
+    /// Refused without checking (counted by the limits, not audited).
+    #[error("wrong email or password (a password is at most 1024 bytes)")]
+    OverlongPassword,
     #[error("too many failed logins; retry in {} seconds", .0.as_secs().max(1))]
     RateLimited(Duration),
     #[error("no API key {0:?}")]
@@ -222,22 +228,27 @@ impl Identity {
             Some(token) => Some(Invitations::take(&mut tx, token, &email).await?),
             None => None,
         };
-        let user = self.insert_user(&mut tx, email, &password_hash, false, by_operator || accepted.is_some()).await?;
+        // Only a mailed invitation proves the address; one handed to the inviter
+        // makes the invitee a member of that tenant and nothing more.
+        let proven = by_operator || accepted.as_ref().is_some_and(|t| t.proves_address);
+        let user = self.insert_user(&mut tx, email, &password_hash, false, proven).await?;
         tx.commit().await.context("failed to commit registration")?;
-        Ok((user, accepted))
+        Ok((user, accepted.map(|t| t.invitation)))
     }
 
-    /// Accept an invitation with an existing account of its address: proves
-    /// the address; the caller then makes the user a member.
+    /// Accept an invitation with an existing account of its address (a mailed
+    /// one proves the address too); the caller then makes the user a member.
     pub async fn accept(&self, token: &str, user: &Caller) -> Result<Invitation, IdentityError> {
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
-        let invitation = Invitations::take(&mut tx, token, &user.email).await?;
-        sqlx::query("UPDATE users SET email_verified = $1 WHERE id = $2")
-            .bind(true)
-            .bind(&user.user_id)
-            .execute(&mut *tx)
-            .await
-            .context("failed to mark the address proven")?;
+        let Taken { invitation, proves_address } = Invitations::take(&mut tx, token, &user.email).await?;
+        if proves_address {
+            sqlx::query("UPDATE users SET email_verified = $1 WHERE id = $2")
+                .bind(true)
+                .bind(&user.user_id)
+                .execute(&mut *tx)
+                .await
+                .context("failed to mark the address proven")?;
+        }
         tx.commit().await.context("failed to commit invitation")?;
         Ok(invitation)
     }
@@ -310,9 +321,6 @@ impl Identity {
     async fn try_login(&self, email: &str, password: &str, client: IpAddr) -> Result<NewSession, IdentityError> {
         // Checked before anything is counted or stored.
         let email = normalize_email(email)?;
-        if password.len() > 1024 {
-            return Err(IdentityError::BadCredentials);
-        }
         let address = usual_address_key(client);
         let usual = self.is_usual_address(&email, &address).await?;
         let account_key = if usual { format!("{email} {address}") } else { email.clone() };
@@ -322,6 +330,11 @@ impl Identity {
         if let Err(wait) = account.attempt(&account_key).await {
             self.by_address.refund(&address).await;
             return Err(IdentityError::RateLimited(wait));
+        }
+        // Refused unhashed (no password is this long), but counted like any
+        // wrong password: a guess the limiter does not see is a free guess.
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(IdentityError::OverlongPassword);
         }
         let slot = match self.hashing_slot().await {
             Ok(slot) => slot,
@@ -541,7 +554,7 @@ impl Identity {
 }
 
 fn check_password(password: &str) -> Result<(), IdentityError> {
-    if password.chars().count() < 10 || password.len() > 1024 {
+    if password.chars().count() < 10 || password.len() > MAX_PASSWORD_BYTES {
         return Err(IdentityError::WeakPassword);
     }
     Ok(())

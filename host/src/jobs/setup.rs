@@ -12,9 +12,8 @@
 //! every node runs every few seconds and after activations and pin changes: a
 //! conditional update of the instance row decides which node queues the job.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -221,22 +220,28 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
     };
     let deadline = Instant::now() + node.queue.config.timeout;
     let call = Call::migration(deadline);
-    let mut applied: HashMap<String, String> = HashMap::new();
+    // (name, checksum) in the order they were applied.
+    let mut applied: Vec<(String, String)> = Vec::new();
     if !version.manifest.migrations.is_empty() {
         db.execute(RECORD_TABLE.to_string(), Vec::new(), &call)
             .await
             .map_err(|e| Failure::new(format!("cannot record migrations in the instance database: {e}")))?;
         let rows = db
-            .query("SELECT name, checksum FROM wharf_migrations".to_string(), Vec::new(), &call)
+            .query(
+                "SELECT name, checksum FROM wharf_migrations ORDER BY applied_at, name".to_string(),
+                Vec::new(),
+                &call,
+            )
             .await
             .map_err(|e| Failure::new(format!("cannot read the instance's migrations: {e}")))?;
         for row in rows.rows {
             if let [SqlValue::Text(name), SqlValue::Text(checksum)] = row.as_slice() {
-                applied.insert(name.clone(), checksum.clone());
+                applied.push((name.clone(), checksum.clone()));
             }
         }
     }
-    let known: Vec<String> = applied.keys().cloned().collect();
+    let recorded = |name: &str| applied.iter().find(|(n, _)| n == name).map(|(_, checksum)| checksum);
+    let known: Vec<String> = applied.iter().map(|(name, _)| name.clone()).collect();
     let mut statements: Vec<(String, Vec<SqlValue>)> = Vec::new();
     // Which migration each statement belongs to, for the error.
     let mut owners: Vec<&str> = Vec::new();
@@ -244,7 +249,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
     for migration in &version.manifest.migrations {
         let sql = migration.sql(dialect).unwrap_or_default();
         let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
-        match applied.get(&migration.name) {
+        match recorded(&migration.name) {
             Some(recorded) if *recorded == checksum => continue,
             Some(_) => {
                 return Err(Failure {
@@ -275,6 +280,16 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
     }
     if !statements.is_empty() {
         if let Err(e) = db.batch(statements, &call).await {
+            // A statement stopped at the setup's deadline reports the limit of a
+            // guest's statement; say which limit stopped it.
+            let e = if e.contains("ran longer than") && Instant::now() + Duration::from_millis(250) >= deadline {
+                format!(
+                    "the migrations ran past the setup job's deadline of {} s (wharf serve --job-timeout)",
+                    node.queue.config.timeout.as_secs()
+                )
+            } else {
+                e
+            };
             let owner = e
                 .strip_prefix("statement ")
                 .and_then(|rest| rest.split(':').next())

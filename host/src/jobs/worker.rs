@@ -237,9 +237,10 @@ async fn run_one(node: &Node, job: &Claimed) -> Finish {
             }
         }
     };
-    let version = match pick_version(node, job, current) {
+    let version = match pick_version(node, job, &route, current) {
         Ok(version) => version,
-        Err(error) => return Finish::Dead { error },
+        Err(Unrunnable::Hold(reason)) => return Finish::Deferred { after: Duration::from_secs(30), reason },
+        Err(Unrunnable::Never(error)) => return Finish::Dead { error },
     };
     let Some(worker) = &version.worker else {
         return Finish::Dead { error: format!("{} {} exports no worker", version.service, version.version) };
@@ -285,21 +286,55 @@ pub(crate) async fn route_of(node: &Node, instance: &str) -> Result<Arc<Route>, 
     }
 }
 
+/// Why a job cannot run now.
+enum Unrunnable {
+    /// Not yet: the version that accepts it needs a schema the instance does
+    /// not have yet (its setup is under way, or failed and waits for a retry).
+    Hold(String),
+    /// Never: no version accepts it.
+    Never(String),
+}
+
 /// The version a job runs on: the one its instance runs now if it accepts the
-/// job's version, else the one that enqueued it.
-fn pick_version(node: &Node, job: &Claimed, current: Arc<LoadedVersion>) -> Result<Arc<LoadedVersion>, String> {
+/// job's version, else the one that enqueued it — but only on the schema that
+/// version was set up for: code never runs against migrations it did not see.
+fn pick_version(
+    node: &Node,
+    job: &Claimed,
+    route: &Route,
+    current: Arc<LoadedVersion>,
+) -> Result<Arc<LoadedVersion>, Unrunnable> {
     let job_version = u32::try_from(job.job_version).unwrap_or(0);
     if current.service == job.service && current.manifest.accepts(&job.kind, job_version) {
         return Ok(current);
     }
     let enqueuer = node.registry.slot(&job.service).and_then(|slot| slot.version(&job.enqueued_by));
     match enqueuer {
-        Some(enqueuer) if enqueuer.manifest.accepts(&job.kind, job_version) => Ok(enqueuer),
-        _ => Err(format!(
+        Some(enqueuer) if enqueuer.manifest.accepts(&job.kind, job_version) => {
+            let missing: Vec<&str> = enqueuer
+                .manifest
+                .migrations
+                .iter()
+                .map(|m| m.name.as_str())
+                .filter(|m| !route.setup.applied.iter().any(|a| a == m))
+                .collect();
+            if missing.is_empty() {
+                Ok(enqueuer)
+            } else {
+                Err(Unrunnable::Hold(format!(
+                    "{} {} accepts it, but the instance's database lacks its migrations ({}); it runs once the \
+                     instance is set up for that version",
+                    job.service,
+                    enqueuer.version,
+                    missing.join(", ")
+                )))
+            }
+        }
+        _ => Err(Unrunnable::Never(format!(
             "no loaded version of {} accepts job {:?} version {job_version}: the instance runs {}, and {} (which \
              enqueued it) is not loaded or does not accept it",
             job.service, job.kind, current.version, job.enqueued_by
-        )),
+        ))),
     }
 }
 

@@ -164,6 +164,8 @@ pub enum RegistryError {
          export it (with the SDK, `wharf_sdk::worker!(run_job)`) or remove the [[jobs]] entries"
     )]
     NoWorker { service: String, version: String },
+    #[error("{service} {version} cannot be loaded on this node: {reason}")]
+    NotLoadable { service: String, version: String, reason: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -223,9 +225,27 @@ pub struct Registry {
     /// Versions this node unloaded because nothing used them; loaded again when
     /// something needs them.
     pub unloaded: DashMap<(String, String), ()>,
+    /// One load per version at a time: a catch-up that needs a version being
+    /// compiled in the background waits for that compile instead of starting
+    /// another.
+    loading: DashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Versions waiting for (or in) a background load.
+    queued: DashMap<(String, String), ()>,
+    /// Failed versions: attempts so far, and when the next may start.
+    retry: DashMap<(String, String), (u32, std::time::Instant)>,
+    /// Background loads run one at a time: a compile already uses every core.
+    background: Arc<tokio::sync::Semaphore>,
+    /// Signalled when a background load finished: routes that had to skip a
+    /// version (pinned to one this node could not load) may use it now.
+    pub loaded: Arc<tokio::sync::Notify>,
 }
 
-#[derive(sqlx::FromRow)]
+/// First wait before a failed version is tried again; doubled each time.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest wait between two tries of a failed version.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+#[derive(Clone, sqlx::FromRow)]
 struct VersionRow {
     service: String,
     version: String,
@@ -276,6 +296,11 @@ impl Registry {
             stats: CacheStats::default(),
             failed: DashMap::new(),
             unloaded: DashMap::new(),
+            loading: DashMap::new(),
+            queued: DashMap::new(),
+            retry: DashMap::new(),
+            background: Arc::new(tokio::sync::Semaphore::new(1)),
+            loaded: Arc::new(tokio::sync::Notify::new()),
         };
         registry.load_all().await?;
         Ok(registry)
@@ -305,10 +330,9 @@ impl Registry {
             tracing::info!(versions = total, "loading published versions");
         }
         for (i, row) in rows.iter().enumerate() {
-            let loaded = self
-                .load_version(row)
-                .await
-                .with_context(|| format!("failed to load {} {}", row.service, row.version))?;
+            // A version this node cannot load (over its limits, say) is
+            // reported and retried later; the node serves everything else.
+            let Ok(loaded) = self.load_recorded(row).await else { continue };
             let slot = self.slot_or_new(&row.service);
             if row.active_version.as_deref() == Some(row.version.as_str()) {
                 slot.active.store(Some(loaded.clone()));
@@ -370,39 +394,47 @@ impl Registry {
     }
 
     /// Bring this node up to date with versions published and activated through
-    /// other nodes: load (fetching and compiling) what is new, and point each
-    /// service at its recorded active version.
-    pub async fn refresh(&self) -> anyhow::Result<()> {
+    /// other nodes: load now what routes need (active, pinned and settled
+    /// versions), compile the rest (published, staged, previous) in the
+    /// background, and point each service at its recorded active version.
+    ///
+    /// So a catch-up — and with it `/readyz` — waits for compiles only when a
+    /// route cannot do without them: publishing a version no instance runs
+    /// never takes a node out of rotation. A version that failed to load is
+    /// not tried again here but by [`Registry::retry_due`], with backoff.
+    pub async fn refresh(self: &Arc<Self>) -> anyhow::Result<()> {
         let rows: Vec<VersionRow> = sqlx::query_as(&format!("SELECT {VERSION_COLUMNS}"))
             .fetch_all(&self.db)
             .await
             .context("failed to list published versions")?;
         let needed = if self.unloaded.is_empty() { Default::default() } else { self.needed().await? };
+        let mut routed: Option<std::collections::HashSet<(String, String)>> = None;
         for row in &rows {
             let slot = self.slot_or_new(&row.service);
             let key = (row.service.clone(), row.version.clone());
             if self.unloaded.contains_key(&key) && !needed.contains(&key) {
                 continue;
             }
-            if slot.version(&row.version).is_none() {
+            if slot.version(&row.version).is_some() || self.failed.contains_key(&key) {
+                continue;
+            }
+            let routed = match &routed {
+                Some(routed) => routed,
+                None => routed.insert(self.routed().await?),
+            };
+            if routed.contains(&key) {
                 self.unloaded.remove(&key);
-                // A version this node cannot load is reported, not fatal: the
-                // node keeps following every other change.
-                match self.load_version(row).await {
-                    Ok(loaded) => {
-                        slot.versions.insert(row.version.clone(), loaded);
-                        self.failed.remove(&(row.service.clone(), row.version.clone()));
-                    }
-                    Err(e) => {
-                        let key = (row.service.clone(), row.version.clone());
-                        if !self.failed.contains_key(&key) {
-                            tracing::error!(service = %row.service, version = %row.version, "failed to load: {e:#}");
-                        }
-                        self.failed.insert(key, format!("{e:#}"));
-                    }
-                }
+                // Reported, not fatal: the node keeps following every other change.
+                let _ = self.load_recorded(row).await;
+            } else {
+                self.load_in_background(row.clone());
             }
         }
+        self.point_active().await
+    }
+
+    /// Point each service at its recorded active version, where loaded.
+    async fn point_active(&self) -> anyhow::Result<()> {
         // Read the active versions under the lock local activations hold while
         // they write and swap: a stale read can never undo a newer activation.
         let _guard = self.activate_lock.lock().await;
@@ -423,6 +455,99 @@ impl Registry {
                     loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
                     slot.active.store(Some(loaded));
                     tracing::info!(%service, %version, "activated through another node");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Versions routes point at: active ones, and those instances are pinned
+    /// to or settled on (a route to a version not loaded is skipped).
+    async fn routed(&self) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+        let mut routed = std::collections::HashSet::new();
+        for sql in [
+            "SELECT name, active_version FROM services WHERE active_version IS NOT NULL",
+            "SELECT service, pinned_version FROM instances WHERE pinned_version IS NOT NULL",
+            "SELECT service, settled_version FROM instances WHERE settled_version IS NOT NULL",
+        ] {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as(sql).fetch_all(&self.db).await.context("failed to read the versions routes use")?;
+            routed.extend(rows);
+        }
+        Ok(routed)
+    }
+
+    /// Load `row` unless it is loaded (waiting for a load of it under way),
+    /// recording a failure for the fleet and for a later retry.
+    async fn load_recorded(&self, row: &VersionRow) -> anyhow::Result<Arc<LoadedVersion>> {
+        let key = (row.service.clone(), row.version.clone());
+        let lock = self.loading.entry(key.clone()).or_default().clone();
+        let _one_at_a_time = lock.lock().await;
+        let slot = self.slot_or_new(&row.service);
+        if let Some(loaded) = slot.version(&row.version) {
+            return Ok(loaded);
+        }
+        match self.load_version(row).await {
+            Ok(loaded) => {
+                slot.versions.insert(row.version.clone(), loaded.clone());
+                self.failed.remove(&key);
+                self.retry.remove(&key);
+                self.unloaded.remove(&key);
+                Ok(loaded)
+            }
+            Err(e) => {
+                let attempts = self.retry.get(&key).map_or(0, |r| r.0) + 1;
+                let wait = RETRY_FIRST.saturating_mul(1 << (attempts - 1).min(10)).min(RETRY_MAX);
+                if attempts == 1 {
+                    tracing::error!(service = %row.service, version = %row.version, "failed to load (retrying in {} s, then less often): {e:#}", wait.as_secs());
+                } else {
+                    tracing::warn!(service = %row.service, version = %row.version, attempts, "failed to load again: {e:#}");
+                }
+                self.failed.insert(key.clone(), format!("{e:#}"));
+                self.retry.insert(key, (attempts, std::time::Instant::now() + wait));
+                Err(e)
+            }
+        }
+    }
+
+    /// Load `row` on a background task, one such load at a time.
+    fn load_in_background(self: &Arc<Self>, row: VersionRow) {
+        let key = (row.service.clone(), row.version.clone());
+        if self.queued.insert(key.clone(), ()).is_some() {
+            return;
+        }
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let permit = registry.background.clone().acquire_owned().await;
+            let loaded = registry.load_recorded(&row).await.is_ok();
+            drop(permit);
+            registry.queued.remove(&key);
+            if loaded {
+                tracing::info!(service = %row.service, version = %row.version, "loaded in the background");
+                if let Err(e) = registry.point_active().await {
+                    tracing::warn!("{e:#}");
+                }
+                registry.loaded.notify_one();
+            }
+        });
+    }
+
+    /// Try again, in the background, the versions whose load failed and whose
+    /// backoff has passed (called every second; never on a catch-up's path).
+    pub async fn retry_due(self: &Arc<Self>) -> anyhow::Result<()> {
+        let now = std::time::Instant::now();
+        let due: Vec<(String, String)> = self
+            .retry
+            .iter()
+            .filter(|r| r.value().1 <= now && !self.queued.contains_key(r.key()))
+            .map(|r| r.key().clone())
+            .collect();
+        for (service, version) in due {
+            match self.find_version(&service, &version).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                Some(row) => self.load_in_background(row),
+                None => {
+                    self.retry.remove(&(service.clone(), version.clone()));
+                    self.failed.remove(&(service, version));
                 }
             }
         }
@@ -496,20 +621,22 @@ impl Registry {
         Ok(unloaded)
     }
 
-    /// Load `version` again if this node unloaded it (something needs it now).
+    /// Load `version` now if this node has not (it unloaded it, is compiling
+    /// it in the background, or could not load it): something needs it.
     pub async fn ensure_loaded(&self, service: &str, version: &str) -> Result<(), RegistryError> {
-        let key = (service.to_string(), version.to_string());
         if let Some(loaded) = self.slot(service).and_then(|s| s.version(version)) {
             loaded.touched_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
-        }
-        if self.unloaded.remove(&key).is_none() {
             return Ok(());
         }
+        // Unknown versions are the caller's to report.
         let Some(row) = self.find_version(service, version).await? else { return Ok(()) };
-        let loaded = self.load_version(&row).await.map_err(RegistryError::Internal)?;
+        let loaded = self.load_recorded(&row).await.map_err(|e| RegistryError::NotLoadable {
+            service: service.to_string(),
+            version: version.to_string(),
+            reason: format!("{e:#}"),
+        })?;
         loaded.touched_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
-        self.slot_or_new(service).versions.entry(version.to_string()).or_insert(loaded);
-        tracing::info!(%service, %version, "loaded again");
+        tracing::info!(%service, %version, "loaded on demand");
         Ok(())
     }
 

@@ -105,23 +105,28 @@ impl Route {
         }
     }
 
-    /// The version a request arriving now runs, given the instance's schema:
-    /// the wanted version once its migrations are applied; while they are being
-    /// applied, maintenance; after they failed, the version set up last.
+    /// The version a request arriving now runs, given the instance's schema
+    /// (see [`serving`]).
     pub fn serving(&self) -> Serving {
-        let Some(wanted) = self.version() else { return Serving::Nothing };
-        let setup = &self.setup;
-        let targeted = setup.target.as_deref() == Some(wanted.version.as_str());
-        if setup.state == SetupState::Migrating && targeted {
-            return Serving::Maintenance;
-        }
-        if wanted.manifest.migrations.iter().all(|m| setup.applied.contains(&m.name)) {
-            return Serving::Version(wanted);
-        }
-        match &setup.settled {
-            Some(settled) if setup.state == SetupState::Failed && targeted => Serving::Version(settled.clone()),
-            _ => Serving::Maintenance,
-        }
+        serving(self.version(), &self.setup)
+    }
+}
+
+/// What an instance that should run `wanted` runs, given its schema: the
+/// wanted version once its migrations are applied; while they are being
+/// applied, maintenance; after they failed, the version set up last.
+pub fn serving(wanted: Option<Arc<LoadedVersion>>, setup: &InstanceSetup) -> Serving {
+    let Some(wanted) = wanted else { return Serving::Nothing };
+    let targeted = setup.target.as_deref() == Some(wanted.version.as_str());
+    if setup.state == SetupState::Migrating && targeted {
+        return Serving::Maintenance;
+    }
+    if wanted.manifest.migrations.iter().all(|m| setup.applied.contains(&m.name)) {
+        return Serving::Version(wanted);
+    }
+    match &setup.settled {
+        Some(settled) if setup.state == SetupState::Failed && targeted => Serving::Version(settled.clone()),
+        _ => Serving::Maintenance,
     }
 }
 

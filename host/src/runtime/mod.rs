@@ -55,6 +55,12 @@ pub enum InvalidComponent {
     #[error("the component is malformed or truncated: {0}")]
     Malformed(String),
     #[error(
+        "the component is valid but needs more than this node allows: {detail}. This node gives an instance at \
+         most {max_memory_mib} MiB of linear memory (wharf serve --max-memory-mib): raise it on every node, or \
+         build the component to start with less"
+    )]
+    OverLimit { detail: String, max_memory_mib: usize },
+    #[error(
         "the component does not export `wasi:http/incoming-handler` (it exports: {0}); \
          a service must be a wasi:http/proxy component"
     )]
@@ -145,10 +151,29 @@ impl Runtime {
     /// HTTP handler and import nothing the host does not provide.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, InvalidComponent> {
         check_header(bytes)?;
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| InvalidComponent::Malformed(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| self.refusal(&format!("{e:#}")))?;
         self.check_exports(&component)?;
         Ok(component)
+    }
+
+    /// Why the engine refused a component: this node's limits (the pooling
+    /// allocator checks every memory, table and instance count against them
+    /// when a component is compiled or loaded), or its bytes.
+    fn refusal(&self, error: &str) -> InvalidComponent {
+        const LIMIT_PHRASES: [&str; 4] = [
+            "pooling allocator",
+            "exceeds the limit of",
+            "exceeds the configured maximum",
+            "exceeds the per-instance limit",
+        ];
+        if LIMIT_PHRASES.iter().any(|p| error.contains(p)) {
+            InvalidComponent::OverLimit {
+                detail: error.to_string(),
+                max_memory_mib: self.limits.max_memory_bytes >> 20,
+            }
+        } else {
+            InvalidComponent::Malformed(error.to_string())
+        }
     }
 
     /// Load a component this node compiled and serialized earlier.
@@ -160,9 +185,15 @@ impl Runtime {
     /// only passes files it wrote itself into its private cache directory.
     pub unsafe fn load_compiled(&self, path: &std::path::Path) -> anyhow::Result<Component> {
         // SAFETY: upheld by the caller, see above.
-        unsafe { Component::deserialize_file(&self.engine, path) }
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .with_context(|| format!("failed to load compiled component {path:?}"))
+        match unsafe { Component::deserialize_file(&self.engine, path) } {
+            Ok(component) => Ok(component),
+            Err(e) => match self.refusal(&format!("{e:#}")) {
+                over @ InvalidComponent::OverLimit { .. } => Err(anyhow::Error::from(over)),
+                _ => {
+                    Err(anyhow::anyhow!("{e:#}")).with_context(|| format!("failed to load compiled component {path:?}"))
+                }
+            },
+        }
     }
 
     /// Link a compiled component against the host, ready to instantiate per request.

@@ -450,7 +450,8 @@ async function tenantBilling(tenant) {
   }
   return el('div', { 'data-tenant': tenant },
     el('h3', {}, tenant, ' ', account.suspended ? badge(`suspended: ${account.suspended}`, 'bad') : ''),
-    el('p', {}, `Running total for ${account.period}: `, el('strong', {}, totals(account.running_totals)), ` · ${limit}`),
+    el('p', {}, `Running total for ${account.period} so far: `, el('strong', {}, totals(account.running_totals)),
+      ` · projected to the month's end: ${totals(account.projected_totals || [])} · ${limit}`),
     invoices.length ? table(['period', 'state', { label: 'lines', num: true }, 'total', ''], rows)
       : el('p', { class: 'muted' }, 'No invoice yet.'));
 }
