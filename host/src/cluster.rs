@@ -16,15 +16,30 @@ use anyhow::Context as _;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use crate::node::Node;
-use crate::store;
+use crate::configurator::Configurator;
+use crate::registry::Registry;
+use crate::rollout::Fleet;
+use crate::store::{self, Db, Seen};
 
 /// How often a node checks the generation even without a notification.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// What following the platform takes: the control plane, and the rooms a
+/// change reloads.
+pub struct Follower {
+    /// The control plane's URL (for the listening connection).
+    pub url: String,
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub configurator: Arc<Configurator>,
+    pub fleet: Arc<Fleet>,
+    /// The generation this node has caught up with.
+    pub seen: Arc<Seen>,
+}
+
 /// Follow the platform's changes until `stop` is set.
-pub async fn follow(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let Some(url) = node.config.database_url.clone() else { return };
+pub async fn follow(node: Follower, mut stop: watch::Receiver<bool>) {
+    let url = node.url.clone();
     loop {
         let mut listener = match connect(&url).await {
             Ok(listener) => listener,
@@ -74,22 +89,22 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-async fn catch_up_logged(node: &Node) {
+async fn catch_up_logged(node: &Follower) {
     if let Err(e) = catch_up(node).await {
         tracing::warn!("failed to catch up with the platform: {e:#}");
     }
 }
 
 /// Apply every change up to the current generation, if this node is behind.
-pub async fn catch_up(node: &Node) -> anyhow::Result<()> {
+pub async fn catch_up(node: &Follower) -> anyhow::Result<()> {
     let current = store::generation(&node.db).await.context("failed to read the generation")?;
-    let seen = node.generation.get();
+    let seen = node.seen.get();
     if current <= seen {
         return Ok(());
     }
     node.registry.refresh().await?;
     node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    node.generation.caught_up(current);
+    node.seen.caught_up(current);
     // The acknowledgement a promotion waits for.
     node.fleet.ack(current).await?;
     node.fleet.wake.notify_one();

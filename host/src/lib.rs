@@ -28,6 +28,7 @@ pub mod configurator;
 pub mod identity;
 pub mod ingress;
 pub mod jobs;
+pub mod listener;
 pub mod node;
 pub mod registry;
 pub mod rollout;

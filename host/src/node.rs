@@ -10,57 +10,29 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::Access;
+use crate::admin::AdminState;
 use crate::audit::Audit;
 use crate::billing::Usage;
 use crate::config::NodeConfig;
 use crate::configurator::Configurator;
 use crate::identity::Identity;
-use crate::ingress::listener::{self, ConnectionCaps};
 use crate::ingress::Ingress;
+use crate::listener::{self, ConnectionCaps};
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::Runtime;
-use crate::store::{self, Db};
+use crate::store;
 
-/// The addresses a node listens on (with the ports actually bound).
-#[derive(Debug, Clone, Copy)]
-pub struct Addresses {
-    pub ingress: SocketAddr,
-    pub admin: SocketAddr,
-}
+pub use crate::listener::Addresses;
 
-/// Everything a node runs with.
-pub struct Node {
-    pub config: NodeConfig,
-    pub addresses: Addresses,
-    pub db: Db,
-    pub runtime: Arc<Runtime>,
-    pub registry: Arc<Registry>,
-    pub configurator: Arc<Configurator>,
-    pub router: Arc<Router>,
-    pub usage: Arc<Usage>,
-    /// Plans, subscriptions, accounts, discounts and invoices.
-    pub billing: Arc<crate::billing::Billing>,
-    pub identity: Arc<Identity>,
-    pub access: Arc<Access>,
-    pub audit: Arc<Audit>,
-    /// Sends invitations when SMTP is configured.
-    pub mailer: Option<crate::identity::invitations::Mailer>,
-    /// The platform generation this node has caught up with.
-    pub generation: Arc<crate::store::Seen>,
-    /// How fast one account may change things through the admin API.
-    pub admin_throttle: crate::admin::throttle::Throttle,
-    /// The platform's job queue.
-    pub queue: Arc<crate::jobs::Queue>,
-    /// This node's membership of the fleet (beats, acknowledgements, versions).
-    pub fleet: Arc<crate::rollout::Fleet>,
-    /// The last readiness probe of the control plane, and when it ran.
-    pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<i64, String>)>>,
-}
+/// The composition root: [`Node::start`] builds every room of a node, hands
+/// each the handles it uses, and starts the listeners and background passes.
+/// Nothing imports it; the admin API gets its own state ([`AdminState`]).
+pub struct Node;
 
 /// A started node; [`RunningNode::shutdown`] stops it gracefully.
 pub struct RunningNode {
-    pub node: Arc<Node>,
+    pub node: Arc<AdminState>,
     /// The API key of the operator created by `init_admin`, if one was created.
     pub initial_admin_key: Option<String>,
     shutdown: watch::Sender<bool>,
@@ -176,6 +148,28 @@ impl Node {
             seen.get(),
         )
         .await?;
+        let rollout = Arc::new(crate::rollout::Rollout::new(
+            db.clone(),
+            registry.clone(),
+            configurator.clone(),
+            fleet.clone(),
+            seen.clone(),
+        ));
+        let billing_passes = Arc::new(crate::billing::Passes {
+            billing: billing.clone(),
+            configurator: configurator.clone(),
+            seen: seen.clone(),
+            config: config.billing.clone(),
+        });
+        let workers = Arc::new(crate::jobs::Workers {
+            db: db.clone(),
+            queue: queue.clone(),
+            router: router.clone(),
+            registry: registry.clone(),
+            runtime: runtime.clone(),
+            configurator: configurator.clone(),
+            seen: seen.clone(),
+        });
         let access = Arc::new(Access::new(db.clone()));
         let audit = Arc::new(Audit::new(db.clone()));
         let mut initial_admin_key = None;
@@ -189,7 +183,7 @@ impl Node {
             }
         }
 
-        let node = Arc::new(Node {
+        let node = Arc::new(AdminState {
             config,
             addresses,
             db,
@@ -209,13 +203,16 @@ impl Node {
             readiness: tokio::sync::Mutex::new(None),
             queue,
             fleet,
+            rollout: rollout.clone(),
+            billing_passes: billing_passes.clone(),
+            workers: workers.clone(),
         });
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let edges = node.config.edges.clone();
         let (unhealthy, unhealthy_rx) = tokio::sync::mpsc::unbounded_channel();
-        tasks.push(tokio::spawn(crate::rollout::health_rollbacks(node.clone(), unhealthy_rx)));
+        tasks.push(tokio::spawn(crate::rollout::health_rollbacks(rollout.clone(), unhealthy_rx)));
         let ingress = Arc::new(Ingress::new(
             router,
             runtime,
@@ -248,13 +245,23 @@ impl Node {
         )));
 
         if crate::store::dialect(&node.db) == crate::store::Dialect::Postgres {
-            tasks.push(tokio::spawn(crate::cluster::follow(node.clone(), watcher.clone())));
+            if let Some(url) = node.config.database_url.clone() {
+                let follower = crate::cluster::Follower {
+                    url,
+                    db: node.db.clone(),
+                    registry: node.registry.clone(),
+                    configurator: node.configurator.clone(),
+                    fleet: node.fleet.clone(),
+                    seen: node.generation.clone(),
+                };
+                tasks.push(tokio::spawn(crate::cluster::follow(follower, watcher.clone())));
+            }
         }
 
-        tasks.push(tokio::spawn(crate::jobs::worker::run(node.clone(), watcher.clone(), node.config.shutdown_grace)));
+        tasks.push(tokio::spawn(crate::jobs::worker::run(workers, watcher.clone(), node.config.shutdown_grace)));
 
-        tasks.push(tokio::spawn(crate::billing::run(node.clone(), watcher.clone())));
-        tasks.push(tokio::spawn(crate::rollout::run(node.clone(), watcher.clone())));
+        tasks.push(tokio::spawn(crate::billing::run(billing_passes, watcher.clone())));
+        tasks.push(tokio::spawn(crate::rollout::run(rollout, node.config.unload_interval, watcher.clone())));
 
         let flusher = node.clone();
         let mut flush_watch = watcher;

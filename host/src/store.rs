@@ -197,6 +197,23 @@ pub async fn bump_generation(tx: &mut sqlx::Transaction<'_, Backend>) -> Result<
     Ok(generation)
 }
 
+/// Commit `tx` as a change to what nodes hold in memory: bump the generation
+/// (every node is told at commit), commit, let `apply` make the change in this
+/// node's memory (swap a pointer, rebuild the routes), then mark it applied
+/// here, so this node does not reload its own change. Returns the generation.
+pub async fn commit_change<F, Fut, E>(mut tx: sqlx::Transaction<'_, Backend>, seen: &Seen, apply: F) -> Result<i64, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: From<sqlx::Error>,
+{
+    let generation = bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    apply().await?;
+    seen.applied_own(generation);
+    Ok(generation)
+}
+
 /// The platform's id, created by the first node that asks.
 pub async fn platform_id(db: &Db) -> Result<String, sqlx::Error> {
     let fresh = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();

@@ -20,6 +20,7 @@ mod races;
 mod restart;
 mod rollout;
 mod routing;
+mod schema;
 mod services;
 mod switch;
 mod trust;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 
+use super::AdminState;
 use super::ApiError;
+use crate::identity::credentials::bearer;
 use crate::identity::Caller;
-use crate::node::Node;
 
 /// The authenticated caller of a request.
 pub struct Authed(pub Caller);
@@ -17,10 +18,10 @@ pub struct Authed(pub Caller);
 /// still refused: a client that sent one meant to be somebody).
 pub struct MaybeAuthed(pub Option<Caller>);
 
-impl FromRequestParts<Arc<Node>> for MaybeAuthed {
+impl FromRequestParts<Arc<AdminState>> for MaybeAuthed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<AdminState>) -> Result<Self, ApiError> {
         if bearer(&parts.headers).is_none() {
             return Ok(MaybeAuthed(None));
         }
@@ -58,17 +59,10 @@ pub fn client_ip(
     client
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
-}
-
-impl FromRequestParts<Arc<Node>> for Authed {
+impl FromRequestParts<Arc<AdminState>> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<AdminState>) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("authentication required: send `Authorization: Bearer <session token or API key>`")
         })?;

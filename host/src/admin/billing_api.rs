@@ -15,16 +15,16 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Authed;
+use super::AdminState;
 use super::{body, instance_for, ApiError, ApiResult};
 use crate::access::{AccessError, Platform};
 use crate::billing::clock::{format_utc, parse_time};
 use crate::billing::{invoice, BillingError, Details, NewDiscount, Period, Prices};
 use crate::configurator::ConfigError;
-use crate::node::Node;
 
 /// Require `permission` in `tenant`: a tenant the caller cannot see is 404.
 async fn tenant_access(
-    node: &Node,
+    node: &AdminState,
     caller: &crate::identity::Caller,
     tenant: &str,
     permission: Platform,
@@ -43,7 +43,7 @@ fn json_of<T: serde::Serialize>(value: &T) -> ApiResult<Json<Value>> {
 }
 
 pub(crate) async fn get_plan(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
     Path(service): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -53,7 +53,7 @@ pub(crate) async fn get_plan(
 }
 
 pub(crate) async fn set_plan(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(service): Path<String>,
     payload: Result<Json<Prices>, JsonRejection>,
@@ -66,7 +66,7 @@ pub(crate) async fn set_plan(
 }
 
 pub(crate) async fn account(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -91,7 +91,7 @@ pub(crate) async fn account(
 }
 
 pub(crate) async fn set_details(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
     payload: Result<Json<Details>, JsonRejection>,
@@ -112,7 +112,7 @@ pub(crate) struct LimitChange {
 }
 
 pub(crate) async fn set_limit(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
     payload: Result<Json<LimitChange>, JsonRejection>,
@@ -131,14 +131,14 @@ pub(crate) async fn set_limit(
     let described = limit.as_ref().map(|(a, c)| crate::billing::money::format(*a, c)).unwrap_or_else(|| "none".into());
     let mut account = node.billing.set_limit(&tenant, limit).await?;
     // Applied at once, not at the next pass.
-    crate::billing::enforce_limits(&node).await?;
+    node.billing_passes.enforce_limits().await?;
     account.suspended = node.billing.account(&tenant).await?.suspended;
     node.audit.record(&caller.email, "billing.limit", &format!("{tenant} {described}"), Some(&tenant), "ok").await;
     json_of(&account)
 }
 
 pub(crate) async fn subscriptions(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
     Query(query): Query<InstanceQuery>,
@@ -155,7 +155,7 @@ pub(crate) struct InstanceQuery {
 }
 
 pub(crate) async fn list_invoices(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -169,7 +169,7 @@ pub(crate) struct InvoiceQuery {
     format: Option<String>,
 }
 
-fn period_named(node: &Node, name: &str) -> Result<Period, BillingError> {
+fn period_named(node: &AdminState, name: &str) -> Result<Period, BillingError> {
     if name == "current" {
         return Ok(Period::containing(node.billing.now()));
     }
@@ -177,7 +177,7 @@ fn period_named(node: &Node, name: &str) -> Result<Period, BillingError> {
 }
 
 pub(crate) async fn get_invoice(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((tenant, period)): Path<(String, String)>,
     Query(query): Query<InvoiceQuery>,
@@ -201,7 +201,7 @@ pub(crate) async fn get_invoice(
 }
 
 pub(crate) async fn close_invoice(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((tenant, period)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
@@ -220,7 +220,7 @@ pub(crate) struct DiscountQuery {
 }
 
 pub(crate) async fn list_discounts(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Query(query): Query<DiscountQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -232,7 +232,7 @@ pub(crate) async fn list_discounts(
 }
 
 pub(crate) async fn add_discount(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     payload: Result<Json<NewDiscount>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -247,7 +247,7 @@ pub(crate) async fn add_discount(
 }
 
 pub(crate) async fn remove_discount(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -265,7 +265,7 @@ pub(crate) struct LedgerQuery {
 }
 
 pub(crate) async fn ledger(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
     Query(query): Query<LedgerQuery>,
@@ -285,7 +285,7 @@ pub(crate) async fn ledger(
     Ok(Json(json!({ "instance": instance.id, "from": from, "to": to, "rows": rows })))
 }
 
-pub(crate) async fn clock(State(node): State<Arc<Node>>, Authed(_caller): Authed) -> Json<Value> {
+pub(crate) async fn clock(State(node): State<Arc<AdminState>>, Authed(_caller): Authed) -> Json<Value> {
     let now = node.billing.now();
     Json(json!({ "now": now, "utc": format_utc(now), "settable": node.billing.clock.is_settable() }))
 }
@@ -302,7 +302,7 @@ pub(crate) struct ClockChange {
 }
 
 pub(crate) async fn set_clock(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     payload: Result<Json<ClockChange>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {

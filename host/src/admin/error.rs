@@ -49,7 +49,10 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static(WWW_AUTHENTICATE));
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(crate::identity::credentials::WWW_AUTHENTICATE),
+            );
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
@@ -57,9 +60,6 @@ impl IntoResponse for ApiError {
         response
     }
 }
-
-/// The challenge sent with every 401.
-pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"wharf\"";
 
 impl From<IdentityError> for ApiError {
     fn from(err: IdentityError) -> Self {
@@ -113,6 +113,19 @@ impl From<RegistryError> for ApiError {
             E::Internal(e) => return Self::internal(e),
         };
         Self::new(status, err.to_string())
+    }
+}
+
+impl From<crate::rollout::RolloutError> for ApiError {
+    fn from(err: crate::rollout::RolloutError) -> Self {
+        use crate::rollout::RolloutError as E;
+        match err {
+            E::NotReady { .. } | E::NoPrevious(_) => Self::new(StatusCode::CONFLICT, err.to_string()),
+            E::InvalidCanary(message) => Self::bad_request(message),
+            E::Registry(e) => e.into(),
+            E::Config(e) => e.into(),
+            E::Internal(e) => Self::internal(&e),
+        }
     }
 }
 

@@ -12,11 +12,12 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{bearer, client_ip, Authed, MaybeAuthed};
+use super::auth::{client_ip, Authed, MaybeAuthed};
+use super::AdminState;
 use super::{body, ApiError};
 use crate::access::{AccessError, Platform, Role};
+use crate::identity::credentials::bearer;
 use crate::identity::IdentityError;
-use crate::node::Node;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -42,7 +43,7 @@ pub struct Registration {
 }
 
 pub async fn register(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     MaybeAuthed(caller): MaybeAuthed,
     payload: Result<Json<Registration>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -61,7 +62,7 @@ pub async fn register(
 
 /// Make the user of an accepted invitation a member.
 async fn join(
-    node: &Node,
+    node: &AdminState,
     invitation: &crate::identity::invitations::Invitation,
     user_id: &str,
     email: &str,
@@ -82,7 +83,7 @@ pub struct InvitationToken {
 
 /// Accept an invitation with the account of its address.
 pub async fn accept_invitation(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     payload: Result<Json<InvitationToken>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -93,7 +94,7 @@ pub async fn accept_invitation(
 }
 
 /// What an invitation link shows: who is invited where, and how to accept.
-pub async fn show_invitation(State(node): State<Arc<Node>>, Path(token): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn show_invitation(State(node): State<Arc<AdminState>>, Path(token): Path<String>) -> ApiResult<Json<Value>> {
     let invitation = node.identity.invitations.open(&token).await?;
     Ok(Json(json!({
         "tenant": invitation.tenant,
@@ -110,7 +111,7 @@ pub async fn show_invitation(State(node): State<Arc<Node>>, Path(token): Path<St
 }
 
 pub async fn list_invitations(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -119,7 +120,7 @@ pub async fn list_invitations(
 }
 
 pub async fn cancel_invitation(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((tenant, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -132,7 +133,7 @@ pub async fn cancel_invitation(
 }
 
 pub async fn login(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     payload: Result<Json<EmailPassword>, JsonRejection>,
@@ -157,7 +158,7 @@ pub async fn login(
 }
 
 pub async fn logout(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
@@ -171,7 +172,7 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn me(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+pub async fn me(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     // The caller's own memberships (an operator sees every tenant through
     // GET /v1/tenants, page by page).
     let mut tenants = Vec::new();
@@ -200,7 +201,7 @@ pub struct NewKeyRequest {
 }
 
 pub async fn create_key(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     payload: Result<Json<NewKeyRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -215,12 +216,12 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, to_json(key)?))
 }
 
-pub async fn list_keys(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+pub async fn list_keys(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "keys": node.identity.keys(&caller.user_id).await? })))
 }
 
 pub async fn revoke_key(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -230,7 +231,7 @@ pub async fn revoke_key(
 }
 
 pub async fn list_members(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -247,7 +248,7 @@ pub struct NewMember {
 }
 
 /// Only owners (and operators) may make or unmake owners.
-async fn require_owner_for(node: &Node, caller: &crate::identity::Caller, tenant: &str) -> ApiResult<()> {
+async fn require_owner_for(node: &AdminState, caller: &crate::identity::Caller, tenant: &str) -> ApiResult<()> {
     if caller.operator || node.access.role(tenant, &caller.user_id).await? == Some(Role::Owner) {
         Ok(())
     } else {
@@ -256,7 +257,7 @@ async fn require_owner_for(node: &Node, caller: &crate::identity::Caller, tenant
 }
 
 pub async fn add_member(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
     payload: Result<Json<NewMember>, JsonRejection>,
@@ -330,7 +331,7 @@ pub async fn add_member(
 }
 
 /// The admin API's base URL as invitees reach it.
-fn public_url(node: &Node) -> String {
+fn public_url(node: &AdminState) -> String {
     match &node.config.trust.public_url {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => format!("http://{}", node.addresses.admin),
@@ -338,7 +339,7 @@ fn public_url(node: &Node) -> String {
 }
 
 pub async fn remove_member(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((tenant, email)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -353,7 +354,7 @@ pub async fn remove_member(
 }
 
 /// Split `service.permission` and check that the service's active version declares it.
-fn declared(node: &Node, permission: &str) -> ApiResult<(String, String)> {
+fn declared(node: &AdminState, permission: &str) -> ApiResult<(String, String)> {
     let (service, name) = permission.split_once('.').ok_or_else(|| {
         ApiError::bad_request(format!(
             "{permission:?} is not a service permission; write it as service.permission, e.g. forum.addUsers"
@@ -375,7 +376,7 @@ fn declared(node: &Node, permission: &str) -> ApiResult<(String, String)> {
 }
 
 pub async fn list_grants(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -411,7 +412,7 @@ pub struct NewGrant {
 }
 
 pub async fn add_grant(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(tenant): Path<String>,
     payload: Result<Json<NewGrant>, JsonRejection>,
@@ -428,7 +429,7 @@ pub async fn add_grant(
 }
 
 pub async fn remove_grant(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((tenant, email, permission)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -449,7 +450,7 @@ pub struct VersionFilter {
 }
 
 pub async fn service_permissions(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
     Path(name): Path<String>,
     Query(filter): Query<VersionFilter>,
@@ -479,7 +480,7 @@ pub struct AuditFilter {
 }
 
 pub async fn audit(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Query(filter): Query<AuditFilter>,
 ) -> ApiResult<Json<Value>> {

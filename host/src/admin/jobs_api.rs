@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Authed;
+use super::AdminState;
 use super::{body, instance_for, ApiError, ApiResult};
 use crate::access::{AccessError, Platform};
 use crate::jobs::{JobError, JobFilter, JobInfo, NewJob, SETUP_KIND};
-use crate::node::Node;
 use crate::router::Serving;
 
 #[derive(Deserialize)]
@@ -34,7 +34,7 @@ pub(crate) struct JobQuery {
 
 /// The tenants whose jobs the caller may see (`None`: every tenant).
 async fn visible(
-    node: &Node,
+    node: &AdminState,
     caller: &crate::identity::Caller,
     tenant: Option<&str>,
 ) -> ApiResult<Option<Vec<String>>> {
@@ -48,7 +48,7 @@ async fn visible(
 }
 
 pub(crate) async fn list(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -79,7 +79,7 @@ pub(crate) struct StatsQuery {
 }
 
 pub(crate) async fn stats(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -90,7 +90,12 @@ pub(crate) async fn stats(
 }
 
 /// A job the caller may act on with `permission`: 404 for other tenants' jobs.
-async fn job_for(node: &Node, caller: &crate::identity::Caller, id: &str, permission: Platform) -> ApiResult<JobInfo> {
+async fn job_for(
+    node: &AdminState,
+    caller: &crate::identity::Caller,
+    id: &str,
+    permission: Platform,
+) -> ApiResult<JobInfo> {
     let job = node.queue.get(id).await?;
     node.access.require(caller, &job.tenant, permission).await.map_err(|e| match e {
         AccessError::NoSuchTenant(_) => ApiError::from(JobError::UnknownJob(id.to_string())),
@@ -100,7 +105,7 @@ async fn job_for(node: &Node, caller: &crate::identity::Caller, id: &str, permis
 }
 
 pub(crate) async fn get(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -109,7 +114,7 @@ pub(crate) async fn get(
 }
 
 pub(crate) async fn retry(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -117,7 +122,7 @@ pub(crate) async fn retry(
 }
 
 pub(crate) async fn cancel(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -132,7 +137,7 @@ enum Action {
 
 /// Retry or cancel a job the caller may manage; a setup job's instance is
 /// re-routed at once (it enters or leaves maintenance).
-async fn act(node: &Node, caller: &crate::identity::Caller, id: &str, action: Action) -> ApiResult<Json<Value>> {
+async fn act(node: &AdminState, caller: &crate::identity::Caller, id: &str, action: Action) -> ApiResult<Json<Value>> {
     let job = job_for(node, caller, id, Platform::InstancesManage).await?;
     let (changed, audited) = match action {
         Action::Retry => (node.queue.retry(id).await?, "job.retry"),
@@ -170,7 +175,7 @@ fn one() -> u32 {
 }
 
 pub(crate) async fn enqueue(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
     payload: Result<Json<Enqueue>, JsonRejection>,

@@ -50,6 +50,7 @@ mod error;
 mod identity_api;
 mod jobs_api;
 mod rollout_api;
+mod state;
 pub mod throttle;
 
 use std::sync::atomic::Ordering;
@@ -67,10 +68,9 @@ use crate::access::{AccessError, Platform, Role};
 use crate::billing::InstanceUsage;
 use crate::configurator::quota::{Quota, MAX_QUOTA};
 use crate::configurator::{Actor, ConfigError, Instance, InstanceChange, NewInstance, Page};
-use crate::node::Node;
-pub use auth::bearer;
 use auth::Authed;
-pub use error::{ApiError, WWW_AUTHENTICATE};
+pub use error::ApiError;
+pub use state::AdminState;
 
 /// Largest body of a registration or login (an email and a password).
 pub const MAX_CREDENTIALS_BYTES: usize = 4 << 10;
@@ -81,7 +81,7 @@ pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The admin API's routes.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<AdminState>) -> Router {
     Router::new()
         // Registration and login are open to anyone: their bodies are small.
         .route("/v1/users", post(identity_api::register).layer(DefaultBodyLimit::max(MAX_CREDENTIALS_BYTES)))
@@ -152,8 +152,8 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Queue the instance setups a change made due (migrations of a version just
 /// activated or pinned), so they start now rather than at the next periodic check.
-pub(crate) async fn setups_due(node: &Node) -> usize {
-    match crate::jobs::setup::reconcile(node).await {
+pub(crate) async fn setups_due(node: &AdminState) -> usize {
+    match crate::jobs::setup::reconcile(&node.workers).await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!("failed to queue instance setups (retried shortly): {e:#}");
@@ -164,8 +164,8 @@ pub(crate) async fn setups_due(node: &Node) -> usize {
 
 /// Record the subscription changes an activation made (modules the new version
 /// lacks stop being billed at once).
-pub(crate) async fn subscriptions_due(node: &Node) {
-    if let Err(e) = crate::billing::sync_all(node).await {
+pub(crate) async fn subscriptions_due(node: &AdminState) {
+    if let Err(e) = node.billing_passes.sync_all().await {
         tracing::warn!("failed to record subscription changes (retried by the billing pass): {e:#}");
     }
 }
@@ -189,7 +189,7 @@ async fn healthz() -> Json<Value> {
 /// Readiness: the control plane answers within a second and this node has caught
 /// up with every change (routes and versions loaded); a load balancer sends
 /// traffic only to ready nodes.
-async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
+async fn readyz(State(node): State<Arc<AdminState>>) -> (StatusCode, Json<Value>) {
     // One probe at a time, its answer shared for a quarter second: anyone may ask,
     // and a flood of asks must not become a flood of control-plane queries.
     let probe = {
@@ -233,7 +233,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
-async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::NodeRead)?;
     let stats = node.registry.stats();
     let limits = node.runtime.limits();
@@ -289,12 +289,12 @@ async fn node_info(State(node): State<Arc<Node>>, Authed(caller): Authed) -> Api
     })))
 }
 
-async fn list_services(State(node): State<Arc<Node>>, Authed(_caller): Authed) -> ApiResult<Json<Value>> {
+async fn list_services(State(node): State<Arc<AdminState>>, Authed(_caller): Authed) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "services": node.registry.list(None).await? })))
 }
 
 async fn get_service(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -302,7 +302,7 @@ async fn get_service(
 }
 
 async fn get_version(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
@@ -316,7 +316,7 @@ struct PublishQuery {
 }
 
 async fn publish(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(name): Path<String>,
     Query(query): Query<PublishQuery>,
@@ -379,7 +379,7 @@ struct Activate {
 }
 
 async fn activate(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(name): Path<String>,
     payload: Result<Json<Activate>, JsonRejection>,
@@ -403,7 +403,7 @@ struct NewTenant {
 }
 
 async fn create_tenant(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     payload: Result<Json<NewTenant>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -443,7 +443,7 @@ fn next_cursor<T>(items: &[T], page: &Page, key: impl Fn(&T) -> &str) -> Value {
 }
 
 async fn list_tenants(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -455,7 +455,7 @@ async fn list_tenants(
 }
 
 async fn get_tenant(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -464,7 +464,7 @@ async fn get_tenant(
 }
 
 async fn tenant_quotas(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -496,7 +496,7 @@ fn quota_change(payload: Result<Json<QuotaChange>, JsonRejection>) -> ApiResult<
 }
 
 async fn set_tenant_quota(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((id, name)): Path<(String, String)>,
     payload: Result<Json<QuotaChange>, JsonRejection>,
@@ -511,7 +511,7 @@ async fn set_tenant_quota(
 }
 
 async fn user_quotas(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(email): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -525,7 +525,7 @@ async fn user_quotas(
 }
 
 async fn set_user_quota(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path((email, name)): Path<(String, String)>,
     payload: Result<Json<QuotaChange>, JsonRejection>,
@@ -545,7 +545,7 @@ async fn set_user_quota(
 }
 
 async fn create_instance(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     payload: Result<Json<NewInstance>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -565,7 +565,7 @@ async fn create_instance(
 /// A page of the instances of `tenant` (or of every tenant) that `caller` may
 /// see with `permission`, filtered in the database.
 async fn visible_instances(
-    node: &Node,
+    node: &AdminState,
     caller: &crate::identity::Caller,
     query: &PageQuery,
     permission: Platform,
@@ -586,7 +586,7 @@ async fn visible_instances(
 /// An instance the caller may act on with `permission`: 404 unless the caller is
 /// a member of its tenant, so other tenants' instance ids reveal nothing.
 async fn instance_for(
-    node: &Node,
+    node: &AdminState,
     caller: &crate::identity::Caller,
     id: &str,
     permission: Platform,
@@ -600,7 +600,7 @@ async fn instance_for(
 }
 
 async fn list_instances(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -609,7 +609,7 @@ async fn list_instances(
 }
 
 async fn get_instance(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -628,7 +628,7 @@ async fn get_instance(
 }
 
 async fn update_instance(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
     payload: Result<Json<InstanceChange>, JsonRejection>,
@@ -656,7 +656,7 @@ struct VerifyHost {
 }
 
 async fn verify_host(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
     payload: Result<Json<VerifyHost>, JsonRejection>,
@@ -669,7 +669,7 @@ async fn verify_host(
 }
 
 async fn instance_usage(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -680,7 +680,7 @@ async fn instance_usage(
 }
 
 async fn all_usage(
-    State(node): State<Arc<Node>>,
+    State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {

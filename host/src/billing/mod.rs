@@ -826,56 +826,67 @@ impl Billing {
     }
 }
 
-/// Check every spending limit against its tenant's running total: suspend the
-/// tenants that reached theirs, lift the suspension of those below again (a
-/// new period, a raised limit). Returns how many changed.
-pub async fn enforce_limits(node: &crate::node::Node) -> Result<usize, BillingError> {
-    let billing = &node.billing;
-    let mut changed = 0;
-    for (tenant, limit, currency, suspended) in billing.limited_tenants().await? {
-        let running = billing.accrued(&tenant).await?;
-        let total = running.totals.iter().find(|t| t.currency == currency).map_or(0, |t| t.amount);
-        let reason = (total >= limit).then(|| {
-            format!(
-                "its spending limit of {} for {} is reached ({} so far)",
-                money::format(limit, &currency),
-                running.period,
-                money::format(total, &currency)
-            )
-        });
-        // An unchanged verdict is not rewritten (the running total moves).
-        if reason.is_some() == suspended.is_some() {
-            continue;
-        }
-        if let Some(generation) = billing.set_suspended(&tenant, reason.as_deref()).await? {
-            tracing::info!(%tenant, suspended = reason.is_some(), "spending limit");
-            node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            node.generation.applied_own(generation);
-            changed += 1;
-        }
-    }
-    Ok(changed)
+/// The billing passes of a node — closing invoices, enforcing spending limits,
+/// now and then re-reading every subscription — with what they use.
+pub struct Passes {
+    pub billing: Arc<Billing>,
+    pub configurator: Arc<crate::configurator::Configurator>,
+    /// The generation this node has caught up with (a suspension is a change).
+    pub seen: Arc<store::Seen>,
+    pub config: crate::config::BillingConfig,
 }
 
-/// Record a subscription event for every instance whose state changed without
-/// one (a safety net: changes record their own at once).
-pub async fn sync_all(node: &crate::node::Node) -> Result<usize, BillingError> {
-    let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
-    let mut recorded = 0;
-    loop {
-        let instances = node.configurator.instances(None, &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        recorded += node.billing.sync(&instances).await?;
-        match instances.last() {
-            Some(last) if instances.len() as i64 == page.limit => page.after = Some(last.id.clone()),
-            _ => return Ok(recorded),
+impl Passes {
+    /// Check every spending limit against what its tenant has accrued: suspend
+    /// the tenants that reached theirs, lift the suspension of those below
+    /// again (a new period, a raised limit). Returns how many changed.
+    pub async fn enforce_limits(&self) -> Result<usize, BillingError> {
+        let billing = &self.billing;
+        let mut changed = 0;
+        for (tenant, limit, currency, suspended) in billing.limited_tenants().await? {
+            let running = billing.accrued(&tenant).await?;
+            let total = running.totals.iter().find(|t| t.currency == currency).map_or(0, |t| t.amount);
+            let reason = (total >= limit).then(|| {
+                format!(
+                    "its spending limit of {} for {} is reached ({} so far)",
+                    money::format(limit, &currency),
+                    running.period,
+                    money::format(total, &currency)
+                )
+            });
+            // An unchanged verdict is not rewritten (the running total moves).
+            if reason.is_some() == suspended.is_some() {
+                continue;
+            }
+            if let Some(generation) = billing.set_suspended(&tenant, reason.as_deref()).await? {
+                tracing::info!(%tenant, suspended = reason.is_some(), "spending limit");
+                self.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                self.seen.applied_own(generation);
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Record a subscription event for every instance whose state changed
+    /// without one (a safety net: changes record their own at once).
+    pub async fn sync_all(&self) -> Result<usize, BillingError> {
+        let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
+        let mut recorded = 0;
+        loop {
+            let instances = self.configurator.instances(None, &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            recorded += self.billing.sync(&instances).await?;
+            match instances.last() {
+                Some(last) if instances.len() as i64 == page.limit => page.after = Some(last.id.clone()),
+                _ => return Ok(recorded),
+            }
         }
     }
 }
 
-/// The node's billing pass: close invoices whose period is over, enforce
-/// spending limits, and now and then re-read every subscription.
-pub async fn run(node: Arc<crate::node::Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let config = node.config.billing.clone();
+/// The node's billing passes, until `stop` is set.
+pub async fn run(passes: Arc<Passes>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let config = passes.config.clone();
     let mut every = tokio::time::interval(config.interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync: Option<std::time::Instant> = None;
@@ -886,14 +897,14 @@ pub async fn run(node: Arc<crate::node::Node>, mut stop: tokio::sync::watch::Rec
         }
         if last_sync.is_none_or(|at| at.elapsed() >= config.sync_interval) {
             last_sync = Some(std::time::Instant::now());
-            if let Err(e) = sync_all(&node).await {
+            if let Err(e) = passes.sync_all().await {
                 tracing::warn!("billing: failed to re-read subscriptions: {e:#}");
             }
         }
-        if let Err(e) = node.billing.close_due(config.invoice_grace.as_secs() as i64).await {
+        if let Err(e) = passes.billing.close_due(config.invoice_grace.as_secs() as i64).await {
             tracing::warn!("billing: failed to close invoices: {e:#}");
         }
-        if let Err(e) = enforce_limits(&node).await {
+        if let Err(e) = passes.enforce_limits().await {
             tracing::warn!("billing: failed to check spending limits: {e:#}");
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! Failed logins are rate limited per client address and per account.
 
+pub mod credentials;
 pub mod invitations;
 mod ratelimit;
 pub mod secrets;

@@ -8,7 +8,7 @@
 //! node.
 
 pub mod body;
-pub mod listener;
+
 mod loggate;
 
 use std::hash::BuildHasher;
@@ -23,10 +23,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::config::EdgeLimits;
+use crate::listener;
 use body::{BodyPace, PacedBody};
 
 use crate::access::Access;
-use crate::identity::Identity;
+use crate::identity::{credentials, Identity};
 use crate::registry::LoadedVersion;
 use crate::router::{self, Router, Serving};
 use crate::runtime::Handled;
@@ -237,7 +238,7 @@ impl Ingress {
         }
         // A Wharf credential is for Wharf: the guest never sees it (it could
         // replay it against the admin API).
-        strip_wharf_credentials(req.headers_mut());
+        credentials::strip_wharf_credentials(req.headers_mut());
         let guest_caller = match caller {
             Resolved::Member(member) => Some(member),
             _ => None,
@@ -475,7 +476,7 @@ impl Denied {
                 let mut response = plain(StatusCode::UNAUTHORIZED, format!("{why}\n"), request_id);
                 response
                     .headers_mut()
-                    .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(crate::admin::WWW_AUTHENTICATE));
+                    .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(credentials::WWW_AUTHENTICATE));
                 response
             }
             Denied::Forbidden(permission) => {
@@ -508,10 +509,10 @@ impl Ingress {
         version: &LoadedVersion,
         headers: &http::HeaderMap,
     ) -> Result<Resolved, Denied> {
-        if !wharf_credential(headers) {
+        if !credentials::wharf_credential(headers) {
             return Ok(Resolved::Anonymous);
         }
-        let Some(token) = crate::admin::bearer(headers) else { return Ok(Resolved::Anonymous) };
+        let Some(token) = credentials::bearer(headers) else { return Ok(Resolved::Anonymous) };
         let user = match self.identity.authenticate(token).await {
             Ok(Some(user)) => user,
             Ok(None) => return Ok(Resolved::Invalid),
@@ -531,50 +532,6 @@ impl Ingress {
                 tracing::error!("permission check failed: {e}");
                 Err(Denied::Internal)
             }
-        }
-    }
-}
-
-/// Whether the request carries a Wharf session token or API key.
-fn wharf_credential(headers: &http::HeaderMap) -> bool {
-    crate::admin::bearer(headers).is_some_and(carries_wharf_secret)
-}
-
-/// Whether `text` holds a Wharf session token or API key anywhere.
-fn carries_wharf_secret(text: &str) -> bool {
-    use crate::identity::secrets::{KEY_PREFIX, SESSION_PREFIX};
-    let lower = text.to_ascii_lowercase();
-    lower.contains(SESSION_PREFIX) || lower.contains(KEY_PREFIX)
-}
-
-/// Remove every `Authorization` and `Proxy-Authorization` value that carries a
-/// Wharf credential, whatever its position or scheme (including inside a Basic
-/// credential); other values reach the guest unchanged.
-fn strip_wharf_credentials(headers: &mut http::HeaderMap) {
-    use base64::Engine as _;
-    for name in [http::header::AUTHORIZATION, http::header::PROXY_AUTHORIZATION] {
-        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        if values.is_empty() {
-            continue;
-        }
-        let carries = |value: &HeaderValue| {
-            let text = String::from_utf8_lossy(value.as_bytes());
-            if carries_wharf_secret(&text) {
-                return true;
-            }
-            // `Basic base64(user:password)` may hide a token in either part.
-            text.split_whitespace().any(|word| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(word.trim_end_matches(','))
-                    .is_ok_and(|decoded| carries_wharf_secret(&String::from_utf8_lossy(&decoded)))
-            })
-        };
-        if !values.iter().any(carries) {
-            continue;
-        }
-        headers.remove(&name);
-        for value in values.into_iter().filter(|v| !carries(v)) {
-            headers.append(&name, value);
         }
     }
 }

@@ -32,6 +32,20 @@ use serde::Serialize;
 
 use crate::store::{self, Db, Dialect};
 
+/// What a node's job workers and instance setups use: the queue, the
+/// instances' routes (their databases, versions and schema), the runtime that
+/// runs the guest, and the configurator a setup's outcome changes.
+pub struct Workers {
+    pub db: Db,
+    pub queue: Arc<Queue>,
+    pub router: Arc<crate::router::Router>,
+    pub registry: Arc<crate::registry::Registry>,
+    pub runtime: Arc<crate::runtime::Runtime>,
+    pub configurator: Arc<crate::configurator::Configurator>,
+    /// The generation this node has caught up with (a setup is a change).
+    pub seen: Arc<store::Seen>,
+}
+
 /// Largest payload a job carries.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
 /// Most jobs one claim takes.

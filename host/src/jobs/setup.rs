@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
+use super::Workers;
 use super::{Claimed, Finish, NewJob, Queue, SETUP_KIND};
 use crate::configurator::database::{Call, Dialect, SqlValue};
-use crate::node::Node;
 use crate::registry::LoadedVersion;
 use crate::router::{Route, SetupState};
 use crate::store::{self, Backend};
@@ -124,17 +124,17 @@ type SetupRow = (String, String, String, Option<String>, String, String, Option<
 
 /// Queue the setups instances need: those whose wanted version has migrations
 /// their database lacks, or that were never seeded. Returns how many started.
-pub async fn reconcile(node: &Node) -> anyhow::Result<usize> {
+pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
     let rows: Vec<SetupRow> = sqlx::query_as(
         "SELECT id, tenant_id, service, pinned_version, applied_migrations, setup_state, setup_target, seeded_at \
          FROM instances WHERE enabled",
     )
-    .fetch_all(&node.db)
+    .fetch_all(&workers.db)
     .await
     .context("failed to read instances")?;
     let mut started = 0;
     for (id, tenant, service, pinned, applied, state, target, seeded) in rows {
-        let Some(slot) = node.registry.slot(&service) else { continue };
+        let Some(slot) = workers.registry.slot(&service) else { continue };
         let wanted = match &pinned {
             Some(version) => slot.version(version),
             None => slot.active(),
@@ -148,37 +148,37 @@ pub async fn reconcile(node: &Node) -> anyhow::Result<usize> {
         if state != SetupState::Ready && target.as_deref() == Some(wanted.version.as_str()) {
             continue;
         }
-        let mut tx = crate::store::begin(&node.db).await.context("failed to begin transaction")?;
-        if begin_in(&mut tx, &node.queue, &id, &tenant, &service, &wanted.version).await? {
-            let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
-            tx.commit().await.context("failed to commit the setup")?;
-            node.generation.applied_own(generation);
-            node.queue.wake.notify_one();
+        let mut tx = crate::store::begin(&workers.db).await.context("failed to begin transaction")?;
+        if begin_in(&mut tx, &workers.queue, &id, &tenant, &service, &wanted.version).await? {
+            store::commit_change(tx, &workers.seen, || async { anyhow::Ok(()) })
+                .await
+                .context("failed to commit the setup")?;
+            workers.queue.wake.notify_one();
             tracing::info!(instance = %id, version = %wanted.version, "instance setup queued");
             started += 1;
         }
     }
     if started > 0 {
-        node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        workers.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(started)
 }
 
 /// Run a setup job: migrations, then the seeder; the instance leaves
 /// maintenance either way (on the new version, or on its previous one).
-pub async fn run(node: &Node, job: &Claimed) -> Finish {
+pub async fn run(workers: &Workers, job: &Claimed) -> Finish {
     let target = serde_json::from_slice::<serde_json::Value>(&job.payload)
         .ok()
         .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_string));
     let Some(target) = target else {
         return Finish::Dead { error: "the setup job names no version".into() };
     };
-    let route = match super::worker::route_of(node, &job.instance_id).await {
+    let route = match super::worker::route_of(workers, &job.instance_id).await {
         Ok(route) => route,
         Err(finish) => return finish,
     };
-    let outcome = apply(node, job, &route, &target).await;
-    match finish(node, job, &target, &outcome).await {
+    let outcome = apply(workers, job, &route, &target).await;
+    match finish(workers, job, &target, &outcome).await {
         Ok(()) => return Finish::Recorded,
         Err(e) => tracing::warn!(instance = %job.instance_id, "failed to record the setup's outcome: {e:#}"),
     }
@@ -207,8 +207,8 @@ struct Done {
     seeded: bool,
 }
 
-async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> Result<Done, Failure> {
-    let version = node
+async fn apply(workers: &Workers, job: &Claimed, route: &Arc<Route>, target: &str) -> Result<Done, Failure> {
+    let version = workers
         .registry
         .slot(&job.service)
         .and_then(|slot| slot.version(target))
@@ -218,7 +218,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
         Dialect::Postgres => crate::registry::SqlDialect::Postgres,
         Dialect::Sqlite => crate::registry::SqlDialect::Sqlite,
     };
-    let deadline = Instant::now() + node.queue.config.timeout;
+    let deadline = Instant::now() + workers.queue.config.timeout;
     let call = Call::migration(deadline);
     // (name, checksum) in the order they were applied.
     let mut applied: Vec<(String, String)> = Vec::new();
@@ -285,7 +285,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
             let e = if e.contains("ran longer than") && Instant::now() + Duration::from_millis(250) >= deadline {
                 format!(
                     "the migrations ran past the setup job's deadline of {} s (wharf serve --job-timeout)",
-                    node.queue.config.timeout.as_secs()
+                    workers.queue.config.timeout.as_secs()
                 )
             } else {
                 e
@@ -307,7 +307,7 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
     all.extend(known.into_iter().filter(|n| !version.manifest.declares_migration(n)));
     let seeded: Option<(Option<i64>,)> = sqlx::query_as("SELECT seeded_at FROM instances WHERE id = $1")
         .bind(&job.instance_id)
-        .fetch_optional(&node.db)
+        .fetch_optional(&workers.db)
         .await
         .map_err(|e| Failure::new(format!("cannot read the instance: {e}")))?;
     let mut did_seed = false;
@@ -315,9 +315,9 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
         if let Some(worker) = version.worker.clone() {
             // The seeder is guest code: on the job threads, like any job.
             let (runtime, who, context) =
-                (node.runtime.clone(), super::worker::identity(route), super::worker::context(route, &version));
-            let (fuel, left) = (node.queue.config.fuel, deadline.saturating_duration_since(Instant::now()));
-            let outcome = node
+                (workers.runtime.clone(), super::worker::identity(route), super::worker::context(route, &version));
+            let (fuel, left) = (workers.queue.config.fuel, deadline.saturating_duration_since(Instant::now()));
+            let outcome = workers
                 .runtime
                 .spawn_job(async move {
                     runtime.run_job(&worker, who, context, crate::runtime::JobCall::Seed, fuel, left).await
@@ -339,9 +339,9 @@ async fn apply(node: &Node, job: &Claimed, route: &Arc<Route>, target: &str) -> 
 
 /// Record the setup's outcome on the instance and on its job, in one
 /// transaction (whoever reads one reads the other), and re-route it everywhere.
-async fn finish(node: &Node, job: &Claimed, target: &str, outcome: &Result<Done, Failure>) -> anyhow::Result<()> {
+async fn finish(workers: &Workers, job: &Claimed, target: &str, outcome: &Result<Done, Failure>) -> anyhow::Result<()> {
     let instance = job.instance_id.as_str();
-    let mut tx = crate::store::begin(&node.db).await.context("failed to begin transaction")?;
+    let mut tx = crate::store::begin(&workers.db).await.context("failed to begin transaction")?;
     match outcome {
         Ok(done) => {
             sqlx::query(
@@ -407,9 +407,10 @@ async fn finish(node: &Node, job: &Claimed, target: &str, outcome: &Result<Done,
             tracing::warn!(%instance, version = target, "instance setup failed: {}", failure.error);
         }
     }
-    let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
-    tx.commit().await.context("failed to commit the setup's outcome")?;
-    node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    node.generation.applied_own(generation);
+    store::commit_change(tx, &workers.seen, || async {
+        workers.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await
+    .context("failed to commit the setup's outcome")?;
     Ok(())
 }

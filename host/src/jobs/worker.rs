@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
+use super::Workers;
 use super::{Claimed, Finish, SETUP_KIND};
-use crate::node::Node;
 use crate::registry::LoadedVersion;
 use crate::router::{Route, Serving};
 use crate::runtime::{GuestContext, GuestJob, JobCall, JobsContext, RequestIdentity};
@@ -23,12 +23,12 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Run this node's workers until `stop` is set, then wait (up to `grace`) for
 /// the jobs in flight.
-pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Duration) {
-    let concurrency = node.queue.config.concurrency;
+pub async fn run(workers: Arc<Workers>, mut stop: watch::Receiver<bool>, grace: Duration) {
+    let concurrency = workers.queue.config.concurrency;
     let slots = Arc::new(Semaphore::new(concurrency));
     let freed = Arc::new(Notify::new());
     let (done, outcomes) = mpsc::unbounded_channel();
-    let recorder = tokio::spawn(record(node.clone(), outcomes));
+    let recorder = tokio::spawn(record(workers.clone(), outcomes));
     let mut last_reap = Instant::now() - REAP_EVERY;
     let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
     let mut last_purge = Instant::now();
@@ -42,20 +42,20 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
         }
         if last_reap.elapsed() >= REAP_EVERY {
             last_reap = Instant::now();
-            if let Err(e) = node.queue.reap().await {
+            if let Err(e) = workers.queue.reap().await {
                 tracing::warn!("failed to take back expired jobs: {e:#}");
             }
         }
         if last_reconcile.elapsed() >= RECONCILE_EVERY {
             last_reconcile = Instant::now();
-            if let Err(e) = super::setup::reconcile(&node).await {
+            if let Err(e) = super::setup::reconcile(&workers).await {
                 tracing::warn!("failed to queue instance setups: {e:#}");
             }
         }
-        schedules.queue_due(&node).await;
+        schedules.queue_due(&workers).await;
         if last_purge.elapsed() >= PURGE_EVERY {
             last_purge = Instant::now();
-            match node.queue.purge().await {
+            match workers.queue.purge().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),
                 Err(e) => tracing::warn!("{e:#}"),
@@ -77,7 +77,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
             }
         }
         let claimed = if free > 0 {
-            match node.queue.claim(free).await {
+            match workers.queue.claim(free).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!("failed to claim jobs: {e:#}");
@@ -91,7 +91,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
         backlog = full;
         for job in claimed {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
-            let (runner, done, freed) = (node.clone(), done.clone(), freed.clone());
+            let (runner, done, freed) = (workers.clone(), done.clone(), freed.clone());
             let setup = job.kind == SETUP_KIND;
             let work = async move {
                 let finish = run_one(&runner, &job).await;
@@ -104,7 +104,7 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
             if setup {
                 tokio::spawn(work);
             } else {
-                node.runtime.spawn_job(work);
+                workers.runtime.spawn_job(work);
             }
         }
         if full {
@@ -113,9 +113,9 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>, grace: Durati
         }
         tokio::select! {
             _ = stop.changed() => {}
-            _ = node.queue.wake.notified() => {}
+            _ = workers.queue.wake.notified() => {}
             _ = freed.notified(), if free == 0 => {}
-            _ = tokio::time::sleep(node.queue.config.poll) => {}
+            _ = tokio::time::sleep(workers.queue.config.poll) => {}
         }
     }
     // Jobs in flight finish (their outcomes recorded); one that outlives the
@@ -139,13 +139,13 @@ struct Schedules {
 }
 
 impl Schedules {
-    async fn queue_due(&mut self, node: &Node) {
+    async fn queue_due(&mut self, workers: &Workers) {
         if self.last_check.is_some_and(|at| at.elapsed() < Duration::from_millis(500)) {
             return;
         }
         self.last_check = Some(Instant::now());
         let now = crate::store::now_millis();
-        let routes = node.router.instances();
+        let routes = workers.router.instances();
         self.queued.retain(|(instance, _), _| routes.contains_key(instance));
         for route in routes.values() {
             if !route.enabled {
@@ -172,7 +172,7 @@ impl Schedules {
                     priority: 0,
                     max_attempts: None,
                 };
-                match node.queue.enqueue_for_tenant(new).await {
+                match workers.queue.enqueue_for_tenant(new).await {
                     Ok(_) => {}
                     Err(super::JobError::Internal(e)) => {
                         tracing::warn!(instance = %route.instance, kind = %job.kind, "failed to queue a scheduled job: {e:#}");
@@ -190,7 +190,7 @@ impl Schedules {
 }
 
 /// Write outcomes as they arrive, all those waiting in one transaction.
-async fn record(node: Arc<Node>, mut outcomes: mpsc::UnboundedReceiver<(Claimed, Finish)>) {
+async fn record(workers: Arc<Workers>, mut outcomes: mpsc::UnboundedReceiver<(Claimed, Finish)>) {
     let mut batch = Vec::new();
     while let Some(first) = outcomes.recv().await {
         batch.push(first);
@@ -202,7 +202,7 @@ async fn record(node: Arc<Node>, mut outcomes: mpsc::UnboundedReceiver<(Claimed,
         }
         // A failed write is retried: the jobs stay leased meanwhile.
         for attempt in 0..5 {
-            match node.queue.finish(&batch).await {
+            match workers.queue.finish(&batch).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(attempt, "failed to record job outcomes: {e:#}");
@@ -214,11 +214,11 @@ async fn record(node: Arc<Node>, mut outcomes: mpsc::UnboundedReceiver<(Claimed,
     }
 }
 
-async fn run_one(node: &Node, job: &Claimed) -> Finish {
+async fn run_one(workers: &Workers, job: &Claimed) -> Finish {
     if job.kind == SETUP_KIND {
-        return super::setup::run(node, job).await;
+        return super::setup::run(workers, job).await;
     }
-    let route = match route_of(node, &job.instance_id).await {
+    let route = match route_of(workers, &job.instance_id).await {
         Ok(route) => route,
         Err(finish) => return finish,
     };
@@ -237,7 +237,7 @@ async fn run_one(node: &Node, job: &Claimed) -> Finish {
             }
         }
     };
-    let version = match pick_version(node, job, &route, current) {
+    let version = match pick_version(workers, job, &route, current) {
         Ok(version) => version,
         Err(Unrunnable::Hold(reason)) => return Finish::Deferred { after: Duration::from_secs(30), reason },
         Err(Unrunnable::Never(error)) => return Finish::Dead { error },
@@ -253,8 +253,8 @@ async fn run_one(node: &Node, job: &Claimed) -> Finish {
         attempt: u32::try_from(job.attempts).unwrap_or(u32::MAX),
         enqueued_by: job.enqueued_by.clone(),
     });
-    let config = &node.queue.config;
-    let outcome = node
+    let config = &workers.queue.config;
+    let outcome = workers
         .runtime
         .run_job(worker, identity(&route), context(&route, &version), call, config.fuel, config.timeout)
         .await;
@@ -271,12 +271,12 @@ async fn run_one(node: &Node, job: &Claimed) -> Finish {
 /// The route of a job's instance. One this node has not routed yet (created an
 /// instant ago, or through another node) waits for it; one that is gone ends
 /// its jobs.
-pub(crate) async fn route_of(node: &Node, instance: &str) -> Result<Arc<Route>, Finish> {
-    if let Some(route) = node.router.instance(instance) {
+pub(crate) async fn route_of(workers: &Workers, instance: &str) -> Result<Arc<Route>, Finish> {
+    if let Some(route) = workers.router.instance(instance) {
         return Ok(route);
     }
     let exists: Result<Option<(String,)>, _> =
-        sqlx::query_as("SELECT id FROM instances WHERE id = $1").bind(instance).fetch_optional(&node.db).await;
+        sqlx::query_as("SELECT id FROM instances WHERE id = $1").bind(instance).fetch_optional(&workers.db).await;
     match exists {
         Ok(None) => Err(Finish::Dead { error: "its instance no longer exists".into() }),
         _ => Err(Finish::Deferred {
@@ -299,7 +299,7 @@ enum Unrunnable {
 /// job's version, else the one that enqueued it — but only on the schema that
 /// version was set up for: code never runs against migrations it did not see.
 fn pick_version(
-    node: &Node,
+    workers: &Workers,
     job: &Claimed,
     route: &Route,
     current: Arc<LoadedVersion>,
@@ -308,7 +308,7 @@ fn pick_version(
     if current.service == job.service && current.manifest.accepts(&job.kind, job_version) {
         return Ok(current);
     }
-    let enqueuer = node.registry.slot(&job.service).and_then(|slot| slot.version(&job.enqueued_by));
+    let enqueuer = workers.registry.slot(&job.service).and_then(|slot| slot.version(&job.enqueued_by));
     match enqueuer {
         Some(enqueuer) if enqueuer.manifest.accepts(&job.kind, job_version) => {
             let missing: Vec<&str> = enqueuer

@@ -745,16 +745,17 @@ impl Registry {
                 .context("failed to activate version")?
                 .rows_affected()
                 > 0;
-        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
-        tx.commit().await.context("failed to commit publish")?;
-
         let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest, worker));
-        let slot = self.slot_or_new(&service);
-        slot.versions.insert(version.clone(), loaded.clone());
-        if activated {
-            slot.active.store(Some(loaded));
-        }
-        self.seen.applied_own(generation);
+        store::commit_change(tx, &self.seen, || async {
+            let slot = self.slot_or_new(&service);
+            slot.versions.insert(version.clone(), loaded.clone());
+            if activated {
+                slot.active.store(Some(loaded));
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("failed to commit publish")?;
         tracing::info!(%service, %version, %sha256, activated, "published");
         let info = self
             .find_version(&service, &version)
@@ -842,18 +843,21 @@ impl Registry {
             .context("failed to release the rollout's pins")?;
             released = rows.into_iter().map(|(id,)| id).collect();
         }
-        let generation = store::bump_generation(&mut tx).await.context("failed to record the change")?;
-        tx.commit().await.context("failed to commit activation")?;
-        if slot.active().is_none_or(|a| a.version != loaded.version) {
-            loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
-            loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);
-            loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
-        }
-        let previous = slot.active.swap(Some(loaded));
-        if let Some(previous) = previous.as_ref().filter(|p| p.version != version) {
-            slot.set_previous(Some(previous.version.clone()));
-        }
-        self.seen.applied_own(generation);
+        let mut previous = None;
+        store::commit_change(tx, &self.seen, || async {
+            if slot.active().is_none_or(|a| a.version != loaded.version) {
+                loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
+                loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);
+                loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
+            }
+            previous = slot.active.swap(Some(loaded));
+            if let Some(previous) = previous.as_ref().filter(|p| p.version != version) {
+                slot.set_previous(Some(previous.version.clone()));
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("failed to commit activation")?;
         tracing::info!(
             %service,
             %version,

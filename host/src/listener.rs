@@ -12,6 +12,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+/// The addresses a node listens on (with the ports actually bound).
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+}
+
 /// How many connections a listener holds open.
 #[derive(Clone)]
 pub struct ConnectionCaps {
