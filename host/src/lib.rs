@@ -37,6 +37,8 @@ pub mod runtime;
 pub mod sched;
 pub mod shared;
 pub mod store;
+#[cfg(test)]
+mod testdb;
 
 pub use config::NodeConfig;
 pub use node::{Node, RunningNode};

@@ -385,3 +385,6 @@ impl Access {
         Ok(row.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests;

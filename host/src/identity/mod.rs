@@ -602,3 +602,6 @@ async fn verify_blocking(password: String, stored: String) -> anyhow::Result<boo
         .await
         .context("verify task failed")
 }
+
+#[cfg(test)]
+mod tests;

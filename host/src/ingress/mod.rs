@@ -103,11 +103,7 @@ impl Ingress {
 
     /// A guest slot of `tenant` and of `instance`, waiting at most
     /// [`GUEST_SLOT_WAIT`] while either runs its most.
-    async fn guest_slots(
-        &self,
-        tenant: &Arc<str>,
-        instance: &Arc<str>,
-    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    async fn guest_slots(&self, tenant: &Arc<str>, instance: &Arc<str>) -> Option<GuestSlots> {
         fn permits(map: &DashMap<Arc<str>, Arc<Semaphore>>, key: &Arc<str>, size: u32) -> Arc<Semaphore> {
             match map.get(key) {
                 Some(permits) => permits.clone(),
@@ -155,104 +151,35 @@ impl Ingress {
     }
 
     /// Route and run one request of a connection whose flushes `after_flush`
-    /// hears of: its usage counts once its response has left.
+    /// hears of: its usage counts once its response has left. The steps, in
+    /// order: resolve the host, admit the request (the instance's state and
+    /// the version it serves), authorize it (modules, credential, permissions),
+    /// read the start of its body, run the guest, account for it.
     async fn handle_on(
         &self,
         mut req: hyper::Request<Incoming>,
         after_flush: Option<Arc<listener::AfterFlush>>,
     ) -> hyper::Response<HyperOutgoingBody> {
         let request_id = self.ids.hash_one(self.next_request_id.fetch_add(1, Ordering::Relaxed));
-        let host = match router::request_host(&req) {
-            Ok(host) => host,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n"), request_id),
+        let route = match self.resolve(&req, request_id) {
+            Ok(route) => route,
+            Err(response) => return response,
         };
-        let Some(route) = self.router.lookup(&host) else {
-            // A claimed name proves it reaches the platform by answering its token.
-            if let Some(token) = req.uri().path().strip_prefix(crate::configurator::hostnames::CHALLENGE_PATH) {
-                if req.method() == http::Method::GET && self.router.challenge(&host, token) {
-                    return plain(StatusCode::OK, token.to_string(), request_id);
-                }
-            }
-            return plain(StatusCode::NOT_FOUND, format!("no service is bound to host {host:?}\n"), request_id);
+        let version = match self.admit(&req, &route, request_id) {
+            Ok(version) => version,
+            Err(response) => return response,
         };
-        if !route.enabled {
-            return plain(StatusCode::GONE, "this site is disabled by its owner\n", request_id);
-        }
-        if let Some(reason) = &route.suspended {
-            return plain(
-                StatusCode::PAYMENT_REQUIRED,
-                format!("this site is suspended: {reason}; its owner can raise the limit (wharf billing limit)\n"),
-                request_id,
-            );
-        }
-        if let Some(ends_at) = route.ends_at.filter(|end| self.clock.now() >= *end) {
-            return plain(
-                StatusCode::PAYMENT_REQUIRED,
-                format!(
-                    "this site's subscription ended at {}; its owner can renew it with the platform's operators\n",
-                    crate::billing::clock::format_utc(ends_at)
-                ),
-                request_id,
-            );
-        }
-        let version = match route.serving() {
-            Serving::Version(version) => version,
-            Serving::Nothing => {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id)
-            }
-            Serving::Maintenance => return maintenance(request_id),
-        };
-        // A module's routes exist only where the instance enabled the module.
-        if !version.module_routes.is_empty() {
-            let modules = version.module_routes.required(req.method().as_str(), req.uri().path());
-            if modules.iter().any(|m| !route.features.modules.iter().any(|enabled| enabled == m)) {
-                return plain(StatusCode::NOT_FOUND, "not found\n", request_id);
-            }
-        }
-        // Resolve a Wharf credential once: guards check it, and the guest learns
-        // who is calling through wharf:platform/identity.
-        let needed = version.guards.required(req.method().as_str(), req.uri().path());
-        let caller = match self.caller(&route.tenant, &version, req.headers()).await {
+        let caller = match self.authorize(&req, &route, &version, request_id).await {
             Ok(caller) => caller,
-            Err(denied) => return denied.response(request_id),
+            Err(response) => return response,
         };
-        if !needed.is_empty() {
-            match &caller {
-                Resolved::Anonymous => {
-                    return Denied::Unauthenticated("this route needs a credential: send Authorization: Bearer <token>")
-                        .response(request_id)
-                }
-                Resolved::Invalid => {
-                    return Denied::Unauthenticated("the credential is invalid, expired or revoked")
-                        .response(request_id)
-                }
-                Resolved::Outsider => {
-                    return Denied::Forbidden(format!("{}.{}", version.service, needed[0])).response(request_id)
-                }
-                Resolved::Member(member) => {
-                    if let Some(missing) = needed.iter().find(|n| !member.permissions.iter().any(|p| p == *n)) {
-                        return Denied::Forbidden(format!("{}.{missing}", version.service)).response(request_id);
-                    }
-                }
-            }
-        }
         // A Wharf credential is for Wharf: the guest never sees it (it could
         // replay it against the admin API).
         credentials::strip_wharf_credentials(req.headers_mut());
-        let guest_caller = match caller {
-            Resolved::Member(member) => Some(member),
-            _ => None,
+        let req = match self.read_body(req, request_id).await {
+            Ok(req) => req,
+            Err(response) => return response,
         };
-        // The first part of the body arrives before a guest is started: a client
-        // that trickles holds its connection, never a guest.
-        let (parts, incoming) = req.into_parts();
-        let pace = BodyPace { idle: self.edges.body_idle_timeout, min_rate: self.edges.min_body_rate };
-        let mut body = PacedBody::new(incoming, pace);
-        if let Err(e) = body.read_ahead(self.edges.body_prefetch_bytes).await {
-            tracing::debug!(request_id, "request body not received: {e}");
-            return plain(StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly\n", request_id);
-        }
-        let req = hyper::Request::from_parts(parts, body);
         // A tenant (and an instance) runs at most its share of the node's guests;
         // a burst waits briefly for a slot rather than failing at once.
         let Some(slots) = self.guest_slots(&route.tenant, &route.instance).await else {
@@ -264,71 +191,212 @@ impl Ingress {
             response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             return response;
         };
-        let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         // Counted once the guest is done and its response handed over in full,
         // whichever comes last: a node killed in between bills nothing the
         // client did not get.
         let tally = Arc::new(Tally::new(route.usage.clone()));
-        let guest_tally = tally.clone();
         // If this future is dropped before a response (the client left), the
         // hand-over is over then.
-        let handover = Handover(Some(tally));
+        let handover = Handover(Some(tally.clone()));
+        let handled = self.run_guest(req, &route, &version, caller, slots, tally, request_id).await;
+        self.account(&route, &version, handled, handover, after_flush, request_id)
+    }
+
+    /// The instance `Host` names; a claimed name's challenge, or 400/404.
+    #[allow(clippy::result_large_err)]
+    fn resolve(
+        &self,
+        req: &hyper::Request<Incoming>,
+        request_id: u64,
+    ) -> Result<Arc<router::Route>, hyper::Response<HyperOutgoingBody>> {
+        let host = match router::request_host(req) {
+            Ok(host) => host,
+            Err(e) => return Err(plain(StatusCode::BAD_REQUEST, format!("{e}\n"), request_id)),
+        };
+        if let Some(route) = self.router.lookup(&host) {
+            return Ok(route);
+        }
+        // A claimed name proves it reaches the platform by answering its token.
+        if let Some(token) = req.uri().path().strip_prefix(crate::configurator::hostnames::CHALLENGE_PATH) {
+            if req.method() == http::Method::GET && self.router.challenge(&host, token) {
+                return Err(plain(StatusCode::OK, token.to_string(), request_id));
+            }
+        }
+        Err(plain(StatusCode::NOT_FOUND, format!("no service is bound to host {host:?}\n"), request_id))
+    }
+
+    /// The version the request runs on, if the instance takes requests now: not
+    /// disabled (410), suspended or past its end (402), being set up (503), and
+    /// the route's module enabled (404 otherwise).
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        &self,
+        req: &hyper::Request<Incoming>,
+        route: &router::Route,
+        request_id: u64,
+    ) -> Result<Arc<LoadedVersion>, hyper::Response<HyperOutgoingBody>> {
+        if !route.enabled {
+            return Err(plain(StatusCode::GONE, "this site is disabled by its owner\n", request_id));
+        }
+        if let Some(reason) = &route.suspended {
+            return Err(plain(
+                StatusCode::PAYMENT_REQUIRED,
+                format!("this site is suspended: {reason}; its owner can raise the limit (wharf billing limit)\n"),
+                request_id,
+            ));
+        }
+        if let Some(ends_at) = route.ends_at.filter(|end| self.clock.now() >= *end) {
+            return Err(plain(
+                StatusCode::PAYMENT_REQUIRED,
+                format!(
+                    "this site's subscription ended at {}; its owner can renew it with the platform's operators\n",
+                    crate::billing::clock::format_utc(ends_at)
+                ),
+                request_id,
+            ));
+        }
+        let version = match route.serving() {
+            Serving::Version(version) => version,
+            Serving::Nothing => {
+                return Err(plain(StatusCode::SERVICE_UNAVAILABLE, "the service has no active version\n", request_id))
+            }
+            Serving::Maintenance => return Err(maintenance(request_id)),
+        };
+        // A module's routes exist only where the instance enabled the module.
+        if !version.module_routes.is_empty() {
+            let modules = version.module_routes.required(req.method().as_str(), req.uri().path());
+            if modules.iter().any(|m| !route.features.modules.iter().any(|enabled| enabled == m)) {
+                return Err(plain(StatusCode::NOT_FOUND, "not found\n", request_id));
+            }
+        }
+        Ok(version)
+    }
+
+    /// Resolve a Wharf credential once (guards check it, and the guest learns
+    /// who is calling through wharf:platform/identity) and check the
+    /// permissions guarding the route: 401 or 403 when they are not held.
+    #[allow(clippy::result_large_err)]
+    async fn authorize(
+        &self,
+        req: &hyper::Request<Incoming>,
+        route: &router::Route,
+        version: &LoadedVersion,
+        request_id: u64,
+    ) -> Result<Option<GuestCaller>, hyper::Response<HyperOutgoingBody>> {
+        let needed = version.guards.required(req.method().as_str(), req.uri().path());
+        let caller = self.caller(&route.tenant, version, req.headers()).await.map_err(|d| d.response(request_id))?;
+        if !needed.is_empty() {
+            let denied = match &caller {
+                Resolved::Anonymous => {
+                    Some(Denied::Unauthenticated("this route needs a credential: send Authorization: Bearer <token>"))
+                }
+                Resolved::Invalid => Some(Denied::Unauthenticated("the credential is invalid, expired or revoked")),
+                Resolved::Outsider => Some(Denied::Forbidden(format!("{}.{}", version.service, needed[0]))),
+                Resolved::Member(member) => needed
+                    .iter()
+                    .find(|n| !member.permissions.iter().any(|p| p == *n))
+                    .map(|missing| Denied::Forbidden(format!("{}.{missing}", version.service))),
+            };
+            if let Some(denied) = denied {
+                return Err(denied.response(request_id));
+            }
+        }
+        Ok(match caller {
+            Resolved::Member(member) => Some(member),
+            _ => None,
+        })
+    }
+
+    /// The first part of the body arrives before a guest is started: a client
+    /// that trickles holds its connection, never a guest (408 if too slow).
+    #[allow(clippy::result_large_err)]
+    async fn read_body(
+        &self,
+        req: hyper::Request<Incoming>,
+        request_id: u64,
+    ) -> Result<hyper::Request<PacedBody>, hyper::Response<HyperOutgoingBody>> {
+        let (parts, incoming) = req.into_parts();
+        let pace = BodyPace { idle: self.edges.body_idle_timeout, min_rate: self.edges.min_body_rate };
+        let mut body = PacedBody::new(incoming, pace);
+        if let Err(e) = body.read_ahead(self.edges.body_prefetch_bytes).await {
+            tracing::debug!(request_id, "request body not received: {e}");
+            return Err(plain(StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly\n", request_id));
+        }
+        Ok(hyper::Request::from_parts(parts, body))
+    }
+
+    /// Run the guest on a fresh store; when it is done its slots are freed, its
+    /// fuel tallied, and a failure logged (a few per instance, then counted).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_guest(
+        &self,
+        req: hyper::Request<PacedBody>,
+        route: &router::Route,
+        version: &Arc<LoadedVersion>,
+        caller: Option<GuestCaller>,
+        slots: GuestSlots,
+        tally: Arc<Tally>,
+        request_id: u64,
+    ) -> Handled {
+        let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
         let failure_logs = self.failure_logs.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
-        let handled = self
-            .runtime
-            .handle(
-                &version.pre,
-                who,
-                GuestContext {
-                    caller: guest_caller,
-                    features: route.features.clone(),
-                    db: Some(route.db.clone()),
-                    jobs: route
-                        .jobs
-                        .as_ref()
-                        .map(|door| JobsContext { instance: door.clone(), version: version.clone() }),
-                },
-                req,
-                &route.recent,
-                move |who, outcome| {
-                    // The guest is done: its slots are free for the next request.
-                    drop(slots);
-                    // A request refused for lack of capacity never ran: the node's
-                    // shortage, not the tenant's usage.
-                    if outcome.failure != Some(GuestFailure::AtCapacity) {
-                        guest_tally.guest_done(outcome.fuel, outcome.failure.is_some());
+        let context = GuestContext {
+            caller,
+            features: route.features.clone(),
+            db: Some(route.db.clone()),
+            jobs: route.jobs.as_ref().map(|door| JobsContext { instance: door.clone(), version: version.clone() }),
+        };
+        self.runtime
+            .handle(&version.pre, who, context, req, &route.recent, move |who, outcome| {
+                // The guest is done: its slots are free for the next request.
+                drop(slots);
+                // A request refused for lack of capacity never ran: the node's
+                // shortage, not the tenant's usage.
+                if outcome.failure != Some(GuestFailure::AtCapacity) {
+                    tally.guest_done(outcome.fuel, outcome.failure.is_some());
+                }
+                match &outcome.failure {
+                    // The client left: nothing went wrong with the guest.
+                    Some(GuestFailure::Abandoned) => {
+                        tracing::debug!(tenant = %who.tenant, instance = %who.instance, request_id = who.request_id, "client went away; guest stopped");
                     }
-                    match &outcome.failure {
-                        // The client left: nothing went wrong with the guest.
-                        Some(GuestFailure::Abandoned) => {
-                            tracing::debug!(tenant = %who.tenant, instance = %who.instance, request_id = who.request_id, "client went away; guest stopped");
-                        }
-                        Some(failure) => {
-                            let gate = failure_logs.entry(who.instance.clone()).or_default().clone();
-                            if let loggate::Verdict::Log { suppressed } = gate.check() {
-                                if suppressed > 0 {
-                                    tracing::warn!(tenant = %who.tenant, instance = %who.instance, "{suppressed} more guest failures were not logged");
-                                }
-                                tracing::warn!(
-                                    tenant = %who.tenant,
-                                    instance = %who.instance,
-                                    request_id = who.request_id,
-                                    service = %logged.service,
-                                    version = %logged.version,
-                                    fuel = outcome.fuel,
-                                    "guest failed: {failure:?}"
-                                );
+                    Some(failure) => {
+                        let gate = failure_logs.entry(who.instance.clone()).or_default().clone();
+                        if let loggate::Verdict::Log { suppressed } = gate.check() {
+                            if suppressed > 0 {
+                                tracing::warn!(tenant = %who.tenant, instance = %who.instance, "{suppressed} more guest failures were not logged");
                             }
+                            tracing::warn!(
+                                tenant = %who.tenant,
+                                instance = %who.instance,
+                                request_id = who.request_id,
+                                service = %logged.service,
+                                version = %logged.version,
+                                fuel = outcome.fuel,
+                                "guest failed: {failure:?}"
+                            );
                         }
-                        None => {}
                     }
-                },
-            )
-            .await;
-        // The version's own tally (what `wharf status` shows), and the health
-        // gate of a version the instance newly serves.
+                    None => {}
+                }
+            })
+            .await
+    }
+
+    /// Count the request on its version (what `wharf status` shows) and in the
+    /// health gate of a version the instance newly serves; answer with the
+    /// version that answered, the body tallied as it leaves.
+    fn account(
+        &self,
+        route: &router::Route,
+        version: &Arc<LoadedVersion>,
+        handled: Handled,
+        handover: Handover,
+        after_flush: Option<Arc<listener::AfterFlush>>,
+        request_id: u64,
+    ) -> hyper::Response<HyperOutgoingBody> {
         let failed = match &handled {
             Handled::Response(response) => response.status().is_server_error(),
             Handled::Failed(GuestFailure::AtCapacity) => false,
@@ -339,7 +407,7 @@ impl Ingress {
             version.failed.fetch_add(1, Ordering::Relaxed);
         }
         if let (Some(window), Some(back_to)) = (&route.health, &route.gate) {
-            if let Some(unhealthy) = window.observe(&route.instance, &version, failed, back_to) {
+            if let Some(unhealthy) = window.observe(&route.instance, version, failed, back_to) {
                 let _ = self.unhealthy.send(unhealthy);
             }
         }
@@ -359,6 +427,9 @@ impl Ingress {
         })
     }
 }
+
+/// A running guest's place in its tenant's and its instance's share of the node.
+type GuestSlots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// One request's usage, recorded when both its guest is done and its response
 /// body has been handed to the connection (or dropped: the client left).
