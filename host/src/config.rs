@@ -46,7 +46,7 @@ pub struct NodeConfig {
     /// Who may join, what they may claim, and how much they may hold.
     pub trust: TrustConfig,
     /// The job queue and this node's workers.
-    pub jobs: crate::jobs::JobsConfig,
+    pub jobs: JobsConfig,
     /// Billing: its clock, and when invoices close.
     pub billing: BillingConfig,
     /// How often a node unloads versions nothing uses any more.
@@ -375,9 +375,53 @@ impl NodeConfig {
             usage_journal: true,
             init_admin: None,
             trust: TrustConfig::default(),
-            jobs: crate::jobs::JobsConfig::default(),
+            jobs: JobsConfig::default(),
             billing: BillingConfig::default(),
             unload_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Settings of the queue and the workers of one node.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Jobs this node runs at once (0: it runs none).
+    pub concurrency: usize,
+    /// Wall-clock limit of one attempt.
+    pub timeout: Duration,
+    /// How long a claim holds a job: longer than `timeout`, so a live worker
+    /// always finishes (or gives up) first. After it, another worker may take it.
+    pub lease: Duration,
+    /// First retry delay; doubles with each attempt.
+    pub backoff: Duration,
+    /// Attempts unless the job says otherwise.
+    pub max_attempts: u32,
+    /// Fuel of one attempt.
+    pub fuel: u64,
+    /// How often an idle worker looks for jobs other nodes queued.
+    pub poll: Duration,
+    /// Finished (succeeded, cancelled) jobs are deleted after this long; dead
+    /// ones are kept until someone retries or cancels them.
+    pub retention: Duration,
+    /// Finished jobs kept per tenant besides the retention: only its newest
+    /// this many (a tenant running jobs without pause fills no disk).
+    pub kept_finished: i64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            timeout: Duration::from_secs(60),
+            lease: Duration::from_secs(90),
+            backoff: Duration::from_secs(1),
+            max_attempts: 5,
+            // Ten requests' worth at the default request budget; a node sets
+            // it to ten times its own (`NodeConfig::limits`).
+            fuel: 20_000_000_000,
+            poll: Duration::from_millis(200),
+            retention: Duration::from_secs(7 * 86_400),
+            kept_finished: 10_000,
         }
     }
 }

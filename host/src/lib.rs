@@ -27,6 +27,7 @@ pub mod config;
 pub mod configurator;
 pub mod identity;
 pub mod ingress;
+pub mod instancedb;
 pub mod jobs;
 pub mod listener;
 pub mod node;

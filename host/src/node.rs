@@ -87,8 +87,8 @@ impl Node {
             Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
         // What a previous run journaled but did not apply (it was killed) counts now.
         usage.flush().await.context("failed to apply the usage journal of the previous run")?;
-        let db_threads = crate::configurator::database::DbThreads::start(config.db_threads)
-            .context("failed to start the database threads")?;
+        let db_threads =
+            crate::instancedb::DbThreads::start(config.db_threads).context("failed to start the database threads")?;
         let redis = match &config.redis_url {
             Some(url) => {
                 let platform = crate::store::platform_id(&db).await.context("failed to read the platform id")?;
@@ -101,9 +101,9 @@ impl Node {
             .as_deref()
             .filter(|_| crate::store::dialect(&db) == crate::store::Dialect::Postgres)
         {
-            Some(url) => Some(
-                crate::configurator::database::PgDatabases::open(db.clone(), url, config.instance_connections).await?,
-            ),
+            Some(url) => {
+                Some(crate::instancedb::PgDatabases::open(db.clone(), url, config.instance_connections).await?)
+            }
             None => None,
         };
         anyhow::ensure!(

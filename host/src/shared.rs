@@ -17,7 +17,13 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::configurator::database::{MAX_KEY_BYTES, MAX_KV_BYTES, MAX_VALUE_BYTES};
+/// Largest string or blob (and table row) of an instance's SQL, and largest
+/// key-value value.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Longest key-value key.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest key-value store of one instance (a `kv.sqlite` file, or its keys in Redis).
+pub const MAX_KV_BYTES: u64 = 64 << 20;
 
 /// Longest a Redis call may take before the guest hears "busy".
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);

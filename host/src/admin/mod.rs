@@ -238,7 +238,7 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
     let stats = node.registry.stats();
     let limits = node.runtime.limits();
     let edges = &node.config.edges;
-    let (sqlite_used, sqlite_highwater) = crate::configurator::database::sqlite_memory();
+    let (sqlite_used, sqlite_highwater) = crate::instancedb::sqlite_memory();
     Ok(Json(json!({
         "wharf_version": env!("CARGO_PKG_VERSION"),
         "ingress": node.addresses.ingress.to_string(),
@@ -284,7 +284,7 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
         "sqlite": {
             "memory_bytes": sqlite_used,
             "highwater_bytes": sqlite_highwater,
-            "heap_limit_bytes": crate::configurator::database::SQLITE_HEAP_LIMIT,
+            "heap_limit_bytes": crate::instancedb::SQLITE_HEAP_LIMIT,
         },
     })))
 }

@@ -5,7 +5,6 @@
 //! the next request sees it without a restart and no request ever queries.
 
 mod claims;
-pub mod database;
 pub mod hostnames;
 mod instances;
 pub mod quota;
@@ -19,6 +18,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::billing::Usage;
+use crate::instancedb as database;
 use crate::registry::{manifest::validate_name, LoadedVersion, Registry, RegistryError};
 use crate::router::{self, InstanceSetup, Route, Router, SetupState, VersionTarget};
 use crate::runtime::Features;

@@ -189,7 +189,7 @@ impl Configurator {
                         },
                         jobs: self.queue.as_ref().map(|queue| {
                             Arc::new(crate::runtime::InstanceJobs {
-                                queue: queue.clone(),
+                                queue: queue.clone() as Arc<dyn crate::runtime::JobQueue>,
                                 tenant: tenant.as_str().into(),
                                 instance: instance.as_str().into(),
                             })

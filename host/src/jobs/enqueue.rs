@@ -300,3 +300,36 @@ pub(super) async fn write_batch(
     tx.commit().await.context("failed to commit the jobs")?;
     Ok(outcomes)
 }
+
+/// The door guests queue jobs through: checked against the manifest of the
+/// version enqueueing, then queued as the tenant's.
+impl crate::runtime::JobQueue for Queue {
+    fn enqueue(&self, job: crate::runtime::JobRequest) -> crate::runtime::Enqueueing<'_> {
+        Box::pin(async move {
+            let version = &job.version;
+            if !version.manifest.accepts(&job.kind, job.job_version) {
+                return Err(JobError::NotDeclared {
+                    service: version.service.clone(),
+                    version: version.version.clone(),
+                    kind: job.kind,
+                    job_version: job.job_version,
+                }
+                .to_string());
+            }
+            let new = NewJob {
+                tenant: job.tenant.to_string(),
+                instance: job.instance.to_string(),
+                service: version.service.clone(),
+                kind: job.kind,
+                payload: job.payload,
+                job_version: job.job_version,
+                enqueued_by: version.version.clone(),
+                delay: job.delay,
+                idempotency_key: job.idempotency_key,
+                priority: job.priority,
+                max_attempts: job.max_attempts,
+            };
+            self.enqueue_for_tenant(new).await.map(|enqueued| enqueued.id).map_err(|e| e.to_string())
+        })
+    }
+}

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::Workers;
 use super::{Claimed, Finish, NewJob, Queue, SETUP_KIND};
-use crate::configurator::database::{Call, Dialect, SqlValue};
+use crate::instancedb::{Call, Dialect, SqlValue};
 use crate::registry::LoadedVersion;
 use crate::router::{Route, SetupState};
 use crate::store::{self, Backend};
@@ -263,7 +263,7 @@ async fn apply(workers: &Workers, job: &Claimed, route: &Arc<Route>, target: &st
             }
             None => {}
         }
-        for statement in crate::configurator::database::sqltext::split_statements(sql) {
+        for statement in crate::instancedb::sqltext::split_statements(sql) {
             statements.push((statement, Vec::new()));
             owners.push(&migration.name);
         }

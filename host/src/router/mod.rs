@@ -30,7 +30,7 @@ pub struct Route {
     /// Enabled modules and settings.
     pub features: Arc<Features>,
     /// The instance's own database and key-value store.
-    pub db: Arc<crate::configurator::database::InstanceDb>,
+    pub db: Arc<crate::instancedb::InstanceDb>,
     /// The instance's recent CPU use: heavy instances start on lowered threads.
     pub recent: Arc<crate::sched::RecentUse>,
     /// Where the instance's schema stands: which version requests may run.

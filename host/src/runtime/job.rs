@@ -86,7 +86,7 @@ impl Runtime {
         let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(fuel);
         let result = match called {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(guest_error))) => Err(crate::jobs::truncate(&guest_error, 2000)),
+            Ok(Ok(Err(guest_error))) => Err(super::truncate(&guest_error, 2000)),
             Ok(Err(e)) => Err(describe(&super::invoke::classify(&e, store.data().limiter.hit))),
             Err(_elapsed) => Err(describe(&GuestFailure::Timeout)),
         };
@@ -111,7 +111,7 @@ fn describe(failure: &GuestFailure) -> String {
         GuestFailure::OutOfFuel => "the job used up its fuel".into(),
         GuestFailure::Timeout => "the job ran past its deadline".into(),
         GuestFailure::MemoryLimit => "the job exceeded its memory limit".into(),
-        GuestFailure::Trap(trap) => format!("the job trapped: {}", crate::jobs::truncate(trap, 1000)),
+        GuestFailure::Trap(trap) => format!("the job trapped: {}", super::truncate(trap, 1000)),
         GuestFailure::AtCapacity => "the node was at capacity".into(),
         other => format!("{other:?}"),
     }

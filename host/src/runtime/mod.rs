@@ -28,7 +28,10 @@ use crate::config::{GuestLimits, PoolConfig};
 pub use guest::{plain_body, GuestState, MemoryBudget, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
 pub use job::{GuestJob, JobCall, JobOutcome, WorkerPre};
-pub use platform::{Features, GuestCaller, GuestContext, InstanceJobs, JobsContext, HOST_CALL_FUEL_PER_MS};
+pub use platform::{
+    Enqueueing, Features, GuestCaller, GuestContext, InstanceJobs, JobQueue, JobRequest, JobsContext,
+    HOST_CALL_FUEL_PER_MS,
+};
 
 /// A pre-instantiated HTTP component, ready for one store per request.
 pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;
@@ -309,5 +312,13 @@ impl EpochTicker {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
+    }
+}
+
+/// At most `max` characters of `text`.
+pub fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bindings::wharf::platform::{features, identity, jobs, kv, sql};
 
-use crate::configurator::database::{Call, Dialect, InstanceDb, SqlValue};
+use crate::instancedb::{Call, Dialect, InstanceDb, SqlValue};
 
 /// The instance's enabled modules and settings.
 #[derive(Debug, Clone, Default)]
@@ -52,9 +52,34 @@ pub struct GuestContext {
     pub jobs: Option<JobsContext>,
 }
 
+/// A guest's request to queue a job, as the job queue takes it.
+pub struct JobRequest {
+    pub tenant: Arc<str>,
+    pub instance: Arc<str>,
+    /// The version enqueueing it: its manifest says which jobs it may queue.
+    pub version: Arc<crate::registry::LoadedVersion>,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub job_version: u32,
+    pub delay: std::time::Duration,
+    pub idempotency_key: Option<String>,
+    pub priority: i32,
+    pub max_attempts: Option<u32>,
+}
+
+/// Queueing a job: the new job's id, or what the guest reads as the error.
+pub type Enqueueing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// Where guests queue jobs (the job queue implements it): the runtime knows
+/// the door, not the room behind it.
+pub trait JobQueue: Send + Sync {
+    /// Queue `job` within its tenant's quotas.
+    fn enqueue(&self, job: JobRequest) -> Enqueueing<'_>;
+}
+
 /// An instance's door to the job queue, built with its route.
 pub struct InstanceJobs {
-    pub queue: Arc<crate::jobs::Queue>,
+    pub queue: Arc<dyn JobQueue>,
     pub tenant: Arc<str>,
     pub instance: Arc<str>,
 }
@@ -226,34 +251,22 @@ impl jobs::Host for GuestState {
         let Some(context) = self.context.jobs.clone() else {
             return Err("this call cannot enqueue jobs".into());
         };
-        let version = &context.version;
-        if !version.manifest.accepts(&kind, options.version) {
-            return Err(crate::jobs::JobError::NotDeclared {
-                service: version.service.clone(),
-                version: version.version.clone(),
-                kind,
-                job_version: options.version,
-            }
-            .to_string());
-        }
         let door = &context.instance;
-        let job = crate::jobs::NewJob {
-            tenant: door.tenant.to_string(),
-            instance: door.instance.to_string(),
-            service: version.service.clone(),
+        let job = JobRequest {
+            tenant: door.tenant.clone(),
+            instance: door.instance.clone(),
+            version: context.version.clone(),
             kind,
             payload,
             job_version: options.version,
-            enqueued_by: version.version.clone(),
             delay: std::time::Duration::from_millis(options.delay_ms),
             idempotency_key: options.idempotency_key,
             priority: options.priority,
             max_attempts: options.max_attempts,
         };
         let deadline = tokio::time::Instant::from_std(self.deadline);
-        let result = match tokio::time::timeout_at(deadline, door.queue.enqueue_for_tenant(job)).await {
-            Ok(Ok(enqueued)) => Ok(enqueued.id),
-            Ok(Err(e)) => Err(e.to_string()),
+        let result = match tokio::time::timeout_at(deadline, door.queue.enqueue(job)).await {
+            Ok(result) => result,
             Err(_) => Err("the request's deadline passed while queueing the job".into()),
         };
         // A flat price: the write is shared with other requests' jobs (one

@@ -47,19 +47,17 @@ use threads::TenantSlots;
 pub const MAX_STATEMENT_BYTES: usize = 100 * 1024;
 /// Most rows one query returns.
 pub const MAX_ROWS: usize = 10_000;
+/// The limits of an instance's values and key-value store, whichever backend
+/// keeps them (Redis enforces them too).
+pub use crate::shared::{MAX_KEY_BYTES, MAX_KV_BYTES, MAX_VALUE_BYTES};
+
 /// Most bytes one query returns.
 pub const MAX_RESULT_BYTES: usize = 4 << 20;
-/// Largest string or blob (and table row), and largest key-value value.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Most columns in a table, an index or a result (`SQLITE_LIMIT_COLUMN`). With
 /// [`MAX_VALUE_BYTES`] this bounds one result row: 64 MiB.
 pub const MAX_COLUMNS: usize = 64;
-/// Longest key-value key.
-pub const MAX_KEY_BYTES: usize = 512;
 /// Largest database file (pages of 4 KiB).
 pub const MAX_DB_BYTES: u64 = 256 << 20;
-/// Largest key-value file.
-pub const MAX_KV_BYTES: u64 = 64 << 20;
 /// Longest one statement may run.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node re-reads a tenant's database sizes from PostgreSQL: what
