@@ -75,3 +75,28 @@ pub async fn tenant_and_user(db: &Db, tenant: &str, email: &str) -> String {
     .unwrap();
     user
 }
+
+/// An instance row of `tenant` (which must exist), and its service's row, for
+/// rooms whose tables refer to instances.
+pub async fn instance(db: &Db, tenant: &str, id: &str, service: &str) {
+    sqlx::query(
+        "INSERT INTO services (name, active_version, created_at) VALUES ($1, NULL, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(service)
+    .bind(store::now())
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO instances (id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at, ends_at) \
+         VALUES ($1, $1, $2, $3, NULL, '[]', '{}', $4, $5, NULL)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(service)
+    .bind(true)
+    .bind(store::now())
+    .execute(db)
+    .await
+    .unwrap();
+}

@@ -425,7 +425,7 @@ async fn a_node_that_cannot_load_a_version_says_why_is_counted_as_not_ready_and_
 
     // Unrelated changes: the versions b could not load are not tried again on
     // each of them (they wait for their backoff), so b catches up at once.
-    let mut slowest = Duration::ZERO;
+    let mut took = Vec::new();
     for round in 0..8 {
         let settings = json!({ "settings": { "round": round.to_string() } });
         let (status, _) = a.admin(Method::PATCH, &format!("/v1/instances/{instance}"), Some(settings)).await;
@@ -440,9 +440,13 @@ async fn a_node_that_cannot_load_a_version_says_why_is_counted_as_not_ready_and_
             assert!(started.elapsed() < Duration::from_secs(10), "b never caught up");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        slowest = slowest.max(started.elapsed());
+        took.push(started.elapsed());
     }
-    assert!(slowest < Duration::from_millis(150), "b caught up with an unrelated change in {slowest:?}");
+    // (The median: one change may meet a busy machine; retrying the failed
+    // loads on each change cost hundreds of milliseconds every time.)
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(median < Duration::from_millis(150), "b caught up with unrelated changes in {took:?}");
     // b still serves: the platform's own answers (an unknown host) come from it.
     let resp = b.http.get(format!("http://{}/", b.ingress())).header("host", "nobody.test").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);

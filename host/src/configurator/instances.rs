@@ -390,13 +390,12 @@ impl Configurator {
             for id in chunk {
                 query = query.bind(id);
             }
-            for (instance, host, token, created_at, checked_at, last_error) in
-                query.fetch_all(&self.db).await.context("failed to read hostname claims")?
-            {
+            for claim in query.fetch_all(&self.db).await.context("failed to read hostname claims")? {
+                let ClaimRow { instance_id, hostname, token, created_at, checked_at, last_error } = claim;
                 pending
-                    .entry(instance)
+                    .entry(instance_id)
                     .or_default()
-                    .push(PendingHost::new(host, token, created_at, checked_at, last_error));
+                    .push(PendingHost::new(hostname, token, created_at, checked_at, last_error));
             }
         }
         Ok(rows
@@ -458,8 +457,16 @@ impl Configurator {
     }
 }
 
-/// instance, hostname, token, created_at, checked_at, last_error
-pub(super) type ClaimRow = (String, String, String, i64, Option<i64>, Option<String>);
+/// A hostname claim awaiting proof.
+#[derive(sqlx::FromRow)]
+pub(super) struct ClaimRow {
+    instance_id: String,
+    hostname: String,
+    token: String,
+    created_at: i64,
+    checked_at: Option<i64>,
+    last_error: Option<String>,
+}
 
 /// Modules must be declared by the version the instance runs.
 pub(super) fn check_modules(

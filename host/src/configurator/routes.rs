@@ -18,7 +18,7 @@ impl Configurator {
         let rows = self.route_rows(None).await?;
         self.load_pinned(&rows).await?;
         for row in &rows {
-            let tenant = &row.2;
+            let tenant = &row.tenant_id;
             let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
         }
@@ -33,8 +33,8 @@ impl Configurator {
         let rows = self.route_rows(Some(instance)).await?;
         self.load_pinned(&rows).await?;
         if let Some(row) = rows.first() {
-            let bytes = self.quotas.limit(&Subject::Tenant(&row.2), Quota::DatabaseBytes).await?;
-            self.db_threads.set_tenant_quota(&row.2, bytes.max(0) as u64);
+            let bytes = self.quotas.limit(&Subject::Tenant(&row.tenant_id), Quota::DatabaseBytes).await?;
+            self.db_threads.set_tenant_quota(&row.tenant_id, bytes.max(0) as u64);
         }
         let (routes, instances) = self.routes_of(rows);
         self.router.extend(routes, instances);
@@ -46,8 +46,8 @@ impl Configurator {
     pub(super) async fn load_pinned(&self, rows: &[RouteRow]) -> Result<(), ConfigError> {
         let mut wanted = std::collections::BTreeSet::new();
         for row in rows {
-            for version in [&row.4, &row.10].into_iter().flatten() {
-                wanted.insert((row.3.clone(), version.clone()));
+            for version in [&row.pinned_version, &row.settled_version].into_iter().flatten() {
+                wanted.insert((row.service.clone(), version.clone()));
             }
         }
         for (service, version) in wanted {
@@ -75,15 +75,14 @@ impl Configurator {
     /// platform names (no custom name can shadow them: tenants cannot claim
     /// names under a platform domain).
     pub(super) async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
-        let custom =
-            "SELECT h.hostname, i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
-                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason, i.pinned_by \
-                   FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
-                   LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id";
-        let platform =
-            "SELECT '', i.id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, (CASE WHEN i.enabled THEN 1 ELSE 0 END), i.name, \
-                   i.applied_migrations, i.settled_version, i.setup_state, i.setup_target, i.ends_at, b.suspended_reason, i.pinned_by \
-                   FROM instances i LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id";
+        let custom = format!(
+            "SELECT h.hostname, {ROUTE_COLUMNS} FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
+                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id"
+        );
+        let platform = format!(
+            "SELECT '' AS hostname, {ROUTE_COLUMNS} FROM instances i \
+                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id"
+        );
         let rows = match instance {
             Some(id) => {
                 let mut rows: Vec<RouteRow> = sqlx::query_as(&format!("{custom} WHERE i.id = $1"))
@@ -104,9 +103,9 @@ impl Configurator {
             }
             None => {
                 let mut rows: Vec<RouteRow> =
-                    sqlx::query_as(custom).fetch_all(&self.db).await.context("failed to load routes")?;
+                    sqlx::query_as(&custom).fetch_all(&self.db).await.context("failed to load routes")?;
                 rows.extend(
-                    sqlx::query_as::<_, RouteRow>(platform)
+                    sqlx::query_as::<_, RouteRow>(&platform)
                         .fetch_all(&self.db)
                         .await
                         .context("failed to load routes")?,
@@ -120,115 +119,110 @@ impl Configurator {
     pub(super) fn routes_of(&self, rows: Vec<RouteRow>) -> (HashMap<String, Arc<Route>>, HashMap<String, Arc<Route>>) {
         let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
         let mut by_instance: HashMap<String, Arc<Route>> = HashMap::new();
-        for (
-            host,
-            instance,
-            tenant,
-            service,
-            pinned,
-            modules,
-            settings,
-            enabled,
-            name,
-            applied,
-            settled,
-            state,
-            setup_target,
-            ends_at,
-            suspended,
-            pinned_by,
-        ) in rows
-        {
-            let route = match by_instance.get(&instance) {
+        for row in rows {
+            let route = match by_instance.get(&row.instance_id) {
                 Some(route) => route.clone(),
                 None => {
-                    let Some(slot) = self.registry.slot(&service) else {
-                        tracing::warn!(%instance, %service, "instance of an unknown service is not routed");
-                        continue;
-                    };
-                    let target = match pinned.as_deref() {
-                        None => VersionTarget::Follow(slot.clone()),
-                        Some(version) => match slot.version(version) {
-                            Some(loaded) => VersionTarget::Pinned(loaded),
-                            None => {
-                                tracing::warn!(%instance, %service, %version, "instance pinned to an unknown version is not routed");
-                                continue;
-                            }
-                        },
-                    };
-                    let route = Arc::new(Route {
-                        instance: instance.as_str().into(),
-                        tenant: tenant.as_str().into(),
-                        target,
-                        usage: self.usage.counters(&instance, &tenant),
-                        enabled: store::flag(enabled),
-                        ends_at,
-                        suspended: suspended.map(Arc::from),
-                        recent: self.database(&instance, &tenant).recent_use(),
-                        db: self.database(&instance, &tenant),
-                        features: Arc::new(Features {
-                            modules: serde_json::from_str(&modules).unwrap_or_default(),
-                            settings: serde_json::from_str::<BTreeMap<String, String>>(&settings)
-                                .unwrap_or_default()
-                                .into_iter()
-                                .collect(),
-                        }),
-                        setup: InstanceSetup {
-                            state: SetupState::parse(&state),
-                            target: setup_target,
-                            applied: serde_json::from_str(&applied).unwrap_or_default(),
-                            settled: settled.and_then(|v| slot.version(&v)),
-                        },
-                        health: Some(
-                            self.router.instance(&instance).and_then(|r| r.health.clone()).unwrap_or_default(),
-                        ),
-                        gate: match (pinned.as_deref(), pinned_by.as_deref()) {
-                            (None, _) => Some(crate::rollout::GateBack::Previous(slot.clone())),
-                            (Some(_), Some("canary")) => Some(crate::rollout::GateBack::Active(slot.clone())),
-                            _ => None,
-                        },
-                        jobs: self.queue.as_ref().map(|queue| {
-                            Arc::new(crate::runtime::InstanceJobs {
-                                queue: queue.clone() as Arc<dyn crate::runtime::JobQueue>,
-                                tenant: tenant.as_str().into(),
-                                instance: instance.as_str().into(),
-                            })
-                        }),
-                    });
-                    by_instance.insert(instance.clone(), route.clone());
+                    let Some(route) = self.route_of(&row) else { continue };
+                    by_instance.insert(row.instance_id.clone(), route.clone());
                     route
                 }
             };
-            if host.is_empty() {
-                for platform_host in self.policy.platform_names(&name, &tenant) {
+            if row.hostname.is_empty() {
+                for platform_host in self.policy.platform_names(&row.name, &row.tenant_id) {
                     routes.entry(platform_host).or_insert_with(|| route.clone());
                 }
             } else {
-                routes.insert(host, route);
+                routes.insert(row.hostname, route);
             }
         }
         (routes, by_instance)
     }
+
+    /// The route of the instance `row` describes; `None` (logged) when its
+    /// service or pinned version is unknown here.
+    fn route_of(&self, row: &RouteRow) -> Option<Arc<Route>> {
+        let (instance, tenant, service) = (&row.instance_id, &row.tenant_id, &row.service);
+        let Some(slot) = self.registry.slot(service) else {
+            tracing::warn!(%instance, %service, "instance of an unknown service is not routed");
+            return None;
+        };
+        let target = match row.pinned_version.as_deref() {
+            None => VersionTarget::Follow(slot.clone()),
+            Some(version) => match slot.version(version) {
+                Some(loaded) => VersionTarget::Pinned(loaded),
+                None => {
+                    tracing::warn!(%instance, %service, %version, "instance pinned to an unknown version is not routed");
+                    return None;
+                }
+            },
+        };
+        Some(Arc::new(Route {
+            instance: instance.as_str().into(),
+            tenant: tenant.as_str().into(),
+            target,
+            usage: self.usage.counters(instance, tenant),
+            enabled: store::flag(row.enabled),
+            ends_at: row.ends_at,
+            suspended: row.suspended_reason.as_deref().map(Arc::from),
+            recent: self.database(instance, tenant).recent_use(),
+            db: self.database(instance, tenant),
+            features: Arc::new(Features {
+                modules: serde_json::from_str(&row.modules).unwrap_or_default(),
+                settings: serde_json::from_str::<BTreeMap<String, String>>(&row.settings)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            }),
+            setup: InstanceSetup {
+                state: SetupState::parse(&row.setup_state),
+                target: row.setup_target.clone(),
+                applied: serde_json::from_str(&row.applied_migrations).unwrap_or_default(),
+                settled: row.settled_version.as_deref().and_then(|v| slot.version(v)),
+            },
+            health: Some(self.router.instance(instance).and_then(|r| r.health.clone()).unwrap_or_default()),
+            gate: match (row.pinned_version.as_deref(), row.pinned_by.as_deref()) {
+                (None, _) => Some(crate::rollout::GateBack::Previous(slot.clone())),
+                (Some(_), Some("canary")) => Some(crate::rollout::GateBack::Active(slot.clone())),
+                _ => None,
+            },
+            jobs: self.queue.as_ref().map(|queue| {
+                Arc::new(crate::runtime::InstanceJobs {
+                    queue: queue.clone() as Arc<dyn crate::runtime::JobQueue>,
+                    tenant: tenant.as_str().into(),
+                    instance: instance.as_str().into(),
+                })
+            }),
+        }))
+    }
 }
 
-/// hostname ('' for the platform names), instance, tenant, service, pinned
-/// version, modules, settings, enabled, instance name, applied migrations,
-/// settled version, setup state, setup target, end date, the tenant's suspension, who pinned it
-pub(super) type RouteRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
+/// The columns of a [`RouteRow`] (after the hostname), from `instances i` and
+/// `billing_accounts b`.
+const ROUTE_COLUMNS: &str = "i.id AS instance_id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, \
+     (CASE WHEN i.enabled THEN 1 ELSE 0 END) AS enabled, i.name, i.applied_migrations, i.settled_version, \
+     i.setup_state, i.setup_target, i.ends_at, b.suspended_reason, i.pinned_by";
+
+/// One routed hostname of an instance (`''` for its platform names), with what
+/// its route is built from.
+#[derive(sqlx::FromRow)]
+pub(super) struct RouteRow {
+    hostname: String,
+    instance_id: String,
+    tenant_id: String,
+    service: String,
+    pinned_version: Option<String>,
+    modules: String,
+    settings: String,
+    /// `(CASE WHEN enabled THEN 1 ELSE 0 END)`: see [`store::flag`].
+    enabled: i64,
+    name: String,
+    applied_migrations: String,
+    settled_version: Option<String>,
+    setup_state: String,
+    setup_target: Option<String>,
+    ends_at: Option<i64>,
+    /// The tenant's suspension (its spending limit).
+    suspended_reason: Option<String>,
+    pinned_by: Option<String>,
+}

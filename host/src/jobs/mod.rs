@@ -566,3 +566,6 @@ impl Queue {
 }
 
 pub use crate::runtime::truncate;
+
+#[cfg(test)]
+mod tests;

@@ -120,7 +120,18 @@ pub async fn abandoned(
     Ok(())
 }
 
-type SetupRow = (String, String, String, Option<String>, String, String, Option<String>, Option<i64>);
+/// An instance as a setup sees it.
+#[derive(sqlx::FromRow)]
+struct SetupRow {
+    id: String,
+    tenant_id: String,
+    service: String,
+    pinned_version: Option<String>,
+    applied_migrations: String,
+    setup_state: String,
+    setup_target: Option<String>,
+    seeded_at: Option<i64>,
+}
 
 /// Queue the setups instances need: those whose wanted version has migrations
 /// their database lacks, or that were never seeded. Returns how many started.
@@ -133,19 +144,29 @@ pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
     .await
     .context("failed to read instances")?;
     let mut started = 0;
-    for (id, tenant, service, pinned, applied, state, target, seeded) in rows {
+    for row in rows {
+        let SetupRow {
+            id,
+            tenant_id: tenant,
+            service,
+            pinned_version,
+            applied_migrations,
+            setup_state,
+            setup_target,
+            seeded_at,
+        } = row;
         let Some(slot) = workers.registry.slot(&service) else { continue };
-        let wanted = match &pinned {
+        let wanted = match &pinned_version {
             Some(version) => slot.version(version),
             None => slot.active(),
         };
         let Some(wanted) = wanted else { continue };
-        let applied: Vec<String> = serde_json::from_str(&applied).unwrap_or_default();
-        if !needed(&wanted, &applied, seeded.is_some()) {
+        let applied: Vec<String> = serde_json::from_str(&applied_migrations).unwrap_or_default();
+        if !needed(&wanted, &applied, seeded_at.is_some()) {
             continue;
         }
-        let state = SetupState::parse(&state);
-        if state != SetupState::Ready && target.as_deref() == Some(wanted.version.as_str()) {
+        let state = SetupState::parse(&setup_state);
+        if state != SetupState::Ready && setup_target.as_deref() == Some(wanted.version.as_str()) {
             continue;
         }
         let mut tx = crate::store::begin(&workers.db).await.context("failed to begin transaction")?;

@@ -44,7 +44,18 @@ pub struct NodeInfo {
     pub stopped: bool,
 }
 
-type NodeRow = (String, String, String, i64, i64, i64, Option<i64>);
+/// A node's row.
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    id: String,
+    ingress: String,
+    admin: String,
+    started_at: i64,
+    /// Unix milliseconds of its last beat.
+    seen_at: i64,
+    generation: i64,
+    stopped_at: Option<i64>,
+}
 
 impl Fleet {
     /// Join the fleet as a new node.
@@ -169,15 +180,15 @@ pub async fn nodes(db: &Db) -> anyhow::Result<Vec<NodeInfo>> {
     let now = store::now_millis();
     let mut nodes: Vec<NodeInfo> = rows
         .into_iter()
-        .map(|(id, ingress, admin, started_at, seen_at, generation, stopped_at)| NodeInfo {
-            live: stopped_at.is_none() && now - seen_at < LIVE_MS,
-            stopped: stopped_at.is_some(),
-            id,
-            ingress,
-            admin,
-            started_at,
-            seen_at,
-            generation,
+        .map(|row| NodeInfo {
+            live: row.stopped_at.is_none() && now - row.seen_at < LIVE_MS,
+            stopped: row.stopped_at.is_some(),
+            id: row.id,
+            ingress: row.ingress,
+            admin: row.admin,
+            started_at: row.started_at,
+            seen_at: row.seen_at,
+            generation: row.generation,
         })
         .collect();
     nodes.sort_by_key(|n| !n.live);
