@@ -9,6 +9,7 @@ pub mod hostnames;
 mod instances;
 pub mod quota;
 mod routes;
+pub mod setups;
 mod tenants;
 
 use std::collections::{BTreeMap, HashMap};

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::Workers;
 use super::{Claimed, Finish, NewJob, Queue, SETUP_KIND};
+use crate::configurator::setups;
 use crate::instancedb::{Call, Dialect, SqlValue};
 use crate::registry::LoadedVersion;
 use crate::router::{Route, SetupState};
@@ -45,17 +46,7 @@ pub async fn begin_in(
     service: &str,
     version: &str,
 ) -> anyhow::Result<bool> {
-    let claimed = sqlx::query(
-        "UPDATE instances SET setup_state = 'migrating', setup_target = $1, setup_error = NULL \
-         WHERE id = $2 AND NOT (COALESCE(setup_target, '') = $1 AND setup_state IN ('migrating', 'failed'))",
-    )
-    .bind(version)
-    .bind(instance)
-    .execute(&mut **tx)
-    .await
-    .context("failed to start the instance's setup")?
-    .rows_affected();
-    if claimed == 0 {
+    if !setups::start(tx, instance, version).await? {
         return Ok(false);
     }
     let job = NewJob {
@@ -83,12 +74,7 @@ pub async fn begin_in(
 /// maintenance for that version (once it is set up, the periodic check moves
 /// it on to the version it wants, if that is another).
 pub async fn retrying(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str, version: &str) -> anyhow::Result<()> {
-    sqlx::query("UPDATE instances SET setup_state = 'migrating', setup_target = $1, setup_error = NULL WHERE id = $2")
-        .bind(version)
-        .bind(instance)
-        .execute(&mut **tx)
-        .await
-        .context("failed to restart the instance's setup")?;
+    setups::restart(tx, instance, version).await?;
     store::bump_generation(tx).await.context("failed to record the change")?;
     Ok(())
 }
@@ -106,16 +92,7 @@ pub async fn abandoned(
     version: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE instances SET setup_state = 'failed', setup_error = $1 \
-         WHERE id = $2 AND setup_target = $3 AND setup_state = 'migrating'",
-    )
-    .bind(reason)
-    .bind(instance)
-    .bind(version)
-    .execute(&mut **tx)
-    .await
-    .context("failed to stop the instance's setup")?;
+    setups::abandon(tx, instance, version, reason).await?;
     store::bump_generation(tx).await.context("failed to record the change")?;
     Ok(())
 }
@@ -365,19 +342,7 @@ async fn finish(workers: &Workers, job: &Claimed, target: &str, outcome: &Result
     let mut tx = crate::store::begin(&workers.db).await.context("failed to begin transaction")?;
     match outcome {
         Ok(done) => {
-            sqlx::query(
-                "UPDATE instances SET setup_state = 'ready', setup_error = NULL, settled_version = $1, \
-                 applied_migrations = $2, seeded_at = CASE WHEN $3 = 1 THEN $4 ELSE seeded_at END \
-                 WHERE id = $5 AND setup_target = $1",
-            )
-            .bind(target)
-            .bind(serde_json::to_string(&done.applied).unwrap_or_else(|_| "[]".into()))
-            .bind(i64::from(done.seeded))
-            .bind(store::now())
-            .bind(instance)
-            .execute(&mut *tx)
-            .await
-            .context("failed to record the setup")?;
+            setups::succeed(&mut tx, instance, target, &done.applied, done.seeded).await?;
             // A succeeded job's payload is dropped; it stops counting.
             let done = sqlx::query(
                 "UPDATE jobs SET state = 'succeeded', ran_version = $1, lease_owner = NULL, lease_until = NULL, \
@@ -401,17 +366,8 @@ async fn finish(workers: &Workers, job: &Claimed, target: &str, outcome: &Result
             }
         }
         Err(failure) => {
-            sqlx::query(
-                "UPDATE instances SET setup_state = 'failed', setup_error = $1, \
-                 applied_migrations = COALESCE($2, applied_migrations) WHERE id = $3 AND setup_target = $4",
-            )
-            .bind(super::truncate(&failure.error, 2000))
-            .bind(failure.applied.as_ref().and_then(|a| serde_json::to_string(a).ok()))
-            .bind(instance)
-            .bind(target)
-            .execute(&mut *tx)
-            .await
-            .context("failed to record the setup's failure")?;
+            let error = super::truncate(&failure.error, 2000);
+            setups::fail(&mut tx, instance, target, &error, failure.applied.as_deref()).await?;
             // Final: nothing was applied, and running it again would fail the
             // same way (a dead job still counts against its tenant's quota).
             sqlx::query(
