@@ -46,240 +46,279 @@ impl Node {
         crate::sched::keep_large_allocations_in_arenas();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("failed to create data directory {:?}", config.data_dir))?;
-        // Bound first: a node asked to verify hostnames through its own ingress
-        // (`--challenge-connect` with port 0) needs the port it got.
-        let ingress_listener = TcpListener::bind(config.ingress_addr)
-            .await
-            .with_context(|| format!("failed to listen on {} (ingress)", config.ingress_addr))?;
-        let admin_listener = TcpListener::bind(config.admin_addr)
-            .await
-            .with_context(|| format!("failed to listen on {} (admin API)", config.admin_addr))?;
-        let addresses = Addresses { ingress: ingress_listener.local_addr()?, admin: admin_listener.local_addr()? };
         let mut config = config;
-        for domain in config.trust.domains.iter_mut() {
-            *domain = crate::router::normalize(domain)
-                .ok()
-                .filter(|d| !d.starts_with('['))
-                .with_context(|| format!("--domain {domain:?} is not a DNS name"))?;
-        }
-        if let Some(connect) = config.trust.challenge_connect.as_mut() {
-            if connect.port() == 0 {
-                let ip = if connect.ip().is_unspecified() { addresses.ingress.ip() } else { connect.ip() };
-                *connect = SocketAddr::new(ip, addresses.ingress.port());
-            }
-        }
+        let (ingress_listener, admin_listener, addresses) = bind(&mut config).await?;
+        let (node, clock, initial_admin_key) = build(config, addresses).await?;
+        let (shutdown, tasks) = spawn(&node, clock, ingress_listener, admin_listener);
+        tracing::info!(ingress = %addresses.ingress, admin = %addresses.admin, routes = node.router.len(), "wharf is serving");
+        Ok(RunningNode { node, initial_admin_key, shutdown, tasks })
+    }
+}
 
-        let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
-        let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
-        // Read before anything is loaded: a change landing meanwhile is caught up with later.
-        let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
-        let seen = Arc::new(crate::store::Seen::new(generation));
-        let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir, seen.clone()).await?);
-        let router = Arc::new(Router::default());
-        let clock = Arc::new(if config.billing.settable_clock {
-            tracing::warn!("--settable-clock: operators may move this node's billing clock (tests and demos only)");
-            crate::billing::Clock::settable()
-        } else {
-            crate::billing::Clock::real()
-        });
-        let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
-        let usage =
-            Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
-        // What a previous run journaled but did not apply (it was killed) counts now.
-        usage.flush().await.context("failed to apply the usage journal of the previous run")?;
-        let db_threads =
-            crate::instancedb::DbThreads::start(config.db_threads).context("failed to start the database threads")?;
-        let redis = match &config.redis_url {
-            Some(url) => {
-                let platform = crate::store::platform_id(&db).await.context("failed to read the platform id")?;
-                Some(Arc::new(crate::shared::Redis::connect(url, &platform).await?))
-            }
-            None => None,
-        };
-        let postgres = match config
-            .database_url
-            .as_deref()
-            .filter(|_| crate::store::dialect(&db) == crate::store::Dialect::Postgres)
-        {
+/// Bind both listeners and settle what depends on their addresses. Bound
+/// first: a node asked to verify hostnames through its own ingress
+/// (`--challenge-connect` with port 0) needs the port it got.
+async fn bind(config: &mut NodeConfig) -> anyhow::Result<(TcpListener, TcpListener, Addresses)> {
+    let ingress_listener = TcpListener::bind(config.ingress_addr)
+        .await
+        .with_context(|| format!("failed to listen on {} (ingress)", config.ingress_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("failed to listen on {} (admin API)", config.admin_addr))?;
+    let addresses = Addresses { ingress: ingress_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    for domain in config.trust.domains.iter_mut() {
+        *domain = crate::router::normalize(domain)
+            .ok()
+            .filter(|d| !d.starts_with('['))
+            .with_context(|| format!("--domain {domain:?} is not a DNS name"))?;
+    }
+    if let Some(connect) = config.trust.challenge_connect.as_mut() {
+        if connect.port() == 0 {
+            let ip = if connect.ip().is_unspecified() { addresses.ingress.ip() } else { connect.ip() };
+            *connect = SocketAddr::new(ip, addresses.ingress.port());
+        }
+    }
+    Ok((ingress_listener, admin_listener, addresses))
+}
+
+/// Build every room and hand each what it uses; returns the admin API's state
+/// (which holds them all), the billing clock and the first operator's key.
+async fn build(
+    config: NodeConfig,
+    addresses: Addresses,
+) -> anyhow::Result<(Arc<AdminState>, Arc<crate::billing::Clock>, Option<String>)> {
+    check_jobs(&config)?;
+    let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
+    let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
+    // Read before anything is loaded: a change landing meanwhile is caught up with later.
+    let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
+    let seen = Arc::new(crate::store::Seen::new(generation));
+    let registry = Arc::new(Registry::open(db.clone(), runtime.clone(), &config.data_dir, seen.clone()).await?);
+    let router = Arc::new(Router::default());
+    let clock = Arc::new(if config.billing.settable_clock {
+        tracing::warn!("--settable-clock: operators may move this node's billing clock (tests and demos only)");
+        crate::billing::Clock::settable()
+    } else {
+        crate::billing::Clock::real()
+    });
+    let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
+    let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
+    // What a previous run journaled but did not apply (it was killed) counts now.
+    usage.flush().await.context("failed to apply the usage journal of the previous run")?;
+    let db_threads =
+        crate::instancedb::DbThreads::start(config.db_threads).context("failed to start the database threads")?;
+    let (redis, postgres) = shared_backends(&config, &db).await?;
+    let mut jobs_config = config.jobs.clone();
+    // A job may do ten requests' worth of work.
+    jobs_config.fuel = config.limits.fuel_per_request.saturating_mul(10);
+    let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
+    let configurator = Arc::new(Configurator::new(
+        db.clone(),
+        registry.clone(),
+        router.clone(),
+        usage.clone(),
+        db_threads,
+        redis.clone(),
+        postgres,
+        Some(queue.clone()),
+        Some(billing.clone()),
+        seen.clone(),
+        &config,
+    )?);
+    configurator.rebuild_routes().await.context("failed to build the routing table")?;
+    let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
+    let mailer = match &config.trust.smtp_url {
+        Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
+        None => None,
+    };
+    let fleet = crate::rollout::Fleet::join(
+        db.clone(),
+        &addresses.ingress.to_string(),
+        &addresses.admin.to_string(),
+        seen.get(),
+    )
+    .await?;
+    let rollout = Arc::new(crate::rollout::Rollout::new(
+        db.clone(),
+        registry.clone(),
+        configurator.clone(),
+        fleet.clone(),
+        seen.clone(),
+    ));
+    let billing_passes = Arc::new(crate::billing::Passes {
+        billing: billing.clone(),
+        configurator: configurator.clone(),
+        seen: seen.clone(),
+        config: config.billing.clone(),
+    });
+    let workers = Arc::new(crate::jobs::Workers {
+        db: db.clone(),
+        queue: queue.clone(),
+        router: router.clone(),
+        registry: registry.clone(),
+        runtime: runtime.clone(),
+        configurator: configurator.clone(),
+        seen: seen.clone(),
+    });
+    let audit = Arc::new(Audit::new(db.clone()));
+    let initial_admin_key = first_operator(&config, &identity, &audit).await?;
+    let node = Arc::new(AdminState {
+        config,
+        addresses,
+        access: Arc::new(Access::new(db.clone())),
+        db,
+        runtime,
+        registry,
+        configurator,
+        router,
+        usage,
+        billing,
+        identity,
+        audit,
+        mailer,
+        generation: seen,
+        // 10 changes a second per account, 50 at once.
+        admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
+        readiness: tokio::sync::Mutex::new(None),
+        queue,
+        fleet,
+        rollout,
+        billing_passes,
+        workers,
+    });
+    Ok((node, clock, initial_admin_key))
+}
+
+/// Refuse job settings that cannot work, and say what a node without workers does.
+fn check_jobs(config: &NodeConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.jobs.lease > config.jobs.timeout,
+        "--job-lease ({} s) must be longer than --job-timeout ({} s): a live worker must finish before another may take its job",
+        config.jobs.lease.as_secs(),
+        config.jobs.timeout.as_secs()
+    );
+    if config.jobs.concurrency == 0 {
+        tracing::warn!(
+            "--job-workers 0: this node runs no jobs; instances are set up (migrations, seeders) and jobs run \
+             only on nodes with workers"
+        );
+    }
+    Ok(())
+}
+
+/// What several nodes share besides the control plane: Redis (key-value
+/// stores, login limits) and, with a PostgreSQL control plane, the instances'
+/// PostgreSQL databases.
+async fn shared_backends(
+    config: &NodeConfig,
+    db: &store::Db,
+) -> anyhow::Result<(Option<Arc<crate::shared::Redis>>, Option<Arc<crate::instancedb::PgDatabases>>)> {
+    let redis = match &config.redis_url {
+        Some(url) => {
+            let platform = crate::store::platform_id(db).await.context("failed to read the platform id")?;
+            Some(Arc::new(crate::shared::Redis::connect(url, &platform).await?))
+        }
+        None => None,
+    };
+    let postgres =
+        match config.database_url.as_deref().filter(|_| crate::store::dialect(db) == crate::store::Dialect::Postgres) {
             Some(url) => {
                 Some(crate::instancedb::PgDatabases::open(db.clone(), url, config.instance_connections).await?)
             }
             None => None,
         };
-        anyhow::ensure!(
-            config.jobs.lease > config.jobs.timeout,
-            "--job-lease ({} s) must be longer than --job-timeout ({} s): a live worker must finish before another may take its job",
-            config.jobs.lease.as_secs(),
-            config.jobs.timeout.as_secs()
-        );
-        if config.jobs.concurrency == 0 {
-            tracing::warn!(
-                "--job-workers 0: this node runs no jobs; instances are set up (migrations, seeders) and jobs run \
-                 only on nodes with workers"
-            );
+    Ok((redis, postgres))
+}
+
+/// Create the operator `--init-admin` names if no operator exists; its API key
+/// is returned (and shown) only now.
+async fn first_operator(config: &NodeConfig, identity: &Identity, audit: &Audit) -> anyhow::Result<Option<String>> {
+    let Some(email) = &config.init_admin else { return Ok(None) };
+    match identity.init_operator(email).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        Some((user, key)) => {
+            audit.record(&user.email, "operator.init", &user.id, None, "ok").await;
+            Ok(Some(key))
         }
-        let mut jobs_config = config.jobs.clone();
-        // A job may do ten requests' worth of work.
-        jobs_config.fuel = config.limits.fuel_per_request.saturating_mul(10);
-        let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
-        let configurator = Arc::new(Configurator::new(
-            db.clone(),
-            registry.clone(),
-            router.clone(),
-            usage.clone(),
-            db_threads,
-            redis.clone(),
-            postgres,
-            Some(queue.clone()),
-            Some(billing.clone()),
-            seen.clone(),
-            &config,
-        )?);
-        configurator.rebuild_routes().await.context("failed to build the routing table")?;
-        let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
-        let mailer = match &config.trust.smtp_url {
-            Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
-            None => None,
-        };
-        let fleet = crate::rollout::Fleet::join(
-            db.clone(),
-            &addresses.ingress.to_string(),
-            &addresses.admin.to_string(),
-            seen.get(),
-        )
-        .await?;
-        let rollout = Arc::new(crate::rollout::Rollout::new(
-            db.clone(),
-            registry.clone(),
-            configurator.clone(),
-            fleet.clone(),
-            seen.clone(),
-        ));
-        let billing_passes = Arc::new(crate::billing::Passes {
-            billing: billing.clone(),
-            configurator: configurator.clone(),
-            seen: seen.clone(),
-            config: config.billing.clone(),
-        });
-        let workers = Arc::new(crate::jobs::Workers {
-            db: db.clone(),
-            queue: queue.clone(),
-            router: router.clone(),
-            registry: registry.clone(),
-            runtime: runtime.clone(),
-            configurator: configurator.clone(),
-            seen: seen.clone(),
-        });
-        let access = Arc::new(Access::new(db.clone()));
-        let audit = Arc::new(Audit::new(db.clone()));
-        let mut initial_admin_key = None;
-        if let Some(email) = &config.init_admin {
-            match identity.init_operator(email).await.map_err(|e| anyhow::anyhow!("{e}"))? {
-                Some((user, key)) => {
-                    audit.record(&user.email, "operator.init", &user.id, None, "ok").await;
-                    initial_admin_key = Some(key);
-                }
-                None => tracing::info!("an operator exists already; --init-admin ignored"),
-            }
+        None => {
+            tracing::info!("an operator exists already; --init-admin ignored");
+            Ok(None)
         }
+    }
+}
 
-        let node = Arc::new(AdminState {
-            config,
-            addresses,
-            db,
-            runtime: runtime.clone(),
-            registry,
-            configurator,
-            router: router.clone(),
-            usage,
-            billing,
-            identity: identity.clone(),
-            access: access.clone(),
-            audit,
-            mailer,
-            generation: seen,
-            // 10 changes a second per account, 50 at once.
-            admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
-            readiness: tokio::sync::Mutex::new(None),
-            queue,
-            fleet,
-            rollout: rollout.clone(),
-            billing_passes: billing_passes.clone(),
-            workers: workers.clone(),
-        });
-        let (shutdown, watcher) = watch::channel(false);
-        let mut tasks = Vec::new();
-
-        let edges = node.config.edges.clone();
-        let (unhealthy, unhealthy_rx) = tokio::sync::mpsc::unbounded_channel();
-        tasks.push(tokio::spawn(crate::rollout::health_rollbacks(rollout.clone(), unhealthy_rx)));
-        let ingress = Arc::new(Ingress::new(
-            router,
-            runtime,
-            identity,
-            access,
-            clock,
-            unhealthy,
-            edges.clone(),
-            node.config.pool.max_instances,
-        ));
-        tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), node.config.shutdown_grace)));
-
-        let app = crate::admin::router(node.clone());
-        let admin_caps =
-            ConnectionCaps::new(edges.admin_max_connections, edges.admin_max_connections, edges.header_timeout);
-        tasks.push(tokio::spawn(listener::serve(
-            "admin",
-            admin_listener,
-            admin_caps,
-            watcher.clone(),
-            node.config.shutdown_grace,
-            move |peer, _after_flush| {
-                let app = app.clone();
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    // Login rate limits key on the client's address.
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    tower::ServiceExt::oneshot(app.clone(), req)
-                })
-            },
-        )));
-
-        if crate::store::dialect(&node.db) == crate::store::Dialect::Postgres {
-            if let Some(url) = node.config.database_url.clone() {
-                let follower = crate::cluster::Follower {
-                    url,
-                    db: node.db.clone(),
-                    registry: node.registry.clone(),
-                    configurator: node.configurator.clone(),
-                    fleet: node.fleet.clone(),
-                    seen: node.generation.clone(),
-                };
-                tasks.push(tokio::spawn(crate::cluster::follow(follower, watcher.clone())));
-            }
+/// Start serving and every background pass; returns the shutdown signal and
+/// the tasks to wait for.
+fn spawn(
+    node: &Arc<AdminState>,
+    clock: Arc<crate::billing::Clock>,
+    ingress_listener: TcpListener,
+    admin_listener: TcpListener,
+) -> (watch::Sender<bool>, Vec<JoinHandle<()>>) {
+    let (shutdown, watcher) = watch::channel(false);
+    let config = &node.config;
+    let mut tasks = Vec::new();
+    let (unhealthy, unhealthy_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(crate::rollout::health_rollbacks(node.rollout.clone(), unhealthy_rx)));
+    let ingress = Arc::new(Ingress::new(
+        node.router.clone(),
+        node.runtime.clone(),
+        node.identity.clone(),
+        node.access.clone(),
+        clock,
+        unhealthy,
+        config.edges.clone(),
+        config.pool.max_instances,
+    ));
+    tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), config.shutdown_grace)));
+    tasks.push(tokio::spawn(serve_admin(node.clone(), admin_listener, watcher.clone())));
+    if crate::store::dialect(&node.db) == crate::store::Dialect::Postgres {
+        if let Some(url) = config.database_url.clone() {
+            let follower = crate::cluster::Follower {
+                url,
+                db: node.db.clone(),
+                registry: node.registry.clone(),
+                configurator: node.configurator.clone(),
+                fleet: node.fleet.clone(),
+                seen: node.generation.clone(),
+            };
+            tasks.push(tokio::spawn(crate::cluster::follow(follower, watcher.clone())));
         }
+    }
+    tasks.push(tokio::spawn(crate::jobs::worker::run(node.workers.clone(), watcher.clone(), config.shutdown_grace)));
+    tasks.push(tokio::spawn(crate::billing::run(node.billing_passes.clone(), watcher.clone())));
+    tasks.push(tokio::spawn(crate::rollout::run(node.rollout.clone(), config.unload_interval, watcher.clone())));
+    tasks.push(tokio::spawn(flush_usage(node.usage.clone(), config.usage_flush_interval, watcher)));
+    (shutdown, tasks)
+}
 
-        tasks.push(tokio::spawn(crate::jobs::worker::run(workers, watcher.clone(), node.config.shutdown_grace)));
+/// The admin API on its listener, until `stop`.
+async fn serve_admin(node: Arc<AdminState>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let edges = &node.config.edges;
+    let caps = ConnectionCaps::new(edges.admin_max_connections, edges.admin_max_connections, edges.header_timeout);
+    let grace = node.config.shutdown_grace;
+    let app = crate::admin::router(node);
+    listener::serve("admin", listener, caps, stop, grace, move |peer, _after_flush| {
+        let app = app.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // Login rate limits key on the client's address.
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        })
+    })
+    .await
+}
 
-        tasks.push(tokio::spawn(crate::billing::run(billing_passes, watcher.clone())));
-        tasks.push(tokio::spawn(crate::rollout::run(rollout, node.config.unload_interval, watcher.clone())));
-
-        let flusher = node.clone();
-        let mut flush_watch = watcher;
-        tasks.push(tokio::spawn(async move {
-            let mut every = tokio::time::interval(flusher.config.usage_flush_interval);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    _ = flush_watch.wait_for(|stop| *stop) => break,
-                }
-                if let Err(e) = flusher.usage.flush().await {
-                    tracing::warn!("{e:#}");
-                }
-            }
-        }));
-
-        tracing::info!(ingress = %addresses.ingress, admin = %addresses.admin, routes = node.router.len(), "wharf is serving");
-        Ok(RunningNode { node, initial_admin_key, shutdown, tasks })
+/// Apply the usage journal to the control plane every `every`, until `stop`.
+async fn flush_usage(usage: Arc<Usage>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+        if let Err(e) = usage.flush().await {
+            tracing::warn!("{e:#}");
+        }
     }
 }
 
