@@ -358,3 +358,6 @@ fn marks(first: usize, count: usize) -> String {
 fn json_text(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;
