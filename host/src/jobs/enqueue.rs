@@ -307,10 +307,10 @@ impl crate::runtime::JobQueue for Queue {
     fn enqueue(&self, job: crate::runtime::JobRequest) -> crate::runtime::Enqueueing<'_> {
         Box::pin(async move {
             let version = &job.version;
-            if !version.manifest.accepts(&job.kind, job.job_version) {
+            if !version.accepts(&job.kind, job.job_version) {
                 return Err(JobError::NotDeclared {
-                    service: version.service.clone(),
-                    version: version.version.clone(),
+                    service: version.service().to_string(),
+                    version: version.version().to_string(),
                     kind: job.kind,
                     job_version: job.job_version,
                 }
@@ -319,11 +319,11 @@ impl crate::runtime::JobQueue for Queue {
             let new = NewJob {
                 tenant: job.tenant.to_string(),
                 instance: job.instance.to_string(),
-                service: version.service.clone(),
+                service: version.service().to_string(),
                 kind: job.kind,
                 payload: job.payload,
                 job_version: job.job_version,
-                enqueued_by: version.version.clone(),
+                enqueued_by: version.version().to_string(),
                 delay: job.delay,
                 idempotency_key: job.idempotency_key,
                 priority: job.priority,

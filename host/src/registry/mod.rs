@@ -88,6 +88,21 @@ impl LoadedVersion {
     }
 }
 
+/// What the job queue checks of the version a guest queues a job from.
+impl crate::runtime::Enqueuer for LoadedVersion {
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn accepts(&self, kind: &str, job_version: u32) -> bool {
+        self.manifest.accepts(kind, job_version)
+    }
+}
+
 /// A service's loaded versions and the one following instances run.
 pub struct ServiceSlot {
     /// Service name.

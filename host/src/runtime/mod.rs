@@ -29,7 +29,7 @@ pub use guest::{plain_body, GuestState, MemoryBudget, RequestIdentity};
 pub use invoke::{GuestFailure, Handled, Outcome};
 pub use job::{GuestJob, JobCall, JobOutcome, WorkerPre};
 pub use platform::{
-    Enqueueing, Features, GuestCaller, GuestContext, InstanceJobs, JobQueue, JobRequest, JobsContext,
+    Enqueueing, Enqueuer, Features, GuestCaller, GuestContext, InstanceJobs, JobQueue, JobRequest, JobsContext,
     HOST_CALL_FUEL_PER_MS,
 };
 

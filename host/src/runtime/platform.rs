@@ -57,7 +57,7 @@ pub struct JobRequest {
     pub tenant: Arc<str>,
     pub instance: Arc<str>,
     /// The version enqueueing it: its manifest says which jobs it may queue.
-    pub version: Arc<crate::registry::LoadedVersion>,
+    pub version: Arc<dyn Enqueuer>,
     pub kind: String,
     pub payload: Vec<u8>,
     pub job_version: u32,
@@ -65,6 +65,17 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
     pub priority: i32,
     pub max_attempts: Option<u32>,
+}
+
+/// The service version a guest runs, as the job queue sees it (the registry's
+/// loaded versions implement it).
+pub trait Enqueuer: Send + Sync {
+    /// The service's name.
+    fn service(&self) -> &str;
+    /// The version's number.
+    fn version(&self) -> &str;
+    /// Whether its manifest declares job `kind` at `job_version`.
+    fn accepts(&self, kind: &str, job_version: u32) -> bool;
 }
 
 /// Queueing a job: the new job's id, or what the guest reads as the error.
@@ -89,7 +100,7 @@ pub struct InstanceJobs {
 #[derive(Clone)]
 pub struct JobsContext {
     pub instance: Arc<InstanceJobs>,
-    pub version: Arc<crate::registry::LoadedVersion>,
+    pub version: Arc<dyn Enqueuer>,
 }
 
 impl std::fmt::Debug for JobsContext {
