@@ -410,6 +410,19 @@ async fn after_a_failed_setup_the_api_shows_and_queues_for_the_version_that_serv
     let (status, body) =
         node.admin(Method::POST, "/v1/services/mig/activate", Some(json!({ "version": "3.0.0" }))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // While it is being set up, the API queues nothing for it (503, retry later).
+    let mut refused = None;
+    for _ in 0..100 {
+        let request = json!({ "kind": "noop", "version": 1, "idempotency_key": "during-setup" });
+        let (status, answer) = node.admin(Method::POST, &path, Some(request)).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("the API refused jobs while the instance was set up");
+    assert!(refused["error"].as_str().unwrap().contains("being set up"), "{refused}");
     let info = wait_setup_failed(&node, &id, "3.0.0").await;
     let error = info["setup"]["error"].as_str().unwrap();
     assert!(error.contains("deadline of 3 s") && !error.contains("2 s"), "{error}");

@@ -415,12 +415,11 @@ impl Configurator {
             None => slot.as_ref().and_then(|s| s.active()),
         };
         let wanted_version = wanted.as_ref().map(|v| v.version.clone()).or_else(|| row.pinned_version.clone());
-        let applied: Vec<String> = serde_json::from_str(&row.applied_migrations).unwrap_or_default();
         // What the ingress serves, decided the same way it decides.
         let setup = InstanceSetup {
             state: SetupState::parse(&row.setup_state),
             target: row.setup_target.clone(),
-            applied: applied.clone(),
+            applied: serde_json::from_str(&row.applied_migrations).unwrap_or_default(),
             settled: row.settled_version.as_deref().and_then(|v| slot.as_ref().and_then(|s| s.version(v))),
         };
         let running_version = match router::serving(wanted, &setup) {
@@ -449,7 +448,7 @@ impl Configurator {
                 state: row.setup_state,
                 target: row.setup_target,
                 error: row.setup_error,
-                applied_migrations: applied,
+                applied_migrations: setup.applied,
                 settled_version: row.settled_version,
                 seeded_at: row.seeded_at,
             },
