@@ -22,6 +22,7 @@ pub mod admin;
 pub mod audit;
 pub mod billing;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod configurator;
@@ -31,6 +32,7 @@ pub mod instancedb;
 pub mod jobs;
 pub mod listener;
 pub mod node;
+pub mod quota;
 pub mod registry;
 pub mod rollout;
 pub mod router;
@@ -40,6 +42,7 @@ pub mod shared;
 pub mod store;
 #[cfg(test)]
 mod testdb;
+pub mod usage;
 
 pub use config::NodeConfig;
 pub use node::{Node, RunningNode};

@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 use crate::access::Access;
 use crate::admin::AdminState;
 use crate::audit::Audit;
-use crate::billing::Usage;
 use crate::config::NodeConfig;
 use crate::configurator::Configurator;
 use crate::identity::Identity;
@@ -22,6 +21,7 @@ use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::store;
+use crate::usage::Usage;
 
 pub use crate::listener::Addresses;
 
@@ -86,7 +86,7 @@ async fn bind(config: &mut NodeConfig) -> anyhow::Result<(TcpListener, TcpListen
 async fn build(
     config: NodeConfig,
     addresses: Addresses,
-) -> anyhow::Result<(Arc<AdminState>, Arc<crate::billing::Clock>, Option<String>)> {
+) -> anyhow::Result<(Arc<AdminState>, Arc<crate::clock::Clock>, Option<String>)> {
     check_jobs(&config)?;
     let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
     let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
@@ -97,9 +97,9 @@ async fn build(
     let router = Arc::new(Router::default());
     let clock = Arc::new(if config.billing.settable_clock {
         tracing::warn!("--settable-clock: operators may move this node's billing clock (tests and demos only)");
-        crate::billing::Clock::settable()
+        crate::clock::Clock::settable()
     } else {
-        crate::billing::Clock::real()
+        crate::clock::Clock::real()
     });
     let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
     let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
@@ -112,19 +112,21 @@ async fn build(
     // A job may do ten requests' worth of work.
     jobs_config.fuel = config.limits.fuel_per_request.saturating_mul(10);
     let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
-    let configurator = Arc::new(Configurator::new(
-        db.clone(),
-        registry.clone(),
-        router.clone(),
-        usage.clone(),
+    let parts = crate::configurator::Parts {
+        db: db.clone(),
+        registry: registry.clone(),
+        router: router.clone(),
+        usage: usage.clone(),
         db_threads,
-        redis.clone(),
+        redis: redis.clone(),
         postgres,
-        Some(queue.clone()),
-        Some(billing.clone()),
-        seen.clone(),
-        &config,
-    )?);
+        seen: seen.clone(),
+        followers: crate::configurator::hooks::Followers {
+            queue: Some(queue.clone()),
+            subscriptions: Some(billing.clone()),
+        },
+    };
+    let configurator = Arc::new(Configurator::new(parts, &config)?);
     configurator.rebuild_routes().await.context("failed to build the routing table")?;
     let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
     let mailer = match &config.trust.smtp_url {
@@ -250,7 +252,7 @@ async fn first_operator(config: &NodeConfig, identity: &Identity, audit: &Audit)
 /// the tasks to wait for.
 fn spawn(
     node: &Arc<AdminState>,
-    clock: Arc<crate::billing::Clock>,
+    clock: Arc<crate::clock::Clock>,
     ingress_listener: TcpListener,
     admin_listener: TcpListener,
 ) -> (watch::Sender<bool>, Vec<JoinHandle<()>>) {

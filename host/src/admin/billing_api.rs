@@ -18,8 +18,8 @@ use super::auth::Authed;
 use super::AdminState;
 use super::{body, instance_for, ApiError, ApiResult};
 use crate::access::{AccessError, Platform};
-use crate::billing::clock::{format_utc, parse_time};
 use crate::billing::{invoice, BillingError, Details, NewDiscount, Period, Prices};
+use crate::clock::{format_utc, parse_time};
 use crate::configurator::ConfigError;
 
 /// Require `permission` in `tenant`: a tenant the caller cannot see is 404.
@@ -309,7 +309,7 @@ pub(crate) async fn set_clock(
     node.access.require_operator(&caller, Platform::BillingOperate)?;
     let change = body(payload)?;
     let target = match (change.now, change.advance) {
-        (Some(now), None) => crate::billing::time_value(&now)
+        (Some(now), None) => crate::clock::time_value(&now)
             .ok_or_else(|| ApiError::bad_request("now is Unix seconds or a UTC date such as 2027-01-10T08:00Z"))?,
         (None, Some(secs)) if secs >= 0 => node.billing.now().saturating_add(secs),
         (None, Some(_)) => return Err(ApiError::bad_request("the clock only moves forward: advance is ≥ 0")),

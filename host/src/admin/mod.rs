@@ -65,9 +65,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::access::{AccessError, Platform, Role};
-use crate::billing::InstanceUsage;
-use crate::configurator::quota::{Quota, MAX_QUOTA};
 use crate::configurator::{Actor, ConfigError, Instance, InstanceChange, NewInstance, Page};
+use crate::quota::{Quota, MAX_QUOTA};
+use crate::usage::InstanceUsage;
 use auth::Authed;
 pub use error::ApiError;
 pub use state::AdminState;
@@ -534,11 +534,7 @@ async fn set_user_quota(
     let quota = quota_named(&name, true)?;
     let limit = quota_change(payload)?;
     let user = node.identity.user_by_email(&email).await?;
-    node.configurator
-        .quotas
-        .set(&crate::configurator::quota::Subject::User(&user.id), quota, limit)
-        .await
-        .map_err(ApiError::from)?;
+    node.configurator.quotas.set(&crate::quota::Subject::User(&user.id), quota, limit).await.map_err(ApiError::from)?;
     let outcome = limit.map(|l| l.to_string()).unwrap_or_else(|| "default".into());
     node.audit.record(&caller.email, "quota.set", &format!("{} {name} = {outcome}", user.email), None, "ok").await;
     Ok(Json(json!({ "email": user.email, "quotas": node.configurator.user_quotas(&user.id).await? })))

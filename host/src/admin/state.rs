@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use crate::access::Access;
 use crate::audit::Audit;
-use crate::billing::Usage;
 use crate::config::NodeConfig;
 use crate::configurator::Configurator;
 use crate::identity::Identity;
@@ -13,6 +12,7 @@ use crate::registry::Registry;
 use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::store::Db;
+use crate::usage::Usage;
 
 /// What the admin API works with: every room of the node, its configuration
 /// and addresses, and the admin API's own state (readiness, pacing, mail).

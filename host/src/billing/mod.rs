@@ -1,4 +1,4 @@
-//! Billing: what each instance used ([`usage`]), what each tenant subscribes to,
+//! Billing: what each instance used ([`crate::usage`]), what each tenant subscribes to,
 //! at what prices, and invoices that explain every charge ([`invoice`]).
 //!
 //! - **Plans**: an operator sets prices per service (a price per period for the
@@ -17,10 +17,8 @@
 //!
 //! Time is the node's [`Clock`], which tests and the demo may move forward.
 
-pub mod clock;
 pub mod invoice;
 pub mod money;
-mod usage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,8 +26,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-pub use clock::{Clock, ClockError, Period};
-pub use usage::*;
+pub use crate::clock::{self, time_value, Clock, ClockError, Period};
 
 use crate::configurator::Instance;
 use crate::registry::Registry;
@@ -347,20 +344,17 @@ pub struct LedgerRow {
     pub errors: i64,
 }
 
-/// A time given as Unix seconds or an ISO 8601 UTC date/time.
-pub fn time_value(value: &serde_json::Value) -> Option<i64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => clock::parse_time(s),
-        _ => None,
-    }
-}
-
 /// The billing room.
 pub struct Billing {
     db: Db,
     pub clock: Arc<Clock>,
     registry: Arc<Registry>,
+}
+
+impl crate::configurator::hooks::Subscriptions for Billing {
+    fn changed<'a>(&'a self, instances: &'a [Instance]) -> crate::configurator::hooks::Hook<'a, usize> {
+        Box::pin(async move { Ok(self.sync(instances).await?) })
+    }
 }
 
 impl Billing {
@@ -942,21 +936,4 @@ fn describe_change(before: Option<&SubscriptionState>, after: &SubscriptionState
         });
     }
     parts.join("; ")
-}
-
-/// Deserialize a time that may be absent (`None`), cleared with `null`
-/// (`Some(None)`) or given as Unix seconds or a date (`Some(Some(t))`).
-pub fn time_change<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    use serde::de::Error as _;
-    match Option::<serde_json::Value>::deserialize(d)? {
-        None => Ok(Some(None)),
-        Some(v) => time_value(&v).map(|t| Some(Some(t))).ok_or_else(|| {
-            D::Error::custom("a time is Unix seconds or a UTC date such as 2027-01-10 or 2027-01-10T08:00Z")
-        }),
-    }
-}
-
-/// Deserialize an optional time (Unix seconds or a date).
-pub fn time_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    time_change(d).map(Option::flatten)
 }

@@ -114,14 +114,20 @@ impl Configurator {
                 .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
         }
         // Migrations and the seeder run before the instance serves its first request.
-        if let (Some(queue), Some(version)) = (&self.queue, &version) {
-            if crate::jobs::setup::needed(version, &[], false) {
-                crate::jobs::setup::begin_in(&mut tx, queue, &id, &new.tenant, &new.service, &version.version).await?;
+        if let (Some(queue), Some(version)) = (&self.followers.queue, &version) {
+            if version.needs_setup(&[], false) {
+                let setup = hooks::SetupStart {
+                    instance: &id,
+                    tenant: &new.tenant,
+                    service: &new.service,
+                    version: &version.version,
+                };
+                queue.begin_in(&mut tx, setup).await?;
             }
         }
         store::commit_change(tx, &self.seen, || async {
-            if let Some(queue) = &self.queue {
-                queue.wake.notify_one();
+            if let Some(queue) = &self.followers.queue {
+                queue.wake();
             }
             self.add_routes(&id).await
         })
@@ -308,8 +314,8 @@ impl Configurator {
     /// Record what changed in these instances' subscriptions (billing). A
     /// failure is logged: billing's periodic pass records it shortly after.
     pub async fn subscriptions_changed(&self, instances: &[Instance]) {
-        if let Some(billing) = &self.billing {
-            if let Err(e) = billing.sync(instances).await {
+        if let Some(billing) = &self.followers.subscriptions {
+            if let Err(e) = billing.changed(instances).await {
                 tracing::warn!("failed to record a subscription change (retried by the next billing pass): {e:#}");
             }
         }

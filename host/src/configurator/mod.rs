@@ -5,9 +5,9 @@
 //! the next request sees it without a restart and no request ever queries.
 
 mod claims;
+pub mod hooks;
 pub mod hostnames;
 mod instances;
-pub mod quota;
 mod routes;
 pub mod setups;
 mod tenants;
@@ -18,14 +18,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::billing::Usage;
 use crate::instancedb as database;
+use crate::quota::{Quota, QuotaUse, Quotas, Subject};
 use crate::registry::{manifest::validate_name, LoadedVersion, Registry, RegistryError};
 use crate::router::{self, InstanceSetup, Route, Router, SetupState, VersionTarget};
 use crate::runtime::Features;
 use crate::store::{self, Db};
+use crate::usage::Usage;
 use hostnames::{Method, PendingHost, Policy, Verifier, TXT_LABEL, TXT_PREFIX};
-use quota::{Quota, QuotaUse, Quotas, Subject};
 
 /// Why a configuration change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,7 @@ pub struct NewInstance {
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
     /// End of a trial or prepaid period (operators): Unix seconds or a UTC date.
-    #[serde(default, deserialize_with = "crate::billing::time_opt")]
+    #[serde(default, deserialize_with = "crate::clock::time_opt")]
     pub ends_at: Option<i64>,
 }
 
@@ -195,7 +195,7 @@ pub struct InstanceChange {
     #[serde(default)]
     pub enabled: Option<bool>,
     /// Set (a time) or remove (`null`) the end of a trial or prepaid period (operators).
-    #[serde(default, deserialize_with = "crate::billing::time_change")]
+    #[serde(default, deserialize_with = "crate::clock::time_change")]
     pub ends_at: Option<Option<i64>>,
 }
 
@@ -263,14 +263,12 @@ pub struct Configurator {
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
-    /// Records subscription changes.
-    billing: Option<Arc<crate::billing::Billing>>,
+    /// The job queue and billing, which follow instances.
+    followers: hooks::Followers,
     /// In a cluster, where instances keep their key-value stores.
     redis: Option<Arc<crate::shared::Redis>>,
     /// With a PostgreSQL control plane, where instances keep their SQL databases.
     postgres: Option<Arc<database::PgDatabases>>,
-    /// The job queue guests enqueue into.
-    queue: Option<Arc<crate::jobs::Queue>>,
     /// The platform generation this node has applied.
     seen: Arc<store::Seen>,
     pub quotas: Quotas,
@@ -283,27 +281,29 @@ pub struct Configurator {
     change_lock: tokio::sync::Mutex<()>,
 }
 
+/// What a configurator is made of: the control plane, the rooms below it that
+/// it reads and feeds, and the rooms above it that follow its instances.
+pub struct Parts {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub router: Arc<Router>,
+    pub usage: Arc<Usage>,
+    pub db_threads: Arc<database::DbThreads>,
+    pub redis: Option<Arc<crate::shared::Redis>>,
+    pub postgres: Option<Arc<database::PgDatabases>>,
+    pub seen: Arc<store::Seen>,
+    pub followers: hooks::Followers,
+}
+
 impl Configurator {
-    /// A configurator over `db`, feeding `router`.
-    #[allow(clippy::too_many_arguments)] // one per part of the node it ties together
-    pub fn new(
-        db: Db,
-        registry: Arc<Registry>,
-        router: Arc<Router>,
-        usage: Arc<Usage>,
-        db_threads: Arc<database::DbThreads>,
-        redis: Option<Arc<crate::shared::Redis>>,
-        postgres: Option<Arc<database::PgDatabases>>,
-        queue: Option<Arc<crate::jobs::Queue>>,
-        billing: Option<Arc<crate::billing::Billing>>,
-        seen: Arc<store::Seen>,
-        config: &crate::config::NodeConfig,
-    ) -> anyhow::Result<Self> {
+    /// A configurator over `parts.db`, feeding `parts.router`.
+    pub fn new(parts: Parts, config: &crate::config::NodeConfig) -> anyhow::Result<Self> {
+        let Parts { db, registry, router, usage, db_threads, redis, postgres, seen, followers } = parts;
         let trust = &config.trust;
         Ok(Self {
             redis,
             postgres,
-            queue,
+            followers,
             seen,
             quotas: Quotas::new(db.clone(), trust.quotas),
             policy: Policy::new(trust),
@@ -319,7 +319,6 @@ impl Configurator {
             registry,
             router,
             usage,
-            billing,
             change_lock: tokio::sync::Mutex::new(()),
         })
     }

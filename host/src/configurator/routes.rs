@@ -182,11 +182,11 @@ impl Configurator {
             },
             health: Some(self.router.instance(instance).and_then(|r| r.health.clone()).unwrap_or_default()),
             gate: match (row.pinned_version.as_deref(), row.pinned_by.as_deref()) {
-                (None, _) => Some(crate::rollout::GateBack::Previous(slot.clone())),
-                (Some(_), Some("canary")) => Some(crate::rollout::GateBack::Active(slot.clone())),
+                (None, _) => Some(crate::router::health::GateBack::Previous(slot.clone())),
+                (Some(_), Some("canary")) => Some(crate::router::health::GateBack::Active(slot.clone())),
                 _ => None,
             },
-            jobs: self.queue.as_ref().map(|queue| {
+            jobs: self.followers.queue.as_ref().map(|queue| {
                 Arc::new(crate::runtime::InstanceJobs {
                     queue: queue.clone() as Arc<dyn crate::runtime::JobQueue>,
                     tenant: tenant.as_str().into(),

@@ -15,23 +15,21 @@ async fn configurator(db: &Db) -> (Configurator, tempfile::TempDir) {
     let seen = Arc::new(store::Seen::new(0));
     let runtime = Arc::new(crate::runtime::Runtime::new(config.limits.clone(), &config.pool).unwrap());
     let registry = Arc::new(Registry::open(db.clone(), runtime, dir.path(), seen.clone()).await.unwrap());
-    let clock = Arc::new(crate::billing::Clock::real());
+    let clock = Arc::new(crate::clock::Clock::real());
     let usage = Arc::new(Usage::open(db.clone(), &dir.path().join("usage"), clock, false).unwrap());
     let threads = database::DbThreads::start(1).unwrap();
-    let configurator = Configurator::new(
-        db.clone(),
+    let parts = super::Parts {
+        db: db.clone(),
         registry,
-        Arc::new(Router::default()),
+        router: Arc::new(Router::default()),
         usage,
-        threads,
-        None,
-        None,
-        None,
-        None,
+        db_threads: threads,
+        redis: None,
+        postgres: None,
         seen,
-        &config,
-    )
-    .unwrap();
+        followers: Default::default(),
+    };
+    let configurator = Configurator::new(parts, &config).unwrap();
     (configurator, dir)
 }
 

@@ -40,9 +40,9 @@ pub struct Ingress {
     identity: Arc<Identity>,
     access: Arc<Access>,
     /// Billing time, for end dates.
-    clock: Arc<crate::billing::Clock>,
+    clock: Arc<crate::clock::Clock>,
     /// Where a version failing its health gate is reported.
-    unhealthy: tokio::sync::mpsc::UnboundedSender<crate::rollout::Unhealthy>,
+    unhealthy: tokio::sync::mpsc::UnboundedSender<crate::router::health::Unhealthy>,
     next_request_id: AtomicU64,
     /// Request ids are the sequence hashed with a key of this process, so they are
     /// unique without telling anyone how many requests came before.
@@ -75,8 +75,8 @@ impl Ingress {
         runtime: Arc<Runtime>,
         identity: Arc<Identity>,
         access: Arc<Access>,
-        clock: Arc<crate::billing::Clock>,
-        unhealthy: tokio::sync::mpsc::UnboundedSender<crate::rollout::Unhealthy>,
+        clock: Arc<crate::clock::Clock>,
+        unhealthy: tokio::sync::mpsc::UnboundedSender<crate::router::health::Unhealthy>,
         edges: EdgeLimits,
         pool: u32,
     ) -> Self {
@@ -250,7 +250,7 @@ impl Ingress {
                 StatusCode::PAYMENT_REQUIRED,
                 format!(
                     "this site's subscription ended at {}; its owner can renew it with the platform's operators\n",
-                    crate::billing::clock::format_utc(ends_at)
+                    crate::clock::format_utc(ends_at)
                 ),
                 request_id,
             ));
@@ -434,7 +434,7 @@ type GuestSlots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 /// One request's usage, recorded when both its guest is done and its response
 /// body has been handed to the connection (or dropped: the client left).
 struct Tally {
-    usage: Arc<crate::billing::UsageCounters>,
+    usage: Arc<crate::usage::UsageCounters>,
     /// The billing hour the request arrived in.
     hour: i64,
     /// The guest's fuel and failure, once done; whether the body is over.
@@ -442,7 +442,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(usage: Arc<crate::billing::UsageCounters>) -> Self {
+    fn new(usage: Arc<crate::usage::UsageCounters>) -> Self {
         Self { hour: usage.hour(), usage, state: std::sync::Mutex::new((None, false)) }
     }
 

@@ -106,7 +106,7 @@ impl Queue {
 pub(super) async fn write_batches(
     db: Db,
     max_attempts: u32,
-    quotas: Arc<crate::configurator::quota::Quotas>,
+    quotas: Arc<crate::quota::Quotas>,
     wake: Arc<tokio::sync::Notify>,
     mut pending: tokio::sync::mpsc::UnboundedReceiver<(NewJob, Reply)>,
 ) {
@@ -146,10 +146,10 @@ pub(super) async fn write_batches(
 pub(super) async fn write_batch(
     db: &Db,
     max_attempts: u32,
-    quotas: &crate::configurator::quota::Quotas,
+    quotas: &crate::quota::Quotas,
     jobs: &[&NewJob],
 ) -> anyhow::Result<Vec<Result<Enqueued, JobError>>> {
-    use crate::configurator::quota::{Quota, Subject};
+    use crate::quota::{Quota, Subject};
     // Per tenant: jobs and payload bytes in the batch.
     let mut per_tenant: HashMap<&str, (i64, i64)> = HashMap::new();
     for job in jobs {

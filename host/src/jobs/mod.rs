@@ -308,7 +308,7 @@ impl Queue {
     /// within a tokio runtime).
     pub fn new(db: Db, config: JobsConfig, quotas: crate::config::QuotaDefaults) -> Self {
         let node_id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let quotas = Arc::new(crate::configurator::quota::Quotas::new(db.clone(), quotas));
+        let quotas = Arc::new(crate::quota::Quotas::new(db.clone(), quotas));
         let wake = Arc::new(tokio::sync::Notify::new());
         let (batches, pending) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(enqueue::write_batches(db.clone(), config.max_attempts, quotas, wake.clone(), pending));

@@ -20,20 +20,15 @@ use sha2::{Digest, Sha256};
 
 use super::Workers;
 use super::{Claimed, Finish, NewJob, Queue, SETUP_KIND};
+use crate::configurator::hooks::{self, Hook, SetupStart};
 use crate::configurator::setups;
 use crate::instancedb::{Call, Dialect, SqlValue};
-use crate::registry::LoadedVersion;
 use crate::router::{Route, SetupState};
 use crate::store::{self, Backend};
 
 /// Where an instance records the migrations it has.
 const RECORD_TABLE: &str = "CREATE TABLE IF NOT EXISTS wharf_migrations \
      (name TEXT PRIMARY KEY, checksum TEXT NOT NULL, applied_at BIGINT NOT NULL)";
-
-/// Whether an instance at `applied` (and seeded or not) needs a setup to run `version`.
-pub fn needed(version: &LoadedVersion, applied: &[String], seeded: bool) -> bool {
-    version.manifest.migrations.iter().any(|m| !applied.contains(&m.name)) || (!seeded && version.worker.is_some())
-}
 
 /// Put `instance` in maintenance and queue its setup to `version` (inside
 /// `tx`), unless a setup to that version is already queued or has failed.
@@ -68,6 +63,20 @@ pub async fn begin_in(
     };
     queue.enqueue_in(tx, &job, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(true)
+}
+
+impl hooks::SetupQueue for Queue {
+    fn begin_in<'a, 'c: 'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'c, Backend>,
+        setup: SetupStart<'a>,
+    ) -> Hook<'a, bool> {
+        Box::pin(begin_in(tx, self, setup.instance, setup.tenant, setup.service, setup.version))
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
 }
 
 /// A setup job to `version` about to be retried: its instance goes back to
@@ -139,7 +148,7 @@ pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
         };
         let Some(wanted) = wanted else { continue };
         let applied: Vec<String> = serde_json::from_str(&applied_migrations).unwrap_or_default();
-        if !needed(&wanted, &applied, seeded_at.is_some()) {
+        if !wanted.needs_setup(&applied, seeded_at.is_some()) {
             continue;
         }
         let state = SetupState::parse(&setup_state);

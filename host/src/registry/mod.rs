@@ -62,6 +62,12 @@ pub struct LoadedVersion {
 }
 
 impl LoadedVersion {
+    /// Whether an instance at `applied` migrations (and `seeded` or not) needs
+    /// a setup (its migrations, its seeder) before it runs this version.
+    pub fn needs_setup(&self, applied: &[String], seeded: bool) -> bool {
+        self.manifest.migrations.iter().any(|m| !applied.contains(&m.name)) || (!seeded && self.worker.is_some())
+    }
+
     fn new(sha256: String, pre: ProxyPre, manifest: Manifest, worker: Option<crate::runtime::WorkerPre>) -> Self {
         let guards = RouteGuards::permissions(&manifest);
         let module_routes = RouteGuards::modules(&manifest);

@@ -2,14 +2,16 @@
 //! in-memory table. The table is rebuilt by the configurator when instances change
 //! and swapped whole, so the request path takes no lock and runs no query.
 
+pub mod health;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::billing::UsageCounters;
 use crate::registry::{LoadedVersion, ServiceSlot};
 use crate::runtime::Features;
+use crate::usage::UsageCounters;
 
 /// Where an instance's requests go.
 pub struct Route {
@@ -39,13 +41,13 @@ pub struct Route {
     pub jobs: Option<Arc<crate::runtime::InstanceJobs>>,
     /// The health gate of a newly served version (kept across table rebuilds);
     /// `None` while the health gate itself pinned the instance back.
-    pub health: Option<Arc<crate::rollout::HealthWindow>>,
+    pub health: Option<Arc<health::HealthWindow>>,
     /// Where the health gate sends the instance back to (`None`: its owner
     /// pinned it, or the gate already did).
-    pub gate: Option<crate::rollout::GateBack>,
+    pub gate: Option<health::GateBack>,
 }
 
-/// Where an instance's database schema stands (see [`crate::jobs::setup`]).
+/// Where an instance's database schema stands (its setup runs as a job).
 #[derive(Default)]
 pub struct InstanceSetup {
     pub state: SetupState,

@@ -3,6 +3,8 @@
 //! (calendar months, UTC).
 
 use std::fmt;
+
+use serde::Deserialize as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The time billing sees: the system's, plus an offset an operator may move
@@ -191,6 +193,32 @@ impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:04}-{:02}", self.year, self.month)
     }
+}
+
+/// A time given as Unix seconds or an ISO 8601 UTC date/time.
+pub fn time_value(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => parse_time(s),
+        _ => None,
+    }
+}
+
+/// Deserialize a time that may be absent (`None`), cleared with `null`
+/// (`Some(None)`) or given as Unix seconds or a date (`Some(Some(t))`).
+pub fn time_change<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(Some(None)),
+        Some(v) => time_value(&v).map(|t| Some(Some(t))).ok_or_else(|| {
+            D::Error::custom("a time is Unix seconds or a UTC date such as 2027-01-10 or 2027-01-10T08:00Z")
+        }),
+    }
+}
+
+/// Deserialize an optional time (Unix seconds or a date).
+pub fn time_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    time_change(d).map(Option::flatten)
 }
 
 #[cfg(test)]

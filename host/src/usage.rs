@@ -148,7 +148,7 @@ pub struct InstanceUsage {
 pub struct Journal {
     dir: PathBuf,
     /// Billing time: amounts go to the hour it says.
-    clock: Arc<super::Clock>,
+    clock: Arc<crate::clock::Clock>,
     current: RwLock<JournalFile>,
     /// With `--no-usage-journal`: lines kept in memory until the next flush
     /// (a SIGKILL loses them); the file stays empty.
@@ -192,7 +192,7 @@ pub struct Usage {
 impl Usage {
     /// Usage backed by `db`, journaled in `dir` (files left there by an
     /// earlier run are applied by the first [`Usage::flush`]).
-    pub fn open(db: Db, dir: &Path, clock: Arc<super::Clock>, durable: bool) -> anyhow::Result<Self> {
+    pub fn open(db: Db, dir: &Path, clock: Arc<crate::clock::Clock>, durable: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("failed to create {dir:?}"))?;
         let current = JournalFile::create(dir)?;
         let own = HashSet::from([current.path.clone()]);
