@@ -609,11 +609,10 @@ async fn nodes_flushing_the_same_instances_at_once_never_deadlock_and_count_ever
     }
     let dir = tempfile::tempdir().unwrap();
     let db = wharf::store::open(node.data.path(), node.database_url.as_deref()).await.unwrap();
-    let clock = std::sync::Arc::new(wharf::billing::Clock::settable());
-    let nodes: Vec<wharf::billing::Usage> = (0..3)
+    let clock = std::sync::Arc::new(wharf::clock::Clock::settable());
+    let nodes: Vec<wharf::usage::Usage> = (0..3)
         .map(|n| {
-            wharf::billing::Usage::open(db.clone(), &dir.path().join(format!("usage-{n}")), clock.clone(), false)
-                .unwrap()
+            wharf::usage::Usage::open(db.clone(), &dir.path().join(format!("usage-{n}")), clock.clone(), false).unwrap()
         })
         .collect();
     let rounds = 8;

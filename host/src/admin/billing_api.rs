@@ -18,7 +18,8 @@ use super::auth::Authed;
 use super::AdminState;
 use super::{body, instance_for, ApiError, ApiResult};
 use crate::access::{AccessError, Platform};
-use crate::billing::{invoice, BillingError, Details, NewDiscount, Period, Prices};
+use crate::billing::{invoice, BillingError, Details, NewDiscount, Prices};
+use crate::clock::Period;
 use crate::clock::{format_utc, parse_time};
 use crate::configurator::ConfigError;
 

@@ -184,7 +184,8 @@ impl From<crate::jobs::JobError> for ApiError {
 
 impl From<crate::billing::BillingError> for ApiError {
     fn from(err: crate::billing::BillingError) -> Self {
-        use crate::billing::{BillingError as E, ClockError};
+        use crate::billing::BillingError as E;
+        use crate::clock::ClockError;
         let status = match &err {
             E::UnknownService(_) | E::NoPlan(_) | E::UnknownDiscount(_) => StatusCode::NOT_FOUND,
             E::InvalidPlan(_)

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-pub use crate::clock::{self, time_value, Clock, ClockError, Period};
+use crate::clock::{self, time_value, Clock, ClockError, Period};
 
 use crate::configurator::Instance;
 use crate::registry::Registry;
