@@ -101,33 +101,8 @@ async fn build(
     } else {
         crate::clock::Clock::real()
     });
-    let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
-    let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
-    // What a previous run journaled but did not apply (it was killed) counts now.
-    usage.flush().await.context("failed to apply the usage journal of the previous run")?;
-    let db_threads =
-        crate::instancedb::DbThreads::start(config.db_threads).context("failed to start the database threads")?;
-    let (redis, postgres) = shared_backends(&config, &db).await?;
-    let mut jobs_config = config.jobs.clone();
-    // A job may do ten requests' worth of work.
-    jobs_config.fuel = config.limits.fuel_per_request.saturating_mul(10);
-    let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
-    let parts = crate::configurator::Parts {
-        db: db.clone(),
-        registry: registry.clone(),
-        router: router.clone(),
-        usage: usage.clone(),
-        db_threads,
-        redis: redis.clone(),
-        postgres,
-        seen: seen.clone(),
-        followers: crate::configurator::hooks::Followers {
-            queue: Some(queue.clone()),
-            subscriptions: Some(billing.clone()),
-        },
-    };
-    let configurator = Arc::new(Configurator::new(parts, &config)?);
-    configurator.rebuild_routes().await.context("failed to build the routing table")?;
+    let Instances { configurator, billing, usage, queue, redis } =
+        instances(&config, &db, &registry, &router, &clock, &seen).await?;
     let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
     let mailer = match &config.trust.smtp_url {
         Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
@@ -189,6 +164,55 @@ async fn build(
         workers,
     });
     Ok((node, clock, initial_admin_key))
+}
+
+/// The rooms that keep instances and follow them.
+struct Instances {
+    configurator: Arc<Configurator>,
+    billing: Arc<crate::billing::Billing>,
+    usage: Arc<Usage>,
+    queue: Arc<crate::jobs::Queue>,
+    redis: Option<Arc<crate::shared::Redis>>,
+}
+
+/// Build the configurator over the instances' data (their directories and
+/// the shared backends), with the usage journal, billing and the job queue
+/// that follow instances; the routing table is built.
+async fn instances(
+    config: &NodeConfig,
+    db: &store::Db,
+    registry: &Arc<Registry>,
+    router: &Arc<Router>,
+    clock: &Arc<crate::clock::Clock>,
+    seen: &Arc<crate::store::Seen>,
+) -> anyhow::Result<Instances> {
+    let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
+    let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
+    // What a previous run journaled but did not apply (it was killed) counts now.
+    usage.flush().await.context("failed to apply the usage journal of the previous run")?;
+    let db_threads =
+        crate::instancedb::DbThreads::start(config.db_threads).context("failed to start the database threads")?;
+    let (redis, postgres) = shared_backends(config, db).await?;
+    let mut jobs_config = config.jobs.clone();
+    // A job may do ten requests' worth of work.
+    jobs_config.fuel = config.limits.fuel_per_request.saturating_mul(10);
+    let queue = Arc::new(crate::jobs::Queue::new(db.clone(), jobs_config, config.trust.quotas));
+    let parts = crate::configurator::Parts {
+        db: db.clone(),
+        registry: registry.clone(),
+        router: router.clone(),
+        usage: usage.clone(),
+        db_threads,
+        backends: crate::instancedb::Backends { postgres, redis: redis.clone() },
+        seen: seen.clone(),
+        followers: crate::configurator::hooks::Followers {
+            queue: Some(queue.clone()),
+            subscriptions: Some(billing.clone()),
+        },
+    };
+    let configurator = Arc::new(Configurator::new(parts, config)?);
+    configurator.rebuild_routes().await.context("failed to build the routing table")?;
+    Ok(Instances { configurator, billing, usage, queue, redis })
 }
 
 /// Refuse job settings that cannot work, and say what a node without workers does.

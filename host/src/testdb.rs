@@ -12,6 +12,8 @@ pub struct TestDb {
     /// `sqlite` or `postgres`, for assertion messages.
     pub backend: &'static str,
     pub db: Db,
+    /// The PostgreSQL database's URL (`None` on SQLite).
+    pub url: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -19,10 +21,11 @@ pub struct TestDb {
 pub async fn control_planes() -> Vec<TestDb> {
     let mut all = Vec::new();
     let dir = tempfile::tempdir().unwrap();
-    all.push(TestDb { backend: "sqlite", db: store::open(dir.path(), None).await.unwrap(), _dir: dir });
+    all.push(TestDb { backend: "sqlite", db: store::open(dir.path(), None).await.unwrap(), url: None, _dir: dir });
     if let Some(url) = fresh_postgres().await {
         let dir = tempfile::tempdir().unwrap();
-        all.push(TestDb { backend: "postgres", db: store::open(dir.path(), Some(&url)).await.unwrap(), _dir: dir });
+        let db = store::open(dir.path(), Some(&url)).await.unwrap();
+        all.push(TestDb { backend: "postgres", db, url: Some(url), _dir: dir });
     }
     all
 }

@@ -14,6 +14,23 @@ async fn call(node: &TestNode, host: &str, method: Method, path: &str, body: &st
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// [`call`] for a statement the test needs done: a 503 for the request's
+/// compute budget (a call's wall time is charged on PostgreSQL, and the whole
+/// suite runs on two cores) is a "try again", and is tried again a few times.
+async fn call_until_done(node: &TestNode, host: &str, path: &str, body: &str) -> (StatusCode, Value) {
+    let mut tries = 0;
+    loop {
+        let (status, value) = call(node, host, Method::POST, path, body).await;
+        tries += 1;
+        let over_budget = value.as_str().is_some_and(|text| text.contains("compute budget"));
+        if status == StatusCode::SERVICE_UNAVAILABLE && over_budget && tries < 5 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        return (status, value);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_of_one_service_see_only_their_own_data() {
     let node = TestNode::start().await;
@@ -134,7 +151,8 @@ async fn postgres_escapes_are_refused(node: &TestNode) {
     for statement in
         ["CREATE TABLE secrets (v text)", "INSERT INTO secrets VALUES ('globex-secret')", "ANALYZE secrets"]
     {
-        assert_eq!(sql("g.test", "/sql/execute", statement.into()).await.0, StatusCode::OK, "{statement}");
+        let (status, body) = call_until_done(node, "g.test", "/sql/execute", statement).await;
+        assert_eq!(status, StatusCode::OK, "{statement}: {body}");
     }
     let victim = crate::harness::instance_role(&globex);
     let attempts = [

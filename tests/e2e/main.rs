@@ -22,5 +22,6 @@ mod rollout;
 mod routing;
 mod schema;
 mod services;
+mod structure;
 mod switch;
 mod trust;

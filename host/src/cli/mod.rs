@@ -1,12 +1,16 @@
 //! The `wharf` command: `serve` runs a node; every other command talks to a node's
 //! admin API (`--admin-url`, default `http://127.0.0.1:8081`).
 
+mod account;
 mod billing;
 mod client;
 mod credentials;
+mod members;
 mod output;
 mod rollout;
 mod serve;
+mod services;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -498,34 +502,9 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 }
 
 async fn run_client(client: &Client, admin_url: &str, command: Command, json: bool) -> anyhow::Result<()> {
-    use serde_json::json;
     let out = output::Output { json };
     match command {
         Command::Serve(_) => unreachable!("handled by run"),
-        Command::Publish { path, component, activate } => {
-            let (manifest_path, manifest_text, manifest) = client::read_manifest(&path)?;
-            let component_path = match component {
-                Some(p) => p,
-                None => {
-                    let rel = manifest.service.component.as_deref().with_context(|| {
-                        format!("{manifest_path:?} names no `component`; add one under [service] or pass --component")
-                    })?;
-                    manifest_path.parent().unwrap_or_else(|| std::path::Path::new(".")).join(rel)
-                }
-            };
-            let bytes = std::fs::read(&component_path)
-                .with_context(|| format!("failed to read component {component_path:?} (build it first?)"))?;
-            if !json {
-                eprintln!(
-                    "publishing {} {} ({:.1} MiB): uploading, validating and compiling…",
-                    manifest.service.name,
-                    manifest.service.version,
-                    bytes.len() as f64 / (1 << 20) as f64
-                );
-            }
-            let published = client.publish(&manifest.service.name, manifest_text, bytes, activate).await?;
-            out.published(&published)
-        }
         Command::Jobs(command) => run_jobs(client, &out, command).await,
         Command::Stage { service, version } => rollout::stage(client, &out, &service, &version).await,
         Command::Promote { service, version } => rollout::promote(client, &out, &service, Some(&version)).await,
@@ -538,270 +517,25 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
         Command::Billing(command) => billing::billing(client, &out, command).await,
         Command::Discount(command) => billing::discount(client, &out, command).await,
         Command::Clock(command) => billing::clock(client, &out, command).await,
-        Command::Activate { service, version } => {
-            let v = client.post(&format!("/v1/services/{service}/activate"), &json!({ "version": version })).await?;
-            out.activated(&v)
+        command @ (Command::Publish { .. } | Command::Activate { .. } | Command::Service(_)) => {
+            services::run(client, &out, command).await
         }
-        Command::Service(ServiceCommand::List) => out.services(&client.get("/v1/services").await?),
-        Command::Service(ServiceCommand::Show { name }) => {
-            out.service(&client.get(&format!("/v1/services/{name}")).await?)
-        }
-        Command::Tenant(TenantCommand::Create { id, name }) => {
-            out.tenant(&client.post("/v1/tenants", &json!({ "id": id, "display_name": name })).await?)
-        }
-        Command::Tenant(TenantCommand::List) => out.tenants(&client.get_all("/v1/tenants", "tenants").await?),
-        Command::Tenant(TenantCommand::Show { id }) => out.tenant(&client.get(&format!("/v1/tenants/{id}")).await?),
-        Command::Instance(InstanceCommand::Create { tenant, service, name, hosts, version, modules, ends_at }) => {
-            let body = json!({
-                "tenant": tenant, "service": service, "name": name, "hosts": hosts, "version": version,
-                "modules": modules, "ends_at": ends_at,
-            });
-            out.instance(&client.post("/v1/instances", &body).await?)
-        }
-        Command::Instance(InstanceCommand::List { tenant }) => {
-            let path = match tenant {
-                Some(t) => format!("/v1/instances?tenant={}", client::encode(&t)),
-                None => "/v1/instances".to_string(),
-            };
-            out.instances(&client.get_all(&path, "instances").await?)
-        }
-        Command::Instance(InstanceCommand::Show { id }) => {
-            out.instance(&client.get(&format!("/v1/instances/{id}")).await?)
-        }
-        Command::Instance(InstanceCommand::Update { id, hosts, version, modules, enabled, ends_at }) => {
-            let mut body = serde_json::Map::new();
-            if !hosts.is_empty() {
-                body.insert("hosts".into(), json!(hosts));
-            }
-            if let Some(v) = version {
-                body.insert("version".into(), json!(v));
-            }
-            if let Some(modules) = modules {
-                let list: Vec<&str> =
-                    modules.split(',').map(str::trim).filter(|m| !m.is_empty() && *m != "none").collect();
-                body.insert("modules".into(), json!(list));
-            }
-            if let Some(enabled) = enabled {
-                body.insert("enabled".into(), json!(enabled));
-            }
-            if let Some(ends_at) = ends_at {
-                body.insert("ends_at".into(), if ends_at == "none" { serde_json::Value::Null } else { json!(ends_at) });
-            }
-            anyhow::ensure!(
-                !body.is_empty(),
-                "nothing to change: pass --host, --version, --modules, --enabled or --ends-at"
-            );
-            out.instance(&client.patch(&format!("/v1/instances/{id}"), &body.into()).await?)
-        }
-        Command::Register { email, password_stdin, invitation } => {
-            let password = read_password(password_stdin)?;
-            let body = json!({ "email": email, "password": password, "invitation": invitation });
-            let user = client.post("/v1/users", &body).await?;
-            let joined = match user.get("joined") {
-                Some(j) => format!(" and joined {} as {}", output::s(j, "tenant"), output::s(j, "role")),
-                None => String::new(),
-            };
-            out.line(&user, &format!("registered {email}{joined}; now run `wharf login {email}`"))
-        }
-        Command::Accept { token } => {
-            let joined = client.post("/v1/invitations/accept", &json!({ "token": token })).await?;
-            out.line(&joined, &format!("you joined {} as {}", output::s(&joined, "tenant"), output::s(&joined, "role")))
-        }
-        Command::Invitation(InvitationCommand::List { tenant }) => out.rows(
-            &client.get(&format!("/v1/tenants/{}/invitations", client::encode(&tenant))).await?,
-            "invitations",
-            &[
-                ("ID", "id"),
-                ("EMAIL", "email"),
-                ("ROLE", "role"),
-                ("INVITED BY", "invited_by"),
-                ("EXPIRES", "expires_at"),
-                ("ACCEPTED", "accepted_at"),
-            ],
-        ),
-        Command::Invitation(InvitationCommand::Cancel { tenant, id }) => {
-            client
-                .delete(&format!("/v1/tenants/{}/invitations/{}", client::encode(&tenant), client::encode(&id)))
-                .await?;
-            out.line(&json!({ "cancelled": id }), &format!("invitation {id} cancelled"))
-        }
-        Command::Quota(QuotaCommand::Show { tenant, user }) => {
-            let value = match (tenant, user) {
-                (Some(t), _) => client.get(&format!("/v1/tenants/{}/quotas", client::encode(&t))).await?,
-                (None, Some(u)) => client.get(&format!("/v1/users/{}/quotas", client::encode(&u))).await?,
-                (None, None) => client.get("/v1/me").await?,
-            };
-            out.rows(
-                &value,
-                "quotas",
-                &[("QUOTA", "quota"), ("LIMIT", "limit"), ("USED", "used"), ("SOURCE", "source")],
-            )
-        }
-        Command::Quota(QuotaCommand::Set { tenant, user, quota, limit }) => {
-            let limit = match limit.as_str() {
-                "default" => serde_json::Value::Null,
-                n => json!(n.parse::<i64>().with_context(|| format!("{n:?} is not a number or `default`"))?),
-            };
-            let path = match (tenant, user) {
-                (Some(t), _) => format!("/v1/tenants/{}/quotas/{}", client::encode(&t), client::encode(&quota)),
-                (None, Some(u)) => format!("/v1/users/{}/quotas/{}", client::encode(&u), client::encode(&quota)),
-                (None, None) => anyhow::bail!("pass --tenant or --user"),
-            };
-            let value = client.put(&path, &json!({ "limit": limit })).await?;
-            out.rows(
-                &value,
-                "quotas",
-                &[("QUOTA", "quota"), ("LIMIT", "limit"), ("USED", "used"), ("SOURCE", "source")],
-            )
-        }
-        Command::Host(HostCommand::Verify { instance, hostname, method }) => {
-            let body = json!({ "hostname": hostname, "method": method });
-            let verified =
-                client.post(&format!("/v1/instances/{}/hosts/verify", client::encode(&instance)), &body).await?;
-            out.line(&verified, &format!("{hostname} is verified and routes to {instance}"))
-        }
-        Command::Login { email, password_stdin } => {
-            let password = read_password(password_stdin)?;
-            let session = client.post("/v1/login", &json!({ "email": email, "password": password })).await?;
-            let token = session["token"].as_str().context("the node answered without a token")?;
-            let path = credentials::save(admin_url, token)?;
-            out.line(
-                &json!({ "email": email, "expires_at": session["expires_at"], "saved_to": path }),
-                &format!("logged in as {email}; session saved in {}", path.display()),
-            )
-        }
-        Command::Logout => {
-            client.post("/v1/logout", &json!({})).await?;
-            credentials::forget(admin_url)?;
-            out.line(&json!({ "logged_out": true }), "logged out")
-        }
-        Command::Whoami => {
-            let me = client.get("/v1/me").await?;
-            let tenants: Vec<String> = me["tenants"]
-                .as_array()
-                .map(|a| a.iter().map(|t| format!("{} ({})", output::s(t, "tenant"), output::s(t, "role"))).collect())
-                .unwrap_or_default();
-            let operator = if me["operator"] == true { ", platform operator" } else { "" };
-            out.line(
-                &me,
-                &format!(
-                    "{}{operator}\ntenants: {}",
-                    output::s(&me, "email"),
-                    if tenants.is_empty() { "none".into() } else { tenants.join(", ") }
-                ),
-            )
-        }
-        Command::Key(KeyCommand::Create { name, expires_in_days }) => {
-            let key = client.post("/v1/keys", &json!({ "name": name, "expires_in_days": expires_in_days })).await?;
-            out.line(
-                &key,
-                &format!(
-                    "API key {} created; it is shown only now:\n{}",
-                    output::s(&key, "prefix"),
-                    output::s(&key, "key")
-                ),
-            )
-        }
-        Command::Key(KeyCommand::List) => out.rows(
-            &client.get("/v1/keys").await?,
-            "keys",
-            &[
-                ("ID", "id"),
-                ("NAME", "name"),
-                ("PREFIX", "prefix"),
-                ("EXPIRES", "expires_at"),
-                ("REVOKED", "revoked_at"),
-            ],
-        ),
-        Command::Key(KeyCommand::Revoke { id }) => {
-            let key = client.delete(&format!("/v1/keys/{}", client::encode(&id))).await?;
-            out.line(&key, &format!("revoked {}", output::s(&key, "prefix")))
-        }
-        Command::Member(MemberCommand::Add { tenant, email, role }) => {
-            let member = client
-                .post(
-                    &format!("/v1/tenants/{}/members", client::encode(&tenant)),
-                    &json!({ "email": email, "role": role }),
-                )
-                .await?;
-            let human = match member.get("invitation") {
-                Some(invitation) => match invitation.get("link").and_then(serde_json::Value::as_str) {
-                    Some(link) => format!(
-                        "{email} has no proven account: invited as {role} of {tenant}.\n\
-                         Send them this link (it works once and expires):\n{link}"
-                    ),
-                    None => format!("{email} has no proven account: an invitation was emailed to them"),
-                },
-                None => format!("{email} is {role} of {tenant}"),
-            };
-            out.line(&member, &human)
-        }
-        Command::Member(MemberCommand::Remove { tenant, email }) => {
-            client
-                .delete(&format!("/v1/tenants/{}/members/{}", client::encode(&tenant), client::encode(&email)))
-                .await?;
-            out.line(&json!({ "removed": email }), &format!("{email} removed from {tenant}"))
-        }
-        Command::Member(MemberCommand::List { tenant }) => out.rows(
-            &client.get(&format!("/v1/tenants/{}/members", client::encode(&tenant))).await?,
-            "members",
-            &[("EMAIL", "email"), ("ROLE", "role")],
-        ),
-        Command::Grant { tenant, email, permission } => {
-            let grant = client
-                .post(
-                    &format!("/v1/tenants/{}/grants", client::encode(&tenant)),
-                    &json!({ "email": email, "permission": permission }),
-                )
-                .await?;
-            out.line(&grant, &format!("{email} holds {permission} in {tenant}"))
-        }
-        Command::Revoke { tenant, email, permission } => {
-            client
-                .delete(&format!(
-                    "/v1/tenants/{}/grants/{}/{}",
-                    client::encode(&tenant),
-                    client::encode(&email),
-                    client::encode(&permission)
-                ))
-                .await?;
-            out.line(&json!({ "revoked": permission }), &format!("{permission} revoked from {email} in {tenant}"))
-        }
-        Command::Grants { tenant } => out.rows(
-            &client.get(&format!("/v1/tenants/{}/grants", client::encode(&tenant))).await?,
-            "grants",
-            &[("EMAIL", "email"), ("PERMISSION", "permission"), ("STATUS", "status")],
-        ),
-        Command::Service(ServiceCommand::Permissions { name, version }) => {
-            let path = match version {
-                Some(v) => format!("/v1/services/{name}/permissions?version={}", client::encode(&v)),
-                None => format!("/v1/services/{name}/permissions"),
-            };
-            out.rows(
-                &client.get(&path).await?,
-                "permissions",
-                &[("PERMISSION", "permission"), ("DESCRIPTION", "description"), ("ROUTES", "routes")],
-            )
-        }
-        Command::Audit { limit } => out.rows(
-            &client.get(&format!("/v1/audit?limit={limit}")).await?,
-            "entries",
-            &[
-                ("AT", "at"),
-                ("ACTOR", "actor"),
-                ("ACTION", "action"),
-                ("TARGET", "target"),
-                ("TENANT", "tenant_id"),
-                ("OUTCOME", "outcome"),
-            ],
-        ),
-        Command::Usage { tenant, instance } => {
-            let value = match (instance, tenant) {
-                (Some(id), _) => json!({ "usage": [client.get(&format!("/v1/instances/{id}/usage")).await?] }),
-                (None, Some(t)) => client.get(&format!("/v1/usage?tenant={}", client::encode(&t))).await?,
-                (None, None) => client.get("/v1/usage").await?,
-            };
-            out.usage(&value)
-        }
+        command @ (Command::Tenant(_)
+        | Command::Instance(_)
+        | Command::Host(_)
+        | Command::Quota(_)
+        | Command::Usage { .. }) => tenants::run(client, &out, command).await,
+        command @ (Command::Register { .. }
+        | Command::Accept { .. }
+        | Command::Login { .. }
+        | Command::Logout
+        | Command::Whoami
+        | Command::Key(_)) => account::run(client, &out, admin_url, command).await,
+        command @ (Command::Invitation(_)
+        | Command::Member(_)
+        | Command::Grant { .. }
+        | Command::Revoke { .. }
+        | Command::Grants { .. }
+        | Command::Audit { .. }) => members::run(client, &out, command).await,
     }
 }

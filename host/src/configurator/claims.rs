@@ -29,79 +29,21 @@ impl Configurator {
             .fetch_all(&mut **tx)
             .await
             .context("failed to read hostname claims")?;
-        for (host,) in &verified {
-            if !desired.contains(host) {
-                sqlx::query("DELETE FROM instance_hosts WHERE hostname = $1")
-                    .bind(host)
-                    .execute(&mut **tx)
-                    .await
-                    .context("failed to release hostname")?;
-                sqlx::query(
-                    "INSERT INTO hostname_reservations (hostname, tenant_id, until_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (hostname) DO UPDATE SET tenant_id = excluded.tenant_id, until_at = excluded.until_at",
-                )
+        for (host,) in verified.iter().filter(|(h,)| !desired.contains(h)) {
+            self.release_host(tx, tenant, host, now).await?;
+        }
+        for (host,) in pending.iter().filter(|(h,)| !desired.contains(h)) {
+            sqlx::query("DELETE FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
                 .bind(host)
-                .bind(tenant)
-                .bind(now + self.reservation.as_secs() as i64)
+                .bind(instance)
                 .execute(&mut **tx)
                 .await
-                .context("failed to reserve hostname")?;
-            }
-        }
-        for (host,) in &pending {
-            if !desired.contains(host) {
-                sqlx::query("DELETE FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
-                    .bind(host)
-                    .bind(instance)
-                    .execute(&mut **tx)
-                    .await
-                    .context("failed to drop hostname claim")?;
-            }
+                .context("failed to drop hostname claim")?;
         }
         for host in desired {
-            if verified.iter().chain(&pending).any(|(h,)| h == host) {
-                continue;
+            if !verified.iter().chain(&pending).any(|(h,)| h == host) {
+                self.add_host(tx, instance, tenant, host, actor, now).await?;
             }
-            let taken: Option<(String,)> = sqlx::query_as("SELECT instance_id FROM instance_hosts WHERE hostname = $1")
-                .bind(host)
-                .fetch_optional(&mut **tx)
-                .await
-                .context("failed to read hostname")?;
-            if taken.is_some() {
-                return Err(ConfigError::HostnameTaken(host.clone()));
-            }
-            let reserved: Option<(String, i64)> = sqlx::query_as(
-                "SELECT tenant_id, until_at FROM hostname_reservations WHERE hostname = $1 AND until_at > $2",
-            )
-            .bind(host)
-            .bind(now)
-            .fetch_optional(&mut **tx)
-            .await
-            .context("failed to read hostname reservation")?;
-            let bind_now = match &reserved {
-                _ if actor.operator => true,
-                Some((holder, _)) if holder == tenant => true,
-                Some((_, until)) => return Err(ConfigError::HostnameReserved(host.clone(), *until)),
-                None => false,
-            };
-            if bind_now {
-                insert_verified(tx, instance, host).await?;
-                continue;
-            }
-            if let Some(reason) = hostnames::refusal(&self.policy, host) {
-                return Err(ConfigError::HostnameRefused(host.clone(), reason));
-            }
-            sqlx::query(
-                "INSERT INTO hostname_claims (hostname, instance_id, tenant_id, token, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(host)
-            .bind(instance)
-            .bind(tenant)
-            .bind(hostnames::new_token())
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .context("failed to claim hostname")?;
         }
         if !actor.operator {
             let limit = self.quotas.limit(&Subject::Tenant(tenant), Quota::Hostnames).await?;
@@ -115,6 +57,86 @@ impl Configurator {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Release a verified `host`: it stops routing and stays reserved to
+    /// `tenant` for the reservation period.
+    pub(super) async fn release_host(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        tenant: &str,
+        host: &str,
+        now: i64,
+    ) -> Result<(), ConfigError> {
+        sqlx::query("DELETE FROM instance_hosts WHERE hostname = $1")
+            .bind(host)
+            .execute(&mut **tx)
+            .await
+            .context("failed to release hostname")?;
+        sqlx::query(
+            "INSERT INTO hostname_reservations (hostname, tenant_id, until_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (hostname) DO UPDATE SET tenant_id = excluded.tenant_id, until_at = excluded.until_at",
+        )
+        .bind(host)
+        .bind(tenant)
+        .bind(now + self.reservation.as_secs() as i64)
+        .execute(&mut **tx)
+        .await
+        .context("failed to reserve hostname")?;
+        Ok(())
+    }
+
+    /// Add `host` to `instance`: bound at once for operators and for a name
+    /// the tenant released lately, claimed (pending proof) otherwise.
+    async fn add_host(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        instance: &str,
+        tenant: &str,
+        host: &str,
+        actor: Actor<'_>,
+        now: i64,
+    ) -> Result<(), ConfigError> {
+        let taken: Option<(String,)> = sqlx::query_as("SELECT instance_id FROM instance_hosts WHERE hostname = $1")
+            .bind(host)
+            .fetch_optional(&mut **tx)
+            .await
+            .context("failed to read hostname")?;
+        if taken.is_some() {
+            return Err(ConfigError::HostnameTaken(host.to_string()));
+        }
+        let reserved: Option<(String, i64)> = sqlx::query_as(
+            "SELECT tenant_id, until_at FROM hostname_reservations WHERE hostname = $1 AND until_at > $2",
+        )
+        .bind(host)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+        .context("failed to read hostname reservation")?;
+        let bind_now = match &reserved {
+            _ if actor.operator => true,
+            Some((holder, _)) if holder == tenant => true,
+            Some((_, until)) => return Err(ConfigError::HostnameReserved(host.to_string(), *until)),
+            None => false,
+        };
+        if bind_now {
+            return insert_verified(tx, instance, host).await;
+        }
+        if let Some(reason) = hostnames::refusal(&self.policy, host) {
+            return Err(ConfigError::HostnameRefused(host.to_string(), reason));
+        }
+        sqlx::query(
+            "INSERT INTO hostname_claims (hostname, instance_id, tenant_id, token, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(host)
+        .bind(instance)
+        .bind(tenant)
+        .bind(hostnames::new_token())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .context("failed to claim hostname")?;
         Ok(())
     }
 

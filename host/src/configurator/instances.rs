@@ -36,6 +36,46 @@ impl Configurator {
         }
     }
 
+    /// Refuse a new instance of `tenant` past its instances quota (`tx` holds
+    /// the tenant's row, so two creations cannot both take the last one).
+    async fn check_instance_quota(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        tenant: &str,
+    ) -> Result<(), ConfigError> {
+        let limit = self.quotas.limit(&Subject::Tenant(tenant), Quota::Instances).await?;
+        let used = self.count_instances(&mut **tx, tenant).await?;
+        if used >= limit {
+            return Err(ConfigError::QuotaExceeded {
+                quota: Quota::Instances.name(),
+                holder: format!("tenant {tenant:?}"),
+                limit,
+                used,
+            });
+        }
+        Ok(())
+    }
+
+    /// Make the new instance's own database: its PostgreSQL schema and role in
+    /// `tx` (not created unless the instance is), or its SQLite files.
+    async fn provision_database(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        id: &str,
+        tenant: &str,
+    ) -> Result<(), ConfigError> {
+        if self.backends.postgres.is_some() {
+            database::PgDatabases::create(tx, id).await?;
+        } else {
+            let db = self.database(id, tenant);
+            tokio::task::spawn_blocking(move || db.provision())
+                .await
+                .context("provisioning task failed")?
+                .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Create an instance and route its hostnames.
     pub async fn create_instance(&self, new: NewInstance, actor: Actor<'_>) -> Result<Instance, ConfigError> {
         self.tenant(&new.tenant).await?;
@@ -67,16 +107,7 @@ impl Configurator {
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &new.tenant).await.context("failed to lock the tenant")?;
         if !actor.operator {
-            let limit = self.quotas.limit(&Subject::Tenant(&new.tenant), Quota::Instances).await?;
-            let used = self.count_instances(&mut *tx, &new.tenant).await?;
-            if used >= limit {
-                return Err(ConfigError::QuotaExceeded {
-                    quota: Quota::Instances.name(),
-                    holder: format!("tenant {:?}", new.tenant),
-                    limit,
-                    used,
-                });
-            }
+            self.check_instance_quota(&mut tx, &new.tenant).await?;
         }
         let inserted = sqlx::query(
             "INSERT INTO instances (id, name, tenant_id, service, pinned_version, modules, settings, enabled, created_at, ends_at) \
@@ -103,16 +134,7 @@ impl Configurator {
         }
         self.apply_hosts(&mut tx, &id, &new.tenant, &hosts, actor).await?;
         // The instance's own database exists before anyone can reach the instance.
-        if self.postgres.is_some() {
-            // In the same transaction: if the instance is not created, neither is its database.
-            database::PgDatabases::create(&mut tx, &id).await?;
-        } else {
-            let db = self.database(&id, &new.tenant);
-            tokio::task::spawn_blocking(move || db.provision())
-                .await
-                .context("provisioning task failed")?
-                .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
-        }
+        self.provision_database(&mut tx, &id, &new.tenant).await?;
         // Migrations and the seeder run before the instance serves its first request.
         if let (Some(queue), Some(version)) = (&self.followers.queue, &version) {
             if version.needs_setup(&[], false) {
@@ -207,6 +229,26 @@ impl Configurator {
         let instance = self.instance(id).await?;
         self.subscriptions_changed(std::slice::from_ref(&instance)).await;
         Ok(instance)
+    }
+
+    /// Release the rollout's pins (canary, health) of `service`'s instances in
+    /// `tx` (the promotion's): every instance follows the active version again.
+    /// Returns the instances released (routes to rebuild once committed).
+    pub async fn release_rollout_pins_in(
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        service: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE instances SET pinned_version = NULL, pinned_by = NULL, pin_reason = NULL \
+             WHERE service = $1 AND pinned_by IN ('canary', 'health') RETURNING id",
+        )
+        .bind(service)
+        .fetch_all(&mut **tx)
+        .await
+        .context("failed to release the rollout's pins")?;
+        let mut released: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
+        released.sort();
+        Ok(released)
     }
 
     /// Pin `instances` of `service` to `version` on the rollout's behalf (`by`:

@@ -265,10 +265,9 @@ pub struct Configurator {
     usage: Arc<Usage>,
     /// The job queue and billing, which follow instances.
     followers: hooks::Followers,
-    /// In a cluster, where instances keep their key-value stores.
-    redis: Option<Arc<crate::shared::Redis>>,
-    /// With a PostgreSQL control plane, where instances keep their SQL databases.
-    postgres: Option<Arc<database::PgDatabases>>,
+    /// Where instances keep their SQL (PostgreSQL with a PostgreSQL control
+    /// plane) and key-value stores (Redis in a cluster), besides their directories.
+    backends: database::Backends,
     /// The platform generation this node has applied.
     seen: Arc<store::Seen>,
     pub quotas: Quotas,
@@ -289,8 +288,7 @@ pub struct Parts {
     pub router: Arc<Router>,
     pub usage: Arc<Usage>,
     pub db_threads: Arc<database::DbThreads>,
-    pub redis: Option<Arc<crate::shared::Redis>>,
-    pub postgres: Option<Arc<database::PgDatabases>>,
+    pub backends: database::Backends,
     pub seen: Arc<store::Seen>,
     pub followers: hooks::Followers,
 }
@@ -298,11 +296,10 @@ pub struct Parts {
 impl Configurator {
     /// A configurator over `parts.db`, feeding `parts.router`.
     pub fn new(parts: Parts, config: &crate::config::NodeConfig) -> anyhow::Result<Self> {
-        let Parts { db, registry, router, usage, db_threads, redis, postgres, seen, followers } = parts;
+        let Parts { db, registry, router, usage, db_threads, backends, seen, followers } = parts;
         let trust = &config.trust;
         Ok(Self {
-            redis,
-            postgres,
+            backends,
             followers,
             seen,
             quotas: Quotas::new(db.clone(), trust.quotas),
@@ -326,7 +323,7 @@ impl Configurator {
     /// Connections to instance databases on PostgreSQL: open now, and the most
     /// this node opens (`None` on SQLite).
     pub fn instance_connections(&self) -> Option<(usize, usize)> {
-        self.postgres.as_ref().map(|pg| (pg.open_count(), pg.max()))
+        self.backends.postgres.as_ref().map(|pg| (pg.open_count(), pg.max()))
     }
 
     /// The databases of `tenant`'s instance (opened on first use).
@@ -334,16 +331,14 @@ impl Configurator {
         self.databases
             .entry(instance.to_string())
             .or_insert_with(|| {
-                Arc::new(
-                    database::InstanceDb::new(
-                        &self.instances_dir.join(instance),
-                        tenant,
-                        self.db_threads.clone(),
-                        self.open_databases.clone(),
-                    )
-                    .with_redis(self.redis.clone(), instance)
-                    .with_postgres(self.postgres.clone(), instance, tenant),
-                )
+                Arc::new(database::InstanceDb::new(
+                    &self.instances_dir.join(instance),
+                    instance,
+                    tenant,
+                    self.db_threads.clone(),
+                    self.open_databases.clone(),
+                    &self.backends,
+                ))
             })
             .clone()
     }

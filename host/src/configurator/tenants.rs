@@ -126,7 +126,7 @@ impl Configurator {
         self.tenant(tenant).await?;
         let limits = self.quotas.limits(&Subject::Tenant(tenant)).await?;
         // On PostgreSQL the server knows every node's writes.
-        let shared_bytes = match &self.postgres {
+        let shared_bytes = match &self.backends.postgres {
             Some(pg) => Some(pg.tenant_sizes(tenant).await?.iter().map(|(_, b)| *b as i64).sum::<i64>()),
             None => None,
         };

@@ -24,8 +24,7 @@ async fn configurator(db: &Db) -> (Configurator, tempfile::TempDir) {
         router: Arc::new(Router::default()),
         usage,
         db_threads: threads,
-        redis: None,
-        postgres: None,
+        backends: Default::default(),
         seen,
         followers: Default::default(),
     };

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use rusqlite::Connection;
 
 fn later() -> &'static Call {
     static LATER: std::sync::OnceLock<Call> = std::sync::OnceLock::new();
@@ -13,9 +14,15 @@ fn text(s: &str) -> SqlValue {
 
 fn db_with(threads: Arc<DbThreads>) -> (tempfile::TempDir, InstanceDb) {
     let dir = tempfile::tempdir().unwrap();
-    let db = InstanceDb::new(dir.path(), "t", threads, OpenDatabases::new(MAX_OPEN_DATABASES));
+    let db =
+        InstanceDb::new(dir.path(), "i", "t", threads, OpenDatabases::new(MAX_OPEN_DATABASES), &Backends::default());
     db.provision().unwrap();
     (dir, db)
+}
+
+/// An instance's databases on this node's disk, in `dir`.
+fn local(dir: &std::path::Path, tenant: &str, threads: &Arc<DbThreads>, budget: &Arc<OpenDatabases>) -> InstanceDb {
+    InstanceDb::new(dir, "i", tenant, threads.clone(), budget.clone(), &Backends::default())
 }
 
 fn db() -> (tempfile::TempDir, InstanceDb) {
@@ -68,9 +75,7 @@ async fn open_databases_stay_within_budget_and_reopen_with_their_data() {
     let dir = tempfile::tempdir().unwrap();
     let budget = OpenDatabases::new(2);
     let threads = DbThreads::start(2).unwrap();
-    let dbs: Vec<InstanceDb> = (0..5)
-        .map(|i| InstanceDb::new(&dir.path().join(i.to_string()), "t", threads.clone(), budget.clone()))
-        .collect();
+    let dbs: Vec<InstanceDb> = (0..5).map(|i| local(&dir.path().join(i.to_string()), "t", &threads, &budget)).collect();
     for (i, db) in dbs.iter().enumerate() {
         db.kv_set("n".into(), i.to_string().into_bytes(), None, later()).await.unwrap();
         exec(db, "CREATE TABLE IF NOT EXISTS x (a)").await.unwrap();
@@ -210,11 +215,8 @@ async fn a_tenant_uses_at_most_half_the_threads() {
     let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
     let dir = tempfile::tempdir().unwrap();
     let budget = OpenDatabases::new(16);
-    let greedy: Vec<Arc<InstanceDb>> = (0..4)
-        .map(|i| {
-            Arc::new(InstanceDb::new(&dir.path().join(format!("g{i}")), "greedy", threads.clone(), budget.clone()))
-        })
-        .collect();
+    let greedy: Vec<Arc<InstanceDb>> =
+        (0..4).map(|i| Arc::new(local(&dir.path().join(format!("g{i}")), "greedy", &threads, &budget))).collect();
     let attacks: Vec<_> = greedy
         .iter()
         .map(|db| {
@@ -223,7 +225,7 @@ async fn a_tenant_uses_at_most_half_the_threads() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let neighbour = InstanceDb::new(&dir.path().join("n"), "neighbour", threads.clone(), budget.clone());
+    let neighbour = local(&dir.path().join("n"), "neighbour", &threads, &budget);
     let started = Instant::now();
     exec(&neighbour, "CREATE TABLE t (a)").await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(300), "the neighbour waited {:?}", started.elapsed());
@@ -283,7 +285,14 @@ async fn an_old_key_value_table_moves_to_its_own_file() {
         )
         .unwrap();
     }
-    let db = InstanceDb::new(dir.path(), "t", DbThreads::start(2).unwrap(), OpenDatabases::new(4));
+    let db = InstanceDb::new(
+        dir.path(),
+        "i",
+        "t",
+        DbThreads::start(2).unwrap(),
+        OpenDatabases::new(4),
+        &Backends::default(),
+    );
     assert_eq!(query(&db, "SELECT count(*) FROM sqlite_schema").await.unwrap().rows[0][0], SqlValue::Integer(0));
     assert_eq!(db.kv_get("session".into(), later()).await.unwrap(), Some(b"hi".to_vec()));
 }

@@ -165,10 +165,24 @@ pub(super) async fn write_batch(
         limits.insert(*tenant, (count, bytes));
     }
     let mut tx = crate::store::begin(db).await.context("failed to begin transaction")?;
-    // Counters first: the write lock (SQLite) and each tenant's row lock
-    // (PostgreSQL) before any read, so concurrent batches of one tenant queue up.
-    // Room left per tenant: (jobs, bytes).
-    let mut room: HashMap<&str, (i64, i64)> = HashMap::new();
+    let room = count_in(&mut tx, &per_tenant, &limits).await?;
+    let (outcomes, rows) = admit(&mut tx, jobs, &limits, room).await?;
+    count_back(&mut tx, &per_tenant, &rows).await?;
+    insert(&mut tx, &rows, max_attempts).await?;
+    tx.commit().await.context("failed to commit the jobs")?;
+    Ok(outcomes)
+}
+
+type Tx = sqlx::Transaction<'static, crate::store::Backend>;
+/// Per tenant: jobs and payload bytes.
+type Counts<'a> = HashMap<&'a str, (i64, i64)>;
+
+/// Add the batch's jobs to each tenant's counters, and answer the room each
+/// tenant has left for them (jobs, bytes). Counters first: the write lock
+/// (SQLite) and each tenant's row lock (PostgreSQL) before any read, so
+/// concurrent batches of one tenant queue up.
+async fn count_in<'a>(tx: &mut Tx, per_tenant: &Counts<'a>, limits: &Counts<'a>) -> anyhow::Result<Counts<'a>> {
+    let mut room = HashMap::new();
     let mut tenants: Vec<&str> = per_tenant.keys().copied().collect();
     tenants.sort_unstable();
     for tenant in tenants {
@@ -181,17 +195,28 @@ pub(super) async fn write_batch(
         .bind(tenant)
         .bind(count)
         .bind(bytes)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .context("failed to count the tenant's jobs")?;
         let (count_limit, bytes_limit) = limits[tenant];
         room.insert(tenant, (count_limit - (pending - count), bytes_limit - (held - bytes)));
     }
+    Ok(room)
+}
+
+/// Each job's outcome, in order: one already queued under its idempotency
+/// key, refused by its tenant's room, or new (a row to insert, with its id).
+#[allow(clippy::type_complexity)]
+async fn admit<'j>(
+    tx: &mut Tx,
+    jobs: &[&'j NewJob],
+    limits: &Counts<'_>,
+    mut room: Counts<'_>,
+) -> anyhow::Result<(Vec<Result<Enqueued, JobError>>, Vec<(String, &'j NewJob)>)> {
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut keys: HashMap<(&str, &str), String> = HashMap::new();
-    let mut rows: Vec<(String, &NewJob)> = Vec::new();
-    let now = store::now_millis();
-    for job in jobs {
+    let mut rows = Vec::new();
+    for &job in jobs {
         if let Some(key) = &job.idempotency_key {
             let known = match keys.get(&(job.instance.as_str(), key.as_str())) {
                 Some(id) => Some(id.clone()),
@@ -200,7 +225,7 @@ pub(super) async fn write_batch(
                 )
                 .bind(&job.instance)
                 .bind(key)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await
                 .context("failed to look up the idempotency key")?
                 .map(|(id,)| id),
@@ -235,8 +260,12 @@ pub(super) async fn write_batch(
         outcomes.push(Ok(Enqueued { id: id.clone(), created: true }));
         rows.push((id, job));
     }
-    // Counted but not queued (duplicates, over the quota): counted back.
-    for (tenant, (count, bytes)) in &per_tenant {
+    Ok((outcomes, rows))
+}
+
+/// Jobs counted but not queued (duplicates, over the quota) are counted back.
+async fn count_back(tx: &mut Tx, per_tenant: &Counts<'_>, rows: &[(String, &NewJob)]) -> anyhow::Result<()> {
+    for (tenant, (count, bytes)) in per_tenant {
         let (queued, queued_bytes) = rows
             .iter()
             .filter(|(_, job)| job.tenant == *tenant)
@@ -246,38 +275,31 @@ pub(super) async fn write_batch(
                 .bind(count - queued)
                 .bind(bytes - queued_bytes)
                 .bind(tenant)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .context("failed to count the tenant's jobs")?;
         }
     }
+    Ok(())
+}
+
+/// Insert the new jobs, 64 to a statement.
+async fn insert(tx: &mut Tx, rows: &[(String, &NewJob)], max_attempts: u32) -> anyhow::Result<()> {
+    const COLUMNS: usize = 13;
+    let now = store::now_millis();
     for chunk in rows.chunks(64) {
-        let mut sql = String::from(
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
+                // attempts (0) and state ('queued') are constants between them.
+                format!("({}, 0, {}, 'queued', {})", p[..10].join(", "), p[10..12].join(", "), p[12])
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO jobs (id, tenant_id, instance_id, service, kind, payload, job_version, enqueued_by, run_at, \
-             priority, attempts, max_attempts, idempotency_key, state, created_at) VALUES ",
+             priority, attempts, max_attempts, idempotency_key, state, created_at) VALUES {}",
+            values.join(", ")
         );
-        for i in 0..chunk.len() {
-            let b = i * 13;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, 'queued', ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11,
-                b + 12,
-                b + 13
-            ));
-        }
         let mut query = sqlx::query(&sql);
         for (id, job) in chunk {
             query = query
@@ -295,10 +317,9 @@ pub(super) async fn write_batch(
                 .bind(job.idempotency_key.as_deref())
                 .bind(now);
         }
-        query.execute(&mut *tx).await.context("failed to queue jobs")?;
+        query.execute(&mut **tx).await.context("failed to queue jobs")?;
     }
-    tx.commit().await.context("failed to commit the jobs")?;
-    Ok(outcomes)
+    Ok(())
 }
 
 /// The door guests queue jobs through: checked against the manifest of the

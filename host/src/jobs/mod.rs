@@ -380,6 +380,51 @@ impl Queue {
         Ok(claimed)
     }
 
+    /// Record one attempt that did not succeed: retried later, dead, or
+    /// deferred (put back in line, its attempt not counted).
+    async fn record_other(&self, tx: &mut Tx, job: &Claimed, finish: &Finish, now: i64) -> anyhow::Result<()> {
+        let (state, run_at, error, ran, attempts_back) = match finish {
+            Finish::Succeeded { .. } | Finish::Recorded => return Ok(()),
+            Finish::Failed { error, ran_version } if job.attempts < job.max_attempts => (
+                "failed",
+                Some(now + self.backoff(job.attempts).as_millis() as i64),
+                Some(error.clone()),
+                ran_version.clone(),
+                0,
+            ),
+            Finish::Failed { error, ran_version } => ("dead", None, Some(error.clone()), ran_version.clone(), 0),
+            // Not an error of the job's: nothing recorded but the log.
+            Finish::Deferred { after, reason } => {
+                tracing::debug!(job = %job.id, "job deferred: {reason}");
+                ("queued", Some(now + after.as_millis() as i64), None, None, 1)
+            }
+            Finish::Dead { error } => ("dead", None, Some(error.clone()), None, 0),
+        };
+        let changed = sqlx::query(
+            "UPDATE jobs SET state = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error), \
+             ran_version = COALESCE($4, ran_version), attempts = attempts - $5, lease_owner = NULL, \
+             lease_until = NULL, finished_at = CASE WHEN $1 IN ('succeeded', 'dead') THEN $6 ELSE NULL END \
+             WHERE id = $7 AND fence = $8 AND state = 'running'",
+        )
+        .bind(state)
+        .bind(run_at)
+        .bind(error.map(|e| truncate(&e, 4000)))
+        .bind(ran)
+        .bind(attempts_back)
+        .bind(now)
+        .bind(&job.id)
+        .bind(job.fence)
+        .execute(&mut **tx)
+        .await
+        .context("failed to record a job's outcome")?
+        .rows_affected();
+        // (A dead job still counts: it keeps its payload until retried or cancelled.)
+        if changed == 0 {
+            tracing::warn!(job = %job.id, "a job's lease was taken over before it finished; its outcome is dropped");
+        }
+        Ok(())
+    }
+
     /// Record how attempts ended, in one transaction. An attempt whose lease
     /// was taken over (its fence is stale) changes nothing.
     pub async fn finish(&self, done: &[(Claimed, Finish)]) -> anyhow::Result<()> {
@@ -390,87 +435,9 @@ impl Queue {
         // Per tenant: jobs finished for good, and payload bytes dropped.
         let mut finished_per_tenant: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
-        // Successes (the common case) in one statement per version they ran on.
-        let mut succeeded: std::collections::BTreeMap<&str, Vec<&Claimed>> = Default::default();
+        record_successes(&mut tx, done, now, &mut finished_per_tenant).await?;
         for (job, finish) in done {
-            if let Finish::Succeeded { ran_version } = finish {
-                succeeded.entry(ran_version.as_str()).or_default().push(job);
-            }
-        }
-        for (ran_version, jobs) in &succeeded {
-            for chunk in jobs.chunks(200) {
-                let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", 4 + 2 * i)).collect();
-                let pairs: Vec<String> =
-                    (0..chunk.len()).map(|i| format!("(${}, CAST(${} AS BIGINT))", 4 + 2 * i, 5 + 2 * i)).collect();
-                // `id IN` finds the rows by key; the pairs check each one's fence.
-                let sql = format!(
-                    "UPDATE jobs SET state = 'succeeded', ran_version = $1, lease_owner = NULL, lease_until = NULL, \
-                     finished_at = $2, payload = $3 WHERE id IN ({}) AND state = 'running' \
-                     AND (id, fence) IN (VALUES {}) RETURNING id, tenant_id",
-                    ids.join(", "),
-                    pairs.join(", ")
-                );
-                // A succeeded job's payload is not needed any more: dropped.
-                let mut query =
-                    sqlx::query_as::<_, (String, String)>(&sql).bind(*ran_version).bind(now).bind(Vec::<u8>::new());
-                for job in chunk {
-                    query = query.bind(job.id.as_str()).bind(job.fence);
-                }
-                let changed = query.fetch_all(&mut *tx).await.context("failed to record succeeded jobs")?;
-                if changed.len() < chunk.len() {
-                    tracing::warn!(
-                        jobs = chunk.len() - changed.len(),
-                        "jobs' leases were taken over before they finished; their outcomes are dropped"
-                    );
-                }
-                for (id, tenant) in changed {
-                    let bytes = chunk.iter().find(|j| j.id == id).map_or(0, |j| j.payload.len() as i64);
-                    let counts = finished_per_tenant.entry(tenant).or_default();
-                    counts.0 += 1;
-                    counts.1 += bytes;
-                }
-            }
-        }
-        for (job, finish) in done {
-            let (state, run_at, error, ran, attempts_back) = match finish {
-                Finish::Succeeded { .. } | Finish::Recorded => continue,
-                Finish::Failed { error, ran_version } if job.attempts < job.max_attempts => (
-                    "failed",
-                    Some(now + self.backoff(job.attempts).as_millis() as i64),
-                    Some(error.clone()),
-                    ran_version.clone(),
-                    0,
-                ),
-                Finish::Failed { error, ran_version } => ("dead", None, Some(error.clone()), ran_version.clone(), 0),
-                // Not an error of the job's: nothing recorded but the log.
-                Finish::Deferred { after, reason } => {
-                    tracing::debug!(job = %job.id, "job deferred: {reason}");
-                    ("queued", Some(now + after.as_millis() as i64), None, None, 1)
-                }
-                Finish::Dead { error } => ("dead", None, Some(error.clone()), None, 0),
-            };
-            let changed = sqlx::query(
-                "UPDATE jobs SET state = $1, run_at = COALESCE($2, run_at), last_error = COALESCE($3, last_error), \
-                 ran_version = COALESCE($4, ran_version), attempts = attempts - $5, lease_owner = NULL, \
-                 lease_until = NULL, finished_at = CASE WHEN $1 IN ('succeeded', 'dead') THEN $6 ELSE NULL END \
-                 WHERE id = $7 AND fence = $8 AND state = 'running'",
-            )
-            .bind(state)
-            .bind(run_at)
-            .bind(error.map(|e| truncate(&e, 4000)))
-            .bind(ran)
-            .bind(attempts_back)
-            .bind(now)
-            .bind(&job.id)
-            .bind(job.fence)
-            .execute(&mut *tx)
-            .await
-            .context("failed to record a job's outcome")?
-            .rows_affected();
-            // (A dead job still counts: it keeps its payload until retried or cancelled.)
-            if changed == 0 {
-                tracing::warn!(job = %job.id, "a job's lease was taken over before it finished; its outcome is dropped");
-            }
+            self.record_other(&mut tx, job, finish, now).await?;
         }
         for (tenant, (count, bytes)) in &finished_per_tenant {
             sqlx::query("UPDATE job_tenants SET pending = pending - $1, bytes = bytes - $2 WHERE tenant_id = $3")
@@ -566,6 +533,59 @@ impl Queue {
 }
 
 pub use crate::runtime::truncate;
+
+type Tx = sqlx::Transaction<'static, crate::store::Backend>;
+
+/// Record successes (the common case) in one statement per version they ran
+/// on, counting each tenant's jobs finished for good and payload bytes dropped.
+async fn record_successes(
+    tx: &mut Tx,
+    done: &[(Claimed, Finish)],
+    now: i64,
+    finished_per_tenant: &mut std::collections::BTreeMap<String, (i64, i64)>,
+) -> anyhow::Result<()> {
+    let mut succeeded: std::collections::BTreeMap<&str, Vec<&Claimed>> = Default::default();
+    for (job, finish) in done {
+        if let Finish::Succeeded { ran_version } = finish {
+            succeeded.entry(ran_version.as_str()).or_default().push(job);
+        }
+    }
+    for (ran_version, jobs) in &succeeded {
+        for chunk in jobs.chunks(200) {
+            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", 4 + 2 * i)).collect();
+            let pairs: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(${}, CAST(${} AS BIGINT))", 4 + 2 * i, 5 + 2 * i)).collect();
+            // `id IN` finds the rows by key; the pairs check each one's fence.
+            let sql = format!(
+                "UPDATE jobs SET state = 'succeeded', ran_version = $1, lease_owner = NULL, lease_until = NULL, \
+                 finished_at = $2, payload = $3 WHERE id IN ({}) AND state = 'running' \
+                 AND (id, fence) IN (VALUES {}) RETURNING id, tenant_id",
+                ids.join(", "),
+                pairs.join(", ")
+            );
+            // A succeeded job's payload is not needed any more: dropped.
+            let mut query =
+                sqlx::query_as::<_, (String, String)>(&sql).bind(*ran_version).bind(now).bind(Vec::<u8>::new());
+            for job in chunk {
+                query = query.bind(job.id.as_str()).bind(job.fence);
+            }
+            let changed = query.fetch_all(&mut **tx).await.context("failed to record succeeded jobs")?;
+            if changed.len() < chunk.len() {
+                tracing::warn!(
+                    jobs = chunk.len() - changed.len(),
+                    "jobs' leases were taken over before they finished; their outcomes are dropped"
+                );
+            }
+            for (id, tenant) in changed {
+                let bytes = chunk.iter().find(|j| j.id == id).map_or(0, |j| j.payload.len() as i64);
+                let counts = finished_per_tenant.entry(tenant).or_default();
+                counts.0 += 1;
+                counts.1 += bytes;
+            }
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,7 @@ use super::{Claimed, Finish, NewJob, Queue, SETUP_KIND};
 use crate::configurator::hooks::{self, Hook, SetupStart};
 use crate::configurator::setups;
 use crate::instancedb::{Call, Dialect, SqlValue};
+use crate::registry::LoadedVersion;
 use crate::router::{Route, SetupState};
 use crate::store::{self, Backend};
 
@@ -220,79 +221,109 @@ async fn apply(workers: &Workers, job: &Claimed, route: &Arc<Route>, target: &st
         .slot(&job.service)
         .and_then(|slot| slot.version(target))
         .ok_or_else(|| Failure::new(format!("{} {target} is not loaded", job.service)))?;
-    let db = route.db.clone();
-    let dialect = match db.dialect() {
-        Dialect::Postgres => crate::registry::SqlDialect::Postgres,
-        Dialect::Sqlite => crate::registry::SqlDialect::Sqlite,
-    };
+    let db = &route.db;
     let deadline = Instant::now() + workers.queue.config.timeout;
     let call = Call::migration(deadline);
-    // (name, checksum) in the order they were applied.
-    let mut applied: Vec<(String, String)> = Vec::new();
-    if !version.manifest.migrations.is_empty() {
-        db.execute(RECORD_TABLE.to_string(), Vec::new(), &call)
-            .await
-            .map_err(|e| Failure::new(format!("cannot record migrations in the instance database: {e}")))?;
-        let rows = db
-            .query(
-                "SELECT name, checksum FROM wharf_migrations ORDER BY applied_at, name".to_string(),
-                Vec::new(),
-                &call,
-            )
-            .await
-            .map_err(|e| Failure::new(format!("cannot read the instance's migrations: {e}")))?;
-        for row in rows.rows {
-            if let [SqlValue::Text(name), SqlValue::Text(checksum)] = row.as_slice() {
-                applied.push((name.clone(), checksum.clone()));
-            }
-        }
-    }
-    let recorded = |name: &str| applied.iter().find(|(n, _)| n == name).map(|(_, checksum)| checksum);
+    let applied = if version.manifest.migrations.is_empty() { Vec::new() } else { recorded(db, &call).await? };
     let known: Vec<String> = applied.iter().map(|(name, _)| name.clone()).collect();
-    let mut statements: Vec<(String, Vec<SqlValue>)> = Vec::new();
-    // Which migration each statement belongs to, for the error.
-    let mut owners: Vec<&str> = Vec::new();
-    let mut names = Vec::new();
-    for migration in &version.manifest.migrations {
-        let sql = migration.sql(dialect).unwrap_or_default();
-        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
-        match recorded(&migration.name) {
-            Some(recorded) if *recorded == checksum => continue,
-            Some(_) => {
-                return Err(Failure {
-                    error: format!(
+    let pending = Pending::of(&version, db.dialect(), &applied)
+        .map_err(|error| Failure { error, applied: Some(known.clone()) })?;
+    if !pending.statements.is_empty() {
+        let names = pending.names.clone();
+        if let Err(error) = pending.run(db, &call, workers.queue.config.timeout).await {
+            return Err(Failure { error, applied: Some(known) });
+        }
+        tracing::info!(instance = %job.instance_id, version = target, migrations = ?names, "migrations applied");
+    }
+    let mut all: Vec<String> = version.manifest.migrations.iter().map(|m| m.name.clone()).collect();
+    all.extend(known.into_iter().filter(|n| !version.manifest.declares_migration(n)));
+    let seeded = seed(workers, job, route, &version, deadline)
+        .await
+        .map_err(|error| Failure { error, applied: Some(all.clone()) })?;
+    Ok(Done { applied: all, seeded })
+}
+
+/// The migrations an instance's database records, (name, checksum) in the
+/// order they were applied (the record table made if missing).
+async fn recorded(db: &crate::instancedb::InstanceDb, call: &Call) -> Result<Vec<(String, String)>, Failure> {
+    db.execute(RECORD_TABLE.to_string(), Vec::new(), call)
+        .await
+        .map_err(|e| Failure::new(format!("cannot record migrations in the instance database: {e}")))?;
+    let rows = db
+        .query("SELECT name, checksum FROM wharf_migrations ORDER BY applied_at, name".to_string(), Vec::new(), call)
+        .await
+        .map_err(|e| Failure::new(format!("cannot read the instance's migrations: {e}")))?;
+    Ok(rows
+        .rows
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [SqlValue::Text(name), SqlValue::Text(checksum)] => Some((name.clone(), checksum.clone())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The migrations a version has that an instance lacks, as one batch: each
+/// one's statements, then its record.
+struct Pending<'v> {
+    statements: Vec<(String, Vec<SqlValue>)>,
+    /// Which migration each statement belongs to, for the error.
+    owners: Vec<&'v str>,
+    names: Vec<String>,
+}
+
+impl<'v> Pending<'v> {
+    /// What `version` would apply to a database at `applied`; refused when a
+    /// migration applied before was changed since.
+    fn of(version: &'v LoadedVersion, dialect: Dialect, applied: &[(String, String)]) -> Result<Self, String> {
+        let dialect = match dialect {
+            Dialect::Postgres => crate::registry::SqlDialect::Postgres,
+            Dialect::Sqlite => crate::registry::SqlDialect::Sqlite,
+        };
+        let mut pending = Pending { statements: Vec::new(), owners: Vec::new(), names: Vec::new() };
+        for migration in &version.manifest.migrations {
+            let sql = migration.sql(dialect).unwrap_or_default();
+            let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+            match applied.iter().find(|(n, _)| *n == migration.name) {
+                Some((_, recorded)) if *recorded == checksum => continue,
+                Some(_) => {
+                    return Err(format!(
                         "migration {:?} was changed after it was applied to this instance; migrations are \
                          append-only: restore it and add a new migration",
                         migration.name
-                    ),
-                    applied: Some(known),
-                })
+                    ))
+                }
+                None => {}
             }
-            None => {}
+            for statement in crate::instancedb::sqltext::split_statements(sql) {
+                pending.statements.push((statement, Vec::new()));
+                pending.owners.push(&migration.name);
+            }
+            pending.statements.push((
+                "INSERT INTO wharf_migrations (name, checksum, applied_at) VALUES (?1, ?2, ?3)".to_string(),
+                vec![
+                    SqlValue::Text(migration.name.clone()),
+                    SqlValue::Text(checksum),
+                    SqlValue::Integer(store::now_millis()),
+                ],
+            ));
+            pending.owners.push(&migration.name);
+            pending.names.push(migration.name.clone());
         }
-        for statement in crate::instancedb::sqltext::split_statements(sql) {
-            statements.push((statement, Vec::new()));
-            owners.push(&migration.name);
-        }
-        statements.push((
-            "INSERT INTO wharf_migrations (name, checksum, applied_at) VALUES (?1, ?2, ?3)".to_string(),
-            vec![
-                SqlValue::Text(migration.name.clone()),
-                SqlValue::Text(checksum),
-                SqlValue::Integer(store::now_millis()),
-            ],
-        ));
-        owners.push(&migration.name);
-        names.push(migration.name.clone());
+        Ok(pending)
     }
-    if !statements.is_empty() {
-        if let Err(e) = db.batch(statements, &call).await {
+
+    /// Apply them in one transaction (within `call`, the setup job's `timeout`);
+    /// the error names the migration that failed.
+    async fn run(self, db: &crate::instancedb::InstanceDb, call: &Call, timeout: Duration) -> Result<(), String> {
+        let owners = self.owners;
+        db.batch(self.statements, call).await.map(drop).map_err(|e| {
             // A statement stopped at the setup's deadline reports the limit of a
             // guest's statement; say which limit stopped it.
-            let e = if e.contains("ran longer than") && Instant::now() + Duration::from_millis(250) >= deadline {
+            let e = if e.contains("ran longer than") && Instant::now() + Duration::from_millis(250) >= call.deadline {
                 format!(
                     "the migrations ran past the setup job's deadline of {} s (wharf serve --job-timeout)",
-                    workers.queue.config.timeout.as_secs()
+                    timeout.as_secs()
                 )
             } else {
                 e
@@ -302,46 +333,46 @@ async fn apply(workers: &Workers, job: &Claimed, route: &Arc<Route>, target: &st
                 .and_then(|rest| rest.split(':').next())
                 .and_then(|n| n.parse::<usize>().ok())
                 .and_then(|n| owners.get(n.wrapping_sub(1)));
-            let error = match owner {
+            match owner {
                 Some(name) => format!("migration {name:?} failed, so none was applied: {e}"),
                 None => format!("the migrations failed, so none was applied: {e}"),
-            };
-            return Err(Failure { error, applied: Some(known) });
-        }
-        tracing::info!(instance = %job.instance_id, version = target, migrations = ?names, "migrations applied");
+            }
+        })
     }
-    let mut all: Vec<String> = version.manifest.migrations.iter().map(|m| m.name.clone()).collect();
-    all.extend(known.into_iter().filter(|n| !version.manifest.declares_migration(n)));
+}
+
+/// Run the version's seeder, once per instance (it never ran there before);
+/// whether it ran.
+async fn seed(
+    workers: &Workers,
+    job: &Claimed,
+    route: &Arc<Route>,
+    version: &Arc<LoadedVersion>,
+    deadline: Instant,
+) -> Result<bool, String> {
     let seeded: Option<(Option<i64>,)> = sqlx::query_as("SELECT seeded_at FROM instances WHERE id = $1")
         .bind(&job.instance_id)
         .fetch_optional(&workers.db)
         .await
-        .map_err(|e| Failure::new(format!("cannot read the instance: {e}")))?;
-    let mut did_seed = false;
-    if matches!(seeded, Some((None,))) {
-        if let Some(worker) = version.worker.clone() {
-            // The seeder is guest code: on the job threads, like any job.
-            let (runtime, who, context) =
-                (workers.runtime.clone(), super::worker::identity(route), super::worker::context(route, &version));
-            let (fuel, left) = (workers.queue.config.fuel, deadline.saturating_duration_since(Instant::now()));
-            let outcome = workers
-                .runtime
-                .spawn_job(async move {
-                    runtime.run_job(&worker, who, context, crate::runtime::JobCall::Seed, fuel, left).await
-                })
-                .await
-                .unwrap_or_else(|e| crate::runtime::JobOutcome {
-                    fuel: 0,
-                    result: Err(format!("the seeder's task failed: {e}")),
-                });
-            route.usage.record_job(outcome.fuel, outcome.result.is_err());
-            if let Err(e) = outcome.result {
-                return Err(Failure { error: format!("the seeder failed: {e}"), applied: Some(all) });
-            }
-            did_seed = true;
-        }
-    }
-    Ok(Done { applied: all, seeded: did_seed })
+        .map_err(|e| format!("cannot read the instance: {e}"))?;
+    let (Some((None,)), Some(worker)) = (seeded, version.worker.clone()) else { return Ok(false) };
+    // The seeder is guest code: on the job threads, like any job.
+    let (runtime, who, context) =
+        (workers.runtime.clone(), super::worker::identity(route), super::worker::context(route, version));
+    let (fuel, left) = (workers.queue.config.fuel, deadline.saturating_duration_since(Instant::now()));
+    let outcome = workers
+        .runtime
+        .spawn_job(
+            async move { runtime.run_job(&worker, who, context, crate::runtime::JobCall::Seed, fuel, left).await },
+        )
+        .await
+        .unwrap_or_else(|e| crate::runtime::JobOutcome {
+            fuel: 0,
+            result: Err(format!("the seeder's task failed: {e}")),
+        });
+    route.usage.record_job(outcome.fuel, outcome.result.is_err());
+    outcome.result.map_err(|e| format!("the seeder failed: {e}"))?;
+    Ok(true)
 }
 
 /// Record the setup's outcome on the instance and on its job, in one

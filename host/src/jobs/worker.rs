@@ -29,10 +29,7 @@ pub async fn run(workers: Arc<Workers>, mut stop: watch::Receiver<bool>, grace: 
     let freed = Arc::new(Notify::new());
     let (done, outcomes) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(record(workers.clone(), outcomes));
-    let mut last_reap = Instant::now() - REAP_EVERY;
-    let mut last_reconcile = Instant::now() - RECONCILE_EVERY;
-    let mut last_purge = Instant::now();
-    let mut schedules = Schedules::default();
+    let mut chores = Chores::new();
     // Whether the last claim took all it asked for (more jobs are ready).
     let mut backlog = false;
     let refill = (concurrency.min(super::CLAIM_BATCH) / 2).max(1);
@@ -40,27 +37,7 @@ pub async fn run(workers: Arc<Workers>, mut stop: watch::Receiver<bool>, grace: 
         if *stop.borrow() {
             break;
         }
-        if last_reap.elapsed() >= REAP_EVERY {
-            last_reap = Instant::now();
-            if let Err(e) = workers.queue.reap().await {
-                tracing::warn!("failed to take back expired jobs: {e:#}");
-            }
-        }
-        if last_reconcile.elapsed() >= RECONCILE_EVERY {
-            last_reconcile = Instant::now();
-            if let Err(e) = super::setup::reconcile(&workers).await {
-                tracing::warn!("failed to queue instance setups: {e:#}");
-            }
-        }
-        schedules.queue_due(&workers).await;
-        if last_purge.elapsed() >= PURGE_EVERY {
-            last_purge = Instant::now();
-            match workers.queue.purge().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),
-                Err(e) => tracing::warn!("{e:#}"),
-            }
-        }
+        chores.run_due(&workers).await;
         let mut free = if concurrency == 0 { 0 } else { slots.available_permits() };
         // While the queue has more than the workers take, claim in batches:
         // wait for half the slots (or a quiet moment) rather than claiming
@@ -91,21 +68,7 @@ pub async fn run(workers: Arc<Workers>, mut stop: watch::Receiver<bool>, grace: 
         backlog = full;
         for job in claimed {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
-            let (runner, done, freed) = (workers.clone(), done.clone(), freed.clone());
-            let setup = job.kind == SETUP_KIND;
-            let work = async move {
-                let finish = run_one(&runner, &job).await;
-                let _ = done.send((job, finish));
-                drop(permit);
-                freed.notify_one();
-            };
-            // Guests' jobs run on the job threads from start to end (no hand-off
-            // per job); setups take locks that requests wait on, so they stay here.
-            if setup {
-                tokio::spawn(work);
-            } else {
-                workers.runtime.spawn_job(work);
-            }
+            start(&workers, job, permit, done.clone(), freed.clone());
         }
         if full {
             // More may be ready: claim again at once.
@@ -126,6 +89,73 @@ pub async fn run(workers: Arc<Workers>, mut stop: watch::Receiver<bool>, grace: 
     }
     drop(done);
     let _ = recorder.await;
+}
+
+/// What a node's workers do besides running jobs, each every so often: take
+/// back expired leases, queue instance setups and scheduled jobs, and delete
+/// finished jobs past their retention.
+struct Chores {
+    reap: Instant,
+    reconcile: Instant,
+    purge: Instant,
+    schedules: Schedules,
+}
+
+impl Chores {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { reap: now - REAP_EVERY, reconcile: now - RECONCILE_EVERY, purge: now, schedules: Schedules::default() }
+    }
+
+    /// Do the chores that are due.
+    async fn run_due(&mut self, workers: &Workers) {
+        if self.reap.elapsed() >= REAP_EVERY {
+            self.reap = Instant::now();
+            if let Err(e) = workers.queue.reap().await {
+                tracing::warn!("failed to take back expired jobs: {e:#}");
+            }
+        }
+        if self.reconcile.elapsed() >= RECONCILE_EVERY {
+            self.reconcile = Instant::now();
+            if let Err(e) = super::setup::reconcile(workers).await {
+                tracing::warn!("failed to queue instance setups: {e:#}");
+            }
+        }
+        self.schedules.queue_due(workers).await;
+        if self.purge.elapsed() >= PURGE_EVERY {
+            self.purge = Instant::now();
+            match workers.queue.purge().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past their retention"),
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
+    }
+}
+
+/// Run a claimed job in its slot (`permit`); its outcome goes to `done`.
+fn start(
+    workers: &Arc<Workers>,
+    job: Claimed,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    done: mpsc::UnboundedSender<(Claimed, Finish)>,
+    freed: Arc<Notify>,
+) {
+    let runner = workers.clone();
+    let setup = job.kind == SETUP_KIND;
+    let work = async move {
+        let finish = run_one(&runner, &job).await;
+        let _ = done.send((job, finish));
+        drop(permit);
+        freed.notify_one();
+    };
+    // Guests' jobs run on the job threads from start to end (no hand-off per
+    // job); setups take locks that requests wait on, so they stay here.
+    if setup {
+        tokio::spawn(work);
+    } else {
+        workers.runtime.spawn_job(work);
+    }
 }
 
 /// Jobs declared with `every`: each instance's job of each period is queued

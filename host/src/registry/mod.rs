@@ -380,67 +380,23 @@ impl Registry {
             return Err(RegistryError::VersionConflict { service, version, existing: existing.sha256 });
         }
 
-        let runtime = self.runtime.clone();
-        let compiled_path = self.compiled_path(&sha256);
-        let source_path = self.components_dir.join(format!("{sha256}.wasm"));
-        let size = component.len() as i64;
-        let (pre, component_bytes) = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
-            let compiled = runtime.compile(&component)?;
-            let pre = runtime.prepare(&compiled)?;
-            write_atomically(&source_path, &component)?;
-            let artifact = compiled.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            write_atomically(&compiled_path, &artifact)?;
-            Ok((pre, component))
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
+        let (pre, component_bytes) = self.compile_new(component, &sha256).await?;
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
         let worker = self.runtime.prepare_worker(&pre);
         if !manifest.jobs.is_empty() && worker.is_none() {
             return Err(RegistryError::NoWorker { service, version });
         }
 
-        let now = store::now();
         let _activating = self.activate_lock.lock().await;
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
-        sqlx::query("INSERT INTO services (name, active_version, created_at) VALUES ($1, NULL, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(&service)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .context("failed to record service")?;
-        if store::dialect(&self.db) == store::Dialect::Postgres {
-            // Other nodes fetch the bytes from here.
-            sqlx::query(
-                "INSERT INTO component_blobs (sha256, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
-            )
-            .bind(&sha256)
-            .bind(component_bytes.as_slice())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .context("failed to store the component")?;
-        }
-        sqlx::query("INSERT INTO service_versions (service, version, sha256, size_bytes, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&service)
-            .bind(&version)
-            .bind(&sha256)
-            .bind(size)
-            .bind(manifest_text)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .context("failed to record version")?;
-        let activated =
-            sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2 AND ($3 OR active_version IS NULL)")
-                .bind(&version)
-                .bind(&service)
-                .bind(activate)
-                .execute(&mut *tx)
-                .await
-                .context("failed to activate version")?
-                .rows_affected()
-                > 0;
+        let record = NewVersion {
+            service: &service,
+            version: &version,
+            sha256: &sha256,
+            manifest_text,
+            component: &component_bytes,
+        };
+        let activated = record.insert(&mut tx, store::dialect(&self.db), activate).await?;
         let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest, worker));
         store::commit_change(tx, &self.seen, || async {
             let slot = self.slot_or_new(&service);
@@ -488,27 +444,22 @@ impl Registry {
 
     /// Make `version` the one every instance following `service` runs, at once.
     pub async fn activate(&self, service: &str, version: &str) -> Result<VersionInfo, RegistryError> {
-        Ok(self.promote(service, version, false).await?.0)
+        self.begin_activation(service, version).await?.commit().await
     }
 
-    /// Activate `version` and, with `release_pins`, release the rollout's pins
-    /// (canary, health) of the service's instances, in one transaction. Returns
-    /// the version and the instances released (the caller rebuilds routes).
-    pub async fn promote(
-        &self,
-        service: &str,
-        version: &str,
-        release_pins: bool,
-    ) -> Result<(VersionInfo, Vec<String>), RegistryError> {
+    /// Start activating `version`: its record changes in the activation's
+    /// transaction, where other rooms may change theirs (the rollout releases
+    /// its pins there), and this node runs it once [`Activation::commit`]
+    /// commits. Two activations never run at once: the database never names
+    /// one version while the node runs another.
+    pub async fn begin_activation(&self, service: &str, version: &str) -> Result<Activation<'_>, RegistryError> {
         let slot = self.slot(service).ok_or_else(|| RegistryError::UnknownService(service.to_string()))?;
         self.ensure_loaded(service, version).await?;
         let Some(loaded) = slot.version(version) else {
             return Err(self.unknown_version(service, version).await);
         };
         self.check_dialect(&loaded)?;
-        // The record and the pointer change together: two concurrent activations
-        // never leave the database naming one version and the node running another.
-        let _guard = self.activate_lock.lock().await;
+        let guard = self.activate_lock.lock().await;
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         // The version it replaces is kept: `wharf rollback` returns to it.
         sqlx::query(
@@ -520,52 +471,26 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .context("failed to record the active version")?;
-        let mut released = Vec::new();
-        if release_pins {
-            let rows: Vec<(String,)> = sqlx::query_as(
-                "SELECT id FROM instances WHERE service = $1 AND pinned_by IN ('canary', 'health') ORDER BY id",
-            )
-            .bind(service)
-            .fetch_all(&mut *tx)
-            .await
-            .context("failed to read the rollout's pins")?;
-            sqlx::query(
-                "UPDATE instances SET pinned_version = NULL, pinned_by = NULL, pin_reason = NULL \
-                 WHERE service = $1 AND pinned_by IN ('canary', 'health')",
-            )
-            .bind(service)
-            .execute(&mut *tx)
-            .await
-            .context("failed to release the rollout's pins")?;
-            released = rows.into_iter().map(|(id,)| id).collect();
-        }
-        let mut previous = None;
-        store::commit_change(tx, &self.seen, || async {
-            if slot.active().is_none_or(|a| a.version != loaded.version) {
-                loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
-                loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);
-                loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
-            }
-            previous = slot.active.swap(Some(loaded));
-            if let Some(previous) = previous.as_ref().filter(|p| p.version != version) {
-                slot.set_previous(Some(previous.version.clone()));
-            }
-            anyhow::Ok(())
+        Ok(Activation { registry: self, _guard: guard, tx, slot, loaded })
+    }
+
+    /// Compile a new component, and keep its bytes and compiled artifact on
+    /// disk; the bytes come back to be recorded.
+    async fn compile_new(&self, component: Vec<u8>, sha256: &str) -> Result<(ProxyPre, Vec<u8>), RegistryError> {
+        let runtime = self.runtime.clone();
+        let compiled_path = self.compiled_path(sha256);
+        let source_path = self.components_dir.join(format!("{sha256}.wasm"));
+        let compiled = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
+            let compiled = runtime.compile(&component)?;
+            let pre = runtime.prepare(&compiled)?;
+            write_atomically(&source_path, &component)?;
+            let artifact = compiled.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            write_atomically(&compiled_path, &artifact)?;
+            Ok((pre, component))
         })
         .await
-        .context("failed to commit activation")?;
-        tracing::info!(
-            %service,
-            %version,
-            previous = previous.as_ref().map(|p| p.version.as_str()).unwrap_or("none"),
-            "activated"
-        );
-        let info = self
-            .find_version(service, version)
-            .await?
-            .map(|row| row.info())
-            .ok_or_else(|| RegistryError::Internal(anyhow::anyhow!("activated version vanished")))?;
-        Ok((info, released))
+        .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
+        Ok(compiled)
     }
 
     /// The error for a version that does not exist, listing the ones that do.
@@ -641,4 +566,111 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("failed to write {tmp:?}"))?;
     std::fs::rename(&tmp, path).with_context(|| format!("failed to move {tmp:?} to {path:?}"))?;
     Ok(())
+}
+
+/// A version being published, as recorded.
+struct NewVersion<'a> {
+    service: &'a str,
+    version: &'a str,
+    sha256: &'a str,
+    manifest_text: &'a str,
+    component: &'a [u8],
+}
+
+impl NewVersion<'_> {
+    /// Record the version (its service too, if new, and on PostgreSQL its bytes
+    /// for other nodes to fetch); whether it became active (`activate`, or the
+    /// service's first).
+    async fn insert(
+        &self,
+        tx: &mut sqlx::Transaction<'static, crate::store::Backend>,
+        dialect: store::Dialect,
+        activate: bool,
+    ) -> Result<bool, RegistryError> {
+        let now = store::now();
+        sqlx::query("INSERT INTO services (name, active_version, created_at) VALUES ($1, NULL, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(self.service)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .context("failed to record service")?;
+        if dialect == store::Dialect::Postgres {
+            sqlx::query(
+                "INSERT INTO component_blobs (sha256, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(self.sha256)
+            .bind(self.component)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .context("failed to store the component")?;
+        }
+        sqlx::query("INSERT INTO service_versions (service, version, sha256, size_bytes, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(self.service)
+            .bind(self.version)
+            .bind(self.sha256)
+            .bind(self.component.len() as i64)
+            .bind(self.manifest_text)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .context("failed to record version")?;
+        let activated =
+            sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2 AND ($3 OR active_version IS NULL)")
+                .bind(self.version)
+                .bind(self.service)
+                .bind(activate)
+                .execute(&mut **tx)
+                .await
+                .context("failed to activate version")?
+                .rows_affected()
+                > 0;
+        Ok(activated)
+    }
+}
+
+/// A version being activated (from [`Registry::begin_activation`]).
+pub struct Activation<'r> {
+    registry: &'r Registry,
+    _guard: tokio::sync::MutexGuard<'r, ()>,
+    /// The transaction the activation commits in.
+    pub tx: sqlx::Transaction<'static, crate::store::Backend>,
+    slot: Arc<ServiceSlot>,
+    loaded: Arc<LoadedVersion>,
+}
+
+impl Activation<'_> {
+    /// Commit the activation (a change: a new generation) and run the version
+    /// on this node.
+    pub async fn commit(self) -> Result<VersionInfo, RegistryError> {
+        let Activation { registry, _guard, tx, slot, loaded } = self;
+        let (service, version) = (loaded.service.clone(), loaded.version.clone());
+        let mut previous = None;
+        store::commit_change(tx, &registry.seen, || async {
+            if slot.active().is_none_or(|a| a.version != loaded.version) {
+                loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
+                loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);
+                loaded.activated_ms.store(store::now_millis(), std::sync::atomic::Ordering::Relaxed);
+            }
+            previous = slot.active.swap(Some(loaded));
+            if let Some(previous) = previous.as_ref().filter(|p| p.version != version) {
+                slot.set_previous(Some(previous.version.clone()));
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("failed to commit activation")?;
+        drop(_guard);
+        tracing::info!(
+            %service,
+            %version,
+            previous = previous.as_ref().map(|p| p.version.as_str()).unwrap_or("none"),
+            "activated"
+        );
+        registry
+            .find_version(&service, &version)
+            .await?
+            .map(|row| row.info())
+            .ok_or_else(|| RegistryError::Internal(anyhow::anyhow!("activated version vanished")))
+    }
 }

@@ -43,7 +43,7 @@ pub use health::*;
 pub use history::*;
 
 use crate::configurator::{ConfigError, Configurator};
-use crate::registry::{Registry, RegistryError, VersionInfo};
+use crate::registry::{Registry, RegistryError};
 use crate::store::{self, Db, Seen};
 
 /// Why a rollout operation was refused.
@@ -211,7 +211,9 @@ impl Rollout {
         let started = std::time::Instant::now();
         // One transaction: the version becomes active and canary and health pins
         // end (every instance follows it), under one generation.
-        let (_, released): (VersionInfo, Vec<String>) = self.registry.promote(service, version, true).await?;
+        let mut activation = self.registry.begin_activation(service, version).await?;
+        let released = Configurator::release_rollout_pins_in(&mut activation.tx, service).await?;
+        activation.commit().await?;
         let generation = self.seen.get();
         if !released.is_empty() {
             self.configurator.refresh_routes().await?;

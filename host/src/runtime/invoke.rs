@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::ProxyPre;
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
@@ -102,25 +102,10 @@ impl Runtime {
         let budget = self.limits.fuel_per_request;
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut store =
-            Store::new(pre.engine(), GuestState::new(&who, &self.limits, self.memory.clone(), deadline, context));
-        store.limiter(|state| &mut state.limiter);
-        if let Err(e) = store.set_fuel(budget) {
-            return Handled::Failed(GuestFailure::Host(format!("failed to set fuel: {e:#}")));
-        }
-        // At every tick: past the deadline (or with nobody waiting), interrupt;
-        // otherwise yield, so a guest that never calls the host still lets other
-        // requests run. (Fuel cannot be changed here: compiled code keeps its fuel
-        // counter across this callback. Host-call time is charged when each
-        // platform call returns, see `platform`.)
-        store.epoch_deadline_callback(|mut ctx| {
-            let state = ctx.data_mut();
-            if Instant::now() >= state.deadline || state.abandoned.load(Ordering::Relaxed) {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            Ok(UpdateDeadline::Yield(1))
-        });
-        store.set_epoch_deadline(1);
+        let mut store = match self.store_for(pre, &who, context, deadline) {
+            Ok(store) => store,
+            Err(failure) => return Handled::Failed(failure),
+        };
         let abandoned = store.data().abandoned.clone();
         let demote = Arc::new(tokio::sync::Notify::new());
 
@@ -166,9 +151,50 @@ impl Runtime {
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
         // uses `DEMOTE_AFTER_NANOS` of CPU moves to the low-priority threads.
-        let mut guest =
-            GuestTask { future: Some(Box::pin(guest)), abandoned, busy_nanos: 0, demote: Some(demote.clone()) };
-        let mut receiver = receiver;
+        let guest = GuestTask { future: Some(Box::pin(guest)), abandoned, busy_nanos: 0, demote: Some(demote.clone()) };
+        self.drive(guest, receiver, demote, recent).await
+    }
+
+    /// A store for one request: its budget, its memory limits, and its
+    /// deadline checked at every epoch tick.
+    fn store_for(
+        &self,
+        pre: &ProxyPre,
+        who: &RequestIdentity,
+        context: super::GuestContext,
+        deadline: Instant,
+    ) -> Result<Store<GuestState>, GuestFailure> {
+        let mut store =
+            Store::new(pre.engine(), GuestState::new(who, &self.limits, self.memory.clone(), deadline, context));
+        store.limiter(|state| &mut state.limiter);
+        store
+            .set_fuel(self.limits.fuel_per_request)
+            .map_err(|e| GuestFailure::Host(format!("failed to set fuel: {e:#}")))?;
+        // At every tick: past the deadline (or with nobody waiting), interrupt;
+        // otherwise yield, so a guest that never calls the host still lets other
+        // requests run. (Fuel cannot be changed here: compiled code keeps its fuel
+        // counter across this callback. Host-call time is charged when each
+        // platform call returns, see `platform`.)
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline || state.abandoned.load(Ordering::Relaxed) {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+
+    /// Run the guest until it answers (or fails first); a guest still running
+    /// after answering goes on in a task of its own.
+    async fn drive(
+        &self,
+        mut guest: GuestTask,
+        mut receiver: tokio::sync::oneshot::Receiver<Result<hyper::Response<HyperOutgoingBody>, ErrorCode>>,
+        demote: Arc<tokio::sync::Notify>,
+        recent: &crate::sched::RecentUse,
+    ) -> Handled {
         let mut moved = false;
         // An instance whose requests were CPU-heavy lately starts there at once.
         if recent.is_heavy() {

@@ -1,0 +1,113 @@
+//! `wharf tenant`, `instance`, `host`, `quota` and `usage`: tenants, their instances and what they use.
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use super::client::{self, Client};
+use super::output::Output;
+use super::*;
+
+/// Run one of this group's commands (`run_client` dispatches only those here).
+pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Tenant(TenantCommand::Create { id, name }) => {
+            out.tenant(&client.post("/v1/tenants", &json!({ "id": id, "display_name": name })).await?)
+        }
+        Command::Tenant(TenantCommand::List) => out.tenants(&client.get_all("/v1/tenants", "tenants").await?),
+        Command::Tenant(TenantCommand::Show { id }) => out.tenant(&client.get(&format!("/v1/tenants/{id}")).await?),
+        Command::Instance(InstanceCommand::Create { tenant, service, name, hosts, version, modules, ends_at }) => {
+            let body = json!({
+                "tenant": tenant, "service": service, "name": name, "hosts": hosts, "version": version,
+                "modules": modules, "ends_at": ends_at,
+            });
+            out.instance(&client.post("/v1/instances", &body).await?)
+        }
+        Command::Instance(InstanceCommand::List { tenant }) => {
+            let path = match tenant {
+                Some(t) => format!("/v1/instances?tenant={}", client::encode(&t)),
+                None => "/v1/instances".to_string(),
+            };
+            out.instances(&client.get_all(&path, "instances").await?)
+        }
+        Command::Instance(InstanceCommand::Show { id }) => {
+            out.instance(&client.get(&format!("/v1/instances/{id}")).await?)
+        }
+        Command::Instance(InstanceCommand::Update { id, hosts, version, modules, enabled, ends_at }) => {
+            let body = instance_changes(hosts, version, modules, enabled, ends_at)?;
+            out.instance(&client.patch(&format!("/v1/instances/{id}"), &body).await?)
+        }
+        Command::Quota(QuotaCommand::Show { tenant, user }) => {
+            let value = match (tenant, user) {
+                (Some(t), _) => client.get(&format!("/v1/tenants/{}/quotas", client::encode(&t))).await?,
+                (None, Some(u)) => client.get(&format!("/v1/users/{}/quotas", client::encode(&u))).await?,
+                (None, None) => client.get("/v1/me").await?,
+            };
+            out.rows(
+                &value,
+                "quotas",
+                &[("QUOTA", "quota"), ("LIMIT", "limit"), ("USED", "used"), ("SOURCE", "source")],
+            )
+        }
+        Command::Quota(QuotaCommand::Set { tenant, user, quota, limit }) => {
+            let limit = match limit.as_str() {
+                "default" => serde_json::Value::Null,
+                n => json!(n.parse::<i64>().with_context(|| format!("{n:?} is not a number or `default`"))?),
+            };
+            let path = match (tenant, user) {
+                (Some(t), _) => format!("/v1/tenants/{}/quotas/{}", client::encode(&t), client::encode(&quota)),
+                (None, Some(u)) => format!("/v1/users/{}/quotas/{}", client::encode(&u), client::encode(&quota)),
+                (None, None) => anyhow::bail!("pass --tenant or --user"),
+            };
+            let value = client.put(&path, &json!({ "limit": limit })).await?;
+            out.rows(
+                &value,
+                "quotas",
+                &[("QUOTA", "quota"), ("LIMIT", "limit"), ("USED", "used"), ("SOURCE", "source")],
+            )
+        }
+        Command::Host(HostCommand::Verify { instance, hostname, method }) => {
+            let body = json!({ "hostname": hostname, "method": method });
+            let verified =
+                client.post(&format!("/v1/instances/{}/hosts/verify", client::encode(&instance)), &body).await?;
+            out.line(&verified, &format!("{hostname} is verified and routes to {instance}"))
+        }
+        Command::Usage { tenant, instance } => {
+            let value = match (instance, tenant) {
+                (Some(id), _) => json!({ "usage": [client.get(&format!("/v1/instances/{id}/usage")).await?] }),
+                (None, Some(t)) => client.get(&format!("/v1/usage?tenant={}", client::encode(&t))).await?,
+                (None, None) => client.get("/v1/usage").await?,
+            };
+            out.usage(&value)
+        }
+        _ => unreachable!("run_client dispatches only this group's commands here"),
+    }
+}
+
+/// The body of `PATCH /v1/instances/{id}`: what `wharf instance update` was asked to change.
+fn instance_changes(
+    hosts: Vec<String>,
+    version: Option<String>,
+    modules: Option<String>,
+    enabled: Option<bool>,
+    ends_at: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut body = serde_json::Map::new();
+    if !hosts.is_empty() {
+        body.insert("hosts".into(), json!(hosts));
+    }
+    if let Some(v) = version {
+        body.insert("version".into(), json!(v));
+    }
+    if let Some(modules) = modules {
+        let list: Vec<&str> = modules.split(',').map(str::trim).filter(|m| !m.is_empty() && *m != "none").collect();
+        body.insert("modules".into(), json!(list));
+    }
+    if let Some(enabled) = enabled {
+        body.insert("enabled".into(), json!(enabled));
+    }
+    if let Some(ends_at) = ends_at {
+        body.insert("ends_at".into(), if ends_at == "none" { serde_json::Value::Null } else { json!(ends_at) });
+    }
+    anyhow::ensure!(!body.is_empty(), "nothing to change: pass --host, --version, --modules, --enabled or --ends-at");
+    Ok(body.into())
+}
