@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// (default), so a killed node loses none; `false` keeps it in memory
     /// until the next flush (for comparison benchmarks).
     pub usage_journal: bool,
+    /// How long a deleted instance stays restorable before its data (files,
+    /// schema and role, key-value entries, jobs) is destroyed.
+    pub deletion_grace: Duration,
     /// Create this platform operator at start if there is none; its API key is
     /// returned once (and printed by `wharf serve --init-admin`).
     pub init_admin: Option<String>,
@@ -373,6 +376,7 @@ impl NodeConfig {
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
             usage_journal: true,
+            deletion_grace: Duration::from_secs(7 * 86_400),
             init_admin: None,
             trust: TrustConfig::default(),
             jobs: JobsConfig::default(),

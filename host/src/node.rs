@@ -313,6 +313,9 @@ fn spawn(
     tasks.push(tokio::spawn(crate::jobs::worker::run(node.workers.clone(), watcher.clone(), config.shutdown_grace)));
     tasks.push(tokio::spawn(crate::billing::run(node.billing_passes.clone(), watcher.clone())));
     tasks.push(tokio::spawn(crate::rollout::run(node.rollout.clone(), config.unload_interval, watcher.clone())));
+    let purge_every =
+        config.deletion_grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+    tasks.push(tokio::spawn(purge_deleted(node.configurator.clone(), purge_every, watcher.clone())));
     tasks.push(tokio::spawn(flush_usage(node.usage.clone(), config.usage_flush_interval, watcher)));
     (shutdown, tasks)
 }
@@ -332,6 +335,21 @@ async fn serve_admin(node: Arc<AdminState>, listener: TcpListener, stop: watch::
         })
     })
     .await
+}
+
+/// Destroy the data of deleted instances whose grace has ended, every
+/// `every`, until `stop`.
+async fn purge_deleted(configurator: Arc<Configurator>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+        if let Err(e) = configurator.purge_due().await {
+            tracing::warn!("failed to purge deleted instances: {e}");
+        }
+    }
 }
 
 /// Apply the usage journal to the control plane every `every`, until `stop`.

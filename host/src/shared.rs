@@ -256,6 +256,39 @@ impl Redis {
         self.run(key, invocation.invoke_async(&mut conn)).await
     }
 
+    /// Delete every key of `instance` (its values, their index and its byte
+    /// count); how many. Keys are found with `SCAN` under the instance's hash
+    /// tag, never `KEYS`.
+    pub async fn forget_instance(&self, instance: &str) -> anyhow::Result<u64> {
+        let pattern = format!("{}:{{{instance}}}:*", self.prefix);
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .context("failed to list the instance's keys in Redis")?;
+            if !keys.is_empty() {
+                let gone: u64 = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .context("failed to delete the instance's keys in Redis")?;
+                deleted += gone;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// Count a login attempt under `name`; `Err(wait)` once `max` were counted in `window`.
     pub async fn attempt(&self, name: &str, max: u32, window: Duration) -> Result<Result<(), Duration>, String> {
         let mut conn = self.conn.clone();

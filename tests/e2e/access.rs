@@ -86,6 +86,9 @@ fn tenant_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/v1/instances/{i}", None),
         (Method::PATCH, "/v1/instances/{i}", Some(json!({ "hosts": ["stolen.test"] }))),
         (Method::GET, "/v1/instances/{i}/usage", None),
+        (Method::DELETE, "/v1/instances/{i}", None),
+        (Method::DELETE, "/v1/instances/{i}?now=true", None),
+        (Method::POST, "/v1/instances/{i}/restore", None),
     ]
 }
 

@@ -14,6 +14,7 @@ mod dashboard;
 mod data;
 mod instances;
 mod jobs;
+mod lifecycle;
 mod limits;
 mod publish;
 mod races;

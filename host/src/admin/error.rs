@@ -142,9 +142,12 @@ impl From<ConfigError> for ApiError {
             | E::InvalidSetting(_)
             | E::InvalidInstanceName(_)
             | E::HostnameRefused(..) => StatusCode::BAD_REQUEST,
-            E::TenantExists(_) | E::HostnameTaken(_) | E::HostnameReserved(..) | E::InstanceNameTaken(..) => {
-                StatusCode::CONFLICT
-            }
+            E::TenantExists(_)
+            | E::HostnameTaken(_)
+            | E::HostnameReserved(..)
+            | E::InstanceNameTaken(..)
+            | E::Deleted(_)
+            | E::NotDeleted(_) => StatusCode::CONFLICT,
             E::NoClaim(..) => StatusCode::NOT_FOUND,
             E::NotVerified(..) => StatusCode::UNPROCESSABLE_ENTITY,
             E::QuotaExceeded { .. } | E::TenantCreationClosed => StatusCode::FORBIDDEN,

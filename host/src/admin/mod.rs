@@ -21,6 +21,8 @@
 //! | POST | `/v1/instances` | `{"tenant", "service", "hosts": [...], "version"?}` |
 //! | GET | `/v1/instances[?tenant=T]`, `/v1/instances/{id}` | instances |
 //! | PATCH | `/v1/instances/{id}` | `{"hosts"?: [...], "version"?: "1.0.0" or "active"}` |
+//! | DELETE | `/v1/instances/{id}[?now=true]` | delete (restorable for the grace; `now`: operators, data destroyed at once) |
+//! | POST | `/v1/instances/{id}/restore` | bring back a deleted instance during its grace |
 //! | POST | `/v1/instances/{id}/hosts/verify` | `{"hostname", "method"?: "http" or "dns"}`: prove a claimed name |
 //! | GET, PUT | `/v1/tenants/{id}/quotas[/{quota}]` | quotas with usage; `{"limit": n or null}` (operators) |
 //! | GET, PUT | `/v1/users/{email}/quotas[/{quota}]` | a user's tenants quota |
@@ -115,7 +117,8 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/users/{email}/quotas", get(user_quotas))
         .route("/v1/users/{email}/quotas/{quota}", axum::routing::put(set_user_quota))
         .route("/v1/instances", get(list_instances).post(create_instance))
-        .route("/v1/instances/{id}", get(get_instance).patch(update_instance))
+        .route("/v1/instances/{id}", get(get_instance).patch(update_instance).delete(delete_instance))
+        .route("/v1/instances/{id}/restore", post(restore_instance))
         .route("/v1/instances/{id}/hosts/verify", post(verify_host))
         .route("/v1/instances/{id}/usage", get(instance_usage))
         .route("/v1/usage", get(all_usage))
@@ -640,6 +643,47 @@ async fn update_instance(
         instance = node.configurator.instance(&id).await?;
     }
     node.audit.record(&caller.email, "instance.update", &instance.id, Some(&instance.tenant), "ok").await;
+    Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
+}
+
+/// `?now=true` on `DELETE /v1/instances/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    now: bool,
+}
+
+/// Delete an instance: it stops serving at once and is restorable until its
+/// grace ends; `?now=true` (operators) destroys its data at once.
+async fn delete_instance(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("{e}: the only option is ?now=true")))?;
+    instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    if query.now {
+        node.access.require_operator(&caller, Platform::InstancesManage)?;
+    }
+    let instance = node.configurator.delete_instance(&id, actor(&caller), query.now).await?;
+    let action = if query.now { "instance.purge" } else { "instance.delete" };
+    node.audit.record(&caller.email, action, &instance.id, Some(&instance.tenant), "ok").await;
+    let mut value = serde_json::to_value(instance).map_err(anyhow::Error::from)?;
+    value["purged"] = json!(query.now);
+    Ok((StatusCode::ACCEPTED, Json(value)))
+}
+
+/// Bring back a deleted instance during its grace.
+async fn restore_instance(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let instance = node.configurator.restore_instance(&id, actor(&caller)).await?;
+    node.audit.record(&caller.email, "instance.restore", &instance.id, Some(&instance.tenant), "ok").await;
     Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }
 

@@ -451,7 +451,7 @@ impl Billing {
         modules.sort();
         modules.dedup();
         SubscriptionState {
-            active: instance.enabled,
+            active: instance.enabled && instance.deleted_at.is_none(),
             version: instance.running_version.clone(),
             modules,
             ends_at: instance.ends_at,

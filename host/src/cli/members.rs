@@ -35,17 +35,7 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
                     &json!({ "email": email, "role": role }),
                 )
                 .await?;
-            let human = match member.get("invitation") {
-                Some(invitation) => match invitation.get("link").and_then(serde_json::Value::as_str) {
-                    Some(link) => format!(
-                        "{email} has no proven account: invited as {role} of {tenant}.\n\
-                         Send them this link (it works once and expires):\n{link}"
-                    ),
-                    None => format!("{email} has no proven account: an invitation was emailed to them"),
-                },
-                None => format!("{email} is {role} of {tenant}"),
-            };
-            out.line(&member, &human)
+            out.line(&member, &member_added(&member, &tenant, &email, &role))
         }
         Command::Member(MemberCommand::Remove { tenant, email }) => {
             client
@@ -96,5 +86,19 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
             ],
         ),
         _ => unreachable!("run_client dispatches only this group's commands here"),
+    }
+}
+
+/// What `wharf member add` says: the member added, or the invitation sent.
+fn member_added(member: &serde_json::Value, tenant: &str, email: &str, role: &str) -> String {
+    match member.get("invitation") {
+        Some(invitation) => match invitation.get("link").and_then(serde_json::Value::as_str) {
+            Some(link) => format!(
+                "{email} has no proven account: invited as {role} of {tenant}.\n\
+                 Send them this link (it works once and expires):\n{link}"
+            ),
+            None => format!("{email} has no proven account: an invitation was emailed to them"),
+        },
+        None => format!("{email} is {role} of {tenant}"),
     }
 }

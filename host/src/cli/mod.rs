@@ -381,6 +381,16 @@ pub enum InstanceCommand {
     },
     /// Show an instance.
     Show { id: String },
+    /// Delete an instance: it stops serving at once, and its data is destroyed
+    /// when the node's deletion grace ends (`wharf instance restore` until then).
+    Delete {
+        id: String,
+        /// Destroy its data now, without the grace (operators).
+        #[arg(long)]
+        now: bool,
+    },
+    /// Bring back a deleted instance before its grace ends.
+    Restore { id: String },
     /// Change an instance's hostnames, version policy, modules, state or end date.
     Update {
         id: String,

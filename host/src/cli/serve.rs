@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// of usage. For measuring what the journal costs, not for production.
     #[arg(long)]
     pub no_usage_journal: bool,
+    /// Seconds a deleted instance stays restorable before its data is
+    /// destroyed (default 7 days; operators may delete at once).
+    #[arg(long, default_value_t = 7 * 86_400)]
+    pub deletion_grace: u64,
     /// Seconds after its month ends that an invoice closes by itself.
     #[arg(long, default_value_t = 3600)]
     pub invoice_grace: u64,
@@ -202,6 +206,7 @@ impl ServeArgs {
         config.jobs.max_attempts = self.job_attempts;
         config.billing.settable_clock = self.settable_clock;
         config.usage_journal = !self.no_usage_journal;
+        config.deletion_grace = Duration::from_secs(self.deletion_grace);
         config.billing.invoice_grace = Duration::from_secs(self.invoice_grace);
         config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
         let trust = &mut config.trust;

@@ -29,6 +29,23 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
             };
             out.instances(&client.get_all(&path, "instances").await?)
         }
+        Command::Instance(InstanceCommand::Delete { id, now }) => {
+            let path = format!("/v1/instances/{}{}", client::encode(&id), if now { "?now=true" } else { "" });
+            let deleted = client.delete(&path).await?;
+            let human = if now {
+                format!("{id} deleted and its data destroyed")
+            } else {
+                format!(
+                    "{id} deleted: it no longer serves; its data is destroyed at {} unless restored \
+                     (wharf instance restore {id})",
+                    deleted["purge_at"].as_i64().map(crate::clock::format_utc).unwrap_or_default()
+                )
+            };
+            out.line(&deleted, &human)
+        }
+        Command::Instance(InstanceCommand::Restore { id }) => {
+            out.instance(&client.post(&format!("/v1/instances/{}/restore", client::encode(&id)), &json!({})).await?)
+        }
         Command::Instance(InstanceCommand::Show { id }) => {
             out.instance(&client.get(&format!("/v1/instances/{id}")).await?)
         }

@@ -140,6 +140,50 @@ impl Configurator {
         Ok(())
     }
 
+    /// Check the proof of `host` (its claim's `token`) by `method`, or by HTTP
+    /// then DNS; `Err` says what each method found. A name several tenants
+    /// claim is disputed: the HTTP proof shows only that the name reaches the
+    /// platform, which is true for every claimant at once, so the first to ask
+    /// would win. Only the name's owner can publish its TXT record.
+    async fn prove(&self, host: &str, token: &str, method: Option<Method>) -> Result<Result<(), String>, ConfigError> {
+        let (claimants,): (i64,) =
+            sqlx::query_as("SELECT COUNT(DISTINCT tenant_id) FROM hostname_claims WHERE hostname = $1")
+                .bind(host)
+                .fetch_one(&self.db)
+                .await
+                .context("failed to count the name's claims")?;
+        let disputed = claimants > 1;
+        let mut failures = Vec::new();
+        let methods = match method {
+            Some(Method::Http) if disputed => {
+                failures.push(format!(
+                    "http: {host} is claimed by more than one tenant, so an HTTP check proves nothing; publish \
+                     {TXT_LABEL}.{host} TXT \"{TXT_PREFIX}{token}\" and verify with --method dns"
+                ));
+                vec![]
+            }
+            Some(m) => vec![m],
+            None if disputed => {
+                failures.push(format!(
+                    "http: not tried: {host} is claimed by more than one tenant, and only its TXT record proves it"
+                ));
+                vec![Method::Dns]
+            }
+            None => vec![Method::Http, Method::Dns],
+        };
+        let mut proven = false;
+        for method in methods {
+            match self.verifier.check(host, token, method).await {
+                Ok(()) => {
+                    proven = true;
+                    break;
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        Ok(if proven { Ok(()) } else { Err(failures.join("; ")) })
+    }
+
     /// Prove a claimed hostname of `instance` (by `method`, or HTTP then DNS) and
     /// route it; `NotVerified` says what each method found.
     pub async fn verify_hostname(
@@ -175,47 +219,8 @@ impl Configurator {
             .execute(&self.db)
             .await
             .context("failed to record the check")?;
-        // A name several tenants claim is disputed: the HTTP proof shows only
-        // that the name reaches the platform, which is true for every claimant
-        // at once, so the first to ask would win. Only the name's owner can
-        // publish its TXT record.
-        let (claimants,): (i64,) =
-            sqlx::query_as("SELECT COUNT(DISTINCT tenant_id) FROM hostname_claims WHERE hostname = $1")
-                .bind(&host)
-                .fetch_one(&self.db)
-                .await
-                .context("failed to count the name's claims")?;
-        let disputed = claimants > 1;
-        let mut failures = Vec::new();
-        let methods = match method {
-            Some(Method::Http) if disputed => {
-                failures.push(format!(
-                    "http: {host} is claimed by more than one tenant, so an HTTP check proves nothing; publish \
-                     {TXT_LABEL}.{host} TXT \"{TXT_PREFIX}{token}\" and verify with --method dns"
-                ));
-                vec![]
-            }
-            Some(m) => vec![m],
-            None if disputed => {
-                failures.push(format!(
-                    "http: not tried: {host} is claimed by more than one tenant, and only its TXT record proves it"
-                ));
-                vec![Method::Dns]
-            }
-            None => vec![Method::Http, Method::Dns],
-        };
-        let mut proven = false;
-        for method in methods {
-            match self.verifier.check(&host, &token, method).await {
-                Ok(()) => {
-                    proven = true;
-                    break;
-                }
-                Err(why) => failures.push(why),
-            }
-        }
-        if !proven {
-            let why = failures.join("; ");
+        let proof = self.prove(&host, &token, method).await?;
+        if let Err(why) = proof {
             sqlx::query("UPDATE hostname_claims SET last_error = $1 WHERE hostname = $2 AND instance_id = $3")
                 .bind(&why)
                 .bind(&host)

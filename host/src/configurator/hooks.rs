@@ -35,6 +35,9 @@ pub trait SetupQueue: JobQueue {
 
     /// Something was queued: wake this node's workers.
     fn wake(&self);
+
+    /// Delete every job of a purged instance inside `tx`; how many.
+    fn forget_in<'a, 'c: 'a>(&'a self, tx: &'a mut sqlx::Transaction<'c, Backend>, instance: &'a str) -> Hook<'a, u64>;
 }
 
 /// Billing: told after instances changed what they are billed for.

@@ -38,7 +38,7 @@ impl Configurator {
 
     /// Refuse a new instance of `tenant` past its instances quota (`tx` holds
     /// the tenant's row, so two creations cannot both take the last one).
-    async fn check_instance_quota(
+    pub(super) async fn check_instance_quota(
         &self,
         tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
         tenant: &str,
@@ -171,6 +171,9 @@ impl Configurator {
         // fields both land, neither is lost to the other's stale copy.
         let _guard = self.change_lock.lock().await;
         let current = self.instance(id).await?;
+        if current.deleted_at.is_some() {
+            return Err(ConfigError::Deleted(id.to_string()));
+        }
         let pinned = match change.version.as_deref() {
             None => current.pinned_version.clone(),
             Some("active") => None,
@@ -344,7 +347,8 @@ impl Configurator {
     /// Instances of `service` following its active version (none pinned), by id.
     pub async fn followers(&self, service: &str) -> Result<Vec<String>, ConfigError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM instances WHERE service = $1 AND (pinned_version IS NULL OR pinned_by = 'canary') ORDER BY id",
+            "SELECT id FROM instances WHERE service = $1 AND (pinned_version IS NULL OR pinned_by = 'canary') \
+             AND deleted_at IS NULL ORDER BY id",
         )
         .bind(service)
         .fetch_all(&self.db)
@@ -365,12 +369,13 @@ impl Configurator {
 
     /// One instance.
     pub async fn instance(&self, id: &str) -> Result<Instance, ConfigError> {
-        let row: InstanceRow = sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await
-            .context("failed to read instance")?
-            .ok_or_else(|| ConfigError::UnknownInstance(id.to_string()))?;
+        let row: InstanceRow =
+            sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND purged_at IS NULL"))
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to read instance")?
+                .ok_or_else(|| ConfigError::UnknownInstance(id.to_string()))?;
         Ok(self.describe_all(vec![row]).await?.remove(0))
     }
 
@@ -381,7 +386,8 @@ impl Configurator {
         let after_id = page.after.clone().unwrap_or_default();
         let rows: Vec<InstanceRow> = match tenants {
             None => sqlx::query_as(&format!(
-                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {after} ORDER BY created_at, id LIMIT {}",
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE purged_at IS NULL AND {after} \
+                 ORDER BY created_at, id LIMIT {}",
                 page.limit
             ))
             .bind(&after_id)
@@ -392,7 +398,7 @@ impl Configurator {
                 let mut rows: Vec<InstanceRow> = Vec::new();
                 for chunk in tenants.chunks(500) {
                     let sql = format!(
-                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {after} AND tenant_id IN ({}) \
+                        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE purged_at IS NULL AND {after} AND tenant_id IN ({}) \
                          ORDER BY created_at, id LIMIT {}",
                         marks(2, chunk.len()),
                         page.limit
@@ -500,6 +506,8 @@ impl Configurator {
                 settled_version: row.settled_version,
                 seeded_at: row.seeded_at,
             },
+            deleted_at: row.deleted_at,
+            purge_at: row.purge_at,
         }
     }
 }

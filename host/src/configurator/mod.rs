@@ -5,6 +5,7 @@
 //! the next request sees it without a restart and no request ever queries.
 
 mod claims;
+mod deletion;
 pub mod hooks;
 pub mod hostnames;
 mod instances;
@@ -38,6 +39,10 @@ pub enum ConfigError {
     TenantExists(String),
     #[error("no tenant {0:?}; create it with `wharf tenant create`")]
     UnknownTenant(String),
+    #[error("instance {0:?} is deleted: restore it first (wharf instance restore {0})")]
+    Deleted(String),
+    #[error("instance {0:?} is not deleted")]
+    NotDeleted(String),
     #[error("no instance {0:?}")]
     UnknownInstance(String),
     #[error("hostname {0:?} is not valid: use a DNS name like shop.example.com (IDNs in their xn-- form)")]
@@ -131,6 +136,12 @@ pub struct Instance {
     pub created_at: i64,
     /// Its database's migrations and the setup in progress or failed.
     pub setup: SetupInfo,
+    /// When it was deleted: it routes nothing, and is restorable until
+    /// `purge_at`, when its data is destroyed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<i64>,
 }
 
 /// Where an instance's setup stands, as the API shows it.
@@ -220,11 +231,13 @@ struct InstanceRow {
     ends_at: Option<i64>,
     pinned_by: Option<String>,
     pin_reason: Option<String>,
+    deleted_at: Option<i64>,
+    purge_at: Option<i64>,
 }
 
 const INSTANCE_COLUMNS: &str = "id, name, tenant_id, service, pinned_version, modules, settings, \
      (CASE WHEN enabled THEN 1 ELSE 0 END) AS enabled, created_at, setup_state, setup_target, setup_error, \
-     applied_migrations, settled_version, seeded_at, ends_at, pinned_by, pin_reason";
+     applied_migrations, settled_version, seeded_at, ends_at, pinned_by, pin_reason, deleted_at, purge_at";
 
 /// Who asks for a change: operators are bound by no quota and prove no hostname.
 #[derive(Debug, Clone, Copy)]
@@ -275,6 +288,8 @@ pub struct Configurator {
     verifier: Verifier,
     /// How long a released hostname stays reserved to its tenant.
     reservation: std::time::Duration,
+    /// How long a deleted instance stays restorable before its data is destroyed.
+    deletion_grace: std::time::Duration,
     tenant_creation: crate::config::TenantCreation,
     // Changes are serialised so two rebuilds never race to swap the table.
     change_lock: tokio::sync::Mutex<()>,
@@ -307,6 +322,7 @@ impl Configurator {
             verifier: Verifier::new(trust.challenge_connect, &trust.platform_addresses, trust.dns_server)
                 .context("failed to set up the DNS resolver for hostname challenges")?,
             reservation: trust.hostname_reservation,
+            deletion_grace: config.deletion_grace,
             tenant_creation: trust.tenant_creation,
             db,
             instances_dir: config.data_dir.join("instances"),

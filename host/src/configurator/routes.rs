@@ -77,15 +77,15 @@ impl Configurator {
     pub(super) async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
         let custom = format!(
             "SELECT h.hostname, {ROUTE_COLUMNS} FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
-                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id"
+                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL"
         );
         let platform = format!(
             "SELECT '' AS hostname, {ROUTE_COLUMNS} FROM instances i \
-                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id"
+                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL"
         );
         let rows = match instance {
             Some(id) => {
-                let mut rows: Vec<RouteRow> = sqlx::query_as(&format!("{custom} WHERE i.id = $1"))
+                let mut rows: Vec<RouteRow> = sqlx::query_as(&format!("{custom} AND i.id = $1"))
                     .bind(id)
                     .fetch_all(&self.db)
                     .await
@@ -93,7 +93,7 @@ impl Configurator {
                 // Every instance has a route (its jobs run through it), with
                 // or without hostnames.
                 rows.extend(
-                    sqlx::query_as::<_, RouteRow>(&format!("{platform} WHERE i.id = $1"))
+                    sqlx::query_as::<_, RouteRow>(&format!("{platform} AND i.id = $1"))
                         .bind(id)
                         .fetch_all(&self.db)
                         .await

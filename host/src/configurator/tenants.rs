@@ -181,11 +181,12 @@ impl Configurator {
     where
         E: sqlx::Executor<'e, Database = crate::store::Backend>,
     {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_one(db)
-            .await
-            .context("failed to count instances")?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM instances WHERE tenant_id = $1 AND deleted_at IS NULL")
+                .bind(tenant)
+                .fetch_one(db)
+                .await
+                .context("failed to count instances")?;
         Ok(count)
     }
 

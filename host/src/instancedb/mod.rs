@@ -230,6 +230,15 @@ impl InstanceDb {
         self.local.provision()
     }
 
+    /// Count its files as nothing against its tenant's quota (its data was
+    /// destroyed).
+    pub fn forget_sizes(&self) {
+        let storage = self.local.storage();
+        for file in ["data.sqlite", "kv.sqlite"] {
+            storage.record(&self.local.dir().join(file), 0);
+        }
+    }
+
     /// Run a statement that returns rows.
     pub async fn query(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<SqlRows, String> {
         self.sql.query(statement, params, call).await

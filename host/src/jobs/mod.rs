@@ -498,6 +498,38 @@ impl Queue {
         Ok(total)
     }
 
+    /// Delete every job of `instance` (whatever its state) inside `tx`, and
+    /// count its tenant's unfinished ones and their payload bytes back; how many.
+    pub async fn forget_instance_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        instance: &str,
+    ) -> anyhow::Result<u64> {
+        let deleted: Vec<(String, String, i64)> = sqlx::query_as(
+            "DELETE FROM jobs WHERE instance_id = $1 RETURNING tenant_id, state, CAST(length(payload) AS BIGINT)",
+        )
+        .bind(instance)
+        .fetch_all(&mut **tx)
+        .await
+        .context("failed to delete the instance's jobs")?;
+        let mut freed: HashMap<&str, (i64, i64)> = HashMap::new();
+        for (tenant, state, bytes) in &deleted {
+            let counts = freed.entry(tenant.as_str()).or_default();
+            counts.0 += i64::from(!matches!(state.as_str(), "succeeded" | "cancelled"));
+            counts.1 += bytes;
+        }
+        for (tenant, (pending, bytes)) in freed {
+            sqlx::query("UPDATE job_tenants SET pending = pending - $1, bytes = bytes - $2 WHERE tenant_id = $3")
+                .bind(pending)
+                .bind(bytes)
+                .bind(tenant)
+                .execute(&mut **tx)
+                .await
+                .context("failed to count the instance's jobs back")?;
+        }
+        Ok(deleted.len() as u64)
+    }
+
     /// Delete succeeded and cancelled jobs older than the retention, and those
     /// of a tenant beyond its newest `kept_finished` (so a tenant running
     /// jobs without pause does not fill the control plane in a week).

@@ -78,6 +78,10 @@ impl hooks::SetupQueue for Queue {
     fn wake(&self) {
         self.wake.notify_one();
     }
+
+    fn forget_in<'a, 'c: 'a>(&'a self, tx: &'a mut sqlx::Transaction<'c, Backend>, instance: &'a str) -> Hook<'a, u64> {
+        Box::pin(self.forget_instance_in(tx, instance))
+    }
 }
 
 /// A setup job to `version` about to be retried: its instance goes back to
@@ -125,7 +129,7 @@ struct SetupRow {
 pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
     let rows: Vec<SetupRow> = sqlx::query_as(
         "SELECT id, tenant_id, service, pinned_version, applied_migrations, setup_state, setup_target, seeded_at \
-         FROM instances WHERE enabled",
+         FROM instances WHERE enabled AND deleted_at IS NULL",
     )
     .fetch_all(&workers.db)
     .await

@@ -305,10 +305,16 @@ pub(crate) async fn route_of(workers: &Workers, instance: &str) -> Result<Arc<Ro
     if let Some(route) = workers.router.instance(instance) {
         return Ok(route);
     }
-    let exists: Result<Option<(String,)>, _> =
-        sqlx::query_as("SELECT id FROM instances WHERE id = $1").bind(instance).fetch_optional(&workers.db).await;
+    let exists: Result<Option<(Option<i64>,)>, _> = sqlx::query_as("SELECT deleted_at FROM instances WHERE id = $1")
+        .bind(instance)
+        .fetch_optional(&workers.db)
+        .await;
     match exists {
         Ok(None) => Err(Finish::Dead { error: "its instance no longer exists".into() }),
+        // Held while it may be restored; deleted with it when it is purged.
+        Ok(Some((Some(_),))) => {
+            Err(Finish::Deferred { after: Duration::from_secs(60), reason: "its instance is deleted".into() })
+        }
         _ => Err(Finish::Deferred {
             after: Duration::from_millis(200),
             reason: "its instance is not routed on this node yet".into(),

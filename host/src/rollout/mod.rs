@@ -318,7 +318,8 @@ impl Rollout {
         let current = store::generation(&self.db).await?;
         let mut on_nodes = versions_on_nodes(&self.db, service).await?;
         let pins: Vec<Pin> = sqlx::query_as(
-            "SELECT id, pinned_version, pinned_by, pin_reason FROM instances WHERE service = $1 AND pinned_version IS NOT NULL",
+            "SELECT id, pinned_version, pinned_by, pin_reason FROM instances WHERE service = $1 \
+             AND pinned_version IS NOT NULL AND deleted_at IS NULL",
         )
         .bind(service)
         .fetch_all(&self.db)

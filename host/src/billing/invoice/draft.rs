@@ -181,21 +181,7 @@ impl Draft<'_> {
                 continue;
             }
             let amount = mul_div_round(quantity as i128, price as i128, per as i128);
-            for (d, discount) in discounts.iter().enumerate() {
-                if applies(discount, &service) {
-                    let in_range: i64 = usage
-                        .by_hour
-                        .iter()
-                        .filter(|(h, _)| *h >= discount.starts_at && discount.ends_at.is_none_or(|e| *h < e))
-                        .map(|(_, a)| if kind == "fuel" { a.fuel } else { a.requests })
-                        .sum();
-                    if in_range > 0 {
-                        let entry = eligible[d].entry(currency.clone()).or_default();
-                        entry.0.add(Exact::of(in_range, price, per));
-                        entry.1 += amount;
-                    }
-                }
-            }
+            count_eligible(discounts, eligible, &service, usage, kind, (&currency, price, per), amount);
             let mut sources = vec![ledger.clone()];
             let mut explanation = format!("{quantity} {label} × {} per {per} {label}", money::format(price, &currency));
             if kind == "fuel" {
@@ -209,19 +195,7 @@ impl Draft<'_> {
                 let _ = write!(explanation, "; {late} of them recorded for earlier periods after their invoice closed");
                 sources.push(format!("usage_ledger of {instance}: rows before {} recorded late", format_utc(start)));
             }
-            if usage.dropped_rows > 0 {
-                sources.push(format!(
-                    "{} hourly rows outside the subscription (disabled or past its end) are not billed",
-                    usage.dropped_rows
-                ));
-            }
-            if let Some(priced) = priced_from.filter(|_| usage.unpriced_rows > 0) {
-                sources.push(format!(
-                    "{} hourly rows before {service} was first priced ({}) are not billed",
-                    usage.unpriced_rows,
-                    format_utc(priced)
-                ));
-            }
+            sources.extend(unbilled_rows(&service, usage, priced_from));
             lines.push(Line {
                 kind: kind.to_string(),
                 instance: Some(instance.to_string()),
@@ -305,6 +279,54 @@ impl Draft<'_> {
             }
         }
     }
+}
+
+/// Add what each discount applying to `service` covers of one instance's
+/// `kind` of usage (priced `currency`, `price` per `per`) to `eligible`.
+fn count_eligible(
+    discounts: &[Discount],
+    eligible: &mut [BTreeMap<String, (Exact, i64)>],
+    service: &str,
+    usage: &InstanceUsage,
+    kind: &str,
+    (currency, price, per): (&str, i64, i64),
+    amount: i64,
+) {
+    for (d, discount) in discounts.iter().enumerate() {
+        if !applies(discount, service) {
+            continue;
+        }
+        let in_range: i64 = usage
+            .by_hour
+            .iter()
+            .filter(|(h, _)| *h >= discount.starts_at && discount.ends_at.is_none_or(|e| *h < e))
+            .map(|(_, a)| if kind == "fuel" { a.fuel } else { a.requests })
+            .sum();
+        if in_range > 0 {
+            let entry = eligible[d].entry(currency.to_string()).or_default();
+            entry.0.add(Exact::of(in_range, price, per));
+            entry.1 += amount;
+        }
+    }
+}
+
+/// Why some of an instance's ledger rows are not billed, as sources of its lines.
+fn unbilled_rows(service: &str, usage: &InstanceUsage, priced_from: Option<i64>) -> Vec<String> {
+    let mut sources = Vec::new();
+    if usage.dropped_rows > 0 {
+        sources.push(format!(
+            "{} hourly rows outside the subscription (disabled or past its end) are not billed",
+            usage.dropped_rows
+        ));
+    }
+    if let Some(priced) = priced_from.filter(|_| usage.unpriced_rows > 0) {
+        sources.push(format!(
+            "{} hourly rows before {service} was first priced ({}) are not billed",
+            usage.unpriced_rows,
+            format_utc(priced)
+        ));
+    }
+    sources
 }
 
 fn applies(discount: &Discount, service: &str) -> bool {

@@ -385,13 +385,19 @@ impl Billing {
             draft.usage_lines(instance, &service, &plan, &usage, priced_from);
         }
         draft.discount_lines();
-        let lines = draft.lines;
+        let invoice = self.invoice_of(tenant, period, draft.lines).await?;
+        Ok((invoice, accounted))
+    }
+
+    /// The invoice of `tenant` for `period` with `lines`, totalled per currency.
+    async fn invoice_of(&self, tenant: &str, period: Period, lines: Vec<Line>) -> Result<Invoice, BillingError> {
+        let (start, end) = (period.start(), period.end());
         let mut totals: BTreeMap<String, i64> = BTreeMap::new();
         for line in &lines {
             *totals.entry(line.currency.clone()).or_default() += line.amount;
         }
         let now = self.now();
-        let invoice = Invoice {
+        Ok(Invoice {
             id: invoice_id(tenant, period),
             tenant: tenant.to_string(),
             period: period.to_string(),
@@ -408,8 +414,7 @@ impl Billing {
             accrued_until: None,
             projected: None,
             rounding: ROUNDING.to_string(),
-        };
-        Ok((invoice, accounted))
+        })
     }
 
     /// An instance's usage for `period`: (what closing it accounts for, what

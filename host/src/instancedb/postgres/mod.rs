@@ -253,6 +253,37 @@ impl PgDatabases {
         Ok(())
     }
 
+    /// Destroy `instance`'s database in `tx`: its schema with everything in
+    /// it, its role, and their record. This node's connections to it close
+    /// first, and the role's sessions on the server (other nodes') are ended.
+    pub async fn drop_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        instance: &str,
+    ) -> anyhow::Result<()> {
+        self.discard(&Arc::from(instance));
+        let role = role_name(instance)?;
+        let ended = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+            .bind(&role)
+            .execute(&self.admin)
+            .await;
+        if let Err(e) = ended {
+            tracing::warn!(%instance, "failed to end the sessions of the instance's role: {e}");
+        }
+        for statement in [format!("DROP SCHEMA IF EXISTS {role} CASCADE"), format!("DROP ROLE IF EXISTS {role}")] {
+            sqlx::query(&statement)
+                .execute(&mut **tx)
+                .await
+                .with_context(|| format!("failed to destroy the instance's database: {statement}"))?;
+        }
+        sqlx::query("DELETE FROM instance_databases WHERE instance_id = $1")
+            .bind(instance)
+            .execute(&mut **tx)
+            .await
+            .context("failed to forget the instance's database")?;
+        Ok(())
+    }
+
     /// The size of each of `tenant`'s instance databases (its schema's tables,
     /// indexes and TOAST), measured by the server: the same for every node.
     pub async fn tenant_sizes(&self, tenant: &str) -> anyhow::Result<Vec<(String, u64)>> {
