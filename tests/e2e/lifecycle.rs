@@ -283,3 +283,99 @@ async fn a_deleted_instance_is_billed_up_to_its_deletion_and_not_after() {
     let expected = ((3100i128 * (ended - started) as i128 * 2 + 31 * DAY as i128) / (2 * 31 * DAY as i128)) as i64;
     assert_eq!(lines[0]["amount"], expected, "{invoice:#}");
 }
+
+/// The files a node keeps for a component: its bytes and compiled artifacts.
+fn component_files(node: &TestNode, sha256: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in ["components", "compiled"] {
+        if let Ok(entries) = std::fs::read_dir(node.data.path().join(dir)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(sha256) {
+                    found.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_is_deleted_only_once_nothing_needs_it_and_its_files_leave_every_node() {
+    let node = TestNode::start().await;
+    let b = if crate::harness::on_postgres() { Some(TestNode::start_sharing(&node).await) } else { None };
+    // Three versions with different components (their own files).
+    let mut sha = std::collections::BTreeMap::new();
+    for (guest, version) in [("hello", "1.0.0"), ("echo", "2.0.0"), ("misbehave", "3.0.0")] {
+        let published = node.publish(guest, "site", version).await;
+        sha.insert(version, published["sha256"].as_str().unwrap().to_string());
+    }
+    let path = |v: &str| format!("/v1/services/site/versions/{v}");
+    let refused = |body: &Value, why: &str| {
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(why), "expected {why:?}: {body}");
+    };
+    // Only operators delete versions.
+    let owner = node.user("owner@acme.test").await;
+    node.expect(&owner, Method::POST, "/v1/tenants", json!({ "id": "acme" }), StatusCode::CREATED).await;
+    assert_eq!(node.call(&owner, Method::DELETE, &path("1.0.0"), None).await.0, StatusCode::FORBIDDEN);
+    // The active version, then the previous one, cannot go.
+    let (status, body) = node.admin(Method::DELETE, &path("1.0.0"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    refused(&body, "active version");
+    node.admin(Method::POST, "/v1/services/site/activate", Some(json!({ "version": "2.0.0" }))).await;
+    let (status, body) = node.admin(Method::DELETE, &path("1.0.0"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    refused(&body, "`wharf rollback` returns to");
+    node.admin(Method::POST, "/v1/services/site/activate", Some(json!({ "version": "3.0.0" }))).await;
+    // An instance pinned to it keeps it.
+    let (status, pinned) = node
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({ "tenant": "acme", "service": "site", "hosts": ["old.test"], "version": "1.0.0" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{pinned}");
+    let pinned = pinned["id"].as_str().unwrap().to_string();
+    let (status, body) = node.admin(Method::DELETE, &path("1.0.0"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    refused(&body, &format!("instance {pinned}"));
+    assert!(!component_files(&node, &sha["1.0.0"]).is_empty(), "the check sees the files");
+    if let Some(b) = &b {
+        // Node B compiles it too (in the background).
+        let started = std::time::Instant::now();
+        while component_files(b, &sha["1.0.0"]).iter().all(|f| !f.starts_with("compiled")) {
+            assert!(started.elapsed() < Duration::from_secs(20), "node B never compiled 1.0.0");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Once nothing needs it, it goes, with its files, everywhere.
+    assert_eq!(
+        node.admin(Method::DELETE, &format!("/v1/instances/{pinned}?now=true"), None).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, body) = node.admin(Method::DELETE, &path("1.0.0"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["deleted"]["version"], "1.0.0", "{body}");
+    assert_eq!(node.admin(Method::GET, &path("1.0.0"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(component_files(&node, &sha["1.0.0"]), Vec::<String>::new());
+    let versions = node.get_admin("/v1/services/site").await;
+    let listed: Vec<&str> =
+        versions["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["3.0.0", "2.0.0"], "{versions}");
+    if let Some(b) = &b {
+        let started = std::time::Instant::now();
+        while !component_files(b, &sha["1.0.0"]).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "node B kept the deleted version's files");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.admin(Method::GET, &path("1.0.0"), None).await.0, StatusCode::NOT_FOUND);
+    }
+    // What was never there, or is gone, is 404.
+    assert_eq!(node.admin(Method::DELETE, &path("1.0.0"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(node.admin(Method::DELETE, "/v1/services/nope/versions/1.0.0", None).await.0, StatusCode::NOT_FOUND);
+    // The versions still in use keep serving.
+    assert_eq!(node.get_admin("/v1/services/site").await["active_version"], "3.0.0");
+}

@@ -108,7 +108,7 @@ impl From<RegistryError> for ApiError {
             E::Manifest(_) | E::Component(_) | E::NameMismatch { .. } | E::Dialect { .. } | E::NoWorker { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            E::VersionConflict { .. } | E::NotLoadable { .. } => StatusCode::CONFLICT,
+            E::VersionConflict { .. } | E::NotLoadable { .. } | E::InUse { .. } => StatusCode::CONFLICT,
             E::UnknownService(_) | E::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             E::Internal(e) => return Self::internal(e),
         };

@@ -20,6 +20,7 @@
 //! | GET | `/v1/tenants`, `/v1/tenants/{id}` | tenants |
 //! | POST | `/v1/instances` | `{"tenant", "service", "hosts": [...], "version"?}` |
 //! | GET | `/v1/instances[?tenant=T]`, `/v1/instances/{id}` | instances |
+//! | DELETE | `/v1/services/{name}/versions/{version}` | delete a version nothing needs (operators; `409` naming what needs it) |
 //! | PATCH | `/v1/instances/{id}` | `{"hosts"?: [...], "version"?: "1.0.0" or "active"}` |
 //! | DELETE | `/v1/instances/{id}[?now=true]` | delete (restorable for the grace; `now`: operators, data destroyed at once) |
 //! | POST | `/v1/instances/{id}/restore` | bring back a deleted instance during its grace |
@@ -108,7 +109,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/services/{name}/versions", post(publish).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
-        .route("/v1/services/{name}/versions/{version}", get(get_version))
+        .route("/v1/services/{name}/versions/{version}", get(get_version).delete(delete_version))
         .route("/v1/services/{name}/activate", post(activate))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{id}", get(get_tenant))
@@ -395,6 +396,18 @@ async fn activate(
     subscriptions_due(&node).await;
     node.audit.record(&caller.email, "version.activate", &format!("{name} {version}"), None, "ok").await;
     Ok(Json(serde_json::to_value(activated).map_err(anyhow::Error::from)?))
+}
+
+/// Delete a service version nothing needs any more (operators).
+async fn delete_version(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::ServicesPublish)?;
+    let deleted = node.registry.delete_version(&name, &version).await?;
+    node.audit.record(&caller.email, "version.delete", &format!("{name} {version}"), None, "ok").await;
+    Ok(Json(json!({ "deleted": deleted })))
 }
 
 #[derive(Deserialize)]

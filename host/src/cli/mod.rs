@@ -287,6 +287,10 @@ pub enum ServiceCommand {
     List,
     /// Show a service and its versions.
     Show { name: String },
+    /// Delete a version nothing needs any more (operators): refused, saying
+    /// why, while it is active, the previous or staged version, or an instance
+    /// or a job needs it.
+    DeleteVersion { name: String, version: String },
     /// The permissions a service declares (active version, or --version).
     Permissions {
         name: String,

@@ -39,6 +39,11 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
             out.activated(&v)
         }
         Command::Service(ServiceCommand::List) => out.services(&client.get("/v1/services").await?),
+        Command::Service(ServiceCommand::DeleteVersion { name, version }) => {
+            let path = format!("/v1/services/{}/versions/{}", client::encode(&name), client::encode(&version));
+            let deleted = client.delete(&path).await?;
+            out.line(&deleted, &format!("{name} {version} deleted"))
+        }
         Command::Service(ServiceCommand::Show { name }) => {
             out.service(&client.get(&format!("/v1/services/{name}")).await?)
         }

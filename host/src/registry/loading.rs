@@ -106,6 +106,7 @@ impl Registry {
             .fetch_all(&self.db)
             .await
             .context("failed to list published versions")?;
+        self.forget_deleted(&rows).await?;
         let needed = if self.unloaded.is_empty() { Default::default() } else { self.needed().await? };
         let mut routed: Option<std::collections::HashSet<(String, String)>> = None;
         for row in &rows {

@@ -8,6 +8,7 @@
 //! version sits behind an `ArcSwap`, so activation is one pointer store and
 //! requests already running finish on the version they started with.
 
+mod deletion;
 pub mod guards;
 mod loading;
 pub mod manifest;
@@ -186,6 +187,8 @@ pub enum RegistryError {
          export it (with the SDK, `wharf_sdk::worker!(run_job)`) or remove the [[jobs]] entries"
     )]
     NoWorker { service: String, version: String },
+    #[error("{service} {version} cannot be deleted: {reason}")]
+    InUse { service: String, version: String, reason: String },
     #[error("{service} {version} cannot be loaded on this node: {reason}")]
     NotLoadable { service: String, version: String, reason: String },
     #[error(transparent)]
