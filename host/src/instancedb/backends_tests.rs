@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use std::time::Instant;
 
 /// An instance's databases on one combination of backends.
 struct Handle {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Call, GuestKv};
+use super::types::{Call, GuestKv};
 use crate::shared::Redis;
 
 /// The key-value store of one instance, in Redis.

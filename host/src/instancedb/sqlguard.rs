@@ -3,7 +3,7 @@
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 
-use super::{MAX_DB_BYTES, MAX_KEY_BYTES, MAX_STATEMENT_BYTES, STATEMENT_TIMEOUT};
+use super::types::{MAX_DB_BYTES, MAX_KEY_BYTES, MAX_STATEMENT_BYTES, STATEMENT_TIMEOUT};
 
 /// PRAGMAs that describe the guest's own schema; they may name a table.
 const SCHEMA_PRAGMAS: &[&str] =

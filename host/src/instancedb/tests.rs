@@ -2,6 +2,7 @@
 
 use super::*;
 use rusqlite::Connection;
+use std::time::Instant;
 
 fn later() -> &'static Call {
     static LATER: std::sync::OnceLock<Call> = std::sync::OnceLock::new();

@@ -14,8 +14,8 @@ use tokio_postgres::Client;
 
 use super::values::{bind, Cell};
 use super::{Conn, Login, PgDatabases};
-use crate::instancedb::STATEMENT_TIMEOUT;
-use crate::instancedb::{
+use crate::instancedb::types::STATEMENT_TIMEOUT;
+use crate::instancedb::types::{
     Call, SqlRows, SqlValue, MAX_COLUMNS, MAX_RESULT_BYTES, MAX_ROWS, MAX_STATEMENT_BYTES, MAX_WAIT,
 };
 
@@ -419,7 +419,7 @@ impl PgSql {
         let key = dir.join("data.sqlite");
         // Every node writes the same schemas: the tenant's sizes come from the
         // server, re-read at most once a second by each node that writes.
-        if storage.due(crate::instancedb::TENANT_SIZES_EVERY) {
+        if storage.due(crate::instancedb::types::TENANT_SIZES_EVERY) {
             match self.pg.pool.tenant_sizes(&self.pg.tenant).await {
                 Ok(sizes) => {
                     let parent = dir.parent().unwrap_or(dir);
@@ -430,7 +430,7 @@ impl PgSql {
                 Err(e) => tracing::warn!(tenant = %self.pg.tenant, "{e:#}"),
             }
         }
-        let room = storage.size(&key) < crate::instancedb::MAX_DB_BYTES.min(storage.allowance(&key));
+        let room = storage.size(&key) < crate::instancedb::types::MAX_DB_BYTES.min(storage.allowance(&key));
         let (done, size) = self.pg.run(work, call, room).await?;
         if let Some(bytes) = size {
             storage.record(&key, bytes);
@@ -440,9 +440,9 @@ impl PgSql {
 }
 
 #[async_trait::async_trait]
-impl crate::instancedb::GuestSql for PgSql {
-    fn dialect(&self) -> crate::instancedb::Dialect {
-        crate::instancedb::Dialect::Postgres
+impl crate::instancedb::types::GuestSql for PgSql {
+    fn dialect(&self) -> crate::instancedb::types::Dialect {
+        crate::instancedb::types::Dialect::Postgres
     }
 
     async fn query(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<SqlRows, String> {

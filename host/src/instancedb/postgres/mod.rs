@@ -46,8 +46,7 @@ use anyhow::Context as _;
 use futures_util::pin_mut;
 use tokio_postgres::{Client, NoTls};
 
-use super::STATEMENT_TIMEOUT;
-use super::{MAX_RESULT_BYTES, MAX_WAIT};
+use super::types::{MAX_RESULT_BYTES, MAX_WAIT, STATEMENT_TIMEOUT};
 use crate::store::Db;
 
 pub use instance::{PgInstance, PgSql};

@@ -3,8 +3,7 @@
 
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 
-use crate::instancedb::SqlValue;
-use crate::instancedb::MAX_VALUE_BYTES;
+use crate::instancedb::types::{SqlValue, MAX_VALUE_BYTES};
 
 /// Bind each value as the type the server inferred for its parameter.
 pub(super) fn bind(stmt: &tokio_postgres::Statement, params: &[SqlValue]) -> Result<Vec<Param>, String> {

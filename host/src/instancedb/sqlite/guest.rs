@@ -9,7 +9,7 @@ use rusqlite::Connection;
 
 use super::Local;
 use crate::instancedb::sqlguard::{check_statement, describe};
-use crate::instancedb::{Call, Dialect, GuestKv, GuestSql, SqlRows, SqlValue, MAX_RESULT_BYTES, MAX_ROWS};
+use crate::instancedb::types::{Call, Dialect, GuestKv, GuestSql, SqlRows, SqlValue, MAX_RESULT_BYTES, MAX_ROWS};
 
 #[async_trait::async_trait]
 impl GuestSql for Local {

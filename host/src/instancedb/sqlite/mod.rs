@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::threads::{self, DbThreads, TenantSlots};
-use super::{Call, MAX_WAIT, SQLITE_HEAP_LIMIT, SQLITE_SOFT_HEAP_LIMIT};
+use super::types::{Call, MAX_WAIT, SQLITE_HEAP_LIMIT, SQLITE_SOFT_HEAP_LIMIT};
 use session::{file_bytes, open_data, open_kv, Session};
 
 /// Cap the process's SQLite heap (once; later calls do nothing).

@@ -12,8 +12,9 @@ use rusqlite::Connection;
 
 use super::{limit_sqlite_heap, threads, Conns, Running, Shared};
 use crate::instancedb::sqlguard::authorize;
-use crate::instancedb::{storage, MAX_COLUMNS, MAX_DB_BYTES, MAX_KEY_BYTES, MAX_KV_BYTES, MAX_STATEMENT_BYTES};
-use crate::instancedb::{MAX_VALUE_BYTES, PAGE_CACHE_KIB, WAL_LIMIT};
+use crate::instancedb::storage;
+use crate::instancedb::types::{MAX_COLUMNS, MAX_DB_BYTES, MAX_KEY_BYTES, MAX_KV_BYTES, MAX_STATEMENT_BYTES};
+use crate::instancedb::types::{MAX_VALUE_BYTES, PAGE_CACHE_KIB, WAL_LIMIT};
 
 /// One job's access to the instance's connections, on a database thread.
 pub(super) struct Session<'a> {
