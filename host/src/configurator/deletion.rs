@@ -181,6 +181,17 @@ impl Configurator {
         }
         tx.commit().await.context("failed to commit the purge")?;
         tracing::info!(instance = %id, %tenant, "instance purged: its data is destroyed");
+        // A request in flight when the instance left its routes may still
+        // write a key: once every such request is over, sweep again.
+        if let Some(redis) = self.backends.redis.clone() {
+            let (id, after) = (id.to_string(), self.request_timeout + std::time::Duration::from_secs(1));
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if let Err(e) = redis.forget_instance(&id).await {
+                    tracing::warn!(instance = %id, "failed to sweep a purged instance's keys: {e:#}");
+                }
+            });
+        }
         Ok(true)
     }
 }

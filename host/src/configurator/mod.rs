@@ -290,6 +290,9 @@ pub struct Configurator {
     reservation: std::time::Duration,
     /// How long a deleted instance stays restorable before its data is destroyed.
     deletion_grace: std::time::Duration,
+    /// The longest a request runs: what one still in flight when its instance
+    /// was purged may write meanwhile is swept after this.
+    request_timeout: std::time::Duration,
     tenant_creation: crate::config::TenantCreation,
     // Changes are serialised so two rebuilds never race to swap the table.
     change_lock: tokio::sync::Mutex<()>,
@@ -323,6 +326,7 @@ impl Configurator {
                 .context("failed to set up the DNS resolver for hostname challenges")?,
             reservation: trust.hostname_reservation,
             deletion_grace: config.deletion_grace,
+            request_timeout: config.limits.request_timeout,
             tenant_creation: trust.tenant_creation,
             db,
             instances_dir: config.data_dir.join("instances"),

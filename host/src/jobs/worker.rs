@@ -305,14 +305,16 @@ pub(crate) async fn route_of(workers: &Workers, instance: &str) -> Result<Arc<Ro
     if let Some(route) = workers.router.instance(instance) {
         return Ok(route);
     }
-    let exists: Result<Option<(Option<i64>,)>, _> = sqlx::query_as("SELECT deleted_at FROM instances WHERE id = $1")
-        .bind(instance)
-        .fetch_optional(&workers.db)
-        .await;
+    let exists: Result<Option<(Option<i64>, Option<i64>)>, _> =
+        sqlx::query_as("SELECT deleted_at, purged_at FROM instances WHERE id = $1")
+            .bind(instance)
+            .fetch_optional(&workers.db)
+            .await;
     match exists {
-        Ok(None) => Err(Finish::Dead { error: "its instance no longer exists".into() }),
+        // (A job a request still in flight queued as its instance was purged.)
+        Ok(None | Some((_, Some(_)))) => Err(Finish::Dead { error: "its instance no longer exists".into() }),
         // Held while it may be restored; deleted with it when it is purged.
-        Ok(Some((Some(_),))) => {
+        Ok(Some((Some(_), None))) => {
             Err(Finish::Deferred { after: Duration::from_secs(60), reason: "its instance is deleted".into() })
         }
         _ => Err(Finish::Deferred {
