@@ -12,7 +12,8 @@
 //! - [`billing`] counts what each instance used;
 //! - [`jobs`] is the durable job queue, its workers and the instance setups
 //!   (migrations, seeders) that run on it;
-//! - [`store`] is the control-plane database;
+//! - [`store`] is the control-plane database, and [`backup`] copies a node's
+//!   whole state while it serves and restores it;
 //! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
 //! - [`sched`] lowers threads running CPU-heavy work;
 //! - [`node`] wires them together, and [`cli`] is the `wharf` command.
@@ -20,6 +21,7 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod backup;
 pub mod billing;
 pub mod cli;
 pub mod clock;

@@ -175,3 +175,16 @@ impl Quotas {
         Ok((self.defaults.database_bytes_per_tenant, overrides))
     }
 }
+
+/// Destroy the quota overrides of a subject that is no more (within `tx`).
+pub async fn forget_in(
+    tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+    subject: &Subject<'_>,
+) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM quota_overrides WHERE subject = $1")
+        .bind(subject.key())
+        .execute(&mut **tx)
+        .await
+        .context("failed to drop quota overrides")?;
+    Ok(())
+}

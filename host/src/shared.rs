@@ -236,6 +236,54 @@ impl Redis {
         Ok(existed == 1)
     }
 
+    /// Live entries of `instance` after `after` in key order, at most
+    /// `limit`: (key, value, when it expires in Unix milliseconds).
+    pub async fn entries(
+        &self,
+        instance: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>, Option<i64>)>, String> {
+        let (values, _, index) = self.instance_keys(instance);
+        let mut conn = self.conn.clone();
+        let mut found = Vec::new();
+        let mut from = format!("({after}");
+        // Index entries whose value expired are skipped; read on until `limit`.
+        while found.len() < limit as usize {
+            let names: Vec<String> = self
+                .run(
+                    "the index",
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(&index)
+                        .arg(&from)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let Some(last) = names.last() else { break };
+            from = format!("({last}");
+            let mut pipe = redis::pipe();
+            for name in &names {
+                pipe.cmd("GET").arg(format!("{values}{name}"));
+                pipe.cmd("PTTL").arg(format!("{values}{name}"));
+            }
+            let answers: Vec<redis::Value> = self.run("the values", pipe.query_async(&mut conn)).await?;
+            let now = crate::store::now_millis();
+            for (name, pair) in names.iter().zip(answers.chunks(2)) {
+                let value: Option<Vec<u8>> = redis::from_redis_value(&pair[0]).map_err(|e| e.to_string())?;
+                let ttl: i64 = redis::from_redis_value(&pair[1]).map_err(|e| e.to_string())?;
+                if let Some(value) = value {
+                    found.push((name.clone(), value, (ttl >= 0).then_some(now + ttl)));
+                }
+            }
+        }
+        found.truncate(limit as usize);
+        Ok(found)
+    }
+
     /// Live keys of `instance` starting with `prefix`, sorted, at most `limit`.
     pub async fn list(&self, instance: &str, prefix: &str, limit: u32) -> Result<Vec<String>, String> {
         let (values, _, index) = self.instance_keys(instance);

@@ -89,6 +89,9 @@ fn tenant_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::DELETE, "/v1/instances/{i}", None),
         (Method::DELETE, "/v1/instances/{i}?now=true", None),
         (Method::POST, "/v1/instances/{i}/restore", None),
+        (Method::DELETE, "/v1/tenants/{t}", None),
+        (Method::DELETE, "/v1/tenants/{t}?now=true", None),
+        (Method::POST, "/v1/tenants/{t}/restore", None),
     ]
 }
 

@@ -379,3 +379,54 @@ async fn the_cli_stages_promotes_rolls_back_and_runs_canaries() {
     let (ok, _, err) = wharf(&node, &["promote", "hello", "7.0.0"]);
     assert!(!ok && err.contains("7.0.0"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_imports_backs_up_hands_over_and_deletes() {
+    let node = TestNode::start().await;
+    let (owner, id) = crate::lifecycle::owned_probe(&node, "p.test").await;
+    crate::lifecycle::write_data(&node, "p.test").await;
+    let ann = node.user("ann@acme.test").await;
+    let add = serde_json::json!({ "email": "ann@acme.test" });
+    node.expect(&owner, reqwest::Method::POST, "/v1/tenants/acme/members", add, StatusCode::CREATED).await;
+
+    // Export as the owner, import as the operator.
+    let file = node.data.path().join("probe.tar");
+    let (ok, out, err) = wharf_with(&node, Some(&owner), &["instance", "export", &id, "-o", file.to_str().unwrap()]);
+    assert!(ok && out.contains("exported"), "{out}{err}");
+    let imported = ok_json(
+        &node,
+        &["instance", "import", file.to_str().unwrap(), "--tenant", "acme", "--name", "copy", "--host", "c.test"],
+    );
+    assert_eq!(imported["name"], "copy", "{imported}");
+    let invoices = node.data.path().join("invoices.tar");
+    let (ok, out, err) = wharf(&node, &["invoice", "export", "--tenant", "acme", "-o", invoices.to_str().unwrap()]);
+    assert!(ok && invoices.exists(), "{out}{err}");
+
+    // Back up while serving (a single node's own storage).
+    let backup = node.data.path().parent().unwrap().join(format!("backup-{}", uuid::Uuid::new_v4().simple()));
+    let (ok, out, err) = wharf(&node, &["backup", backup.to_str().unwrap()]);
+    if crate::harness::on_postgres() {
+        assert!(!ok && err.contains("pg_dump"), "{out}{err}");
+    } else {
+        assert!(ok && out.contains("backed up"), "{out}{err}");
+        assert!(backup.join("backup.json").exists());
+        std::fs::remove_dir_all(&backup).unwrap();
+    }
+
+    // Hand the tenant over, then leave: the account is gone.
+    let (ok, out, err) = wharf_with(&node, Some(&owner), &["member", "transfer", "--tenant", "acme", "ann@acme.test"]);
+    assert!(ok && out.contains("now owns acme"), "{out}{err}");
+    let (ok, out, err) = wharf(&node, &["account", "delete", "--user", "owner@acme.test"]);
+    assert!(ok && out.contains("deleted"), "{out}{err}");
+    let (ok, _, err) = wharf_with(&node, Some(&owner), &["whoami"]);
+    assert!(!ok && err.contains("401"), "{err}");
+
+    // The new owner deletes the tenant and brings it back.
+    let (ok, out, err) = wharf_with(&node, Some(&ann), &["tenant", "delete", "acme"]);
+    assert!(
+        ok && out.contains("deleted with 2 instance(s)") && out.contains("wharf tenant restore acme"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = wharf_with(&node, Some(&ann), &["tenant", "restore", "acme"]);
+    assert!(ok && out.contains("restored with 2 instance(s)"), "{out}{err}");
+}

@@ -6,14 +6,17 @@ mod browser;
 mod harness;
 
 mod access;
+mod backups;
 mod billing;
 mod cli;
 mod cluster;
 mod containment;
 mod dashboard;
 mod data;
+mod exports;
 mod instances;
 mod jobs;
+mod leaving;
 mod lifecycle;
 mod limits;
 mod publish;

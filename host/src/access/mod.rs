@@ -47,6 +47,7 @@ impl Role {
                 matches!(self, Role::Owner | Role::Admin)
             }
             Platform::MembersManage | Platform::BillingManage => matches!(self, Role::Owner | Role::Admin),
+            Platform::TenantDelete => matches!(self, Role::Owner),
             Platform::ServicesPublish | Platform::NodeRead | Platform::QuotasManage | Platform::BillingOperate => false,
         }
     }
@@ -67,6 +68,8 @@ pub enum Platform {
     BillingManage,
     /// Set plans and discounts, close invoices, move the clock (operators).
     BillingOperate,
+    /// Delete the tenant (owners).
+    TenantDelete,
     /// Read the audit log.
     AuditRead,
     /// Publish and activate service versions (operators).
@@ -78,6 +81,20 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// Whether holding it lets one change something in a tenant (refused in a
+    /// deleted tenant, even to operators).
+    fn changes_tenant(self) -> bool {
+        matches!(
+            self,
+            Platform::InstancesManage | Platform::MembersManage | Platform::BillingManage | Platform::QuotasManage
+        )
+    }
+
+    /// Whether it reads records kept after a tenant is purged.
+    fn reads_records(self) -> bool {
+        matches!(self, Platform::BillingRead | Platform::BillingOperate | Platform::AuditRead)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Platform::TenantRead => "wharf.tenants.read",
@@ -86,6 +103,7 @@ impl Platform {
             Platform::BillingRead => "wharf.billing.read",
             Platform::BillingManage => "wharf.billing.manage",
             Platform::BillingOperate => "wharf.billing.operate",
+            Platform::TenantDelete => "wharf.tenants.delete",
             Platform::AuditRead => "wharf.audit.read",
             Platform::ServicesPublish => "wharf.services.publish",
             Platform::NodeRead => "wharf.node.read",
@@ -110,6 +128,15 @@ pub enum AccessError {
     NotAMember(String, String),
     #[error("a tenant must keep at least one owner")]
     LastOwner,
+    #[error("tenant {0:?} is deleted: restore it first (wharf tenant restore {0})")]
+    TenantDeleted(String),
+    #[error(
+        "this account is the last owner of {}: make another member owner first (wharf member transfer --tenant {} EMAIL) or delete the tenant (wharf tenant delete {})",
+        .0.join(", "), .0[0], .0[0]
+    )]
+    LastOwnerOf(Vec<String>),
+    #[error("this is the platform's last operator account: make another operator first")]
+    LastOperator,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -134,6 +161,10 @@ pub struct Grant {
     pub created_at: i64,
 }
 
+/// Memberships count only in tenants that are not deleted: a deleted tenant's
+/// people lose access at once, on every node, and get it back if it is restored.
+const LIVE: &str = "tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NULL)";
+
 /// The access room of one node.
 pub struct Access {
     db: Db,
@@ -146,26 +177,70 @@ impl Access {
 
     /// A user's role in a tenant.
     pub async fn role(&self, tenant: &str, user_id: &str) -> Result<Option<Role>, AccessError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2")
-                .bind(tenant)
-                .bind(user_id)
-                .fetch_optional(&self.db)
-                .await
-                .context("failed to read membership")?;
+        let row: Option<(String,)> = sqlx::query_as(&format!(
+            "SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2 AND {LIVE}"
+        ))
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_optional(&self.db)
+        .await
+        .context("failed to read membership")?;
         Ok(row.and_then(|(r,)| Role::parse(&r)))
     }
 
     /// Require `permission` in `tenant`: operators pass; non-members get "no such
     /// tenant"; members without it get "forbidden".
+    /// A deleted tenant is not there for its members; operators may still
+    /// read it but change nothing in it, and once it is purged only its
+    /// records (billing, audit) remain.
     pub async fn require(&self, caller: &Caller, tenant: &str, permission: Platform) -> Result<(), AccessError> {
         if caller.operator {
-            return Ok(());
+            return match self.deleted(tenant).await? {
+                None => Ok(()),
+                Some(_) if permission.reads_records() => Ok(()),
+                Some(true) => Err(AccessError::NoSuchTenant(tenant.to_string())),
+                Some(false) if permission.changes_tenant() => Err(AccessError::TenantDeleted(tenant.to_string())),
+                Some(false) => Ok(()),
+            };
         }
         match self.role(tenant, &caller.user_id).await? {
             None => Err(AccessError::NoSuchTenant(tenant.to_string())),
             Some(role) if role.holds(permission) => Ok(()),
             Some(_) => Err(AccessError::Forbidden(permission.name(), tenant.to_string())),
+        }
+    }
+
+    /// Whether `tenant` is deleted: `Some(purged)`, or `None` while it lives.
+    async fn deleted(&self, tenant: &str) -> Result<Option<bool>, AccessError> {
+        let row: Option<(Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT deleted_at, purged_at FROM tenants WHERE id = $1")
+                .bind(tenant)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to read the tenant")?;
+        Ok(match row {
+            Some((Some(_), purged)) => Some(purged.is_some()),
+            _ => None,
+        })
+    }
+
+    /// Require that `caller` may bring back the deleted `tenant`: an operator,
+    /// or one of its owners (whose membership waits out the grace with it).
+    pub async fn require_restorer(&self, caller: &Caller, tenant: &str) -> Result<(), AccessError> {
+        if caller.operator {
+            return Ok(());
+        }
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(&caller.user_id)
+                .fetch_optional(&self.db)
+                .await
+                .context("failed to read membership")?;
+        match row.and_then(|(r,)| Role::parse(&r)) {
+            None => Err(AccessError::NoSuchTenant(tenant.to_string())),
+            Some(Role::Owner) => Ok(()),
+            Some(_) => Err(AccessError::Forbidden(Platform::TenantDelete.name(), tenant.to_string())),
         }
     }
 
@@ -183,12 +258,13 @@ impl Access {
         if caller.operator {
             return Ok(None);
         }
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT tenant_id FROM tenant_members WHERE user_id = $1 ORDER BY tenant_id")
-                .bind(&caller.user_id)
-                .fetch_all(&self.db)
-                .await
-                .context("failed to list memberships")?;
+        let rows: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT tenant_id FROM tenant_members WHERE user_id = $1 AND {LIVE} ORDER BY tenant_id"
+        ))
+        .bind(&caller.user_id)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list memberships")?;
         Ok(Some(rows.into_iter().map(|(t,)| t).collect()))
     }
 
@@ -201,12 +277,13 @@ impl Access {
         if caller.operator {
             return Ok(None);
         }
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT tenant_id, role FROM tenant_members WHERE user_id = $1 ORDER BY tenant_id")
-                .bind(&caller.user_id)
-                .fetch_all(&self.db)
-                .await
-                .context("failed to list memberships")?;
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT tenant_id, role FROM tenant_members WHERE user_id = $1 AND {LIVE} ORDER BY tenant_id"
+        ))
+        .bind(&caller.user_id)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list memberships")?;
         Ok(Some(
             rows.into_iter()
                 .filter(|(_, role)| Role::parse(role).is_some_and(|r| r.holds(permission)))
@@ -287,7 +364,7 @@ impl Access {
     async fn member_rows(&self, column: &str, value: &str, order: &str) -> Result<Vec<Member>, AccessError> {
         let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(&format!(
             "SELECT m.tenant_id, m.user_id, u.email, m.role, m.created_at FROM tenant_members m \
-             JOIN users u ON u.id = m.user_id WHERE {column} = $1 ORDER BY {order}"
+             JOIN users u ON u.id = m.user_id WHERE {column} = $1 AND m.{LIVE} ORDER BY {order}"
         ))
         .bind(value)
         .fetch_all(&self.db)
@@ -372,10 +449,10 @@ impl Access {
 
     /// Whether `user_id` is a member of `tenant` holding `permission` (`service.name`).
     pub async fn holds(&self, tenant: &str, user_id: &str, permission: &str) -> Result<bool, AccessError> {
-        let row: Option<(i64,)> = sqlx::query_as(
+        let row: Option<(i64,)> = sqlx::query_as(&format!(
             "SELECT 1 FROM grants g JOIN tenant_members m ON m.tenant_id = g.tenant_id AND m.user_id = g.user_id \
-             WHERE g.tenant_id = $1 AND g.user_id = $2 AND g.permission = $3",
-        )
+             WHERE g.tenant_id = $1 AND g.user_id = $2 AND g.permission = $3 AND m.{LIVE}"
+        ))
         .bind(tenant)
         .bind(user_id)
         .bind(permission)
@@ -384,6 +461,111 @@ impl Access {
         .context("failed to check grant")?;
         Ok(row.is_some())
     }
+}
+
+impl Access {
+    /// Delete account `user_id` with everything that is only its own: refused
+    /// while it is the last owner of a tenant not yet purged, or the last
+    /// operator. Its memberships and grants go in the transaction that
+    /// destroys its credentials, so no node lets it in after the commit.
+    pub async fn delete_account(&self, user_id: &str) -> Result<(), AccessError> {
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
+        // Under the owned tenants' locks: two owners leaving at once cannot
+        // both count on the other.
+        let owned: Vec<(String,)> = sqlx::query_as(
+            "SELECT tenant_id FROM tenant_members WHERE user_id = $1 AND role = 'owner' ORDER BY tenant_id",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .context("failed to read memberships")?;
+        for (tenant,) in &owned {
+            crate::store::lock_row(&mut tx, "tenants", "id", tenant).await.context("failed to lock a tenant")?;
+        }
+        let alone: Vec<(String,)> = sqlx::query_as(
+            "SELECT m.tenant_id FROM tenant_members m JOIN tenants t ON t.id = m.tenant_id \
+             WHERE m.user_id = $1 AND m.role = 'owner' AND t.purged_at IS NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM tenant_members o WHERE o.tenant_id = m.tenant_id AND o.role = 'owner' AND o.user_id <> $1) \
+             ORDER BY m.tenant_id",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await
+        .context("failed to read owners")?;
+        if !alone.is_empty() {
+            return Err(AccessError::LastOwnerOf(alone.into_iter().map(|(t,)| t).collect()));
+        }
+        crate::store::lock_row(&mut tx, "users", "id", user_id).await.context("failed to lock the account")?;
+        let (operator, others): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM users WHERE id = $1 AND is_operator), \
+                    (SELECT COUNT(*) FROM users WHERE id <> $1 AND is_operator)",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("failed to count operators")?;
+        if operator > 0 && others == 0 {
+            return Err(AccessError::LastOperator);
+        }
+        for table in ["grants", "tenant_members"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("failed to drop the account's {table}"))?;
+        }
+        crate::identity::forget_user_in(&mut tx, user_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        tx.commit().await.context("failed to commit the account's deletion")?;
+        Ok(())
+    }
+
+    /// Make member `to` an owner of `tenant` and, when `from` (an owner
+    /// handing over) is given, make `from` an admin — one change.
+    pub async fn transfer(
+        &self,
+        tenant: &str,
+        from: Option<&str>,
+        to: &str,
+        to_email: &str,
+    ) -> Result<(), AccessError> {
+        let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
+        crate::store::lock_row(&mut tx, "tenants", "id", tenant).await.context("failed to lock the tenant")?;
+        let made = sqlx::query("UPDATE tenant_members SET role = 'owner' WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .context("failed to make the owner")?
+            .rows_affected();
+        if made == 0 {
+            return Err(AccessError::NotAMember(to_email.to_string(), tenant.to_string()));
+        }
+        if let Some(from) = from.filter(|from| *from != to) {
+            sqlx::query("UPDATE tenant_members SET role = 'admin' WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(from)
+                .execute(&mut *tx)
+                .await
+                .context("failed to hand over ownership")?;
+        }
+        tx.commit().await.context("failed to commit the transfer")?;
+        Ok(())
+    }
+}
+
+/// Destroy a purged tenant's memberships and grants (within the purge's `tx`).
+pub async fn forget_tenant_in(
+    tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+    tenant: &str,
+) -> Result<(), AccessError> {
+    for table in ["grants", "tenant_members"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+            .bind(tenant)
+            .execute(&mut **tx)
+            .await
+            .with_context(|| format!("failed to drop the tenant's {table}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,8 +34,9 @@ async fn tenant_access(
         AccessError::NoSuchTenant(t) => ApiError::from(ConfigError::UnknownTenant(t)),
         other => other.into(),
     })?;
-    // Operators may name tenants that do not exist: say so.
-    node.configurator.tenant(tenant).await?;
+    // Operators may name tenants that do not exist: say so. A purged
+    // tenant's billing records stay.
+    node.configurator.tenant_on_record(tenant).await?;
     Ok(())
 }
 
@@ -199,6 +200,33 @@ pub(crate) async fn get_invoice(
         return Ok(Html(invoice::html(&invoice)).into_response());
     }
     Ok(json_of(&invoice)?.into_response())
+}
+
+/// A tenant's invoices (each as JSON and as HTML) and its subscription
+/// events, in one tar archive: what a tenant takes when it leaves.
+pub(crate) async fn export_invoices(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+) -> ApiResult<Response> {
+    tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for summary in node.billing.invoices(&tenant).await? {
+        let Some(period) = Period::parse(&summary.period) else { continue };
+        let invoice = node.billing.invoice(&tenant, period).await?;
+        let json = serde_json::to_vec_pretty(&invoice).map_err(anyhow::Error::from)?;
+        files.push((format!("invoices/{period}.json"), json));
+        files.push((format!("invoices/{period}.html"), invoice::html(&invoice).into_bytes()));
+    }
+    let events = node.billing.events(&tenant, None, i64::MAX).await?;
+    files.push(("subscriptions.json".into(), serde_json::to_vec_pretty(&events).map_err(anyhow::Error::from)?));
+    let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let archive = crate::configurator::export::tar_of(&named)?;
+    let headers = [
+        (http::header::CONTENT_TYPE, "application/x-tar".to_string()),
+        (http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{tenant}-invoices.tar\"")),
+    ];
+    Ok((headers, archive).into_response())
 }
 
 pub(crate) async fn close_invoice(

@@ -38,7 +38,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn internal(err: &anyhow::Error) -> Self {
+    pub(crate) fn internal(err: &anyhow::Error) -> Self {
         tracing::error!("admin request failed: {err:#}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the node's log")
     }
@@ -81,6 +81,7 @@ impl From<IdentityError> for ApiError {
                 return e;
             }
             E::UnknownKey(_) => StatusCode::NOT_FOUND,
+            E::WrongPassword => StatusCode::FORBIDDEN,
             E::Internal(e) => return Self::internal(e),
         };
         Self::new(status, err.to_string())
@@ -94,7 +95,7 @@ impl From<AccessError> for ApiError {
             E::NoSuchTenant(_) => StatusCode::NOT_FOUND,
             E::Forbidden(..) | E::OperatorsOnly(_) => StatusCode::FORBIDDEN,
             E::InvalidRole(_) | E::NotAMember(..) => StatusCode::BAD_REQUEST,
-            E::LastOwner => StatusCode::CONFLICT,
+            E::LastOwner | E::TenantDeleted(_) | E::LastOwnerOf(_) | E::LastOperator => StatusCode::CONFLICT,
             E::Internal(e) => return Self::internal(e),
         };
         Self::new(status, err.to_string())
@@ -141,13 +142,17 @@ impl From<ConfigError> for ApiError {
             | E::UnknownModule { .. }
             | E::InvalidSetting(_)
             | E::InvalidInstanceName(_)
-            | E::HostnameRefused(..) => StatusCode::BAD_REQUEST,
+            | E::HostnameRefused(..)
+            | E::InvalidExport(_) => StatusCode::BAD_REQUEST,
             E::TenantExists(_)
             | E::HostnameTaken(_)
             | E::HostnameReserved(..)
             | E::InstanceNameTaken(..)
             | E::Deleted(_)
-            | E::NotDeleted(_) => StatusCode::CONFLICT,
+            | E::NotDeleted(_)
+            | E::TenantDeleted(_)
+            | E::TenantNotDeleted(_)
+            | E::NotExportable(..) => StatusCode::CONFLICT,
             E::NoClaim(..) => StatusCode::NOT_FOUND,
             E::NotVerified(..) => StatusCode::UNPROCESSABLE_ENTITY,
             E::QuotaExceeded { .. } | E::TenantCreationClosed => StatusCode::FORBIDDEN,

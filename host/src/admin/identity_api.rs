@@ -247,6 +247,68 @@ pub struct NewMember {
     role: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    email: String,
+}
+
+/// Make a member an owner, and the owner handing over an admin (operators
+/// hand over for nobody), in one change.
+pub async fn transfer(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(tenant): Path<String>,
+    payload: Result<Json<Transfer>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require(&caller, &tenant, Platform::MembersManage).await?;
+    require_owner_for(&node, &caller, &tenant).await?;
+    let request = body(payload)?;
+    let user = node.identity.user_by_email(&request.email).await?;
+    let from = (!caller.operator).then_some(caller.user_id.as_str());
+    node.access.transfer(&tenant, from, &user.id, &user.email).await?;
+    node.audit
+        .record(&caller.email, "member.transfer", &format!("ownership to {}", user.email), Some(&tenant), "ok")
+        .await;
+    Ok(Json(json!({ "tenant": tenant, "members": node.access.members(&tenant).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    password: String,
+}
+
+/// Delete one's own account, confirmed by its password.
+pub async fn delete_me(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    payload: Result<Json<Confirmation>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let request = body(payload)
+        .map_err(|e| ApiError::bad_request(format!("{}; send {{\"password\": \"...\"}} to confirm", e.message)))?;
+    node.identity.confirm_password(&caller, &request.password).await?;
+    node.access.delete_account(&caller.user_id).await?;
+    node.audit.record(&caller.email, "account.delete", &caller.email, None, "ok").await;
+    Ok(Json(json!({ "deleted": caller.email })))
+}
+
+/// Delete someone's account (operators).
+pub async fn delete_user(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(email): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::MembersManage)?;
+    let user = node.identity.user_by_email(&email).await.map_err(|e| match e {
+        IdentityError::UnknownUser(email) => ApiError::not_found(format!("no user with email {email:?}")),
+        other => other.into(),
+    })?;
+    node.access.delete_account(&user.id).await?;
+    node.audit.record(&caller.email, "account.delete", &user.email, None, "ok").await;
+    Ok(Json(json!({ "deleted": user.email })))
+}
+
 /// Only owners (and operators) may make or unmake owners.
 async fn require_owner_for(node: &AdminState, caller: &crate::identity::Caller, tenant: &str) -> ApiResult<()> {
     if caller.operator || node.access.role(tenant, &caller.user_id).await? == Some(Role::Owner) {

@@ -18,12 +18,19 @@
 //! | POST | `/v1/services/{name}/activate` | `{"version": "1.1.0"}`: switch the active version |
 //! | POST | `/v1/tenants` | `{"id": "acme", "display_name": "Acme"}` |
 //! | GET | `/v1/tenants`, `/v1/tenants/{id}` | tenants |
+//! | DELETE | `/v1/me` | `{"password"}`: delete one's own account (refused while the last owner of a tenant) |
+//! | DELETE | `/v1/users/{email}` | delete an account (operators) |
+//! | POST | `/v1/tenants/{id}/transfer` | `{"email"}`: make a member owner; the owner handing over becomes admin |
+//! | DELETE | `/v1/tenants/{id}[?now=true]` | delete a tenant and its instances (owners; restorable for the grace; `now`: operators) |
+//! | POST | `/v1/tenants/{id}/restore` | bring back a deleted tenant with its instances (owners, operators) |
 //! | POST | `/v1/instances` | `{"tenant", "service", "hosts": [...], "version"?}` |
 //! | GET | `/v1/instances[?tenant=T]`, `/v1/instances/{id}` | instances |
 //! | DELETE | `/v1/services/{name}/versions/{version}` | delete a version nothing needs (operators; `409` naming what needs it) |
 //! | PATCH | `/v1/instances/{id}` | `{"hosts"?: [...], "version"?: "1.0.0" or "active"}` |
 //! | DELETE | `/v1/instances/{id}[?now=true]` | delete (restorable for the grace; `now`: operators, data destroyed at once) |
 //! | POST | `/v1/instances/{id}/restore` | bring back a deleted instance during its grace |
+//! | GET | `/v1/instances/{id}/export` | the instance's data: a tar of `instance.json`, `data.sql`, `kv.jsonl` (owners, admins) |
+//! | POST | `/v1/instances/import?tenant=T[&name=N&hosts=a,b]` | an export (the body) into a new instance (operators) |
 //! | POST | `/v1/instances/{id}/hosts/verify` | `{"hostname", "method"?: "http" or "dns"}`: prove a claimed name |
 //! | GET, PUT | `/v1/tenants/{id}/quotas[/{quota}]` | quotas with usage; `{"limit": n or null}` (operators) |
 //! | GET, PUT | `/v1/users/{email}/quotas[/{quota}]` | a user's tenants quota |
@@ -37,9 +44,11 @@
 //! | PUT | `/v1/tenants/{id}/billing/details`, `/v1/tenants/{id}/billing/limit` | `{name, address, tax_id, email}`; `{"amount", "currency"}` or `{"amount": null}` |
 //! | GET | `/v1/tenants/{id}/subscriptions[?instance=I]` | subscription events |
 //! | GET | `/v1/tenants/{id}/invoices`, `/v1/tenants/{id}/invoices/{YYYY-MM or current}[?format=html]` | invoices |
+//! | GET | `/v1/tenants/{id}/invoices/export` | every invoice (JSON and HTML) and the subscription events, as a tar |
 //! | POST | `/v1/tenants/{id}/invoices/{YYYY-MM}/close` | close an ended period's invoice (operators) |
 //! | GET | `/v1/instances/{id}/usage/hourly[?from&to]` | the usage ledger's hourly rows |
 //! | GET, POST, DELETE | `/v1/discounts[?tenant=T]`, `/v1/discounts/{id}` | discounts (operators create and remove) |
+//! | POST | `/v1/backup` | `{"to": "/abs/dir"}`: back up this node while it serves (operators; SQLite nodes) |
 //! | GET | `/v1/nodes` | the fleet: live nodes, their generation (operators) |
 //! | POST | `/v1/services/{name}/stage`, `/promote`, `/rollback` | two-phase updates across the fleet (operators) |
 //! | POST, DELETE | `/v1/services/{name}/canary` | pin chosen instances (or a percent) to a version first; end it |
@@ -90,7 +99,8 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/users", post(identity_api::register).layer(DefaultBodyLimit::max(MAX_CREDENTIALS_BYTES)))
         .route("/v1/login", post(identity_api::login).layer(DefaultBodyLimit::max(MAX_CREDENTIALS_BYTES)))
         .route("/v1/logout", post(identity_api::logout))
-        .route("/v1/me", get(identity_api::me))
+        .route("/v1/me", get(identity_api::me).delete(identity_api::delete_me))
+        .route("/v1/users/{email}", axum::routing::delete(identity_api::delete_user))
         .route("/v1/keys", get(identity_api::list_keys).post(identity_api::create_key))
         .route("/v1/keys/{id}", axum::routing::delete(identity_api::revoke_key))
         .route("/v1/invitations/accept", post(identity_api::accept_invitation))
@@ -99,6 +109,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/tenants/{id}/invitations/{invitation}", axum::routing::delete(identity_api::cancel_invitation))
         .route("/v1/tenants/{id}/members", get(identity_api::list_members).post(identity_api::add_member))
         .route("/v1/tenants/{id}/members/{email}", axum::routing::delete(identity_api::remove_member))
+        .route("/v1/tenants/{id}/transfer", post(identity_api::transfer))
         .route("/v1/tenants/{id}/grants", get(identity_api::list_grants).post(identity_api::add_grant))
         .route("/v1/tenants/{id}/grants/{email}/{permission}", axum::routing::delete(identity_api::remove_grant))
         .route("/v1/services/{name}/permissions", get(identity_api::service_permissions))
@@ -112,7 +123,9 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/services/{name}/versions/{version}", get(get_version).delete(delete_version))
         .route("/v1/services/{name}/activate", post(activate))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
-        .route("/v1/tenants/{id}", get(get_tenant))
+        .route("/v1/tenants/{id}", get(get_tenant).delete(delete_tenant))
+        .route("/v1/tenants/{id}/restore", post(restore_tenant))
+        .route("/v1/backup", post(take_backup))
         .route("/v1/tenants/{id}/quotas", get(tenant_quotas))
         .route("/v1/tenants/{id}/quotas/{quota}", axum::routing::put(set_tenant_quota))
         .route("/v1/users/{email}/quotas", get(user_quotas))
@@ -120,6 +133,11 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/instances", get(list_instances).post(create_instance))
         .route("/v1/instances/{id}", get(get_instance).patch(update_instance).delete(delete_instance))
         .route("/v1/instances/{id}/restore", post(restore_instance))
+        .route("/v1/instances/{id}/export", get(export_instance))
+        .route(
+            "/v1/instances/import",
+            post(import_instance).layer(DefaultBodyLimit::max(crate::configurator::export::MAX_IMPORT_BYTES)),
+        )
         .route("/v1/instances/{id}/hosts/verify", post(verify_host))
         .route("/v1/instances/{id}/usage", get(instance_usage))
         .route("/v1/usage", get(all_usage))
@@ -135,6 +153,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/v1/tenants/{id}/billing/limit", axum::routing::put(billing_api::set_limit))
         .route("/v1/tenants/{id}/subscriptions", get(billing_api::subscriptions))
         .route("/v1/tenants/{id}/invoices", get(billing_api::list_invoices))
+        .route("/v1/tenants/{id}/invoices/export", get(billing_api::export_invoices))
         .route("/v1/tenants/{id}/invoices/{period}", get(billing_api::get_invoice))
         .route("/v1/tenants/{id}/invoices/{period}/close", post(billing_api::close_invoice))
         .route("/v1/instances/{id}/usage/hourly", get(billing_api::ledger))
@@ -479,6 +498,65 @@ async fn get_tenant(
     Ok(Json(serde_json::to_value(node.configurator.tenant(&id).await?).map_err(anyhow::Error::from)?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    /// An absolute directory on the node's machine, new or empty.
+    to: std::path::PathBuf,
+}
+
+/// Back up this node's whole state while it serves (operators).
+async fn take_backup(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    payload: Result<Json<BackupRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::NodeRead)?;
+    let request = body(payload)?;
+    // What the node counted so far goes into the control plane first.
+    if let Err(e) = node.usage.flush().await {
+        tracing::warn!("backup: failed to flush usage first (it is in the journal): {e:#}");
+    }
+    let manifest = crate::backup::take(&node.db, &node.config.data_dir, &request.to).await.map_err(|e| match e {
+        crate::backup::BackupError::Refused(message) => ApiError::new(StatusCode::CONFLICT, message),
+        crate::backup::BackupError::Internal(e) => ApiError::internal(&e),
+    })?;
+    node.audit.record(&caller.email, "node.backup", &request.to.display().to_string(), None, "ok").await;
+    Ok(Json(serde_json::to_value(manifest).map_err(anyhow::Error::from)?))
+}
+
+/// Delete a tenant: its people lose access and its instances stop serving at
+/// once; restorable until the grace ends; `?now=true` (operators) destroys
+/// its data at once.
+async fn delete_tenant(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("{e}: the only option is ?now=true")))?;
+    node.access.require(&caller, &id, Platform::TenantDelete).await?;
+    if query.now {
+        node.access.require_operator(&caller, Platform::TenantDelete)?;
+    }
+    let deletion = node.configurator.delete_tenant(&id, actor(&caller), query.now).await?;
+    let action = if deletion.purged { "tenant.purge" } else { "tenant.delete" };
+    node.audit.record(&caller.email, action, &id, Some(&id), "ok").await;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::to_value(deletion).map_err(anyhow::Error::from)?)))
+}
+
+/// Bring back a deleted tenant during its grace (its owners or an operator).
+async fn restore_tenant(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    node.access.require_restorer(&caller, &id).await?;
+    let restored = node.configurator.restore_tenant(&id, actor(&caller)).await?;
+    node.audit.record(&caller.email, "tenant.restore", &id, Some(&id), "ok").await;
+    Ok(Json(serde_json::to_value(restored).map_err(anyhow::Error::from)?))
+}
+
 async fn tenant_quotas(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
@@ -686,6 +764,50 @@ async fn delete_instance(
     let mut value = serde_json::to_value(instance).map_err(anyhow::Error::from)?;
     value["purged"] = json!(query.now);
     Ok((StatusCode::ACCEPTED, Json(value)))
+}
+
+/// Download an instance's data (its tenant's owners and admins).
+async fn export_instance(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    let instance = instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
+    let (name, archive) = node.configurator.export_instance(&id).await?;
+    node.audit.record(&caller.email, "instance.export", &id, Some(&instance.tenant), "ok").await;
+    let headers = [
+        (http::header::CONTENT_TYPE, "application/x-tar".to_string()),
+        (http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+    ];
+    Ok(axum::response::IntoResponse::into_response((headers, archive)))
+}
+
+/// `?tenant=T&name=N&hosts=a,b` on `POST /v1/instances/import`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    tenant: String,
+    name: Option<String>,
+    hosts: Option<String>,
+}
+
+/// Import an export into a new instance (operators).
+async fn import_instance(
+    State(node): State<Arc<AdminState>>,
+    Authed(caller): Authed,
+    query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    archive: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    node.access.require_operator(&caller, Platform::InstancesManage)?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request(format!("{e}: send ?tenant=T[&name=N&hosts=a.example,b.example]")))?;
+    node.access.require(&caller, &query.tenant, Platform::InstancesManage).await?;
+    let hosts =
+        query.hosts.map(|h| h.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+    let target = crate::configurator::export::ImportTarget { tenant: query.tenant, name: query.name, hosts };
+    let instance = node.configurator.import_instance(&archive, target, actor(&caller)).await?;
+    node.audit.record(&caller.email, "instance.import", &instance.id, Some(&instance.tenant), "ok").await;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?)))
 }
 
 /// Bring back a deleted instance during its grace.

@@ -55,6 +55,16 @@ pub(super) async fn run(client: &Client, out: &Output, admin_url: &str, command:
                 ),
             )
         }
+        Command::Account(AccountCommand::Delete { user: Some(email), .. }) => {
+            let deleted = client.delete(&format!("/v1/users/{}", client::encode(&email))).await?;
+            out.line(&deleted, &format!("account {email} deleted"))
+        }
+        Command::Account(AccountCommand::Delete { user: None, password_stdin }) => {
+            let password = read_password(password_stdin)?;
+            let deleted = client.delete_with("/v1/me", &json!({ "password": password })).await?;
+            credentials::forget(admin_url)?;
+            out.line(&deleted, &format!("account {} deleted", output::s(&deleted, "deleted")))
+        }
         Command::Key(KeyCommand::Create { name, expires_in_days }) => {
             let key = client.post("/v1/keys", &json!({ "name": name, "expires_in_days": expires_in_days })).await?;
             out.line(

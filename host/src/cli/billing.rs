@@ -57,6 +57,15 @@ pub enum InvoiceCommand {
         #[arg(long)]
         html: bool,
     },
+    /// Download every invoice (JSON and HTML) and the subscription events as
+    /// one tar archive.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        /// Where to write it (default: TENANT-invoices.tar).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Close an ended period's invoice now (operators; it closes by itself
     /// an hour after the period).
     Close {
@@ -211,6 +220,13 @@ pub async fn invoice(client: &Client, out: &Output, command: InvoiceCommand) -> 
                 return Ok(());
             }
             out.invoice(&client.get(&path).await?)
+        }
+        InvoiceCommand::Export { tenant, output } => {
+            let bytes = client.download(&format!("/v1/tenants/{}/invoices/export", client::encode(&tenant))).await?;
+            let path = output.unwrap_or_else(|| format!("{tenant}-invoices.tar").into());
+            std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+            let done = json!({ "tenant": tenant, "file": path, "bytes": bytes.len() });
+            out.line(&done, &format!("{tenant}'s invoices are in {} ({} bytes)", path.display(), bytes.len()))
         }
         InvoiceCommand::Close { tenant, period } => {
             let path = format!("/v1/tenants/{}/invoices/{}/close", client::encode(&tenant), client::encode(&period));

@@ -23,6 +23,11 @@ impl Client {
         self.send(self.http.delete(self.url(path))).await
     }
 
+    /// DELETE with a JSON body (a confirmation).
+    pub async fn delete_with(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(path)).json(body)).await
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.get(self.url(path))).await
     }
@@ -76,32 +81,67 @@ impl Client {
         self.send(self.http.post(url).multipart(form)).await
     }
 
+    /// GET bytes (an export): the body, or the API's error.
+    pub async fn download(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let response = self.respond(self.http.get(self.url(path))).await?;
+        if response.status().is_success() {
+            return Ok(response.bytes().await.context("failed to read the download")?.to_vec());
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        Err(self.error(status, &parse(text)))
+    }
+
+    /// POST bytes (an import).
+    pub async fn upload(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<Value> {
+        let request = self.http.post(self.url(path)).header("content-type", "application/x-tar").body(bytes);
+        self.send(request).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    /// Send `request` with the credential.
+    async fn respond(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request
+        request
             .send()
             .await
-            .with_context(|| format!("cannot reach the admin API at {} (is `wharf serve` running?)", self.base))?;
+            .with_context(|| format!("cannot reach the admin API at {} (is `wharf serve` running?)", self.base))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = self.respond(request).await?;
         let status = response.status();
         let text = response.text().await.context("failed to read the admin API's answer")?;
-        let value: Value =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = parse(text);
         if status.is_success() {
             return Ok(value);
         }
+        Err(self.error(status, &value))
+    }
+
+    /// The API's error answer, with what to do about a missing credential.
+    fn error(&self, status: reqwest::StatusCode, value: &Value) -> anyhow::Error {
         let message =
             value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
         if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
-            anyhow::bail!("{message} ({status}); run `wharf login EMAIL` or set WHARF_TOKEN");
+            return anyhow::anyhow!("{message} ({status}); run `wharf login EMAIL` or set WHARF_TOKEN");
         }
-        anyhow::bail!("{message} ({status})")
+        anyhow::anyhow!("{message} ({status})")
+    }
+}
+
+/// An answer's body: JSON, or its text.
+fn parse(text: String) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
     }
 }
 

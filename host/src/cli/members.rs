@@ -43,6 +43,11 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
                 .await?;
             out.line(&json!({ "removed": email }), &format!("{email} removed from {tenant}"))
         }
+        Command::Member(MemberCommand::Transfer { tenant, email }) => {
+            let path = format!("/v1/tenants/{}/transfer", client::encode(&tenant));
+            let members = client.post(&path, &json!({ "email": email })).await?;
+            out.line(&members, &format!("{email} now owns {tenant}"))
+        }
         Command::Member(MemberCommand::List { tenant }) => out.rows(
             &client.get(&format!("/v1/tenants/{}/members", client::encode(&tenant))).await?,
             "members",

@@ -75,6 +75,25 @@ pub enum Command {
     Canary(rollout::CanaryCommand),
     /// The nodes of the platform.
     Nodes,
+    /// Back up this node's whole state while it serves (operators): the
+    /// control plane and every instance's databases, each a consistent copy,
+    /// into DIR on the node's machine (new or empty). Single nodes (SQLite);
+    /// a cluster is backed up with pg_dump (README).
+    Backup {
+        /// Where to write it (a relative path is taken from this directory).
+        dir: PathBuf,
+    },
+    /// Restore a backup into a new data directory (the node stopped), then
+    /// `wharf serve --data-dir DIR` serves the same data. Every file is checked
+    /// against the backup's digests first.
+    Restore {
+        /// The backup's directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to fill (must not hold a node's state).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Services and their versions.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -124,6 +143,9 @@ pub enum Command {
     /// API keys of the current user.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// One's account: delete it (or, for operators, someone's).
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Members of a tenant and their roles.
     #[command(subcommand)]
     Member(MemberCommand),
@@ -314,6 +336,22 @@ pub enum KeyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Delete your account (confirmed by its password): every session and key
+    /// is refused at once on every node, and your memberships and grants are
+    /// removed. Refused while you are the last owner of a tenant (`wharf member
+    /// transfer`). Operators delete someone else's with `--user`.
+    Delete {
+        /// The account to delete (operators); default: your own.
+        #[arg(long)]
+        user: Option<String>,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum MemberCommand {
     /// Add a registered user to a tenant, or change their role.
     Add {
@@ -335,6 +373,12 @@ pub enum MemberCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// Hand a tenant over: make a member its owner, and yourself its admin.
+    Transfer {
+        #[arg(long)]
+        tenant: String,
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +395,18 @@ pub enum TenantCommand {
     List,
     /// Show a tenant.
     Show { id: String },
+    /// Delete a tenant (its owners): its people lose access and every instance
+    /// of it stops serving at once; its data is destroyed when the deletion
+    /// grace ends (`wharf tenant restore` until then). Invoices are kept.
+    Delete {
+        id: String,
+        /// Destroy its data now, without the grace (operators).
+        #[arg(long)]
+        now: bool,
+    },
+    /// Bring back a deleted tenant, with the instances deleted with it, before
+    /// its grace ends (its owners, operators).
+    Restore { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -395,6 +451,28 @@ pub enum InstanceCommand {
     },
     /// Bring back a deleted instance before its grace ends.
     Restore { id: String },
+    /// Download an instance's data: a tar of `instance.json` (service,
+    /// version, modules, settings), `data.sql` (its database as SQL in its
+    /// dialect) and `kv.jsonl` (its key-value entries).
+    Export {
+        id: String,
+        /// Where to write it (default: the name the node gives it).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Import an export into a new instance of the same service (operators).
+    Import {
+        /// The export (`wharf instance export`).
+        file: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// Name within the tenant (default: the service's).
+        #[arg(long)]
+        name: Option<String>,
+        /// A custom hostname (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Change an instance's hostnames, version policy, modules, state or end date.
     Update {
         id: String,
@@ -426,6 +504,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(*args).await,
+            Command::Restore { from, data_dir } => {
+                let manifest = crate::backup::restore(&from, &data_dir)?;
+                let out = output::Output { json: cli.json };
+                let value = serde_json::to_value(&manifest)?;
+                out.line(
+                    &value,
+                    &format!(
+                        "restored {} files ({} instances) into {}; start it with `wharf serve --data-dir {}`",
+                        manifest.files.len(),
+                        manifest.instances,
+                        data_dir.display(),
+                        data_dir.display()
+                    ),
+                )
+            }
             command => {
                 let token = cli.token.clone().or_else(|| credentials::load(&cli.admin_url));
                 let client = Client::new(&cli.admin_url, token)?;
@@ -518,7 +611,23 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 async fn run_client(client: &Client, admin_url: &str, command: Command, json: bool) -> anyhow::Result<()> {
     let out = output::Output { json };
     match command {
-        Command::Serve(_) => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Restore { .. } => unreachable!("handled by run"),
+        Command::Backup { dir } => {
+            let dir = std::path::absolute(&dir).context("cannot resolve the backup directory")?;
+            eprintln!("backing up into {} …", dir.display());
+            let taken = client.post("/v1/backup", &serde_json::json!({ "to": dir })).await?;
+            let bytes: u64 =
+                taken["files"].as_array().map_or(0, |f| f.iter().filter_map(|f| f["bytes"].as_u64()).sum());
+            out.line(
+                &taken,
+                &format!(
+                    "backed up the control plane and {} instances ({} files, {bytes} bytes) into {}",
+                    taken["instances"],
+                    taken["files"].as_array().map_or(0, Vec::len),
+                    dir.display()
+                ),
+            )
+        }
         Command::Jobs(command) => run_jobs(client, &out, command).await,
         Command::Stage { service, version } => rollout::stage(client, &out, &service, &version).await,
         Command::Promote { service, version } => rollout::promote(client, &out, &service, Some(&version)).await,
@@ -544,7 +653,8 @@ async fn run_client(client: &Client, admin_url: &str, command: Command, json: bo
         | Command::Login { .. }
         | Command::Logout
         | Command::Whoami
-        | Command::Key(_)) => account::run(client, &out, admin_url, command).await,
+        | Command::Key(_)
+        | Command::Account(_)) => account::run(client, &out, admin_url, command).await,
         command @ (Command::Invitation(_)
         | Command::Member(_)
         | Command::Grant { .. }

@@ -116,14 +116,25 @@ impl Output {
     pub fn tenant(&self, v: &Value) -> anyhow::Result<()> {
         if !self.raw(v) {
             println!("tenant {} ({})", s(v, "id"), s(v, "display_name"));
+            if let Some(purge_at) = v["purge_at"].as_i64() {
+                println!(
+                    "deleted: its data is destroyed at {} unless restored (wharf tenant restore {})",
+                    crate::clock::format_utc(purge_at),
+                    s(v, "id")
+                );
+            }
         }
         Ok(())
     }
 
     pub fn tenants(&self, v: &Value) -> anyhow::Result<()> {
         if !self.raw(v) {
-            let rows = list(v, "tenants").iter().map(|t| vec![s(t, "id"), s(t, "display_name")]).collect();
-            table(&["TENANT", "NAME"], rows);
+            let state = |t: &Value| match t["purge_at"].as_i64() {
+                Some(at) => format!("deleted (purged at {})", crate::clock::format_utc(at)),
+                None => "active".to_string(),
+            };
+            let rows = list(v, "tenants").iter().map(|t| vec![s(t, "id"), s(t, "display_name"), state(t)]).collect();
+            table(&["TENANT", "NAME", "STATE"], rows);
         }
         Ok(())
     }

@@ -15,6 +15,26 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
         }
         Command::Tenant(TenantCommand::List) => out.tenants(&client.get_all("/v1/tenants", "tenants").await?),
         Command::Tenant(TenantCommand::Show { id }) => out.tenant(&client.get(&format!("/v1/tenants/{id}")).await?),
+        Command::Tenant(TenantCommand::Delete { id, now }) => {
+            let path = format!("/v1/tenants/{}{}", client::encode(&id), if now { "?now=true" } else { "" });
+            let deleted = client.delete(&path).await?;
+            let count = deleted["instances"].as_array().map_or(0, Vec::len);
+            let human = if now {
+                format!("{id} deleted with {count} instance(s); its data is destroyed")
+            } else {
+                format!(
+                    "{id} deleted with {count} instance(s): its members lost access and nothing of it serves; \
+                     its data is destroyed at {} unless restored (wharf tenant restore {id})",
+                    deleted["purge_at"].as_i64().map(crate::clock::format_utc).unwrap_or_default()
+                )
+            };
+            out.line(&deleted, &human)
+        }
+        Command::Tenant(TenantCommand::Restore { id }) => {
+            let restored = client.post(&format!("/v1/tenants/{}/restore", client::encode(&id)), &json!({})).await?;
+            let count = restored["instances"].as_array().map_or(0, Vec::len);
+            out.line(&restored, &format!("{id} restored with {count} instance(s)"))
+        }
         Command::Instance(InstanceCommand::Create { tenant, service, name, hosts, version, modules, ends_at }) => {
             let body = json!({
                 "tenant": tenant, "service": service, "name": name, "hosts": hosts, "version": version,
@@ -42,6 +62,24 @@ pub(super) async fn run(client: &Client, out: &Output, command: Command) -> anyh
                 )
             };
             out.line(&deleted, &human)
+        }
+        Command::Instance(InstanceCommand::Export { id, output }) => {
+            let bytes = client.download(&format!("/v1/instances/{}/export", client::encode(&id))).await?;
+            let path = output.unwrap_or_else(|| format!("{id}.tar").into());
+            std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+            let done = json!({ "instance": id, "file": path, "bytes": bytes.len() });
+            out.line(&done, &format!("exported {id} into {} ({} bytes)", path.display(), bytes.len()))
+        }
+        Command::Instance(InstanceCommand::Import { file, tenant, name, hosts }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut path = format!("/v1/instances/import?tenant={}", client::encode(&tenant));
+            if let Some(name) = name {
+                path.push_str(&format!("&name={}", client::encode(&name)));
+            }
+            if !hosts.is_empty() {
+                path.push_str(&format!("&hosts={}", client::encode(&hosts.join(","))));
+            }
+            out.instance(&client.upload(&path, bytes).await?)
         }
         Command::Instance(InstanceCommand::Restore { id }) => {
             out.instance(&client.post(&format!("/v1/instances/{}/restore", client::encode(&id)), &json!({})).await?)

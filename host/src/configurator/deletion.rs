@@ -18,26 +18,7 @@ impl Configurator {
         let purge_at = if at_once { now } else { now.saturating_add(self.deletion_grace.as_secs() as i64) };
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         if current.deleted_at.is_none() {
-            sqlx::query(
-                "UPDATE instances SET deleted_at = $1, deleted_by = $2, purge_at = $3, released_hosts = $4 \
-                 WHERE id = $5 AND deleted_at IS NULL",
-            )
-            .bind(now)
-            .bind(actor.user_id)
-            .bind(purge_at)
-            .bind(json_text(&current.hosts))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .context("failed to delete the instance")?;
-            for host in &current.hosts {
-                self.release_host(&mut tx, &current.tenant, host, now).await?;
-            }
-            sqlx::query("DELETE FROM hostname_claims WHERE instance_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .context("failed to drop the instance's hostname claims")?;
+            self.mark_deleted_in(&mut tx, &current.id, &current.tenant, &current.hosts, actor, now, purge_at).await?;
             store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
             tracing::info!(instance = %id, tenant = %current.tenant, by = %actor.user_id, purge_at, "instance deleted");
         } else if at_once {
@@ -59,6 +40,42 @@ impl Configurator {
         Ok(deleted)
     }
 
+    /// Take a live instance off its routes within `tx`: marked deleted, its
+    /// custom hostnames released under the reservation rule, its claims dropped.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn mark_deleted_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+        id: &str,
+        tenant: &str,
+        hosts: &[String],
+        actor: Actor<'_>,
+        now: i64,
+        purge_at: i64,
+    ) -> Result<(), ConfigError> {
+        sqlx::query(
+            "UPDATE instances SET deleted_at = $1, deleted_by = $2, purge_at = $3, released_hosts = $4 \
+             WHERE id = $5 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(actor.user_id)
+        .bind(purge_at)
+        .bind(json_text(&hosts))
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .context("failed to delete the instance")?;
+        for host in hosts {
+            self.release_host(tx, tenant, host, now).await?;
+        }
+        sqlx::query("DELETE FROM hostname_claims WHERE instance_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .context("failed to drop the instance's hostname claims")?;
+        Ok(())
+    }
+
     /// Bring back a deleted instance whose data is not destroyed yet: it routes
     /// again, with the custom hostnames it had that are still reserved to its
     /// tenant (others must be added again).
@@ -70,6 +87,7 @@ impl Configurator {
         }
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &current.tenant).await.context("failed to lock the tenant")?;
+        self.live_tenant_in(&mut tx, &current.tenant).await?;
         if !actor.operator {
             self.check_instance_quota(&mut tx, &current.tenant).await?;
         }
@@ -117,8 +135,8 @@ impl Configurator {
         Ok(instance)
     }
 
-    /// Destroy the data of deleted instances whose grace has ended; how many
-    /// were purged. Every node runs it; one purges each instance.
+    /// Destroy the data of deleted instances and tenants whose grace has
+    /// ended; how many were purged. Every node runs it; one purges each instance.
     pub async fn purge_due(&self) -> Result<usize, ConfigError> {
         let due: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM instances WHERE purged_at IS NULL AND purge_at <= $1 ORDER BY purge_at")
@@ -134,14 +152,14 @@ impl Configurator {
                 Err(e) => tracing::warn!(instance = %id, "failed to purge a deleted instance (retried later): {e}"),
             }
         }
-        Ok(purged)
+        Ok(purged + self.purge_due_tenants().await?)
     }
 
     /// Destroy a deleted instance's data, whatever its grace; whether this
     /// call did. What lives outside the control plane goes first (each step
     /// can be repeated), then the instance is marked purged in the
     /// transaction that drops its schema and role and its jobs.
-    async fn purge(&self, id: &str) -> Result<bool, ConfigError> {
+    pub(super) async fn purge(&self, id: &str) -> Result<bool, ConfigError> {
         let row: Option<(String,)> = sqlx::query_as(
             "SELECT tenant_id FROM instances WHERE id = $1 AND deleted_at IS NOT NULL AND purged_at IS NULL",
         )

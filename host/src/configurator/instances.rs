@@ -78,6 +78,17 @@ impl Configurator {
 
     /// Create an instance and route its hostnames.
     pub async fn create_instance(&self, new: NewInstance, actor: Actor<'_>) -> Result<Instance, ConfigError> {
+        self.create_instance_as(new, actor, None).await
+    }
+
+    /// Create an instance; with `preset` (an import's), it is recorded as set
+    /// up already and created disabled, for its data to be loaded first.
+    pub(super) async fn create_instance_as(
+        &self,
+        new: NewInstance,
+        actor: Actor<'_>,
+        preset: Option<super::export::Preset>,
+    ) -> Result<Instance, ConfigError> {
         self.tenant(&new.tenant).await?;
         let slot =
             self.registry.slot(&new.service).ok_or_else(|| RegistryError::UnknownService(new.service.clone()))?;
@@ -106,6 +117,7 @@ impl Configurator {
         let name = self.instance_name(&new.tenant, new.name.as_deref(), &new.service).await?;
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         store::lock_row(&mut tx, "tenants", "id", &new.tenant).await.context("failed to lock the tenant")?;
+        self.live_tenant_in(&mut tx, &new.tenant).await?;
         if !actor.operator {
             self.check_instance_quota(&mut tx, &new.tenant).await?;
         }
@@ -120,7 +132,7 @@ impl Configurator {
         .bind(&new.version)
         .bind(json_text(&modules))
         .bind(json_text(&new.settings))
-        .bind(true)
+        .bind(preset.is_none())
         .bind(store::now())
         .bind(new.ends_at)
         .execute(&mut *tx)
@@ -135,8 +147,11 @@ impl Configurator {
         self.apply_hosts(&mut tx, &id, &new.tenant, &hosts, actor).await?;
         // The instance's own database exists before anyone can reach the instance.
         self.provision_database(&mut tx, &id, &new.tenant).await?;
+        if let (Some(preset), Some(version)) = (&preset, &version) {
+            setups::preset(&mut tx, &id, &version.version, &preset.applied, preset.seeded).await?;
+        }
         // Migrations and the seeder run before the instance serves its first request.
-        if let (Some(queue), Some(version)) = (&self.followers.queue, &version) {
+        if let (Some(queue), Some(version), None) = (&self.followers.queue, &version, &preset) {
             if version.needs_setup(&[], false) {
                 let setup = hooks::SetupStart {
                     instance: &id,

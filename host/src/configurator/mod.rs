@@ -6,11 +6,13 @@
 
 mod claims;
 mod deletion;
+pub mod export;
 pub mod hooks;
 pub mod hostnames;
 mod instances;
 mod routes;
 pub mod setups;
+mod tenant_deletion;
 mod tenants;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +29,7 @@ use crate::runtime::Features;
 use crate::store::{self, Db};
 use crate::usage::Usage;
 use hostnames::{Method, PendingHost, Policy, Verifier, TXT_LABEL, TXT_PREFIX};
+pub use tenant_deletion::TenantDeletion;
 
 /// Why a configuration change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum ConfigError {
     TenantExists(String),
     #[error("no tenant {0:?}; create it with `wharf tenant create`")]
     UnknownTenant(String),
+    #[error("tenant {0:?} is deleted: restore it first (wharf tenant restore {0})")]
+    TenantDeleted(String),
+    #[error("tenant {0:?} is not deleted")]
+    TenantNotDeleted(String),
     #[error("instance {0:?} is deleted: restore it first (wharf instance restore {0})")]
     Deleted(String),
     #[error("instance {0:?} is not deleted")]
@@ -75,6 +82,10 @@ pub enum ConfigError {
     UnknownModule { service: String, version: String, module: String, known: String },
     #[error("setting {0:?} is not valid: keys are 1 to 64 lower-case letters, digits, '-', '_' or '.', values at most 4096 bytes, at most 100 settings")]
     InvalidSetting(String),
+    #[error("this is not an export Wharf can import: {0}")]
+    InvalidExport(String),
+    #[error("instance {0:?} cannot be exported: {1}")]
+    NotExportable(String, String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -95,7 +106,14 @@ pub struct Tenant {
     pub id: String,
     pub display_name: String,
     pub created_at: i64,
+    /// When it was deleted: its people lost access, its instances were deleted
+    /// with it, and it is restorable until `purge_at`.
+    pub deleted_at: Option<i64>,
+    pub purge_at: Option<i64>,
 }
+
+/// The columns of a [`Tenant`].
+const TENANT_COLUMNS: &str = "id, display_name, created_at, deleted_at, purge_at";
 
 /// An instance as the API shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -52,6 +52,30 @@ pub async fn abandon(tx: Tx<'_, '_>, instance: &str, version: &str, reason: &str
     Ok(())
 }
 
+/// An imported instance: set up to `version` already (its database, loaded
+/// from the export, has `applied`), seeded if the exported one was.
+pub async fn preset(
+    tx: Tx<'_, '_>,
+    instance: &str,
+    version: &str,
+    applied: &[String],
+    seeded: bool,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE instances SET setup_state = 'ready', setup_target = $1, setup_error = NULL, settled_version = $1, \
+         applied_migrations = $2, seeded_at = CASE WHEN $3 = 1 THEN $4 ELSE NULL END WHERE id = $5",
+    )
+    .bind(version)
+    .bind(serde_json::to_string(applied).unwrap_or_else(|_| "[]".into()))
+    .bind(i64::from(seeded))
+    .bind(crate::store::now())
+    .bind(instance)
+    .execute(&mut **tx)
+    .await
+    .context("failed to record the imported setup")?;
+    Ok(())
+}
+
 /// The setup to `target` succeeded: `applied` are the database's migrations,
 /// and `seeded` says whether the seeder ran now.
 pub async fn succeed(

@@ -26,6 +26,8 @@ impl Configurator {
             id: id.to_string(),
             display_name: display_name.unwrap_or(id).to_string(),
             created_at: store::now(),
+            deleted_at: None,
+            purge_at: None,
         };
         let limit = match actor.operator {
             true => i64::MAX,
@@ -79,9 +81,9 @@ impl Configurator {
         let after = page.after.clone().unwrap_or_default();
         let rows = match ids {
             None => {
-                sqlx::query_as::<_, Tenant>(
-                    "SELECT id, display_name, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2",
-                )
+                sqlx::query_as::<_, Tenant>(&format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants WHERE id > $1 AND purged_at IS NULL ORDER BY id LIMIT $2"
+                ))
                 .bind(&after)
                 .bind(page.limit)
                 .fetch_all(&self.db)
@@ -93,7 +95,7 @@ impl Configurator {
                 let mut tenants = Vec::new();
                 for chunk in ids.chunks(500) {
                     let sql = format!(
-                        "SELECT id, display_name, created_at FROM tenants WHERE id > $1 AND id IN ({}) ORDER BY id LIMIT {}",
+                        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id > $1 AND purged_at IS NULL AND id IN ({}) ORDER BY id LIMIT {}",
                         marks(2, chunk.len()),
                         page.limit
                     );
@@ -113,12 +115,23 @@ impl Configurator {
 
     /// One tenant.
     pub async fn tenant(&self, id: &str) -> Result<Tenant, ConfigError> {
-        sqlx::query_as("SELECT id, display_name, created_at FROM tenants WHERE id = $1")
+        sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND purged_at IS NULL"))
             .bind(id)
             .fetch_optional(&self.db)
             .await
             .context("failed to read tenant")?
             .ok_or_else(|| ConfigError::UnknownTenant(id.to_string()))
+    }
+
+    /// Whether `id` names a tenant, even one purged (whose billing records
+    /// stay): `UnknownTenant` otherwise.
+    pub async fn tenant_on_record(&self, id: &str) -> Result<(), ConfigError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .context("failed to read tenant")?;
+        row.map(drop).ok_or_else(|| ConfigError::UnknownTenant(id.to_string()))
     }
 
     /// A tenant's quotas with what it uses of each.

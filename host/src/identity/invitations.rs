@@ -154,7 +154,8 @@ impl Invitations {
             return Err(IdentityError::InvalidInvitation);
         }
         sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM invitations WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2"
+            "SELECT {COLUMNS} FROM invitations WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2 \
+             AND tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NULL)"
         ))
         .bind(secrets::hash_token(token))
         .bind(store::now())
@@ -174,7 +175,8 @@ impl Invitations {
         let now = store::now();
         let found: Option<TakenRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS}, (CASE WHEN proves_address THEN 1 ELSE 0 END) AS proves FROM invitations \
-             WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2"
+             WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2 \
+             AND tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NULL)"
         ))
         .bind(secrets::hash_token(token))
         .bind(now)
@@ -249,4 +251,17 @@ impl Mailer {
         self.transport.send(message).await.context("the SMTP server refused the invitation")?;
         Ok(())
     }
+}
+
+/// Destroy a purged tenant's invitations (within the purge's `tx`).
+pub async fn forget_tenant_in(
+    tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+    tenant: &str,
+) -> Result<(), IdentityError> {
+    sqlx::query("DELETE FROM invitations WHERE tenant_id = $1")
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await
+        .context("failed to drop the tenant's invitations")?;
+    Ok(())
 }

@@ -108,6 +108,8 @@ pub enum IdentityError {
     InvalidInvitation,
     #[error("a tenant may have at most {0} open invitations; cancel some or wait for them to expire")]
     TooManyInvitations(i64),
+    #[error("the password does not match: deleting an account needs its password")]
+    WrongPassword,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -525,6 +527,30 @@ impl Identity {
             .ok_or_else(|| IdentityError::UnknownKey(key.to_string()))
     }
 
+    /// Check that `password` is `caller`'s, before something that cannot be
+    /// undone: a leaked session or key alone cannot do it. Counted like a
+    /// login attempt on the account, so it is no way to guess passwords.
+    pub async fn confirm_password(&self, caller: &Caller, password: &str) -> Result<(), IdentityError> {
+        self.by_account.attempt(&caller.email).await.map_err(IdentityError::RateLimited)?;
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(IdentityError::WrongPassword);
+        }
+        let slot = self.hashing_slot().await?;
+        let (stored,): (String,) = sqlx::query_as("SELECT password_hash FROM users WHERE id = $1")
+            .bind(&caller.user_id)
+            .fetch_optional(&self.db)
+            .await
+            .context("failed to look up user")?
+            .ok_or_else(|| IdentityError::UnknownUser(caller.email.clone()))?;
+        let matches = verify_blocking(password.to_string(), stored).await?;
+        drop(slot);
+        if !matches {
+            return Err(IdentityError::WrongPassword);
+        }
+        self.by_account.clear(&caller.email).await;
+        Ok(())
+    }
+
     /// A user by email.
     pub async fn user_by_email(&self, email: &str) -> Result<User, IdentityError> {
         let email = email.trim().to_ascii_lowercase();
@@ -574,6 +600,28 @@ fn usual_address_key(ip: IpAddr) -> String {
         },
         IpAddr::V4(v4) => v4.to_string(),
     }
+}
+
+/// Destroy an account within `tx` (its memberships are gone already): its
+/// sessions and API keys — refused from the commit on, on every node, as each
+/// request checks its credential — its login addresses, and its row.
+pub async fn forget_user_in(
+    tx: &mut sqlx::Transaction<'_, crate::store::Backend>,
+    user_id: &str,
+) -> Result<(), IdentityError> {
+    for table in ["sessions", "api_keys", "login_addresses"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await
+            .with_context(|| format!("failed to drop the account's {table}"))?;
+    }
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .context("failed to drop the account")?;
+    Ok(())
 }
 
 /// Validate and normalise an email address.

@@ -21,6 +21,7 @@
 //! shares (keys, values, batch sizes) are checked here, before the call
 //! reaches one.
 
+mod export;
 mod postgres;
 mod redis;
 mod sqlguard;

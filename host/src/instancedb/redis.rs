@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::types::{Call, GuestKv};
+use super::types::{Call, GuestKv, KvEntry};
 use crate::shared::Redis;
 
 /// The key-value store of one instance, in Redis.
@@ -47,6 +47,12 @@ impl GuestKv for RedisKv {
     async fn increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String> {
         charge_remote(call, 0);
         self.redis.increment(&self.instance, &key, delta).await
+    }
+
+    async fn entries(&self, after: String, limit: u32, call: &Call) -> Result<Vec<KvEntry>, String> {
+        charge_remote(call, 0);
+        let entries = self.redis.entries(&self.instance, &after, limit).await?;
+        Ok(entries.into_iter().map(|(key, value, expires_at_ms)| KvEntry { key, value, expires_at_ms }).collect())
     }
 }
 

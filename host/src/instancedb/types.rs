@@ -76,6 +76,33 @@ pub trait GuestKv: Send + Sync {
     /// Add `delta` to the integer at `key` (0 if absent or expired),
     /// atomically, keeping a live entry's expiry.
     async fn increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String>;
+    /// Live entries after `after` in key order, at most `limit`, with when
+    /// each expires (an export's; never a guest's).
+    async fn entries(&self, after: String, limit: u32, call: &Call) -> Result<Vec<KvEntry>, String>;
+}
+
+/// One key-value entry as an export holds it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    /// The value's bytes, base64 in an export.
+    #[serde(with = "base64_bytes")]
+    pub value: Vec<u8>,
+    /// When it expires (Unix milliseconds), if it does.
+    pub expires_at_ms: Option<i64>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The SQL dialect of an instance's database.

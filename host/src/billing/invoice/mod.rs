@@ -13,7 +13,7 @@
 //! earlier hour (a node replaying its journal after a crash) goes on the next
 //! invoice, marked as such. Periods close in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
@@ -196,8 +196,9 @@ impl Billing {
             }
             None => self.first_period(tenant).await?,
         };
+        let last = self.last_period(tenant).await?;
         if let Some(mut period) = first_open {
-            while period <= current {
+            while period <= current && last.is_none_or(|last| period <= last) {
                 pending.push(period);
                 period = period.next();
             }
@@ -288,10 +289,12 @@ impl Billing {
     }
 
     /// Close every invoice whose period ended more than `grace` seconds ago.
+    /// A deleted tenant's last invoice is for the month its last subscription
+    /// ended in (its deletion ended them all).
     pub async fn close_due(&self, grace: i64) -> Result<usize, BillingError> {
         let due = Period::containing(self.now() - grace);
-        let firsts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT tenant_id, MIN(at) FROM subscription_events GROUP BY tenant_id")
+        let spans: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT tenant_id, MIN(at), MAX(at) FROM subscription_events GROUP BY tenant_id")
                 .fetch_all(&self.db)
                 .await?;
         let latest: BTreeMap<String, String> =
@@ -300,19 +303,74 @@ impl Billing {
                 .await?
                 .into_iter()
                 .collect();
+        let deleted: BTreeSet<String> =
+            sqlx::query_as::<_, (String,)>("SELECT id FROM tenants WHERE deleted_at IS NOT NULL")
+                .fetch_all(&self.db)
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
         let mut closed = 0;
-        for (tenant, first) in firsts {
+        let mut last_periods = BTreeMap::new();
+        for (tenant, first, last_event) in spans {
             let mut next = match latest.get(&tenant).and_then(|p| Period::parse(p)) {
                 Some(p) => p.next(),
                 None => Period::containing(first),
             };
-            while next < due {
+            let last = deleted.contains(&tenant).then(|| Period::containing(last_event));
+            while next < due && last.is_none_or(|last| next <= last) {
                 self.close_one(&tenant, next).await?;
                 closed += 1;
                 next = next.next();
             }
+            if let Some(last) = last {
+                last_periods.insert(tenant, (last, next > last));
+            }
         }
+        self.forget_billed_tenants(&deleted, &last_periods).await?;
         Ok(closed)
+    }
+
+    /// The last period a tenant is billed for: the month its last subscription
+    /// ended in once it is deleted; `None` while it lives (or was never billed).
+    async fn last_period(&self, tenant: &str) -> Result<Option<Period>, BillingError> {
+        let (last,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(e.at) FROM subscription_events e JOIN tenants t ON t.id = e.tenant_id \
+             WHERE e.tenant_id = $1 AND t.deleted_at IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_one(&self.db)
+        .await?;
+        Ok(last.map(Period::containing))
+    }
+
+    /// A purged tenant's billing details are kept until its last invoice is
+    /// closed (that invoice, like every closed one, carries the details it
+    /// was addressed to), then destroyed; at once if it was never billed.
+    /// `last_periods`: each deleted tenant's last period and whether it is closed.
+    async fn forget_billed_tenants(
+        &self,
+        deleted: &BTreeSet<String>,
+        last_periods: &BTreeMap<String, (Period, bool)>,
+    ) -> Result<(), BillingError> {
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        let kept: Vec<(String,)> = sqlx::query_as(
+            "SELECT b.tenant_id FROM billing_accounts b JOIN tenants t ON t.id = b.tenant_id WHERE t.purged_at IS NOT NULL",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        for (tenant,) in kept {
+            if last_periods.get(&tenant).is_none_or(|(_, closed)| *closed) {
+                sqlx::query("DELETE FROM billing_accounts WHERE tenant_id = $1")
+                    .bind(&tenant)
+                    .execute(&self.db)
+                    .await?;
+                tracing::info!(%tenant, "billing details of a purged tenant destroyed: its last invoice is closed");
+            }
+        }
+        Ok(())
     }
 
     /// Compute the invoice with subscriptions accrued up to `until` (the

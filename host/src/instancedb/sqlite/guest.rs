@@ -9,7 +9,9 @@ use rusqlite::Connection;
 
 use super::Local;
 use crate::instancedb::sqlguard::{check_statement, describe};
-use crate::instancedb::types::{Call, Dialect, GuestKv, GuestSql, SqlRows, SqlValue, MAX_RESULT_BYTES, MAX_ROWS};
+use crate::instancedb::types::{
+    Call, Dialect, GuestKv, GuestSql, KvEntry, SqlRows, SqlValue, MAX_RESULT_BYTES, MAX_ROWS,
+};
 
 #[async_trait::async_trait]
 impl GuestSql for Local {
@@ -137,6 +139,25 @@ impl GuestKv for Local {
                 .query_map(rusqlite::params![prefix, now_millis(), limit], |row| row.get(0))
                 .map_err(|e| describe(&e))?;
             keys.collect::<rusqlite::Result<Vec<String>>>().map_err(|e| describe(&e))
+        })
+        .await
+    }
+
+    async fn entries(&self, after: String, limit: u32, call: &Call) -> Result<Vec<KvEntry>, String> {
+        self.run(call, move |s| {
+            let conn = s.kv()?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, value, expires_at FROM kv WHERE key > ?1 \
+                     AND (expires_at IS NULL OR expires_at > ?2) ORDER BY key LIMIT ?3",
+                )
+                .map_err(|e| describe(&e))?;
+            let rows = stmt
+                .query_map(rusqlite::params![after, now_millis(), limit], |row| {
+                    Ok(KvEntry { key: row.get(0)?, value: row.get(1)?, expires_at_ms: row.get(2)? })
+                })
+                .map_err(|e| describe(&e))?;
+            rows.collect::<rusqlite::Result<Vec<KvEntry>>>().map_err(|e| describe(&e))
         })
         .await
     }
