@@ -210,3 +210,61 @@ async fn a_tampered_export_reaches_nothing_outside_the_instance_and_leaves_nothi
     let (status, answer) = import(&node, &node.admin_key, "tenant=nope", archive(&files)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_taken_under_writes_is_one_moment_of_the_database() {
+    let node = TestNode::start().await;
+    let (owner, id) = owned_probe(&node, "p.test").await;
+    // Each write adds a row to `a` and one to `b` in one statement.
+    let (setup, write): (&[&str], fn(i64) -> String) = if crate::harness::on_postgres() {
+        (&["CREATE TABLE a (n bigint)", "CREATE TABLE b (n bigint)"], |n| {
+            format!("WITH x AS (INSERT INTO a VALUES ({n})) INSERT INTO b VALUES ({n})")
+        })
+    } else {
+        (
+            &[
+                "CREATE TABLE a (n INTEGER)",
+                "CREATE TABLE b (n INTEGER)",
+                "CREATE TRIGGER both AFTER INSERT ON a BEGIN INSERT INTO b VALUES (new.n); END",
+            ],
+            |n| format!("INSERT INTO a VALUES ({n})"),
+        )
+    };
+    for statement in setup {
+        assert_eq!(guest(&node, "p.test", Method::POST, "/sql/execute", statement).await.0, StatusCode::OK);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, ingress) = (stop.clone(), node.ingress());
+        tokio::spawn(async move {
+            let http = crate::harness::client();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let answer = http
+                    .post(format!("http://{ingress}/sql/execute"))
+                    .header("host", "p.test")
+                    .body(write(n))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), StatusCode::OK, "{}", answer.text().await.unwrap());
+            }
+            n
+        })
+    };
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let (status, files) = export(&node, &owner, &id).await;
+        assert_eq!(status, StatusCode::OK);
+        let count = |table: &str| {
+            files["data.sql"].lines().filter(|l| l.starts_with(&format!("INSERT INTO \"{table}\""))).count()
+        };
+        assert_eq!(count("a"), count("b"), "both tables at one moment");
+        sizes.push(count("a"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(sizes[2] > 0 && written as usize > sizes[0], "exported while writes went on: {sizes:?} of {written}");
+}

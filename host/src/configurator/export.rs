@@ -90,7 +90,7 @@ impl Configurator {
         let db = self.database(id, &instance.tenant);
         let call = Call::migration(Instant::now() + DATA_DEADLINE);
         let failed = |e: String| ConfigError::Internal(anyhow::anyhow!("failed to export instance {id}: {e}"));
-        let statements = db.dump_sql(&call).await.map_err(failed)?;
+        let statements = db.dump_sql().await.map_err(failed)?;
         let entries = db.kv_entries(&call).await.map_err(failed)?;
         let header = ExportHeader {
             format: EXPORT_FORMAT.into(),

@@ -2,26 +2,24 @@
 //! own dialect (a dump a person can read and load), its key-value entries —
 //! and loading both into a new instance's empty databases.
 //!
-//! On SQLite the dump is read from the file in one read transaction: a
-//! snapshot, taken while the guest writes on. On PostgreSQL it is read through
-//! the instance's own role, table by table and page by page: rows written
-//! during the export may or may not be in it (disable the instance first for a
-//! point in time). Loading always runs behind the guest's guard, as the
+//! It is read in one read-only transaction — a snapshot, while the guest
+//! writes on: on SQLite from the file, on PostgreSQL as the instance's own
+//! role (REPEATABLE READ). Loading always runs behind the guest's guard, as the
 //! instance: an export is the tenant's file, and nothing in it can reach past
 //! the instance's own database.
 
 use std::fmt::Write as _;
 
-use super::types::{Call, Dialect, KvEntry, SqlValue, MAX_BATCH};
-use super::InstanceDb;
+use super::types::{Call, Dialect, KvEntry, MAX_BATCH};
+use super::{InstanceDb, Snapshot};
 
-/// Rows read per page on PostgreSQL (fewer when a page is too large).
-const PAGE_ROWS: usize = 500;
+/// Rows read per page on PostgreSQL.
+const PAGE_ROWS: usize = 1000;
 
 impl InstanceDb {
     /// The SQL dump: statements that rebuild the database, schema and rows,
-    /// in its dialect.
-    pub async fn dump_sql(&self, call: &Call) -> Result<Vec<String>, String> {
+    /// in its dialect, read in one snapshot.
+    pub async fn dump_sql(&self) -> Result<Vec<String>, String> {
         match self.dialect() {
             Dialect::Sqlite => {
                 let path = self.local.dir().join("data.sqlite");
@@ -29,7 +27,7 @@ impl InstanceDb {
                     .await
                     .map_err(|e| format!("the export task failed: {e}"))?
             }
-            Dialect::Postgres => self.postgres_dump(call).await,
+            Dialect::Postgres => self.postgres_dump().await,
         }
     }
 
@@ -75,17 +73,21 @@ impl InstanceDb {
         Ok(loaded)
     }
 
-    /// The dump of the instance's PostgreSQL schema, read as its role.
-    async fn postgres_dump(&self, call: &Call) -> Result<Vec<String>, String> {
-        let text = |v: &SqlValue| match v {
-            SqlValue::Text(t) => t.clone(),
-            SqlValue::Integer(n) => n.to_string(),
-            _ => String::new(),
+    /// The dump of the instance's PostgreSQL schema, read as its role in one
+    /// read-only snapshot.
+    async fn postgres_dump(&self) -> Result<Vec<String>, String> {
+        let Some((pg, instance)) = &self.postgres else {
+            return Err("this instance's SQL is not on PostgreSQL".into());
+        };
+        let snap = pg.snapshot(instance).await?;
+        let first =
+            |rows: Vec<Vec<Option<String>>>| rows.into_iter().next().and_then(|r| r.into_iter().next()).flatten();
+        let column = |rows: Vec<Vec<Option<String>>>| -> Vec<String> {
+            rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect()
         };
         // The catalog names some objects with their schema (index definitions
         // always do): a dump names none, to load into another instance's.
-        let schema = self.query("SELECT current_schema()::text".into(), Vec::new(), call).await?;
-        let schema = schema.rows.first().map(|r| text(&r[0])).unwrap_or_default();
+        let schema = first(snap.rows("SELECT current_schema()::text", &[]).await?).unwrap_or_default();
         let unqualified = |ddl: String| {
             if schema.is_empty() {
                 return ddl;
@@ -95,175 +97,142 @@ impl InstanceDb {
         let mut out = Vec::new();
         let mut after = Vec::new();
         // Sequences other than identity columns' (those come with their column).
-        let sequences = self
-            .query(
+        let sequences = snap
+            .rows(
                 "SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace \
                  AND c.relkind = 'S' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'i') \
-                 ORDER BY 1"
-                    .into(),
-                Vec::new(),
-                call,
+                 ORDER BY 1",
+                &[],
             )
             .await?;
-        for row in &sequences.rows {
-            let name = text(&row[0]);
+        for name in column(sequences) {
             out.push(format!("CREATE SEQUENCE {}", ident(&name)));
-            let state = self
-                .query(format!("SELECT last_value::text, is_called::text FROM {}", ident(&name)), Vec::new(), call)
-                .await?;
-            if let Some(s) = state.rows.first() {
-                after.push(format!("SELECT setval({}, {}, {})", literal(&name), text(&s[0]), text(&s[1])));
+            let state =
+                snap.rows(&format!("SELECT last_value::text, is_called::text FROM {}", ident(&name)), &[]).await?;
+            if let Some([Some(value), Some(called)]) = state.first().map(Vec::as_slice) {
+                after.push(format!("SELECT setval({}, {value}, {called})", literal(&name)));
             }
         }
-        let tables = self
-            .query(
+        let tables = snap
+            .rows(
                 "SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace \
-                 AND c.relkind = 'r' ORDER BY 1"
-                    .into(),
-                Vec::new(),
-                call,
+                 AND c.relkind = 'r' ORDER BY 1",
+                &[],
             )
             .await?;
-        for row in &tables.rows {
-            let table = text(&row[0]);
-            let (create, columns, identities) = self.postgres_table(&table, call).await?;
+        for table in column(tables) {
+            let (create, columns, identities) = postgres_table(&snap, &table).await?;
             out.push(unqualified(create));
-            self.postgres_rows(&table, &columns, &mut out, call).await?;
+            postgres_rows(&snap, &table, &columns, &mut out).await?;
             for column in identities {
                 let sequence = format!("pg_get_serial_sequence({}, {})", literal(&ident(&table)), literal(&column));
-                let last = self
-                    .query(format!("SELECT pg_sequence_last_value({sequence}::regclass)::text"), Vec::new(), call)
-                    .await?;
-                if let Some(SqlValue::Text(value)) = last.rows.first().and_then(|r| r.first()) {
+                let query = format!("SELECT pg_sequence_last_value({sequence}::regclass)::text");
+                if let Some(value) = first(snap.rows(&query, &[]).await?) {
                     after.push(format!("SELECT setval({sequence}, {value}, true)"));
                 }
             }
             // Foreign keys and indexes after every table's rows: any order loads.
-            let later = self
-                .query(
+            let later = snap
+                .rows(
                     "SELECT 'ALTER TABLE ' || quote_ident($1) || ' ADD CONSTRAINT ' || quote_ident(conname) || ' ' \
                      || pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = quote_ident($1)::regclass \
                      AND contype = 'f' \
                      UNION ALL SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
                      WHERE i.indrelid = quote_ident($1)::regclass \
-                     AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
-                        .into(),
-                    vec![SqlValue::Text(table.clone())],
-                    call,
+                     AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+                    &[&table],
                 )
                 .await?;
-            after.extend(later.rows.iter().map(|r| unqualified(text(&r[0]))));
+            after.extend(column(later).into_iter().map(&unqualified));
         }
-        let views = self
-            .query(
+        let views = snap
+            .rows(
                 "SELECT c.relname::text, pg_get_viewdef(c.oid) FROM pg_class c \
-                 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v' ORDER BY c.oid"
-                    .into(),
-                Vec::new(),
-                call,
+                 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v' ORDER BY c.oid",
+                &[],
             )
             .await?;
-        for row in &views.rows {
-            let definition = unqualified(text(&row[1]));
-            after.push(format!("CREATE VIEW {} AS {}", ident(&text(&row[0])), definition.trim_end_matches(';')));
+        for row in views {
+            if let [Some(name), Some(definition)] = row.as_slice() {
+                let definition = unqualified(definition.clone());
+                after.push(format!("CREATE VIEW {} AS {}", ident(name), definition.trim_end_matches(';')));
+            }
         }
         out.extend(after);
         Ok(out)
     }
+}
 
-    /// A table's `CREATE TABLE` (columns, defaults, keys, checks), its
-    /// columns, and its identity columns.
-    async fn postgres_table(&self, table: &str, call: &Call) -> Result<(String, Vec<String>, Vec<String>), String> {
-        let text = |v: &SqlValue| if let SqlValue::Text(t) = v { t.clone() } else { String::new() };
-        let columns = self
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull::text, \
-                 pg_get_expr(d.adbin, d.adrelid), a.attidentity::text FROM pg_attribute a \
-                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                 WHERE a.attrelid = quote_ident($1)::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-                    .into(),
-                vec![SqlValue::Text(table.into())],
-                call,
-            )
-            .await?;
-        let mut parts = Vec::new();
-        let (mut names, mut identities) = (Vec::new(), Vec::new());
-        for c in &columns.rows {
-            let name = text(&c[0]);
-            let mut part = format!("{} {}", ident(&name), text(&c[1]));
-            match text(&c[4]).as_str() {
-                "a" => part.push_str(" GENERATED ALWAYS AS IDENTITY"),
-                "d" => part.push_str(" GENERATED BY DEFAULT AS IDENTITY"),
-                _ => {}
+/// A table's `CREATE TABLE` (columns, defaults, keys, checks), its columns,
+/// and its identity columns.
+async fn postgres_table(snap: &Snapshot, table: &str) -> Result<(String, Vec<String>, Vec<String>), String> {
+    let columns = snap
+        .rows(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull::text, \
+             pg_get_expr(d.adbin, d.adrelid), a.attidentity::text FROM pg_attribute a \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = quote_ident($1)::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[table],
+        )
+        .await?;
+    let mut parts = Vec::new();
+    let (mut names, mut identities) = (Vec::new(), Vec::new());
+    for c in columns {
+        let [Some(name), Some(kind), not_null, default, identity] = c.as_slice() else { continue };
+        let mut part = format!("{} {kind}", ident(name));
+        match identity.as_deref() {
+            Some("a") => part.push_str(" GENERATED ALWAYS AS IDENTITY"),
+            Some("d") => part.push_str(" GENERATED BY DEFAULT AS IDENTITY"),
+            _ => {
+                if let Some(default) = default {
+                    let _ = write!(part, " DEFAULT {default}");
+                }
             }
-            if matches!(c[4], SqlValue::Text(ref i) if i == "a" || i == "d") {
-                identities.push(name.clone());
-            } else if let SqlValue::Text(default) = &c[3] {
-                let _ = write!(part, " DEFAULT {default}");
-            }
-            if text(&c[2]) == "true" {
-                part.push_str(" NOT NULL");
-            }
-            parts.push(part);
-            names.push(name);
         }
-        let constraints = self
-            .query(
-                "SELECT 'CONSTRAINT ' || quote_ident(conname) || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
-                 WHERE conrelid = quote_ident($1)::regclass AND contype IN ('p', 'u', 'c', 'x') ORDER BY conname"
-                    .into(),
-                vec![SqlValue::Text(table.into())],
-                call,
-            )
-            .await?;
-        parts.extend(constraints.rows.iter().map(|r| text(&r[0])));
-        Ok((format!("CREATE TABLE {} ({})", ident(table), parts.join(", ")), names, identities))
+        if matches!(identity.as_deref(), Some("a" | "d")) {
+            identities.push(name.clone());
+        }
+        if not_null.as_deref() == Some("true") {
+            part.push_str(" NOT NULL");
+        }
+        parts.push(part);
+        names.push(name.clone());
     }
+    let constraints = snap
+        .rows(
+            "SELECT 'CONSTRAINT ' || quote_ident(conname) || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = quote_ident($1)::regclass AND contype IN ('p', 'u', 'c', 'x') ORDER BY conname",
+            &[table],
+        )
+        .await?;
+    parts.extend(constraints.into_iter().filter_map(|r| r.into_iter().next().flatten()));
+    Ok((format!("CREATE TABLE {} ({})", ident(table), parts.join(", ")), names, identities))
+}
 
-    /// A table's rows as `INSERT`s, each value in its text form (which every
-    /// PostgreSQL type reads back), page by page.
-    async fn postgres_rows(
-        &self,
-        table: &str,
-        columns: &[String],
-        out: &mut Vec<String>,
-        call: &Call,
-    ) -> Result<(), String> {
-        if columns.is_empty() {
+/// A table's rows as `INSERT`s, each value in its text form (which every
+/// PostgreSQL type reads back), a page at a time within the snapshot.
+async fn postgres_rows(snap: &Snapshot, table: &str, columns: &[String], out: &mut Vec<String>) -> Result<(), String> {
+    if columns.is_empty() {
+        return Ok(());
+    }
+    let select: Vec<String> = columns.iter().map(|c| format!("{}::text", ident(c))).collect();
+    let names: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    let mut offset = 0usize;
+    loop {
+        let statement = format!(
+            "SELECT {} FROM {} ORDER BY ctid LIMIT {PAGE_ROWS} OFFSET {offset}",
+            select.join(", "),
+            ident(table)
+        );
+        let rows = snap.rows(&statement, &[]).await?;
+        for row in &rows {
+            let values: Vec<String> = row.iter().map(|v| v.as_deref().map_or_else(|| "NULL".into(), literal)).collect();
+            out.push(format!("INSERT INTO {} ({}) VALUES ({})", ident(table), names.join(", "), values.join(", ")));
+        }
+        if rows.len() < PAGE_ROWS {
             return Ok(());
         }
-        let select: Vec<String> = columns.iter().map(|c| format!("{}::text", ident(c))).collect();
-        let names: Vec<String> = columns.iter().map(|c| ident(c)).collect();
-        let (mut offset, mut page) = (0usize, PAGE_ROWS);
-        loop {
-            let statement = format!(
-                "SELECT {} FROM {} ORDER BY ctid LIMIT {page} OFFSET {offset}",
-                select.join(", "),
-                ident(table)
-            );
-            let rows = match self.query(statement, Vec::new(), call).await {
-                Ok(rows) => rows,
-                Err(e) if e.contains("larger than") && page > 1 => {
-                    page /= 2;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            for row in &rows.rows {
-                let values: Vec<String> = row
-                    .iter()
-                    .map(|v| match v {
-                        SqlValue::Text(t) => literal(t),
-                        _ => "NULL".to_string(),
-                    })
-                    .collect();
-                out.push(format!("INSERT INTO {} ({}) VALUES ({})", ident(table), names.join(", "), values.join(", ")));
-            }
-            if rows.rows.len() < page {
-                return Ok(());
-            }
-            offset += rows.rows.len();
-        }
+        offset += rows.len();
     }
 }
 

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
-pub use postgres::PgDatabases;
+pub use postgres::{PgDatabases, Snapshot};
 use sqlguard::check_key;
 pub use sqlite::{limit_sqlite_heap, sqlite_memory, OpenDatabases};
 pub use threads::DbThreads;
@@ -48,6 +48,9 @@ pub struct InstanceDb {
     local: Arc<sqlite::Local>,
     sql: Arc<dyn GuestSql>,
     kv: Arc<dyn GuestKv>,
+    /// On PostgreSQL: its schema's server and its id, for the host's own
+    /// reads (an export's snapshot).
+    postgres: Option<(Arc<PgDatabases>, String)>,
 }
 
 /// Where a node keeps instances' data besides their directories.
@@ -88,7 +91,8 @@ impl InstanceDb {
             Some(redis) => Arc::new(redis::RedisKv::new(redis.clone(), instance)),
             None => local.clone(),
         };
-        Self { local, sql, kv }
+        let postgres = backends.postgres.clone().map(|pg| (pg, instance.to_string()));
+        Self { local, sql, kv, postgres }
     }
 
     /// The dialect the guest's SQL is in.

@@ -122,6 +122,27 @@ enum Address {
     Unix(std::path::PathBuf),
 }
 
+/// A read-only transaction on an instance's schema (see
+/// [`PgDatabases::snapshot`]); ended (rolled back) when dropped.
+pub struct Snapshot {
+    client: Client,
+}
+
+impl Snapshot {
+    /// The rows of `sql`, every column read as text (cast them: `x::text`).
+    pub async fn rows(&self, sql: &str, params: &[&str]) -> Result<Vec<Vec<Option<String>>>, String> {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let rows = self.client.query(sql, &params).await.map_err(|e| {
+            let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            format!("cannot read the database: {detail}")
+        })?;
+        rows.iter()
+            .map(|row| (0..row.len()).map(|i| row.try_get::<_, Option<String>>(i).map_err(|e| e.to_string())).collect())
+            .collect()
+    }
+}
+
 /// One instance's login.
 #[derive(Clone)]
 pub struct Login {
@@ -331,6 +352,20 @@ impl PgDatabases {
             }
         }
         Err(unavailable(&"no instance_databases row after creating it"))
+    }
+
+    /// A read-only snapshot of `instance`'s schema (one REPEATABLE READ
+    /// transaction on a connection of its own, as its role), for the host's
+    /// own reads of its data: an export sees one point in time while the
+    /// guest writes on.
+    pub async fn snapshot(&self, instance: &str) -> Result<Snapshot, String> {
+        let login = self.login(instance).await?;
+        let conn = self.connect(&login).await?;
+        conn.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| format!("cannot begin a snapshot: {e}"))?;
+        Ok(Snapshot { client: conn.client })
     }
 
     /// A connection for `login`: an idle one of the instance, a new one within
