@@ -73,7 +73,18 @@ pub async fn take(db: &Db, data_dir: &Path, to: &Path) -> Result<Manifest, Backu
         return Err(refused(format!("{} is not an absolute path on the node's machine", to.display())));
     }
     let data_dir = std::fs::canonicalize(data_dir).context("cannot resolve the data directory")?;
-    if to.starts_with(&data_dir) {
+    // Where `to` really is: its nearest existing ancestor resolved (links,
+    // `..`), then the rest.
+    let mut resolved = to.to_path_buf();
+    let mut rest = Vec::new();
+    while !resolved.exists() {
+        let Some(name) = resolved.file_name().map(|n| n.to_os_string()) else { break };
+        rest.push(name);
+        resolved.pop();
+    }
+    let mut resolved = std::fs::canonicalize(&resolved).unwrap_or(resolved);
+    resolved.extend(rest.iter().rev());
+    if resolved.starts_with(&data_dir) {
         return Err(refused("a backup cannot go inside the node's own data directory; choose a directory elsewhere"));
     }
     prepare_empty(to)?;

@@ -96,7 +96,13 @@ async fn a_backup_taken_under_write_load_restores_every_acknowledged_write() {
 
     // Refused: the same directory again, one inside the node's data, a
     // relative path, and anyone but an operator.
-    let refusals = [json!({ "to": to }), json!({ "to": node.data.path().join("b") }), json!({ "to": "relative/dir" })];
+    let sneaky = target.path().join("..").join(node.data.path().strip_prefix(target.path().parent().unwrap()).unwrap());
+    let refusals = [
+        json!({ "to": to }),
+        json!({ "to": node.data.path().join("b") }),
+        json!({ "to": sneaky.join("c") }),
+        json!({ "to": "relative/dir" }),
+    ];
     for body in refusals {
         let (status, answer) = node.admin(Method::POST, "/v1/backup", Some(body.clone())).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}: {answer}");
