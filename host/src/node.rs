@@ -142,7 +142,7 @@ async fn build(
     let node = Arc::new(AdminState {
         config,
         addresses,
-        access: Arc::new(Access::new(db.clone())),
+        access: Arc::new(Access::with_epoch(db.clone(), identity.epoch.clone())),
         db,
         runtime,
         registry,

@@ -6,9 +6,12 @@
 //! A caller who is not a member of a tenant learns nothing about it: checks
 //! answer "not found", exactly as for a tenant that does not exist.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::cache::{Epoch, Memo};
 use crate::identity::Caller;
 use crate::store::{self, Db};
 
@@ -168,15 +171,40 @@ const LIVE: &str = "tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NUL
 /// The access room of one node.
 pub struct Access {
     db: Db,
+    epoch: Arc<Epoch>,
+    /// Roles by (tenant, user); `None`: not a member of a live tenant.
+    roles: Memo<(String, String), Option<Role>>,
+    /// Every permission a member holds in a tenant, by (tenant, user).
+    held: Memo<(String, String), Arc<Vec<String>>>,
 }
 
 impl Access {
+    /// The access room, with a cache of its own (see [`Access::with_epoch`]).
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let enabled = store::dialect(&db) == store::Dialect::Sqlite;
+        Self::with_epoch(db, Arc::new(Epoch::new(enabled)))
+    }
+
+    /// The access room caching under `epoch`, the identity room's: a change to
+    /// credentials and one to memberships invalidate the same entries.
+    pub fn with_epoch(db: Db, epoch: Arc<Epoch>) -> Self {
+        Self { db, roles: Memo::new(epoch.clone()), held: Memo::new(epoch.clone()), epoch }
     }
 
     /// A user's role in a tenant.
     pub async fn role(&self, tenant: &str, user_id: &str) -> Result<Option<Role>, AccessError> {
+        let key = (tenant.to_string(), user_id.to_string());
+        if let Some(role) = self.roles.get(&key) {
+            return Ok(role);
+        }
+        let read_under = self.roles.begin();
+        let role = self.role_now(tenant, user_id).await?;
+        self.roles.put(key, read_under, role, role.is_none(), None);
+        Ok(role)
+    }
+
+    /// A user's role in a tenant, from the control plane.
+    async fn role_now(&self, tenant: &str, user_id: &str) -> Result<Option<Role>, AccessError> {
         let row: Option<(String,)> = sqlx::query_as(&format!(
             "SELECT role FROM tenant_members WHERE tenant_id = $1 AND user_id = $2 AND {LIVE}"
         ))
@@ -316,6 +344,7 @@ impl Access {
             return Err(AccessError::LastOwner);
         }
         tx.commit().await.context("failed to commit member")?;
+        self.changed();
         Ok(())
     }
 
@@ -347,6 +376,7 @@ impl Access {
             .await
             .context("failed to remove grants")?;
         tx.commit().await.context("failed to commit")?;
+        self.changed();
         Ok(())
     }
 
@@ -394,6 +424,7 @@ impl Access {
         .execute(&self.db)
         .await
         .context("failed to grant")?;
+        self.changed();
         Ok(())
     }
 
@@ -406,6 +437,7 @@ impl Access {
             .execute(&self.db)
             .await
             .context("failed to revoke")?;
+        self.changed();
         Ok(done.rows_affected() > 0)
     }
 
@@ -433,8 +465,27 @@ impl Access {
         user_id: &str,
         service: &str,
     ) -> Result<Option<Vec<String>>, AccessError> {
+        let Some(held) = self.held(tenant, user_id).await? else { return Ok(None) };
+        let prefix = format!("{service}.");
+        Ok(Some(held.iter().filter_map(|p| p.strip_prefix(&prefix).map(str::to_string)).collect()))
+    }
+
+    /// Whether `user_id` is a member of `tenant` holding `permission` (`service.name`).
+    pub async fn holds(&self, tenant: &str, user_id: &str, permission: &str) -> Result<bool, AccessError> {
+        Ok(self.held(tenant, user_id).await?.is_some_and(|held| held.iter().any(|p| p == permission)))
+    }
+
+    /// Every permission `user_id` holds in `tenant`; `None` if not a member.
+    async fn held(&self, tenant: &str, user_id: &str) -> Result<Option<Arc<Vec<String>>>, AccessError> {
+        let key = (tenant.to_string(), user_id.to_string());
+        // Read under the epoch from before the role: a change between the two
+        // reads leaves nothing cached.
+        let read_under = self.held.begin();
         if self.role(tenant, user_id).await?.is_none() {
             return Ok(None);
+        }
+        if let Some(held) = self.held.get(&key) {
+            return Ok(Some(held));
         }
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT permission FROM grants WHERE tenant_id = $1 AND user_id = $2")
@@ -443,23 +494,15 @@ impl Access {
                 .fetch_all(&self.db)
                 .await
                 .context("failed to read grants")?;
-        let prefix = format!("{service}.");
-        Ok(Some(rows.into_iter().filter_map(|(p,)| p.strip_prefix(&prefix).map(str::to_string)).collect()))
+        let held = Arc::new(rows.into_iter().map(|(p,)| p).collect::<Vec<_>>());
+        self.held.put(key, read_under, held.clone(), false, None);
+        Ok(Some(held))
     }
 
-    /// Whether `user_id` is a member of `tenant` holding `permission` (`service.name`).
-    pub async fn holds(&self, tenant: &str, user_id: &str, permission: &str) -> Result<bool, AccessError> {
-        let row: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT 1 FROM grants g JOIN tenant_members m ON m.tenant_id = g.tenant_id AND m.user_id = g.user_id \
-             WHERE g.tenant_id = $1 AND g.user_id = $2 AND g.permission = $3 AND m.{LIVE}"
-        ))
-        .bind(tenant)
-        .bind(user_id)
-        .bind(permission)
-        .fetch_optional(&self.db)
-        .await
-        .context("failed to check grant")?;
-        Ok(row.is_some())
+    /// Something about who may do what changed (and is committed): nothing
+    /// cached before is used again.
+    pub fn changed(&self) {
+        self.epoch.bump();
     }
 }
 
@@ -516,6 +559,7 @@ impl Access {
         }
         crate::identity::forget_user_in(&mut tx, user_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         tx.commit().await.context("failed to commit the account's deletion")?;
+        self.changed();
         Ok(())
     }
 
@@ -549,6 +593,7 @@ impl Access {
                 .context("failed to hand over ownership")?;
         }
         tx.commit().await.context("failed to commit the transfer")?;
+        self.changed();
         Ok(())
     }
 }

@@ -170,7 +170,27 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
         })
+        .layer(axum::middleware::from_fn_with_state(node.clone(), after_changes))
         .with_state(node)
+}
+
+/// Whatever a request that may change something did (a tenant deleted, a
+/// member added, a key revoked…), the credentials and memberships this node
+/// cached before it are not used again: the rooms that change them say so
+/// themselves, and this is the net under them.
+async fn after_changes(
+    State(node): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    // (A login opens a session and changes nothing cached.)
+    let changes = !matches!(*request.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+        && request.uri().path() != "/v1/login";
+    let response = next.run(request).await;
+    if changes {
+        node.identity.epoch.bump();
+    }
+    response
 }
 
 /// Queue the instance setups a change made due (migrations of a version just

@@ -4,6 +4,7 @@
 //!
 //! Failed logins are rate limited per client address and per account.
 
+pub mod cache;
 pub mod credentials;
 pub mod invitations;
 mod ratelimit;
@@ -129,6 +130,11 @@ pub struct Identity {
     pub counters: LoginCounters,
     /// Password hashes computed at once: each takes ~19 MiB and tens of ms.
     hashing: tokio::sync::Semaphore,
+    /// The version of every cached credential and membership (shared with
+    /// the access room, bumped by every change to either).
+    pub epoch: std::sync::Arc<cache::Epoch>,
+    /// Callers by their token's hash (`None`: no such credential).
+    callers: cache::Memo<String, Option<Caller>>,
 }
 
 /// How long a registration or login waits for a password-hashing slot before
@@ -187,6 +193,8 @@ impl Identity {
         trust: &crate::config::TrustConfig,
         redis: Option<std::sync::Arc<crate::shared::Redis>>,
     ) -> Self {
+        // Only a node on its own storage sees every change (see `cache`).
+        let epoch = std::sync::Arc::new(cache::Epoch::new(store::dialect(&db) == store::Dialect::Sqlite));
         Self {
             registration: trust.registration,
             invitations: Invitations::new(db.clone(), trust.invitation_lifetime),
@@ -195,6 +203,8 @@ impl Identity {
             by_account: Limiter::new("account", 5, Duration::from_secs(900), redis.clone()),
             by_known_address: Limiter::new("usual", 5, Duration::from_secs(900), redis),
             counters: LoginCounters::default(),
+            epoch: epoch.clone(),
+            callers: cache::Memo::new(epoch),
             db,
             hashing: tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
         }
@@ -419,6 +429,7 @@ impl Identity {
             .execute(&self.db)
             .await
             .context("failed to revoke session")?;
+        self.epoch.bump();
         Ok(done.rows_affected() > 0)
     }
 
@@ -426,34 +437,42 @@ impl Identity {
     /// unexpired and unrevoked.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, IdentityError> {
         let hash = secrets::hash_token(token);
+        if let Some(known) = self.callers.get(&hash) {
+            return Ok(known);
+        }
+        let read_under = self.callers.begin();
         let now = store::now();
         let (sql, credential) = if token.starts_with(secrets::SESSION_PREFIX) {
             (
-                "SELECT s.token_hash, u.id, u.email, (CASE WHEN u.is_operator THEN 1 ELSE 0 END) FROM sessions s JOIN users u ON u.id = s.user_id \
+                "SELECT s.token_hash, u.id, u.email, (CASE WHEN u.is_operator THEN 1 ELSE 0 END), s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
                 "session",
             )
         } else if token.starts_with(secrets::KEY_PREFIX) {
             (
-                "SELECT k.key_hash, u.id, u.email, (CASE WHEN u.is_operator THEN 1 ELSE 0 END) FROM api_keys k JOIN users u ON u.id = k.user_id \
+                "SELECT k.key_hash, u.id, u.email, (CASE WHEN u.is_operator THEN 1 ELSE 0 END), k.expires_at FROM api_keys k JOIN users u ON u.id = k.user_id \
                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
                 "api-key",
             )
         } else {
             return Ok(None);
         };
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(sql)
+        let row: Option<(String, String, String, i64, Option<i64>)> = sqlx::query_as(sql)
             .bind(&hash)
             .bind(now)
             .fetch_optional(&self.db)
             .await
             .context("failed to check credential")?;
-        Ok(row.filter(|(stored, ..)| secrets::same(stored, &hash)).map(|(_, user_id, email, operator)| Caller {
+        let found = row.filter(|(stored, ..)| secrets::same(stored, &hash));
+        let expires_at = found.as_ref().and_then(|(.., expires)| *expires);
+        let caller = found.map(|(_, user_id, email, operator, _)| Caller {
             user_id,
             email,
             operator: store::flag(operator),
             credential,
-        }))
+        });
+        self.callers.put(hash, read_under, caller.clone(), caller.is_none(), expires_at);
+        Ok(caller)
     }
 
     /// Create an API key for `user_id`. The key is returned once and stored hashed.
@@ -517,6 +536,7 @@ impl Identity {
         .execute(&self.db)
         .await
         .context("failed to revoke key")?;
+        self.epoch.bump();
         if done.rows_affected() == 0 {
             return Err(IdentityError::UnknownKey(key.to_string()));
         }
