@@ -96,23 +96,7 @@ impl InstanceDb {
         };
         let mut out = Vec::new();
         let mut after = Vec::new();
-        // Sequences other than identity columns' (those come with their column).
-        let sequences = snap
-            .rows(
-                "SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace \
-                 AND c.relkind = 'S' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'i') \
-                 ORDER BY 1",
-                &[],
-            )
-            .await?;
-        for name in column(sequences) {
-            out.push(format!("CREATE SEQUENCE {}", ident(&name)));
-            let state =
-                snap.rows(&format!("SELECT last_value::text, is_called::text FROM {}", ident(&name)), &[]).await?;
-            if let Some([Some(value), Some(called)]) = state.first().map(Vec::as_slice) {
-                after.push(format!("SELECT setval({}, {value}, {called})", literal(&name)));
-            }
-        }
+        postgres_sequences(&snap, &mut out, &mut after).await?;
         let tables = snap
             .rows(
                 "SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace \
@@ -145,22 +129,53 @@ impl InstanceDb {
                 .await?;
             after.extend(column(later).into_iter().map(&unqualified));
         }
-        let views = snap
-            .rows(
-                "SELECT c.relname::text, pg_get_viewdef(c.oid) FROM pg_class c \
-                 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v' ORDER BY c.oid",
-                &[],
-            )
-            .await?;
-        for row in views {
-            if let [Some(name), Some(definition)] = row.as_slice() {
-                let definition = unqualified(definition.clone());
-                after.push(format!("CREATE VIEW {} AS {}", ident(name), definition.trim_end_matches(';')));
-            }
+        for view in postgres_views(&snap).await? {
+            after.push(unqualified(view));
         }
         out.extend(after);
         Ok(out)
     }
+}
+
+/// Sequences other than identity columns' (those come with their column):
+/// created first, set to where they were after the rows.
+async fn postgres_sequences(snap: &Snapshot, out: &mut Vec<String>, after: &mut Vec<String>) -> Result<(), String> {
+    let sequences = snap
+        .rows(
+            "SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace \
+             AND c.relkind = 'S' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'i') \
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for name in sequences.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
+        out.push(format!("CREATE SEQUENCE {}", ident(&name)));
+        let state = snap.rows(&format!("SELECT last_value::text, is_called::text FROM {}", ident(&name)), &[]).await?;
+        if let Some([Some(value), Some(called)]) = state.first().map(Vec::as_slice) {
+            after.push(format!("SELECT setval({}, {value}, {called})", literal(&name)));
+        }
+    }
+    Ok(())
+}
+
+/// `CREATE VIEW` of every view, in the order they were made.
+async fn postgres_views(snap: &Snapshot) -> Result<Vec<String>, String> {
+    let views = snap
+        .rows(
+            "SELECT c.relname::text, pg_get_viewdef(c.oid) FROM pg_class c \
+             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'v' ORDER BY c.oid",
+            &[],
+        )
+        .await?;
+    Ok(views
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [Some(name), Some(definition)] => {
+                Some(format!("CREATE VIEW {} AS {}", ident(name), definition.trim_end_matches(';')))
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// A table's `CREATE TABLE` (columns, defaults, keys, checks), its columns,
