@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What a credential costs a request: plugins/hello anonymous vs with an API key
 # (`Authorization: Bearer whk_…`: the credential resolved, then the caller's
-# role and grants in the instance's tenant), on one node (SQLite, where
-# credentials and memberships are cached in memory) and, when PostgreSQL is
-# reachable, on a node with a PostgreSQL control plane (read on every request).
+# role and grants in the instance's tenant, cached in memory after the first
+# request), on one node (SQLite) and, when PostgreSQL is reachable, on a node
+# with a PostgreSQL control plane (where cached entries live at most 2 s).
 # Rounds interleaved; medians and the credentialed ÷ anonymous ratio.
 #
 # Usage: bench/credentials.sh [--quick]   (env: DURATION=5s CONNECTIONS=32 ROUNDS=3,

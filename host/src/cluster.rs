@@ -6,8 +6,10 @@
 //! connection was down) compares the generation with the one it has caught up
 //! with; when it is behind it loads new versions (fetching their components from
 //! the control plane), points services at their active versions and rebuilds its
-//! routing table. Sessions, keys, grants and quotas are read from the control
-//! plane on use, so they need no propagation.
+//! routing table. Credentials and memberships are cached on each node: every
+//! change to them bumps the identity generation and notifies `wharf_identity`;
+//! each node invalidates its caches and acknowledges, and the changing node
+//! answers once every live node has (see `identity::cache`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,8 @@ pub struct Follower {
     pub fleet: Arc<Fleet>,
     /// The generation this node has caught up with.
     pub seen: Arc<Seen>,
+    /// The version of this node's cached credentials and memberships.
+    pub epoch: Arc<crate::identity::cache::Epoch>,
 }
 
 /// Follow the platform's changes until `stop` is set.
@@ -72,7 +76,10 @@ pub async fn follow(node: Follower, mut stop: watch::Receiver<bool>) {
 
 async fn connect(url: &str) -> anyhow::Result<PgListener> {
     let mut listener = PgListener::connect(url).await.context("failed to connect")?;
-    listener.listen(store::CHANGES_CHANNEL).await.context("failed to LISTEN")?;
+    listener
+        .listen_all([store::CHANGES_CHANNEL, crate::identity::cache::IDENTITY_CHANNEL])
+        .await
+        .context("failed to LISTEN")?;
     Ok(listener)
 }
 
@@ -95,8 +102,22 @@ async fn catch_up_logged(node: &Follower) {
     }
 }
 
+/// Invalidate this node's cached credentials and memberships if another node
+/// changed them, and acknowledge it (the changing node waits for that).
+async fn catch_up_identity(node: &Follower) -> anyhow::Result<()> {
+    let (value,): (i64,) = sqlx::query_as("SELECT value FROM identity_generation WHERE id = 1")
+        .fetch_one(&node.db)
+        .await
+        .context("failed to read the identity generation")?;
+    if node.epoch.follow(value) {
+        node.fleet.ack_identity(value).await?;
+    }
+    Ok(())
+}
+
 /// Apply every change up to the current generation, if this node is behind.
 pub async fn catch_up(node: &Follower) -> anyhow::Result<()> {
+    catch_up_identity(node).await?;
     let current = store::generation(&node.db).await.context("failed to read the generation")?;
     let seen = node.seen.get();
     if current <= seen {

@@ -306,6 +306,7 @@ fn spawn(
                 configurator: node.configurator.clone(),
                 fleet: node.fleet.clone(),
                 seen: node.generation.clone(),
+                epoch: node.identity.epoch.clone(),
             };
             tasks.push(tokio::spawn(crate::cluster::follow(follower, watcher.clone())));
         }

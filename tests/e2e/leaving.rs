@@ -345,3 +345,33 @@ async fn an_account_is_deleted_everywhere_at_once_but_never_leaves_a_tenant_with
     let audit = a.get_admin("/v1/audit").await.to_string();
     assert!(audit.contains("account.delete") && audit.contains("member.transfer"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_through_a_revocation_never_answers_from_its_cache_when_it_thaws() {
+    if !crate::harness::on_postgres() {
+        return; // One node's own storage: there is no other node.
+    }
+    let a = TestNode::start().await;
+    let b = crate::harness::Served::joining(&a).await;
+    let token = a.user("ann@acme.test").await;
+    let me = |admin: String, token: String| async move {
+        crate::harness::client().get(format!("{admin}/v1/me")).bearer_auth(token).send().await.unwrap().status()
+    };
+    // Cached on B (answered twice), then B freezes and the session ends on A.
+    for _ in 0..2 {
+        assert_eq!(me(b.admin.clone(), token.clone()).await, StatusCode::OK);
+    }
+    b.signal("STOP");
+    let ended = std::time::Instant::now();
+    assert_eq!(a.call(&token, Method::POST, "/v1/logout", None).await.0, StatusCode::NO_CONTENT);
+    assert!(ended.elapsed() < Duration::from_secs(4), "a frozen node holds a change back at most a little");
+    b.signal("CONT");
+    assert_eq!(me(b.admin.clone(), token.clone()).await, StatusCode::UNAUTHORIZED, "stale on thaw");
+    // A live node is told at once: the logout waits for it, and no longer.
+    let other = a.user("bo@acme.test").await;
+    assert_eq!(me(b.admin.clone(), other.clone()).await, StatusCode::OK);
+    let ended = std::time::Instant::now();
+    assert_eq!(a.call(&other, Method::POST, "/v1/logout", None).await.0, StatusCode::NO_CONTENT);
+    assert!(ended.elapsed() < Duration::from_secs(1), "{:?}", ended.elapsed());
+    assert_eq!(me(b.admin.clone(), other).await, StatusCode::UNAUTHORIZED);
+}

@@ -181,8 +181,8 @@ pub struct Access {
 impl Access {
     /// The access room, with a cache of its own (see [`Access::with_epoch`]).
     pub fn new(db: Db) -> Self {
-        let enabled = store::dialect(&db) == store::Dialect::Sqlite;
-        Self::with_epoch(db, Arc::new(Epoch::new(enabled)))
+        let max_age = crate::identity::cache::max_age(&db);
+        Self::with_epoch(db, Arc::new(Epoch::new(Some(max_age))))
     }
 
     /// The access room caching under `epoch`, the identity room's: a change to

@@ -188,9 +188,32 @@ async fn after_changes(
         && request.uri().path() != "/v1/login";
     let response = next.run(request).await;
     if changes {
-        node.identity.epoch.bump();
+        announce_change(&node).await;
     }
     response
+}
+
+/// This node's caches are stale; on a shared control plane, wait (at most
+/// `CLUSTER_MAX_AGE`) until every live node has invalidated its own, so that
+/// what was revoked here is refused everywhere once the answer is sent.
+async fn announce_change(node: &AdminState) {
+    use crate::identity::cache;
+    let value = match cache::publish(&node.db, &node.identity.epoch).await {
+        Ok(Some(value)) => value,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("other nodes may answer from their caches for {:?}: {e:#}", cache::CLUSTER_MAX_AGE);
+            return;
+        }
+    };
+    if let Err(e) = node.fleet.ack_identity(value).await {
+        tracing::warn!("failed to acknowledge a change here: {e:#}");
+    }
+    match node.fleet.wait_identity(value, cache::CLUSTER_MAX_AGE).await {
+        Ok(pending) if pending.is_empty() => {}
+        Ok(pending) => tracing::warn!(?pending, "nodes did not acknowledge a change to credentials in time"),
+        Err(e) => tracing::warn!("failed to wait for the nodes' acknowledgements: {e:#}"),
+    }
 }
 
 /// Queue the instance setups a change made due (migrations of a version just

@@ -193,8 +193,7 @@ impl Identity {
         trust: &crate::config::TrustConfig,
         redis: Option<std::sync::Arc<crate::shared::Redis>>,
     ) -> Self {
-        // Only a node on its own storage sees every change (see `cache`).
-        let epoch = std::sync::Arc::new(cache::Epoch::new(store::dialect(&db) == store::Dialect::Sqlite));
+        let epoch = std::sync::Arc::new(cache::Epoch::new(Some(cache::max_age(&db))));
         Self {
             registration: trust.registration,
             invitations: Invitations::new(db.clone(), trust.invitation_lifetime),

@@ -101,6 +101,38 @@ impl Fleet {
         Ok(())
     }
 
+    /// Acknowledge the identity generation this node's caches were
+    /// invalidated for.
+    pub async fn ack_identity(&self, value: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE nodes SET identity_generation = $1 WHERE id = $2 AND identity_generation < $1")
+            .bind(value)
+            .bind(&self.id)
+            .execute(&self.db)
+            .await
+            .context("failed to acknowledge the identity generation")?;
+        Ok(())
+    }
+
+    /// Wait until every live node has invalidated its caches for identity
+    /// generation `value`, or `wait` has passed; the nodes still pending.
+    pub async fn wait_identity(&self, value: i64, wait: Duration) -> anyhow::Result<Vec<String>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let pending: Vec<(String,)> = sqlx::query_as(
+                "SELECT id FROM nodes WHERE stopped_at IS NULL AND seen_at > $1 AND identity_generation < $2",
+            )
+            .bind(store::now_millis() - LIVE_MS)
+            .bind(value)
+            .fetch_all(&self.db)
+            .await
+            .context("failed to read the nodes' acknowledgements")?;
+            if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(pending.into_iter().map(|(id,)| id).collect());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Beat: say this node is live, at which generation, and report the
     /// versions whose state changed since the last beat.
     pub async fn beat(&self, seen: &Seen, registry: &Registry) -> anyhow::Result<()> {
