@@ -109,9 +109,10 @@ async fn catch_up_identity(node: &Follower) -> anyhow::Result<()> {
         .fetch_one(&node.db)
         .await
         .context("failed to read the identity generation")?;
-    if node.epoch.follow(value) {
-        node.fleet.ack_identity(value).await?;
-    }
+    node.epoch.follow(value);
+    // Acknowledged even when followed before (by a change made here, or
+    // before this node's row existed); a no-op when already recorded.
+    node.fleet.ack_identity(value).await?;
     Ok(())
 }
 
