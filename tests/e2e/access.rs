@@ -92,6 +92,9 @@ fn tenant_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::DELETE, "/v1/tenants/{t}", None),
         (Method::DELETE, "/v1/tenants/{t}?now=true", None),
         (Method::POST, "/v1/tenants/{t}/restore", None),
+        (Method::POST, "/v1/tenants/{t}/transfer", Some(json!({ "email": "owner@a.test" }))),
+        (Method::GET, "/v1/tenants/{t}/invoices/export", None),
+        (Method::GET, "/v1/instances/{i}/export", None),
     ]
 }
 
@@ -181,6 +184,10 @@ fn every_protected_endpoint() -> Vec<(Method, String)> {
         (Method::GET, "/v1/instances"),
         (Method::GET, "/v1/usage"),
         (Method::GET, "/v1/audit"),
+        (Method::DELETE, "/v1/me"),
+        (Method::DELETE, "/v1/users/owner@a.test"),
+        (Method::POST, "/v1/backup"),
+        (Method::POST, "/v1/instances/import?tenant=a"),
     ]
     .into_iter()
     .map(|(m, p)| (m, p.to_string()))

@@ -164,7 +164,7 @@ async fn time_in_database_calls_is_charged_as_fuel() {
     loop {
         let (status, body) = node.get("bad.test", "/sql/many?n=20").await;
         tries += 1;
-        if status == StatusCode::SERVICE_UNAVAILABLE && body.contains("compute budget") && tries < 5 {
+        if status == StatusCode::SERVICE_UNAVAILABLE && body.contains("compute budget") && tries < 12 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }

@@ -61,19 +61,13 @@ pub async fn preset(
     applied: &[String],
     seeded: bool,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE instances SET setup_state = 'ready', setup_target = $1, setup_error = NULL, settled_version = $1, \
-         applied_migrations = $2, seeded_at = CASE WHEN $3 = 1 THEN $4 ELSE NULL END WHERE id = $5",
-    )
-    .bind(version)
-    .bind(serde_json::to_string(applied).unwrap_or_else(|_| "[]".into()))
-    .bind(i64::from(seeded))
-    .bind(crate::store::now())
-    .bind(instance)
-    .execute(&mut **tx)
-    .await
-    .context("failed to record the imported setup")?;
-    Ok(())
+    sqlx::query("UPDATE instances SET setup_target = $1 WHERE id = $2")
+        .bind(version)
+        .bind(instance)
+        .execute(&mut **tx)
+        .await
+        .context("failed to record the imported setup")?;
+    succeed(tx, instance, version, applied, seeded).await
 }
 
 /// The setup to `target` succeeded: `applied` are the database's migrations,
