@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Wharf's benchmarks, side by side in one run on loopback:
+# Wharf's benchmarks, side by side in one run on loopback (same load generator,
+# wrk with keep-alive; rounds interleaved so machine noise hits every row alike;
+# medians reported with ratios):
 #
-#   1. HTTP hello: requests/s and p50/p99 latency of plugins/hello through Wharf
-#      (fuel metering and epochs on), of the same component under `wasmtime serve`
-#      48 (default options, `-S cli`), and of a native hyper server returning the
-#      same bytes. Same load generator (wrk, keep-alive), rounds interleaved so
-#      machine noise hits all three alike; medians reported with ratios.
-#   2. One instantiate + call, pooling allocator vs on-demand.
-#   3. Restart with 20 published versions: compiled cache vs recompiling.
+#   1. HTTP hello (plugins/hello, wrk -c32): through Wharf (fuel, epochs, routing,
+#      usage on) with a fresh sandbox per request and with `reuse` on; through a
+#      minimal tuned wasmtime host (pooling, fresh instance per request, nothing
+#      else: bench/src/bin/tuned-host.rs); under `wasmtime serve` 48 (default
+#      options, `-S cli`); and a native hyper server returning the same bytes.
+#   2. The same hello with a credential — a session token and an API key — on a
+#      node on SQLite and, when PostgreSQL is reachable, on a node with a
+#      PostgreSQL control plane.
+#   3. A Python hello (bench/python-hello, built with componentize-py from PyPI):
+#      steady latency per request (wrk -c1) through Wharf fresh and with reuse,
+#      and under `wasmtime serve`.
+#   4. One instantiate + call, pooling allocator vs on-demand (in process).
+#   5. Restart with 20 published versions: compiled cache vs recompiling.
 #
-# Usage: bench/run.sh [--quick]       (env: DURATION=10s CONNECTIONS=32 ROUNDS=3)
+# Usage: bench/run.sh [--quick]   (env: DURATION=10s CONNECTIONS=32 ROUNDS=3,
+#                                  WHARF_TEST_DATABASE=postgres://…/postgres)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +26,7 @@ duration="${DURATION:-10s}"
 connections="${CONNECTIONS:-32}"
 rounds="${ROUNDS:-3}"
 if [[ "${1:-}" == "--quick" ]]; then duration=3s; rounds=1; fi
+postgres="${WHARF_TEST_DATABASE:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 ./scripts/setup
 if ! command -v wrk >/dev/null; then
@@ -31,66 +41,163 @@ fi
 echo "==> building (release)"
 cargo build --release --locked -p wharf -p wharf-bench
 (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p hello -p echo)
-hello=plugins/target/wasm32-wasip2/release/hello.wasm
+hello=$PWD/plugins/target/wasm32-wasip2/release/hello.wasm
 echo_wasm=plugins/target/wasm32-wasip2/release/echo.wasm
+python_hello=$(bench/python-hello/build.sh)
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ -n "${pgdb:-}" ]] && psql "$postgres" -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" >/dev/null 2>&1
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
-wait_for() { for _ in $(seq 1 200); do curl -s -o /dev/null -H "Host: $2" "http://$1/" && return 0; sleep 0.05; done; echo "nothing answered on $1" >&2; exit 1; }
+wait_for() { for _ in $(seq 1 400); do curl -s -o /dev/null -H "Host: $2" "http://$1/" && return 0; sleep 0.05; done; echo "nothing answered on $1" >&2; exit 1; }
 
-# Wharf
-mkdir -p "$work/wharf"
-RUST_LOG=warn ./target/release/wharf serve --data "$work/wharf" --listen 127.0.0.1:18180 --admin 127.0.0.1:18181 \
-    --init-admin bench@wharf.local >"$work/serve.out" &
-pids+=($!)
-export WHARF_ADMIN_URL=http://127.0.0.1:18181
-for _ in $(seq 1 200); do grep -q '^WHARF_TOKEN=' "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
-export WHARF_TOKEN=$(sed -n 's/^WHARF_TOKEN=//p' "$work/serve.out")
-./target/release/wharf publish plugins/hello >/dev/null
-./target/release/wharf tenant create bench >/dev/null
-./target/release/wharf instance create --tenant bench --service hello --host bench.local >/dev/null
-wait_for 127.0.0.1:18180 bench.local
+# A service directory publishing COMPONENT as NAME, with `reuse` when REUSE is set.
+service_dir() {
+    local dir="$work/services/$1"
+    mkdir -p "$dir"
+    {
+        printf '[service]\nname = "%s"\nversion = "1.0.0"\nsql = []\ncomponent = "%s"\n' "$1" "$2"
+        [[ -n "${3:-}" ]] && printf 'reuse = { requests = 100000, idle_seconds = 60 }\n'
+    } >"$dir/wharf.toml"
+    echo "$dir"
+}
 
-# wasmtime serve, default options (the pooling allocator as it decides, no keep-resident tuning).
+# node NAME PORT [DATABASE_URL] — a Wharf node: hello at bench.local (fresh) and
+# reuse.local (reused), the Python hello at py.local and pyreuse.local, and a
+# member of the tenant with a session token (session_NAME) and an API key (key_NAME).
+node() {
+    local name=$1 port=$2 admin=$(($2 + 1)) database=()
+    [[ -n "${3:-}" ]] && database=(--database "$3")
+    mkdir -p "$work/$name"
+    RUST_LOG=warn ./target/release/wharf serve --data "$work/$name" --listen 127.0.0.1:"$port" \
+        --admin 127.0.0.1:"$admin" --init-admin bench@wharf.local "${database[@]}" >"$work/$name.out" &
+    pids+=($!)
+    for _ in $(seq 1 400); do grep -q '^WHARF_TOKEN=' "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
+    local api="http://127.0.0.1:$admin" operator
+    operator=$(sed -n 's/^WHARF_TOKEN=//p' "$work/$name.out")
+    wharf() { WHARF_ADMIN_URL=$api WHARF_TOKEN=$operator ./target/release/wharf "$@" >/dev/null; }
+    wharf publish "$(service_dir hello "$hello")"
+    wharf publish "$(service_dir hello-reuse "$hello" reuse)"
+    wharf publish "$(service_dir py-hello "$python_hello")"
+    wharf publish "$(service_dir py-reuse "$python_hello" reuse)"
+    wharf tenant create bench
+    wharf instance create --tenant bench --service hello --host bench.local
+    wharf instance create --tenant bench --service hello-reuse --host reuse.local
+    wharf instance create --tenant bench --service py-hello --host py.local
+    wharf instance create --tenant bench --service py-reuse --host pyreuse.local
+    # A member of the tenant, as a request with a credential carries one.
+    curl -sf -H "Authorization: Bearer $operator" -H 'content-type: application/json' "$api/v1/users" \
+        -d '{"email":"member@bench.local","password":"correct horse battery staple"}' >/dev/null
+    wharf member add --tenant bench member@bench.local
+    local session key
+    session=$(curl -sf -H 'content-type: application/json' "$api/v1/login" \
+        -d '{"email":"member@bench.local","password":"correct horse battery staple"}' | sed -E 's/.*"token":"([^"]+)".*/\1/')
+    key=$(curl -sf -H "Authorization: Bearer $session" -H 'content-type: application/json' "$api/v1/keys" \
+        -d '{"name":"bench"}' | sed -E 's/.*"key":"([^"]+)".*/\1/')
+    printf -v "session_$name" '%s' "$session"
+    printf -v "key_$name" '%s' "$key"
+    for host in bench.local reuse.local py.local pyreuse.local; do wait_for "127.0.0.1:$port" "$host"; done
+}
+
+names=(sqlite)
+node sqlite 18180
+if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v psql >/dev/null; then
+    pgdb="wharf_bench_$$"
+    psql "$postgres" -qc "CREATE DATABASE $pgdb" >/dev/null
+    node postgres 18190 "${postgres%/*}/$pgdb"
+    names+=(postgres)
+else
+    echo "(PostgreSQL unreachable at $postgres: credentials on SQLite only)"
+fi
+
+# The references.
 wasmtime serve -S cli --addr 127.0.0.1:18182 "$hello" 2>"$work/wasmtime.log" &
 pids+=($!)
-wait_for 127.0.0.1:18182 bench.local
-
-# native hyper
+wasmtime serve -S cli --addr 127.0.0.1:18185 "$python_hello" 2>"$work/wasmtime-py.log" &
+pids+=($!)
 ./target/release/native-hello --addr 127.0.0.1:18183 2>/dev/null &
 pids+=($!)
-wait_for 127.0.0.1:18183 bench.local
+./target/release/tuned-host "$hello" --addr 127.0.0.1:18184 2>/dev/null &
+pids+=($!)
+for a in 18182 18183 18184 18185; do wait_for "127.0.0.1:$a" bench.local; done
 
-for target in 127.0.0.1:18180 127.0.0.1:18182 127.0.0.1:18183; do
-    body=$(curl -s -H 'Host: bench.local' "http://$target/")
+for target in 18180/bench.local 18180/reuse.local 18182/x 18183/x 18184/x 18180/py.local 18180/pyreuse.local 18185/x; do
+    body=$(curl -s -H "Host: ${target#*/}" "http://127.0.0.1:${target%/*}/")
     [[ "$body" == "Hello from Wharf!" ]] || { echo "unexpected body from $target: $body" >&2; exit 1; }
 done
 
 source bench/lib.sh
 declare -A rps p50 p99
-echo "==> HTTP hello: wrk -t1 -c$connections -d$duration, $rounds interleaved rounds"
-for name in wharf wasmtime native; do # warm-up
-    case $name in wharf) a=127.0.0.1:18180;; wasmtime) a=127.0.0.1:18182;; native) a=127.0.0.1:18183;; esac
-    wrk -t1 -c"$connections" -d2s -H 'Host: bench.local' "http://$a/" >/dev/null
-done
+# one NAME CONNECTIONS HOST URL [HEADER] — one wrk run, appended to NAME's samples.
+one() {
+    local out extra=()
+    [[ -n "${5:-}" ]] && extra=(-H "$5")
+    out=$(wrk -t1 -c"$2" -d"$duration" --latency -H "Host: $3" "${extra[@]}" "$4")
+    rps[$1]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
+    p50[$1]+="$(awk '$1=="50%" {print $2}' <<<"$out") "
+    p99[$1]+="$(awk '$1=="99%" {print $2}' <<<"$out") "
+}
+
+c=$connections
+round() {
+    one wharf "$c" bench.local http://127.0.0.1:18180/
+    one wharf-reuse "$c" reuse.local http://127.0.0.1:18180/
+    one tuned "$c" x http://127.0.0.1:18184/
+    one wasmtime "$c" x http://127.0.0.1:18182/
+    one native "$c" x http://127.0.0.1:18183/
+    for name in "${names[@]}"; do
+        local port session_var="session_$name" key_var="key_$name"
+        port=$([[ $name == sqlite ]] && echo 18180 || echo 18190)
+        [[ $name == sqlite ]] || one "$name-anonymous" "$c" bench.local "http://127.0.0.1:$port/"
+        one "$name-session" "$c" bench.local "http://127.0.0.1:$port/" "Authorization: Bearer ${!session_var}"
+        one "$name-key" "$c" bench.local "http://127.0.0.1:$port/" "Authorization: Bearer ${!key_var}"
+    done
+    one py-fresh 1 py.local http://127.0.0.1:18180/
+    one py-reuse 1 pyreuse.local http://127.0.0.1:18180/
+    one py-wasmtime 1 x http://127.0.0.1:18185/
+}
+echo "==> warm-up"
+(duration=2s; round >/dev/null)
+rps=(); p50=(); p99=()
+echo "==> wrk -t1 -d$duration, $rounds interleaved rounds (hello: -c$c; Python: -c1)"
 for r in $(seq 1 "$rounds"); do
-    run_wrk wharf bench.local http://127.0.0.1:18180/
-    run_wrk wasmtime bench.local http://127.0.0.1:18182/
-    run_wrk native bench.local http://127.0.0.1:18183/
+    round
     echo "    round $r done"
 done
+rps[sqlite-anonymous]=${rps[wharf]}; p50[sqlite-anonymous]=${p50[wharf]}; p99[sqlite-anonymous]=${p99[wharf]}
 
-printf "\n%-44s %10s %9s %9s\n" "hello over HTTP (median)" "req/s" "p50 ms" "p99 ms"
-report wharf "Wharf (fuel + epochs on)"
+printf "\n%-52s %10s %9s %9s\n" "hello over HTTP, -c$c (median)" "req/s" "p50 ms" "p99 ms"
+report wharf "Wharf (fresh sandbox per request)"
+report wharf-reuse "Wharf with reuse"
+report tuned "minimal tuned wasmtime host (pooling, fresh)"
 report wasmtime "wasmtime serve 48 (defaults)"
 report native "native hyper"
+for name in "${names[@]}"; do
+    report "$name-anonymous" "$name control plane: anonymous"
+    report "$name-session" "$name control plane: session token"
+    report "$name-key" "$name control plane: API key"
+done
+printf "\n%-52s %10s %9s %9s\n" "Python hello, -c1 (median)" "req/s" "p50 ms" "p99 ms"
+report py-fresh "Wharf (fresh sandbox per request)"
+report py-reuse "Wharf with reuse"
+report py-wasmtime "wasmtime serve 48 (defaults)"
+
 declare -A med
-for name in wharf wasmtime native; do med[$name]=$(median <<<"${rps[$name]}"); done
-awk -v w="${med[wharf]}" -v t="${med[wasmtime]}" -v n="${med[native]}" 'BEGIN {
-    printf "\nWharf / wasmtime serve: %.2fx   Wharf / native: %.2f   wasmtime serve / native: %.3f\n", w/t, w/n, t/n }'
+for name in "${!rps[@]}"; do med[$name]=$(median <<<"${rps[$name]}"); done
+echo
+awk -v w="${med[wharf]}" -v r="${med[wharf-reuse]}" -v t="${med[tuned]}" -v s="${med[wasmtime]}" -v n="${med[native]}" 'BEGIN {
+    printf "Wharf / wasmtime serve: %.2fx   Wharf / tuned host: %.2fx   Wharf / native: %.2f\n", w/s, w/t, w/n
+    printf "Wharf with reuse / native: %.2f   with reuse / fresh: %.2fx   wasmtime serve / native: %.3f\n", r/n, r/w, s/n }'
+for name in "${names[@]}"; do
+    awk -v n="$name" -v a="${med[$name-anonymous]}" -v s="${med[$name-session]}" -v k="${med[$name-key]}" \
+        'BEGIN { printf "%s: session token / anonymous = %.2f   API key / anonymous = %.2f\n", n, s/a, k/a }'
+done
 
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 

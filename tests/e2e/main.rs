@@ -22,6 +22,7 @@ mod limits;
 mod publish;
 mod races;
 mod restart;
+mod reuse;
 mod rollout;
 mod routing;
 mod schema;

@@ -1,6 +1,7 @@
 //! The cost of one request's guest without HTTP: a fresh store, instantiate from
 //! the `ProxyPre`, call the handler, collect the response body. Pooling allocator
-//! vs on-demand allocation, in alternating rounds, medians reported.
+//! vs on-demand allocation, and one sandbox reused between calls (a version with
+//! `reuse` on), in alternating rounds, medians reported.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use wharf::config::{GuestLimits, PoolConfig};
-use wharf::runtime::{Handled, RequestIdentity, Runtime};
+use wharf::runtime::{Handled, RequestIdentity, Reuse, ReusePolicy, Runtime};
 
 #[derive(Parser)]
 struct Args {
@@ -24,18 +25,24 @@ struct Args {
     /// Linear memory kept resident between uses by the pool, in KiB (Wharf's default).
     #[arg(long, default_value_t = PoolConfig::default().keep_resident_bytes >> 10)]
     keep_resident_kib: usize,
-    /// Measure only this allocator: `pooling` or `on-demand` (default: both).
+    /// Measure only this: `pooling`, `on-demand` or `reused` (one sandbox kept
+    /// between calls; default: all three).
     #[arg(long)]
     only: Option<String>,
 }
 
-async fn one_round(runtime: &Runtime, pre: &wharf::runtime::ProxyPre, n: usize) -> anyhow::Result<Vec<Duration>> {
+async fn one_round(
+    runtime: &Runtime,
+    pre: &wharf::runtime::ProxyPre,
+    reuse: &Option<Reuse>,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let who = RequestIdentity { tenant: Arc::from("bench"), instance: Arc::from("bench"), request_id: i as u64 };
         let req = http::Request::builder().uri("http://bench.local/").body(Empty::<Bytes>::new())?;
         let start = Instant::now();
-        match runtime.handle(pre, who, Default::default(), req, &Default::default(), |_, _| {}).await {
+        match runtime.handle(pre, who, Default::default(), req, &Default::default(), reuse.clone(), |_, _| {}).await {
             Handled::Response(resp) => {
                 let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes();
                 anyhow::ensure!(!body.is_empty(), "empty body");
@@ -52,31 +59,42 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bytes = std::fs::read(&args.component)?;
     let mut setups = Vec::new();
-    for pooling in [true, false] {
-        let name = if pooling { "pooling" } else { "on-demand" };
+    for name in ["pooling", "on-demand", "reused"] {
         if args.only.as_deref().is_some_and(|only| only != name) {
             continue;
         }
+        let pooling = name != "on-demand";
         let pool = PoolConfig { pooling, max_instances: 100, keep_resident_bytes: args.keep_resident_kib << 10 };
         let runtime = Runtime::new(GuestLimits::default(), &pool)?;
         let component = runtime.compile(&bytes)?;
         let pre = runtime.prepare(&component)?;
-        setups.push((name, runtime, pre, Vec::new()));
+        // One instance's sandbox, kept between its calls.
+        let reuse = (name == "reused").then(|| Reuse {
+            policy: ReusePolicy { requests: u32::MAX, idle: Duration::from_secs(60) },
+            instance: Arc::from("bench"),
+            version: 1,
+            features: Default::default(),
+        });
+        setups.push((name, runtime, pre, reuse, Vec::new()));
     }
     for round in 0..args.rounds {
-        for (name, runtime, pre, all) in setups.iter_mut() {
-            let times = one_round(runtime, pre, args.iterations).await?;
+        for (name, runtime, pre, reuse, all) in setups.iter_mut() {
+            let times = one_round(runtime, pre, reuse, args.iterations).await?;
             eprintln!("round {}: {name} median {:?}", round + 1, median(&times));
             all.extend(times);
         }
     }
     println!("instantiate + call + collect body, {} calls x {} rounds each:", args.iterations, args.rounds);
-    let medians: Vec<Duration> = setups.iter().map(|(_, _, _, t)| median(t)).collect();
-    for ((name, _, _, times), m) in setups.iter().zip(&medians) {
+    let medians: Vec<(&str, Duration)> = setups.iter().map(|(name, _, _, _, t)| (*name, median(t))).collect();
+    for ((name, _, _, _, times), (_, m)) in setups.iter().zip(&medians) {
         println!("  {name:<10} median {:>8.1} µs   p99 {:>8.1} µs", micros(*m), micros(percentile(times, 0.99)));
     }
-    if medians.len() == 2 {
-        println!("  on-demand / pooling: {:.2}x", micros(medians[1]) / micros(medians[0]));
+    let of = |wanted: &str| medians.iter().find(|(name, _)| *name == wanted).map(|(_, m)| micros(*m));
+    if let (Some(pooling), Some(on_demand)) = (of("pooling"), of("on-demand")) {
+        println!("  on-demand / pooling: {:.2}x", on_demand / pooling);
+    }
+    if let (Some(pooling), Some(reused)) = (of("pooling"), of("reused")) {
+        println!("  pooling (fresh) / reused: {:.2}x", pooling / reused);
     }
     Ok(())
 }

@@ -31,7 +31,9 @@ use crate::identity::{credentials, Identity};
 use crate::registry::LoadedVersion;
 use crate::router::{self, Router, Serving};
 use crate::runtime::Handled;
-use crate::runtime::{plain_body, GuestCaller, GuestContext, GuestFailure, JobsContext, RequestIdentity, Runtime};
+use crate::runtime::{
+    plain_body, GuestCaller, GuestContext, GuestFailure, JobsContext, RequestIdentity, Reuse, Runtime,
+};
 
 /// What the ingress needs from the node.
 pub struct Ingress {
@@ -348,8 +350,14 @@ impl Ingress {
             db: Some(route.db.clone()),
             jobs: route.jobs.as_ref().map(|door| JobsContext { instance: door.clone(), version: version.clone() }),
         };
+        let reuse = version.reuse.map(|policy| Reuse {
+            policy,
+            instance: route.instance.clone(),
+            version: version.serial,
+            features: route.features.clone(),
+        });
         self.runtime
-            .handle(&version.pre, who, context, req, &route.recent, move |who, outcome| {
+            .handle(&version.pre, who, context, req, &route.recent, reuse, move |who, outcome| {
                 // The guest is done: its slots are free for the next request.
                 drop(slots);
                 // A request refused for lack of capacity never ran: the node's

@@ -183,6 +183,30 @@ pub struct ServiceSection {
     /// Absent means `["sqlite"]`; `[]` says the service uses no SQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<Vec<SqlDialect>>,
+    /// Let an instance's sandbox serve several requests (see [`ReuseDecl`]);
+    /// absent, every request runs in a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<ReuseDecl>,
+}
+
+/// `reuse = { requests = 1000, idle_seconds = 30 }` in `[service]`: one
+/// instance's sandbox may serve up to `requests` requests, one after another,
+/// and waits at most `idle_seconds` for the next. Globals (a cache, a parsed
+/// config, an interpreter's warm state) persist between those requests; that is
+/// the point of the option. A sandbox never serves another instance or tenant,
+/// and is dropped after any failure (trap, fuel, deadline, memory cap).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseDecl {
+    /// Requests one sandbox serves before it is replaced (2 to 1,000,000).
+    pub requests: u32,
+    /// Seconds an idle sandbox is kept for the instance's next request (1 to 3600).
+    #[serde(default = "default_reuse_idle")]
+    pub idle_seconds: u32,
+}
+
+fn default_reuse_idle() -> u32 {
+    30
 }
 
 /// A SQL dialect an instance database speaks.
@@ -254,6 +278,11 @@ pub enum ManifestError {
     MigrationSql { name: String, dialect: SqlDialect },
     #[error("migration {0:?} is larger than 1 MiB")]
     MigrationSize(String),
+    #[error(
+        "reuse = {{ requests = {0}, idle_seconds = {1} }} is out of range: requests is 2 to 1000000 and \
+         idle_seconds 1 to 3600 (leave reuse out for a fresh sandbox per request)"
+    )]
+    Reuse(u32, u32),
 }
 
 impl Manifest {
@@ -265,6 +294,11 @@ impl Manifest {
             .map_err(|e| ManifestError::Version(manifest.service.version.clone(), e.to_string()))?;
         if manifest.service.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
             return Err(ManifestError::Description);
+        }
+        if let Some(reuse) = manifest.service.reuse {
+            if !(2..=1_000_000).contains(&reuse.requests) || !(1..=3600).contains(&reuse.idle_seconds) {
+                return Err(ManifestError::Reuse(reuse.requests, reuse.idle_seconds));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for permission in &manifest.permissions {
@@ -414,6 +448,28 @@ mod tests {
     fn a_minimal_manifest_parses() {
         let m = Manifest::parse("[service]\nname = \"hello\"\nversion = \"0.1.0\"\n").unwrap();
         assert_eq!(m.service.name, "hello");
+    }
+
+    #[test]
+    fn reuse_is_declared_in_the_service_table_within_bounds() {
+        let base = "[service]\nname = \"hello\"\nversion = \"0.1.0\"\n";
+        let m = Manifest::parse(&format!("{base}reuse = {{ requests = 1000, idle_seconds = 30 }}\n")).unwrap();
+        assert_eq!(m.service.reuse, Some(ReuseDecl { requests: 1000, idle_seconds: 30 }));
+        let m = Manifest::parse(&format!("{base}reuse = {{ requests = 5 }}\n")).unwrap();
+        assert_eq!(m.service.reuse.map(|r| r.idle_seconds), Some(30));
+        for bad in [
+            "requests = 1",
+            "requests = 0",
+            "requests = 2000000",
+            "requests = 10, idle_seconds = 0",
+            "requests = 10, idle_seconds = 3601",
+        ] {
+            let err = Manifest::parse(&format!("{base}reuse = {{ {bad} }}\n")).unwrap_err().to_string();
+            assert!(err.contains("out of range") && err.contains("2 to 1000000"), "{bad}: {err}");
+        }
+        let err = Manifest::parse(&format!("{base}reuse = {{ requests = 10, forever = true }}\n")).unwrap_err();
+        assert!(err.to_string().contains("forever"), "{err}");
+        assert!(Manifest::parse(base).unwrap().service.reuse.is_none());
     }
 
     #[test]

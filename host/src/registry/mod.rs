@@ -50,6 +50,12 @@ pub struct LoadedVersion {
     pub module_routes: RouteGuards,
     /// The job entry points, when the component exports `wharf:platform/worker`.
     pub worker: Option<crate::runtime::WorkerPre>,
+    /// Unique per loaded version in this process: a reused sandbox is lent
+    /// only to requests of the version it was started from.
+    pub serial: u64,
+    /// Whether (and how far) its manifest lets an instance's sandbox serve
+    /// several requests.
+    pub reuse: Option<crate::runtime::ReusePolicy>,
     /// Requests this node served with it since it last became active here, and
     /// how many of those failed (5xx); a promotion's health gate reads them.
     pub served: std::sync::atomic::AtomicU64,
@@ -72,8 +78,15 @@ impl LoadedVersion {
     fn new(sha256: String, pre: ProxyPre, manifest: Manifest, worker: Option<crate::runtime::WorkerPre>) -> Self {
         let guards = RouteGuards::permissions(&manifest);
         let module_routes = RouteGuards::modules(&manifest);
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let reuse = manifest.service.reuse.map(|r| crate::runtime::ReusePolicy {
+            requests: r.requests,
+            idle: std::time::Duration::from_secs(u64::from(r.idle_seconds)),
+        });
         Self {
             worker,
+            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            reuse,
             served: Default::default(),
             failed: Default::default(),
             activated_ms: Default::default(),
@@ -205,6 +218,9 @@ pub struct VersionInfo {
     pub description: Option<String>,
     pub created_at: i64,
     pub active: bool,
+    /// Whether an instance's sandbox serves several requests (`reuse` in its manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<crate::registry::manifest::ReuseDecl>,
 }
 
 /// A service as the API shows it.
@@ -283,7 +299,9 @@ struct VersionRow {
 
 impl VersionRow {
     fn info(&self) -> VersionInfo {
-        let description = Manifest::parse(&self.manifest).ok().and_then(|m| m.service.description);
+        let service = Manifest::parse(&self.manifest).ok().map(|m| m.service);
+        let reuse = service.as_ref().and_then(|s| s.reuse);
+        let description = service.and_then(|s| s.description);
         VersionInfo {
             service: self.service.clone(),
             version: self.version.clone(),
@@ -292,6 +310,7 @@ impl VersionRow {
             description,
             created_at: self.created_at,
             active: self.active_version.as_deref() == Some(self.version.as_str()),
+            reuse,
         }
     }
 }

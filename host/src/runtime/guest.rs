@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -42,6 +42,8 @@ pub struct GuestState {
     pub(crate) host_fuel_debt: u64,
     /// Set when nobody waits for the response any more: stop at the next tick.
     pub(crate) abandoned: Arc<AtomicBool>,
+    /// Whom the guest's output is logged for, and how much more it may write.
+    log: Arc<LogBudget>,
 }
 
 impl GuestState {
@@ -56,13 +58,14 @@ impl GuestState {
         // network. stdout and stderr go to the host's log, tagged with the request,
         // within one budget for both.
         let budget = Arc::new(LogBudget {
-            who: who.clone(),
+            who: Mutex::new(who.clone()),
+            per_request: limits.output_bytes,
             left: AtomicUsize::new(limits.output_bytes),
             dropped: AtomicUsize::new(0),
         });
         let wasi = WasiCtx::builder()
             .stdout(GuestLog { budget: budget.clone(), stream: "stdout" })
-            .stderr(GuestLog { budget, stream: "stderr" })
+            .stderr(GuestLog { budget: budget.clone(), stream: "stderr" })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -77,7 +80,24 @@ impl GuestState {
             context,
             host_fuel_debt: 0,
             abandoned: Arc::new(AtomicBool::new(false)),
+            log: budget,
         }
+    }
+
+    /// Make a reused sandbox's state this request's: its caller and context,
+    /// its deadline, its log identity and budget, no debt, nobody gone.
+    pub(crate) fn begin_request(&mut self, who: &RequestIdentity, deadline: Instant, context: super::GuestContext) {
+        self.context = context;
+        self.deadline = deadline;
+        self.host_fuel_debt = 0;
+        self.abandoned = Arc::new(AtomicBool::new(false));
+        self.limiter.hit = false;
+        self.log.begin(who);
+    }
+
+    /// The request is over: report output it could not log.
+    pub(crate) fn end_request(&self) {
+        self.log.report_dropped();
     }
 }
 
@@ -203,6 +223,13 @@ impl MemoryLimiter {
     }
 }
 
+impl MemoryLimiter {
+    /// Bytes of linear memory this guest holds of the budgets.
+    pub(crate) fn holding(&self) -> usize {
+        self.holding
+    }
+}
+
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
         self.tenant.fetch_sub(self.holding, Ordering::Relaxed);
@@ -234,14 +261,41 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// What one request may still write to the log, shared by stdout and stderr.
+/// What one request may still write to the log, shared by stdout and stderr
+/// (and reset for each request a reused sandbox serves).
 struct LogBudget {
-    who: RequestIdentity,
+    who: Mutex<RequestIdentity>,
+    per_request: usize,
     left: AtomicUsize,
     dropped: AtomicUsize,
 }
 
 impl LogBudget {
+    fn who(&self) -> RequestIdentity {
+        self.who.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn begin(&self, who: &RequestIdentity) {
+        *self.who.lock().unwrap_or_else(|e| e.into_inner()) = who.clone();
+        self.left.store(self.per_request, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+    }
+
+    fn report_dropped(&self) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let who = self.who();
+            tracing::warn!(
+                target: "wharf::guest",
+                tenant = %who.tenant,
+                instance = %who.instance,
+                request_id = who.request_id,
+                dropped_bytes = dropped,
+                "guest output over its budget: {dropped} bytes dropped"
+            );
+        }
+    }
+
     /// How many of `wanted` bytes may be logged; the rest is counted as dropped.
     fn take(&self, wanted: usize) -> usize {
         let granted = match self
@@ -259,17 +313,7 @@ impl LogBudget {
 
 impl Drop for LogBudget {
     fn drop(&mut self) {
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(
-                target: "wharf::guest",
-                tenant = %self.who.tenant,
-                instance = %self.who.instance,
-                request_id = self.who.request_id,
-                dropped_bytes = dropped,
-                "guest output over its budget: {dropped} bytes dropped"
-            );
-        }
+        self.report_dropped();
     }
 }
 
@@ -305,7 +349,7 @@ struct LineLogger {
 impl LineLogger {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let who = &self.log.budget.who;
+        let who = self.log.budget.who();
         // The guest's text is a quoted, escaped field (Debug), never the message:
         // no newline, control character or `key=value` of its own can forge a
         // log line or a field.

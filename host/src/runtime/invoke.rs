@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use super::guest::{GuestState, RequestIdentity};
+use super::reuse::{Reuse, Sandbox};
 use super::Runtime;
 
 /// Why a guest did not produce a response.
@@ -75,17 +76,23 @@ pub enum Handled {
     Failed(GuestFailure),
 }
 
-/// CPU time a guest may use on the async workers (measured around its polls
-/// with the thread's CPU clock, so neither its waits nor the kernel preempting
-/// the worker count) before it moves to the low-priority threads: a hello uses
-/// tens of microseconds. (Fuel would do, but compiled code does not store its
-/// fuel counter where the epoch callback could read it.)
-const DEMOTE_AFTER_NANOS: u64 = 2_000_000;
+/// How a guest is told heavy from light without a system call per poll: its
+/// polls on the request threads are timed with the monotonic clock (read in user
+/// space), and only a guest whose polls add up to [`SUSPECT_AFTER_NANOS`] of wall
+/// time has its following polls timed with the thread's CPU clock (a system
+/// call), so a light guest the kernel happened to preempt is not mistaken for a
+/// heavy one. Past [`DEMOTE_AFTER_CPU_NANOS`] of CPU measured that way, it moves
+/// to the low-priority threads: a hello uses tens of microseconds in all.
+/// (Fuel would do, but compiled code keeps its fuel counter in a register,
+/// where the epoch callback cannot read it.)
+const SUSPECT_AFTER_NANOS: u64 = 1_000_000;
+const DEMOTE_AFTER_CPU_NANOS: u64 = 1_000_000;
 
 impl Runtime {
     /// Run `pre`'s guest on `req`. `on_done` receives the outcome once the guest has
     /// finished, whether or not the response was already sent, and even when the
     /// client went away first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn handle<B>(
         &self,
         pre: &ProxyPre,
@@ -93,6 +100,7 @@ impl Runtime {
         context: super::GuestContext,
         req: hyper::Request<B>,
         recent: &crate::sched::RecentUse,
+        reuse: Option<Reuse>,
         on_done: impl FnOnce(&RequestIdentity, Outcome) + Send + 'static,
     ) -> Handled
     where
@@ -102,9 +110,21 @@ impl Runtime {
         let budget = self.limits.fuel_per_request;
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut store = match self.store_for(pre, &who, context, deadline) {
-            Ok(store) => store,
-            Err(failure) => return Handled::Failed(failure),
+        // A sandbox this instance left behind, made this request's; or a fresh one.
+        let (mut store, reused, served) = match reuse.as_ref().and_then(|r| self.sandboxes.take(r)) {
+            Some(sandbox) => {
+                let Sandbox { mut store, proxy, served, .. } = sandbox;
+                store.data_mut().begin_request(&who, deadline, context);
+                if let Err(e) = store.set_fuel(budget) {
+                    return Handled::Failed(GuestFailure::Host(format!("failed to set fuel: {e:#}")));
+                }
+                store.set_epoch_deadline(1);
+                (store, Some(proxy), served)
+            }
+            None => match self.store_for(pre, &who, context, deadline) {
+                Ok(store) => (store, None, 0),
+                Err(failure) => return Handled::Failed(failure),
+            },
         };
         let abandoned = store.data().abandoned.clone();
         let demote = Arc::new(tokio::sync::Notify::new());
@@ -121,27 +141,40 @@ impl Runtime {
         };
 
         let pre = pre.clone();
+        let sandboxes = self.sandboxes.clone();
         let guest = async move {
             // The tokio timeout also covers time spent blocked in host calls, where
             // epochs cannot interrupt.
             let run = tokio::time::timeout(timeout, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                let proxy = match reused {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+                wasmtime::Result::Ok(proxy)
             })
             .await;
             // Host-call fuel the store could not take (past the budget) is billed
             // too, up to the budget.
             let owed = store.data().host_fuel_debt;
             let fuel = budget.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(budget);
-            let failure = match run {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(classify(&e, store.data().limiter.hit)),
-                Err(_elapsed) => Some(GuestFailure::Timeout),
+            let (failure, proxy) = match run {
+                Ok(Ok(proxy)) => (None, Some(proxy)),
+                Ok(Err(e)) => (Some(classify(&e, store.data().limiter.hit)), None),
+                Err(_elapsed) => (Some(GuestFailure::Timeout), None),
             };
             let failure = match failure {
                 Some(_) if store.data().abandoned.load(Ordering::Relaxed) => Some(GuestFailure::Abandoned),
                 other => other,
             };
+            store.data().end_request();
+            // Only a sandbox whose request ended well, never near its memory
+            // cap, serves its instance again.
+            if let (Some(reuse), Some(proxy), None) = (&reuse, proxy, &failure) {
+                if !store.data().limiter.hit {
+                    sandboxes.put(reuse, who.tenant.clone(), store, proxy, served + 1);
+                }
+            }
             let outcome = Outcome { fuel, failure };
             on_done(&who, outcome.clone());
             outcome
@@ -151,7 +184,13 @@ impl Runtime {
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
         // uses `DEMOTE_AFTER_NANOS` of CPU moves to the low-priority threads.
-        let guest = GuestTask { future: Some(Box::pin(guest)), abandoned, busy_nanos: 0, demote: Some(demote.clone()) };
+        let guest = GuestTask {
+            future: Some(Box::pin(guest)),
+            abandoned,
+            wall_nanos: 0,
+            cpu_nanos: None,
+            demote: Some(demote.clone()),
+        };
         self.drive(guest, receiver, demote, recent).await
     }
 
@@ -244,9 +283,11 @@ impl Runtime {
 struct GuestTask {
     future: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
     abandoned: Arc<AtomicBool>,
-    /// CPU time used inside this task's polls on the request threads.
-    busy_nanos: u64,
-    /// Told once `busy_nanos` passes [`DEMOTE_AFTER_NANOS`].
+    /// Wall time inside this task's polls on the request threads.
+    wall_nanos: u64,
+    /// CPU time inside its polls since `wall_nanos` passed [`SUSPECT_AFTER_NANOS`].
+    cpu_nanos: Option<u64>,
+    /// Told once `cpu_nanos` passes [`DEMOTE_AFTER_CPU_NANOS`].
     demote: Option<Arc<tokio::sync::Notify>>,
 }
 
@@ -269,26 +310,39 @@ impl GuestTask {
 impl Future for GuestTask {
     type Output = Outcome;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let metered = self.demote.is_some();
-        let Some(future) = self.future.as_mut() else {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        let metered = this.demote.is_some();
+        let Some(future) = this.future.as_mut() else {
             return Poll::Ready(Outcome {
                 fuel: 0,
                 failure: Some(GuestFailure::Host("polled after completion".into())),
             });
         };
-        let started = if metered { crate::sched::thread_cpu_nanos() } else { 0 };
-        let polled = future.as_mut().poll(cx);
-        if metered {
-            self.busy_nanos += crate::sched::thread_cpu_nanos().saturating_sub(started);
-            if self.busy_nanos >= DEMOTE_AFTER_NANOS {
-                if let Some(demote) = self.demote.take() {
+        let polled = if !metered {
+            future.as_mut().poll(cx)
+        } else if let Some(cpu) = this.cpu_nanos {
+            let started = crate::sched::thread_cpu_nanos();
+            let polled = future.as_mut().poll(cx);
+            let cpu = cpu + crate::sched::thread_cpu_nanos().saturating_sub(started);
+            this.cpu_nanos = Some(cpu);
+            if cpu >= DEMOTE_AFTER_CPU_NANOS {
+                if let Some(demote) = this.demote.take() {
                     demote.notify_one();
                 }
             }
-        }
+            polled
+        } else {
+            let started = Instant::now();
+            let polled = future.as_mut().poll(cx);
+            this.wall_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if this.wall_nanos >= SUSPECT_AFTER_NANOS {
+                this.cpu_nanos = Some(0);
+            }
+            polled
+        };
         let outcome = std::task::ready!(polled);
-        self.future = None;
+        this.future = None;
         Poll::Ready(outcome)
     }
 }

@@ -1,11 +1,12 @@
 //! The wasmtime side of a node: one engine, one linker and one epoch ticker per
 //! process; a compile and an `instantiate_pre` per service version; a fresh store
-//! per request.
+//! per request, or, for a version that opts in, an instance's sandbox kept for
+//! its next request ([`reuse`]).
 //!
 //! Every request runs under a fuel budget, a memory cap (the pooling allocator's
 //! slot size and a [`wasmtime::ResourceLimiter`]) and a wall-clock deadline
 //! enforced by epoch interruption. A guest that spins yields to the executor at
-//! every epoch tick, and one that runs for 2 ms on the request threads moves to a pool of
+//! every epoch tick, and one that computes for 2 ms on the request threads moves to a pool of
 //! low-priority threads ([`crate::sched`]), so the kernel runs every light request
 //! before it: CPU is shared by recent use, and a tenant's spinning guests cannot
 //! multiply another tenant's latency.
@@ -14,6 +15,7 @@ mod guest;
 mod invoke;
 mod job;
 mod platform;
+mod reuse;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub use platform::{
     Enqueueing, Enqueuer, Features, GuestCaller, GuestContext, InstanceJobs, JobQueue, JobRequest, JobsContext,
     HOST_CALL_FUEL_PER_MS,
 };
+pub use reuse::{Reuse, ReusePolicy};
 
 /// A pre-instantiated HTTP component, ready for one store per request.
 pub type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<GuestState>;
@@ -85,6 +88,8 @@ pub struct Runtime {
     jobs: Option<tokio::runtime::Runtime>,
     /// Linear memory of all guests together.
     memory: Arc<MemoryBudget>,
+    /// Sandboxes of instances whose version allows reuse, between requests.
+    sandboxes: Arc<reuse::Sandboxes>,
 }
 
 impl Runtime {
@@ -104,7 +109,20 @@ impl Runtime {
         platform::add_to_linker(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("failed to link wharf:platform")?;
-        let ticker = Some(EpochTicker::start(engine.clone()).context("failed to start the epoch ticker thread")?);
+        // A tenant holds at most a quarter of it, as of the guest slots, but
+        // always enough for one guest at its own cap.
+        let total = limits.total_memory_bytes(pool.max_instances);
+        let memory = MemoryBudget::new(total, (total / 4).max(limits.max_memory_bytes));
+        // Idle sandboxes: a quarter of the slots and of the memory, half of a
+        // tenant's share; the rest always stays for fresh ones.
+        let sandboxes = Arc::new(reuse::Sandboxes::new(
+            (pool.max_instances as usize / 4).max(1),
+            total / 4,
+            memory.per_tenant() / 2,
+        ));
+        let ticker = Some(
+            EpochTicker::start(engine.clone(), sandboxes.clone()).context("failed to start the epoch ticker thread")?,
+        );
         let heavy = tokio::runtime::Builder::new_multi_thread()
             .worker_threads((std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1))
             .thread_name("wharf-heavy")
@@ -119,11 +137,7 @@ impl Runtime {
             .enable_all()
             .build()
             .context("failed to start the job threads")?;
-        // A tenant holds at most a quarter of it, as of the guest slots, but
-        // always enough for one guest at its own cap.
-        let total = limits.total_memory_bytes(pool.max_instances);
-        let memory = MemoryBudget::new(total, (total / 4).max(limits.max_memory_bytes));
-        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy), jobs: Some(jobs), memory })
+        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy), jobs: Some(jobs), memory, sandboxes })
     }
 
     /// The engine, for compiling and deserializing components.
@@ -139,6 +153,12 @@ impl Runtime {
     /// Linear memory granted to running guests, against the node's budget.
     pub fn memory(&self) -> &MemoryBudget {
         &self.memory
+    }
+
+    /// Sandboxes waiting for their instance's next request, and the linear
+    /// memory they hold.
+    pub fn idle_sandboxes(&self) -> (usize, usize) {
+        self.sandboxes.idle()
     }
 
     /// A fingerprint of the engine's code-generation settings; compiled artifacts
@@ -290,20 +310,26 @@ fn engine_config(limits: &GuestLimits, pool: &PoolConfig) -> Config {
     config
 }
 
-/// One thread per engine advancing the epoch every [`EPOCH_TICK`].
+/// One thread per engine advancing the epoch every [`EPOCH_TICK`] (and, once a
+/// second, dropping sandboxes idle past their time).
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> std::io::Result<Self> {
+    fn start(engine: Engine, sandboxes: Arc<reuse::Sandboxes>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name("wharf-epoch".into()).spawn(move || {
+            let mut last_sweep = std::time::Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
+                if last_sweep.elapsed() >= Duration::from_secs(1) {
+                    sandboxes.sweep();
+                    last_sweep = std::time::Instant::now();
+                }
             }
         })?;
         Ok(Self { stop, thread })

@@ -31,7 +31,7 @@ use bindings::wharf::platform::{features, identity, jobs, kv, sql};
 use crate::instancedb::{Call, Dialect, InstanceDb, SqlValue};
 
 /// The instance's enabled modules and settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Features {
     /// Enabled module ids (only those the running version declares).
     pub modules: Vec<String>,
