@@ -95,9 +95,12 @@ impl GuestState {
         self.log.begin(who);
     }
 
-    /// The request is over: report output it could not log.
-    pub(crate) fn end_request(&self) {
+    /// The request is over: report output it could not log, and let go of its
+    /// context (its caller, the instance's database), so a sandbox waiting for
+    /// its next request holds neither.
+    pub(crate) fn end_request(&mut self) {
         self.log.report_dropped();
+        self.context = super::GuestContext::default();
     }
 }
 

@@ -167,7 +167,7 @@ impl Runtime {
                 Some(_) if store.data().abandoned.load(Ordering::Relaxed) => Some(GuestFailure::Abandoned),
                 other => other,
             };
-            store.data().end_request();
+            store.data_mut().end_request();
             // Only a sandbox whose request ended well, never near its memory
             // cap, serves its instance again.
             if let (Some(reuse), Some(proxy), None) = (&reuse, proxy, &failure) {
