@@ -149,3 +149,28 @@ async fn an_idle_sandbox_is_dropped_after_its_time_and_fuel_is_charged_per_reque
     eprintln!("fuel for {n} requests: {reused} reused, {fresh_fuel} fresh ({ratio:.3})");
     assert!((0.9..=1.1).contains(&ratio), "fuel for {n} requests: {reused} reused, {fresh_fuel} fresh ({ratio:.3})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_idle_sandboxes_are_bounded_and_leave_room_for_everyone_else() {
+    // 64 slots: at most 16 idle sandboxes on the node, 4 of them one tenant's.
+    let node = TestNode::start_with(|config| config.pool.max_instances = 64).await;
+    let reuse = "reuse = { requests = 1000, idle_seconds = 60 }";
+    assert!(node.publish_bytes(&manifest("keeper", "1.0.0", reuse), guest("misbehave")).await.0.is_success());
+    node.create_tenant("acme").await;
+    node.create_tenant("globex").await;
+    let hosts: Vec<String> = (1..=5).map(|i| format!("a{i}.test")).collect();
+    for host in &hosts {
+        node.create_instance("acme", "keeper", &[host.as_str()]).await;
+    }
+    node.create_instance("globex", "keeper", &["g.test"]).await;
+
+    // Four of acme's instances keep a sandbox each...
+    for host in &hosts[..4] {
+        assert_eq!(counts(&node, host, 1).await, [1], "{host}");
+    }
+    // ...the fifth finds acme at its bound: a fresh sandbox every time.
+    assert_eq!(counts(&node, &hosts[4], 2).await, [1, 1]);
+    // Another tenant still gets reuse, and acme's kept sandboxes still serve.
+    assert_eq!(counts(&node, "g.test", 2).await, [1, 2]);
+    assert_eq!(counts(&node, &hosts[0], 1).await, [2]);
+}

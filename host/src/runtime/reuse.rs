@@ -14,8 +14,10 @@
 //!   request context (`GuestState::begin_request`), so nothing the platform
 //!   gives one request reaches the next through the platform's interfaces;
 //! - idle sandboxes hold pool slots and linear memory, so both are bounded: a
-//!   quarter of the pool's slots and of the node's guest memory, half of one
-//!   tenant's memory share. A sandbox that would go past a bound is dropped.
+//!   quarter of the pool's slots and of the node's guest memory, and for one
+//!   tenant a quarter of those slots and half of its memory share (so one
+//!   tenant's idle sandboxes cannot take the reuse of everyone else). A sandbox
+//!   that would go past a bound is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -83,17 +85,19 @@ struct Idle {
     by_instance: HashMap<Arc<str>, Vec<Sandbox>>,
     count: usize,
     bytes: usize,
-    tenant_bytes: HashMap<Arc<str>, usize>,
+    /// Per tenant: idle sandboxes, and the bytes they hold.
+    tenants: HashMap<Arc<str>, (usize, usize)>,
 }
 
 impl Idle {
     fn forget(&mut self, sandbox: &Sandbox) {
         self.count -= 1;
         self.bytes -= sandbox.bytes;
-        if let Some(held) = self.tenant_bytes.get_mut(&sandbox.tenant) {
-            *held -= sandbox.bytes;
-            if *held == 0 {
-                self.tenant_bytes.remove(&sandbox.tenant);
+        if let Some((count, bytes)) = self.tenants.get_mut(&sandbox.tenant) {
+            *count -= 1;
+            *bytes -= sandbox.bytes;
+            if *count == 0 {
+                self.tenants.remove(&sandbox.tenant);
             }
         }
     }
@@ -157,16 +161,19 @@ impl Sandboxes {
         };
         let refused = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let tenant_bytes = idle.tenant_bytes.get(&sandbox.tenant).copied().unwrap_or(0);
+            let (tenant_count, tenant_bytes) = idle.tenants.get(&sandbox.tenant).copied().unwrap_or((0, 0));
             if idle.count >= self.max_count
                 || idle.bytes + bytes > self.max_bytes
+                || tenant_count >= (self.max_count / 4).max(1)
                 || tenant_bytes + bytes > self.max_tenant_bytes
             {
                 Some(sandbox)
             } else {
                 idle.count += 1;
                 idle.bytes += bytes;
-                *idle.tenant_bytes.entry(sandbox.tenant.clone()).or_default() += bytes;
+                let held = idle.tenants.entry(sandbox.tenant.clone()).or_default();
+                held.0 += 1;
+                held.1 += bytes;
                 idle.by_instance.entry(reuse.instance.clone()).or_default().push(sandbox);
                 None
             }
