@@ -183,7 +183,8 @@ impl Runtime {
         // Run the guest on this task: most guests answer and finish in one go, and
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
-        // uses `DEMOTE_AFTER_NANOS` of CPU moves to the low-priority threads.
+        // computes past `SUSPECT_AFTER_NANOS` + `DEMOTE_AFTER_CPU_NANOS` moves to
+        // the low-priority threads.
         let guest = GuestTask {
             future: Some(Box::pin(guest)),
             abandoned,
