@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Issue 7's benchmark: a canary tenant's hello under steady load (wrk -c8), calm
-# and while a hostile tenant (and anonymous clients) attack the same node, one
-# attack at a time and then all at once. Reports the canary's p99 and errors in
-# each phase, its p99 against the calm median, and what each attack got back.
-# Usage: bench/neighbours.sh [--quick]   (env: DURATION=8 ROUNDS=3 CONNECTIONS=8)
+# Issue 7's benchmark, open loop since issue 21: a canary tenant's hello at a
+# fixed rate (half what the calm node serves to a closed loop, `RATE` to choose),
+# calm and while a hostile tenant (and anonymous clients) attack the same node,
+# one attack at a time and then all at once. Latency is measured from when each
+# request was meant to be sent (bench/src/bin/canary.rs), so a stall shows as
+# the requests it delayed, not as requests a closed loop never sent. Reports the
+# canary's p99 and errors in each phase, its p99 against the calm median, and
+# what each attack got back.
+# Usage: bench/neighbours.sh [--quick]   (env: DURATION=8 ROUNDS=3 RATE=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds="${DURATION:-8}"; rounds="${ROUNDS:-3}"; connections="${CONNECTIONS:-8}"
+seconds="${DURATION:-8}"; rounds="${ROUNDS:-3}"
 if [[ "${1:-}" == "--quick" ]]; then seconds=3; rounds=1; fi
 duration="${seconds}s"
 
@@ -28,7 +32,7 @@ wharf tenant create canary; wharf instance create --tenant canary --service hell
 wharf tenant create mallory; wharf instance create --tenant mallory --service hostile --host bad.bench
 curl -sf -H 'Host: bad.bench' -d 'CREATE TABLE IF NOT EXISTS t (a)' "http://$ingress/sql/execute" >/dev/null
 
-# attack KIND CONCURRENCY — the attack in the background for the wrk run's length.
+# attack KIND CONCURRENCY — the attack in the background for the canary run's length.
 # The reference "outside" is not an attack on Wharf: CONCURRENCY busy loops in
 # other processes at the lowest priority the kernel has (SCHED_IDLE), the floor
 # of what any CPU-burning neighbour costs the canary on this machine.
@@ -44,29 +48,30 @@ attack() {
     ./target/release/attack --ingress "$ingress" --host bad.bench --kind "$1" --concurrency "$2" --seconds "$((seconds + 1))"
 }
 
+# The canary's rate: half of what the calm node serves it to a closed loop.
+capacity=$(wrk -t1 -c8 -d"$duration" -H "Host: canary.bench" "http://$ingress/" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+rate="${RATE:-$((capacity / 2))}"
+
 declare -A p99 errors outcomes
 # label KIND:N — a phase's name: the kind, or for the reference the kind and count.
 label() { if [[ $1 == outside:* ]]; then echo "reference: ${1/:/ x}"; else echo "${1%%:*}"; fi; }
-# phase NAME [KIND CONCURRENCY]... — wrk on the canary while the attacks run.
+# phase NAME [KIND CONCURRENCY]... — the canary's load while the attacks run.
 phase() {
     local name=$1; shift
     local attackers=() pid
     while (($#)); do attack "$1" "$2" >>"$work/attacks-$name" & attackers+=($!); shift 2; done
     sleep 0.5
     local out
-    out=$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: canary.bench" "http://$ingress/")
+    out=$(./target/release/canary --connect "$ingress" --host canary.bench --rate "$rate" --seconds "$seconds")
     for pid in "${attackers[@]}"; do wait "$pid"; done
-    p99[$name]+="$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms) "
-    local non2xx sock
-    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-    sock=$(grep 'Socket errors' <<<"$out" | grep -o '[0-9]\+' | awk '{s+=$1} END {print s+0}' || true)
-    errors[$name]=$(( ${errors[$name]:-0} + ${non2xx:-0} + ${sock:-0} ))
+    p99[$name]+="$(sed -E 's/.* p99 ([0-9.]+) .*/\1/' <<<"$out") "
+    errors[$name]=$(( ${errors[$name]:-0} + $(sed -E 's/.*non-2xx ([0-9]+), failed ([0-9]+).*/\1 + \2/' <<<"$out") ))
     kill -0 "$node_pid" || { echo "the node died during $name" >&2; exit 1; }
 }
 
 # ATTACKS="spin:3 sql-endless:8" runs only those.
 read -r -a attacks <<<"${ATTACKS:-outside:1 outside:2 spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000}"
-echo "==> canary: wrk -t1 -c$connections -d$duration; $rounds round(s); each attack alone, then all at once"
+echo "==> canary: $rate req/s open loop (the calm node serves $capacity/s to wrk -c8) for $duration; $rounds round(s); each attack alone, then all at once"
 for r in $(seq 1 "$rounds"); do
     phase calm
     all=()

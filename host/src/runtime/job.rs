@@ -1,6 +1,6 @@
 //! One job through one guest: a fresh store, the job's fuel and deadline, and a
 //! call of the service's `wharf:platform/worker` export (`run` or `seed`).
-//! Jobs run on the node's job threads (one per core, at `SCHED_IDLE`):
+//! Jobs run on the node's job threads (one per core, lowered: see `sched`):
 //! background work uses idle cores and never takes one from a request.
 
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ impl Runtime {
         JobOutcome { fuel: used, result }
     }
 
-    /// Run `work` on the job threads (one per core, at `SCHED_IDLE`).
+    /// Run `work` on the job threads (one per core, lowered: see `sched`).
     pub fn spawn_job<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,

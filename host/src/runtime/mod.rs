@@ -83,8 +83,9 @@ pub struct Runtime {
     ticker: Option<EpochTicker>,
     /// Where CPU-heavy guests continue (see [`invoke`]).
     heavy: Option<tokio::runtime::Runtime>,
-    /// Where jobs run: a thread per core, all at `SCHED_IDLE`, so background
-    /// work uses every core nobody else wants and never delays a request.
+    /// Where jobs run: a thread per core, all lowered (see `sched`), so background
+    /// work uses the cores nobody else wants, keeps a bounded share when the
+    /// node is saturated, and barely delays a request.
     jobs: Option<tokio::runtime::Runtime>,
     /// Linear memory of all guests together.
     memory: Arc<MemoryBudget>,
