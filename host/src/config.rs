@@ -15,6 +15,9 @@ pub struct NodeConfig {
     /// Redis for what nodes share besides the control plane: instances' key-value
     /// stores and login limits (`None`: each node keeps them itself).
     pub redis_url: Option<String>,
+    /// A bearer token Prometheus may scrape `GET /metrics` with, besides an
+    /// operator's credential (`None`: operators only).
+    pub metrics_token: Option<String>,
     /// With a PostgreSQL control plane: connections to instance databases this
     /// node opens at most.
     pub instance_connections: usize,
@@ -366,6 +369,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             database_url: None,
             redis_url: None,
+            metrics_token: None,
             instance_connections: 16,
             ingress_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),

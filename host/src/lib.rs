@@ -15,7 +15,8 @@
 //! - [`store`] is the control-plane database, and [`backup`] copies a node's
 //!   whole state while it serves and restores it;
 //! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
-//! - [`sched`] lowers threads running CPU-heavy work;
+//! - [`sched`] lowers threads running CPU-heavy work, and [`metrics`] counts
+//!   what the node does for Prometheus;
 //! - [`node`] wires them together, and [`cli`] is the `wharf` command.
 
 pub mod access;
@@ -33,6 +34,7 @@ pub mod ingress;
 pub mod instancedb;
 pub mod jobs;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod quota;
 pub mod registry;

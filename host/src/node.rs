@@ -157,6 +157,7 @@ async fn build(
         // 10 changes a second per account, 50 at once.
         admin_throttle: crate::admin::throttle::Throttle::new(10.0, 50.0),
         readiness: tokio::sync::Mutex::new(None),
+        metrics: Arc::default(),
         queue,
         fleet,
         rollout,
@@ -294,6 +295,7 @@ fn spawn(
         unhealthy,
         config.edges.clone(),
         config.pool.max_instances,
+        node.metrics.clone(),
     ));
     tasks.push(tokio::spawn(ingress.serve(ingress_listener, watcher.clone(), config.shutdown_grace)));
     tasks.push(tokio::spawn(serve_admin(node.clone(), admin_listener, watcher.clone())));

@@ -19,6 +19,7 @@ mod jobs;
 mod leaving;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod publish;
 mod races;
 mod restart;

@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | GET | `/healthz`, `/readyz` | liveness; readiness (control plane reachable, routes loaded), no credential |
 //! | GET | `/v1/node` | this node: addresses, routes, compile-cache counters, limits |
+//! | GET | `/metrics` | Prometheus metrics (OpenMetrics text): the scrape token or an operator |
 //! | GET | `/v1/services` | services with their versions |
 //! | GET | `/v1/services/{name}` | one service |
 //! | POST | `/v1/services/{name}/versions` | publish (multipart: `manifest`, `component`; `?activate=true`) |
@@ -117,6 +118,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/node", get(node_info))
+        .route("/metrics", get(metrics))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/services/{name}/versions", post(publish).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
@@ -245,6 +247,78 @@ pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
             ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))
         }
     })
+}
+
+/// This node's metrics for Prometheus, to the scrape token (`--metrics-token`)
+/// or an operator's credential: what the ingress counted, and what the other
+/// rooms count, read now.
+async fn metrics(
+    State(node): State<Arc<AdminState>>,
+    mut parts: http::request::Parts,
+) -> ApiResult<axum::response::Response> {
+    use axum::extract::FromRequestParts;
+    use prometheus_client::metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge};
+    let scraper = match (crate::identity::credentials::bearer(&parts.headers), &node.config.metrics_token) {
+        (Some(sent), Some(token)) => {
+            use crate::identity::secrets::{hash_token, same};
+            same(&hash_token(sent), &hash_token(token))
+        }
+        _ => false,
+    };
+    if !scraper {
+        let Authed(caller) = Authed::from_request_parts(&mut parts, &node).await?;
+        node.access.require_operator(&caller, Platform::NodeRead)?;
+    }
+    let stats = node.registry.stats();
+    let memory = node.runtime.memory();
+    let logins = &node.identity.counters;
+    let text = node.metrics.render(|registry| {
+        let gauge = |v: usize| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        registry.register(
+            "build",
+            "This node's Wharf version",
+            prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
+            "generation",
+            "The platform generation this node has caught up with",
+            ConstGauge::new(node.generation.get()),
+        );
+        registry.register("routes", "Hostnames this node routes", gauge(node.router.len()));
+        registry.register(
+            "versions_compiled",
+            "Service versions this node compiled",
+            ConstCounter::new(stats.compiled.load(Ordering::Relaxed)),
+        );
+        registry.register(
+            "versions_loaded_from_cache",
+            "Service versions this node loaded from its compile cache",
+            ConstCounter::new(stats.loaded_from_cache.load(Ordering::Relaxed)),
+        );
+        registry.register(
+            "guest_memory_granted_bytes",
+            "Linear memory granted to running guests",
+            gauge(memory.granted()),
+        );
+        registry.register(
+            "guest_memory_limit_bytes",
+            "Linear memory all guests may hold together",
+            gauge(memory.limit()),
+        );
+        let outcomes = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        for (outcome, count) in [
+            ("succeeded", &logins.succeeded),
+            ("failed", &logins.failed),
+            ("rate_limited", &logins.rate_limited),
+            ("busy", &logins.busy),
+            ("invalid", &logins.invalid),
+        ] {
+            outcomes.get_or_create(&vec![("outcome", outcome)]).inc_by(count.load(Ordering::Relaxed));
+        }
+        registry.register("logins", "Login attempts by outcome", outcomes);
+    });
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(axum::response::IntoResponse::into_response(([(http::header::CONTENT_TYPE, kind)], text)))
 }
 
 /// Liveness: the process answers.

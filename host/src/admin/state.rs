@@ -46,6 +46,8 @@ pub struct AdminState {
     pub billing_passes: Arc<crate::billing::Passes>,
     /// The job workers and instance setups.
     pub workers: Arc<crate::jobs::Workers>,
+    /// What the ingress counted, for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The last readiness probe of the control plane, and when it ran.
     pub readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<i64, String>)>>,
 }

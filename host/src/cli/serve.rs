@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// shared by several nodes; default: each node keeps them itself.
     #[arg(long, env = "WHARF_REDIS_URL", hide_env_values = true, value_name = "URL")]
     pub redis: Option<String>,
+    /// A token Prometheus scrapes `GET /metrics` on the admin listener with
+    /// (`Authorization: Bearer …`), besides an operator's credential; at least
+    /// 32 characters.
+    #[arg(long, env = "WHARF_METRICS_TOKEN", hide_env_values = true, value_name = "TOKEN",
+          value_parser = parse_metrics_token)]
+    pub metrics_token: Option<String>,
     /// Ingress address (requests routed by Host).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -181,6 +187,7 @@ impl ServeArgs {
         let mut config = NodeConfig::new(&self.data);
         config.database_url = self.database.clone();
         config.redis_url = self.redis.clone();
+        config.metrics_token = self.metrics_token.clone();
         config.instance_connections = usize::from(self.instance_connections);
         config.ingress_addr = self.listen;
         config.admin_addr = self.admin;
@@ -279,4 +286,23 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A scrape token long enough not to be guessed.
+fn parse_metrics_token(token: &str) -> Result<String, String> {
+    if token.len() < 32 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("use at least 32 printable characters without spaces, e.g. `openssl rand -hex 32`".into());
+    }
+    Ok(token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_scrape_token_must_be_long_and_printable() {
+        assert!(super::parse_metrics_token(&"a".repeat(32)).is_ok());
+        let short = super::parse_metrics_token("secret").unwrap_err();
+        assert!(short.contains("at least 32"), "{short}");
+        assert!(super::parse_metrics_token(&format!("{} x", "a".repeat(32))).is_err(), "no spaces");
+    }
 }

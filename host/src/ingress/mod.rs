@@ -55,6 +55,8 @@ pub struct Ingress {
     per_instance: u32,
     tenant_guests: DashMap<Arc<str>, Arc<Semaphore>>,
     instance_guests: DashMap<Arc<str>, Arc<Semaphore>>,
+    /// Responses and guest outcomes, for `GET /metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
     /// Looked up only when a guest fails, off the common path.
     failure_logs: Arc<DashMap<Arc<str>, Arc<loggate::LogGate>>>,
 }
@@ -81,6 +83,7 @@ impl Ingress {
         unhealthy: tokio::sync::mpsc::UnboundedSender<crate::router::health::Unhealthy>,
         edges: EdgeLimits,
         pool: u32,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let caps =
             listener::ConnectionCaps::new(edges.max_connections, edges.max_connections_per_ip, edges.header_timeout);
@@ -100,6 +103,7 @@ impl Ingress {
             tenant_guests: DashMap::new(),
             instance_guests: DashMap::new(),
             failure_logs: Arc::default(),
+            metrics,
         }
     }
 
@@ -159,9 +163,21 @@ impl Ingress {
     /// read the start of its body, run the guest, account for it.
     async fn handle_on(
         &self,
+        req: hyper::Request<Incoming>,
+        after_flush: Option<Arc<listener::AfterFlush>>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let response = self.steps(req, after_flush).await;
+        self.metrics.response(response.status().as_u16());
+        response
+    }
+
+    /// The steps of [`Ingress::handle_on`].
+    async fn steps(
+        &self,
         mut req: hyper::Request<Incoming>,
         after_flush: Option<Arc<listener::AfterFlush>>,
     ) -> hyper::Response<HyperOutgoingBody> {
+        let arrived = std::time::Instant::now();
         let request_id = self.ids.hash_one(self.next_request_id.fetch_add(1, Ordering::Relaxed));
         let route = match self.resolve(&req, request_id) {
             Ok(route) => route,
@@ -201,7 +217,14 @@ impl Ingress {
         // hand-over is over then.
         let handover = Handover(Some(tally.clone()));
         let handled = self.run_guest(req, &route, &version, caller, slots, tally, request_id).await;
-        self.account(&route, &version, handled, handover, after_flush, request_id)
+        let response = self.account(&route, &version, handled, handover, after_flush, request_id);
+        self.series(&version).request(response.status().as_u16(), arrived.elapsed());
+        response
+    }
+
+    /// `version`'s request series (resolved on its first request).
+    fn series<'v>(&self, version: &'v LoadedVersion) -> &'v Arc<crate::metrics::VersionSeries> {
+        version.metrics.get_or_init(|| self.metrics.version(&version.service, &version.version))
     }
 
     /// The instance `Host` names; a claimed name's challenge, or 400/404.
@@ -344,6 +367,7 @@ impl Ingress {
         let failure_logs = self.failure_logs.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
+        let series = self.series(version).clone();
         let context = GuestContext {
             caller,
             features: route.features.clone(),
@@ -365,6 +389,7 @@ impl Ingress {
                 if outcome.failure != Some(GuestFailure::AtCapacity) {
                     tally.guest_done(outcome.fuel, outcome.failure.is_some());
                 }
+                series.guest(guest_outcome(outcome.failure.as_ref()), outcome.fuel);
                 match &outcome.failure {
                     // The client left: nothing went wrong with the guest.
                     Some(GuestFailure::Abandoned) => {
@@ -433,6 +458,22 @@ impl Ingress {
         response.map(|body| {
             http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover: Some(handover), after_flush })
         })
+    }
+}
+
+/// How a guest's run ended, as the metrics count it.
+fn guest_outcome(failure: Option<&GuestFailure>) -> crate::metrics::GuestOutcome {
+    use crate::metrics::GuestOutcome as O;
+    match failure {
+        None => O::Ok,
+        Some(GuestFailure::OutOfFuel) => O::OutOfFuel,
+        Some(GuestFailure::Timeout) => O::Timeout,
+        Some(GuestFailure::MemoryLimit) => O::MemoryLimit,
+        Some(GuestFailure::Trap(_)) => O::Trap,
+        Some(GuestFailure::AtCapacity) => O::AtCapacity,
+        Some(GuestFailure::NoResponse) => O::NoResponse,
+        Some(GuestFailure::Host(_)) => O::HostError,
+        Some(GuestFailure::Abandoned) => O::Abandoned,
     }
 }
 

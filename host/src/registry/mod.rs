@@ -60,6 +60,8 @@ pub struct LoadedVersion {
     /// how many of those failed (5xx); a promotion's health gate reads them.
     pub served: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
+    /// Its request series, resolved by the ingress on its first request.
+    pub metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::VersionSeries>>,
     /// When it last became the active version on this node (Unix ms; 0: before
     /// this node started). The health gate judges only fresh promotions.
     pub activated_ms: std::sync::atomic::AtomicI64,
@@ -89,6 +91,7 @@ impl LoadedVersion {
             reuse,
             served: Default::default(),
             failed: Default::default(),
+            metrics: Default::default(),
             activated_ms: Default::default(),
             touched_ms: Default::default(),
             module_routes,
