@@ -18,6 +18,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -126,6 +127,23 @@ impl VersionSeries {
     }
 }
 
+/// One running guest in a gauge, from [`Running::new`] until dropped.
+#[derive(Debug)]
+pub struct Running(Gauge);
+
+impl Running {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The node's request metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -138,6 +156,12 @@ pub struct Metrics {
     responses: Family<ClassLabels, Counter>,
     classes: [Counter; 5],
     versions: Mutex<HashMap<(String, String), Arc<VersionSeries>>>,
+    /// Guests running now (started by the ingress, not yet done).
+    pub guests_running: Gauge,
+    /// Requests that waited for their tenant's or instance's guest slot, and
+    /// those answered 503 after waiting in vain.
+    pub slot_waits: Counter,
+    pub slot_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -152,6 +176,9 @@ impl Default for Metrics {
             responses,
             classes,
             versions: Mutex::default(),
+            guests_running: Gauge::default(),
+            slot_waits: Counter::default(),
+            slot_timeouts: Counter::default(),
         }
     }
 }
@@ -225,6 +252,17 @@ impl Metrics {
             self.outcomes.clone(),
         );
         registry.register("guest_fuel", "Fuel guests burned, per service version", self.fuel.clone());
+        registry.register("guests_running", "Guests of requests running now", self.guests_running.clone());
+        registry.register(
+            "guest_slot_waits",
+            "Requests that waited for their tenant's or instance's guest slot",
+            self.slot_waits.clone(),
+        );
+        registry.register(
+            "guest_slot_timeouts",
+            "Requests answered 503 after waiting for a guest slot in vain",
+            self.slot_timeouts.clone(),
+        );
         more(&mut registry);
         let mut out = String::new();
         // Writing into a String cannot fail.

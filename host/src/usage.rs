@@ -187,6 +187,9 @@ pub struct Usage {
     /// and take its amounts out of the counters together: a reader never sees
     /// an amount twice or not at all.
     applying: tokio::sync::RwLock<()>,
+    /// Flushes that applied the journal, and those that failed (retried next time).
+    pub flushes: AtomicU64,
+    pub failed_flushes: AtomicU64,
 }
 
 impl Usage {
@@ -208,6 +211,8 @@ impl Usage {
             journal,
             flushing: tokio::sync::Mutex::new(own),
             applying: tokio::sync::RwLock::new(()),
+            flushes: AtomicU64::new(0),
+            failed_flushes: AtomicU64::new(0),
         })
     }
 
@@ -251,6 +256,16 @@ impl Usage {
     /// Close the current journal file and apply every closed one. A file whose
     /// write fails stays for the next flush (it counts once whenever it lands).
     pub async fn flush(&self) -> anyhow::Result<()> {
+        let flushed = self.flush_journal().await;
+        match &flushed {
+            Ok(()) => self.flushes.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed_flushes.fetch_add(1, Ordering::Relaxed),
+        };
+        flushed
+    }
+
+    /// [`Usage::flush`]'s work.
+    async fn flush_journal(&self) -> anyhow::Result<()> {
         let mut own = self.flushing.lock().await;
         let fresh = JournalFile::create(&self.journal.dir)?;
         let current_path = fresh.path.clone();

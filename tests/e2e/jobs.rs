@@ -115,6 +115,26 @@ async fn jobs_run_retry_with_backoff_die_and_are_idempotent() {
     let dead = wait_job(&node, &doomed[0], |j| j["state"] == "dead").await;
     assert_eq!(dead["attempts"], 2);
     assert!(dead["last_error"].as_str().unwrap().contains("asked to fail (attempt 2)"), "{dead}");
+    // The metrics see the queue and how attempts ended.
+    let metrics = node
+        .http
+        .get(format!("{}/metrics", node.admin_url()))
+        .bearer_auth(&node.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+    };
+    assert_eq!(value(r#"wharf_jobs{service="lab",state="dead"}"#), 1.0);
+    assert!(value(r#"wharf_job_attempts_total{outcome="succeeded"}"#) >= 5.0, "{metrics}");
+    assert!(value(r#"wharf_job_attempts_total{outcome="failed"}"#) >= 4.0, "{metrics}");
     let listed = node.get_admin(&format!("/v1/jobs?instance={instance}&state=dead")).await;
     assert!(listed["jobs"].as_array().unwrap().iter().any(|j| j["id"] == doomed[0]), "{listed}");
     let (status, retried) = node.admin(Method::POST, &format!("/v1/jobs/{}/retry", doomed[0]), None).await;

@@ -69,6 +69,16 @@ async fn metrics_count_requests_and_outcomes_for_the_scrape_token_and_operators_
     }
     assert!(sample(&text, r#"wharf_guest_fuel_total{service="hello",version="1.0.0"}"#).unwrap() > 0.0);
     assert!(sample(&text, r#"wharf_logins_total{outcome="succeeded"}"#).unwrap() >= 1.0, "{text}");
+    assert!(sample(&text, "wharf_guest_instantiations_total").unwrap() >= 7.0, "{text}");
+    assert!(sample(&text, "wharf_guest_instantiation_seconds_total").unwrap() > 0.0, "{text}");
+    assert_eq!(sample(&text, "wharf_guests_running"), Some(0.0), "every guest is done");
+    assert_eq!(sample(&text, "wharf_guest_slot_timeouts_total"), Some(0.0));
+    assert!(sample(&text, "wharf_generation").unwrap() >= 1.0, "{text}");
+    assert!(sample(&text, "wharf_routes").unwrap() >= 2.0, "{text}");
+    // (`wharf_jobs` and its lag have a series per service with jobs; none here.)
+    for family in ["wharf_usage_flushes", "wharf_job_attempts", "wharf_guest_sandboxes_reused"] {
+        assert!(text.contains(&format!("# TYPE {family} ")), "{family} in\n{text}");
+    }
     assert!(text.ends_with("# EOF\n"));
     // No tenant or instance names: their number must not grow the series.
     assert!(!text.contains("good") && !text.contains("tenant="), "{text}");

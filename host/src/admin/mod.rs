@@ -272,6 +272,8 @@ async fn metrics(
     let stats = node.registry.stats();
     let memory = node.runtime.memory();
     let logins = &node.identity.counters;
+    // The platform's queue (every node's jobs), one grouped query per scrape.
+    let queues = node.queue.stats(None).await.map_err(ApiError::from)?;
     let text = node.metrics.render(|registry| {
         let gauge = |v: usize| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
         registry.register(
@@ -316,6 +318,68 @@ async fn metrics(
             outcomes.get_or_create(&vec![("outcome", outcome)]).inc_by(count.load(Ordering::Relaxed));
         }
         registry.register("logins", "Login attempts by outcome", outcomes);
+
+        let starts = &node.runtime.starts;
+        registry.register(
+            "guest_instantiations",
+            "Fresh guest instances started",
+            ConstCounter::new(starts.fresh.load(Ordering::Relaxed)),
+        );
+        registry.register(
+            "guest_instantiation_seconds",
+            "Time spent instantiating fresh guests, in all (divide by guest_instantiations_total)",
+            ConstCounter::new(starts.fresh_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+        );
+        registry.register(
+            "guest_sandboxes_reused",
+            "Requests served by a reused sandbox",
+            ConstCounter::new(starts.reused.load(Ordering::Relaxed)),
+        );
+        let (idle, idle_bytes) = node.runtime.idle_sandboxes();
+        registry.register("guest_sandboxes_idle", "Sandboxes waiting for their instance's next request", gauge(idle));
+        registry.register("guest_sandboxes_idle_bytes", "Linear memory idle sandboxes hold", gauge(idle_bytes));
+
+        registry.register(
+            "usage_flushes",
+            "Usage-journal flushes into the control plane that applied",
+            ConstCounter::new(node.usage.flushes.load(Ordering::Relaxed)),
+        );
+        registry.register(
+            "usage_flush_failures",
+            "Usage-journal flushes that failed (the journal stays for the next)",
+            ConstCounter::new(node.usage.failed_flushes.load(Ordering::Relaxed)),
+        );
+
+        let finished = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        let ended = &node.queue.outcomes;
+        for (outcome, count) in [
+            ("succeeded", &ended.succeeded),
+            ("failed", &ended.failed),
+            ("deferred", &ended.deferred),
+            ("dead", &ended.dead),
+            ("recorded", &ended.recorded),
+        ] {
+            finished.get_or_create(&vec![("outcome", outcome)]).inc_by(count.load(Ordering::Relaxed));
+        }
+        registry.register("job_attempts", "Job attempts this node finished, by outcome", finished);
+        // Per service, at most MAX_VERSION_SERIES services.
+        let depth = Family::<Vec<(&'static str, String)>, prometheus_client::metrics::gauge::Gauge>::default();
+        let lag = Family::<
+            Vec<(&'static str, String)>,
+            prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+        >::default();
+        for queue in queues.iter().take(crate::metrics::MAX_VERSION_SERIES) {
+            for (state, count) in [("queued", queue.queued), ("running", queue.running), ("dead", queue.dead)] {
+                depth.get_or_create(&vec![("service", queue.service.clone()), ("state", state.to_string())]).set(count);
+            }
+            lag.get_or_create(&vec![("service", queue.service.clone())]).set(queue.oldest_ready_ms as f64 / 1e3);
+        }
+        registry.register("jobs", "Jobs in the platform's queue by service and state (every node's)", depth);
+        registry.register(
+            "jobs_oldest_ready_seconds",
+            "How long the oldest ready job of each service has waited past its run time",
+            lag,
+        );
     });
     let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(axum::response::IntoResponse::into_response(([(http::header::CONTENT_TYPE, kind)], text)))

@@ -122,6 +122,7 @@ impl Ingress {
         if let (Ok(t), Ok(i)) = (tenant.clone().try_acquire_owned(), instance.clone().try_acquire_owned()) {
             return Some((t, i));
         }
+        self.metrics.slot_waits.inc();
         tokio::time::timeout(GUEST_SLOT_WAIT, async {
             let t = tenant.acquire_owned().await.ok()?;
             let i = instance.acquire_owned().await.ok()?;
@@ -201,6 +202,7 @@ impl Ingress {
         // A tenant (and an instance) runs at most its share of the node's guests;
         // a burst waits briefly for a slot rather than failing at once.
         let Some(slots) = self.guest_slots(&route.tenant, &route.instance).await else {
+            self.metrics.slot_timeouts.inc();
             let mut response = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this site is handling as many requests as it may at once; retry shortly\n",
@@ -368,6 +370,8 @@ impl Ingress {
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
         let series = self.series(version).clone();
+        // Counted until the guest is done (or never started: the closure is dropped).
+        let running = crate::metrics::Running::new(&self.metrics.guests_running);
         let context = GuestContext {
             caller,
             features: route.features.clone(),
@@ -390,6 +394,7 @@ impl Ingress {
                     tally.guest_done(outcome.fuel, outcome.failure.is_some());
                 }
                 series.guest(guest_outcome(outcome.failure.as_ref()), outcome.fuel);
+                drop(running);
                 match &outcome.failure {
                     // The client left: nothing went wrong with the guest.
                     Some(GuestFailure::Abandoned) => {

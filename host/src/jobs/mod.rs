@@ -294,6 +294,31 @@ pub struct Queue {
     batches: tokio::sync::mpsc::UnboundedSender<(NewJob, Reply)>,
     /// Woken when this node queues a job, so its workers need not wait for a poll.
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// How this node's attempts ended, for the metrics.
+    pub outcomes: FinishCounters,
+}
+
+/// Attempts this node finished, by how they ended.
+#[derive(Debug, Default)]
+pub struct FinishCounters {
+    pub succeeded: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub deferred: std::sync::atomic::AtomicU64,
+    pub dead: std::sync::atomic::AtomicU64,
+    pub recorded: std::sync::atomic::AtomicU64,
+}
+
+impl FinishCounters {
+    fn count(&self, finish: &Finish) {
+        let counter = match finish {
+            Finish::Succeeded { .. } => &self.succeeded,
+            Finish::Failed { .. } => &self.failed,
+            Finish::Deferred { .. } => &self.deferred,
+            Finish::Dead { .. } => &self.dead,
+            Finish::Recorded => &self.recorded,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Enqueued, JobError>>;
@@ -312,7 +337,7 @@ impl Queue {
         let wake = Arc::new(tokio::sync::Notify::new());
         let (batches, pending) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(enqueue::write_batches(db.clone(), config.max_attempts, quotas, wake.clone(), pending));
-        Self { db, node_id, config, batches, wake }
+        Self { db, node_id, config, batches, wake, outcomes: FinishCounters::default() }
     }
 
     /// Claim up to `max` ready jobs for this node, tenants least recently served
@@ -449,6 +474,9 @@ impl Queue {
                 .context("failed to count finished jobs")?;
         }
         tx.commit().await.context("failed to commit job outcomes")?;
+        for (_, finish) in done {
+            self.outcomes.count(finish);
+        }
         Ok(())
     }
 

@@ -142,13 +142,24 @@ impl Runtime {
 
         let pre = pre.clone();
         let sandboxes = self.sandboxes.clone();
+        let starts = self.starts.clone();
         let guest = async move {
             // The tokio timeout also covers time spent blocked in host calls, where
             // epochs cannot interrupt.
             let run = tokio::time::timeout(timeout, async {
                 let proxy = match reused {
-                    Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut store).await?,
+                    Some(proxy) => {
+                        starts.reused.fetch_add(1, Ordering::Relaxed);
+                        proxy
+                    }
+                    None => {
+                        let started = Instant::now();
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        starts.fresh.fetch_add(1, Ordering::Relaxed);
+                        starts.fresh_nanos.fetch_add(nanos, Ordering::Relaxed);
+                        proxy
+                    }
                 };
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
                 wasmtime::Result::Ok(proxy)

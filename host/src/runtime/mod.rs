@@ -75,6 +75,16 @@ pub enum InvalidComponent {
     UnsupportedImport(String),
 }
 
+/// Guests a runtime started, for the metrics.
+#[derive(Debug, Default)]
+pub struct Starts {
+    /// Fresh instances, and the nanoseconds their instantiation took in all.
+    pub fresh: std::sync::atomic::AtomicU64,
+    pub fresh_nanos: std::sync::atomic::AtomicU64,
+    /// Requests served by a reused sandbox.
+    pub reused: std::sync::atomic::AtomicU64,
+}
+
 /// The engine, linker and limits shared by every guest of a node.
 pub struct Runtime {
     engine: Engine,
@@ -91,6 +101,8 @@ pub struct Runtime {
     memory: Arc<MemoryBudget>,
     /// Sandboxes of instances whose version allows reuse, between requests.
     sandboxes: Arc<reuse::Sandboxes>,
+    /// Guests started, fresh or in a reused sandbox, and the time fresh ones took.
+    pub starts: Arc<Starts>,
 }
 
 impl Runtime {
@@ -138,7 +150,17 @@ impl Runtime {
             .enable_all()
             .build()
             .context("failed to start the job threads")?;
-        Ok(Self { engine, linker, limits, ticker, heavy: Some(heavy), jobs: Some(jobs), memory, sandboxes })
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            ticker,
+            heavy: Some(heavy),
+            jobs: Some(jobs),
+            memory,
+            sandboxes,
+            starts: Arc::default(),
+        })
     }
 
     /// The engine, for compiling and deserializing components.
