@@ -204,7 +204,7 @@ async fn instances(
         router: router.clone(),
         usage: usage.clone(),
         db_threads,
-        backends: crate::instancedb::Backends { postgres, redis: redis.clone() },
+        backends: crate::instancedb::Backends { postgres, redis: redis.clone(), calls: Arc::default() },
         seen: seen.clone(),
         followers: crate::configurator::hooks::Followers {
             queue: Some(queue.clone()),

@@ -346,6 +346,39 @@ async fn guest_output_is_budgeted_and_cannot_forge_log_lines() {
     assert!(forged.contains("text=\"ok tenant=victim"), "the guest's text is a quoted field: {forged}");
 }
 
+/// `--log-format json`: every line one JSON object with the event's fields at
+/// the top level (tenant, instance, request id), and a guest's output a string
+/// field that cannot break out of its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_fields_and_guest_output_stays_a_string() {
+    let served = Served::start(&["--log-format", "json"]).await;
+    served.tenant_with("misbehave", "misbehave", "bad", "bad.test").await;
+    let http = crate::harness::client();
+    let get = |path: &str| http.get(format!("http://{}{path}", served.ingress)).header("host", "bad.test").send();
+    let trapped = get("/trap").await.unwrap();
+    assert_eq!(trapped.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let request_id: u64 = trapped.headers()["x-wharf-request-id"].to_str().unwrap().parse().unwrap();
+    assert_eq!(get("/forge").await.unwrap().status(), StatusCode::OK);
+    let logs = served.stop();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{logs}");
+    let failed = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("guest failed")))
+        .unwrap_or_else(|| panic!("the trap is logged: {logs}"));
+    assert_eq!(failed["tenant"], "bad", "{failed}");
+    assert!(failed["instance"].as_str().is_some_and(|i| i.starts_with("inst-")), "{failed}");
+    assert_eq!(failed["request_id"], request_id, "{failed}");
+    assert_eq!(failed["service"], "misbehave", "{failed}");
+    let forged = lines.iter().find(|l| l.to_string().contains("tenant=victim")).expect("the forge attempt is logged");
+    assert_eq!(forged["tenant"], "bad", "{forged}");
+    assert!(!lines.iter().any(|l| l["message"] == "forged line"), "a guest forged a log line");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_together_stay_within_the_node_memory_budget() {
     let node = TestNode::start_with(|config| config.limits.max_total_memory_bytes = Some(48 << 20)).await;

@@ -566,8 +566,12 @@ impl Served {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let line = line.expect("the node logs its addresses");
-        let field =
-            |name: &str| line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        // A text line (`admin=…`) or a JSON one (`"admin":"…"`).
+        let json: Option<Value> = serde_json::from_str(&line).ok();
+        let field = |name: &str| match &json {
+            Some(json) => json[name].as_str().unwrap().to_string(),
+            None => line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string(),
+        };
         let admin = format!("http://{}", field("admin"));
         let ingress = field("ingress").parse().unwrap();
         Self { child, log, admin, ingress, key, _data: data, args }

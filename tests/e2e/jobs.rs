@@ -135,6 +135,13 @@ async fn jobs_run_retry_with_backoff_die_and_are_idempotent() {
     assert_eq!(value(r#"wharf_jobs{service="lab",state="dead"}"#), 1.0);
     assert!(value(r#"wharf_job_attempts_total{outcome="succeeded"}"#) >= 5.0, "{metrics}");
     assert!(value(r#"wharf_job_attempts_total{outcome="failed"}"#) >= 4.0, "{metrics}");
+    // The jobs recorded their runs in SQL: counted on whichever backend holds it.
+    let sql_calls: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"wharf_database_calls_total{store="sql""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(sql_calls >= 5.0, "{metrics}");
     let listed = node.get_admin(&format!("/v1/jobs?instance={instance}&state=dead")).await;
     assert!(listed["jobs"].as_array().unwrap().iter().any(|j| j["id"] == doomed[0]), "{listed}");
     let (status, retried) = node.admin(Method::POST, &format!("/v1/jobs/{}/retry", doomed[0]), None).await;

@@ -362,6 +362,29 @@ async fn metrics(
             finished.get_or_create(&vec![("outcome", outcome)]).inc_by(count.load(Ordering::Relaxed));
         }
         registry.register("job_attempts", "Job attempts this node finished, by outcome", finished);
+
+        let calls = node.configurator.database_calls();
+        let (counted, failed) = (
+            Family::<Vec<(&'static str, &'static str)>, Counter>::default(),
+            Family::<Vec<(&'static str, &'static str)>, Counter>::default(),
+        );
+        let seconds =
+            Family::<Vec<(&'static str, &'static str)>, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        for backend in crate::instancedb::Backend::ALL {
+            let (store, on) = backend.labels();
+            let (count, errors, nanos) = calls.of(backend);
+            let labels = vec![("store", store), ("backend", on)];
+            counted.get_or_create(&labels).inc_by(count);
+            failed.get_or_create(&labels).inc_by(errors);
+            seconds.get_or_create(&labels).inc_by(nanos as f64 / 1e9);
+        }
+        registry.register("database_calls", "Guests' SQL and key-value calls by store and backend", counted);
+        registry.register("database_call_errors", "Guests' database calls that returned an error", failed);
+        registry.register(
+            "database_call_seconds",
+            "Time guests' database calls took in all, waiting for a thread or connection included",
+            seconds,
+        );
         // Per service, at most MAX_VERSION_SERIES services.
         let depth = Family::<Vec<(&'static str, String)>, prometheus_client::metrics::gauge::Gauge>::default();
         let lag = Family::<

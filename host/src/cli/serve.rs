@@ -60,6 +60,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WHARF_METRICS_TOKEN", hide_env_values = true, value_name = "TOKEN",
           value_parser = parse_metrics_token)]
     pub metrics_token: Option<String>,
+    /// How log lines look on stderr: `text` for people, `json` (one object per
+    /// line, the event's fields at the top level) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WHARF_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// Ingress address (requests routed by Host).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -243,7 +247,7 @@ impl ServeArgs {
 }
 
 pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging_as(args.log_format);
     let running = crate::Node::start(args.config()).await?;
     if let (Some(key), Some(email)) = (&running.initial_admin_key, &args.init_admin) {
         // Shown once: only its hash is stored.
@@ -255,16 +259,28 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     running.shutdown().await
 }
 
-/// Log to stderr; `RUST_LOG` overrides the default `info`.
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log text to stderr; `RUST_LOG` overrides the default `info`.
 pub fn init_logging() {
+    init_logging_as(LogFormat::Text);
+}
+
+/// Log to stderr in `format`; `RUST_LOG` overrides the default `info`.
+pub fn init_logging_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => logger.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }
 
 async fn shutdown_signal() {

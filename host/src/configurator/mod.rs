@@ -364,6 +364,11 @@ impl Configurator {
         self.backends.postgres.as_ref().map(|pg| (pg.open_count(), pg.max()))
     }
 
+    /// Guests' database calls on this node, per backend.
+    pub fn database_calls(&self) -> &database::Calls {
+        &self.backends.calls
+    }
+
     /// The databases of `tenant`'s instance (opened on first use).
     pub fn database(&self, instance: &str, tenant: &str) -> Arc<database::InstanceDb> {
         self.databases

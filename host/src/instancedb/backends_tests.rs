@@ -44,7 +44,7 @@ async fn handles() -> Vec<Handle> {
             let mut tx = crate::store::begin(&plane.db).await.unwrap();
             PgDatabases::create(&mut tx, &instance).await.unwrap();
             tx.commit().await.unwrap();
-            backends = Backends { postgres: Some(pg), redis: redis.clone() };
+            backends = Backends { postgres: Some(pg), redis: redis.clone(), calls: Default::default() };
         }
         let name = format!(
             "{} SQL, key-value in {}",

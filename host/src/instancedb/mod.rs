@@ -51,6 +51,10 @@ pub struct InstanceDb {
     /// On PostgreSQL: its schema's server and its id, for the host's own
     /// reads (an export's snapshot).
     postgres: Option<(Arc<PgDatabases>, String)>,
+    /// Where its calls are counted, and which backends its SQL and KV are on.
+    calls: Arc<Calls>,
+    sql_on: Backend,
+    kv_on: Backend,
 }
 
 /// Where a node keeps instances' data besides their directories.
@@ -60,6 +64,57 @@ pub struct Backends {
     pub postgres: Option<Arc<PgDatabases>>,
     /// The key-value store in Redis.
     pub redis: Option<Arc<crate::shared::Redis>>,
+    /// Calls guests made to their databases, for the metrics.
+    pub calls: Arc<Calls>,
+}
+
+/// Where a call went: which store, on which backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    SqlSqlite,
+    SqlPostgres,
+    KvSqlite,
+    KvRedis,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 4] = [Backend::SqlSqlite, Backend::SqlPostgres, Backend::KvSqlite, Backend::KvRedis];
+
+    /// (store, backend) as labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Backend::SqlSqlite => ("sql", "sqlite"),
+            Backend::SqlPostgres => ("sql", "postgres"),
+            Backend::KvSqlite => ("kv", "sqlite"),
+            Backend::KvRedis => ("kv", "redis"),
+        }
+    }
+}
+
+/// Guests' database calls per [`Backend`]: how many, how many failed, and the
+/// time they took (waiting for a thread or connection included).
+#[derive(Debug, Default)]
+pub struct Calls {
+    counts: [[std::sync::atomic::AtomicU64; 3]; 4],
+}
+
+impl Calls {
+    fn record(&self, backend: Backend, failed: bool, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts = &self.counts[backend as usize];
+        counts[0].fetch_add(1, Relaxed);
+        if failed {
+            counts[1].fetch_add(1, Relaxed);
+        }
+        counts[2].fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Calls, failed calls and their nanoseconds in all, on `backend`.
+    pub fn of(&self, backend: Backend) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts = &self.counts[backend as usize];
+        (counts[0].load(Relaxed), counts[1].load(Relaxed), counts[2].load(Relaxed))
+    }
 }
 
 impl std::fmt::Debug for InstanceDb {
@@ -92,7 +147,23 @@ impl InstanceDb {
             None => local.clone(),
         };
         let postgres = backends.postgres.clone().map(|pg| (pg, instance.to_string()));
-        Self { local, sql, kv, postgres }
+        let (sql_on, kv_on) = (
+            if backends.postgres.is_some() { Backend::SqlPostgres } else { Backend::SqlSqlite },
+            if backends.redis.is_some() { Backend::KvRedis } else { Backend::KvSqlite },
+        );
+        Self { local, sql, kv, postgres, calls: backends.calls.clone(), sql_on, kv_on }
+    }
+
+    /// Run `call` on `backend`, counted.
+    async fn counted<T>(
+        &self,
+        backend: Backend,
+        call: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.calls.record(backend, result.is_err(), started.elapsed());
+        result
     }
 
     /// The dialect the guest's SQL is in.
@@ -122,12 +193,12 @@ impl InstanceDb {
 
     /// Run a statement that returns rows.
     pub async fn query(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<SqlRows, String> {
-        self.sql.query(statement, params, call).await
+        self.counted(self.sql_on, self.sql.query(statement, params, call)).await
     }
 
     /// Run a statement that changes data or schema; returns rows changed.
     pub async fn execute(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<u64, String> {
-        self.sql.execute(statement, params, call).await
+        self.counted(self.sql_on, self.sql.execute(statement, params, call)).await
     }
 
     /// Run statements in one transaction.
@@ -135,13 +206,13 @@ impl InstanceDb {
         if statements.len() > MAX_BATCH {
             return Err(format!("a batch holds at most {MAX_BATCH} statements"));
         }
-        self.sql.batch(statements, call).await
+        self.counted(self.sql_on, self.sql.batch(statements, call)).await
     }
 
     /// A key-value entry, unless absent or expired.
     pub async fn kv_get(&self, key: String, call: &Call) -> Result<Option<Vec<u8>>, String> {
         check_key(&key)?;
-        self.kv.get(key, call).await
+        self.counted(self.kv_on, self.kv.get(key, call)).await
     }
 
     /// Set a key-value entry, optionally expiring.
@@ -150,13 +221,13 @@ impl InstanceDb {
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("the value is larger than {} MiB", MAX_VALUE_BYTES >> 20));
         }
-        self.kv.set(key, value, ttl, call).await
+        self.counted(self.kv_on, self.kv.set(key, value, ttl, call)).await
     }
 
     /// Delete a key-value entry; whether a live one existed.
     pub async fn kv_delete(&self, key: String, call: &Call) -> Result<bool, String> {
         check_key(&key)?;
-        self.kv.delete(key, call).await
+        self.counted(self.kv_on, self.kv.delete(key, call)).await
     }
 
     /// Live keys starting with `prefix`, sorted.
@@ -164,14 +235,14 @@ impl InstanceDb {
         if prefix.len() > MAX_KEY_BYTES {
             return Err(format!("the prefix is longer than {MAX_KEY_BYTES} bytes"));
         }
-        self.kv.list(prefix, limit.clamp(1, MAX_LIST), call).await
+        self.counted(self.kv_on, self.kv.list(prefix, limit.clamp(1, MAX_LIST), call)).await
     }
 
     /// Add `delta` to the integer at `key` (0 if absent or expired), atomically,
     /// keeping a live entry's expiry.
     pub async fn kv_increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String> {
         check_key(&key)?;
-        self.kv.increment(key, delta, call).await
+        self.counted(self.kv_on, self.kv.increment(key, delta, call)).await
     }
 }
 
