@@ -74,6 +74,8 @@ async fn metrics_count_requests_and_outcomes_for_the_scrape_token_and_operators_
     assert_eq!(sample(&text, "wharf_guests_running"), Some(0.0), "every guest is done");
     assert_eq!(sample(&text, "wharf_guest_slot_timeouts_total"), Some(0.0));
     assert!(sample(&text, "wharf_generation").unwrap() >= 1.0, "{text}");
+    assert_eq!(sample(&text, "wharf_generations_behind"), Some(0.0), "one node is never behind itself");
+    assert_eq!(sample(&text, "wharf_platform_generation"), sample(&text, "wharf_generation"));
     assert!(sample(&text, "wharf_routes").unwrap() >= 2.0, "{text}");
     // (`wharf_jobs` and its lag have a series per service with jobs; none here.)
     for family in ["wharf_usage_flushes", "wharf_job_attempts", "wharf_guest_sandboxes_reused"] {

@@ -274,6 +274,10 @@ async fn metrics(
     let logins = &node.identity.counters;
     // The platform's queue (every node's jobs), one grouped query per scrape.
     let queues = node.queue.stats(None).await.map_err(ApiError::from)?;
+    // The control plane's generation against this node's: how far behind it is.
+    let platform = crate::store::generation(&node.db).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the control plane did not answer: {e}"))
+    })?;
     let text = node.metrics.render(|registry| {
         let gauge = |v: usize| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
         registry.register(
@@ -281,10 +285,13 @@ async fn metrics(
             "This node's Wharf version",
             prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        let seen = node.generation.get();
+        registry.register("generation", "The platform generation this node has caught up with", ConstGauge::new(seen));
+        registry.register("platform_generation", "The control plane's generation now", ConstGauge::new(platform));
         registry.register(
-            "generation",
-            "The platform generation this node has caught up with",
-            ConstGauge::new(node.generation.get()),
+            "generations_behind",
+            "Changes this node has not applied yet (0 when caught up)",
+            ConstGauge::new((platform - seen).max(0)),
         );
         registry.register("routes", "Hostnames this node routes", gauge(node.router.len()));
         registry.register(
