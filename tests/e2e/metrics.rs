@@ -74,6 +74,7 @@ async fn metrics_count_requests_and_outcomes_for_the_scrape_token_and_operators_
     assert_eq!(sample(&text, "wharf_guests_running"), Some(0.0), "every guest is done");
     assert_eq!(sample(&text, "wharf_guest_slot_timeouts_total"), Some(0.0));
     assert!(sample(&text, "wharf_generation").unwrap() >= 1.0, "{text}");
+    assert_eq!(sample(&text, "wharf_control_plane_up"), Some(1.0));
     assert_eq!(sample(&text, "wharf_generations_behind"), Some(0.0), "one node is never behind itself");
     assert_eq!(sample(&text, "wharf_platform_generation"), sample(&text, "wharf_generation"));
     assert!(sample(&text, "wharf_routes").unwrap() >= 2.0, "{text}");
@@ -185,4 +186,28 @@ async fn a_real_prometheus_scrapes_a_node_and_answers_promql() {
         .await
         .expect("a quantile");
     assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99}");
+}
+
+/// When the control plane fails a scrape's reads, the node's own series are
+/// still served (that is when an operator needs them), without the platform's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_without_the_control_planes_series_when_it_fails() {
+    let node = TestNode::start_with(|config| config.metrics_token = Some(SCRAPE_TOKEN.into())).await;
+    if node.database_url.is_some() {
+        eprintln!("skipped: breaking the control plane is done on SQLite (a node's own file)");
+        return;
+    }
+    node.tenant_with("good", "hello", "hello", "good.test").await;
+    assert_eq!(node.get("good.test", "/").await.0, StatusCode::OK);
+    // A bad day: the table the generation is read from is gone.
+    let control = rusqlite::Connection::open(node.data.path().join("wharf.db")).unwrap();
+    control.execute_batch("ALTER TABLE platform_generation RENAME TO broken").unwrap();
+    let (status, _, text) = scrape(&node, Some(SCRAPE_TOKEN)).await;
+    control.execute_batch("ALTER TABLE broken RENAME TO platform_generation").unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(sample(&text, "wharf_control_plane_up"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, r#"wharf_http_requests_total{service="hello",version="1.0.0",status="2xx"}"#), Some(1.0));
+    assert!(!text.contains("wharf_generations_behind"), "{text}");
+    let (_, _, text) = scrape(&node, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(sample(&text, "wharf_control_plane_up"), Some(1.0), "back once it answers: {text}");
 }

@@ -273,11 +273,18 @@ async fn metrics(
     let memory = node.runtime.memory();
     let logins = &node.identity.counters;
     // The platform's queue (every node's jobs), one grouped query per scrape.
-    let queues = node.queue.stats(None).await.map_err(ApiError::from)?;
-    // The control plane's generation against this node's: how far behind it is.
-    let platform = crate::store::generation(&node.db).await.map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the control plane did not answer: {e}"))
-    })?;
+    // The control plane's view (its queue, its generation), within a second: when
+    // it does not answer, the node's own series are served without it, and
+    // `wharf_control_plane_up` says so.
+    let platform = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let queues = node.queue.stats(None).await.map_err(|e| e.to_string())?;
+        let generation = crate::store::generation(&node.db).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((queues, generation))
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer within a second".into()))
+    .inspect_err(|e| tracing::warn!("metrics without the control plane's series: {e}"))
+    .ok();
     let text = node.metrics.render(|registry| {
         let gauge = |v: usize| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
         registry.register(
@@ -287,12 +294,23 @@ async fn metrics(
         );
         let seen = node.generation.get();
         registry.register("generation", "The platform generation this node has caught up with", ConstGauge::new(seen));
-        registry.register("platform_generation", "The control plane's generation now", ConstGauge::new(platform));
         registry.register(
-            "generations_behind",
-            "Changes this node has not applied yet (0 when caught up)",
-            ConstGauge::new((platform - seen).max(0)),
+            "control_plane_up",
+            "Whether the control plane answered this scrape's reads within a second",
+            ConstGauge::new(i64::from(platform.is_some())),
         );
+        if let Some((_, generation)) = &platform {
+            registry.register(
+                "platform_generation",
+                "The control plane's generation now",
+                ConstGauge::new(*generation),
+            );
+            registry.register(
+                "generations_behind",
+                "Changes this node has not applied yet (0 when caught up)",
+                ConstGauge::new((generation - seen).max(0)),
+            );
+        }
         registry.register("routes", "Hostnames this node routes", gauge(node.router.len()));
         registry.register(
             "versions_compiled",
@@ -398,6 +416,7 @@ async fn metrics(
             Vec<(&'static str, String)>,
             prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
         >::default();
+        let queues = platform.as_ref().map(|(queues, _)| queues.as_slice()).unwrap_or_default();
         for queue in queues.iter().take(crate::metrics::MAX_VERSION_SERIES) {
             for (state, count) in [("queued", queue.queued), ("running", queue.running), ("dead", queue.dead)] {
                 depth.get_or_create(&vec![("service", queue.service.clone()), ("state", state.to_string())]).set(count);
