@@ -427,6 +427,14 @@ impl TestNode {
         (resp.status(), resp.text().await.unwrap())
     }
 
+    /// The node's `/metrics`, read with the operator's key.
+    pub async fn metrics(&self) -> String {
+        let resp =
+            self.http.get(format!("{}/metrics", self.admin_url())).bearer_auth(&self.admin_key).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.text().await.unwrap()
+    }
+
     /// Usage of an instance once it has settled: a guest is counted when it is
     /// done, which can be just after its client has read the response.
     pub async fn usage(&self, instance: &str) -> Value {
@@ -676,4 +684,10 @@ pub async fn neighbour_unharmed<T>(
     let served = served.load(Ordering::Relaxed);
     assert!(served >= min_served, "the neighbour must keep being served during {elapsed:?}, got {served} responses");
     output
+}
+
+/// The value of the sample line of `/metrics` text starting with `series`
+/// (labels included).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
 }

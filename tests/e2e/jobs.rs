@@ -116,22 +116,9 @@ async fn jobs_run_retry_with_backoff_die_and_are_idempotent() {
     assert_eq!(dead["attempts"], 2);
     assert!(dead["last_error"].as_str().unwrap().contains("asked to fail (attempt 2)"), "{dead}");
     // The metrics see the queue and how attempts ended.
-    let metrics = node
-        .http
-        .get(format!("{}/metrics", node.admin_url()))
-        .bearer_auth(&node.admin_key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
-    };
+    let metrics = node.metrics().await;
+    let value =
+        |series: &str| crate::harness::sample(&metrics, series).unwrap_or_else(|| panic!("{series} in\n{metrics}"));
     assert_eq!(value(r#"wharf_jobs{service="lab",state="dead"}"#), 1.0);
     assert!(value(r#"wharf_job_attempts_total{outcome="succeeded"}"#) >= 5.0, "{metrics}");
     assert!(value(r#"wharf_job_attempts_total{outcome="failed"}"#) >= 4.0, "{metrics}");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::harness::TestNode;
+use crate::harness::{sample, TestNode};
 
 const SCRAPE_TOKEN: &str = "scrape-token-0123456789abcdef0123456789abcdef";
 
@@ -19,11 +19,6 @@ async fn scrape(node: &TestNode, token: Option<&str>) -> (StatusCode, String, St
     let resp = request.send().await.unwrap();
     let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     (resp.status(), kind, resp.text().await.unwrap())
-}
-
-/// The value of the sample line starting with `series` (labels included).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@ use axum::extract::State;
 
 use super::{AdminState, ApiResult, Authed};
 use crate::access::Platform;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// This node's metrics for Prometheus, to the scrape token (`--metrics-token`)
 /// or an operator's credential: what the ingress counted, and what the other
@@ -18,7 +20,7 @@ pub(super) async fn metrics(
     mut parts: http::request::Parts,
 ) -> ApiResult<axum::response::Response> {
     use axum::extract::FromRequestParts;
-    use prometheus_client::metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge};
+    use prometheus_client::metrics::{counter::ConstCounter, gauge::ConstGauge};
     let scraper = match (crate::identity::credentials::bearer(&parts.headers), &node.config.metrics_token) {
         (Some(sent), Some(token)) => {
             use crate::identity::secrets::{hash_token, same};
@@ -92,16 +94,13 @@ pub(super) async fn metrics(
             "Linear memory all guests may hold together",
             gauge(memory.limit()),
         );
-        let outcomes = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-        for (outcome, count) in [
+        let outcomes = by_outcome(&[
             ("succeeded", &logins.succeeded),
             ("failed", &logins.failed),
             ("rate_limited", &logins.rate_limited),
             ("busy", &logins.busy),
             ("invalid", &logins.invalid),
-        ] {
-            outcomes.get_or_create(&vec![("outcome", outcome)]).inc_by(count.load(Ordering::Relaxed));
-        }
+        ]);
         registry.register("logins", "Login attempts by outcome", outcomes);
 
         let starts = &node.runtime.starts;
@@ -135,17 +134,14 @@ pub(super) async fn metrics(
             ConstCounter::new(node.usage.failed_flushes.load(Ordering::Relaxed)),
         );
 
-        let finished = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         let ended = &node.queue.outcomes;
-        for (outcome, count) in [
+        let finished = by_outcome(&[
             ("succeeded", &ended.succeeded),
             ("failed", &ended.failed),
             ("deferred", &ended.deferred),
             ("dead", &ended.dead),
             ("recorded", &ended.recorded),
-        ] {
-            finished.get_or_create(&vec![("outcome", outcome)]).inc_by(count.load(Ordering::Relaxed));
-        }
+        ]);
         registry.register("job_attempts", "Job attempts this node finished, by outcome", finished);
 
         let calls = node.configurator.database_calls();
@@ -192,4 +188,16 @@ pub(super) async fn metrics(
     });
     let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(axum::response::IntoResponse::into_response(([(http::header::CONTENT_TYPE, kind)], text)))
+}
+
+/// Counters labelled `outcome`.
+type ByOutcome = Family<Vec<(&'static str, &'static str)>, Counter>;
+
+/// A room's counters as one family labelled `outcome`.
+fn by_outcome(counts: &[(&'static str, &std::sync::atomic::AtomicU64)]) -> ByOutcome {
+    let family = ByOutcome::default();
+    for (outcome, count) in counts {
+        family.get_or_create(&vec![("outcome", *outcome)]).inc_by(count.load(Ordering::Relaxed));
+    }
+    family
 }
