@@ -16,7 +16,8 @@
 //!   whole state while it serves and restores it;
 //! - [`admin`] is the JSON admin API, and [`ingress`] the public listener;
 //! - [`sched`] lowers threads running CPU-heavy work, and [`metrics`] counts
-//!   what the node does for Prometheus;
+//!   what the node does for Prometheus, and [`telemetry`] traces requests and
+//!   jobs over OTLP;
 //! - [`node`] wires them together, and [`cli`] is the `wharf` command.
 
 pub mod access;
@@ -44,6 +45,7 @@ pub mod runtime;
 pub mod sched;
 pub mod shared;
 pub mod store;
+pub mod telemetry;
 #[cfg(test)]
 mod testdb;
 pub mod usage;

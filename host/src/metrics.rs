@@ -82,7 +82,8 @@ impl GuestOutcome {
         GuestOutcome::HostError,
     ];
 
-    fn label(self) -> &'static str {
+    /// The outcome's name, as in the `outcome` label.
+    pub fn label(self) -> &'static str {
         match self {
             GuestOutcome::Ok => "ok",
             GuestOutcome::Trap => "trap",

@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context as _;
 use dashmap::DashMap;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::store::{self, Db};
 
@@ -276,24 +277,48 @@ impl Usage {
             drop(std::mem::replace(&mut *current, fresh));
             self.journal.memory.as_ref().map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())))
         };
-        if let Some(lines) = in_memory.filter(|l| !l.is_empty()) {
-            let batch = format!("mem-{:016}-{}", store::now_millis(), uuid::Uuid::new_v4().simple());
-            self.apply_text(&batch, &String::from_utf8_lossy(&lines), true).await?;
-        }
+        let lines = in_memory.filter(|l| !l.is_empty());
         let mut closed: Vec<PathBuf> = std::fs::read_dir(&self.journal.dir)
             .with_context(|| format!("failed to list {:?}", self.journal.dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| *p != current_path && p.extension().is_some_and(|x| x == "log"))
             .collect();
         closed.sort();
-        for path in closed {
-            // Files of an earlier run were never counted here.
-            let counted = own.contains(&path);
-            self.apply(&path, counted).await?;
-            own.remove(&path);
-            std::fs::remove_file(&path).with_context(|| format!("failed to remove {path:?}"))?;
+        // A flush with usage to apply is a trace of its own; an idle node's
+        // flushes (empty files) are not traced.
+        let bytes: u64 = closed.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>()
+            + lines.as_ref().map_or(0, |l| l.len() as u64);
+        let span = if bytes > 0 {
+            crate::telemetry::trace_span!(
+                parent: None,
+                "usage.flush",
+                wharf.files = closed.len(),
+                wharf.bytes = bytes,
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let applied = async {
+            if let Some(lines) = lines {
+                let batch = format!("mem-{:016}-{}", store::now_millis(), uuid::Uuid::new_v4().simple());
+                self.apply_text(&batch, &String::from_utf8_lossy(&lines), true).await?;
+            }
+            for path in closed {
+                // Files of an earlier run were never counted here.
+                let counted = own.contains(&path);
+                self.apply(&path, counted).await?;
+                own.remove(&path);
+                std::fs::remove_file(&path).with_context(|| format!("failed to remove {path:?}"))?;
+            }
+            anyhow::Ok(())
         }
-        Ok(())
+        .instrument(span.clone())
+        .await;
+        if applied.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        applied
     }
 
     /// Apply one closed journal file as a batch (once, whatever happens).

@@ -588,9 +588,21 @@ impl Served {
     /// Publish a built guest as `service` 1.0.0 and give tenant `tenant` an
     /// instance of it at `host`.
     pub async fn tenant_with(&self, guest_name: &str, service: &str, tenant: &str, host: &str) {
+        self.tenant_with_manifest(&manifest(service, "1.0.0"), guest_name, service, tenant, host).await
+    }
+
+    /// [`Served::tenant_with`], published with `manifest`.
+    pub async fn tenant_with_manifest(
+        &self,
+        manifest: &str,
+        guest_name: &str,
+        service: &str,
+        tenant: &str,
+        host: &str,
+    ) {
         let http = client();
         let form = reqwest::multipart::Form::new()
-            .text("manifest", manifest(service, "1.0.0"))
+            .text("manifest", manifest.to_string())
             .part("component", reqwest::multipart::Part::bytes(guest(guest_name)).file_name("c.wasm"));
         let resp = http
             .post(format!("{}/v1/services/{service}/versions", self.admin))

@@ -30,4 +30,5 @@ mod schema;
 mod services;
 mod structure;
 mod switch;
+mod traces;
 mod trust;

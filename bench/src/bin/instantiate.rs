@@ -39,7 +39,7 @@ async fn one_round(
 ) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
-        let who = RequestIdentity { tenant: Arc::from("bench"), instance: Arc::from("bench"), request_id: i as u64 };
+        let who = RequestIdentity::new(Arc::from("bench"), Arc::from("bench"), i as u64);
         let req = http::Request::builder().uri("http://bench.local/").body(Empty::<Bytes>::new())?;
         let start = Instant::now();
         match runtime.handle(pre, who, Default::default(), req, &Default::default(), reuse.clone(), |_, _| {}).await {

@@ -64,6 +64,20 @@ pub struct ServeArgs {
     /// line, the event's fields at the top level) for log collectors.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WHARF_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Export traces over OTLP/HTTP to this collector: its base URL
+    /// (http://127.0.0.1:4318, `/v1/traces` is added) or its traces URL. Each
+    /// request and job is a span tree: ingress, auth, guest, each platform call
+    /// with its backend. Default: no traces (and no cost).
+    #[arg(long, env = "WHARF_OTLP_ENDPOINT", value_name = "URL", value_parser = crate::telemetry::traces_url)]
+    pub otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: the bodies' encoding.
+    #[arg(long, value_enum, default_value_t = OtlpProtocol::HttpProtobuf, env = "WHARF_OTLP_PROTOCOL")]
+    pub otlp_protocol: OtlpProtocol,
+    /// With --otlp-endpoint: the share of traces exported, 0 to 1, chosen by
+    /// trace id (the same choice on every node; a client's `traceparent`
+    /// flags cannot force it).
+    #[arg(long, default_value_t = 1.0, env = "WHARF_TRACE_SAMPLE_RATIO", value_parser = parse_ratio)]
+    pub trace_sample_ratio: f64,
     /// Ingress address (requests routed by Host).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -247,7 +261,14 @@ impl ServeArgs {
 }
 
 pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging_as(args.log_format);
+    let otlp = args.otlp_endpoint.as_ref().map(|endpoint| crate::telemetry::Otlp {
+        endpoint: endpoint.clone(),
+        json: args.otlp_protocol == OtlpProtocol::HttpJson,
+        sample_ratio: args.trace_sample_ratio,
+        node: uuid::Uuid::new_v4().to_string(),
+    });
+    // Flushes the spans still queued when the node stops.
+    let _exporting = init_logging_with(args.log_format, otlp.as_ref())?;
     let running = crate::Node::start(args.config()).await?;
     if let (Some(key), Some(email)) = (&running.initial_admin_key, &args.init_admin) {
         // Shown once: only its hash is stored.
@@ -266,21 +287,53 @@ pub enum LogFormat {
     Json,
 }
 
-/// Log text to stderr; `RUST_LOG` overrides the default `info`.
-pub fn init_logging() {
-    init_logging_as(LogFormat::Text);
+/// The encoding of OTLP/HTTP bodies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    HttpJson,
 }
 
-/// Log to stderr in `format`; `RUST_LOG` overrides the default `info`.
-pub fn init_logging_as(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err("give a share between 0 and 1, e.g. 0.01 for one trace in a hundred".into()),
+    }
+}
+
+/// Log text to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_logging() {
+    let _ = init_logging_with(LogFormat::Text, None);
+}
+
+/// Log to stderr in `format` (`RUST_LOG` overrides the default `info`), and
+/// export traces to `otlp` if given: the returned guard flushes them when
+/// dropped. Spans are never logged.
+pub fn init_logging_with(
+    format: LogFormat,
+    otlp: Option<&crate::telemetry::Otlp>,
+) -> anyhow::Result<Option<crate::telemetry::Exporting>> {
     use std::io::IsTerminal;
-    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => logger.json().flatten_event(true).with_current_span(false).try_init(),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(format!("{}=off", crate::telemetry::TARGET).parse()?);
+    let logger = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logger = match format {
+        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => logger.json().flatten_event(true).with_current_span(false).with_span_list(false).boxed(),
     };
+    let (traces, exporting) = match otlp {
+        Some(otlp) => {
+            let (layer, exporting) = crate::telemetry::exporter(otlp)?;
+            (Some(layer), Some(exporting))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry().with(logger.with_filter(filter)).with(traces).try_init();
+    Ok(exporting)
 }
 
 async fn shutdown_signal() {
@@ -320,5 +373,13 @@ mod tests {
         let short = super::parse_metrics_token("secret").unwrap_err();
         assert!(short.contains("at least 32"), "{short}");
         assert!(super::parse_metrics_token(&format!("{} x", "a".repeat(32))).is_err(), "no spaces");
+    }
+
+    #[test]
+    fn a_sample_ratio_is_a_share() {
+        assert_eq!(super::parse_ratio("0.25"), Ok(0.25));
+        assert!(super::parse_ratio("1.5").unwrap_err().contains("between 0 and 1"));
+        assert!(super::parse_ratio("NaN").is_err());
+        assert!(super::parse_ratio("-0.1").is_err());
     }
 }

@@ -22,8 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use tracing::field::Empty;
+use tracing::Instrument;
+
 use crate::config::EdgeLimits;
 use crate::listener;
+use crate::telemetry::trace_span;
 use body::{BodyPace, PacedBody};
 
 use crate::access::Access;
@@ -167,8 +171,31 @@ impl Ingress {
         req: hyper::Request<Incoming>,
         after_flush: Option<Arc<listener::AfterFlush>>,
     ) -> hyper::Response<HyperOutgoingBody> {
-        let response = self.steps(req, after_flush).await;
-        self.metrics.response(response.status().as_u16());
+        // The request's span, a child of the client's `traceparent` if any; it
+        // ends when the guest is done (its children hold it).
+        let span = trace_span!(
+            "request",
+            otel.name = req.method().as_str(),
+            otel.kind = "server",
+            http.request.method = req.method().as_str(),
+            url.path = req.uri().path(),
+            server.address = Empty,
+            wharf.request_id = Empty,
+            wharf.tenant = Empty,
+            wharf.instance = Empty,
+            wharf.service = Empty,
+            wharf.version = Empty,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        crate::telemetry::adopt_remote_parent(&span, req.headers());
+        let response = self.steps(req, after_flush, &span).instrument(span.clone()).await;
+        let status = response.status().as_u16();
+        self.metrics.response(status);
+        span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
         response
     }
 
@@ -177,21 +204,43 @@ impl Ingress {
         &self,
         mut req: hyper::Request<Incoming>,
         after_flush: Option<Arc<listener::AfterFlush>>,
+        span: &tracing::Span,
     ) -> hyper::Response<HyperOutgoingBody> {
         let arrived = std::time::Instant::now();
         let request_id = self.ids.hash_one(self.next_request_id.fetch_add(1, Ordering::Relaxed));
+        span.record("wharf.request_id", request_id);
         let route = match self.resolve(&req, request_id) {
             Ok(route) => route,
             Err(response) => return response,
         };
+        if !span.is_disabled() {
+            if let Ok(host) = router::request_host(&req) {
+                span.record("server.address", host.as_str());
+            }
+            span.record("wharf.tenant", &*route.tenant);
+            span.record("wharf.instance", &*route.instance);
+        }
         let version = match self.admit(&req, &route, request_id) {
             Ok(version) => version,
             Err(response) => return response,
         };
-        let caller = match self.authorize(&req, &route, &version, request_id).await {
-            Ok(caller) => caller,
-            Err(response) => return response,
+        if !span.is_disabled() {
+            span.record("wharf.service", &*version.service);
+            span.record("wharf.version", &*version.version);
+        }
+        let auth = trace_span!("auth", wharf.caller = Empty, http.response.status_code = Empty);
+        let caller = match self.authorize(&req, &route, &version, request_id).instrument(auth.clone()).await {
+            Ok(caller) => {
+                auth.record("wharf.caller", if caller.is_some() { "member" } else { "anonymous" });
+                caller
+            }
+            Err(response) => {
+                auth.record("wharf.caller", "refused");
+                auth.record("http.response.status_code", i64::from(response.status().as_u16()));
+                return response;
+            }
         };
+        drop(auth);
         // A Wharf credential is for Wharf: the guest never sees it (it could
         // replay it against the admin API).
         credentials::strip_wharf_credentials(req.headers_mut());
@@ -365,7 +414,17 @@ impl Ingress {
         tally: Arc<Tally>,
         request_id: u64,
     ) -> Handled {
-        let who = RequestIdentity { tenant: route.tenant.clone(), instance: route.instance.clone(), request_id };
+        let span = trace_span!(
+            "guest",
+            wharf.fuel = Empty,
+            wharf.outcome = Empty,
+            wharf.reused = Empty,
+            otel.status_code = Empty,
+        );
+        // The guest continues the trace: its `traceparent` names its own span.
+        let mut req = req;
+        crate::telemetry::inject(&span, req.headers_mut());
+        let who = RequestIdentity::new(route.tenant.clone(), route.instance.clone(), request_id).traced(span);
         let failure_logs = self.failure_logs.clone();
         // The version (an Arc) rides along for the failure log: no per-request copies.
         let logged = version.clone();
@@ -393,7 +452,13 @@ impl Ingress {
                 if outcome.failure != Some(GuestFailure::AtCapacity) {
                     tally.guest_done(outcome.fuel, outcome.failure.is_some());
                 }
-                series.guest(guest_outcome(outcome.failure.as_ref()), outcome.fuel);
+                let ended = guest_outcome(outcome.failure.as_ref());
+                series.guest(ended, outcome.fuel);
+                who.span.record("wharf.fuel", i64::try_from(outcome.fuel).unwrap_or(i64::MAX));
+                who.span.record("wharf.outcome", ended.label());
+                if outcome.failure.is_some() {
+                    who.span.record("otel.status_code", "error");
+                }
                 drop(running);
                 match &outcome.failure {
                     // The client left: nothing went wrong with the guest.
@@ -410,6 +475,7 @@ impl Ingress {
                                 tenant = %who.tenant,
                                 instance = %who.instance,
                                 request_id = who.request_id,
+                                trace_id = who.trace_field(),
                                 service = %logged.service,
                                 version = %logged.version,
                                 fuel = outcome.fuel,

@@ -80,6 +80,15 @@ pub enum Backend {
 impl Backend {
     pub const ALL: [Backend; 4] = [Backend::SqlSqlite, Backend::SqlPostgres, Backend::KvSqlite, Backend::KvRedis];
 
+    /// The database system, as OpenTelemetry names it (`db.system.name`).
+    pub fn system(self) -> &'static str {
+        match self {
+            Backend::SqlSqlite | Backend::KvSqlite => "sqlite",
+            Backend::SqlPostgres => "postgresql",
+            Backend::KvRedis => "redis",
+        }
+    }
+
     /// (store, backend) as labels.
     pub fn labels(self) -> (&'static str, &'static str) {
         match self {
@@ -154,15 +163,31 @@ impl InstanceDb {
         Self { local, sql, kv, postgres, calls: backends.calls.clone(), sql_on, kv_on }
     }
 
-    /// Run `call` on `backend`, counted.
+    /// Run `call` (the guest's `operation`) on `backend`, counted, in a span
+    /// of the guest's trace.
     async fn counted<T>(
         &self,
         backend: Backend,
+        operation: &'static str,
         call: impl std::future::Future<Output = Result<T, String>>,
     ) -> Result<T, String> {
+        use tracing::Instrument;
+        let span = crate::telemetry::trace_span!(
+            "platform call",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = backend.system(),
+            wharf.store = backend.labels().0,
+            otel.status_code = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        );
         let started = std::time::Instant::now();
-        let result = call.await;
+        let result = call.instrument(span.clone()).await;
         self.calls.record(backend, result.is_err(), started.elapsed());
+        if let Err(e) = &result {
+            span.record("otel.status_code", "error");
+            span.record("error.message", &e[..e.floor_char_boundary(500)]);
+        }
         result
     }
 
@@ -193,12 +218,12 @@ impl InstanceDb {
 
     /// Run a statement that returns rows.
     pub async fn query(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<SqlRows, String> {
-        self.counted(self.sql_on, self.sql.query(statement, params, call)).await
+        self.counted(self.sql_on, "sql.query", self.sql.query(statement, params, call)).await
     }
 
     /// Run a statement that changes data or schema; returns rows changed.
     pub async fn execute(&self, statement: String, params: Vec<SqlValue>, call: &Call) -> Result<u64, String> {
-        self.counted(self.sql_on, self.sql.execute(statement, params, call)).await
+        self.counted(self.sql_on, "sql.execute", self.sql.execute(statement, params, call)).await
     }
 
     /// Run statements in one transaction.
@@ -206,13 +231,13 @@ impl InstanceDb {
         if statements.len() > MAX_BATCH {
             return Err(format!("a batch holds at most {MAX_BATCH} statements"));
         }
-        self.counted(self.sql_on, self.sql.batch(statements, call)).await
+        self.counted(self.sql_on, "sql.batch", self.sql.batch(statements, call)).await
     }
 
     /// A key-value entry, unless absent or expired.
     pub async fn kv_get(&self, key: String, call: &Call) -> Result<Option<Vec<u8>>, String> {
         check_key(&key)?;
-        self.counted(self.kv_on, self.kv.get(key, call)).await
+        self.counted(self.kv_on, "kv.get", self.kv.get(key, call)).await
     }
 
     /// Set a key-value entry, optionally expiring.
@@ -221,13 +246,13 @@ impl InstanceDb {
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("the value is larger than {} MiB", MAX_VALUE_BYTES >> 20));
         }
-        self.counted(self.kv_on, self.kv.set(key, value, ttl, call)).await
+        self.counted(self.kv_on, "kv.set", self.kv.set(key, value, ttl, call)).await
     }
 
     /// Delete a key-value entry; whether a live one existed.
     pub async fn kv_delete(&self, key: String, call: &Call) -> Result<bool, String> {
         check_key(&key)?;
-        self.counted(self.kv_on, self.kv.delete(key, call)).await
+        self.counted(self.kv_on, "kv.delete", self.kv.delete(key, call)).await
     }
 
     /// Live keys starting with `prefix`, sorted.
@@ -235,14 +260,14 @@ impl InstanceDb {
         if prefix.len() > MAX_KEY_BYTES {
             return Err(format!("the prefix is longer than {MAX_KEY_BYTES} bytes"));
         }
-        self.counted(self.kv_on, self.kv.list(prefix, limit.clamp(1, MAX_LIST), call)).await
+        self.counted(self.kv_on, "kv.list-keys", self.kv.list(prefix, limit.clamp(1, MAX_LIST), call)).await
     }
 
     /// Add `delta` to the integer at `key` (0 if absent or expired), atomically,
     /// keeping a live entry's expiry.
     pub async fn kv_increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String> {
         check_key(&key)?;
-        self.counted(self.kv_on, self.kv.increment(key, delta, call)).await
+        self.counted(self.kv_on, "kv.increment", self.kv.increment(key, delta, call)).await
     }
 }
 

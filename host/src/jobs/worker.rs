@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tracing::Instrument;
 
 use super::Workers;
 use super::{Claimed, Finish, SETUP_KIND};
@@ -143,8 +144,37 @@ fn start(
 ) {
     let runner = workers.clone();
     let setup = job.kind == SETUP_KIND;
+    let span = crate::telemetry::trace_span!(
+        parent: None,
+        "job",
+        otel.kind = "consumer",
+        wharf.job = %job.id,
+        wharf.kind = %job.kind,
+        wharf.attempt = job.attempts,
+        wharf.tenant = %job.tenant_id,
+        wharf.instance = %job.instance_id,
+        wharf.service = %job.service,
+        wharf.version = tracing::field::Empty,
+        wharf.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     let work = async move {
-        let finish = run_one(&runner, &job).await;
+        let finish = run_one(&runner, &job).instrument(span.clone()).await;
+        let (outcome, version) = match &finish {
+            Finish::Succeeded { ran_version } => ("succeeded", Some(ran_version)),
+            Finish::Failed { ran_version, .. } => ("failed", ran_version.as_ref()),
+            Finish::Deferred { .. } => ("deferred", None),
+            Finish::Dead { .. } => ("dead", None),
+            Finish::Recorded => ("recorded", None),
+        };
+        span.record("wharf.outcome", outcome);
+        if let Some(version) = version {
+            span.record("wharf.version", version.as_str());
+        }
+        if matches!(finish, Finish::Failed { .. } | Finish::Dead { .. }) {
+            span.record("otel.status_code", "error");
+        }
+        drop(span);
         let _ = done.send((job, finish));
         drop(permit);
         freed.notify_one();
@@ -378,11 +408,10 @@ fn pick_version(
 
 /// Who a job runs as, for logs and the memory budget.
 pub(crate) fn identity(route: &Route) -> RequestIdentity {
-    RequestIdentity {
-        tenant: route.tenant.clone(),
-        instance: route.instance.clone(),
-        request_id: u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8])),
-    }
+    let request_id = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    // Within the job's span (see `run_attempt`).
+    let span = crate::telemetry::trace_span!("guest", wharf.fuel = tracing::field::Empty);
+    RequestIdentity::new(route.tenant.clone(), route.instance.clone(), request_id).traced(span)
 }
 
 /// What a job's guest sees: its instance's configuration and databases, no

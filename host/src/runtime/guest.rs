@@ -25,6 +25,30 @@ pub struct RequestIdentity {
     /// Request id (also sent back as `x-wharf-request-id`): unique, and not a
     /// sequence, so it reveals nothing of the node's traffic.
     pub request_id: u64,
+    /// The guest's span: platform calls are its children (disabled when the
+    /// node exports no traces).
+    pub span: tracing::Span,
+    /// The trace the request belongs to, for logs (when traces are exported).
+    pub trace_id: Option<crate::telemetry::TraceId>,
+}
+
+impl RequestIdentity {
+    /// A run for `tenant`'s `instance`, not traced.
+    pub fn new(tenant: Arc<str>, instance: Arc<str>, request_id: u64) -> Self {
+        Self { tenant, instance, request_id, span: tracing::Span::none(), trace_id: None }
+    }
+
+    /// The same run, traced as `span`.
+    pub fn traced(mut self, span: tracing::Span) -> Self {
+        self.trace_id = crate::telemetry::trace_id(&span);
+        self.span = span;
+        self
+    }
+
+    /// The trace id as a log field (absent when not traced).
+    pub fn trace_field(&self) -> Option<tracing::field::DisplayValue<crate::telemetry::TraceId>> {
+        self.trace_id.map(tracing::field::display)
+    }
 }
 
 /// Store data of one request.
@@ -100,6 +124,7 @@ impl GuestState {
     /// its next request holds neither.
     pub(crate) fn end_request(&mut self) {
         self.log.report_dropped();
+        self.log.end();
         self.context = super::GuestContext::default();
     }
 }
@@ -284,6 +309,13 @@ impl LogBudget {
         self.dropped.store(0, Ordering::Relaxed);
     }
 
+    /// The request is over: its span may end (a sandbox waiting for its next
+    /// request must not hold it open).
+    fn end(&self) {
+        let mut who = self.who.lock().unwrap_or_else(|e| e.into_inner());
+        who.span = tracing::Span::none();
+    }
+
     fn report_dropped(&self) {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
@@ -293,6 +325,7 @@ impl LogBudget {
                 tenant = %who.tenant,
                 instance = %who.instance,
                 request_id = who.request_id,
+                trace_id = who.trace_field(),
                 dropped_bytes = dropped,
                 "guest output over its budget: {dropped} bytes dropped"
             );
@@ -361,6 +394,7 @@ impl LineLogger {
             tenant = %who.tenant,
             instance = %who.instance,
             request_id = who.request_id,
+            trace_id = who.trace_field(),
             stream = self.log.stream,
             text = ?text.trim_end(),
             "guest output"

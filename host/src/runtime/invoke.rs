@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::ProxyPre;
+use tracing::Instrument;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -142,6 +143,9 @@ impl Runtime {
 
         let pre = pre.clone();
         let sandboxes = self.sandboxes.clone();
+        // The guest's span is current whenever it runs: platform calls nest in it.
+        let span = who.span.clone();
+        span.record("wharf.reused", reused.is_some());
         let starts = self.starts.clone();
         let guest = async move {
             // The tokio timeout also covers time spent blocked in host calls, where
@@ -154,7 +158,10 @@ impl Runtime {
                     }
                     None => {
                         let started = Instant::now();
-                        let proxy = pre.instantiate_async(&mut store).await?;
+                        let proxy = pre
+                            .instantiate_async(&mut store)
+                            .instrument(crate::telemetry::trace_span!("instantiate"))
+                            .await?;
                         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                         starts.fresh.fetch_add(1, Ordering::Relaxed);
                         starts.fresh_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -189,7 +196,8 @@ impl Runtime {
             let outcome = Outcome { fuel, failure };
             on_done(&who, outcome.clone());
             outcome
-        };
+        }
+        .instrument(span);
 
         // Run the guest on this task: most guests answer and finish in one go, and
         // staying here saves a cross-thread hand-off per request. A guest still

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::guest::{GuestState, RequestIdentity};
@@ -74,16 +75,19 @@ impl Runtime {
         });
         store.set_epoch_deadline(1);
         let called = tokio::time::timeout(timeout, async {
-            let instance = worker.instantiate_async(&mut store).await?;
+            let instance =
+                worker.instantiate_async(&mut store).instrument(crate::telemetry::trace_span!("instantiate")).await?;
             let guest = instance.wharf_platform_worker();
             match &call {
                 JobCall::Run(job) => guest.call_run(&mut store, job).await,
                 JobCall::Seed => guest.call_seed(&mut store).await,
             }
         })
+        .instrument(who.span.clone())
         .await;
         let owed = store.data().host_fuel_debt;
         let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0)).saturating_add(owed).min(fuel);
+        who.span.record("wharf.fuel", i64::try_from(used).unwrap_or(i64::MAX));
         let result = match called {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(guest_error))) => Err(super::truncate(&guest_error, 2000)),

@@ -276,10 +276,21 @@ impl jobs::Host for GuestState {
             max_attempts: options.max_attempts,
         };
         let deadline = tokio::time::Instant::from_std(self.deadline);
-        let result = match tokio::time::timeout_at(deadline, door.queue.enqueue(job)).await {
+        let span = crate::telemetry::trace_span!(
+            "platform call",
+            otel.name = "jobs.enqueue",
+            otel.kind = "producer",
+            wharf.kind = %job.kind,
+            otel.status_code = tracing::field::Empty,
+        );
+        let enqueued = tracing::Instrument::instrument(door.queue.enqueue(job), span.clone());
+        let result = match tokio::time::timeout_at(deadline, enqueued).await {
             Ok(result) => result,
             Err(_) => Err("the request's deadline passed while queueing the job".into()),
         };
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
         // A flat price: the write is shared with other requests' jobs (one
         // commit for a batch), so its wall time says little about this job.
         self.host_fuel_debt = self.host_fuel_debt.saturating_add(ENQUEUE_FUEL);
