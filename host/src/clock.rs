@@ -195,6 +195,33 @@ impl fmt::Display for Period {
     }
 }
 
+/// The API description of an optional time: Unix seconds, an ISO 8601 UTC
+/// date/time (`2027-01-10T08:00Z`), or `null`.
+pub fn time_or_null_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Integer))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some("Unix seconds, an ISO 8601 UTC date/time, or null for none"))
+            .build(),
+    )
+}
+
+/// The API description of an optional number, given as a number or a
+/// numeral (`12.5` or `"12.5"`), or `null`.
+pub fn number_or_text_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
 /// A time given as Unix seconds or an ISO 8601 UTC date/time.
 pub fn time_value(value: &serde_json::Value) -> Option<i64> {
     match value {

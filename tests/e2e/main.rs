@@ -20,6 +20,7 @@ mod leaving;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod openapi;
 mod publish;
 mod races;
 mod restart;

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use super::extract::{ApiPath, ApiQuery, Object};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
@@ -44,21 +45,50 @@ fn json_of<T: serde::Serialize>(value: &T) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(value).map_err(anyhow::Error::from)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/plan",
+    tag = "billing",
+    operation_id = "get_plan",
+    summary = "A service's prices",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    responses(
+        (status = 200, description = "The plan", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn get_plan(
     State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
-    Path(service): Path<String>,
+    ApiPath(service): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let history = node.billing.plan_history(&service).await?;
     let current = history.last().cloned();
     Ok(Json(json!({ "service": service, "plan": current, "history": history })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}/plan",
+    tag = "billing",
+    operation_id = "set_plan",
+    summary = "Set a service's prices (operators; revisions kept)",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    request_body = crate::billing::Prices,
+    responses(
+        (status = 200, description = "The plan", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn set_plan(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
-    payload: Result<Json<Prices>, JsonRejection>,
+    ApiPath(service): ApiPath<String>,
+    payload: Result<Json<Object<Prices>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::BillingOperate)?;
     let prices = body(payload)?;
@@ -67,10 +97,24 @@ pub(crate) async fn set_plan(
     json_of(&plan)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/billing",
+    tag = "billing",
+    operation_id = "account",
+    summary = "Billing details, spending limit, suspension, running total",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The account", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn account(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
     let account = node.billing.account(&tenant).await?;
@@ -92,11 +136,26 @@ pub(crate) async fn account(
     })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{id}/billing/details",
+    tag = "billing",
+    operation_id = "set_details",
+    summary = "Set the billing details",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = crate::billing::Details,
+    responses(
+        (status = 200, description = "The account", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn set_details(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
-    payload: Result<Json<Details>, JsonRejection>,
+    ApiPath(tenant): ApiPath<String>,
+    payload: Result<Json<Object<Details>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let details = body(payload)?;
     tenant_access(&node, &caller, &tenant, Platform::BillingManage).await?;
@@ -105,7 +164,7 @@ pub(crate) async fn set_details(
     json_of(&account)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitChange {
     amount: Option<i64>,
@@ -113,11 +172,26 @@ pub(crate) struct LimitChange {
     currency: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{id}/billing/limit",
+    tag = "billing",
+    operation_id = "set_limit",
+    summary = "Set or clear the spending limit",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = LimitChange,
+    responses(
+        (status = 200, description = "The account", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn set_limit(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
-    payload: Result<Json<LimitChange>, JsonRejection>,
+    ApiPath(tenant): ApiPath<String>,
+    payload: Result<Json<Object<LimitChange>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let change = body(payload)?;
     tenant_access(&node, &caller, &tenant, Platform::BillingManage).await?;
@@ -139,11 +213,26 @@ pub(crate) async fn set_limit(
     json_of(&account)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/subscriptions",
+    tag = "billing",
+    operation_id = "subscriptions",
+    summary = "Subscription events",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("instance" = Option<String>, Query, description = "Only this instance's"),
+    ),
+    responses(
+        (status = 200, description = "The events", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn subscriptions(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
-    Query(query): Query<InstanceQuery>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(query): ApiQuery<InstanceQuery>,
 ) -> ApiResult<Json<Value>> {
     tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
     let events = node.billing.events(&tenant, query.instance.as_deref(), i64::MAX).await?;
@@ -156,10 +245,24 @@ pub(crate) struct InstanceQuery {
     instance: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/invoices",
+    tag = "billing",
+    operation_id = "list_invoices",
+    summary = "Invoices",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The invoices", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn list_invoices(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
     Ok(Json(json!({ "tenant": tenant, "invoices": node.billing.invoices(&tenant).await? })))
@@ -178,11 +281,27 @@ fn period_named(node: &AdminState, name: &str) -> Result<Period, BillingError> {
     Period::parse(name).ok_or_else(|| BillingError::InvalidPeriod(name.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/invoices/{period}",
+    tag = "billing",
+    operation_id = "get_invoice",
+    summary = "One invoice: a month (YYYY-MM) or `current`",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("period" = String, Path, description = "A month, YYYY-MM, or current"),
+        ("format" = Option<String>, Query, description = "json (default) or html"),
+    ),
+    responses(
+        (status = 200, description = "The invoice", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn get_invoice(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((tenant, period)): Path<(String, String)>,
-    Query(query): Query<InvoiceQuery>,
+    ApiPath((tenant, period)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<InvoiceQuery>,
     headers: http::HeaderMap,
 ) -> ApiResult<Response> {
     tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
@@ -204,10 +323,24 @@ pub(crate) async fn get_invoice(
 
 /// A tenant's invoices (each as JSON and as HTML) and its subscription
 /// events, in one tar archive: what a tenant takes when it leaves.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/invoices/export",
+    tag = "billing",
+    operation_id = "export_invoices",
+    summary = "Every invoice (JSON and HTML) and the subscription events, as a tar",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The archive", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn export_invoices(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Response> {
     tenant_access(&node, &caller, &tenant, Platform::BillingRead).await?;
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -229,10 +362,25 @@ pub(crate) async fn export_invoices(
     Ok((headers, archive).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/invoices/{period}/close",
+    tag = "billing",
+    operation_id = "close_invoice",
+    summary = "Close an ended month's invoice (operators)",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("period" = String, Path, description = "A month, YYYY-MM, or current"),
+    ),
+    responses(
+        (status = 200, description = "The invoice", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn close_invoice(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((tenant, period)): Path<(String, String)>,
+    ApiPath((tenant, period)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::BillingOperate)?;
     node.configurator.tenant(&tenant).await?;
@@ -248,10 +396,24 @@ pub(crate) struct DiscountQuery {
     tenant: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/discounts",
+    tag = "billing",
+    operation_id = "list_discounts",
+    summary = "Discounts",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant's"),
+    ),
+    responses(
+        (status = 200, description = "The discounts", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn list_discounts(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Query(query): Query<DiscountQuery>,
+    ApiQuery(query): ApiQuery<DiscountQuery>,
 ) -> ApiResult<Json<Value>> {
     match &query.tenant {
         Some(tenant) => tenant_access(&node, &caller, tenant, Platform::BillingRead).await?,
@@ -260,10 +422,22 @@ pub(crate) async fn list_discounts(
     Ok(Json(json!({ "discounts": node.billing.discounts(query.tenant.as_deref()).await? })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/discounts",
+    tag = "billing",
+    operation_id = "add_discount",
+    summary = "Add a discount (operators)",
+    request_body = crate::billing::NewDiscount,
+    responses(
+        (status = 201, description = "The discount", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn add_discount(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<NewDiscount>, JsonRejection>,
+    payload: Result<Json<Object<NewDiscount>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     node.access.require_operator(&caller, Platform::BillingOperate)?;
     let new = body(payload)?;
@@ -275,10 +449,24 @@ pub(crate) async fn add_discount(
     Ok((StatusCode::CREATED, json_of(&discount)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/discounts/{id}",
+    tag = "billing",
+    operation_id = "remove_discount",
+    summary = "Remove a discount (operators)",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "Removed", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn remove_discount(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::BillingOperate)?;
     node.billing.remove_discount(&id).await?;
@@ -293,11 +481,27 @@ pub(crate) struct LedgerQuery {
     to: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/instances/{id}/usage/hourly",
+    tag = "billing",
+    operation_id = "ledger",
+    summary = "The usage ledger's hourly rows",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("from" = Option<String>, Query, description = "Unix seconds or a UTC time"),
+        ("to" = Option<String>, Query, description = "Unix seconds or a UTC time"),
+    ),
+    responses(
+        (status = 200, description = "The rows", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn ledger(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
-    Query(query): Query<LedgerQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<LedgerQuery>,
 ) -> ApiResult<Json<Value>> {
     let instance = instance_for(&node, &caller, &id, Platform::BillingRead).await?;
     let time = |t: &Option<String>, default: i64| -> ApiResult<i64> {
@@ -314,26 +518,50 @@ pub(crate) async fn ledger(
     Ok(Json(json!({ "instance": instance.id, "from": from, "to": to, "rows": rows })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clock",
+    tag = "billing",
+    operation_id = "clock",
+    summary = "The billing clock",
+    responses(
+        (status = 200, description = "The clock", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn clock(State(node): State<Arc<AdminState>>, Authed(_caller): Authed) -> Json<Value> {
     let now = node.billing.now();
     Json(json!({ "now": now, "utc": format_utc(now), "settable": node.billing.clock.is_settable() }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClockChange {
     /// Unix seconds or a UTC date/time.
     #[serde(default)]
+    #[schema(schema_with = crate::clock::time_or_null_schema)]
     now: Option<Value>,
     /// Seconds to move forward.
     #[serde(default)]
     advance: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/clock",
+    tag = "billing",
+    operation_id = "set_clock",
+    summary = "Move the billing clock (operators; with serve --settable-clock)",
+    request_body = ClockChange,
+    responses(
+        (status = 200, description = "The clock", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn set_clock(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<ClockChange>, JsonRejection>,
+    payload: Result<Json<Object<ClockChange>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::BillingOperate)?;
     let change = body(payload)?;

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::extract::{ApiPath, ApiQuery, Object};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -25,14 +26,14 @@ fn to_json(value: impl serde::Serialize) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(value).map_err(anyhow::Error::from)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailPassword {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     email: String,
@@ -42,10 +43,23 @@ pub struct Registration {
     invitation: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "identity",
+    operation_id = "register",
+    summary = "Create an account (with an invitation unless registration is open)",
+    request_body = Registration,
+    responses(
+        (status = 201, description = "The account, with a session token", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+    security(()),
+)]
 pub async fn register(
     State(node): State<Arc<AdminState>>,
     MaybeAuthed(caller): MaybeAuthed,
-    payload: Result<Json<Registration>, JsonRejection>,
+    payload: Result<Json<Object<Registration>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Registration { email, password, invitation } = body(payload)?;
     let by_operator = caller.as_ref().is_some_and(|c| c.operator);
@@ -75,17 +89,29 @@ async fn join(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvitationToken {
     token: String,
 }
 
 /// Accept an invitation with the account of its address.
+#[utoipa::path(
+    post,
+    path = "/v1/invitations/accept",
+    tag = "members",
+    operation_id = "accept_invitation",
+    summary = "Accept an invitation with the logged-in account of its address",
+    request_body = InvitationToken,
+    responses(
+        (status = 200, description = "The membership", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn accept_invitation(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<InvitationToken>, JsonRejection>,
+    payload: Result<Json<Object<InvitationToken>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let InvitationToken { token } = body(payload)?;
     let invitation = node.identity.accept(&token, &caller).await?;
@@ -94,7 +120,25 @@ pub async fn accept_invitation(
 }
 
 /// What an invitation link shows: who is invited where, and how to accept.
-pub async fn show_invitation(State(node): State<Arc<AdminState>>, Path(token): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/invitations/{token}",
+    tag = "members",
+    operation_id = "show_invitation",
+    summary = "What an invitation link shows: who is invited where",
+    params(
+        ("token" = String, Path, description = "The invitation's token"),
+    ),
+    responses(
+        (status = 200, description = "The invitation", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+    security(()),
+)]
+pub async fn show_invitation(
+    State(node): State<Arc<AdminState>>,
+    ApiPath(token): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
     let invitation = node.identity.invitations.open(&token).await?;
     Ok(Json(json!({
         "tenant": invitation.tenant,
@@ -110,19 +154,48 @@ pub async fn show_invitation(State(node): State<Arc<AdminState>>, Path(token): P
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/invitations",
+    tag = "members",
+    operation_id = "list_invitations",
+    summary = "A tenant's pending invitations",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The invitations", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_invitations(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     Ok(Json(json!({ "invitations": node.identity.invitations.list(&tenant).await? })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{id}/invitations/{invitation}",
+    tag = "members",
+    operation_id = "cancel_invitation",
+    summary = "Cancel an invitation",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("invitation" = String, Path, description = "The invitation's id"),
+    ),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn cancel_invitation(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((tenant, id)): Path<(String, String)>,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     if !node.identity.invitations.cancel(&tenant, &id).await? {
@@ -132,11 +205,24 @@ pub async fn cancel_invitation(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "identity",
+    operation_id = "login",
+    summary = "Open a session with an email and a password",
+    request_body = EmailPassword,
+    responses(
+        (status = 200, description = "The session token and when it expires", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+    security(()),
+)]
 pub async fn login(
     State(node): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    payload: Result<Json<EmailPassword>, JsonRejection>,
+    payload: Result<Json<Object<EmailPassword>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let EmailPassword { email, password } = body(payload)?;
     let client = client_ip(peer.ip(), &headers, &node.config.trust.trusted_proxies);
@@ -157,6 +243,17 @@ pub async fn login(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "identity",
+    operation_id = "logout",
+    summary = "End the session the request carries",
+    responses(
+        (status = 204, description = "The session has ended"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn logout(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
@@ -172,6 +269,17 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "identity",
+    operation_id = "me",
+    summary = "Who the credential belongs to, their tenants and roles",
+    responses(
+        (status = 200, description = "The caller", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn me(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     // The caller's own memberships (an operator sees every tenant through
     // GET /v1/tenants, page by page).
@@ -192,7 +300,7 @@ pub async fn me(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> 
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
     name: String,
@@ -200,10 +308,22 @@ pub struct NewKeyRequest {
     expires_in_days: Option<u32>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "identity",
+    operation_id = "create_key",
+    summary = "Create an API key: the secret is shown only in this answer",
+    request_body = NewKeyRequest,
+    responses(
+        (status = 201, description = "The key and its secret", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_key(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<NewKeyRequest>, JsonRejection>,
+    payload: Result<Json<Object<NewKeyRequest>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let request = body(payload)?;
     let expires = match request.expires_in_days {
@@ -216,30 +336,69 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, to_json(key)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "identity",
+    operation_id = "list_keys",
+    summary = "The caller's API keys (never the secrets)",
+    responses(
+        (status = 200, description = "The keys", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_keys(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "keys": node.identity.keys(&caller.user_id).await? })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    tag = "identity",
+    operation_id = "revoke_key",
+    summary = "Revoke one of the caller's keys (by id or prefix)",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The key is revoked", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn revoke_key(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let key = node.identity.revoke_key(&caller.user_id, &id).await?;
     node.audit.record(&caller.email, "key.revoke", &key.prefix, None, "ok").await;
     to_json(key)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/members",
+    tag = "members",
+    operation_id = "list_members",
+    summary = "A tenant's members and their roles",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The members", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_members(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require(&caller, &tenant, Platform::TenantRead).await?;
     Ok(Json(json!({ "members": node.access.members(&tenant).await? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
     email: String,
@@ -247,7 +406,7 @@ pub struct NewMember {
     role: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
     email: String,
@@ -255,11 +414,26 @@ pub struct Transfer {
 
 /// Make a member an owner, and the owner handing over an admin (operators
 /// hand over for nobody), in one change.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/transfer",
+    tag = "members",
+    operation_id = "transfer",
+    summary = "Hand a tenant over: the member becomes owner, the owner handing over an admin",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = Transfer,
+    responses(
+        (status = 200, description = "The new roles", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn transfer(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
-    payload: Result<Json<Transfer>, JsonRejection>,
+    ApiPath(tenant): ApiPath<String>,
+    payload: Result<Json<Object<Transfer>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     require_owner_for(&node, &caller, &tenant).await?;
@@ -273,17 +447,29 @@ pub async fn transfer(
     Ok(Json(json!({ "tenant": tenant, "members": node.access.members(&tenant).await? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Confirmation {
     password: String,
 }
 
 /// Delete one's own account, confirmed by its password.
+#[utoipa::path(
+    delete,
+    path = "/v1/me",
+    tag = "identity",
+    operation_id = "delete_me",
+    summary = "Delete one's own account, confirmed by its password (refused while the last owner of a tenant)",
+    request_body = Confirmation,
+    responses(
+        (status = 200, description = "The account is deleted", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete_me(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<Confirmation>, JsonRejection>,
+    payload: Result<Json<Object<Confirmation>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let request = body(payload)
         .map_err(|e| ApiError::bad_request(format!("{}; send {{\"password\": \"...\"}} to confirm", e.message)))?;
@@ -294,10 +480,24 @@ pub async fn delete_me(
 }
 
 /// Delete someone's account (operators).
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{email}",
+    tag = "identity",
+    operation_id = "delete_user",
+    summary = "Delete someone's account (operators)",
+    params(
+        ("email" = String, Path, description = "An account's email address"),
+    ),
+    responses(
+        (status = 200, description = "The account is deleted", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete_user(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(email): Path<String>,
+    ApiPath(email): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::MembersManage)?;
     let user = node.identity.user_by_email(&email).await.map_err(|e| match e {
@@ -318,11 +518,27 @@ async fn require_owner_for(node: &AdminState, caller: &crate::identity::Caller, 
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/members",
+    tag = "members",
+    operation_id = "add_member",
+    summary = "Add a member; an address without a proven account is invited",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = NewMember,
+    responses(
+        (status = 201, description = "The member", body = Object, content_type = "application/json"),
+        (status = 202, description = "An invitation was made (and mailed, or its link returned)", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn add_member(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
-    payload: Result<Json<NewMember>, JsonRejection>,
+    ApiPath(tenant): ApiPath<String>,
+    payload: Result<Json<Object<NewMember>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     let request = body(payload)?;
@@ -400,10 +616,25 @@ fn public_url(node: &AdminState) -> String {
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{id}/members/{email}",
+    tag = "members",
+    operation_id = "remove_member",
+    summary = "Remove a member",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("email" = String, Path, description = "An account's email address"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn remove_member(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((tenant, email)): Path<(String, String)>,
+    ApiPath((tenant, email)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     let user = node.identity.user_by_email(&email).await?;
@@ -437,10 +668,24 @@ fn declared(node: &AdminState, permission: &str) -> ApiResult<(String, String)> 
     Ok((service.to_string(), name.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/grants",
+    tag = "members",
+    operation_id = "list_grants",
+    summary = "Service permissions granted in a tenant",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The grants", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_grants(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require(&caller, &tenant, Platform::TenantRead).await?;
     let grants: Vec<Value> = node
@@ -466,18 +711,33 @@ pub async fn list_grants(
     Ok(Json(json!({ "grants": grants })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGrant {
     email: String,
     permission: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/grants",
+    tag = "members",
+    operation_id = "add_grant",
+    summary = "Grant a member a service permission",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = NewGrant,
+    responses(
+        (status = 201, description = "The grant", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn add_grant(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(tenant): Path<String>,
-    payload: Result<Json<NewGrant>, JsonRejection>,
+    ApiPath(tenant): ApiPath<String>,
+    payload: Result<Json<Object<NewGrant>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     let request = body(payload)?;
@@ -490,10 +750,26 @@ pub async fn add_grant(
     Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant, "email": user.email, "permission": request.permission }))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{id}/grants/{email}/{permission}",
+    tag = "members",
+    operation_id = "remove_grant",
+    summary = "Revoke a service permission",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("email" = String, Path, description = "An account's email address"),
+        ("permission" = String, Path, description = "The permission (service.name)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn remove_grant(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((tenant, email, permission)): Path<(String, String, String)>,
+    ApiPath((tenant, email, permission)): ApiPath<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
     node.access.require(&caller, &tenant, Platform::MembersManage).await?;
     let user = node.identity.user_by_email(&email).await?;
@@ -511,11 +787,26 @@ pub struct VersionFilter {
     version: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/permissions",
+    tag = "services",
+    operation_id = "service_permissions",
+    summary = "The permissions a service version declares",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+        ("version" = Option<String>, Query, description = "A version (default: the active one)"),
+    ),
+    responses(
+        (status = 200, description = "The permissions", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn service_permissions(
     State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
-    Path(name): Path<String>,
-    Query(filter): Query<VersionFilter>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(filter): ApiQuery<VersionFilter>,
 ) -> ApiResult<Json<Value>> {
     let slot = node
         .registry
@@ -541,10 +832,24 @@ pub struct AuditFilter {
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "node",
+    operation_id = "audit",
+    summary = "The audit log, newest first (operators see all; others their tenants)",
+    params(
+        ("limit" = Option<i64>, Query, description = "How many entries (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The entries", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn audit(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Query(filter): Query<AuditFilter>,
+    ApiQuery(filter): ApiQuery<AuditFilter>,
 ) -> ApiResult<Json<Value>> {
     let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
     let entries = match node.access.visible_tenants(&caller).await? {

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use super::extract::{ApiPath, Object};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::Json;
 use http::StatusCode;
 use serde::Deserialize;
@@ -47,6 +48,26 @@ async fn visible(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "jobs_list",
+    summary = "Jobs, newest first",
+    params(
+        ("tenant" = Option<String>, Query),
+        ("instance" = Option<String>, Query),
+        ("kind" = Option<String>, Query),
+        ("state" = Option<String>, Query, description = "queued, running, succeeded, failed, dead or cancelled"),
+        ("service" = Option<String>, Query),
+        ("before" = Option<String>, Query, description = "A job id: the jobs created before it (the `next` of a page)"),
+        ("limit" = Option<i64>, Query, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
@@ -78,6 +99,20 @@ pub(crate) struct StatsQuery {
     tenant: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/stats",
+    tag = "jobs",
+    operation_id = "jobs_stats",
+    summary = "Queue depth, running and dead jobs, and the oldest ready job's wait, per service",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant's"),
+    ),
+    responses(
+        (status = 200, description = "The queue", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn stats(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
@@ -104,27 +139,69 @@ async fn job_for(
     Ok(job)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "jobs_get",
+    summary = "One job with its attempts",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn get(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let job = job_for(&node, &caller, &id, Platform::TenantRead).await?;
     Ok(Json(serde_json::to_value(job).map_err(anyhow::Error::from)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    tag = "jobs",
+    operation_id = "jobs_retry",
+    summary = "Queue a dead, failed or cancelled job again",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn retry(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     act(&node, &caller, &id, Action::Retry).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    operation_id = "jobs_cancel",
+    summary = "Cancel a job that is not running",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn cancel(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     act(&node, &caller, &id, Action::Cancel).await
 }
@@ -151,7 +228,7 @@ async fn act(node: &AdminState, caller: &crate::identity::Caller, id: &str, acti
 }
 
 /// A job to queue through the API.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Enqueue {
     kind: String,
@@ -174,11 +251,27 @@ fn one() -> u32 {
     1
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{id}/jobs",
+    tag = "jobs",
+    operation_id = "jobs_enqueue",
+    summary = "Queue a job the instance's version declares",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = Enqueue,
+    responses(
+        (status = 201, description = "Queued", body = Object, content_type = "application/json"),
+        (status = 200, description = "A job with this idempotency key exists already", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn enqueue(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
-    payload: Result<Json<Enqueue>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    payload: Result<Json<Object<Enqueue>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let request = body(payload)?;
     let instance = instance_for(&node, &caller, &id, Platform::InstancesManage).await?;

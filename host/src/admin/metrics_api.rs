@@ -15,6 +15,17 @@ use prometheus_client::metrics::family::Family;
 /// This node's metrics for Prometheus, to the scrape token (`--metrics-token`)
 /// or an operator's credential: what the ingress counted, and what the other
 /// rooms count, read now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    operation_id = "metrics",
+    summary = "Prometheus metrics in the OpenMetrics text format (the scrape token or an operator)",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn metrics(
     State(node): State<Arc<AdminState>>,
     mut parts: http::request::Parts,

@@ -60,9 +60,11 @@ mod auth;
 mod billing_api;
 pub mod dashboard;
 mod error;
+mod extract;
 mod identity_api;
 mod jobs_api;
 mod metrics_api;
+mod openapi;
 mod rollout_api;
 mod state;
 pub mod throttle;
@@ -71,7 +73,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
@@ -84,7 +86,13 @@ use crate::quota::{Quota, MAX_QUOTA};
 use crate::usage::InstanceUsage;
 use auth::Authed;
 pub use error::ApiError;
+use extract::{ApiPath, ApiQuery, Object};
 pub use state::AdminState;
+
+/// The admin API's OpenAPI 3.1 description (JSON).
+pub fn openapi_document() -> &'static str {
+    openapi::document()
+}
 
 /// Largest body of a registration or login (an email and a password).
 pub const MAX_CREDENTIALS_BYTES: usize = 4 << 10;
@@ -120,6 +128,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/node", get(node_info))
         .route("/metrics", get(metrics_api::metrics))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service))
         .route("/v1/services/{name}/versions", post(publish).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
@@ -174,6 +183,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see the README's admin API reference")
         })
         .layer(axum::middleware::from_fn_with_state(node.clone(), after_changes))
+        .layer(axum::middleware::from_fn(extract::refuse_nul))
         .with_state(node)
 }
 
@@ -240,8 +250,8 @@ pub(crate) async fn subscriptions_due(node: &AdminState) {
 }
 
 /// A JSON body, with the rejection turned into a 400 that says what is wrong.
-pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    payload.map(|Json(v)| v).map_err(|e| {
+pub(crate) fn body<T>(payload: Result<Json<Object<T>>, JsonRejection>) -> ApiResult<T> {
+    payload.map(|Json(Object(v))| v).map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large for this endpoint")
         } else {
@@ -251,6 +261,18 @@ pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "node",
+    operation_id = "healthz",
+    summary = "Liveness: the process answers",
+    responses(
+        (status = 200, description = "Live", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+    security(()),
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "live" }))
 }
@@ -258,6 +280,19 @@ async fn healthz() -> Json<Value> {
 /// Readiness: the control plane answers within a second and this node has caught
 /// up with every change (routes and versions loaded); a load balancer sends
 /// traffic only to ready nodes.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "node",
+    operation_id = "readyz",
+    summary = "Readiness: the control plane answers and this node has caught up",
+    responses(
+        (status = 200, description = "Ready", body = Object, content_type = "application/json"),
+        (status = 503, description = "Not ready, and why", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+    security(()),
+)]
 async fn readyz(State(node): State<Arc<AdminState>>) -> (StatusCode, Json<Value>) {
     // One probe at a time, its answer shared for a quarter second: anyone may ask,
     // and a flood of asks must not become a flood of control-plane queries.
@@ -302,6 +337,17 @@ async fn readyz(State(node): State<Arc<AdminState>>) -> (StatusCode, Json<Value>
     (status, Json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/node",
+    tag = "node",
+    operation_id = "node_info",
+    summary = "This node: addresses, routes, compile cache, limits (operators)",
+    responses(
+        (status = 200, description = "The node", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::NodeRead)?;
     let stats = node.registry.stats();
@@ -358,22 +404,62 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    operation_id = "list_services",
+    summary = "Services with their versions",
+    responses(
+        (status = 200, description = "The services", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn list_services(State(node): State<Arc<AdminState>>, Authed(_caller): Authed) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "services": node.registry.list(None).await? })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}",
+    tag = "services",
+    operation_id = "get_service",
+    summary = "One service",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    responses(
+        (status = 200, description = "The service", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn get_service(
     State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(node.registry.service(&name).await?).map_err(anyhow::Error::from)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/versions/{version}",
+    tag = "services",
+    operation_id = "get_version",
+    summary = "One version",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+        ("version" = String, Path, description = "A version (semver)"),
+    ),
+    responses(
+        (status = 200, description = "The version", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn get_version(
     State(node): State<Arc<AdminState>>,
     Authed(_caller): Authed,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(node.registry.version(&name, &version).await?).map_err(anyhow::Error::from)?))
 }
@@ -384,11 +470,28 @@ struct PublishQuery {
     activate: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/versions",
+    tag = "services",
+    operation_id = "publish",
+    summary = "Publish a version (operators): a wharf.toml and a component",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+        ("activate" = Option<bool>, Query, description = "Make it the active version at once"),
+    ),
+    request_body(content = openapi::Upload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Published (compiled, ready on this node)", body = Object, content_type = "application/json"),
+        (status = 200, description = "The same version was published already", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn publish(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(name): Path<String>,
-    Query(query): Query<PublishQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PublishQuery>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
@@ -418,6 +521,9 @@ async fn publish(
         }
     }
     let manifest = manifest.ok_or_else(|| ApiError::bad_request("missing the `manifest` part (wharf.toml)"))?;
+    if manifest.contains('\0') || manifest.contains("\\u0000") || manifest.contains("\\U00000000") {
+        return Err(ApiError::bad_request(format!("wharf.toml: {}", extract::NUL_IN_TEXT)));
+    }
     let component = component.ok_or_else(|| ApiError::bad_request("missing the `component` part (the .wasm file)"))?;
     let published = node.registry.publish(Some(&name), &manifest, component, query.activate).await?;
     // Compiled here already: the fleet hears it is ready with this beat, not the next.
@@ -441,17 +547,32 @@ fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::new(status, format!("could not read the upload: {}", e.body_text()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Activate {
     version: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/activate",
+    tag = "services",
+    operation_id = "activate",
+    summary = "Switch the active version, atomically (operators)",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    request_body = Activate,
+    responses(
+        (status = 200, description = "The service with its new active version", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn activate(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(name): Path<String>,
-    payload: Result<Json<Activate>, JsonRejection>,
+    ApiPath(name): ApiPath<String>,
+    payload: Result<Json<Object<Activate>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Activate { version } = body(payload)?;
@@ -464,10 +585,25 @@ async fn activate(
 }
 
 /// Delete a service version nothing needs any more (operators).
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}/versions/{version}",
+    tag = "services",
+    operation_id = "delete_version",
+    summary = "Delete a version nothing needs (operators); 409 names what needs it",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+        ("version" = String, Path, description = "A version (semver)"),
+    ),
+    responses(
+        (status = 200, description = "Deleted", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn delete_version(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let deleted = node.registry.delete_version(&name, &version).await?;
@@ -475,7 +611,7 @@ async fn delete_version(
     Ok(Json(json!({ "deleted": deleted })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
     id: String,
@@ -483,10 +619,22 @@ struct NewTenant {
     display_name: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    operation_id = "create_tenant",
+    summary = "Create a tenant: its creator owns it",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "The tenant", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn create_tenant(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<NewTenant>, JsonRejection>,
+    payload: Result<Json<Object<NewTenant>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let new = body(payload)?;
     let tenant = node.configurator.create_tenant(&new.id, new.display_name.as_deref(), actor(&caller)).await?;
@@ -523,10 +671,25 @@ fn next_cursor<T>(items: &[T], page: &Page, key: impl Fn(&T) -> &str) -> Value {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    operation_id = "list_tenants",
+    summary = "Tenants the caller may see, a page at a time",
+    params(
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "Page size (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "A page of tenants and the next cursor", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn list_tenants(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let page = query.page();
     let visible = node.access.visible_tenants(&caller).await?;
@@ -535,27 +698,54 @@ async fn list_tenants(
     Ok(Json(json!({ "tenants": tenants, "next": next })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    operation_id = "get_tenant",
+    summary = "One tenant",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The tenant", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn get_tenant(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require(&caller, &id, Platform::TenantRead).await?;
     Ok(Json(serde_json::to_value(node.configurator.tenant(&id).await?).map_err(anyhow::Error::from)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BackupRequest {
     /// An absolute directory on the node's machine, new or empty.
+    #[schema(value_type = String)]
     to: std::path::PathBuf,
 }
 
 /// Back up this node's whole state while it serves (operators).
+#[utoipa::path(
+    post,
+    path = "/v1/backup",
+    tag = "node",
+    operation_id = "take_backup",
+    summary = "Back up this node while it serves (operators; SQLite nodes)",
+    request_body = BackupRequest,
+    responses(
+        (status = 200, description = "The backup's manifest", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn take_backup(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<BackupRequest>, JsonRejection>,
+    payload: Result<Json<Object<BackupRequest>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::NodeRead)?;
     let request = body(payload)?;
@@ -574,10 +764,25 @@ async fn take_backup(
 /// Delete a tenant: its people lose access and its instances stop serving at
 /// once; restorable until the grace ends; `?now=true` (operators) destroys
 /// its data at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    operation_id = "delete_tenant",
+    summary = "Delete a tenant and its instances (owners); restorable during the grace",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("now" = Option<bool>, Query, description = "Destroy its data at once (operators)"),
+    ),
+    responses(
+        (status = 202, description = "Deleted", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn delete_tenant(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("{e}: the only option is ?now=true")))?;
@@ -592,10 +797,24 @@ async fn delete_tenant(
 }
 
 /// Bring back a deleted tenant during its grace (its owners or an operator).
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/restore",
+    tag = "tenants",
+    operation_id = "restore_tenant",
+    summary = "Bring back a deleted tenant with its instances during the grace",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "Restored", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn restore_tenant(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_restorer(&caller, &id).await?;
     let restored = node.configurator.restore_tenant(&id, actor(&caller)).await?;
@@ -603,16 +822,30 @@ async fn restore_tenant(
     Ok(Json(serde_json::to_value(restored).map_err(anyhow::Error::from)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/quotas",
+    tag = "tenants",
+    operation_id = "tenant_quotas",
+    summary = "A tenant's quotas with their usage",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn tenant_quotas(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require(&caller, &id, Platform::TenantRead).await?;
     Ok(Json(json!({ "tenant": id, "quotas": node.configurator.tenant_quotas(&id).await? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QuotaChange {
     /// The new limit, or `null` for the default.
@@ -627,7 +860,7 @@ fn quota_named(name: &str, per_user: bool) -> ApiResult<Quota> {
     })
 }
 
-fn quota_change(payload: Result<Json<QuotaChange>, JsonRejection>) -> ApiResult<Option<i64>> {
+fn quota_change(payload: Result<Json<Object<QuotaChange>>, JsonRejection>) -> ApiResult<Option<i64>> {
     let QuotaChange { limit } = body(payload)?;
     if limit.is_some_and(|l| !(0..=MAX_QUOTA).contains(&l)) {
         return Err(ApiError::bad_request(format!("a quota's limit is 0 to {MAX_QUOTA}, or null for the default")));
@@ -635,11 +868,27 @@ fn quota_change(payload: Result<Json<QuotaChange>, JsonRejection>) -> ApiResult<
     Ok(limit)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{id}/quotas/{quota}",
+    tag = "tenants",
+    operation_id = "set_tenant_quota",
+    summary = "Set one of a tenant's quotas (operators)",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("quota" = String, Path, description = "The quota's name"),
+    ),
+    request_body = QuotaChange,
+    responses(
+        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn set_tenant_quota(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((id, name)): Path<(String, String)>,
-    payload: Result<Json<QuotaChange>, JsonRejection>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
+    payload: Result<Json<Object<QuotaChange>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::QuotasManage)?;
     let quota = quota_named(&name, false)?;
@@ -650,10 +899,24 @@ async fn set_tenant_quota(
     Ok(Json(json!({ "tenant": id, "quotas": node.configurator.tenant_quotas(&id).await? })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{email}/quotas",
+    tag = "identity",
+    operation_id = "user_quotas",
+    summary = "A user's quotas (themselves or operators)",
+    params(
+        ("email" = String, Path, description = "An account's email address"),
+    ),
+    responses(
+        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn user_quotas(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(email): Path<String>,
+    ApiPath(email): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     // Checked before the lookup: whether an address has an account is not
     // anyone else's business.
@@ -664,11 +927,27 @@ async fn user_quotas(
     Ok(Json(json!({ "email": user.email, "quotas": node.configurator.user_quotas(&user.id).await? })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/{email}/quotas/{quota}",
+    tag = "identity",
+    operation_id = "set_user_quota",
+    summary = "Set a user's quota (operators)",
+    params(
+        ("email" = String, Path, description = "An account's email address"),
+        ("quota" = String, Path, description = "The quota's name"),
+    ),
+    request_body = QuotaChange,
+    responses(
+        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn set_user_quota(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path((email, name)): Path<(String, String)>,
-    payload: Result<Json<QuotaChange>, JsonRejection>,
+    ApiPath((email, name)): ApiPath<(String, String)>,
+    payload: Result<Json<Object<QuotaChange>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::QuotasManage)?;
     let quota = quota_named(&name, true)?;
@@ -680,10 +959,22 @@ async fn set_user_quota(
     Ok(Json(json!({ "email": user.email, "quotas": node.configurator.user_quotas(&user.id).await? })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/instances",
+    tag = "instances",
+    operation_id = "create_instance",
+    summary = "Create an instance of a service for a tenant",
+    request_body = crate::configurator::NewInstance,
+    responses(
+        (status = 201, description = "The instance", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn create_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    payload: Result<Json<NewInstance>, JsonRejection>,
+    payload: Result<Json<Object<NewInstance>>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let new = body(payload)?;
     if new.ends_at.is_some() {
@@ -735,19 +1026,49 @@ async fn instance_for(
     Ok(instance)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/instances",
+    tag = "instances",
+    operation_id = "list_instances",
+    summary = "Instances the caller may see, a page at a time",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant's"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "Page size (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "A page of instances and the next cursor", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn list_instances(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let (instances, next) = visible_instances(&node, &caller, &query, Platform::TenantRead).await?;
     Ok(Json(json!({ "instances": instances, "next": next })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/instances/{id}",
+    tag = "instances",
+    operation_id = "get_instance",
+    summary = "One instance, and what this node serves for it now",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The instance", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn get_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let instance = instance_for(&node, &caller, &id, Platform::TenantRead).await?;
     let mut value = serde_json::to_value(instance).map_err(anyhow::Error::from)?;
@@ -763,11 +1084,26 @@ async fn get_instance(
     Ok(Json(value))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/instances/{id}",
+    tag = "instances",
+    operation_id = "update_instance",
+    summary = "Change hostnames, version pin, modules, settings, enabled, end date",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = crate::configurator::InstanceChange,
+    responses(
+        (status = 200, description = "The instance", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn update_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
-    payload: Result<Json<InstanceChange>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    payload: Result<Json<Object<InstanceChange>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let change = body(payload)?;
     instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
@@ -793,10 +1129,25 @@ struct DeleteQuery {
 
 /// Delete an instance: it stops serving at once and is restorable until its
 /// grace ends; `?now=true` (operators) destroys its data at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/instances/{id}",
+    tag = "instances",
+    operation_id = "delete_instance",
+    summary = "Delete an instance; restorable during the grace",
+    params(
+        ("id" = String, Path, description = "Its id"),
+        ("now" = Option<bool>, Query, description = "Destroy its data at once (operators)"),
+    ),
+    responses(
+        (status = 202, description = "Deleted", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn delete_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("{e}: the only option is ?now=true")))?;
@@ -813,10 +1164,24 @@ async fn delete_instance(
 }
 
 /// Download an instance's data (its tenant's owners and admins).
+#[utoipa::path(
+    get,
+    path = "/v1/instances/{id}/export",
+    tag = "instances",
+    operation_id = "export_instance",
+    summary = "The instance's data: a tar of instance.json, data.sql, kv.jsonl (owners, admins)",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The archive", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn export_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<axum::response::Response> {
     let instance = instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
     let (name, archive) = node.configurator.export_instance(&id).await?;
@@ -838,6 +1203,23 @@ struct ImportQuery {
 }
 
 /// Import an export into a new instance (operators).
+#[utoipa::path(
+    post,
+    path = "/v1/instances/import",
+    tag = "instances",
+    operation_id = "import_instance",
+    summary = "Import an export (the body) into a new instance (operators)",
+    params(
+        ("tenant" = String, Query, description = "The tenant receiving it (required)"),
+        ("name" = Option<String>, Query, description = "The new instance's name"),
+        ("hosts" = Option<String>, Query, description = "Hostnames, comma-separated"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "An export of `GET /v1/instances/{id}/export`"),
+    responses(
+        (status = 201, description = "The new instance", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn import_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
@@ -857,10 +1239,24 @@ async fn import_instance(
 }
 
 /// Bring back a deleted instance during its grace.
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{id}/restore",
+    tag = "instances",
+    operation_id = "restore_instance",
+    summary = "Bring back a deleted instance during its grace",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "Restored", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn restore_instance(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
     let instance = node.configurator.restore_instance(&id, actor(&caller)).await?;
@@ -868,7 +1264,7 @@ async fn restore_instance(
     Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VerifyHost {
     hostname: String,
@@ -876,11 +1272,26 @@ struct VerifyHost {
     method: Option<crate::configurator::hostnames::Method>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/instances/{id}/hosts/verify",
+    tag = "instances",
+    operation_id = "verify_host",
+    summary = "Prove a claimed hostname; it routes from then on",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    request_body = VerifyHost,
+    responses(
+        (status = 200, description = "The instance", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn verify_host(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
-    payload: Result<Json<VerifyHost>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    payload: Result<Json<Object<VerifyHost>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let request = body(payload)?;
     instance_for(&node, &caller, &id, Platform::InstancesManage).await?;
@@ -889,10 +1300,24 @@ async fn verify_host(
     Ok(Json(serde_json::to_value(instance).map_err(anyhow::Error::from)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/instances/{id}/usage",
+    tag = "billing",
+    operation_id = "instance_usage",
+    summary = "An instance's requests, job runs, fuel and errors",
+    params(
+        ("id" = String, Path, description = "Its id"),
+    ),
+    responses(
+        (status = 200, description = "The usage", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn instance_usage(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let instance = instance_for(&node, &caller, &id, Platform::BillingRead).await?;
     let totals = node.usage.totals(&instance.id).await?;
@@ -900,10 +1325,26 @@ async fn instance_usage(
     Ok(Json(serde_json::to_value(usage).map_err(anyhow::Error::from)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "billing",
+    operation_id = "all_usage",
+    summary = "Usage of every instance the caller may see, a page at a time",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant's"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "A page of usage", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
 async fn all_usage(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Value>> {
     let (instances, next) = visible_instances(&node, &caller, &query, Platform::BillingRead).await?;
     let mut usage = Vec::new();

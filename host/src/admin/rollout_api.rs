@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::extract::{ApiPath, Object};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -19,12 +20,23 @@ use crate::rollout;
 /// Longest a caller may ask stage or promote to wait for the nodes.
 const MAX_WAIT_MS: u64 = 120_000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "fleet",
+    operation_id = "nodes",
+    summary = "The fleet: live nodes and their generations (operators)",
+    responses(
+        (status = 200, description = "The nodes", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn nodes(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::NodeRead)?;
     Ok(Json(json!({ "this_node": node.fleet.id, "nodes": rollout::nodes(&node.db).await? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Stage {
     version: String,
@@ -42,11 +54,26 @@ fn wait(ms: Option<u64>, default: u64) -> ApiResult<Duration> {
 
 /// Every live node fetches and compiles the version; wait until each reports it
 /// ready (or failed).
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/stage",
+    tag = "fleet",
+    operation_id = "stage",
+    summary = "Compile a version on every node without serving it (operators)",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    request_body = Stage,
+    responses(
+        (status = 200, description = "Each node's readiness", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn stage(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
-    payload: Result<Json<Stage>, JsonRejection>,
+    ApiPath(service): ApiPath<String>,
+    payload: Result<Json<Object<Stage>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Stage { version, wait_ms } = body(payload)?;
@@ -55,7 +82,7 @@ pub(crate) async fn stage(
     Ok(Json(serde_json::to_value(staged).map_err(anyhow::Error::from)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Promote {
     version: String,
@@ -63,32 +90,62 @@ pub(crate) struct Promote {
     wait_ms: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rollback {
     #[serde(default)]
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/promote",
+    tag = "fleet",
+    operation_id = "promote",
+    summary = "Make a staged version active on every node (operators)",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    request_body = Promote,
+    responses(
+        (status = 200, description = "The promotion", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn promote(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
-    payload: Result<Json<Promote>, JsonRejection>,
+    ApiPath(service): ApiPath<String>,
+    payload: Result<Json<Object<Promote>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Promote { version, wait_ms } = body(payload)?;
     promote_to(&node, &caller.email, &service, &version, "promote", wait(wait_ms, 10_000)?).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/rollback",
+    tag = "fleet",
+    operation_id = "rollback",
+    summary = "Make the previous version active again (operators)",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    request_body = Rollback,
+    responses(
+        (status = 200, description = "The rollback", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn rollback(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
-    payload: Result<Json<Rollback>, JsonRejection>,
+    ApiPath(service): ApiPath<String>,
+    payload: Result<Json<Object<Rollback>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
-    let Rollback { wait_ms } = payload.map(|Json(r)| r).unwrap_or_default();
+    let Rollback { wait_ms } = payload.map(|Json(Object(r))| r).unwrap_or_default();
     let previous = node.rollout.previous(&service).await?;
     promote_to(&node, &caller.email, &service, &previous, "rollback", wait(wait_ms, 10_000)?).await
 }
@@ -110,7 +167,7 @@ async fn promote_to(
     Ok(Json(serde_json::to_value(promoted).map_err(anyhow::Error::from)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Canary {
     version: String,
@@ -121,11 +178,26 @@ pub(crate) struct Canary {
 }
 
 /// Promote a version to chosen instances, or a share of them, first.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/canary",
+    tag = "fleet",
+    operation_id = "canary",
+    summary = "Pin chosen instances (or a percent) to a version first (operators)",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    request_body = Canary,
+    responses(
+        (status = 200, description = "The canary", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn canary(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
-    payload: Result<Json<Canary>, JsonRejection>,
+    ApiPath(service): ApiPath<String>,
+    payload: Result<Json<Object<Canary>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Canary { version, instances, percent } = body(payload)?;
@@ -137,10 +209,24 @@ pub(crate) async fn canary(
 }
 
 /// End a canary: its instances follow the active version again.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}/canary",
+    tag = "fleet",
+    operation_id = "abort_canary",
+    summary = "End a canary: its instances follow the active version again",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    responses(
+        (status = 200, description = "Ended", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn abort_canary(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
+    ApiPath(service): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let released = node.rollout.end_canary(&service).await?;
@@ -149,10 +235,24 @@ pub(crate) async fn abort_canary(
 }
 
 /// Where each version of a service stands on each live node.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/rollout",
+    tag = "fleet",
+    operation_id = "status",
+    summary = "Each version per node: ready, active, requests, errors, pins, history",
+    params(
+        ("name" = String, Path, description = "The service's name"),
+    ),
+    responses(
+        (status = 200, description = "The rollout", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn status(
     State(node): State<Arc<AdminState>>,
     Authed(caller): Authed,
-    Path(service): Path<String>,
+    ApiPath(service): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     Ok(Json(node.rollout.status(&service).await?))

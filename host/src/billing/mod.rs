@@ -83,7 +83,7 @@ fn million() -> i64 {
 }
 
 /// A plan's prices, in minor units of `currency`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prices {
     /// ISO 4217 code, e.g. `USD`.
@@ -248,7 +248,7 @@ fn event_of(row: EventRow) -> SubscriptionEvent {
 }
 
 /// Who a tenant's invoices are addressed to.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Details {
     #[serde(default)]
@@ -312,7 +312,7 @@ pub struct Discount {
 }
 
 /// A discount to create.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDiscount {
     #[serde(default)]
@@ -321,6 +321,7 @@ pub struct NewDiscount {
     pub service: Option<String>,
     /// A percentage, as a decimal string (`"12.5"`) or number.
     #[serde(default)]
+    #[schema(schema_with = crate::clock::number_or_text_schema)]
     pub percent: Option<serde_json::Value>,
     #[serde(default)]
     pub amount: Option<i64>,
@@ -328,8 +329,10 @@ pub struct NewDiscount {
     pub currency: Option<String>,
     /// Unix seconds or `2027-01-10[T08:00Z]`; default now.
     #[serde(default)]
+    #[schema(schema_with = crate::clock::time_or_null_schema)]
     pub starts_at: Option<serde_json::Value>,
     #[serde(default)]
+    #[schema(schema_with = crate::clock::time_or_null_schema)]
     pub ends_at: Option<serde_json::Value>,
     #[serde(default)]
     pub description: Option<String>,

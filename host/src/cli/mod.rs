@@ -75,6 +75,9 @@ pub enum Command {
     Canary(rollout::CanaryCommand),
     /// The nodes of the platform.
     Nodes,
+    /// Print the admin API's OpenAPI 3.1 description (what a node serves at
+    /// GET /v1/openapi.json), e.g. to generate a client.
+    Openapi,
     /// Back up this node's whole state while it serves (operators): the
     /// control plane and every instance's databases, each a consistent copy,
     /// into DIR on the node's machine (new or empty). Single nodes (SQLite);
@@ -504,6 +507,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(*args).await,
+            Command::Openapi => {
+                println!("{}", crate::admin::openapi_document());
+                Ok(())
+            }
             Command::Restore { from, data_dir } => {
                 let manifest = crate::backup::restore(&from, &data_dir)?;
                 let out = output::Output { json: cli.json };
@@ -611,7 +618,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 async fn run_client(client: &Client, admin_url: &str, command: Command, json: bool) -> anyhow::Result<()> {
     let out = output::Output { json };
     match command {
-        Command::Serve(_) | Command::Restore { .. } => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Restore { .. } | Command::Openapi => unreachable!("handled by run"),
         Command::Backup { dir } => {
             let dir = std::path::absolute(&dir).context("cannot resolve the backup directory")?;
             eprintln!("backing up into {} …", dir.display());

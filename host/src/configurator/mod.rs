@@ -180,7 +180,7 @@ pub struct SetupInfo {
 }
 
 /// What to create.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInstance {
     pub tenant: String,
@@ -201,11 +201,12 @@ pub struct NewInstance {
     pub settings: BTreeMap<String, String>,
     /// End of a trial or prepaid period (operators): Unix seconds or a UTC date.
     #[serde(default, deserialize_with = "crate::clock::time_opt")]
+    #[schema(schema_with = crate::clock::time_or_null_schema)]
     pub ends_at: Option<i64>,
 }
 
 /// What to change; absent fields stay as they are.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceChange {
     /// Replace the hostnames.
@@ -225,6 +226,7 @@ pub struct InstanceChange {
     pub enabled: Option<bool>,
     /// Set (a time) or remove (`null`) the end of a trial or prepaid period (operators).
     #[serde(default, deserialize_with = "crate::clock::time_change")]
+    #[schema(schema_with = crate::clock::time_or_null_schema)]
     pub ends_at: Option<Option<i64>>,
 }
 
