@@ -176,3 +176,49 @@ async fn refusals_keep_the_json_error_shape_and_nul_never_reaches_the_database()
     // Nothing was created or changed by the refused requests.
     assert_eq!(node.admin(reqwest::Method::GET, "/v1/tenants/nul-co", None).await.0, StatusCode::NOT_FOUND);
 }
+
+/// `/docs`: the reference drawn in a browser from the served description, every
+/// operation shown, under the dashboard's strict Content Security Policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_page_shows_every_operation_in_a_browser() {
+    use crate::browser::{chromium, Browser};
+    let node = TestNode::start().await;
+    let page = node.http.get(format!("{}/docs", node.admin_url())).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/docs/docs.js") && !html.contains("<script>"), "{html}");
+    let script = node.http.get(format!("{}/docs/docs.js", node.admin_url())).send().await.unwrap();
+    assert!(!script.text().await.unwrap().contains("innerHTML"), "the page never parses the description as HTML");
+
+    let Some(binary) = chromium() else {
+        assert!(
+            std::env::var("WHARF_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "Chromium is needed for the reference page's test: apt-get install chromium"
+        );
+        eprintln!("SKIPPED: the reference page in a browser (no Chromium)");
+        return;
+    };
+    let doc: Value = serde_json::from_str(wharf::admin::openapi_document()).unwrap();
+    let operations: usize =
+        doc["paths"].as_object().unwrap().values().map(|item| item.as_object().unwrap().len()).sum();
+    let mut browser = Browser::start(&binary).await;
+    browser.navigate(&format!("{}/docs", node.admin_url())).await;
+    let shown = browser.wait_for("document.body.dataset.operations", "the operations drawn").await;
+    assert_eq!(shown.as_str().unwrap().parse::<usize>().unwrap(), operations);
+    // An operation with its parameters, body fields and answers.
+    let create = browser
+        .eval(r#"document.querySelector('section[data-method="post"][data-path="/v1/instances"]').innerText"#)
+        .await;
+    let create = create.as_str().unwrap();
+    for expected in ["/v1/instances", "Create an instance", "tenant", "required", "hosts", "201", "default"] {
+        assert!(create.contains(expected), "{expected:?} missing from:\n{create}");
+    }
+    let login =
+        browser.eval(r#"document.querySelector('section[data-method="post"][data-path="/v1/login"]').innerText"#).await;
+    assert!(login.as_str().unwrap().contains("no credential"), "{login}");
+    let text = browser.text().await;
+    assert!(text.contains("ErrorBody") && text.contains("Schemas"), "{text}");
+    assert!(browser.problems.is_empty(), "script errors or CSP violations: {:?}", browser.problems);
+}

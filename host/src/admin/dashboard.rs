@@ -4,7 +4,8 @@
 //! no data: its script asks the admin API with the caller's bearer token (kept
 //! in the tab's session storage, never in a cookie, so no other site can act
 //! with it) and builds what it shows from text nodes. A strict Content Security
-//! Policy allows only the page's own script and style.
+//! Policy allows only the page's own script and style. `/docs` is the admin
+//! API's reference, drawn the same way from `/v1/openapi.json`.
 
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -15,6 +16,9 @@ use http::HeaderValue;
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/app.css");
+const DOCS_INDEX: &str = include_str!("docs/index.html");
+const DOCS_SCRIPT: &str = include_str!("docs/docs.js");
+const DOCS_STYLE: &str = include_str!("docs/docs.css");
 
 /// What the page may load: its own script, style and API, nothing inline,
 /// nothing framed, no form posted elsewhere.
@@ -28,6 +32,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/dashboard/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/dashboard/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        // The admin API's reference for people, drawn from `/v1/openapi.json`.
+        .route("/docs", get(|| async { asset("text/html; charset=utf-8", DOCS_INDEX) }))
+        .route("/docs/docs.js", get(|| async { asset("text/javascript; charset=utf-8", DOCS_SCRIPT) }))
+        .route("/docs/docs.css", get(|| async { asset("text/css; charset=utf-8", DOCS_STYLE) }))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -627,7 +627,7 @@ struct NewTenant {
     summary = "Create a tenant: its creator owns it",
     request_body = NewTenant,
     responses(
-        (status = 201, description = "The tenant", body = Object, content_type = "application/json"),
+        (status = 201, description = "The tenant", body = crate::configurator::Tenant, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -682,7 +682,7 @@ fn next_cursor<T>(items: &[T], page: &Page, key: impl Fn(&T) -> &str) -> Value {
         ("limit" = Option<i64>, Query, description = "Page size (default 100, at most 1000)"),
     ),
     responses(
-        (status = 200, description = "A page of tenants and the next cursor", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of tenants and the next cursor", body = openapi::TenantPage, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -708,7 +708,7 @@ async fn list_tenants(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The tenant", body = Object, content_type = "application/json"),
+        (status = 200, description = "The tenant", body = crate::configurator::Tenant, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -967,7 +967,7 @@ async fn set_user_quota(
     summary = "Create an instance of a service for a tenant",
     request_body = crate::configurator::NewInstance,
     responses(
-        (status = 201, description = "The instance", body = Object, content_type = "application/json"),
+        (status = 201, description = "The instance", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1038,7 +1038,7 @@ async fn instance_for(
         ("limit" = Option<i64>, Query, description = "Page size (default 100, at most 1000)"),
     ),
     responses(
-        (status = 200, description = "A page of instances and the next cursor", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of instances and the next cursor", body = openapi::InstancePage, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1061,7 +1061,7 @@ async fn list_instances(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The instance", body = Object, content_type = "application/json"),
+        (status = 200, description = "The instance", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1095,7 +1095,7 @@ async fn get_instance(
     ),
     request_body = crate::configurator::InstanceChange,
     responses(
-        (status = 200, description = "The instance", body = Object, content_type = "application/json"),
+        (status = 200, description = "The instance", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1140,7 +1140,7 @@ struct DeleteQuery {
         ("now" = Option<bool>, Query, description = "Destroy its data at once (operators)"),
     ),
     responses(
-        (status = 202, description = "Deleted", body = Object, content_type = "application/json"),
+        (status = 202, description = "Deleted", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1216,7 +1216,7 @@ struct ImportQuery {
     ),
     request_body(content = Vec<u8>, content_type = "application/x-tar", description = "An export of `GET /v1/instances/{id}/export`"),
     responses(
-        (status = 201, description = "The new instance", body = Object, content_type = "application/json"),
+        (status = 201, description = "The new instance", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1249,7 +1249,7 @@ async fn import_instance(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "Restored", body = Object, content_type = "application/json"),
+        (status = 200, description = "Restored", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1283,7 +1283,7 @@ struct VerifyHost {
     ),
     request_body = VerifyHost,
     responses(
-        (status = 200, description = "The instance", body = Object, content_type = "application/json"),
+        (status = 200, description = "The instance", body = crate::configurator::Instance, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]

@@ -24,6 +24,24 @@ pub struct Upload {
     component: Vec<u8>,
 }
 
+/// A page of tenants.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TenantPage {
+    tenants: Vec<crate::configurator::Tenant>,
+    /// The cursor of the next page (`?after=`), or null on the last.
+    next: Option<String>,
+}
+
+/// A page of instances.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InstancePage {
+    instances: Vec<crate::configurator::Instance>,
+    /// The cursor of the next page (`?after=`), or null on the last.
+    next: Option<String>,
+}
+
 struct Bearer;
 
 impl Modify for Bearer {

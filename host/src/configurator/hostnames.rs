@@ -35,7 +35,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CHALLENGE_BYTES: usize = 1024;
 
 /// A claimed hostname awaiting proof, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PendingHost {
     pub hostname: String,
     pub token: String,

@@ -101,7 +101,7 @@ impl From<sqlx::Error> for ConfigError {
 const MAX_HOSTS: usize = 100;
 
 /// A tenant as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub display_name: String,
@@ -116,7 +116,7 @@ pub struct Tenant {
 const TENANT_COLUMNS: &str = "id, display_name, created_at, deleted_at, purge_at";
 
 /// An instance as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Instance {
     pub id: String,
     /// Unique within the tenant; names the instance under the platform domains.
@@ -163,7 +163,7 @@ pub struct Instance {
 }
 
 /// Where an instance's setup stands, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SetupInfo {
     /// `ready`, `migrating` (in maintenance: 503) or `failed` (serving its
     /// settled version; retry the setup job).
