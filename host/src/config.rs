@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// How often usage counters are written to the database.
     pub usage_flush_interval: Duration,
+    /// How often the dashboard's history takes a point (it keeps 360).
+    pub history_interval: Duration,
     /// Append each request's usage to a local journal before counting it
     /// (default), so a killed node loses none; `false` keeps it in memory
     /// until the next flush (for comparison benchmarks).
@@ -379,6 +381,7 @@ impl NodeConfig {
             db_threads: 4,
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
+            history_interval: Duration::from_secs(10),
             usage_journal: true,
             deletion_grace: Duration::from_secs(7 * 86_400),
             init_admin: None,

@@ -319,6 +319,12 @@ fn spawn(
     let purge_every =
         config.deletion_grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
     tasks.push(tokio::spawn(purge_deleted(node.configurator.clone(), purge_every, watcher.clone())));
+    tasks.push(tokio::spawn(keep_history(
+        node.metrics.clone(),
+        node.queue.clone(),
+        config.history_interval,
+        watcher.clone(),
+    )));
     tasks.push(tokio::spawn(flush_usage(node.usage.clone(), config.usage_flush_interval, watcher)));
     (shutdown, tasks)
 }
@@ -356,6 +362,33 @@ async fn purge_deleted(configurator: Arc<Configurator>, every: std::time::Durati
 }
 
 /// Apply the usage journal to the control plane every `every`, until `stop`.
+/// Take a point of the dashboard's history every `every`: this node's requests
+/// per version, and the platform's job queue (left out when the control plane
+/// does not answer within a second).
+async fn keep_history(
+    metrics: Arc<crate::metrics::Metrics>,
+    queue: Arc<crate::jobs::Queue>,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+        let depth = tokio::time::timeout(std::time::Duration::from_secs(1), queue.stats(None)).await;
+        let depth = match depth {
+            Ok(Ok(services)) => Some(services.iter().fold((0, 0), |(q, r), s| (q + s.queued, r + s.running))),
+            _ => None,
+        };
+        let now = crate::store::now_millis() as f64 / 1000.0;
+        metrics.history.sample(&metrics, now, depth);
+    }
+}
+
 async fn flush_usage(usage: Arc<Usage>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(every);
     loop {

@@ -240,3 +240,120 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
 fn client_no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
+
+/// The charts: real traffic on two versions with a promotion between them, a
+/// queue of jobs and the usage ledger, drawn by uPlot under the page's strict
+/// policy; checked by the values each chart was given and by the pixels of
+/// the first series' color on its canvas, not by a canvas existing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_draw_real_traffic_with_the_promotion_marked() {
+    let node = TestNode::start_with(|config| config.history_interval = Duration::from_millis(250)).await;
+    let history = node.admin(Method::GET, "/v1/node/history", None).await;
+    assert_eq!(history.0, StatusCode::OK, "{}", history.1);
+    publish_site(&node, "1.0.0").await;
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "site", &["acme.test"]).await;
+    wait_serving(&node, "acme.test").await;
+    let node = &node;
+    let traffic = |n: usize| async move {
+        for _ in 0..n {
+            assert_eq!(node.get("acme.test", "/").await.0, StatusCode::OK);
+        }
+    };
+    traffic(60).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publish_site(&node, "2.0.0").await;
+    let (status, body) = node.admin(Method::POST, "/v1/services/site/stage", Some(json!({ "version": "2.0.0" }))).await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) =
+        node.admin(Method::POST, "/v1/services/site/promote", Some(json!({ "version": "2.0.0" }))).await;
+    assert!(status.is_success(), "{body}");
+    wait_serving(&node, "acme.test").await;
+    traffic(60).await;
+    // Jobs waiting a while: the queue's depth.
+    let resp = node
+        .http
+        .post(format!("http://{}/enqueue", node.ingress()))
+        .query(&[("kind", "noop"), ("n", "5"), ("delay_ms", "60000")])
+        .header("host", "acme.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // Both versions and the queue are in the history.
+    let started = Instant::now();
+    loop {
+        let history = node.get_admin("/v1/node/history").await;
+        let versions: Vec<&str> =
+            history["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+        let queued = history["queued"].as_array().unwrap().iter().filter_map(Value::as_i64).max().unwrap_or(0);
+        if versions.contains(&"1.0.0") && versions.contains(&"2.0.0") && queued >= 5 {
+            let total: u64 = history["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|v| v["requests"].as_array().unwrap().iter().filter_map(Value::as_u64))
+                .sum();
+            assert!(total >= 120, "every request counted once: {total} {history}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{history}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let Some(binary) = chromium() else {
+        assert!(
+            std::env::var("WHARF_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "Chromium is needed for the dashboard test: apt-get install chromium"
+        );
+        eprintln!("SKIPPED: the charts in a browser (no Chromium; apt-get install chromium)");
+        return;
+    };
+    let mut browser = Browser::start(&binary).await;
+    browser.navigate(&format!("{}/dashboard", node.admin_url())).await;
+    browser.wait_for("!document.getElementById('login').hidden", "the login form").await;
+    browser
+        .eval(&format!(
+            "(() => {{ const f = document.getElementById('login-form'); f.key.value = {}; f.requestSubmit(); return true; }})()",
+            js(&node.admin_key)
+        ))
+        .await;
+    let chart = |title: &str| format!("document.querySelector('#charts[data-state=ok] [data-chart^={}]')", js(title));
+    browser.wait_for(&format!("{}.dataset.marks >= 1", chart("Requests")), "the promotion marked").await;
+    let series = browser.eval(&format!("{}.dataset.series", chart("Requests"))).await;
+    let series = series.as_str().unwrap();
+    assert!(series.contains("site 1.0.0") && series.contains("site 2.0.0"), "{series}");
+    for title in ["Requests", "Latency", "Job queue"] {
+        let values = browser.eval(&format!("Number({}.dataset.values)", chart(title))).await;
+        assert!(values.as_f64().unwrap() >= 2.0, "{title}: {values}");
+    }
+    // The ledger's hour shows once usage is flushed (every second).
+    browser
+        .wait_for(
+            &format!("Number(({}) && {}.dataset.values) >= 1", chart("Requests and fuel"), chart("Requests and fuel")),
+            "the usage ledger's hour",
+        )
+        .await;
+    // Each version's line is drawn: pixels of its color (the palette's first
+    // and third, 5xx lines sharing them dashed) on the canvas.
+    for (version, (r, g, b)) in [("1.0.0", (27, 106, 201)), ("2.0.0", (179, 38, 30))] {
+        let drawn = browser
+            .eval(&format!(
+                "(() => {{ const c = {}.querySelector('canvas'); \
+                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; \
+                 for (let i = 0; i < d.length; i += 4) {{ if (d[i+3] > 200 && Math.abs(d[i] - {r}) < 40 && \
+                 Math.abs(d[i+1] - {g}) < 40 && Math.abs(d[i+2] - {b}) < 40) n++; }} return n; }})()",
+                chart("Requests")
+            ))
+            .await;
+        assert!(drawn.as_u64().unwrap() >= 10, "{version}'s line is drawn: {drawn} pixels of its color");
+    }
+    if let Ok(file) = std::env::var("WHARF_SCREENSHOT") {
+        browser.eval("document.getElementById('charts').scrollIntoView()").await;
+        let shot = browser.send("Page.captureScreenshot", json!({ "format": "png" })).await;
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(file, png).unwrap();
+    }
+    assert!(browser.problems.is_empty(), "script errors or CSP violations: {:?}", browser.problems);
+}

@@ -16,6 +16,9 @@ use http::HeaderValue;
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/app.css");
+/// uPlot 1.6.32 (MIT, `dashboard/vendor/LICENSE-uPlot`), from the npm registry.
+const UPLOT_SCRIPT: &str = include_str!("dashboard/vendor/uPlot.iife.min.js");
+const UPLOT_STYLE: &str = include_str!("dashboard/vendor/uPlot.min.css");
 const DOCS_INDEX: &str = include_str!("docs/index.html");
 const DOCS_SCRIPT: &str = include_str!("docs/docs.js");
 const DOCS_STYLE: &str = include_str!("docs/docs.css");
@@ -32,6 +35,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/dashboard/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/dashboard/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route(
+            "/dashboard/vendor/uPlot.iife.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_SCRIPT) }),
+        )
+        .route("/dashboard/vendor/uPlot.min.css", get(|| async { asset("text/css; charset=utf-8", UPLOT_STYLE) }))
         // The admin API's reference for people, drawn from `/v1/openapi.json`.
         .route("/docs", get(|| async { asset("text/html; charset=utf-8", DOCS_INDEX) }))
         .route("/docs/docs.js", get(|| async { asset("text/javascript; charset=utf-8", DOCS_SCRIPT) }))

@@ -127,6 +127,7 @@ pub fn router(node: Arc<AdminState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/node", get(node_info))
+        .route("/v1/node/history", get(node_history))
         .route("/metrics", get(metrics_api::metrics))
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/v1/services", get(list_services))
@@ -402,6 +403,25 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
             "heap_limit_bytes": crate::instancedb::SQLITE_HEAP_LIMIT,
         },
     })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/node/history",
+    tag = "node",
+    operation_id = "node_history",
+    summary = "This node's last hour for the dashboard's charts: per service version, requests, server errors and latency percentiles per interval; the platform's job queue (operators)",
+    responses(
+        (status = 200, description = "The points in columns (times in Unix seconds; null where a version had no requests)", body = Object, content_type = "application/json"),
+        (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
+    ),
+)]
+async fn node_history(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
+    node.access.require_operator(&caller, Platform::NodeRead)?;
+    let charted = node.metrics.history.charted();
+    let mut value = serde_json::to_value(charted).map_err(anyhow::Error::from)?;
+    value["interval_seconds"] = json!(node.config.history_interval.as_secs_f64());
+    Ok(Json(value))
 }
 
 #[utoipa::path(

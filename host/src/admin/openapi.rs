@@ -107,6 +107,7 @@ impl Modify for Bearer {
         super::healthz,
         super::readyz,
         super::node_info,
+        super::node_history,
         super::metrics_api::metrics,
         super::list_services,
         super::get_service,

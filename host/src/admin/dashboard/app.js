@@ -14,6 +14,10 @@ const MAX_TENANTS = 20;
 
 const state = {
   me: null,
+  // uPlot charts shown now (destroyed when redrawn).
+  plots: [],
+  changes: [],
+  chartInstance: null,
   busy: false,
   again: false,
   // Bumped when the caller changes (log in, log out): what an earlier caller's
@@ -221,7 +225,7 @@ async function refresh() {
   try {
     await Promise.all([
       panel('nodes', nodesPanel),
-      panel('services', servicesPanel),
+      panel('services', servicesPanel).then(() => panel('charts', chartsPanel)),
       panel('instances', instancesPanel),
       panel('jobs', jobsPanel),
       panel('usage', usagePanel),
@@ -284,6 +288,8 @@ async function servicesPanel() {
       el('td', {}, s.name), el('td', {}, s.active_version || ''), el('td', {}, s.versions.map((v) => v.version).join(', ')))));
   }
   const rollouts = await Promise.all(services.map((s) => api('GET', `/v1/services/${path(s.name)}/rollout`)));
+  // Promotions and rollbacks, marked on the charts.
+  state.changes = rollouts.flatMap((r, i) => (r.history || []).map((h) => ({ ...h, service: services[i].name })));
   return el('div', {}, rollouts.map(rolloutOf));
 }
 
@@ -339,6 +345,101 @@ function promoted(service, res) {
   const pending = res.pending && res.pending.length ? `; not yet acknowledged by ${res.pending.join(', ')}` : '';
   return `${service} now runs ${res.version} (was ${res.previous || 'none'}), acknowledged by ` +
     `${res.acknowledged.length} node(s) in ${res.took_ms} ms${pending}.`;
+}
+
+// Charts (uPlot, served by the node): this node's requests and errors per
+// service version with promotions and rollbacks marked, latency percentiles,
+// the platform's job queue, and an instance's hourly usage from the ledger.
+const PALETTE = ['#1b6ac9', '#2a7d3a', '#b3261e', '#9a6700', '#7b3fb0', '#00838f', '#c2185b', '#5d4037'];
+
+function chart(title, unit, times, series, marks) {
+  const box = el('div', { class: 'chart', 'data-chart': title });
+  const width = Math.max(320, Math.min(1300, (document.querySelector('main') || document.body).clientWidth - 40));
+  const opts = {
+    title, width, height: 200,
+    series: [{}, ...series.map((s, i) => ({
+      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 1.5, dash: s.dash, spanGaps: false,
+      points: { show: times.length < 40 },
+    }))],
+    axes: [{}, { label: unit, size: 60 }],
+    scales: { x: { time: true } },
+    hooks: { draw: [(u) => {
+      // Promotions and rollbacks: a vertical line with its version.
+      const { ctx } = u;
+      ctx.save();
+      ctx.font = `${11 * devicePixelRatio}px system-ui`;
+      for (const m of marks || []) {
+        const x = u.valToPos(m.at, 'x', true);
+        if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+        ctx.strokeStyle = m.kind === 'rollback' ? '#b3261e' : '#9a6700';
+        ctx.fillStyle = ctx.strokeStyle;
+        ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
+        ctx.fillText(m.label, x + 3, u.bbox.top + 12 * devicePixelRatio);
+      }
+      ctx.restore();
+    }] },
+  };
+  const data = [times, ...series.map((s) => s.values)];
+  const plot = new uPlot(opts, data, box);
+  const drawn = series.reduce((n, s) => n + s.values.filter((v) => v !== null && v !== undefined).length, 0);
+  box.setAttribute('data-series', series.map((s) => s.label).join('|'));
+  box.setAttribute('data-values', String(drawn));
+  box.setAttribute('data-marks', String((marks || []).length));
+  state.plots.push(plot);
+  return box;
+}
+
+async function chartsPanel() {
+  if (typeof uPlot === 'undefined') return el('p', { class: 'bad' }, 'the chart library did not load');
+  const history = await api('GET', '/v1/node/history');
+  for (const p of state.plots.splice(0)) p.destroy();
+  const times = history.times;
+  const perSecond = (n) => (n === null ? null : n / history.interval_seconds);
+  const label = (v) => `${v.service} ${v.version}`;
+  const first = times[0] || 0;
+  const marks = (state.changes || [])
+    .map((h) => ({ at: Math.floor((h.at_ms || 0) / 1000), kind: h.kind, label: `${h.kind} ${h.service} ${h.version || ''}` }))
+    .filter((m) => m.at >= first);
+  const parts = [el('p', { class: 'hint' },
+    `One point every ${history.interval_seconds} s over the last hour, counted by this node (each node keeps its own; Prometheus has the fleet's).`)];
+  if (!times.length) {
+    parts.push(el('p', { class: 'muted' }, 'No points yet.'));
+    return el('div', {}, parts);
+  }
+  // Each version its own color, two apart in the palette, so versions side by
+  // side during a rollout never look alike.
+  const color = (i) => PALETTE[(i * 2) % PALETTE.length];
+  parts.push(chart('Requests and server errors per second', 'req/s', times, history.versions.flatMap((v, i) => [
+    { label: label(v), values: v.requests.map(perSecond), color: color(i) },
+    { label: `${label(v)} 5xx`, values: v.errors.map(perSecond), color: color(i), dash: [4, 4] },
+  ]), marks));
+  parts.push(chart('Latency (arrival to response head)', 'ms', times, history.versions.flatMap((v, i) => [
+    { label: `${label(v)} p50`, values: v.p50_ms, color: color(i) },
+    { label: `${label(v)} p95`, values: v.p95_ms, color: color(i), dash: [6, 3] },
+    { label: `${label(v)} p99`, values: v.p99_ms, color: color(i), dash: [2, 3] },
+  ]), marks));
+  parts.push(chart('Job queue (the platform\'s)', 'jobs', times, [
+    { label: 'queued', values: history.queued }, { label: 'running', values: history.running },
+  ], []));
+  // An instance's hours from the usage ledger (what billing counts).
+  const { instances } = await api('GET', '/v1/instances?limit=200');
+  if (instances.length) {
+    if (!instances.some((i) => i.id === state.chartInstance)) state.chartInstance = instances[0].id;
+    const pick = el('select', { 'aria-label': 'instance' }, instances.map((i) => {
+      const option = el('option', { value: i.id }, `${i.tenant} / ${i.name}`);
+      if (i.id === state.chartInstance) option.selected = true;
+      return option;
+    }));
+    pick.addEventListener('change', () => { state.chartInstance = pick.value; refresh(); });
+    const ledger = await api('GET', `/v1/instances/${path(state.chartInstance)}/usage/hourly`);
+    const rows = ledger.rows || ledger.hours || [];
+    parts.push(el('h3', {}, 'Usage per hour of ', pick));
+    parts.push(chart('Requests and fuel per hour (usage ledger)', 'per hour', rows.map((r) => r.hour), [
+      { label: 'requests', values: rows.map((r) => r.requests) },
+      { label: 'fuel (millions)', values: rows.map((r) => (r.fuel === undefined ? null : r.fuel / 1e6)) },
+    ], []));
+  }
+  return el('div', {}, parts);
 }
 
 async function instancesPanel() {

@@ -11,7 +11,10 @@
 //! [`MAX_VERSION_SERIES`] versions' series, and versions past that count under
 //! `service="_other", version="_other"`. Status is a class (`2xx`…`5xx`).
 
+pub mod history;
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +113,9 @@ fn class(status: u16) -> usize {
 pub struct VersionSeries {
     status: [Counter; 5],
     latency: Histogram,
+    /// The histogram's counts again, per bucket (then +Inf), for the
+    /// dashboard's history: the histogram itself cannot be read back.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     outcomes: [Counter; 9],
     fuel: Counter,
 }
@@ -117,8 +123,10 @@ pub struct VersionSeries {
 impl VersionSeries {
     /// A request this version answered with `status` after `elapsed`.
     pub fn request(&self, status: u16, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
         self.status[class(status)].inc();
-        self.latency.observe(elapsed.as_secs_f64());
+        self.latency.observe(seconds);
+        self.buckets[LATENCY_BUCKETS.partition_point(|bound| *bound < seconds)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A guest of this version ended with `outcome` after burning `fuel`.
@@ -163,6 +171,8 @@ pub struct Metrics {
     /// those answered 503 after waiting in vain.
     pub slot_waits: Counter,
     pub slot_timeouts: Counter,
+    /// The last hour, for the dashboard's charts.
+    pub history: history::History,
 }
 
 impl Default for Metrics {
@@ -180,6 +190,7 @@ impl Default for Metrics {
             guests_running: Gauge::default(),
             slot_waits: Counter::default(),
             slot_timeouts: Counter::default(),
+            history: history::History::default(),
         }
     }
 }
@@ -216,6 +227,7 @@ impl Metrics {
         let series = Arc::new(VersionSeries {
             status,
             latency: self.latency.get_or_create(&labels).clone(),
+            buckets: Default::default(),
             outcomes,
             fuel: self.fuel.get_or_create(&labels).clone(),
         });
