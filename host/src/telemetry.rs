@@ -8,10 +8,12 @@
 //!
 //! A client's W3C `traceparent` makes the request's span its child (one trace
 //! across the client and Wharf), and the guest sees a `traceparent` naming its
-//! own span. Whether a trace is exported is the node's decision (a ratio of trace
-//! ids, the same on every node), never the client's: a flag in a header cannot
-//! make a node export every request of a flood.
+//! own span. Whether a trace is exported is the node's decision, made before
+//! its first span (a ratio of trace ids, the same on every node; at random for
+//! requests without one), never the client's: a flag in a header cannot make a
+//! node export every request of a flood, and an unkept request makes no span.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -28,14 +30,70 @@ pub use opentelemetry::trace::TraceId;
 /// The target of every span of a trace.
 pub const TARGET: &str = "wharf::trace";
 
-/// A span of a request's or job's trace (disabled unless traces are exported).
-/// Takes what `tracing::info_span!` takes after its target.
+/// The root span of a trace (disabled unless traces are exported). Takes what
+/// `tracing::info_span!` takes after its target; the caller decides first
+/// whether the trace is kept ([`sample_request`], [`sample_root`]).
 macro_rules! trace_span {
     ($($arg:tt)*) => {
         tracing::info_span!(target: $crate::telemetry::TARGET, $($arg)*)
     };
 }
 pub(crate) use trace_span;
+
+/// A span within the current one: none when the current trace is not kept
+/// (or traces are off), so an unsampled request makes no spans at all.
+macro_rules! child_span {
+    ($($arg:tt)*) => {
+        if $crate::telemetry::exporting() && !tracing::Span::current().is_none() {
+            tracing::info_span!(target: $crate::telemetry::TARGET, $($arg)*)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub(crate) use child_span;
+
+/// Whether this process exports traces, and below which value of a trace id's
+/// low 64 bits (shifted right once) a trace is kept.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+static KEEP_BELOW: AtomicU64 = AtomicU64::new(0);
+
+/// Whether traces are exported at all.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+fn keep(low: u64) -> bool {
+    exporting() && (low >> 1) < KEEP_BELOW.load(Ordering::Relaxed)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// Whether a request's trace is kept: by the client's trace id when it sent a
+/// `traceparent` (the same choice on every node it reaches, whatever its
+/// "sampled" flag says), otherwise at random; at the configured ratio either
+/// way. Deciding before any span is made is what makes an unkept request cost
+/// nothing.
+pub fn sample_request(headers: &HeaderMap) -> bool {
+    if !exporting() {
+        return false;
+    }
+    let low = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(19..35))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+    keep(low.unwrap_or_else(random_u64))
+}
+
+/// Whether a trace starting here without a request (a job, a usage flush) is
+/// kept: at random, at the configured ratio.
+pub fn sample_root() -> bool {
+    exporting() && keep(random_u64())
+}
 
 /// Where and how a node exports its traces.
 #[derive(Clone, Debug)]
@@ -117,11 +175,15 @@ where
             KeyValue::new("service.instance.id", otlp.node.clone()),
         ])
         .build();
+    // Which traces are kept is decided before their first span (see
+    // `sample_request`): the SDK records every span it is given.
+    let ratio = otlp.sample_ratio.clamp(0.0, 1.0);
+    let keep_below = if ratio >= 1.0 { u64::MAX } else { (ratio * (1u64 << 63) as f64) as u64 };
+    KEEP_BELOW.store(keep_below, Ordering::Relaxed);
+    EXPORTING.store(true, Ordering::Relaxed);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        // By trace id alone, not the parent's flag: the same decision on every
-        // node and for every span of a trace, and none a client can force.
-        .with_sampler(Sampler::TraceIdRatioBased(otlp.sample_ratio.clamp(0.0, 1.0)))
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("wharf");
@@ -203,6 +265,24 @@ mod tests {
         assert!(traces_url("grpc://c:4317").unwrap_err().contains("OTLP/HTTP"));
         assert!(traces_url("http://:4318").is_err());
         assert!(traces_url("not a url").unwrap_err().contains("not a URL"));
+    }
+
+    #[test]
+    fn a_trace_is_kept_by_the_low_half_of_its_id() {
+        KEEP_BELOW.store(1 << 62, Ordering::Relaxed); // a ratio of one half
+        assert!(!sample_request(&HeaderMap::new()), "nothing is kept while not exporting");
+        EXPORTING.store(true, Ordering::Relaxed);
+        let with = |low: u64| {
+            let mut headers = HeaderMap::new();
+            let value = format!("00-abcd000000000000{low:016x}-00f067aa0ba902b7-01");
+            headers.insert("traceparent", HeaderValue::from_str(&value).unwrap());
+            sample_request(&headers)
+        };
+        assert!(with(1 << 20));
+        assert!(!with(u64::MAX - 1), "the client's sampled flag does not keep it");
+        let kept = (0..2000).filter(|_| sample_root()).count();
+        assert!((800..1200).contains(&kept), "about half at random: {kept}");
+        EXPORTING.store(false, Ordering::Relaxed);
     }
 
     #[test]

@@ -345,6 +345,11 @@ async fn the_node_decides_which_traces_are_exported_not_the_client() {
     for id in &dropped {
         assert!(!spans.iter().any(|s| &s.trace == id), "trace {id} was not to be exported");
     }
+    // An unkept request makes no span at all: no orphan guest or auth span
+    // starting a trace of its own.
+    for name in ["guest", "auth", "instantiate"] {
+        assert_eq!(spans.iter().filter(|s| s.name == name).count(), kept.len(), "{name} spans: {spans:#?}");
+    }
     let types = collector.content_types.lock().unwrap().clone();
     assert!(!types.is_empty() && types.iter().all(|c| c.contains("application/json")), "{types:?}");
 }

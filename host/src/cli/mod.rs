@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::NodeConfig;
 pub use client::read_manifest;
 use client::Client;
-pub use serve::{init_logging, ServeArgs};
+pub use serve::{init_logging, init_logging_with, LogFormat, ServeArgs};
 
 /// Wharf: host services written as WebAssembly components, for many tenants.
 #[derive(Debug, Parser)]

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::config::EdgeLimits;
 use crate::listener;
-use crate::telemetry::trace_span;
+use crate::telemetry::{child_span, trace_span};
 use body::{BodyPace, PacedBody};
 
 use crate::access::Access;
@@ -173,21 +173,25 @@ impl Ingress {
     ) -> hyper::Response<HyperOutgoingBody> {
         // The request's span, a child of the client's `traceparent` if any; it
         // ends when the guest is done (its children hold it).
-        let span = trace_span!(
-            "request",
-            otel.name = req.method().as_str(),
-            otel.kind = "server",
-            http.request.method = req.method().as_str(),
-            url.path = req.uri().path(),
-            server.address = Empty,
-            wharf.request_id = Empty,
-            wharf.tenant = Empty,
-            wharf.instance = Empty,
-            wharf.service = Empty,
-            wharf.version = Empty,
-            http.response.status_code = Empty,
-            otel.status_code = Empty,
-        );
+        let span = if crate::telemetry::sample_request(req.headers()) {
+            trace_span!(
+                "request",
+                otel.name = req.method().as_str(),
+                otel.kind = "server",
+                http.request.method = req.method().as_str(),
+                url.path = req.uri().path(),
+                server.address = Empty,
+                wharf.request_id = Empty,
+                wharf.tenant = Empty,
+                wharf.instance = Empty,
+                wharf.service = Empty,
+                wharf.version = Empty,
+                http.response.status_code = Empty,
+                otel.status_code = Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         crate::telemetry::adopt_remote_parent(&span, req.headers());
         let response = self.steps(req, after_flush, &span).instrument(span.clone()).await;
         let status = response.status().as_u16();
@@ -228,7 +232,7 @@ impl Ingress {
             span.record("wharf.service", &*version.service);
             span.record("wharf.version", &*version.version);
         }
-        let auth = trace_span!("auth", wharf.caller = Empty, http.response.status_code = Empty);
+        let auth = child_span!("auth", wharf.caller = Empty, http.response.status_code = Empty);
         let caller = match self.authorize(&req, &route, &version, request_id).instrument(auth.clone()).await {
             Ok(caller) => {
                 auth.record("wharf.caller", if caller.is_some() { "member" } else { "anonymous" });
@@ -414,7 +418,7 @@ impl Ingress {
         tally: Arc<Tally>,
         request_id: u64,
     ) -> Handled {
-        let span = trace_span!(
+        let span = child_span!(
             "guest",
             wharf.fuel = Empty,
             wharf.outcome = Empty,

@@ -172,7 +172,7 @@ impl InstanceDb {
         call: impl std::future::Future<Output = Result<T, String>>,
     ) -> Result<T, String> {
         use tracing::Instrument;
-        let span = crate::telemetry::trace_span!(
+        let span = crate::telemetry::child_span!(
             "platform call",
             otel.name = operation,
             otel.kind = "client",

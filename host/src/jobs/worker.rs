@@ -144,20 +144,25 @@ fn start(
 ) {
     let runner = workers.clone();
     let setup = job.kind == SETUP_KIND;
-    let span = crate::telemetry::trace_span!(
-        parent: None,
-        "job",
-        otel.kind = "consumer",
-        wharf.job = %job.id,
-        wharf.kind = %job.kind,
-        wharf.attempt = job.attempts,
-        wharf.tenant = %job.tenant_id,
-        wharf.instance = %job.instance_id,
-        wharf.service = %job.service,
-        wharf.version = tracing::field::Empty,
-        wharf.outcome = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
+    // A trace of its own, kept at the configured ratio.
+    let span = if crate::telemetry::sample_root() {
+        crate::telemetry::trace_span!(
+            parent: None,
+            "job",
+            otel.kind = "consumer",
+            wharf.job = %job.id,
+            wharf.kind = %job.kind,
+            wharf.attempt = job.attempts,
+            wharf.tenant = %job.tenant_id,
+            wharf.instance = %job.instance_id,
+            wharf.service = %job.service,
+            wharf.version = tracing::field::Empty,
+            wharf.outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
     let work = async move {
         let finish = run_one(&runner, &job).instrument(span.clone()).await;
         let (outcome, version) = match &finish {
@@ -410,7 +415,7 @@ fn pick_version(
 pub(crate) fn identity(route: &Route) -> RequestIdentity {
     let request_id = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([0; 8]));
     // Within the job's span (see `run_attempt`).
-    let span = crate::telemetry::trace_span!("guest", wharf.fuel = tracing::field::Empty);
+    let span = crate::telemetry::child_span!("guest", wharf.fuel = tracing::field::Empty);
     RequestIdentity::new(route.tenant.clone(), route.instance.clone(), request_id).traced(span)
 }
 

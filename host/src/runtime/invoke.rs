@@ -160,7 +160,7 @@ impl Runtime {
                         let started = Instant::now();
                         let proxy = pre
                             .instantiate_async(&mut store)
-                            .instrument(crate::telemetry::trace_span!("instantiate"))
+                            .instrument(crate::telemetry::child_span!("instantiate"))
                             .await?;
                         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                         starts.fresh.fetch_add(1, Ordering::Relaxed);

@@ -76,7 +76,7 @@ impl Runtime {
         store.set_epoch_deadline(1);
         let called = tokio::time::timeout(timeout, async {
             let instance =
-                worker.instantiate_async(&mut store).instrument(crate::telemetry::trace_span!("instantiate")).await?;
+                worker.instantiate_async(&mut store).instrument(crate::telemetry::child_span!("instantiate")).await?;
             let guest = instance.wharf_platform_worker();
             match &call {
                 JobCall::Run(job) => guest.call_run(&mut store, job).await,

@@ -276,7 +276,7 @@ impl jobs::Host for GuestState {
             max_attempts: options.max_attempts,
         };
         let deadline = tokio::time::Instant::from_std(self.deadline);
-        let span = crate::telemetry::trace_span!(
+        let span = crate::telemetry::child_span!(
             "platform call",
             otel.name = "jobs.enqueue",
             otel.kind = "producer",
