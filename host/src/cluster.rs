@@ -39,6 +39,8 @@ pub struct Follower {
     pub seen: Arc<Seen>,
     /// The version of this node's cached credentials and memberships.
     pub epoch: Arc<crate::identity::cache::Epoch>,
+    /// Catch-ups and failed reads, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Follow the platform's changes until `stop` is set.
@@ -98,6 +100,7 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 
 async fn catch_up_logged(node: &Follower) {
     if let Err(e) = catch_up(node).await {
+        node.metrics.control_plane_error(crate::metrics::ControlPlaneUse::Follow);
         tracing::warn!("failed to catch up with the platform: {e:#}");
     }
 }
@@ -124,9 +127,11 @@ pub async fn catch_up(node: &Follower) -> anyhow::Result<()> {
     if current <= seen {
         return Ok(());
     }
+    let behind = std::time::Instant::now();
     node.registry.refresh().await?;
     node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     node.seen.caught_up(current);
+    node.metrics.caught_up(behind.elapsed());
     // The acknowledgement a promotion waits for.
     node.fleet.ack(current).await?;
     node.fleet.wake.notify_one();

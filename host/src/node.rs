@@ -309,6 +309,7 @@ fn spawn(
                 fleet: node.fleet.clone(),
                 seen: node.generation.clone(),
                 epoch: node.identity.epoch.clone(),
+                metrics: node.metrics.clone(),
             };
             tasks.push(tokio::spawn(crate::cluster::follow(follower, watcher.clone())));
         }
@@ -382,7 +383,10 @@ async fn keep_history(
         let depth = tokio::time::timeout(std::time::Duration::from_secs(1), queue.stats(None)).await;
         let depth = match depth {
             Ok(Ok(services)) => Some(services.iter().fold((0, 0), |(q, r), s| (q + s.queued, r + s.running))),
-            _ => None,
+            _ => {
+                metrics.control_plane_error(crate::metrics::ControlPlaneUse::History);
+                None
+            }
         };
         let now = crate::store::now_millis() as f64 / 1000.0;
         metrics.history.sample(&metrics, now, depth);

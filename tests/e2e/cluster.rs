@@ -58,6 +58,11 @@ async fn two_nodes_share_one_platform() {
     within("node B serving 2.0.0", || async { !b.get("hello.acme.test", "/").await.1.contains("Hello from Wharf") })
         .await;
     eprintln!("activate on A -> first 2.0.0 response on B: {:?}", activated.elapsed());
+    // B counted the changes it applied, and how long each took.
+    let text = b.metrics().await;
+    let caught_up = crate::harness::sample(&text, "wharf_catch_up_seconds_count").unwrap_or(0.0);
+    assert!(caught_up >= 2.0, "B applied the instance and the activation: {text}");
+    assert!(!text.contains("wharf_control_plane_errors_total{"), "no failed reads: {text}");
 
     // A session revoked through A is refused by B; readiness reports caught up.
     let token = b.user("ann@acme.test").await;

@@ -198,11 +198,17 @@ async fn metrics_are_served_without_the_control_planes_series_when_it_fails() {
     let control = rusqlite::Connection::open(node.data.path().join("wharf.db")).unwrap();
     control.execute_batch("ALTER TABLE platform_generation RENAME TO broken").unwrap();
     let (status, _, text) = scrape(&node, Some(SCRAPE_TOKEN)).await;
+    // A change the admin API cannot record (it bumps the generation) is its
+    // own failure: 500, counted as a control-plane error of the admin room.
+    let instance = serde_json::json!({ "tenant": "good", "service": "hello", "hosts": ["later.test"] });
+    let (failed, body) = node.admin(reqwest::Method::POST, "/v1/instances", Some(instance)).await;
     control.execute_batch("ALTER TABLE broken RENAME TO platform_generation").unwrap();
+    assert_eq!(failed, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(sample(&text, "wharf_control_plane_up"), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"wharf_http_requests_total{service="hello",version="1.0.0",status="2xx"}"#), Some(1.0));
     assert!(!text.contains("wharf_generations_behind"), "{text}");
     let (_, _, text) = scrape(&node, Some(SCRAPE_TOKEN)).await;
     assert_eq!(sample(&text, "wharf_control_plane_up"), Some(1.0), "back once it answers: {text}");
+    assert_eq!(sample(&text, r#"wharf_control_plane_errors_total{room="admin"}"#), Some(1.0), "{text}");
 }

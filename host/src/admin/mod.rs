@@ -201,6 +201,11 @@ async fn after_changes(
     let changes = !matches!(*request.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
         && request.uri().path() != "/v1/login";
     let response = next.run(request).await;
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        // The admin API answers 500 only for the node's own failures: nearly
+        // always the control plane's.
+        node.metrics.control_plane_error(crate::metrics::ControlPlaneUse::Admin);
+    }
     if changes {
         announce_change(&node).await;
     }

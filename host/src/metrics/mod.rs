@@ -58,6 +58,36 @@ struct ClassLabels {
     status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoomLabels {
+    room: &'static str,
+}
+
+/// Where a node's reads and writes of the control plane can fail, as the
+/// `room` label of `wharf_control_plane_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlPlaneUse {
+    /// Following the platform's changes (several nodes).
+    Follow,
+    /// An admin request answered 500.
+    Admin,
+    /// The dashboard history's read of the job queue.
+    History,
+}
+
+impl ControlPlaneUse {
+    fn label(self) -> &'static str {
+        match self {
+            ControlPlaneUse::Follow => "follow",
+            ControlPlaneUse::Admin => "admin",
+            ControlPlaneUse::History => "history",
+        }
+    }
+}
+
+/// Upper bounds of the catch-up histogram, in seconds.
+const CATCH_UP_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
 /// How a guest's run ended (its discriminant indexes [`GuestOutcome::ALL`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestOutcome {
@@ -173,6 +203,11 @@ pub struct Metrics {
     pub slot_timeouts: Counter,
     /// The last hour, for the dashboard's charts.
     pub history: history::History,
+    control_plane_errors: Family<RoomLabels, Counter>,
+    /// Changes of the platform applied here, and the time each took from
+    /// finding this node behind to serving the new state.
+    pub catch_ups: Counter,
+    catch_up_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -191,6 +226,9 @@ impl Default for Metrics {
             slot_waits: Counter::default(),
             slot_timeouts: Counter::default(),
             history: history::History::default(),
+            control_plane_errors: Family::default(),
+            catch_ups: Counter::default(),
+            catch_up_seconds: Histogram::new(CATCH_UP_BUCKETS),
         }
     }
 }
@@ -235,6 +273,17 @@ impl Metrics {
         series
     }
 
+    /// A failed read or write of the control plane, by what needed it.
+    pub fn control_plane_error(&self, room: ControlPlaneUse) {
+        self.control_plane_errors.get_or_create(&RoomLabels { room: room.label() }).inc();
+    }
+
+    /// This node caught up with a platform change in `took`.
+    pub fn caught_up(&self, took: Duration) {
+        self.catch_ups.inc();
+        self.catch_up_seconds.observe(took.as_secs_f64());
+    }
+
     /// A response the ingress sent, whatever answered it.
     pub fn response(&self, status: u16) {
         self.classes[class(status)].inc();
@@ -265,6 +314,16 @@ impl Metrics {
             self.outcomes.clone(),
         );
         registry.register("guest_fuel", "Fuel guests burned, per service version", self.fuel.clone());
+        registry.register(
+            "control_plane_errors",
+            "Failed reads and writes of the control plane, by what needed them (follow, admin, history)",
+            self.control_plane_errors.clone(),
+        );
+        registry.register(
+            "catch_up_seconds",
+            "Time from finding this node behind the platform to serving the new state, per change applied",
+            self.catch_up_seconds.clone(),
+        );
         registry.register("guests_running", "Guests of requests running now", self.guests_running.clone());
         registry.register(
             "guest_slot_waits",
