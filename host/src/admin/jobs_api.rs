@@ -64,7 +64,7 @@ async fn visible(
         ("limit" = Option<i64>, Query, description = "Page size"),
     ),
     responses(
-        (status = 200, description = "A page of jobs", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of jobs", body = super::openapi::JobPage, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -149,7 +149,7 @@ async fn job_for(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The job", body = Object, content_type = "application/json"),
+        (status = 200, description = "The job", body = crate::jobs::JobInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -172,7 +172,7 @@ pub(crate) async fn get(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The job", body = Object, content_type = "application/json"),
+        (status = 200, description = "The job", body = crate::jobs::JobInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -194,7 +194,7 @@ pub(crate) async fn retry(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The job", body = Object, content_type = "application/json"),
+        (status = 200, description = "The job", body = crate::jobs::JobInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]

@@ -436,7 +436,7 @@ async fn node_history(State(node): State<Arc<AdminState>>, Authed(caller): Authe
     operation_id = "list_services",
     summary = "Services with their versions",
     responses(
-        (status = 200, description = "The services", body = Object, content_type = "application/json"),
+        (status = 200, description = "The services", body = openapi::ServiceList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -454,7 +454,7 @@ async fn list_services(State(node): State<Arc<AdminState>>, Authed(_caller): Aut
         ("name" = String, Path, description = "The service's name"),
     ),
     responses(
-        (status = 200, description = "The service", body = Object, content_type = "application/json"),
+        (status = 200, description = "The service", body = crate::registry::ServiceInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -477,7 +477,7 @@ async fn get_service(
         ("version" = String, Path, description = "A version (semver)"),
     ),
     responses(
-        (status = 200, description = "The version", body = Object, content_type = "application/json"),
+        (status = 200, description = "The version", body = crate::registry::VersionInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]

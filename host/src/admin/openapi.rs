@@ -42,6 +42,22 @@ pub struct InstancePage {
     next: Option<String>,
 }
 
+/// The services.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ServiceList {
+    services: Vec<crate::registry::ServiceInfo>,
+}
+
+/// A page of jobs, newest first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct JobPage {
+    jobs: Vec<crate::jobs::JobInfo>,
+    /// The cursor of the next page (`?before=`), or null on the last.
+    next: Option<String>,
+}
+
 struct Bearer;
 
 impl Modify for Bearer {

@@ -168,7 +168,7 @@ pub enum Finish {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     pub id: String,
     pub tenant: String,

@@ -195,7 +195,7 @@ pub struct ServiceSection {
 /// config, an interpreter's warm state) persist between those requests; that is
 /// the point of the option. A sandbox never serves another instance or tenant,
 /// and is dropped after any failure (trap, fuel, deadline, memory cap).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReuseDecl {
     /// Requests one sandbox serves before it is replaced (2 to 1,000,000).

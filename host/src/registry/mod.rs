@@ -212,7 +212,7 @@ pub enum RegistryError {
 }
 
 /// A version as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     pub service: String,
     pub version: String,
@@ -227,7 +227,7 @@ pub struct VersionInfo {
 }
 
 /// A service as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceInfo {
     pub name: String,
     pub active_version: Option<String>,
