@@ -28,6 +28,20 @@ fn js(text: &str) -> String {
     serde_json::to_string(text).unwrap()
 }
 
+/// A browser on `node`'s dashboard, logged in with the operator's API key.
+async fn operator_in_browser(binary: &str, node: &TestNode) -> Browser {
+    let mut browser = Browser::start(binary).await;
+    browser.navigate(&format!("{}/dashboard", node.admin_url())).await;
+    browser.wait_for("!document.getElementById('login').hidden", "the login form").await;
+    browser
+        .eval(&format!(
+            "(() => {{ const f = document.getElementById('login-form'); f.key.value = {}; f.requestSubmit(); return true; }})()",
+            js(&node.admin_key)
+        ))
+        .await;
+    browser
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click() {
     let node = TestNode::start().await;
@@ -96,17 +110,8 @@ async fn the_dashboard_shows_the_fleet_and_promotes_and_rolls_back_with_a_click(
         fleet["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(nodes.len(), if second.is_some() { 2 } else { 1 }, "{fleet}");
 
-    let mut browser = Browser::start(&binary).await;
-    browser.navigate(&format!("{}/dashboard", node.admin_url())).await;
-    browser.wait_for("!document.getElementById('login').hidden", "the login form").await;
-
     // The operator logs in with an API key and sees the fleet.
-    browser
-        .eval(&format!(
-            "(() => {{ const f = document.getElementById('login-form'); f.key.value = {}; f.requestSubmit(); return true; }})()",
-            js(&node.admin_key)
-        ))
-        .await;
+    let mut browser = operator_in_browser(&binary, &node).await;
     for id in &nodes {
         browser
             .wait_for(&format!("document.querySelector('#nodes[data-state=ok] [data-node={}]')", js(id)), "every node")
@@ -309,15 +314,7 @@ async fn the_charts_draw_real_traffic_with_the_promotion_marked() {
         eprintln!("SKIPPED: the charts in a browser (no Chromium; apt-get install chromium)");
         return;
     };
-    let mut browser = Browser::start(&binary).await;
-    browser.navigate(&format!("{}/dashboard", node.admin_url())).await;
-    browser.wait_for("!document.getElementById('login').hidden", "the login form").await;
-    browser
-        .eval(&format!(
-            "(() => {{ const f = document.getElementById('login-form'); f.key.value = {}; f.requestSubmit(); return true; }})()",
-            js(&node.admin_key)
-        ))
-        .await;
+    let mut browser = operator_in_browser(&binary, node).await;
     let chart = |title: &str| format!("document.querySelector('#charts[data-state=ok] [data-chart^={}]')", js(title));
     browser.wait_for(&format!("{}.dataset.marks >= 1", chart("Requests")), "the promotion marked").await;
     let series = browser.eval(&format!("{}.dataset.series", chart("Requests"))).await;
