@@ -252,6 +252,7 @@ pub fn trace_id(span: &Span) -> Option<TraceId> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

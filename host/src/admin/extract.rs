@@ -94,6 +94,7 @@ pub async fn refuse_nul(request: axum::extract::Request, next: axum::middleware:
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::Object;
 

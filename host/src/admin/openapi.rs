@@ -208,6 +208,7 @@ pub(super) async fn openapi_json() -> impl axum::response::IntoResponse {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::BTreeSet;
 
