@@ -213,7 +213,7 @@ pub async fn cancel_invitation(
     summary = "Open a session with an email and a password",
     request_body = EmailPassword,
     responses(
-        (status = 200, description = "The session token and when it expires", body = Object, content_type = "application/json"),
+        (status = 200, description = "The session token and when it expires", body = crate::identity::NewSession, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
     security(()),
@@ -316,7 +316,7 @@ pub struct NewKeyRequest {
     summary = "Create an API key: the secret is shown only in this answer",
     request_body = NewKeyRequest,
     responses(
-        (status = 201, description = "The key and its secret", body = Object, content_type = "application/json"),
+        (status = 201, description = "The key and its secret", body = crate::identity::NewKey, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -343,7 +343,7 @@ pub async fn create_key(
     operation_id = "list_keys",
     summary = "The caller's API keys (never the secrets)",
     responses(
-        (status = 200, description = "The keys", body = Object, content_type = "application/json"),
+        (status = 200, description = "The keys", body = super::openapi::KeyList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]

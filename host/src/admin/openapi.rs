@@ -58,6 +58,13 @@ pub struct JobPage {
     next: Option<String>,
 }
 
+/// The caller's API keys.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct KeyList {
+    keys: Vec<crate::identity::KeyInfo>,
+}
+
 struct Bearer;
 
 impl Modify for Bearer {

@@ -40,7 +40,7 @@ pub struct Caller {
 }
 
 /// A user as the API shows it (never with the password hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     pub email: String,
@@ -51,7 +51,7 @@ pub struct User {
 }
 
 /// A new session; the token is shown only here.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewSession {
     pub token: String,
     pub expires_at: i64,
@@ -59,7 +59,7 @@ pub struct NewSession {
 }
 
 /// A new API key; `key` is shown only here.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewKey {
     pub key: String,
     #[serde(flatten)]
@@ -67,7 +67,7 @@ pub struct NewKey {
 }
 
 /// An API key as listed: its id and visible prefix, never the secret.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub name: String,
