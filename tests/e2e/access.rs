@@ -156,9 +156,12 @@ async fn one_tenants_credentials_never_reach_or_reveal_another_tenants_resources
     assert!(!audit.to_string().contains("owner@b.test"), "alice must not see tenant b's audit entries: {audit}");
 
     // Operator-only endpoints.
-    for (method, path) in
-        [(Method::GET, "/v1/node"), (Method::GET, "/metrics"), (Method::POST, "/v1/services/forum/activate")]
-    {
+    for (method, path) in [
+        (Method::GET, "/v1/node"),
+        (Method::GET, "/v1/node/history"),
+        (Method::GET, "/metrics"),
+        (Method::POST, "/v1/services/forum/activate"),
+    ] {
         let (status, body) = node.call(&alice, method, path, Some(json!({ "version": "1.0.0" }))).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
     }
@@ -175,6 +178,7 @@ fn every_protected_endpoint() -> Vec<(Method, String)> {
         (Method::POST, "/v1/keys"),
         (Method::DELETE, "/v1/keys/key-000000000000"),
         (Method::GET, "/v1/node"),
+        (Method::GET, "/v1/node/history"),
         (Method::GET, "/metrics"),
         (Method::GET, "/v1/services"),
         (Method::GET, "/v1/services/forum"),
