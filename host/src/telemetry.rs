@@ -8,10 +8,10 @@
 //!
 //! A client's W3C `traceparent` makes the request's span its child (one trace
 //! across the client and Wharf), and the guest sees a `traceparent` naming its
-//! own span. Whether a trace is exported is the node's decision, made before
-//! its first span (a ratio of trace ids, the same on every node; at random for
-//! requests without one), never the client's: a flag in a header cannot make a
-//! node export every request of a flood, and an unkept request makes no span.
+//! own span. Whether a trace is exported is the node's decision, made at
+//! random at the configured ratio before its first span, never the client's:
+//! no flag or trace id in a header can make a node export every request of a
+//! flood, and an unkept request makes no span.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub const TARGET: &str = "wharf::trace";
 
 /// The root span of a trace (disabled unless traces are exported). Takes what
 /// `tracing::info_span!` takes after its target; the caller decides first
-/// whether the trace is kept ([`sample_request`], [`sample_root`]).
+/// whether the trace is kept ([`sample`]).
 macro_rules! trace_span {
     ($($arg:tt)*) => {
         tracing::info_span!(target: $crate::telemetry::TARGET, $($arg)*)
@@ -53,8 +53,8 @@ macro_rules! child_span {
 }
 pub(crate) use child_span;
 
-/// Whether this process exports traces, and below which value of a trace id's
-/// low 64 bits (shifted right once) a trace is kept.
+/// Whether this process exports traces, and below which random value (of 63
+/// bits) a trace is kept.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 static KEEP_BELOW: AtomicU64 = AtomicU64::new(0);
 
@@ -72,26 +72,13 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
-/// Whether a request's trace is kept: by the client's trace id when it sent a
-/// `traceparent` (the same choice on every node it reaches, whatever its
-/// "sampled" flag says), otherwise at random; at the configured ratio either
-/// way. Deciding before any span is made is what makes an unkept request cost
-/// nothing.
-pub fn sample_request(headers: &HeaderMap) -> bool {
-    if !exporting() {
-        return false;
-    }
-    let low = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(19..35))
-        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-    keep(low.unwrap_or_else(random_u64))
-}
-
-/// Whether a trace starting here without a request (a job, a usage flush) is
-/// kept: at random, at the configured ratio.
-pub fn sample_root() -> bool {
+/// Whether a request's or job's trace is kept: at random, at the configured
+/// ratio, decided before any span is made (so an unkept one costs nothing).
+/// Never by what the client sent: neither a `traceparent`'s "sampled" flag nor
+/// its trace id (a client choosing ids that a ratio-of-ids rule keeps would
+/// have every request of a flood exported); the trace id still makes the
+/// request's spans part of the client's trace.
+pub fn sample() -> bool {
     exporting() && keep(random_u64())
 }
 
@@ -176,7 +163,7 @@ where
         ])
         .build();
     // Which traces are kept is decided before their first span (see
-    // `sample_request`): the SDK records every span it is given.
+    // `sample`): the SDK records every span it is given.
     let ratio = otlp.sample_ratio.clamp(0.0, 1.0);
     let keep_below = if ratio >= 1.0 { u64::MAX } else { (ratio * (1u64 << 63) as f64) as u64 };
     KEEP_BELOW.store(keep_below, Ordering::Relaxed);
@@ -269,21 +256,13 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_is_kept_by_the_low_half_of_its_id() {
+    fn traces_are_kept_at_random_at_the_ratio() {
         KEEP_BELOW.store(1 << 62, Ordering::Relaxed); // a ratio of one half
-        assert!(!sample_request(&HeaderMap::new()), "nothing is kept while not exporting");
+        assert!(!sample(), "nothing is kept while not exporting");
         EXPORTING.store(true, Ordering::Relaxed);
-        let with = |low: u64| {
-            let mut headers = HeaderMap::new();
-            let value = format!("00-abcd000000000000{low:016x}-00f067aa0ba902b7-01");
-            headers.insert("traceparent", HeaderValue::from_str(&value).unwrap());
-            sample_request(&headers)
-        };
-        assert!(with(1 << 20));
-        assert!(!with(u64::MAX - 1), "the client's sampled flag does not keep it");
-        let kept = (0..2000).filter(|_| sample_root()).count();
-        assert!((800..1200).contains(&kept), "about half at random: {kept}");
+        let kept = (0..2000).filter(|_| sample()).count();
         EXPORTING.store(false, Ordering::Relaxed);
+        assert!((800..1200).contains(&kept), "about half: {kept}");
     }
 
     #[test]

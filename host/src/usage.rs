@@ -288,7 +288,7 @@ impl Usage {
         // flushes (empty files) are not traced.
         let bytes: u64 = closed.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>()
             + lines.as_ref().map_or(0, |l| l.len() as u64);
-        let span = if bytes > 0 && crate::telemetry::sample_root() {
+        let span = if bytes > 0 && crate::telemetry::sample() {
             crate::telemetry::trace_span!(
                 parent: None,
                 "usage.flush",

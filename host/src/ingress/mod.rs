@@ -173,7 +173,7 @@ impl Ingress {
     ) -> hyper::Response<HyperOutgoingBody> {
         // The request's span, a child of the client's `traceparent` if any; it
         // ends when the guest is done (its children hold it).
-        let span = if crate::telemetry::sample_request(req.headers()) {
+        let span = if crate::telemetry::sample() {
             trace_span!(
                 "request",
                 otel.name = req.method().as_str(),

@@ -145,7 +145,7 @@ fn start(
     let runner = workers.clone();
     let setup = job.kind == SETUP_KIND;
     // A trace of its own, kept at the configured ratio.
-    let span = if crate::telemetry::sample_root() {
+    let span = if crate::telemetry::sample() {
         crate::telemetry::trace_span!(
             parent: None,
             "job",

@@ -45,6 +45,19 @@ impl RequestIdentity {
         self
     }
 
+    /// The same run without its span, for what outlives the request (the
+    /// output log of a sandbox kept for the next one must not hold the span,
+    /// and so the trace, open).
+    pub fn for_logs(&self) -> Self {
+        Self {
+            tenant: self.tenant.clone(),
+            instance: self.instance.clone(),
+            request_id: self.request_id,
+            span: tracing::Span::none(),
+            trace_id: self.trace_id,
+        }
+    }
+
     /// The trace id as a log field (absent when not traced).
     pub fn trace_field(&self) -> Option<tracing::field::DisplayValue<crate::telemetry::TraceId>> {
         self.trace_id.map(tracing::field::display)
@@ -82,7 +95,7 @@ impl GuestState {
         // network. stdout and stderr go to the host's log, tagged with the request,
         // within one budget for both.
         let budget = Arc::new(LogBudget {
-            who: Mutex::new(who.clone()),
+            who: Mutex::new(who.for_logs()),
             per_request: limits.output_bytes,
             left: AtomicUsize::new(limits.output_bytes),
             dropped: AtomicUsize::new(0),
@@ -124,7 +137,6 @@ impl GuestState {
     /// its next request holds neither.
     pub(crate) fn end_request(&mut self) {
         self.log.report_dropped();
-        self.log.end();
         self.context = super::GuestContext::default();
     }
 }
@@ -304,16 +316,9 @@ impl LogBudget {
     }
 
     fn begin(&self, who: &RequestIdentity) {
-        *self.who.lock().unwrap_or_else(|e| e.into_inner()) = who.clone();
+        *self.who.lock().unwrap_or_else(|e| e.into_inner()) = who.for_logs();
         self.left.store(self.per_request, Ordering::Relaxed);
         self.dropped.store(0, Ordering::Relaxed);
-    }
-
-    /// The request is over: its span may end (a sandbox waiting for its next
-    /// request must not hold it open).
-    fn end(&self) {
-        let mut who = self.who.lock().unwrap_or_else(|e| e.into_inner());
-        who.span = tracing::Span::none();
     }
 
     fn report_dropped(&self) {
