@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::store::{self, Db};
 
 /// One audit entry.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     pub id: String,
     /// Milliseconds since the Unix epoch.

@@ -28,7 +28,7 @@ const MANIFEST: &str = "backup.json";
 const FORMAT: &str = "wharf-backup-1";
 
 /// A backup's description (`backup.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub format: String,
     /// When it began (Unix seconds): writes acknowledged before are in it.
@@ -40,7 +40,7 @@ pub struct Manifest {
 }
 
 /// One file of a backup, relative to its directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct File {
     pub path: String,
     pub bytes: u64,

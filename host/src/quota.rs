@@ -86,12 +86,14 @@ impl Subject<'_> {
 
 /// One quota as the API shows it: its limit, where the limit comes from, and
 /// what is used of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuotaUse {
+    #[schema(value_type = String)]
     pub quota: &'static str,
     pub limit: i64,
     pub used: i64,
     /// `default` or `override`.
+    #[schema(value_type = String)]
     pub source: &'static str,
 }
 

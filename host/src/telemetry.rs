@@ -229,6 +229,26 @@ pub fn inject(span: &Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
 }
 
+/// `span`'s W3C `traceparent`, to be stored with work it starts later (a
+/// job): none when its trace is not kept.
+pub fn traceparent(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(&mut headers));
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Make `span` the child of a stored `traceparent` (see [`traceparent`]); a
+/// malformed one leaves it a trace of its own.
+pub fn continue_trace(span: &Span, traceparent: &str) {
+    let Ok(value) = HeaderValue::from_str(traceparent) else { return };
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", value);
+    adopt_remote_parent(span, &headers);
+}
+
 /// The trace `span` belongs to, when traces are exported.
 pub fn trace_id(span: &Span) -> Option<TraceId> {
     if span.is_disabled() {

@@ -112,7 +112,7 @@ impl UsageCounters {
 }
 
 /// What an instance has used so far.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UsageTotals {
     /// Requests that reached the guest.
     pub requests: u64,
@@ -134,7 +134,7 @@ impl UsageTotals {
 }
 
 /// Usage of one instance, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceUsage {
     pub instance: String,
     pub tenant: String,

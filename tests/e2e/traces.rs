@@ -235,8 +235,9 @@ async fn requests_and_jobs_arrive_as_span_trees_continuing_the_clients_trace() {
     });
     assert!(!refused.attributes.contains_key("wharf.tenant"), "{refused:#?}");
 
-    // A job: its own trace, the job's span the parent of its guest and the
-    // guest's SQL.
+    // A job: its run continues the trace of the request that queued it (the
+    // job's span a child of the enqueue call), and is the parent of its guest
+    // and the guest's SQL.
     served
         .tenant_with_manifest(
             &crate::jobs::lab_manifest("lab", "1.0.0", "[1]", ""),
@@ -272,8 +273,17 @@ async fn requests_and_jobs_arrive_as_span_trees_continuing_the_clients_trace() {
     assert_eq!(job_guest.trace, job.trace);
     let sql = spans.iter().filter(|s| s.parent == job_guest.id && s.name.starts_with("sql.")).count();
     assert!(sql >= 2, "the job's SQL calls are its guest's children: {spans:#?}");
-    // Enqueueing was a platform call of the request that queued it.
-    assert!(spans.iter().any(|s| s.name == "jobs.enqueue"), "{spans:#?}");
+    // Enqueueing was a platform call of the request that queued it, and the
+    // job's run is that call's child, in the request's trace.
+    let enqueue = one(&spans, "the enqueue call", |s| s.name == "jobs.enqueue" && s.id == job.parent);
+    assert_eq!(enqueue.trace, job.trace, "the job continues the request's trace");
+    let request = one(&spans, "the request that queued it", |s| {
+        s.trace == job.trace && s.attributes.get("url.path").is_some_and(|p| p == "/enqueue")
+    });
+    assert!(
+        spans.iter().any(|s| s.id == enqueue.parent && s.parent == request.id),
+        "enqueue under the request's guest"
+    );
     // The usage flush that billed them is a trace of its own.
     collector.until("a usage flush", |spans| spans.iter().any(|s| s.name == "usage.flush")).await;
 

@@ -16,7 +16,7 @@ use crate::identity::Caller;
 use crate::store::{self, Db};
 
 /// A member's role in a tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
@@ -145,7 +145,7 @@ pub enum AccessError {
 }
 
 /// A membership as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Member {
     pub tenant: String,
     pub user_id: String,
@@ -155,7 +155,7 @@ pub struct Member {
 }
 
 /// A grant as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Grant {
     pub tenant: String,
     pub email: String,

@@ -55,7 +55,7 @@ fn json_of<T: serde::Serialize>(value: &T) -> ApiResult<Json<Value>> {
         ("name" = String, Path, description = "The service's name"),
     ),
     responses(
-        (status = 200, description = "The plan", body = Object, content_type = "application/json"),
+        (status = 200, description = "The plan", body = super::openapi::PlanView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -80,7 +80,7 @@ pub(crate) async fn get_plan(
     ),
     request_body = crate::billing::Prices,
     responses(
-        (status = 200, description = "The plan", body = Object, content_type = "application/json"),
+        (status = 200, description = "The plan", body = crate::billing::Plan, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -107,7 +107,7 @@ pub(crate) async fn set_plan(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The account", body = Object, content_type = "application/json"),
+        (status = 200, description = "The account", body = super::openapi::AccountView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -147,7 +147,7 @@ pub(crate) async fn account(
     ),
     request_body = crate::billing::Details,
     responses(
-        (status = 200, description = "The account", body = Object, content_type = "application/json"),
+        (status = 200, description = "The account", body = crate::billing::Account, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -183,7 +183,7 @@ pub(crate) struct LimitChange {
     ),
     request_body = LimitChange,
     responses(
-        (status = 200, description = "The account", body = Object, content_type = "application/json"),
+        (status = 200, description = "The account", body = crate::billing::Account, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -224,7 +224,7 @@ pub(crate) async fn set_limit(
         ("instance" = Option<String>, Query, description = "Only this instance's"),
     ),
     responses(
-        (status = 200, description = "The events", body = Object, content_type = "application/json"),
+        (status = 200, description = "The events", body = super::openapi::EventList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -255,7 +255,7 @@ pub(crate) struct InstanceQuery {
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The invoices", body = Object, content_type = "application/json"),
+        (status = 200, description = "The invoices", body = super::openapi::InvoiceList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -293,7 +293,7 @@ fn period_named(node: &AdminState, name: &str) -> Result<Period, BillingError> {
         ("format" = Option<String>, Query, description = "json (default) or html"),
     ),
     responses(
-        (status = 200, description = "The invoice", body = Object, content_type = "application/json"),
+        (status = 200, description = "The invoice", body = crate::billing::invoice::Invoice, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -373,7 +373,7 @@ pub(crate) async fn export_invoices(
         ("period" = String, Path, description = "A month, YYYY-MM, or current"),
     ),
     responses(
-        (status = 200, description = "The invoice", body = Object, content_type = "application/json"),
+        (status = 200, description = "The invoice", body = crate::billing::invoice::Invoice, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -406,7 +406,7 @@ pub(crate) struct DiscountQuery {
         ("tenant" = Option<String>, Query, description = "Only this tenant's"),
     ),
     responses(
-        (status = 200, description = "The discounts", body = Object, content_type = "application/json"),
+        (status = 200, description = "The discounts", body = super::openapi::DiscountList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -430,7 +430,7 @@ pub(crate) async fn list_discounts(
     summary = "Add a discount (operators)",
     request_body = crate::billing::NewDiscount,
     responses(
-        (status = 201, description = "The discount", body = Object, content_type = "application/json"),
+        (status = 201, description = "The discount", body = crate::billing::Discount, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -459,7 +459,7 @@ pub(crate) async fn add_discount(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "Removed", body = Object, content_type = "application/json"),
+        (status = 200, description = "Removed", body = super::openapi::DiscountRemoved, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -493,7 +493,7 @@ pub(crate) struct LedgerQuery {
         ("to" = Option<String>, Query, description = "Unix seconds or a UTC time"),
     ),
     responses(
-        (status = 200, description = "The rows", body = Object, content_type = "application/json"),
+        (status = 200, description = "The rows", body = super::openapi::LedgerView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -525,7 +525,7 @@ pub(crate) async fn ledger(
     operation_id = "clock",
     summary = "The billing clock",
     responses(
-        (status = 200, description = "The clock", body = Object, content_type = "application/json"),
+        (status = 200, description = "The clock", body = super::openapi::ClockView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -554,7 +554,7 @@ pub(crate) struct ClockChange {
     summary = "Move the billing clock (operators; with serve --settable-clock)",
     request_body = ClockChange,
     responses(
-        (status = 200, description = "The clock", body = Object, content_type = "application/json"),
+        (status = 200, description = "The clock", body = super::openapi::ClockView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]

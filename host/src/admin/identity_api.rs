@@ -51,7 +51,7 @@ pub struct Registration {
     summary = "Create an account (with an invitation unless registration is open)",
     request_body = Registration,
     responses(
-        (status = 201, description = "The account, with a session token", body = Object, content_type = "application/json"),
+        (status = 201, description = "The account, with a session token", body = super::openapi::Registered, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
     security(()),
@@ -104,7 +104,7 @@ pub struct InvitationToken {
     summary = "Accept an invitation with the logged-in account of its address",
     request_body = InvitationToken,
     responses(
-        (status = 200, description = "The membership", body = Object, content_type = "application/json"),
+        (status = 200, description = "The membership", body = super::openapi::Accepted, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -130,7 +130,7 @@ pub async fn accept_invitation(
         ("token" = String, Path, description = "The invitation's token"),
     ),
     responses(
-        (status = 200, description = "The invitation", body = Object, content_type = "application/json"),
+        (status = 200, description = "The invitation", body = super::openapi::InvitationView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
     security(()),
@@ -164,7 +164,7 @@ pub async fn show_invitation(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The invitations", body = Object, content_type = "application/json"),
+        (status = 200, description = "The invitations", body = super::openapi::InvitationList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -276,7 +276,7 @@ pub async fn logout(
     operation_id = "me",
     summary = "Who the credential belongs to, their tenants and roles",
     responses(
-        (status = 200, description = "The caller", body = Object, content_type = "application/json"),
+        (status = 200, description = "The caller", body = super::openapi::Me, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -361,7 +361,7 @@ pub async fn list_keys(State(node): State<Arc<AdminState>>, Authed(caller): Auth
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The key is revoked", body = Object, content_type = "application/json"),
+        (status = 200, description = "The key is revoked", body = crate::identity::KeyInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -385,7 +385,7 @@ pub async fn revoke_key(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The members", body = Object, content_type = "application/json"),
+        (status = 200, description = "The members", body = super::openapi::MemberList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -425,7 +425,7 @@ pub struct Transfer {
     ),
     request_body = Transfer,
     responses(
-        (status = 200, description = "The new roles", body = Object, content_type = "application/json"),
+        (status = 200, description = "The new roles", body = super::openapi::Transferred, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -462,7 +462,7 @@ pub struct Confirmation {
     summary = "Delete one's own account, confirmed by its password (refused while the last owner of a tenant)",
     request_body = Confirmation,
     responses(
-        (status = 200, description = "The account is deleted", body = Object, content_type = "application/json"),
+        (status = 200, description = "The account is deleted", body = super::openapi::UserDeleted, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -490,7 +490,7 @@ pub async fn delete_me(
         ("email" = String, Path, description = "An account's email address"),
     ),
     responses(
-        (status = 200, description = "The account is deleted", body = Object, content_type = "application/json"),
+        (status = 200, description = "The account is deleted", body = super::openapi::UserDeleted, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -529,8 +529,8 @@ async fn require_owner_for(node: &AdminState, caller: &crate::identity::Caller, 
     ),
     request_body = NewMember,
     responses(
-        (status = 201, description = "The member", body = Object, content_type = "application/json"),
-        (status = 202, description = "An invitation was made (and mailed, or its link returned)", body = Object, content_type = "application/json"),
+        (status = 201, description = "The member", body = super::openapi::MemberAdded, content_type = "application/json"),
+        (status = 202, description = "An invitation was made (and mailed, or its link returned)", body = super::openapi::Invited, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -678,7 +678,7 @@ fn declared(node: &AdminState, permission: &str) -> ApiResult<(String, String)> 
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The grants", body = Object, content_type = "application/json"),
+        (status = 200, description = "The grants", body = super::openapi::GrantList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -729,7 +729,7 @@ pub struct NewGrant {
     ),
     request_body = NewGrant,
     responses(
-        (status = 201, description = "The grant", body = Object, content_type = "application/json"),
+        (status = 201, description = "The grant", body = super::openapi::GrantAdded, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -798,7 +798,7 @@ pub struct VersionFilter {
         ("version" = Option<String>, Query, description = "A version (default: the active one)"),
     ),
     responses(
-        (status = 200, description = "The permissions", body = Object, content_type = "application/json"),
+        (status = 200, description = "The permissions", body = super::openapi::PermissionList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -842,7 +842,7 @@ pub struct AuditFilter {
         ("limit" = Option<i64>, Query, description = "How many entries (default 100)"),
     ),
     responses(
-        (status = 200, description = "The entries", body = Object, content_type = "application/json"),
+        (status = 200, description = "The entries", body = super::openapi::AuditLog, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]

@@ -109,7 +109,7 @@ pub(crate) struct StatsQuery {
         ("tenant" = Option<String>, Query, description = "Only this tenant's"),
     ),
     responses(
-        (status = 200, description = "The queue", body = Object, content_type = "application/json"),
+        (status = 200, description = "The queue", body = super::openapi::QueueStats, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -262,8 +262,8 @@ fn one() -> u32 {
     ),
     request_body = Enqueue,
     responses(
-        (status = 201, description = "Queued", body = Object, content_type = "application/json"),
-        (status = 200, description = "A job with this idempotency key exists already", body = Object, content_type = "application/json"),
+        (status = 201, description = "Queued", body = crate::jobs::Enqueued, content_type = "application/json"),
+        (status = 200, description = "A job with this idempotency key exists already", body = crate::jobs::Enqueued, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -313,6 +313,7 @@ pub(crate) async fn enqueue(
         idempotency_key: request.idempotency_key,
         priority: request.priority,
         max_attempts: request.max_attempts,
+        trace_parent: None,
     };
     let enqueued = node.queue.enqueue_for_tenant(job).await?;
     if enqueued.created {

@@ -274,7 +274,7 @@ pub(crate) fn body<T>(payload: Result<Json<Object<T>>, JsonRejection>) -> ApiRes
     operation_id = "healthz",
     summary = "Liveness: the process answers",
     responses(
-        (status = 200, description = "Live", body = Object, content_type = "application/json"),
+        (status = 200, description = "Live", body = openapi::Live, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
     security(()),
@@ -293,8 +293,8 @@ async fn healthz() -> Json<Value> {
     operation_id = "readyz",
     summary = "Readiness: the control plane answers and this node has caught up",
     responses(
-        (status = 200, description = "Ready", body = Object, content_type = "application/json"),
-        (status = 503, description = "Not ready, and why", body = Object, content_type = "application/json"),
+        (status = 200, description = "Ready", body = openapi::Readiness, content_type = "application/json"),
+        (status = 503, description = "Not ready, and why", body = openapi::Readiness, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
     security(()),
@@ -350,7 +350,7 @@ async fn readyz(State(node): State<Arc<AdminState>>) -> (StatusCode, Json<Value>
     operation_id = "node_info",
     summary = "This node: addresses, routes, compile cache, limits (operators)",
     responses(
-        (status = 200, description = "The node", body = Object, content_type = "application/json"),
+        (status = 200, description = "The node", body = openapi::NodeView, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -417,16 +417,17 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
     operation_id = "node_history",
     summary = "This node's last hour for the dashboard's charts: per service version, requests, server errors and latency percentiles per interval; the platform's job queue (operators)",
     responses(
-        (status = 200, description = "The points in columns (times in Unix seconds; null where a version had no requests)", body = Object, content_type = "application/json"),
+        (status = 200, description = "The points in columns (times in Unix seconds; null where a version had no requests)", body = openapi::NodeHistory, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
 async fn node_history(State(node): State<Arc<AdminState>>, Authed(caller): Authed) -> ApiResult<Json<Value>> {
     node.access.require_operator(&caller, Platform::NodeRead)?;
-    let charted = node.metrics.history.charted();
-    let mut value = serde_json::to_value(charted).map_err(anyhow::Error::from)?;
-    value["interval_seconds"] = json!(node.config.history_interval.as_secs_f64());
-    Ok(Json(value))
+    let history = openapi::NodeHistory {
+        charted: node.metrics.history.charted(),
+        interval_seconds: node.config.history_interval.as_secs_f64(),
+    };
+    Ok(Json(serde_json::to_value(history).map_err(anyhow::Error::from)?))
 }
 
 #[utoipa::path(
@@ -507,8 +508,8 @@ struct PublishQuery {
     ),
     request_body(content = openapi::Upload, content_type = "multipart/form-data"),
     responses(
-        (status = 201, description = "Published (compiled, ready on this node)", body = Object, content_type = "application/json"),
-        (status = 200, description = "The same version was published already", body = Object, content_type = "application/json"),
+        (status = 201, description = "Published (compiled, ready on this node)", body = crate::registry::Published, content_type = "application/json"),
+        (status = 200, description = "The same version was published already", body = crate::registry::Published, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -589,7 +590,7 @@ struct Activate {
     ),
     request_body = Activate,
     responses(
-        (status = 200, description = "The service with its new active version", body = Object, content_type = "application/json"),
+        (status = 200, description = "The service with its new active version", body = crate::registry::VersionInfo, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -621,7 +622,7 @@ async fn activate(
         ("version" = String, Path, description = "A version (semver)"),
     ),
     responses(
-        (status = 200, description = "Deleted", body = Object, content_type = "application/json"),
+        (status = 200, description = "Deleted", body = openapi::VersionDeleted, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -763,7 +764,7 @@ struct BackupRequest {
     summary = "Back up this node while it serves (operators; SQLite nodes)",
     request_body = BackupRequest,
     responses(
-        (status = 200, description = "The backup's manifest", body = Object, content_type = "application/json"),
+        (status = 200, description = "The backup's manifest", body = crate::backup::Manifest, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -800,7 +801,7 @@ async fn take_backup(
         ("now" = Option<bool>, Query, description = "Destroy its data at once (operators)"),
     ),
     responses(
-        (status = 202, description = "Deleted", body = Object, content_type = "application/json"),
+        (status = 202, description = "Deleted", body = crate::configurator::TenantDeletion, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -832,7 +833,7 @@ async fn delete_tenant(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "Restored", body = Object, content_type = "application/json"),
+        (status = 200, description = "Restored", body = crate::configurator::TenantDeletion, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -857,7 +858,7 @@ async fn restore_tenant(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = 200, description = "The quotas", body = openapi::TenantQuotas, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -905,7 +906,7 @@ fn quota_change(payload: Result<Json<Object<QuotaChange>>, JsonRejection>) -> Ap
     ),
     request_body = QuotaChange,
     responses(
-        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = 200, description = "The quotas", body = openapi::TenantQuotas, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -934,7 +935,7 @@ async fn set_tenant_quota(
         ("email" = String, Path, description = "An account's email address"),
     ),
     responses(
-        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = 200, description = "The quotas", body = openapi::UserQuotas, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -964,7 +965,7 @@ async fn user_quotas(
     ),
     request_body = QuotaChange,
     responses(
-        (status = 200, description = "The quotas", body = Object, content_type = "application/json"),
+        (status = 200, description = "The quotas", body = openapi::UserQuotas, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1335,7 +1336,7 @@ async fn verify_host(
         ("id" = String, Path, description = "Its id"),
     ),
     responses(
-        (status = 200, description = "The usage", body = Object, content_type = "application/json"),
+        (status = 200, description = "The usage", body = crate::usage::InstanceUsage, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]
@@ -1362,7 +1363,7 @@ async fn instance_usage(
         ("limit" = Option<i64>, Query, description = "Page size"),
     ),
     responses(
-        (status = 200, description = "A page of usage", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of usage", body = openapi::UsagePage, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = openapi::ErrorBody),
     ),
 )]

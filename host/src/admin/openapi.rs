@@ -65,6 +65,504 @@ pub struct KeyList {
     keys: Vec<crate::identity::KeyInfo>,
 }
 
+// The shapes of the answers handlers build as JSON objects: described here,
+// checked against what the node answers by the fuzzing test (schemathesis's
+// response conformance) on both backends.
+
+/// `{tenant, role}`: a membership as an account sees it.
+#[derive(ToSchema, serde::Serialize)]
+#[allow(dead_code)]
+pub struct Joined {
+    tenant: String,
+    role: crate::access::Role,
+}
+
+/// A new account (and the tenant it joined by its invitation).
+#[derive(ToSchema, serde::Serialize)]
+#[allow(dead_code)]
+pub struct Registered {
+    #[schema(inline)]
+    #[serde(flatten)]
+    user: crate::identity::User,
+    /// The membership the invitation gave, when it came with one.
+    joined: Option<Joined>,
+}
+
+/// An invitation accepted.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Accepted {
+    tenant: String,
+    role: String,
+    email: String,
+}
+
+/// How to accept an invitation.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct HowToAccept {
+    /// The CLI command for someone without an account.
+    new_account: String,
+    /// The CLI command for someone signed in with the invited address.
+    existing_account: String,
+    /// The API calls.
+    api: String,
+}
+
+/// What an invitation link shows.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InvitationView {
+    tenant: String,
+    email: String,
+    role: String,
+    invited_by: String,
+    expires_at: i64,
+    accept: HowToAccept,
+}
+
+/// A tenant's pending invitations.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InvitationList {
+    invitations: Vec<crate::identity::invitations::Invitation>,
+}
+
+/// A new invitation (its token and link only when no email was sent).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Invited {
+    invitation: crate::identity::invitations::NewInvitation,
+}
+
+/// The caller.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Me {
+    user_id: String,
+    email: String,
+    email_verified: bool,
+    operator: bool,
+    /// `session` or `api-key`.
+    credential: String,
+    tenants: Vec<Joined>,
+    quotas: Vec<crate::quota::QuotaUse>,
+}
+
+/// A tenant's members.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MemberList {
+    members: Vec<crate::access::Member>,
+}
+
+/// A tenant's members after a hand-over.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Transferred {
+    tenant: String,
+    members: Vec<crate::access::Member>,
+}
+
+/// A member added (or their role changed).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MemberAdded {
+    tenant: String,
+    email: String,
+    user_id: String,
+    role: crate::access::Role,
+}
+
+/// An account deleted.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UserDeleted {
+    /// Its email address.
+    deleted: String,
+}
+
+/// A grant and whether it applies.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct GrantView {
+    tenant: String,
+    email: String,
+    /// `service.permission`
+    permission: String,
+    created_at: i64,
+    /// `active`, or `inactive: ` and why (the service's active version does not declare it).
+    status: String,
+}
+
+/// A tenant's grants.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct GrantList {
+    grants: Vec<GrantView>,
+}
+
+/// A grant made.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct GrantAdded {
+    tenant: String,
+    email: String,
+    permission: String,
+}
+
+/// A permission a service version declares.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PermissionView {
+    /// `service.name`, as it is granted.
+    permission: String,
+    name: String,
+    description: String,
+    /// The routes it guards (`METHOD /path`).
+    routes: Vec<String>,
+}
+
+/// The permissions of a service version.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PermissionList {
+    service: String,
+    version: String,
+    permissions: Vec<PermissionView>,
+}
+
+/// Audit log entries, newest first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AuditLog {
+    entries: Vec<crate::audit::Entry>,
+}
+
+/// Liveness.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Live {
+    /// `live`
+    status: String,
+}
+
+/// Readiness.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Readiness {
+    /// `ready` or `not ready`
+    status: String,
+    /// `sqlite` or `postgres`
+    control_plane: String,
+    /// The platform generation this node has applied.
+    generation: i64,
+    routes: u64,
+    /// Why it is not ready (null when ready).
+    error: Option<String>,
+}
+
+/// The node's limits.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NodeLimits {
+    fuel_per_request: u64,
+    max_memory_bytes: u64,
+    request_timeout_ms: u64,
+    output_bytes: u64,
+    guest_memory_bytes: u64,
+    guest_memory_per_tenant_bytes: u64,
+    host_call_fuel_per_ms: u64,
+    guests: u64,
+    guests_per_tenant: u64,
+    guests_per_instance: u64,
+    max_connections: u64,
+    max_connections_per_ip: u64,
+    db_threads: u64,
+}
+
+/// Open and most connections to instance databases (PostgreSQL).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Connections {
+    open: u64,
+    max: u64,
+}
+
+/// The node's place in the cluster.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NodeCluster {
+    control_plane: String,
+    generation: i64,
+    redis: bool,
+    /// The instance databases' SQL dialect.
+    instance_databases: String,
+    instance_connections: Option<Connections>,
+}
+
+/// The node's trust settings.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NodeTrust {
+    /// The platform's domains (hostnames under them are given, not proven).
+    domains: Vec<String>,
+    /// Who may register (`open`, `invite` or `closed`).
+    registration: String,
+    /// Who may create tenants.
+    tenant_creation: String,
+    hostname_reservation_days: u64,
+    smtp: bool,
+    trusted_proxies: u64,
+}
+
+/// Embedded SQLite's memory.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NodeSqlite {
+    memory_bytes: i64,
+    highwater_bytes: i64,
+    heap_limit_bytes: i64,
+}
+
+/// This node.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NodeView {
+    wharf_version: String,
+    ingress: String,
+    admin: String,
+    routes: u64,
+    versions_compiled: u64,
+    versions_loaded_from_cache: u64,
+    limits: NodeLimits,
+    guest_memory_granted_bytes: u64,
+    /// Login outcomes counted by this node.
+    #[schema(value_type = Object)]
+    logins: serde_json::Value,
+    cluster: NodeCluster,
+    trust: NodeTrust,
+    sqlite: NodeSqlite,
+}
+
+/// The node's last hour, in columns.
+#[derive(ToSchema, serde::Serialize)]
+pub struct NodeHistory {
+    #[serde(flatten)]
+    pub charted: crate::metrics::history::Charted,
+    /// Seconds between points.
+    pub interval_seconds: f64,
+}
+
+/// A version deleted.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct VersionDeleted {
+    deleted: crate::registry::VersionInfo,
+}
+
+/// A tenant's quotas.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TenantQuotas {
+    tenant: String,
+    quotas: Vec<crate::quota::QuotaUse>,
+}
+
+/// A user's quotas.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UserQuotas {
+    email: String,
+    quotas: Vec<crate::quota::QuotaUse>,
+}
+
+/// A page of usage.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UsagePage {
+    usage: Vec<crate::usage::InstanceUsage>,
+    /// The cursor of the next page (`?after=`), or null on the last.
+    next: Option<String>,
+}
+
+/// The queue per service.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct QueueStats {
+    services: Vec<crate::jobs::ServiceQueue>,
+    /// Jobs each node runs at once.
+    workers: u64,
+}
+
+/// A service's price plan and its revisions.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PlanView {
+    service: String,
+    /// The current plan (null if it has none).
+    plan: Option<crate::billing::Plan>,
+    history: Vec<crate::billing::Plan>,
+}
+
+/// A tenant's billing account with the running month.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AccountView {
+    tenant: String,
+    details: crate::billing::Details,
+    spending_limit: Option<i64>,
+    limit_currency: Option<String>,
+    /// Why it is suspended (null if it is not).
+    suspended: Option<String>,
+    /// The running month, `2027-01`.
+    period: String,
+    /// Owed so far (what spending limits apply to).
+    running_totals: Vec<crate::billing::invoice::Total>,
+    accrued_until: Option<i64>,
+    /// What the month comes to at its end if nothing changes.
+    projected_totals: Option<Vec<crate::billing::invoice::Total>>,
+    now: i64,
+    now_utc: String,
+}
+
+/// A tenant's subscription events.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventList {
+    tenant: String,
+    events: Vec<crate::billing::SubscriptionEvent>,
+}
+
+/// A tenant's invoices.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InvoiceList {
+    tenant: String,
+    invoices: Vec<crate::billing::invoice::InvoiceSummary>,
+}
+
+/// Discounts.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DiscountList {
+    discounts: Vec<crate::billing::Discount>,
+}
+
+/// A discount removed.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DiscountRemoved {
+    removed: String,
+}
+
+/// An instance's hourly usage rows.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LedgerView {
+    instance: String,
+    from: i64,
+    to: i64,
+    rows: Vec<crate::billing::LedgerRow>,
+}
+
+/// The billing clock.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ClockView {
+    /// Unix seconds.
+    now: i64,
+    utc: String,
+    /// Whether an operator may set it (a node started with a settable clock).
+    settable: bool,
+}
+
+/// The live nodes.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NodeList {
+    this_node: String,
+    nodes: Vec<crate::rollout::fleet::NodeInfo>,
+}
+
+/// A canary ended.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CanaryEnded {
+    service: String,
+    /// The instances that follow the active version again.
+    released: Vec<String>,
+}
+
+/// A node as a rollout sees it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RolloutNode {
+    id: String,
+    ingress: String,
+    generation: i64,
+    /// Whether it has applied the platform's current generation.
+    caught_up: bool,
+}
+
+/// An instance pinned to a version.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Pin {
+    instance: String,
+    /// Who pinned it (`canary`, `health`, an operator).
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+/// One version of a service across the fleet.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RolloutVersion {
+    version: String,
+    active: bool,
+    /// When it was staged (Unix seconds), if it was.
+    staged_at: Option<i64>,
+    /// Whether a rollback would make it active.
+    previous: bool,
+    ready_on: u64,
+    nodes: Vec<crate::rollout::fleet::VersionOnNode>,
+    requests: i64,
+    errors: i64,
+    pinned: Vec<Pin>,
+}
+
+/// A promotion, rollback or canary in a service's history.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Promotion {
+    /// `promote`, `rollback`, `canary`, `health`…
+    kind: String,
+    version: String,
+    previous: Option<String>,
+    generation: i64,
+    actor: String,
+    detail: String,
+    at_ms: i64,
+    instance: Option<String>,
+    /// The nodes that had acknowledged it.
+    nodes: Vec<String>,
+}
+
+/// Where each version of a service stands on each live node.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RolloutStatus {
+    service: String,
+    active_version: Option<String>,
+    previous_version: Option<String>,
+    generation: i64,
+    nodes: Vec<RolloutNode>,
+    versions: Vec<RolloutVersion>,
+    /// The newest 20, newest first.
+    history: Vec<Promotion>,
+}
+
 struct Bearer;
 
 impl Modify for Bearer {

@@ -27,7 +27,7 @@ const MAX_WAIT_MS: u64 = 120_000;
     operation_id = "nodes",
     summary = "The fleet: live nodes and their generations (operators)",
     responses(
-        (status = 200, description = "The nodes", body = Object, content_type = "application/json"),
+        (status = 200, description = "The nodes", body = super::openapi::NodeList, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -65,7 +65,7 @@ fn wait(ms: Option<u64>, default: u64) -> ApiResult<Duration> {
     ),
     request_body = Stage,
     responses(
-        (status = 200, description = "Each node's readiness", body = Object, content_type = "application/json"),
+        (status = 200, description = "Each node's readiness", body = crate::rollout::Staged, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -108,7 +108,7 @@ pub(crate) struct Rollback {
     ),
     request_body = Promote,
     responses(
-        (status = 200, description = "The promotion", body = Object, content_type = "application/json"),
+        (status = 200, description = "The promotion", body = crate::rollout::Promoted, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -134,7 +134,7 @@ pub(crate) async fn promote(
     ),
     request_body = Rollback,
     responses(
-        (status = 200, description = "The rollback", body = Object, content_type = "application/json"),
+        (status = 200, description = "The rollback", body = crate::rollout::Promoted, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -189,7 +189,7 @@ pub(crate) struct Canary {
     ),
     request_body = Canary,
     responses(
-        (status = 200, description = "The canary", body = Object, content_type = "application/json"),
+        (status = 200, description = "The canary", body = crate::rollout::Canaried, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -219,7 +219,7 @@ pub(crate) async fn canary(
         ("name" = String, Path, description = "The service's name"),
     ),
     responses(
-        (status = 200, description = "Ended", body = Object, content_type = "application/json"),
+        (status = 200, description = "Ended", body = super::openapi::CanaryEnded, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]
@@ -245,7 +245,7 @@ pub(crate) async fn abort_canary(
         ("name" = String, Path, description = "The service's name"),
     ),
     responses(
-        (status = 200, description = "The rollout", body = Object, content_type = "application/json"),
+        (status = 200, description = "The rollout", body = super::openapi::RolloutStatus, content_type = "application/json"),
         (status = "default", description = "An error: the message says what is wrong and how to fix it", body = super::openapi::ErrorBody),
     ),
 )]

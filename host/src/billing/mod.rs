@@ -140,7 +140,7 @@ impl Prices {
 }
 
 /// One revision of a service's plan.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Plan {
     pub service: String,
     pub revision: i64,
@@ -197,7 +197,7 @@ pub struct SubscriptionState {
 }
 
 /// A recorded change of an instance's subscription.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionEvent {
     pub instance: String,
     pub seq: i64,
@@ -284,7 +284,7 @@ impl Details {
 }
 
 /// A tenant's billing account.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Account {
     pub tenant: String,
     pub details: Details,
@@ -296,7 +296,7 @@ pub struct Account {
 }
 
 /// A discount, as stored and shown.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Discount {
     pub id: String,
     pub tenant: Option<String>,
@@ -339,7 +339,7 @@ pub struct NewDiscount {
 }
 
 /// One hour of an instance's usage ledger.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LedgerRow {
     pub hour: i64,
     pub hour_utc: String,

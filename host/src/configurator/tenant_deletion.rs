@@ -11,7 +11,7 @@
 use super::*;
 
 /// A deleted tenant and the instances deleted with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TenantDeletion {
     #[serde(flatten)]
     pub tenant: Tenant,

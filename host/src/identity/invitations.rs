@@ -23,7 +23,7 @@ pub const INVITATION_PREFIX: &str = "whi_";
 pub const MAX_OPEN_PER_TENANT: i64 = 100;
 
 /// An invitation as the API lists it (never with its token).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Invitation {
     pub id: String,
     #[sqlx(rename = "tenant_id")]
@@ -52,11 +52,12 @@ struct TakenRow {
 }
 
 /// A new invitation: the token is shown only here (and only when no email was sent).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewInvitation {
     #[serde(flatten)]
     pub invitation: Invitation,
     /// `email` when it was sent by SMTP, else `link`: give the link to the invitee.
+    #[schema(value_type = String)]
     pub delivery: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

@@ -71,8 +71,8 @@ impl Queue {
         let now = store::now_millis();
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, tenant_id, instance_id, service, kind, payload, job_version, enqueued_by, run_at, \
-             priority, attempts, max_attempts, idempotency_key, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, 'queued', $13)",
+             priority, attempts, max_attempts, idempotency_key, state, created_at, trace_parent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $12, 'queued', $13, $14)",
         )
         .bind(&id)
         .bind(&job.tenant)
@@ -87,6 +87,7 @@ impl Queue {
         .bind(i64::from(job.max_attempts.unwrap_or(self.config.max_attempts)))
         .bind(&job.idempotency_key)
         .bind(now)
+        .bind(&job.trace_parent)
         .execute(&mut **tx)
         .await;
         match inserted {
@@ -285,19 +286,19 @@ async fn count_back(tx: &mut Tx, per_tenant: &Counts<'_>, rows: &[(String, &NewJ
 
 /// Insert the new jobs, 64 to a statement.
 async fn insert(tx: &mut Tx, rows: &[(String, &NewJob)], max_attempts: u32) -> anyhow::Result<()> {
-    const COLUMNS: usize = 13;
+    const COLUMNS: usize = 14;
     let now = store::now_millis();
     for chunk in rows.chunks(64) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let p: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
                 // attempts (0) and state ('queued') are constants between them.
-                format!("({}, 0, {}, 'queued', {})", p[..10].join(", "), p[10..12].join(", "), p[12])
+                format!("({}, 0, {}, 'queued', {})", p[..10].join(", "), p[10..12].join(", "), p[12..].join(", "))
             })
             .collect();
         let sql = format!(
             "INSERT INTO jobs (id, tenant_id, instance_id, service, kind, payload, job_version, enqueued_by, run_at, \
-             priority, attempts, max_attempts, idempotency_key, state, created_at) VALUES {}",
+             priority, attempts, max_attempts, idempotency_key, state, created_at, trace_parent) VALUES {}",
             values.join(", ")
         );
         let mut query = sqlx::query(&sql);
@@ -315,7 +316,8 @@ async fn insert(tx: &mut Tx, rows: &[(String, &NewJob)], max_attempts: u32) -> a
                 .bind(i64::from(job.priority))
                 .bind(i64::from(job.max_attempts.unwrap_or(max_attempts)))
                 .bind(job.idempotency_key.as_deref())
-                .bind(now);
+                .bind(now)
+                .bind(job.trace_parent.as_deref());
         }
         query.execute(&mut **tx).await.context("failed to queue jobs")?;
     }
@@ -349,6 +351,7 @@ impl crate::runtime::JobQueue for Queue {
                 idempotency_key: job.idempotency_key,
                 priority: job.priority,
                 max_attempts: job.max_attempts,
+                trace_parent: job.trace_parent,
             };
             self.enqueue_for_tenant(new).await.map(|enqueued| enqueued.id).map_err(|e| e.to_string())
         })

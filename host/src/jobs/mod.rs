@@ -103,6 +103,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub priority: i32,
     pub max_attempts: Option<u32>,
+    /// The W3C `traceparent` of the kept trace that queued it: its runs
+    /// continue that trace.
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {
@@ -127,7 +130,7 @@ impl NewJob {
 }
 
 /// The outcome of an enqueue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Enqueued {
     pub id: String,
     /// `false` when the idempotency key named a job queued before.
@@ -148,6 +151,7 @@ pub struct Claimed {
     pub attempts: i64,
     pub max_attempts: i64,
     pub fence: i64,
+    pub trace_parent: Option<String>,
 }
 
 /// How an attempt ended.
@@ -273,7 +277,7 @@ pub struct JobFilter {
 }
 
 /// Queue depth of one service, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceQueue {
     pub service: String,
     /// Ready or waiting to run (queued, or failed and waiting to retry).
@@ -371,7 +375,7 @@ impl Queue {
              WHERE id IN (SELECT id FROM jobs WHERE tenant_id = $4 AND state IN ('queued', 'failed') AND run_at <= $3 \
              ORDER BY priority DESC, run_at, id LIMIT $5{skip_locked}) \
              RETURNING id, tenant_id, instance_id, service, kind, payload, job_version, enqueued_by, attempts, \
-             max_attempts, fence"
+             max_attempts, fence, trace_parent"
         );
         let lease_until = now + self.config.lease.as_millis() as i64;
         let mut claimed = Vec::new();

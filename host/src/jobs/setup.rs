@@ -61,6 +61,7 @@ pub async fn begin_in(
         // dead at once) and waits for a person, the instance serving its
         // previous version meanwhile.
         max_attempts: Some(3),
+        trace_parent: None,
     };
     queue.enqueue_in(tx, &job, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(true)

@@ -22,6 +22,7 @@ fn job(tenant: &str, instance: &str, key: Option<&str>) -> NewJob {
         idempotency_key: key.map(str::to_string),
         priority: 0,
         max_attempts: Some(2),
+        trace_parent: None,
     }
 }
 

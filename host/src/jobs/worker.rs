@@ -144,8 +144,10 @@ fn start(
 ) {
     let runner = workers.clone();
     let setup = job.kind == SETUP_KIND;
-    // A trace of its own, kept at the configured ratio.
-    let span = if crate::telemetry::sample() {
+    // Queued by a request (or job) whose trace was kept: this run continues
+    // that trace. Otherwise a trace of its own, kept at the configured ratio.
+    let continues = job.trace_parent.as_deref().filter(|_| crate::telemetry::exporting());
+    let span = if continues.is_some() || crate::telemetry::sample() {
         crate::telemetry::trace_span!(
             parent: None,
             "job",
@@ -163,6 +165,9 @@ fn start(
     } else {
         tracing::Span::none()
     };
+    if let Some(parent) = continues {
+        crate::telemetry::continue_trace(&span, parent);
+    }
     let work = async move {
         let finish = run_one(&runner, &job).instrument(span.clone()).await;
         let (outcome, version) = match &finish {
@@ -236,6 +241,7 @@ impl Schedules {
                     idempotency_key: Some(format!("wharf.every:{}:{slot}", job.kind)),
                     priority: 0,
                     max_attempts: None,
+                    trace_parent: None,
                 };
                 match workers.queue.enqueue_for_tenant(new).await {
                     Ok(_) => {}

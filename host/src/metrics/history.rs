@@ -60,7 +60,7 @@ struct Inner {
 
 /// A version's track, aligned with [`Charted::times`] (null where it had no
 /// requests).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Track {
     pub service: String,
     pub version: String,
@@ -72,7 +72,7 @@ pub struct Track {
 }
 
 /// The history in columns, as a chart wants it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Charted {
     /// Each point's end, Unix seconds (to the millisecond).
     pub times: Vec<f64>,

@@ -235,7 +235,7 @@ pub struct ServiceInfo {
 }
 
 /// Result of a publish.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Published {
     /// `false` when the same bytes were already published under this version.
     pub created: bool,

@@ -31,7 +31,7 @@ pub struct Fleet {
 type Reports = BTreeMap<(String, String), (String, Option<String>, u64, u64)>;
 
 /// A node as the fleet sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub id: String,
     pub ingress: String,
@@ -228,7 +228,7 @@ pub async fn nodes(db: &Db) -> anyhow::Result<Vec<NodeInfo>> {
 }
 
 /// One version's state on one node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionOnNode {
     pub node: String,
     pub state: String,

@@ -72,7 +72,7 @@ impl From<sqlx::Error> for RolloutError {
 }
 
 /// What a stage came to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Staged {
     pub service: String,
     pub version: String,
@@ -87,7 +87,7 @@ pub struct Staged {
 }
 
 /// What a promotion (or rollback) came to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Promoted {
     pub service: String,
     pub version: String,
@@ -101,7 +101,7 @@ pub struct Promoted {
 }
 
 /// What a canary came to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Canaried {
     pub service: String,
     pub version: String,

@@ -65,6 +65,8 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
     pub priority: i32,
     pub max_attempts: Option<u32>,
+    /// The W3C `traceparent` of the enqueue's span, when its trace is kept.
+    pub trace_parent: Option<String>,
 }
 
 /// The service version a guest runs, as the job queue sees it (the registry's
@@ -263,6 +265,13 @@ impl jobs::Host for GuestState {
             return Err("this call cannot enqueue jobs".into());
         };
         let door = &context.instance;
+        let span = crate::telemetry::child_span!(
+            "platform call",
+            otel.name = "jobs.enqueue",
+            otel.kind = "producer",
+            wharf.kind = %kind,
+            otel.status_code = tracing::field::Empty,
+        );
         let job = JobRequest {
             tenant: door.tenant.clone(),
             instance: door.instance.clone(),
@@ -274,15 +283,10 @@ impl jobs::Host for GuestState {
             idempotency_key: options.idempotency_key,
             priority: options.priority,
             max_attempts: options.max_attempts,
+            // The job's runs continue this trace (when it is kept).
+            trace_parent: crate::telemetry::traceparent(&span),
         };
         let deadline = tokio::time::Instant::from_std(self.deadline);
-        let span = crate::telemetry::child_span!(
-            "platform call",
-            otel.name = "jobs.enqueue",
-            otel.kind = "producer",
-            wharf.kind = %job.kind,
-            otel.status_code = tracing::field::Empty,
-        );
         let enqueued = tracing::Instrument::instrument(door.queue.enqueue(job), span.clone());
         let result = match tokio::time::timeout_at(deadline, enqueued).await {
             Ok(result) => result,

@@ -28,7 +28,7 @@ pub const ROUNDING: &str = "each line's amount is quantity × unit price ÷ per,
                             the nearest minor unit, halves away from zero; totals add the rounded lines";
 
 /// An invoice.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Invoice {
     pub id: String,
     pub tenant: String,
@@ -54,7 +54,7 @@ pub struct Invoice {
 }
 
 /// One line of an invoice.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Line {
     /// `service`, `module`, `fuel`, `requests` or `discount`.
     pub kind: String,
@@ -83,7 +83,7 @@ pub struct Line {
 }
 
 /// What an invoice comes to in one currency.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Total {
     pub currency: String,
     pub amount: i64,
@@ -91,7 +91,7 @@ pub struct Total {
 }
 
 /// A line of the list of a tenant's invoices.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InvoiceSummary {
     pub id: String,
     pub period: String,
