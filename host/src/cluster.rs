@@ -4,8 +4,11 @@
 //! `wharf_changes` channel at commit. Each node listens, and on a notification
 //! (or every [`POLL`], which also covers notifications missed while the listening
 //! connection was down) compares the generation with the one it has caught up
-//! with; when it is behind it loads new versions (fetching their components from
-//! the control plane), points services at their active versions and rebuilds its
+//! with; when it is behind it reads the change log from there: changes to some
+//! instances or tenants re-read just their routes (the cost of a change does not
+//! grow with the platform); other changes, or a gap in the log (a node too far
+//! behind), load new versions (fetching their components from the control
+//! plane), point services at their active versions and rebuild the whole
 //! routing table. Credentials and memberships are cached on each node: every
 //! change to them bumps the identity generation and notifies `wharf_identity`;
 //! each node invalidates its caches and acknowledges, and the changing node
@@ -128,8 +131,16 @@ pub async fn catch_up(node: &Follower) -> anyhow::Result<()> {
         return Ok(());
     }
     let behind = std::time::Instant::now();
-    node.registry.refresh().await?;
-    node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    match store::changes_between(&node.db, seen, current).await.context("failed to read the change log")? {
+        // Changes to some instances or tenants: re-read just those.
+        Some(changes) => node.configurator.apply_changes(&changes).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+        // Versions changed, or this node missed part of the log: everything.
+        None => {
+            node.registry.refresh().await?;
+            node.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            node.metrics.reloaded();
+        }
+    }
     node.seen.caught_up(current);
     node.metrics.caught_up(behind.elapsed());
     // The acknowledgement a promotion waits for.

@@ -179,14 +179,69 @@ impl Seen {
 /// The channel on which PostgreSQL tells every node that the platform changed.
 pub const CHANGES_CHANNEL: &str = "wharf_changes";
 
+/// What a platform change was about: other nodes re-read just that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// One instance: its routes, hostnames, modules, settings, setup.
+    Instance(&'a str),
+    /// Every instance of one tenant (its suspension, deletion, quotas).
+    Tenant(&'a str),
+    /// Anything else (versions, active versions, pins across a service):
+    /// nodes reload everything.
+    All,
+}
+
+impl Change<'_> {
+    fn scope(&self) -> (&'static str, &str) {
+        match self {
+            Change::Instance(id) => ("instance", id),
+            Change::Tenant(id) => ("tenant", id),
+            Change::All => ("all", ""),
+        }
+    }
+}
+
+/// A change another node made, as read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    Instance(String),
+    Tenant(String),
+}
+
+/// How many changes the log keeps: a node further behind reloads everything.
+pub const CHANGE_LOG: i64 = 4096;
+
 /// Record that something nodes hold in memory changed (inside `tx`, so it counts
 /// only if the change commits); on PostgreSQL every listening node is told at
 /// commit. Returns the new generation.
 pub async fn bump_generation(tx: &mut sqlx::Transaction<'_, Backend>) -> Result<i64, sqlx::Error> {
+    bump_generation_for(tx, Change::All).await
+}
+
+/// [`bump_generation`] for a change of `change`'s scope, logged so that other
+/// nodes re-read just that.
+pub async fn bump_generation_for(
+    tx: &mut sqlx::Transaction<'_, Backend>,
+    change: Change<'_>,
+) -> Result<i64, sqlx::Error> {
     let (generation,): (i64,) =
         sqlx::query_as("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
             .fetch_one(&mut **tx)
             .await?;
+    let (scope, key) = change.scope();
+    sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, $2, $3)")
+        .bind(generation)
+        .bind(scope)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    if generation % 256 == 0 {
+        // The generation row is locked by this transaction: one pruner at a time.
+        sqlx::query("DELETE FROM platform_changes WHERE generation <= $1")
+            .bind(generation - CHANGE_LOG)
+            .execute(&mut **tx)
+            .await?;
+    }
     if dialect_of_connection(tx) == Dialect::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANGES_CHANNEL)
@@ -197,17 +252,64 @@ pub async fn bump_generation(tx: &mut sqlx::Transaction<'_, Backend>) -> Result<
     Ok(generation)
 }
 
+/// The changes after `seen` up to `current`, when each of them is in the log
+/// and of a scope a node can apply alone; `None`: reload everything.
+pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<Vec<Changed>>, sqlx::Error> {
+    if current - seen > CHANGE_LOG {
+        return Ok(None);
+    }
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT generation, scope, key FROM platform_changes WHERE generation > $1 AND generation <= $2 \
+         ORDER BY generation",
+    )
+    .bind(seen)
+    .bind(current)
+    .fetch_all(db)
+    .await?;
+    if rows.len() as i64 != current - seen {
+        // Pruned, or written before the log existed.
+        return Ok(None);
+    }
+    let mut changes = Vec::new();
+    for (_, scope, key) in rows {
+        let change = match scope.as_str() {
+            "instance" => Changed::Instance(key),
+            "tenant" => Changed::Tenant(key),
+            _ => return Ok(None),
+        };
+        if !changes.contains(&change) {
+            changes.push(change);
+        }
+    }
+    Ok(Some(changes))
+}
+
 /// Commit `tx` as a change to what nodes hold in memory: bump the generation
 /// (every node is told at commit), commit, let `apply` make the change in this
 /// node's memory (swap a pointer, rebuild the routes), then mark it applied
 /// here, so this node does not reload its own change. Returns the generation.
-pub async fn commit_change<F, Fut, E>(mut tx: sqlx::Transaction<'_, Backend>, seen: &Seen, apply: F) -> Result<i64, E>
+pub async fn commit_change<F, Fut, E>(tx: sqlx::Transaction<'_, Backend>, seen: &Seen, apply: F) -> Result<i64, E>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: From<sqlx::Error>,
 {
-    let generation = bump_generation(&mut tx).await?;
+    commit_change_for(tx, seen, Change::All, apply).await
+}
+
+/// [`commit_change`] for a change of `change`'s scope (see [`Change`]).
+pub async fn commit_change_for<F, Fut, E>(
+    mut tx: sqlx::Transaction<'_, Backend>,
+    seen: &Seen,
+    change: Change<'_>,
+    apply: F,
+) -> Result<i64, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: From<sqlx::Error>,
+{
+    let generation = bump_generation_for(&mut tx, change).await?;
     tx.commit().await?;
     apply().await?;
     seen.applied_own(generation);
@@ -234,8 +336,13 @@ pub async fn generation(db: &Db) -> Result<i64, sqlx::Error> {
 
 /// Bump the generation in a transaction of its own; returns the new generation.
 pub async fn bump(db: &Db) -> Result<i64, sqlx::Error> {
+    bump_for(db, Change::All).await
+}
+
+/// [`bump`] for a change of `change`'s scope.
+pub async fn bump_for(db: &Db, change: Change<'_>) -> Result<i64, sqlx::Error> {
     let mut tx = begin(db).await?;
-    let generation = bump_generation(&mut tx).await?;
+    let generation = bump_generation_for(&mut tx, change).await?;
     tx.commit().await?;
     Ok(generation)
 }
@@ -262,6 +369,49 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_change_log_names_what_changed_or_asks_for_a_full_reload() {
+        for plane in crate::testdb::control_planes().await {
+            let (db, on) = (&plane.db, plane.backend);
+            let start = generation(db).await.unwrap();
+            let a = bump_for(db, Change::Instance("inst-a")).await.unwrap();
+            bump_for(db, Change::Tenant("acme")).await.unwrap();
+            let c = bump_for(db, Change::Instance("inst-a")).await.unwrap();
+            // Each scope once, in the order first changed.
+            let changes = changes_between(db, start, c).await.unwrap().unwrap();
+            assert_eq!(changes, [Changed::Instance("inst-a".into()), Changed::Tenant("acme".into())], "{on}");
+            assert_eq!(changes_between(db, a, c).await.unwrap().unwrap().len(), 2, "{on}");
+            assert_eq!(changes_between(db, c, c).await.unwrap().unwrap(), [], "{on}");
+            // A change of another scope: everything.
+            let d = bump(db).await.unwrap();
+            assert_eq!(changes_between(db, start, d).await.unwrap(), None, "{on}");
+            // A generation missing from the log (pruned): everything.
+            let e = bump_for(db, Change::Instance("inst-b")).await.unwrap();
+            assert!(changes_between(db, d, e).await.unwrap().is_some(), "{on}");
+            sqlx::query("DELETE FROM platform_changes WHERE generation = $1").bind(e).execute(db).await.unwrap();
+            assert_eq!(changes_between(db, d, e).await.unwrap(), None, "{on}");
+            // Further behind than the log keeps: everything, unread.
+            assert_eq!(changes_between(db, e - CHANGE_LOG - 1, e).await.unwrap(), None, "{on}");
+            // The log is pruned as generations pass: a row older than the log
+            // keeps is gone once 256 more changes were made.
+            sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, 'instance', 'old')")
+                .bind(e - CHANGE_LOG - 10)
+                .execute(db)
+                .await
+                .unwrap();
+            for _ in 0..256 {
+                bump_for(db, Change::Instance("inst-c")).await.unwrap();
+            }
+            let old: Option<(i64,)> = sqlx::query_as("SELECT generation FROM platform_changes WHERE key = 'old'")
+                .fetch_optional(db)
+                .await
+                .unwrap();
+            assert_eq!(old, None, "{on}");
+        }
+    }
+
     #[test]
     fn passwords_are_hidden_in_messages() {
         assert_eq!(super::redact("postgres://ann:secret@db:5432/w"), "postgres://ann:***@db:5432/w");

@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod openapi;
+mod propagation;
 mod publish;
 mod races;
 mod restart;

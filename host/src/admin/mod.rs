@@ -238,7 +238,12 @@ async fn announce_change(node: &AdminState) {
 /// Queue the instance setups a change made due (migrations of a version just
 /// activated or pinned), so they start now rather than at the next periodic check.
 pub(crate) async fn setups_due(node: &AdminState) -> usize {
-    match crate::jobs::setup::reconcile(&node.workers).await {
+    setups_due_for(node, None).await
+}
+
+/// [`setups_due`] of one instance (`Some(id)`, the one a change touched), or all.
+pub(crate) async fn setups_due_for(node: &AdminState, instance: Option<&str>) -> usize {
+    match crate::jobs::setup::reconcile_some(&node.workers, instance).await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!("failed to queue instance setups (retried shortly): {e:#}");
@@ -365,6 +370,7 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
         "ingress": node.addresses.ingress.to_string(),
         "admin": node.addresses.admin.to_string(),
         "routes": node.router.len(),
+        "routes_digest": node.router.digest(),
         "versions_compiled": stats.compiled.load(Ordering::Relaxed),
         "versions_loaded_from_cache": stats.loaded_from_cache.load(Ordering::Relaxed),
         "limits": {
@@ -1138,7 +1144,7 @@ async fn update_instance(
         node.access.require_operator(&caller, Platform::BillingOperate)?;
     }
     let mut instance = node.configurator.update_instance(&id, change, actor(&caller)).await?;
-    if setups_due(&node).await > 0 {
+    if setups_due_for(&node, Some(&id)).await > 0 {
         instance = node.configurator.instance(&id).await?;
     }
     node.audit.record(&caller.email, "instance.update", &instance.id, Some(&instance.tenant), "ok").await;

@@ -333,6 +333,9 @@ pub struct NodeView {
     ingress: String,
     admin: String,
     routes: u64,
+    /// What this node routes where, as a digest: nodes that route alike have
+    /// the same (`count-hash`).
+    routes_digest: String,
     versions_compiled: u64,
     versions_loaded_from_cache: u64,
     limits: NodeLimits,

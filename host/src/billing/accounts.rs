@@ -103,7 +103,11 @@ impl Billing {
         .await?
         .rows_affected();
         let generation = if changed > 0 {
-            Some(store::bump_generation(&mut tx).await.context("failed to record the change")?)
+            Some(
+                store::bump_generation_for(&mut tx, store::Change::Tenant(tenant))
+                    .await
+                    .context("failed to record the change")?,
+            )
         } else {
             None
         };

@@ -615,7 +615,8 @@ impl Passes {
             }
             if let Some(generation) = billing.set_suspended(&tenant, reason.as_deref()).await? {
                 tracing::info!(%tenant, suspended = reason.is_some(), "spending limit");
-                self.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let tenant_changed = [crate::store::Changed::Tenant(tenant.clone())];
+                self.configurator.apply_changes(&tenant_changed).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 self.seen.applied_own(generation);
                 changed += 1;
             }

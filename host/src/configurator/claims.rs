@@ -244,7 +244,8 @@ impl Configurator {
             return Err(ConfigError::NoClaim(instance.to_string(), host));
         }
         insert_verified(&mut tx, instance, &host).await?;
-        store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
+        store::commit_change_for(tx, &self.seen, store::Change::Instance(instance), || self.refresh_instance(instance))
+            .await?;
         tracing::info!(%instance, hostname = %host, "hostname verified");
         self.instance(instance).await
     }

@@ -19,7 +19,7 @@ impl Configurator {
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         if current.deleted_at.is_none() {
             self.mark_deleted_in(&mut tx, &current.id, &current.tenant, &current.hosts, actor, now, purge_at).await?;
-            store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
+            store::commit_change_for(tx, &self.seen, store::Change::Instance(id), || self.refresh_instance(id)).await?;
             tracing::info!(instance = %id, tenant = %current.tenant, by = %actor.user_id, purge_at, "instance deleted");
         } else if at_once {
             // Deleted before: its grace ends now.
@@ -127,7 +127,7 @@ impl Configurator {
                 tracing::info!(instance = %id, hostname = %host, "not bound again on restore: taken or no longer reserved");
             }
         }
-        store::commit_change(tx, &self.seen, || self.add_routes(id)).await?;
+        store::commit_change_for(tx, &self.seen, store::Change::Instance(id), || self.refresh_instance(id)).await?;
         drop(guard);
         tracing::info!(instance = %id, tenant = %current.tenant, "instance restored");
         let instance = self.instance(id).await?;

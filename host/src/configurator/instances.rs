@@ -162,11 +162,11 @@ impl Configurator {
                 queue.begin_in(&mut tx, setup).await?;
             }
         }
-        store::commit_change(tx, &self.seen, || async {
+        store::commit_change_for(tx, &self.seen, store::Change::Instance(&id), || async {
             if let Some(queue) = &self.followers.queue {
                 queue.wake();
             }
-            self.add_routes(&id).await
+            self.refresh_instance(&id).await
         })
         .await?;
         tracing::info!(instance = %id, %name, tenant = %new.tenant, service = %new.service, ?hosts, "instance created");
@@ -243,7 +243,7 @@ impl Configurator {
         if let Some(hosts) = &hosts {
             self.apply_hosts(&mut tx, id, &current.tenant, hosts, actor).await?;
         }
-        store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
+        store::commit_change_for(tx, &self.seen, store::Change::Instance(id), || self.refresh_instance(id)).await?;
         let instance = self.instance(id).await?;
         self.subscriptions_changed(std::slice::from_ref(&instance)).await;
         Ok(instance)

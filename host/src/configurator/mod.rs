@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::instancedb as database;
 use crate::quota::{Quota, QuotaUse, Quotas, Subject};
 use crate::registry::{manifest::validate_name, LoadedVersion, Registry, RegistryError};
-use crate::router::{self, InstanceSetup, Route, Router, SetupState, VersionTarget};
+use crate::router::{self, InstanceRoutes, InstanceSetup, Route, Router, SetupState, VersionTarget};
 use crate::runtime::Features;
 use crate::store::{self, Db};
 use crate::usage::Usage;

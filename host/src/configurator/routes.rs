@@ -1,5 +1,7 @@
-//! The routing table: built from the instances and their hostnames, swapped
-//! whole into the router; rebuilt after every change and catch-up.
+//! The routing table: built from the instances and their hostnames. A change
+//! to some instances re-reads just theirs and swaps them into the router; a
+//! node that cannot tell what changed (it missed part of the change log)
+//! rebuilds the whole table.
 
 use super::*;
 
@@ -15,30 +17,70 @@ impl Configurator {
     /// Rebuild the router's table from the database and swap it in.
     pub async fn rebuild_routes(&self) -> Result<(), ConfigError> {
         let (default_bytes, overrides) = self.quotas.database_limits().await?;
-        let rows = self.route_rows(None).await?;
+        let rows = self.route_rows(RouteScope::All).await?;
         self.load_pinned(&rows).await?;
         for row in &rows {
             let tenant = &row.tenant_id;
             let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
         }
-        let (routes, instances) = self.routes_of(rows);
-        self.router.replace(routes, instances);
+        self.router.replace(self.routes_of(rows));
         self.load_challenges().await
     }
 
-    /// Route a newly created instance: only its rows are read, and the table is
-    /// copied and swapped (creating many instances stays linear).
-    pub(super) async fn add_routes(&self, instance: &str) -> Result<(), ConfigError> {
-        let rows = self.route_rows(Some(instance)).await?;
-        self.load_pinned(&rows).await?;
-        if let Some(row) = rows.first() {
-            let bytes = self.quotas.limit(&Subject::Tenant(&row.tenant_id), Quota::DatabaseBytes).await?;
-            self.db_threads.set_tenant_quota(&row.tenant_id, bytes.max(0) as u64);
+    /// Re-read the routes of the instances named and swap just them in: the
+    /// cost of a change to a few instances does not grow with the platform.
+    pub async fn refresh_instances(&self, ids: &[&str]) -> Result<(), ConfigError> {
+        let mut tenants = std::collections::BTreeSet::new();
+        for id in ids {
+            let rows = self.route_rows(RouteScope::Instance(id)).await?;
+            self.load_pinned(&rows).await?;
+            if let Some(row) = rows.first() {
+                tenants.insert(row.tenant_id.clone());
+            }
+            let mut routes = self.routes_of(rows);
+            self.router.set_instance(id, routes.remove(*id));
         }
-        let (routes, instances) = self.routes_of(rows);
-        self.router.extend(routes, instances);
+        for tenant in tenants {
+            let bytes = self.quotas.limit(&Subject::Tenant(&tenant), Quota::DatabaseBytes).await?;
+            self.db_threads.set_tenant_quota(&tenant, bytes.max(0) as u64);
+        }
         self.load_challenges().await
+    }
+
+    /// [`Self::refresh_instances`] of one.
+    pub async fn refresh_instance(&self, id: &str) -> Result<(), ConfigError> {
+        self.refresh_instances(&[id]).await
+    }
+
+    /// Re-read the routes of every instance of `tenant` (its suspension,
+    /// deletion or quotas changed), deleted ones included.
+    pub async fn refresh_tenant(&self, tenant: &str) -> Result<(), ConfigError> {
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM instances WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&self.db)
+            .await
+            .context("failed to list the tenant's instances")?;
+        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        self.refresh_instances(&ids).await?;
+        let bytes = self.quotas.limit(&Subject::Tenant(tenant), Quota::DatabaseBytes).await?;
+        self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
+        Ok(())
+    }
+
+    /// Apply other nodes' changes to some instances and tenants (read from
+    /// the change log); waits for this node's own change in progress, like
+    /// [`Self::refresh_routes`].
+    pub async fn apply_changes(&self, changes: &[store::Changed]) -> Result<(), ConfigError> {
+        let _guard = self.change_lock.lock().await;
+        let mut instances = Vec::new();
+        for change in changes {
+            match change {
+                store::Changed::Instance(id) => instances.push(id.as_str()),
+                store::Changed::Tenant(tenant) => self.refresh_tenant(tenant).await?,
+            }
+        }
+        self.refresh_instances(&instances).await
     }
 
     /// Versions routes are pinned to (or settled on) that this node unloaded:
@@ -74,7 +116,7 @@ impl Configurator {
     /// One row per routed hostname: verified custom names, then each instance's
     /// platform names (no custom name can shadow them: tenants cannot claim
     /// names under a platform domain).
-    pub(super) async fn route_rows(&self, instance: Option<&str>) -> Result<Vec<RouteRow>, ConfigError> {
+    pub(super) async fn route_rows(&self, scope: RouteScope<'_>) -> Result<Vec<RouteRow>, ConfigError> {
         let custom = format!(
             "SELECT h.hostname, {ROUTE_COLUMNS} FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
                      LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL"
@@ -83,60 +125,42 @@ impl Configurator {
             "SELECT '' AS hostname, {ROUTE_COLUMNS} FROM instances i \
                      LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL"
         );
-        let rows = match instance {
-            Some(id) => {
-                let mut rows: Vec<RouteRow> = sqlx::query_as(&format!("{custom} AND i.id = $1"))
-                    .bind(id)
-                    .fetch_all(&self.db)
-                    .await
-                    .context("failed to load routes")?;
-                // Every instance has a route (its jobs run through it), with
-                // or without hostnames.
-                rows.extend(
-                    sqlx::query_as::<_, RouteRow>(&format!("{platform} AND i.id = $1"))
-                        .bind(id)
-                        .fetch_all(&self.db)
-                        .await
-                        .context("failed to load routes")?,
-                );
-                rows
-            }
-            None => {
-                let mut rows: Vec<RouteRow> =
-                    sqlx::query_as(&custom).fetch_all(&self.db).await.context("failed to load routes")?;
-                rows.extend(
-                    sqlx::query_as::<_, RouteRow>(&platform)
-                        .fetch_all(&self.db)
-                        .await
-                        .context("failed to load routes")?,
-                );
-                rows
-            }
+        let (filter, bind) = match scope {
+            RouteScope::All => ("", None),
+            RouteScope::Instance(id) => (" AND i.id = $1", Some(id)),
         };
+        let mut rows = Vec::new();
+        // Every instance has a route (its jobs run through it), with or
+        // without hostnames: custom names first, then the platform's.
+        for sql in [custom, platform] {
+            let sql = format!("{sql}{filter}");
+            let mut query = sqlx::query_as::<_, RouteRow>(&sql);
+            if let Some(value) = bind {
+                query = query.bind(value);
+            }
+            rows.extend(query.fetch_all(&self.db).await.context("failed to load routes")?);
+        }
         Ok(rows)
     }
 
-    pub(super) fn routes_of(&self, rows: Vec<RouteRow>) -> (HashMap<String, Arc<Route>>, HashMap<String, Arc<Route>>) {
-        let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
-        let mut by_instance: HashMap<String, Arc<Route>> = HashMap::new();
+    /// Each instance's route and hostnames, by instance id.
+    pub(super) fn routes_of(&self, rows: Vec<RouteRow>) -> HashMap<String, InstanceRoutes> {
+        let mut by_instance: HashMap<String, InstanceRoutes> = HashMap::new();
         for row in rows {
-            let route = match by_instance.get(&row.instance_id) {
-                Some(route) => route.clone(),
-                None => {
-                    let Some(route) = self.route_of(&row) else { continue };
-                    by_instance.insert(row.instance_id.clone(), route.clone());
-                    route
-                }
-            };
+            if !by_instance.contains_key(&row.instance_id) {
+                let Some(route) = self.route_of(&row) else { continue };
+                by_instance.insert(row.instance_id.clone(), InstanceRoutes { route, hosts: Vec::new(), custom: 0 });
+            }
+            let Some(entry) = by_instance.get_mut(&row.instance_id) else { continue };
+            // The rows come custom names first.
             if row.hostname.is_empty() {
-                for platform_host in self.policy.platform_names(&row.name, &row.tenant_id) {
-                    routes.entry(platform_host).or_insert_with(|| route.clone());
-                }
+                entry.hosts.extend(self.policy.platform_names(&row.name, &row.tenant_id));
             } else {
-                routes.insert(row.hostname, route);
+                entry.hosts.push(row.hostname);
+                entry.custom = entry.hosts.len();
             }
         }
-        (routes, by_instance)
+        by_instance
     }
 
     /// The route of the instance `row` describes; `None` (logged) when its
@@ -195,6 +219,13 @@ impl Configurator {
             }),
         }))
     }
+}
+
+/// Which instances' routes to read.
+#[derive(Clone, Copy)]
+pub(super) enum RouteScope<'a> {
+    All,
+    Instance(&'a str),
 }
 
 /// The columns of a [`RouteRow`] (after the hostname), from `instances i` and

@@ -77,7 +77,7 @@ impl Configurator {
                 .execute(&mut *tx)
                 .await
                 .context("failed to drop the tenant's hostname claims")?;
-            store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
+            store::commit_change_for(tx, &self.seen, store::Change::Tenant(id), || self.refresh_tenant(id)).await?;
             tracing::info!(tenant = %id, by = %actor.user_id, instances = deleted.len(), purge_at, "tenant deleted");
         } else if at_once {
             // Deleted before: its grace, and its instances', ends now.

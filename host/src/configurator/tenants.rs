@@ -184,7 +184,9 @@ impl Configurator {
             let bytes = self.quotas.limit(&Subject::Tenant(tenant), quota).await?;
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
             // Other nodes apply it when they catch up.
-            let generation = store::bump(&self.db).await.context("failed to record the change")?;
+            let generation = store::bump_for(&self.db, store::Change::Tenant(tenant))
+                .await
+                .context("failed to record the change")?;
             self.seen.applied_own(generation);
         }
         Ok(())

@@ -90,7 +90,7 @@ impl hooks::SetupQueue for Queue {
 /// it on to the version it wants, if that is another).
 pub async fn retrying(tx: &mut sqlx::Transaction<'_, Backend>, instance: &str, version: &str) -> anyhow::Result<()> {
     setups::restart(tx, instance, version).await?;
-    store::bump_generation(tx).await.context("failed to record the change")?;
+    store::bump_generation_for(tx, store::Change::Instance(instance)).await.context("failed to record the change")?;
     Ok(())
 }
 
@@ -108,7 +108,7 @@ pub async fn abandoned(
     reason: &str,
 ) -> anyhow::Result<()> {
     setups::abandon(tx, instance, version, reason).await?;
-    store::bump_generation(tx).await.context("failed to record the change")?;
+    store::bump_generation_for(tx, store::Change::Instance(instance)).await.context("failed to record the change")?;
     Ok(())
 }
 
@@ -128,14 +128,22 @@ struct SetupRow {
 /// Queue the setups instances need: those whose wanted version has migrations
 /// their database lacks, or that were never seeded. Returns how many started.
 pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
-    let rows: Vec<SetupRow> = sqlx::query_as(
+    reconcile_some(workers, None).await
+}
+
+/// [`reconcile`] for one instance (`Some(id)`: one changed), or all.
+pub async fn reconcile_some(workers: &Workers, instance: Option<&str>) -> anyhow::Result<usize> {
+    let filter = if instance.is_some() { " AND id = $1" } else { "" };
+    let sql = format!(
         "SELECT id, tenant_id, service, pinned_version, applied_migrations, setup_state, setup_target, seeded_at \
-         FROM instances WHERE enabled AND deleted_at IS NULL",
-    )
-    .fetch_all(&workers.db)
-    .await
-    .context("failed to read instances")?;
-    let mut started = 0;
+         FROM instances WHERE enabled AND deleted_at IS NULL{filter}"
+    );
+    let mut query = sqlx::query_as::<_, SetupRow>(&sql);
+    if let Some(id) = instance {
+        query = query.bind(id);
+    }
+    let rows = query.fetch_all(&workers.db).await.context("failed to read instances")?;
+    let mut started = Vec::new();
     for row in rows {
         let SetupRow {
             id,
@@ -163,18 +171,18 @@ pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
         }
         let mut tx = crate::store::begin(&workers.db).await.context("failed to begin transaction")?;
         if begin_in(&mut tx, &workers.queue, &id, &tenant, &service, &wanted.version).await? {
-            store::commit_change(tx, &workers.seen, || async { anyhow::Ok(()) })
+            store::commit_change_for(tx, &workers.seen, store::Change::Instance(&id), || async { anyhow::Ok(()) })
                 .await
                 .context("failed to commit the setup")?;
             workers.queue.wake.notify_one();
             tracing::info!(instance = %id, version = %wanted.version, "instance setup queued");
-            started += 1;
+            started.push(store::Changed::Instance(id));
         }
     }
-    if started > 0 {
-        workers.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !started.is_empty() {
+        workers.configurator.apply_changes(&started).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    Ok(started)
+    Ok(started.len())
 }
 
 /// Run a setup job: migrations, then the seeder; the instance leaves
@@ -429,8 +437,9 @@ async fn finish(workers: &Workers, job: &Claimed, target: &str, outcome: &Result
             tracing::warn!(%instance, version = target, "instance setup failed: {}", failure.error);
         }
     }
-    store::commit_change(tx, &workers.seen, || async {
-        workers.configurator.refresh_routes().await.map_err(|e| anyhow::anyhow!("{e}"))
+    store::commit_change_for(tx, &workers.seen, store::Change::Instance(instance), || async {
+        let changed = [store::Changed::Instance(instance.to_string())];
+        workers.configurator.apply_changes(&changed).await.map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await
     .context("failed to commit the setup's outcome")?;

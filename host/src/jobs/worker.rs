@@ -215,9 +215,9 @@ impl Schedules {
         }
         self.last_check = Some(Instant::now());
         let now = crate::store::now_millis();
-        let routes = workers.router.instances();
-        self.queued.retain(|(instance, _), _| routes.contains_key(instance));
-        for route in routes.values() {
+        let router = &workers.router;
+        self.queued.retain(|(instance, _), _| router.instance(instance).is_some());
+        for route in router.instance_routes() {
             if !route.enabled {
                 continue;
             }

@@ -208,6 +208,9 @@ pub struct Metrics {
     /// finding this node behind to serving the new state.
     pub catch_ups: Counter,
     catch_up_seconds: Histogram,
+    /// Catch-ups that rebuilt everything (versions changed, or this node
+    /// missed part of the change log) rather than re-reading what changed.
+    pub full_reloads: Counter,
 }
 
 impl Default for Metrics {
@@ -229,6 +232,7 @@ impl Default for Metrics {
             control_plane_errors: Family::default(),
             catch_ups: Counter::default(),
             catch_up_seconds: Histogram::new(CATCH_UP_BUCKETS),
+            full_reloads: Counter::default(),
         }
     }
 }
@@ -284,6 +288,11 @@ impl Metrics {
         self.catch_up_seconds.observe(took.as_secs_f64());
     }
 
+    /// A catch-up that rebuilt everything.
+    pub fn reloaded(&self) {
+        self.full_reloads.inc();
+    }
+
     /// A response the ingress sent, whatever answered it.
     pub fn response(&self, status: u16) {
         self.classes[class(status)].inc();
@@ -323,6 +332,11 @@ impl Metrics {
             "catch_up_seconds",
             "Time from finding this node behind the platform to serving the new state, per change applied",
             self.catch_up_seconds.clone(),
+        );
+        registry.register(
+            "full_reloads",
+            "Catch-ups that reloaded every version and route (versions changed, or part of the change log was missed) instead of re-reading the instances that changed",
+            self.full_reloads.clone(),
         );
         registry.register("guests_running", "Guests of requests running now", self.guests_running.clone());
         registry.register(

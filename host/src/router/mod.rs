@@ -1,6 +1,7 @@
 //! Host → instance: the request's `Host` is normalised and looked up in an
-//! in-memory table. The table is rebuilt by the configurator when instances change
-//! and swapped whole, so the request path takes no lock and runs no query.
+//! in-memory table. The table is split into parts, each swapped whole: the
+//! request path takes no lock and runs no query, and the configurator's change
+//! of one instance copies only the parts its hostnames are in.
 
 pub mod health;
 
@@ -99,6 +100,31 @@ pub enum VersionTarget {
 }
 
 impl Route {
+    /// Feed what this route decides into `h` (see [`Router::digest`]).
+    fn fingerprint(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        self.instance.hash(h);
+        self.tenant.hash(h);
+        match &self.target {
+            VersionTarget::Follow(slot) => ("follow", &slot.name).hash(h),
+            VersionTarget::Pinned(version) => ("pinned", &version.service, &version.version).hash(h),
+        }
+        self.enabled.hash(h);
+        self.ends_at.hash(h);
+        self.suspended.hash(h);
+        self.features.modules.hash(h);
+        self.features.settings.hash(h);
+        (self.setup.state as u8).hash(h);
+        self.setup.target.hash(h);
+        self.setup.applied.hash(h);
+        self.setup.settled.as_ref().map(|v| &v.version).hash(h);
+        match &self.gate {
+            None => 0u8.hash(h),
+            Some(health::GateBack::Previous(_)) => 1u8.hash(h),
+            Some(health::GateBack::Active(_)) => 2u8.hash(h),
+        }
+    }
+
     /// The version a request arriving now runs.
     pub fn version(&self) -> Option<Arc<LoadedVersion>> {
         match &self.target {
@@ -132,50 +158,162 @@ pub fn serving(wanted: Option<Arc<LoadedVersion>>, setup: &InstanceSetup) -> Ser
     }
 }
 
+/// How many parts the tables are split into: a change copies one part
+/// (about 1/256 of the table), never the whole table.
+const SHARDS: usize = 256;
+
+/// A map from names to values, split into [`SHARDS`] parts by a keyed hash,
+/// each part swapped whole: readers take no lock, and a change copies only the
+/// part it touches.
+struct Sharded<V> {
+    parts: Box<[ArcSwap<HashMap<String, V>>]>,
+    hasher: std::hash::RandomState,
+}
+
+impl<V: Clone> Default for Sharded<V> {
+    fn default() -> Self {
+        Self { parts: (0..SHARDS).map(|_| ArcSwap::default()).collect(), hasher: std::hash::RandomState::new() }
+    }
+}
+
+impl<V: Clone> Sharded<V> {
+    fn part(&self, key: &str) -> &ArcSwap<HashMap<String, V>> {
+        use std::hash::BuildHasher;
+        &self.parts[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        self.part(key).load().get(key).cloned()
+    }
+
+    /// Replace everything (each part swapped in turn).
+    fn replace(&self, all: HashMap<String, V>) {
+        let mut parts: Vec<HashMap<String, V>> = (0..SHARDS).map(|_| HashMap::new()).collect();
+        for (key, value) in all {
+            use std::hash::BuildHasher;
+            parts[(self.hasher.hash_one(key.as_str()) as usize) % SHARDS].insert(key, value);
+        }
+        for (slot, part) in self.parts.iter().zip(parts) {
+            slot.store(Arc::new(part));
+        }
+    }
+
+    /// Change the entry of `key`: `change` gets its value and returns the new
+    /// one (`None` removes it). Only `key`'s part is copied.
+    fn update(&self, key: &str, change: impl Fn(Option<&V>) -> Option<V>) {
+        self.part(key).rcu(|current| {
+            let mut next = HashMap::clone(current);
+            match change(current.get(key)) {
+                Some(value) => next.insert(key.to_string(), value),
+                None => next.remove(key),
+            };
+            next
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.parts.iter().map(|part| part.load().len()).sum()
+    }
+
+    /// A snapshot of every part.
+    fn snapshot(&self) -> Vec<Arc<HashMap<String, V>>> {
+        self.parts.iter().map(|part| part.load_full()).collect()
+    }
+}
+
 /// The hostname table.
 #[derive(Default)]
 pub struct Router {
-    table: ArcSwap<HashMap<String, Arc<Route>>>,
+    table: Sharded<Arc<Route>>,
     /// Every instance's route, by instance id (also those without hostnames).
-    instances: ArcSwap<HashMap<String, Arc<Route>>>,
+    instances: Sharded<Arc<Route>>,
+    /// The hostnames routed to each instance, by instance id.
+    hosts: Sharded<Arc<[String]>>,
     /// Hostnames claimed but not yet proven, with their challenge tokens.
     challenges: ArcSwap<HashMap<String, Vec<String>>>,
+    /// Serialises changes (readers never wait for it).
+    changing: std::sync::Mutex<()>,
+}
+
+/// An instance's route and the hostnames that lead to it, as the configurator
+/// builds them: custom hostnames and the platform's names.
+pub struct InstanceRoutes {
+    pub route: Arc<Route>,
+    /// Its custom hostnames, then its platform names.
+    pub hosts: Vec<String>,
+    /// How many of `hosts` are custom: those win over another instance's
+    /// platform name (tenants cannot claim names under a platform domain, so
+    /// this is belt and braces).
+    pub custom: usize,
 }
 
 impl Router {
     /// Look up a normalised hostname.
     pub fn lookup(&self, host: &str) -> Option<Arc<Route>> {
-        self.table.load().get(host).cloned()
+        self.table.get(host)
     }
 
     /// An instance's route.
     pub fn instance(&self, id: &str) -> Option<Arc<Route>> {
-        self.instances.load().get(id).cloned()
+        self.instances.get(id)
     }
 
-    /// Every instance's route, by instance id.
-    pub fn instances(&self) -> Arc<HashMap<String, Arc<Route>>> {
-        self.instances.load_full()
+    /// Every instance's route (a snapshot).
+    pub fn instance_routes(&self) -> impl Iterator<Item = Arc<Route>> {
+        self.instances.snapshot().into_iter().flat_map(|part| part.values().cloned().collect::<Vec<_>>())
     }
 
-    /// Replace the whole table.
-    pub fn replace(&self, table: HashMap<String, Arc<Route>>, instances: HashMap<String, Arc<Route>>) {
-        self.table.store(Arc::new(table));
-        self.instances.store(Arc::new(instances));
+    /// Replace the whole table: `routes` by instance id.
+    pub fn replace(&self, routes: HashMap<String, InstanceRoutes>) {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = HashMap::new();
+        let mut instances = HashMap::new();
+        let mut hosts = HashMap::new();
+        for (id, routes) in &routes {
+            for host in &routes.hosts[..routes.custom] {
+                table.insert(host.clone(), routes.route.clone());
+            }
+            hosts.insert(id.clone(), Arc::from(routes.hosts.clone()));
+            instances.insert(id.clone(), routes.route.clone());
+        }
+        for routes in routes.values() {
+            for host in &routes.hosts[routes.custom..] {
+                table.entry(host.clone()).or_insert_with(|| routes.route.clone());
+            }
+        }
+        self.table.replace(table);
+        self.instances.replace(instances);
+        self.hosts.replace(hosts);
     }
 
-    /// Add or replace some hostnames and instances, keeping the rest.
-    pub fn extend(&self, routes: HashMap<String, Arc<Route>>, instances: HashMap<String, Arc<Route>>) {
-        self.table.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.extend(routes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            next
-        });
-        self.instances.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.extend(instances.iter().map(|(k, v)| (k.clone(), v.clone())));
-            next
-        });
+    /// Replace one instance's route and hostnames (`None`: it is gone), copying
+    /// only the parts of the table they are in. A hostname it no longer has is
+    /// removed only while it still leads to it, so changes of several instances
+    /// (a hostname moving from one to another) end in the same table whatever
+    /// order they are applied in.
+    pub fn set_instance(&self, id: &str, routes: Option<InstanceRoutes>) {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let old: Arc<[String]> = self.hosts.get(id).unwrap_or_else(|| Arc::from(Vec::new()));
+        let new: Vec<String> = routes.as_ref().map(|r| r.hosts.clone()).unwrap_or_default();
+        for host in old.iter().filter(|h| !new.contains(h)) {
+            self.table.update(host, |current| current.filter(|r| &*r.instance != id).cloned());
+        }
+        match routes {
+            Some(InstanceRoutes { route, hosts, custom }) => {
+                for (i, host) in hosts.iter().enumerate() {
+                    self.table.update(host, |current| match current {
+                        Some(other) if i >= custom && other.instance != route.instance => Some(other.clone()),
+                        _ => Some(route.clone()),
+                    });
+                }
+                self.hosts.update(id, |_| Some(Arc::from(hosts.clone())));
+                self.instances.update(id, |_| Some(route.clone()));
+            }
+            None => {
+                self.hosts.update(id, |_| None);
+                self.instances.update(id, |_| None);
+            }
+        }
     }
 
     /// Replace the pending challenges.
@@ -190,7 +328,35 @@ impl Router {
 
     /// Number of hostnames routed.
     pub fn len(&self) -> usize {
-        self.table.load().len()
+        self.table.len()
+    }
+
+    /// A digest of what the table routes where (hostnames, instances and what
+    /// their routes hold), independent of the order it was built in: two nodes
+    /// with the same digest route alike.
+    pub fn digest(&self) -> String {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut sum: u64 = 0;
+        let mut count: u64 = 0;
+        for part in self.table.snapshot() {
+            for (host, route) in part.iter() {
+                let mut h = DefaultHasher::new();
+                host.hash(&mut h);
+                route.fingerprint(&mut h);
+                sum = sum.wrapping_add(h.finish());
+                count += 1;
+            }
+        }
+        for part in self.instances.snapshot() {
+            for (id, route) in part.iter() {
+                let mut h = DefaultHasher::new();
+                id.hash(&mut h);
+                route.fingerprint(&mut h);
+                sum = sum.wrapping_add(h.finish().rotate_left(1));
+                count += 1;
+            }
+        }
+        format!("{count}-{sum:016x}")
     }
 
     /// Whether no hostname is routed.

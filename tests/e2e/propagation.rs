@@ -1,0 +1,117 @@
+//! How changes reach the other nodes (PostgreSQL pass; on SQLite there is one
+//! node and these tests return at once): a change to some instances or tenants
+//! is applied by re-reading just those, and a node that missed part of the
+//! change log reloads everything; either way it ends where a node started
+//! afresh begins.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::{postgres_base, sample, TestNode};
+
+async fn digest(node: &TestNode) -> String {
+    node.get_admin("/v1/node").await["routes_digest"].as_str().unwrap_or_default().to_string()
+}
+
+async fn full_reloads(node: &TestNode) -> f64 {
+    sample(&node.metrics().await, "wharf_full_reloads_total").unwrap_or(0.0)
+}
+
+/// Wait until `b` routes exactly as `a` does.
+async fn converged(a: &TestNode, b: &TestNode, what: &str) {
+    let started = Instant::now();
+    loop {
+        let (da, db) = (digest(a).await, digest(b).await);
+        if da == db {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: the nodes route differently ({da} vs {db})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn patch(a: &TestNode, id: &str, change: Value) {
+    let (status, answer) = a.admin(Method::PATCH, &format!("/v1/instances/{id}"), Some(change)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts() {
+    if postgres_base().is_none() {
+        eprintln!("skipped: change propagation needs WHARF_TEST_DATABASE (PostgreSQL)");
+        return;
+    }
+    // With a platform domain, every instance has a platform name too.
+    let domain = |config: &mut wharf::NodeConfig| config.trust.domains = vec!["apps.test".to_string()];
+    let a = TestNode::start_with(domain).await;
+    let b = TestNode::start_sharing_with(&a, domain).await;
+    a.publish("hello", "hello", "1.0.0").await;
+    a.create_tenant("acme").await;
+    a.create_tenant("beta").await;
+    converged(&a, &b, "after the publish").await;
+    let reloads = full_reloads(&b).await;
+
+    // Changes to instances and tenants through A, of every kind a node holds.
+    let one = a.create_instance("acme", "hello", &["one.acme.test"]).await;
+    let two = a.create_instance("acme", "hello", &["two.acme.test"]).await;
+    let three = a.create_instance("beta", "hello", &["three.beta.test"]).await;
+    patch(&a, &one, json!({ "hosts": ["uno.acme.test"], "settings": { "greeting": "hi" } })).await;
+    patch(&a, &two, json!({ "enabled": false })).await;
+    // A hostname moves from one instance to another (two changes).
+    patch(&a, &two, json!({ "hosts": ["dos.acme.test"] })).await;
+    patch(&a, &one, json!({ "hosts": ["uno.acme.test", "two.acme.test"] })).await;
+    let (status, answer) = a.admin(Method::DELETE, &format!("/v1/instances/{three}"), None).await;
+    assert!(status.is_success(), "{answer}");
+    let (status, answer) = a.admin(Method::POST, &format!("/v1/instances/{three}/restore"), None).await;
+    assert!(status.is_success(), "{answer}");
+    let (status, answer) = a.admin(Method::DELETE, "/v1/tenants/beta", None).await;
+    assert!(status.is_success(), "{answer}");
+    let (status, answer) =
+        a.admin(Method::PUT, "/v1/tenants/acme/quotas/database_bytes", Some(json!({ "limit": 1 << 20 }))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    converged(&a, &b, "after the instance changes").await;
+
+    // B serves what A does, having re-read only what changed.
+    assert_eq!(b.get("two.acme.test", "/").await.0, StatusCode::OK, "the moved hostname leads to `one`");
+    assert_eq!(b.get("uno.acme.test", "/").await.0, StatusCode::OK);
+    assert_eq!(b.get("dos.acme.test", "/").await.0, StatusCode::GONE, "`two` is disabled");
+    let platform_name =
+        a.get_admin(&format!("/v1/instances/{two}")).await["platform_hosts"][0].as_str().unwrap().to_string();
+    assert_eq!(b.get(&platform_name, "/").await.0, StatusCode::GONE, "{platform_name} leads to `two`");
+    assert_eq!(b.get("three.beta.test", "/").await.0, StatusCode::NOT_FOUND, "its tenant is deleted");
+    assert_eq!(full_reloads(&b).await, reloads, "every change was applied alone");
+    let text = b.metrics().await;
+    assert!(sample(&text, "wharf_catch_up_seconds_count").unwrap_or(0.0) >= 5.0, "{text}");
+
+    // A node started now routes exactly as B, which followed change by change.
+    let c = TestNode::start_sharing_with(&a, domain).await;
+    assert_eq!(digest(&c).await, digest(&b).await, "a fresh node and a follower route alike");
+
+    // A change B cannot read in the log (as if its rows were pruned before B
+    // came to them): B reloads everything, and still ends where C does.
+    let before_gap = digest(&b).await;
+    let mut pg = crate::harness::pg_admin(&a).await;
+    let mut tx = sqlx::Connection::begin(&mut pg).await.unwrap();
+    sqlx::query("UPDATE instances SET settings = '{\"greeting\":\"unlogged\"}' WHERE id = $1")
+        .bind(&one)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_notify('wharf_changes', 'gap')").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    while full_reloads(&b).await == reloads {
+        assert!(started.elapsed() < Duration::from_secs(10), "B never reloaded after the gap");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    converged(&b, &c, "after the gap").await;
+    let d = TestNode::start_sharing_with(&a, domain).await;
+    assert_eq!(digest(&d).await, digest(&b).await, "after the gap, B routes as a node started now");
+    assert_ne!(digest(&b).await, before_gap, "the unlogged change is in B's table");
+}
