@@ -3,7 +3,8 @@
 # count of instances (a generator fills the control plane directly: copies of one
 # instance made through the API, each its own tenant and hostname), one SQLite
 # node is started on it and measured:
-#   - start: from `wharf serve` to serving, and the memory it holds idle;
+#   - start: from `wharf serve` to ready, and the memory it holds idle (per
+#     instance: beyond what the same node held with one instance);
 #   - one admin change of one instance (PATCH its settings), median of 15;
 #   - the activation of a new version of the service every instance follows.
 # Usage: bench/scale.sh   (env: COUNTS="1 10000 100000" PATCHES=15)
@@ -35,13 +36,17 @@ serve() {
 stop() { kill -TERM "$node_pid"; wait "$node_pid" 2>/dev/null || true; }
 
 # fill DB N — N-1 copies of the instance `seed` (tenant t0), each in a tenant of
-# its own with a hostname, written straight into the control plane.
+# its own with a hostname (and the seed's subscription events), written straight
+# into the control plane.
 fill() {
     local db=$1 n=$(($2 - 1))
     [[ $n -gt 0 ]] || return 0
     local columns; columns=$(sqlite3 "$db" "SELECT group_concat(name, ', ') FROM pragma_table_info('instances')")
     local select; select=$(sed -E "s/(^|, )id(,|$)/\1'i' || n\2/; s/(^|, )tenant_id(,|$)/\1't' || n\2/; s/(^|, )name(,|$)/\1'hello'\2/" <<<"$columns")
-    sqlite3 "$db" <<SQL
+    # Its subscription events too, as if each had been billed from the start.
+    local events; events=$(sqlite3 "$db" "SELECT group_concat(name, ', ') FROM pragma_table_info('subscription_events')")
+    local events_select; events_select=$(sed -E "s/(^|, )instance_id(,|$)/\1'i' || n\2/; s/(^|, )tenant_id(,|$)/\1't' || n\2/" <<<"$events")
+    sqlite3 "$db" >/dev/null <<SQL
 PRAGMA journal_mode = WAL;
 BEGIN;
 CREATE TEMP TABLE numbers (n INTEGER PRIMARY KEY);
@@ -49,12 +54,12 @@ WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < $n) INS
 INSERT INTO tenants (id, display_name, created_at) SELECT 't' || n, 't' || n, created_at FROM numbers, tenants WHERE id = 't0';
 INSERT INTO instances ($columns) SELECT $select FROM numbers, (SELECT * FROM instances WHERE tenant_id = 't0');
 INSERT INTO instance_hosts (hostname, instance_id) SELECT 'h' || n || '.scale.bench', 'i' || n FROM numbers;
+INSERT INTO subscription_events ($events) SELECT $events_select FROM numbers, (SELECT * FROM subscription_events WHERE tenant_id = 't0');
 COMMIT;
 SQL
 }
 
 printf "%-12s %10s %12s %14s %14s %16s\n" instances "start s" "idle MiB" "KiB/instance" "PATCH ms" "activate ms"
-base_rss=""
 port=18400
 for count in $counts; do
     dir="$work/n$count"; mkdir -p "$dir"
@@ -64,11 +69,12 @@ for count in $counts; do
     ./target/release/wharf tenant create t0 >/dev/null
     seed=$(./target/release/wharf instance create --tenant t0 --service hello --host h0.scale.bench --json \
         | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -1)
+    base_rss=$(rss_mib "$node_pid")   # this node with one instance
     stop
     fill "$dir/wharf.db" "$count"
     serve "$dir" $port
     sleep 2
-    rss=$(rss_mib "$node_pid"); base_rss=${base_rss:-$rss}
+    rss=$(rss_mib "$node_pid")
     [[ "$(curl -s -H "Host: h$((count - 1)).scale.bench" "http://127.0.0.1:$port/")" == *Hello* ]] \
         || [[ $count == 1 ]] || { echo "the last generated instance does not answer" >&2; exit 1; }
     samples=()

@@ -202,7 +202,7 @@ impl Change<'_> {
 }
 
 /// A change another node made, as read back from the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Changed {
     Instance(String),
     Tenant(String),
@@ -210,6 +210,10 @@ pub enum Changed {
 
 /// How many changes the log keeps: a node further behind reloads everything.
 pub const CHANGE_LOG: i64 = 4096;
+
+/// Past this many instances and tenants changed, one reload of everything
+/// costs less than re-reading each.
+pub const MOST_CHANGED: usize = 1024;
 
 /// Record that something nodes hold in memory changed (inside `tx`, so it counts
 /// only if the change commits); on PostgreSQL every listening node is told at
@@ -271,17 +275,18 @@ pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<
         return Ok(None);
     }
     let mut changes = Vec::new();
+    let mut named = std::collections::HashSet::new();
     for (_, scope, key) in rows {
         let change = match scope.as_str() {
             "instance" => Changed::Instance(key),
             "tenant" => Changed::Tenant(key),
             _ => return Ok(None),
         };
-        if !changes.contains(&change) {
+        if named.insert(change.clone()) {
             changes.push(change);
         }
     }
-    Ok(Some(changes))
+    Ok((changes.len() <= MOST_CHANGED).then_some(changes))
 }
 
 /// Commit `tx` as a change to what nodes hold in memory: bump the generation
@@ -392,6 +397,14 @@ mod tests {
             assert!(changes_between(db, d, e).await.unwrap().is_some(), "{on}");
             sqlx::query("DELETE FROM platform_changes WHERE generation = $1").bind(e).execute(db).await.unwrap();
             assert_eq!(changes_between(db, d, e).await.unwrap(), None, "{on}");
+            // More instances changed than are worth re-reading one by one.
+            let from = generation(db).await.unwrap();
+            let mut to = from;
+            for i in 0..=MOST_CHANGED {
+                to = bump_for(db, Change::Instance(&format!("many-{i}"))).await.unwrap();
+            }
+            assert_eq!(changes_between(db, from, to).await.unwrap(), None, "{on}");
+            assert_eq!(changes_between(db, from + 1, to).await.unwrap().map(|c| c.len()), Some(MOST_CHANGED), "{on}");
             // Further behind than the log keeps: everything, unread.
             assert_eq!(changes_between(db, e - CHANGE_LOG - 1, e).await.unwrap(), None, "{on}");
             // The log is pruned as generations pass: a row older than the log

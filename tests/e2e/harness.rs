@@ -237,8 +237,14 @@ impl TestNode {
 
     /// Start a stopped node again on the same data directory.
     pub async fn start_again(&mut self) {
+        self.start_again_with(|_| {}).await;
+    }
+
+    /// [`Self::start_again`] with its configuration adjusted.
+    pub async fn start_again_with(&mut self, adjust: impl FnOnce(&mut NodeConfig)) {
         let mut config = test_config(self.data.path());
         config.database_url = self.database_url.clone();
+        adjust(&mut config);
         self.running = Some(Node::start(config).await.expect("node restarts"));
     }
 

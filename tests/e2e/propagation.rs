@@ -46,7 +46,7 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     // With a platform domain, every instance has a platform name too.
     let domain = |config: &mut wharf::NodeConfig| config.trust.domains = vec!["apps.test".to_string()];
     let a = TestNode::start_with(domain).await;
-    let b = TestNode::start_sharing_with(&a, domain).await;
+    let mut b = TestNode::start_sharing_with(&a, domain).await;
     a.publish("hello", "hello", "1.0.0").await;
     a.create_tenant("acme").await;
     a.create_tenant("beta").await;
@@ -88,6 +88,15 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     // A node started now routes exactly as B, which followed change by change.
     let c = TestNode::start_sharing_with(&a, domain).await;
     assert_eq!(digest(&c).await, digest(&b).await, "a fresh node and a follower route alike");
+
+    // B stopped while changes are made starts where the others are.
+    b.stop().await;
+    patch(&a, &one, json!({ "settings": { "greeting": "while B was down" } })).await;
+    patch(&a, &two, json!({ "enabled": true })).await;
+    b.start_again_with(domain).await;
+    converged(&a, &b, "after B's restart").await;
+    assert_eq!(b.get("dos.acme.test", "/").await.0, StatusCode::OK, "`two` is enabled again");
+    let reloads = full_reloads(&b).await;
 
     // A change B cannot read in the log (as if its rows were pruned before B
     // came to them): B reloads everything, and still ends where C does.

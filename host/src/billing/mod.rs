@@ -483,9 +483,10 @@ impl Billing {
                 latest.insert(event.instance.clone(), event);
             }
         }
-        let mut recorded = 0;
-        // The changes in one transaction (taken only if there is one).
-        let mut tx = None;
+        // The events to record, written a few hundred rows per statement in
+        // one transaction (not a round trip each: an activation changes every
+        // follower's version).
+        let mut events = Vec::new();
         for instance in instances {
             let state = self.state_of(instance);
             let last = latest.remove(&instance.id);
@@ -498,37 +499,41 @@ impl Billing {
                 Some(last) => self.now().max(last.at),
                 None => self.now(),
             };
-            if tx.is_none() {
-                tx = Some(crate::store::begin(&self.db).await?);
+            let modules = serde_json::to_string(&state.modules).context("modules")?;
+            if instances.len() == 1 {
+                tracing::info!(instance = %instance.id, %reason, "subscription changed");
             }
-            let Some(tx) = tx.as_mut() else { continue };
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO subscription_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (instance_id, seq) DO NOTHING"
-            ))
-            .bind(&instance.id)
-            .bind(last.as_ref().map_or(1, |l| l.seq + 1))
-            .bind(&instance.tenant)
-            .bind(&instance.service)
-            .bind(at)
-            .bind(i64::from(state.active))
-            .bind(&state.version)
-            .bind(serde_json::to_string(&state.modules).context("modules")?)
-            .bind(state.ends_at)
-            .bind(&reason)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                if instances.len() == 1 {
-                    tracing::info!(instance = %instance.id, %reason, "subscription changed");
-                } else {
-                    tracing::debug!(instance = %instance.id, %reason, "subscription changed");
-                }
-                recorded += 1;
-            }
+            events.push((instance, last.as_ref().map_or(1, |l| l.seq + 1), at, state, modules, reason));
         }
-        if let Some(tx) = tx {
+        let mut recorded = 0;
+        if !events.is_empty() {
+            let mut tx = crate::store::begin(&self.db).await?;
+            for chunk in events.chunks(500) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        format!("({})", (1..=10).map(|c| format!("${}", i * 10 + c)).collect::<Vec<_>>().join(", "))
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO subscription_events ({EVENT_COLUMNS}) VALUES {} ON CONFLICT (instance_id, seq) DO NOTHING",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query(&sql);
+                for (instance, seq, at, state, modules, reason) in chunk {
+                    query = query
+                        .bind(&instance.id)
+                        .bind(*seq)
+                        .bind(&instance.tenant)
+                        .bind(&instance.service)
+                        .bind(*at)
+                        .bind(i64::from(state.active))
+                        .bind(&state.version)
+                        .bind(modules)
+                        .bind(state.ends_at)
+                        .bind(reason);
+                }
+                recorded += query.execute(&mut *tx).await?.rows_affected() as usize;
+            }
             tx.commit().await?;
         }
         if instances.len() > 1 && recorded > 0 {

@@ -133,12 +133,32 @@ pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
 
 /// [`reconcile`] for one instance (`Some(id)`: one changed), or all.
 pub async fn reconcile_some(workers: &Workers, instance: Option<&str>) -> anyhow::Result<usize> {
-    let filter = if instance.is_some() { " AND id = $1" } else { "" };
+    // Only services with a version that has migrations or a seeder can need a
+    // setup: the others' instances are not read at all (a platform of many
+    // instances of such services pays nothing for this pass).
+    let services: Vec<String> = workers
+        .registry
+        .slots()
+        .into_iter()
+        .filter(|slot| slot.versions().iter().any(|v| !v.manifest.migrations.is_empty() || v.worker.is_some()))
+        .map(|slot| slot.name.clone())
+        .collect();
+    if services.is_empty() {
+        return Ok(0);
+    }
+    let marks: Vec<String> = (1..=services.len()).map(|i| format!("${i}")).collect();
+    let mut filter = format!(" AND service IN ({})", marks.join(", "));
+    if instance.is_some() {
+        filter.push_str(&format!(" AND id = ${}", services.len() + 1));
+    }
     let sql = format!(
         "SELECT id, tenant_id, service, pinned_version, applied_migrations, setup_state, setup_target, seeded_at \
          FROM instances WHERE enabled AND deleted_at IS NULL{filter}"
     );
     let mut query = sqlx::query_as::<_, SetupRow>(&sql);
+    for service in &services {
+        query = query.bind(service);
+    }
     if let Some(id) = instance {
         query = query.bind(id);
     }
