@@ -217,7 +217,8 @@ impl Schedules {
         let now = crate::store::now_millis();
         let router = &workers.router;
         self.queued.retain(|(instance, _), _| router.instance(instance).is_some());
-        for route in router.instance_routes() {
+        let parts = router.instance_parts();
+        for route in parts.iter().flat_map(|part| part.values()) {
             if !route.enabled {
                 continue;
             }

@@ -258,9 +258,9 @@ impl Router {
         self.instances.get(id)
     }
 
-    /// Every instance's route (a snapshot).
-    pub fn instance_routes(&self) -> impl Iterator<Item = Arc<Route>> {
-        self.instances.snapshot().into_iter().flat_map(|part| part.values().cloned().collect::<Vec<_>>())
+    /// Every instance's route, by instance id: a snapshot, part by part.
+    pub fn instance_parts(&self) -> Vec<Arc<HashMap<String, Arc<Route>>>> {
+        self.instances.snapshot()
     }
 
     /// Replace the whole table: `routes` by instance id.
