@@ -132,8 +132,16 @@ pub async fn catch_up(node: &Follower) -> anyhow::Result<()> {
     }
     let behind = std::time::Instant::now();
     match store::changes_between(&node.db, seen, current).await.context("failed to read the change log")? {
-        // Changes to some instances or tenants: re-read just those.
-        Some(changes) => node.configurator.apply_changes(&changes).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+        // Changes to some services, instances or tenants: re-read just those
+        // (a service's versions first: a route may be pinned to a new one).
+        Some(changes) => {
+            for change in &changes {
+                if let store::Changed::Service(service) = change {
+                    node.registry.refresh_service(service).await?;
+                }
+            }
+            node.configurator.apply_changes(&changes).await.map_err(|e| anyhow::anyhow!("{e}"))?
+        }
         // Versions changed, or this node missed part of the log: everything.
         None => {
             node.registry.refresh().await?;

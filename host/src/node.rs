@@ -122,11 +122,14 @@ async fn build(
         fleet.clone(),
         seen.clone(),
     ));
+    // One node at a time does what only one needs to do.
+    let passes = Arc::new(crate::store::Lease::new(db.clone(), "passes", &fleet.id, crate::store::Lease::TTL));
     let billing_passes = Arc::new(crate::billing::Passes {
         billing: billing.clone(),
         configurator: configurator.clone(),
         seen: seen.clone(),
         config: config.billing.clone(),
+        lease: passes.clone(),
     });
     let workers = Arc::new(crate::jobs::Workers {
         db: db.clone(),
@@ -136,6 +139,7 @@ async fn build(
         runtime: runtime.clone(),
         configurator: configurator.clone(),
         seen: seen.clone(),
+        lease: passes.clone(),
     });
     let audit = Arc::new(Audit::new(db.clone()));
     let initial_admin_key = first_operator(&config, &identity, &audit).await?;
@@ -319,7 +323,12 @@ fn spawn(
     tasks.push(tokio::spawn(crate::rollout::run(node.rollout.clone(), config.unload_interval, watcher.clone())));
     let purge_every =
         config.deletion_grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
-    tasks.push(tokio::spawn(purge_deleted(node.configurator.clone(), purge_every, watcher.clone())));
+    tasks.push(tokio::spawn(purge_deleted(
+        node.configurator.clone(),
+        node.workers.lease.clone(),
+        purge_every,
+        watcher.clone(),
+    )));
     tasks.push(tokio::spawn(keep_history(
         node.metrics.clone(),
         node.queue.clone(),
@@ -349,12 +358,21 @@ async fn serve_admin(node: Arc<AdminState>, listener: TcpListener, stop: watch::
 
 /// Destroy the data of deleted instances whose grace has ended, every
 /// `every`, until `stop`.
-async fn purge_deleted(configurator: Arc<Configurator>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+/// (On the node holding the passes' lease.)
+async fn purge_deleted(
+    configurator: Arc<Configurator>,
+    lease: Arc<crate::store::Lease>,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut every = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.wait_for(|stop| *stop) => break,
+        }
+        if !lease.held().await {
+            continue;
         }
         if let Err(e) = configurator.purge_due().await {
             tracing::warn!("failed to purge deleted instances: {e}");
@@ -416,6 +434,8 @@ impl RunningNode {
         // Guests still finishing their bodies record usage as they end; the grace
         // period above covered them, so this flush writes the last amounts.
         self.node.usage.flush().await?;
+        // Another node takes over the passes at once.
+        self.node.workers.lease.release().await;
         self.node.db.close().await;
         tracing::info!("wharf stopped");
         Ok(())

@@ -186,8 +186,10 @@ pub enum Change<'a> {
     Instance(&'a str),
     /// Every instance of one tenant (its suspension, deletion, quotas).
     Tenant(&'a str),
-    /// Anything else (versions, active versions, pins across a service):
-    /// nodes reload everything.
+    /// One service's versions: published, staged or activated (its routes
+    /// follow the active version by reference, so none is re-read).
+    Service(&'a str),
+    /// Anything else (a version deleted): nodes reload everything.
     All,
 }
 
@@ -196,6 +198,7 @@ impl Change<'_> {
         match self {
             Change::Instance(id) => ("instance", id),
             Change::Tenant(id) => ("tenant", id),
+            Change::Service(name) => ("service", name),
             Change::All => ("all", ""),
         }
     }
@@ -206,6 +209,7 @@ impl Change<'_> {
 pub enum Changed {
     Instance(String),
     Tenant(String),
+    Service(String),
 }
 
 /// How many changes the log keeps: a node further behind reloads everything.
@@ -216,29 +220,43 @@ pub const CHANGE_LOG: i64 = 4096;
 pub const MOST_CHANGED: usize = 1024;
 
 /// Record that something nodes hold in memory changed (inside `tx`, so it counts
-/// only if the change commits); on PostgreSQL every listening node is told at
+/// only if the change commits), logged as a change of `change`'s scope so that
+/// other nodes re-read just that; on PostgreSQL every listening node is told at
 /// commit. Returns the new generation.
-pub async fn bump_generation(tx: &mut sqlx::Transaction<'_, Backend>) -> Result<i64, sqlx::Error> {
-    bump_generation_for(tx, Change::All).await
-}
-
-/// [`bump_generation`] for a change of `change`'s scope, logged so that other
-/// nodes re-read just that.
 pub async fn bump_generation_for(
     tx: &mut sqlx::Transaction<'_, Backend>,
     change: Change<'_>,
+) -> Result<i64, sqlx::Error> {
+    bump_generation_with(tx, &[change]).await
+}
+
+/// [`bump_generation_for`] for one change of several scopes (a promotion: a
+/// service's active version and the instances whose pins it released), each
+/// logged under the one generation.
+pub async fn bump_generation_with(
+    tx: &mut sqlx::Transaction<'_, Backend>,
+    changes: &[Change<'_>],
 ) -> Result<i64, sqlx::Error> {
     let (generation,): (i64,) =
         sqlx::query_as("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
             .fetch_one(&mut **tx)
             .await?;
-    let (scope, key) = change.scope();
-    sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, $2, $3)")
-        .bind(generation)
-        .bind(scope)
-        .bind(key)
-        .execute(&mut **tx)
-        .await?;
+    let mut logged = std::collections::HashSet::new();
+    // More instances than are worth re-reading one by one: one `all` row.
+    let everything = [Change::All];
+    let changes = if changes.is_empty() || changes.len() > MOST_CHANGED { &everything[..] } else { changes };
+    for change in changes {
+        let (scope, key) = change.scope();
+        if !logged.insert((scope, key)) {
+            continue;
+        }
+        sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, $2, $3)")
+            .bind(generation)
+            .bind(scope)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+    }
     if generation % 256 == 0 {
         // The generation row is locked by this transaction: one pruner at a time.
         sqlx::query("DELETE FROM platform_changes WHERE generation <= $1")
@@ -264,13 +282,14 @@ pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<
     }
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "SELECT generation, scope, key FROM platform_changes WHERE generation > $1 AND generation <= $2 \
-         ORDER BY generation",
+         ORDER BY generation, scope, key",
     )
     .bind(seen)
     .bind(current)
     .fetch_all(db)
     .await?;
-    if rows.len() as i64 != current - seen {
+    let logged: std::collections::HashSet<i64> = rows.iter().map(|(generation, _, _)| *generation).collect();
+    if logged.len() as i64 != current - seen {
         // Pruned, or written before the log existed.
         return Ok(None);
     }
@@ -280,6 +299,7 @@ pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<
         let change = match scope.as_str() {
             "instance" => Changed::Instance(key),
             "tenant" => Changed::Tenant(key),
+            "service" => Changed::Service(key),
             _ => return Ok(None),
         };
         if named.insert(change.clone()) {
@@ -289,22 +309,13 @@ pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<
     Ok((changes.len() <= MOST_CHANGED).then_some(changes))
 }
 
-/// Commit `tx` as a change to what nodes hold in memory: bump the generation
-/// (every node is told at commit), commit, let `apply` make the change in this
-/// node's memory (swap a pointer, rebuild the routes), then mark it applied
-/// here, so this node does not reload its own change. Returns the generation.
-pub async fn commit_change<F, Fut, E>(tx: sqlx::Transaction<'_, Backend>, seen: &Seen, apply: F) -> Result<i64, E>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-    E: From<sqlx::Error>,
-{
-    commit_change_for(tx, seen, Change::All, apply).await
-}
-
-/// [`commit_change`] for a change of `change`'s scope (see [`Change`]).
+/// Commit `tx` as a change to what nodes hold in memory, of `change`'s scope
+/// (see [`Change`]): bump the generation (every node is told at commit),
+/// commit, let `apply` make the change in this node's memory (swap a pointer,
+/// re-read some routes), then mark it applied here, so this node does not
+/// reload its own change. Returns the generation.
 pub async fn commit_change_for<F, Fut, E>(
-    mut tx: sqlx::Transaction<'_, Backend>,
+    tx: sqlx::Transaction<'_, Backend>,
     seen: &Seen,
     change: Change<'_>,
     apply: F,
@@ -314,7 +325,23 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: From<sqlx::Error>,
 {
-    let generation = bump_generation_for(&mut tx, change).await?;
+    commit_changes(tx, seen, &[change], apply).await
+}
+
+/// [`commit_change_for`] for one change of several scopes (see
+/// [`bump_generation_with`]).
+pub async fn commit_changes<F, Fut, E>(
+    mut tx: sqlx::Transaction<'_, Backend>,
+    seen: &Seen,
+    changes: &[Change<'_>],
+    apply: F,
+) -> Result<i64, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: From<sqlx::Error>,
+{
+    let generation = bump_generation_with(&mut tx, changes).await?;
     tx.commit().await?;
     apply().await?;
     seen.applied_own(generation);
@@ -339,17 +366,104 @@ pub async fn generation(db: &Db) -> Result<i64, sqlx::Error> {
     Ok(generation)
 }
 
-/// Bump the generation in a transaction of its own; returns the new generation.
-pub async fn bump(db: &Db) -> Result<i64, sqlx::Error> {
-    bump_for(db, Change::All).await
-}
-
-/// [`bump`] for a change of `change`'s scope.
+/// Bump the generation for a change of `change`'s scope in a transaction of
+/// its own; returns the new generation.
 pub async fn bump_for(db: &Db, change: Change<'_>) -> Result<i64, sqlx::Error> {
     let mut tx = begin(db).await?;
     let generation = bump_generation_for(&mut tx, change).await?;
     tx.commit().await?;
     Ok(generation)
+}
+
+/// Work only one node of the platform needs to do (the billing passes,
+/// queueing setups and scheduled jobs, purges), done by the node that holds
+/// its lease: held for a while by the control plane's clock (so the nodes'
+/// clocks need not agree), renewed by its holder, taken by another node once
+/// it expired (its holder stopped, froze or lost the control plane). It
+/// spares the control plane the same work from every node; it is not a lock
+/// any correctness rests on (each pass is safe on several nodes at once).
+pub struct Lease {
+    db: Db,
+    name: &'static str,
+    holder: String,
+    ttl: std::time::Duration,
+    /// When this node last took or renewed it (`None`: not held).
+    renewed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When this node last found it held by another.
+    refused: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Lease {
+    /// How long a lease lasts unrenewed: how long its work may pause when its
+    /// holder freezes.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+    pub fn new(db: Db, name: &'static str, holder: &str, ttl: std::time::Duration) -> Self {
+        let renewed = std::sync::Mutex::new(None);
+        Self { db, name, holder: holder.to_string(), ttl, renewed, refused: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether this node holds the lease now, renewing or taking it when a
+    /// third of its time has passed; an unreachable control plane is "no".
+    /// A node that found it held by another asks again only after a fifth of
+    /// its time (the other nodes' asking is the load the lease saves).
+    pub async fn held(&self) -> bool {
+        let last = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < self.ttl / 3) {
+            return true;
+        }
+        let refused = *self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none() && refused.is_some_and(|at| at.elapsed() < self.ttl / 5) {
+            return false;
+        }
+        let now = match dialect(&self.db) {
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        };
+        let sql = format!(
+            "INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, {now} + $3) ON CONFLICT (name) \
+             DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms \
+             WHERE leases.holder = excluded.holder OR leases.expires_ms < {now} RETURNING holder"
+        );
+        let asked = std::time::Instant::now();
+        let held = match sqlx::query_as::<_, (String,)>(&sql)
+            .bind(self.name)
+            .bind(&self.holder)
+            .bind(self.ttl.as_millis() as i64)
+            .fetch_optional(&self.db)
+            .await
+        {
+            Ok(row) => row.is_some(),
+            Err(e) => {
+                tracing::warn!(lease = self.name, "failed to renew a lease: {e}");
+                false
+            }
+        };
+        if held != last.is_some() {
+            tracing::info!(lease = self.name, held, "this node's lease changed");
+        }
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = held.then_some(asked);
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = (!held).then_some(asked);
+        held
+    }
+
+    /// Whether this node held the lease when it last asked (no query).
+    pub fn was_held(&self) -> bool {
+        self.renewed.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Give the lease up (this node stops): another node takes it at once.
+    pub async fn release(&self) {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let released = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(self.name)
+            .bind(&self.holder)
+            .execute(&self.db)
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(lease = self.name, "failed to give a lease up (it expires): {e}");
+        }
+    }
 }
 
 /// A boolean column read as `(CASE WHEN column THEN 1 ELSE 0 END)`.
@@ -389,9 +503,28 @@ mod tests {
             assert_eq!(changes, [Changed::Instance("inst-a".into()), Changed::Tenant("acme".into())], "{on}");
             assert_eq!(changes_between(db, a, c).await.unwrap().unwrap().len(), 2, "{on}");
             assert_eq!(changes_between(db, c, c).await.unwrap().unwrap(), [], "{on}");
+            // One change about a service and some instances, under one generation.
+            let mut tx = begin(db).await.unwrap();
+            let both = [Change::Service("hello"), Change::Instance("inst-b"), Change::Instance("inst-a")];
+            let g = bump_generation_with(&mut tx, &both).await.unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(g, c + 1, "{on}");
+            let changes = changes_between(db, c, g).await.unwrap().unwrap();
+            assert_eq!(changes.len(), 3, "{on}: {changes:?}");
+            assert!(changes.contains(&Changed::Service("hello".into())), "{on}");
+            assert_eq!(changes_between(db, start, g).await.unwrap().unwrap().len(), 4, "{on}");
             // A change of another scope: everything.
-            let d = bump(db).await.unwrap();
+            let d = bump_for(db, Change::All).await.unwrap();
             assert_eq!(changes_between(db, start, d).await.unwrap(), None, "{on}");
+            // So is one change about more instances than are worth re-reading.
+            let ids: Vec<String> = (0..=MOST_CHANGED).map(|i| format!("moved-{i}")).collect();
+            let moved: Vec<Change> = ids.iter().map(|id| Change::Instance(id)).collect();
+            let mut tx = begin(db).await.unwrap();
+            let h = bump_generation_with(&mut tx, &moved).await.unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(changes_between(db, h - 1, h).await.unwrap(), None, "{on}");
+            let d = bump_for(db, Change::Instance("inst-a")).await.unwrap();
+            assert_eq!(changes_between(db, h, d).await.unwrap().unwrap().len(), 1, "{on}");
             // A generation missing from the log (pruned): everything.
             let e = bump_for(db, Change::Instance("inst-b")).await.unwrap();
             assert!(changes_between(db, d, e).await.unwrap().is_some(), "{on}");
@@ -422,6 +555,37 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(old, None, "{on}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_node_holds_a_lease_until_it_gives_it_up_or_lets_it_expire() {
+        for plane in crate::testdb::control_planes().await {
+            let (db, on) = (&plane.db, plane.backend);
+            let ttl = std::time::Duration::from_millis(600);
+            let a = Lease::new(db.clone(), "passes", "node-a", ttl);
+            let b = Lease::new(db.clone(), "passes", "node-b", ttl);
+            assert!(a.held().await, "{on}: the first to ask takes it");
+            assert!(!b.held().await, "{on}: held by another");
+            // Refused, b does not ask again at once; a holds it all along.
+            tokio::time::sleep(ttl / 5).await;
+            // Renewed by its holder past its first term.
+            tokio::time::sleep(ttl / 2).await;
+            assert!(a.held().await, "{on}");
+            tokio::time::sleep(ttl / 2).await;
+            assert!(a.held().await, "{on}: renewed");
+            assert!(!b.held().await, "{on}: still held by a");
+            // A holder that froze (asked nothing for longer than the lease): taken.
+            tokio::time::sleep(ttl + ttl / 3).await;
+            assert!(b.held().await, "{on}: expired, so b takes it");
+            assert!(!a.held().await, "{on}: a finds it taken when it wakes");
+            assert!(!a.was_held(), "{on}");
+            // Given up on stopping: the other takes it as soon as it asks again.
+            b.release().await;
+            tokio::time::sleep(ttl / 4).await;
+            assert!(a.held().await, "{on}: released");
+            // Another lease is another name.
+            assert!(Lease::new(db.clone(), "other", "node-b", ttl).held().await, "{on}");
         }
     }
 

@@ -32,6 +32,12 @@ async fn converged(a: &TestNode, b: &TestNode, what: &str) {
     }
 }
 
+/// The version that answered at `host`.
+async fn version_of(node: &TestNode, host: &str) -> String {
+    let resp = node.http.get(format!("http://{}/", node.ingress())).header("host", host).send().await.unwrap();
+    resp.headers().get("x-wharf-version").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
 async fn patch(a: &TestNode, id: &str, change: Value) {
     let (status, answer) = a.admin(Method::PATCH, &format!("/v1/instances/{id}"), Some(change)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -82,6 +88,44 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     assert_eq!(b.get(&platform_name, "/").await.0, StatusCode::GONE, "{platform_name} leads to `two`");
     assert_eq!(b.get("three.beta.test", "/").await.0, StatusCode::NOT_FOUND, "its tenant is deleted");
     assert_eq!(full_reloads(&b).await, reloads, "every change was applied alone");
+
+    // Versions: published, staged, canaried, promoted (releasing the canary's
+    // pin), activated and deleted through A are changes of the service (and of
+    // the instances whose pins moved): B follows each without a reload.
+    a.create_instance("acme", "hello", &["four.acme.test"]).await;
+    a.publish("hello", "hello", "2.0.0").await;
+    let (status, answer) =
+        a.admin(Method::POST, "/v1/services/hello/stage", Some(json!({ "version": "2.0.0", "wait_ms": 10_000 }))).await;
+    assert_eq!((status, answer["ready"].as_bool()), (StatusCode::OK, Some(true)), "{answer}");
+    let (status, answer) = a
+        .admin(Method::POST, "/v1/services/hello/canary", Some(json!({ "version": "2.0.0", "instances": [one] })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    converged(&a, &b, "after the canary").await;
+    assert_eq!(version_of(&b, "uno.acme.test").await, "2.0.0", "the canary runs on B too");
+    assert_eq!(version_of(&b, "four.acme.test").await, "1.0.0");
+    let (status, answer) =
+        a.admin(Method::POST, "/v1/services/hello/promote", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    converged(&a, &b, "after the promotion").await;
+    for host in ["uno.acme.test", "four.acme.test"] {
+        assert_eq!(version_of(&b, host).await, "2.0.0", "{host} follows the promoted version on B");
+    }
+    let one_now = b.get_admin(&format!("/v1/instances/{one}")).await;
+    assert!(one_now["pinned_version"].is_null(), "the canary's pin is released: {one_now}");
+    a.publish("hello", "hello", "3.0.0").await;
+    let (status, answer) =
+        a.admin(Method::POST, "/v1/services/hello/activate", Some(json!({ "version": "3.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let started = Instant::now();
+    while version_of(&b, "four.acme.test").await != "3.0.0" {
+        assert!(started.elapsed() < Duration::from_secs(10), "B never ran the activated version");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, answer) = a.admin(Method::DELETE, "/v1/services/hello/versions/1.0.0", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    converged(&a, &b, "after the version changes").await;
+    assert_eq!(full_reloads(&b).await, reloads, "every version change was applied alone");
     let text = b.metrics().await;
     assert!(sample(&text, "wharf_catch_up_seconds_count").unwrap_or(0.0) >= 5.0, "{text}");
 
@@ -123,4 +167,52 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     let d = TestNode::start_sharing_with(&a, domain).await;
     assert_eq!(digest(&d).await, digest(&b).await, "after the gap, B routes as a node started now");
     assert_ne!(digest(&b).await, before_gap, "the unlogged change is in B's table");
+}
+
+async fn runs_passes(node: &TestNode) -> bool {
+    node.get_admin("/v1/node").await["runs_passes"].as_bool().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_runs_the_platforms_passes_and_another_takes_over_when_it_stops() {
+    if postgres_base().is_none() {
+        eprintln!("skipped: several nodes need WHARF_TEST_DATABASE (PostgreSQL)");
+        return;
+    }
+    let a = TestNode::start().await;
+    let b = TestNode::start_sharing_with(&a, |_| {}).await;
+    let started = Instant::now();
+    // Each asks within its first passes; exactly one holds the lease.
+    let holder = loop {
+        let (on_a, on_b) = (runs_passes(&a).await, runs_passes(&b).await);
+        assert!(!(on_a && on_b), "two nodes run the passes");
+        if on_a || on_b {
+            break if on_a { "a" } else { "b" };
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no node runs the passes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for _ in 0..10 {
+        assert_ne!(runs_passes(&a).await, runs_passes(&b).await, "one node and only one");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The holder stops (it gives the lease up): the other takes the passes
+    // over, and serves on.
+    let (mut stopped, other) = if holder == "a" { (a, b) } else { (b, a) };
+    stopped.stop().await;
+    let started = Instant::now();
+    while !runs_passes(&other).await {
+        assert!(started.elapsed() < Duration::from_secs(10), "nobody took the passes over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    other.publish("hello", "hello", "1.0.0").await;
+    other.create_tenant("acme").await;
+    other.create_instance("acme", "hello", &["left.acme.test"]).await;
+    assert_eq!(other.get("left.acme.test", "/").await.0, StatusCode::OK);
+    // Started again, the stopped node does not take the lease back.
+    stopped.start_again_with(|_| {}).await;
+    for _ in 0..10 {
+        assert!(runs_passes(&other).await && !runs_passes(&stopped).await, "the lease stays where it is");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

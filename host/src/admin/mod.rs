@@ -236,14 +236,10 @@ async fn announce_change(node: &AdminState) {
 }
 
 /// Queue the instance setups a change made due (migrations of a version just
-/// activated or pinned), so they start now rather than at the next periodic check.
-pub(crate) async fn setups_due(node: &AdminState) -> usize {
-    setups_due_for(node, None).await
-}
-
-/// [`setups_due`] of one instance (`Some(id)`, the one a change touched), or all.
-pub(crate) async fn setups_due_for(node: &AdminState, instance: Option<&str>) -> usize {
-    match crate::jobs::setup::reconcile_some(&node.workers, instance).await {
+/// activated or pinned), so they start now rather than at the next periodic
+/// check: of one instance, or of every instance of a service.
+pub(crate) async fn setups_due(node: &AdminState, due: crate::jobs::setup::Due<'_>) -> usize {
+    match crate::jobs::setup::reconcile_some(&node.workers, due).await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!("failed to queue instance setups (retried shortly): {e:#}");
@@ -252,10 +248,11 @@ pub(crate) async fn setups_due_for(node: &AdminState, instance: Option<&str>) ->
     }
 }
 
-/// Record the subscription changes an activation made (modules the new version
-/// lacks stop being billed at once).
-pub(crate) async fn subscriptions_due(node: &AdminState) {
-    if let Err(e) = node.billing_passes.sync_all().await {
+/// Record the subscription changes an activation of `service` made (each
+/// follower runs another version; modules the new version lacks stop being
+/// billed at once).
+pub(crate) async fn subscriptions_due(node: &AdminState, service: &str) {
+    if let Err(e) = node.billing_passes.sync_service(service).await {
         tracing::warn!("failed to record subscription changes (retried by the billing pass): {e:#}");
     }
 }
@@ -371,6 +368,7 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
         "admin": node.addresses.admin.to_string(),
         "routes": node.router.len(),
         "routes_digest": node.router.digest(),
+        "runs_passes": node.workers.lease.was_held(),
         "versions_compiled": stats.compiled.load(Ordering::Relaxed),
         "versions_loaded_from_cache": stats.loaded_from_cache.load(Ordering::Relaxed),
         "limits": {
@@ -561,8 +559,8 @@ async fn publish(
     // Compiled here already: the fleet hears it is ready with this beat, not the next.
     node.fleet.wake.notify_one();
     if published.version.active {
-        setups_due(&node).await;
-        subscriptions_due(&node).await;
+        setups_due(&node, crate::jobs::setup::Due::Service(&name)).await;
+        subscriptions_due(&node, &name).await;
     }
     if published.created {
         node.audit
@@ -609,9 +607,9 @@ async fn activate(
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Activate { version } = body(payload)?;
     let activated = node.registry.activate(&name, &version).await?;
-    setups_due(&node).await;
+    setups_due(&node, crate::jobs::setup::Due::Service(&name)).await;
     // A version that drops a module ends that module's charge now.
-    subscriptions_due(&node).await;
+    subscriptions_due(&node, &name).await;
     node.audit.record(&caller.email, "version.activate", &format!("{name} {version}"), None, "ok").await;
     Ok(Json(serde_json::to_value(activated).map_err(anyhow::Error::from)?))
 }
@@ -1144,7 +1142,7 @@ async fn update_instance(
         node.access.require_operator(&caller, Platform::BillingOperate)?;
     }
     let mut instance = node.configurator.update_instance(&id, change, actor(&caller)).await?;
-    if setups_due_for(&node, Some(&id)).await > 0 {
+    if setups_due(&node, crate::jobs::setup::Due::Instance(&id)).await > 0 {
         instance = node.configurator.instance(&id).await?;
     }
     node.audit.record(&caller.email, "instance.update", &instance.id, Some(&instance.tenant), "ok").await;

@@ -336,6 +336,9 @@ pub struct NodeView {
     /// What this node routes where, as a digest: nodes that route alike have
     /// the same (`count-hash`).
     routes_digest: String,
+    /// Whether this node holds the lease on the platform's passes (billing,
+    /// queueing setups and scheduled jobs, purges): one node at a time does.
+    runs_passes: bool,
     versions_compiled: u64,
     versions_loaded_from_cache: u64,
     limits: NodeLimits,

@@ -15,6 +15,7 @@ use super::auth::Authed;
 use super::AdminState;
 use super::{body, setups_due, ApiError, ApiResult};
 use crate::access::Platform;
+use crate::jobs::setup::Due;
 use crate::rollout;
 
 /// Longest a caller may ask stage or promote to wait for the nodes.
@@ -161,8 +162,8 @@ async fn promote_to(
     wait: Duration,
 ) -> ApiResult<Json<Value>> {
     let promoted = node.rollout.promote(actor, service, version, kind, wait).await?;
-    setups_due(node).await;
-    super::subscriptions_due(node).await;
+    setups_due(node, Due::Service(service)).await;
+    super::subscriptions_due(node, service).await;
     node.audit.record(actor, &format!("version.{kind}"), &format!("{service} {version}"), None, "ok").await;
     Ok(Json(serde_json::to_value(promoted).map_err(anyhow::Error::from)?))
 }
@@ -202,8 +203,8 @@ pub(crate) async fn canary(
     node.access.require_operator(&caller, Platform::ServicesPublish)?;
     let Canary { version, instances, percent } = body(payload)?;
     let canaried = node.rollout.canary(&caller.email, &service, &version, instances, percent).await?;
-    setups_due(&node).await;
-    super::subscriptions_due(&node).await;
+    setups_due(&node, Due::Service(&service)).await;
+    super::subscriptions_due(&node, &service).await;
     node.audit.record(&caller.email, "version.canary", &format!("{service} {version}"), None, "ok").await;
     Ok(Json(serde_json::to_value(canaried).map_err(anyhow::Error::from)?))
 }

@@ -469,9 +469,11 @@ impl Billing {
         let mut latest: BTreeMap<String, SubscriptionEvent> = BTreeMap::new();
         for chunk in instances.chunks(500) {
             let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            // The latest seq of each, then its row: index seeks, no scan.
             let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM subscription_events e WHERE instance_id IN ({}) \
-                 AND seq = (SELECT MAX(m.seq) FROM subscription_events m WHERE m.instance_id = e.instance_id)",
+                "SELECT {EVENT_COLUMNS} FROM subscription_events e JOIN (SELECT instance_id AS last_of, \
+                 MAX(seq) AS last_seq FROM subscription_events WHERE instance_id IN ({}) GROUP BY instance_id) m \
+                 ON e.instance_id = m.last_of AND e.seq = m.last_seq",
                 list.join(", ")
             );
             let mut query = sqlx::query_as::<_, EventRow>(&sql);
@@ -594,6 +596,8 @@ pub struct Passes {
     /// The generation this node has caught up with (a suspension is a change).
     pub seen: Arc<store::Seen>,
     pub config: crate::config::BillingConfig,
+    /// Held by the one node that runs these passes.
+    pub lease: Arc<store::Lease>,
 }
 
 impl Passes {
@@ -629,6 +633,27 @@ impl Passes {
         Ok(changed)
     }
 
+    /// Record the subscription events of the instances of `service` whose
+    /// billed state changed (an activation: each follower now runs another
+    /// version), a page of instances per round trip, without reading the
+    /// other services' instances or anyone's hostnames.
+    pub async fn sync_service(&self, service: &str) -> Result<usize, BillingError> {
+        let mut after = String::new();
+        let mut recorded = 0;
+        loop {
+            let instances = self
+                .configurator
+                .instances_of_service(service, &after, SERVICE_PAGE)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            recorded += self.billing.sync(&instances).await?;
+            match instances.last() {
+                Some(last) if instances.len() as i64 == SERVICE_PAGE => after = last.id.clone(),
+                _ => return Ok(recorded),
+            }
+        }
+    }
+
     /// Record a subscription event for every instance whose state changed
     /// without one (a safety net: changes record their own at once).
     pub async fn sync_all(&self) -> Result<usize, BillingError> {
@@ -645,6 +670,10 @@ impl Passes {
     }
 }
 
+/// Instances read per round trip when an activation records its followers'
+/// subscription changes.
+const SERVICE_PAGE: i64 = 5000;
+
 /// The node's billing passes, until `stop` is set.
 pub async fn run(passes: Arc<Passes>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let config = passes.config.clone();
@@ -655,6 +684,9 @@ pub async fn run(passes: Arc<Passes>, mut stop: tokio::sync::watch::Receiver<boo
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if !passes.lease.held().await {
+            continue;
         }
         if last_sync.is_none_or(|at| at.elapsed() >= config.sync_interval) {
             last_sync = Some(std::time::Instant::now());

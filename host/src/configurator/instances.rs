@@ -304,7 +304,7 @@ impl Configurator {
                 pinned.push(id.clone());
             }
         }
-        let generation = store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
+        let generation = self.commit_pins(tx, &pinned).await?;
         drop(_guard);
         self.rollout_changed(&pinned).await;
         Ok((pinned, generation))
@@ -342,10 +342,29 @@ impl Configurator {
         if released.is_empty() {
             return Ok((released, None));
         }
-        let generation = store::commit_change(tx, &self.seen, || self.rebuild_routes()).await?;
+        let generation = self.commit_pins(tx, &released).await?;
         drop(_guard);
         self.rollout_changed(&released).await;
         Ok((released, Some(generation)))
+    }
+
+    /// Commit a change of the rollout's pins of `ids`: logged as a change of
+    /// each (other nodes re-read just those), their routes re-read here.
+    async fn commit_pins(&self, tx: sqlx::Transaction<'_, store::Backend>, ids: &[String]) -> Result<i64, ConfigError> {
+        let changes: Vec<store::Change> = ids.iter().map(|id| store::Change::Instance(id)).collect();
+        store::commit_changes(tx, &self.seen, &changes, || self.reroute(ids)).await
+    }
+
+    /// Re-read the routes of `ids` (all of them, past [`store::MOST_CHANGED`]).
+    pub async fn reroute(&self, ids: &[String]) -> Result<(), ConfigError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if ids.len() > store::MOST_CHANGED {
+            return self.rebuild_routes().await;
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.refresh_instances(&ids).await
     }
 
     /// After the rollout moved instances: their subscriptions (billing).
@@ -392,6 +411,27 @@ impl Configurator {
                 .context("failed to read instance")?
                 .ok_or_else(|| ConfigError::UnknownInstance(id.to_string()))?;
         Ok(self.describe_all(vec![row]).await?.remove(0))
+    }
+
+    /// Up to `limit` instances of `service` after the id `after` (`""`: from
+    /// the first), in id order, as billing sees them: without their hostnames
+    /// (not read). An activation walks its followers with it.
+    pub async fn instances_of_service(
+        &self,
+        service: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<Instance>, ConfigError> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE service = $1 AND id > $2 AND purged_at IS NULL \
+             ORDER BY id LIMIT {limit}"
+        ))
+        .bind(service)
+        .bind(after)
+        .fetch_all(&self.db)
+        .await
+        .context("failed to list the service's instances")?;
+        Ok(rows.into_iter().map(|row| self.describe(row, Vec::new(), Vec::new())).collect())
     }
 
     /// A page of the instances of `tenants` (`None`: every instance), oldest first.

@@ -78,6 +78,8 @@ impl Configurator {
             match change {
                 store::Changed::Instance(id) => instances.push(id.as_str()),
                 store::Changed::Tenant(tenant) => self.refresh_tenant(tenant).await?,
+                // The registry's (routes follow a service's active version by reference).
+                store::Changed::Service(_) => {}
             }
         }
         self.refresh_instances(&instances).await

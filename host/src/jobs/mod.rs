@@ -46,6 +46,9 @@ pub struct Workers {
     pub configurator: Arc<crate::configurator::Configurator>,
     /// The generation this node has caught up with (a setup is a change).
     pub seen: Arc<store::Seen>,
+    /// Held by the one node that queues setups and scheduled jobs, takes back
+    /// expired jobs and deletes old ones.
+    pub lease: Arc<store::Lease>,
 }
 
 /// Largest payload a job carries.

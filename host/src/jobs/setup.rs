@@ -128,11 +128,26 @@ struct SetupRow {
 /// Queue the setups instances need: those whose wanted version has migrations
 /// their database lacks, or that were never seeded. Returns how many started.
 pub async fn reconcile(workers: &Workers) -> anyhow::Result<usize> {
-    reconcile_some(workers, None).await
+    reconcile_some(workers, Due::All).await
 }
 
-/// [`reconcile`] for one instance (`Some(id)`: one changed), or all.
-pub async fn reconcile_some(workers: &Workers, instance: Option<&str>) -> anyhow::Result<usize> {
+/// Which instances [`reconcile_some`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Due<'a> {
+    All,
+    /// One instance (a change to it).
+    Instance(&'a str),
+    /// The instances of one service (an activation).
+    Service(&'a str),
+}
+
+/// [`reconcile`] for some instances.
+pub async fn reconcile_some(workers: &Workers, due: Due<'_>) -> anyhow::Result<usize> {
+    let (instance, of_service) = match due {
+        Due::All => (None, None),
+        Due::Instance(id) => (Some(id), None),
+        Due::Service(name) => (None, Some(name)),
+    };
     // Only services with a version that has migrations or a seeder can need a
     // setup: the others' instances are not read at all (a platform of many
     // instances of such services pays nothing for this pass).
@@ -140,6 +155,7 @@ pub async fn reconcile_some(workers: &Workers, instance: Option<&str>) -> anyhow
         .registry
         .slots()
         .into_iter()
+        .filter(|slot| of_service.is_none_or(|name| slot.name == name))
         .filter(|slot| slot.versions().iter().any(|v| !v.manifest.migrations.is_empty() || v.worker.is_some()))
         .map(|slot| slot.name.clone())
         .collect();

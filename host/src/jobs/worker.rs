@@ -108,8 +108,11 @@ impl Chores {
         Self { reap: now - REAP_EVERY, reconcile: now - RECONCILE_EVERY, purge: now, schedules: Schedules::default() }
     }
 
-    /// Do the chores that are due.
+    /// Do the chores that are due, on the node that holds the lease for them.
     async fn run_due(&mut self, workers: &Workers) {
+        if !workers.lease.held().await {
+            return;
+        }
         if self.reap.elapsed() >= REAP_EVERY {
             self.reap = Instant::now();
             if let Err(e) = workers.queue.reap().await {

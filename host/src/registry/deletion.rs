@@ -39,7 +39,7 @@ impl Registry {
                 .await
                 .context("failed to delete the component")?;
         }
-        store::commit_change(tx, &self.seen, || async {
+        store::commit_change_for(tx, &self.seen, store::Change::Service(service), || async {
             self.forget(service, version, (shared == 0).then_some(row.sha256.as_str()));
             anyhow::Ok(())
         })
@@ -73,11 +73,12 @@ impl Registry {
     /// through another node): forgotten, their files removed. Each is looked up
     /// once more first: a version this node published after `rows` were read is
     /// in its table only once its record is committed.
-    pub(super) async fn forget_deleted(&self, rows: &[VersionRow]) -> anyhow::Result<()> {
+    /// (`service`: only that service's, `rows` being its versions.)
+    pub(super) async fn forget_deleted(&self, rows: &[VersionRow], service: Option<&str>) -> anyhow::Result<()> {
         let listed: std::collections::HashSet<(&str, &str)> =
             rows.iter().map(|r| (r.service.as_str(), r.version.as_str())).collect();
         let kept: std::collections::HashSet<&str> = rows.iter().map(|r| r.sha256.as_str()).collect();
-        for slot in self.slots() {
+        for slot in self.slots().into_iter().filter(|s| service.is_none_or(|name| s.name == name)) {
             let gone: Vec<(String, String)> = slot
                 .versions
                 .iter()
@@ -96,7 +97,17 @@ impl Registry {
                     continue;
                 }
                 tracing::info!(service = %slot.name, %version, "forgetting a version deleted elsewhere");
-                self.forget(&slot.name, &version, (!kept.contains(sha256.as_str())).then_some(sha256.as_str()));
+                // Another service's version may have the same bytes.
+                let mut shared = kept.contains(sha256.as_str());
+                if !shared && service.is_some() {
+                    let (others,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM service_versions WHERE sha256 = $1")
+                        .bind(&sha256)
+                        .fetch_one(&self.db)
+                        .await
+                        .context("failed to read a version")?;
+                    shared = others > 0;
+                }
+                self.forget(&slot.name, &version, (!shared).then_some(sha256.as_str()));
             }
         }
         Ok(())

@@ -102,11 +102,24 @@ impl Registry {
     /// never takes a node out of rotation. A version that failed to load is
     /// not tried again here but by [`Registry::retry_due`], with backoff.
     pub async fn refresh(self: &Arc<Self>) -> anyhow::Result<()> {
-        let rows: Vec<VersionRow> = sqlx::query_as(&format!("SELECT {VERSION_COLUMNS}"))
-            .fetch_all(&self.db)
-            .await
-            .context("failed to list published versions")?;
-        self.forget_deleted(&rows).await?;
+        self.refresh_some(None).await
+    }
+
+    /// [`Registry::refresh`] of one service's versions (published, deleted,
+    /// staged or activated through another node): the cost does not grow with
+    /// the other services or with instances that do not pin a version.
+    pub async fn refresh_service(self: &Arc<Self>, service: &str) -> anyhow::Result<()> {
+        self.refresh_some(Some(service)).await
+    }
+
+    async fn refresh_some(self: &Arc<Self>, service: Option<&str>) -> anyhow::Result<()> {
+        let rows: Vec<VersionRow> =
+            sqlx::query_as(&format!("SELECT {VERSION_COLUMNS} WHERE ($1 = '' OR v.service = $1)"))
+                .bind(service.unwrap_or(""))
+                .fetch_all(&self.db)
+                .await
+                .context("failed to list published versions")?;
+        self.forget_deleted(&rows, service).await?;
         let needed = if self.unloaded.is_empty() { Default::default() } else { self.needed().await? };
         let mut routed: Option<std::collections::HashSet<(String, String)>> = None;
         for row in &rows {
@@ -120,7 +133,7 @@ impl Registry {
             }
             let routed = match &routed {
                 Some(routed) => routed,
-                None => routed.insert(self.routed().await?),
+                None => routed.insert(self.routed(service).await?),
             };
             if routed.contains(&key) {
                 self.unloaded.remove(&key);
@@ -163,15 +176,24 @@ impl Registry {
 
     /// Versions routes point at: active ones, and those instances are pinned
     /// to or settled on (a route to a version not loaded is skipped).
-    pub(super) async fn routed(&self) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    /// (`service`: of that service only.)
+    pub(super) async fn routed(
+        &self,
+        service: Option<&str>,
+    ) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
         let mut routed = std::collections::HashSet::new();
         for sql in [
-            "SELECT name, active_version FROM services WHERE active_version IS NOT NULL",
-            "SELECT service, pinned_version FROM instances WHERE pinned_version IS NOT NULL",
-            "SELECT service, settled_version FROM instances WHERE settled_version IS NOT NULL",
+            "SELECT name, active_version FROM services WHERE active_version IS NOT NULL AND ($1 = '' OR name = $1)",
+            "SELECT DISTINCT service, pinned_version FROM instances WHERE pinned_version IS NOT NULL \
+             AND ($1 = '' OR service = $1)",
+            "SELECT DISTINCT service, settled_version FROM instances WHERE settled_version IS NOT NULL \
+             AND ($1 = '' OR service = $1)",
         ] {
-            let rows: Vec<(String, String)> =
-                sqlx::query_as(sql).fetch_all(&self.db).await.context("failed to read the versions routes use")?;
+            let rows: Vec<(String, String)> = sqlx::query_as(sql)
+                .bind(service.unwrap_or(""))
+                .fetch_all(&self.db)
+                .await
+                .context("failed to read the versions routes use")?;
             routed.extend(rows);
         }
         Ok(routed)

@@ -423,7 +423,7 @@ impl Registry {
         };
         let activated = record.insert(&mut tx, store::dialect(&self.db), activate).await?;
         let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest, worker));
-        store::commit_change(tx, &self.seen, || async {
+        store::commit_change_for(tx, &self.seen, store::Change::Service(&service), || async {
             let slot = self.slot_or_new(&service);
             slot.versions.insert(version.clone(), loaded.clone());
             if activated {
@@ -496,7 +496,7 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .context("failed to record the active version")?;
-        Ok(Activation { registry: self, _guard: guard, tx, slot, loaded })
+        Ok(Activation { registry: self, _guard: guard, tx, instances: Vec::new(), slot, loaded })
     }
 
     /// Compile a new component, and keep its bytes and compiled artifact on
@@ -660,6 +660,9 @@ pub struct Activation<'r> {
     _guard: tokio::sync::MutexGuard<'r, ()>,
     /// The transaction the activation commits in.
     pub tx: sqlx::Transaction<'static, crate::store::Backend>,
+    /// Instances whose routes changed in the same transaction (pins released):
+    /// logged with the activation, so other nodes re-read just them.
+    pub instances: Vec<String>,
     slot: Arc<ServiceSlot>,
     loaded: Arc<LoadedVersion>,
 }
@@ -668,10 +671,13 @@ impl Activation<'_> {
     /// Commit the activation (a change: a new generation) and run the version
     /// on this node.
     pub async fn commit(self) -> Result<VersionInfo, RegistryError> {
-        let Activation { registry, _guard, tx, slot, loaded } = self;
+        let Activation { registry, _guard, tx, instances, slot, loaded } = self;
         let (service, version) = (loaded.service.clone(), loaded.version.clone());
         let mut previous = None;
-        store::commit_change(tx, &registry.seen, || async {
+        let changes: Vec<store::Change> = std::iter::once(store::Change::Service(&service))
+            .chain(instances.iter().map(|id| store::Change::Instance(id)))
+            .collect();
+        store::commit_changes(tx, &registry.seen, &changes, || async {
             if slot.active().is_none_or(|a| a.version != loaded.version) {
                 loaded.served.store(0, std::sync::atomic::Ordering::Relaxed);
                 loaded.failed.store(0, std::sync::atomic::Ordering::Relaxed);

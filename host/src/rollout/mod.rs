@@ -158,7 +158,10 @@ impl Rollout {
             .execute(&mut *tx)
             .await?;
         // Nodes that missed the version load it when they catch up.
-        store::commit_change(tx, &self.seen, || async { Ok::<_, RolloutError>(()) }).await?;
+        store::commit_change_for(tx, &self.seen, store::Change::Service(service), || async {
+            Ok::<_, RolloutError>(())
+        })
+        .await?;
         self.fleet.wake.notify_one();
         let deadline = tokio::time::Instant::now() + wait;
         let pending = loop {
@@ -213,11 +216,10 @@ impl Rollout {
         // end (every instance follows it), under one generation.
         let mut activation = self.registry.begin_activation(service, version).await?;
         let released = Configurator::release_rollout_pins_in(&mut activation.tx, service).await?;
+        activation.instances = released.clone();
         activation.commit().await?;
         let generation = self.seen.get();
-        if !released.is_empty() {
-            self.configurator.refresh_routes().await?;
-        }
+        self.configurator.reroute(&released).await?;
         self.fleet.ack(generation).await?;
         let (acknowledged, pending) = wait_for_acks(&self.db, &expected, generation, wait).await?;
         let took_ms = started.elapsed().as_millis() as u64;
