@@ -71,8 +71,9 @@ pub struct BillingConfig {
     pub invoice_grace: Duration,
     /// How often a node closes due invoices and checks spending limits.
     pub interval: Duration,
-    /// How often a node re-reads every instance's subscription (a safety net:
-    /// every change records its own event at once).
+    /// How often the node running the passes looks again at the
+    /// subscriptions of the instances changed since (a safety net: every
+    /// change records its own event at once).
     pub sync_interval: Duration,
 }
 

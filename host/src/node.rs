@@ -130,6 +130,7 @@ async fn build(
         seen: seen.clone(),
         config: config.billing.clone(),
         lease: passes.clone(),
+        synced: Default::default(),
     });
     let workers = Arc::new(crate::jobs::Workers {
         db: db.clone(),

@@ -727,3 +727,44 @@ async fn billing_input_errors_are_4xx_that_say_what_to_fix() {
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
     assert!(!page.contains("<script>") && !page.contains("<img"), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_without_its_subscription_event_is_billed_by_the_next_pass() {
+    let node = TestNode::start_with(|config| {
+        config.billing.interval = Duration::from_millis(100);
+        config.billing.sync_interval = Duration::from_millis(200);
+    })
+    .await;
+    node.publish("hello", "hello", "1.0.0").await;
+    node.create_tenant("acme").await;
+    let id = node.create_instance("acme", "hello", &["crash.test"]).await;
+    let started = events(&node, "acme").await.len();
+    // The passes' first round (every instance) is over.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // As if a node committed a change and crashed before recording its event:
+    // the instance disabled and the change logged, no subscription event.
+    let db = &node.node().node.db;
+    let mut tx = wharf::store::begin(db).await.unwrap();
+    sqlx::query("UPDATE instances SET enabled = FALSE WHERE id = $1").bind(&id).execute(&mut *tx).await.unwrap();
+    wharf::store::bump_generation_for(&mut tx, wharf::store::Change::Instance(&id)).await.unwrap();
+    tx.commit().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = events(&node, "acme").await;
+        if all.len() > started {
+            let last = all.last().unwrap();
+            assert_eq!(
+                (last["instance"].as_str(), last["active"].as_bool()),
+                (Some(id.as_str()), Some(false)),
+                "{last}"
+            );
+            assert!(last["reason"].as_str().unwrap().contains("disabled"), "{last}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pass never recorded the change: {all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Recorded once, however many passes run after it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(events(&node, "acme").await.len(), started + 1);
+}

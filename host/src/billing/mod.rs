@@ -598,6 +598,9 @@ pub struct Passes {
     pub config: crate::config::BillingConfig,
     /// Held by the one node that runs these passes.
     pub lease: Arc<store::Lease>,
+    /// The generation up to which [`Passes::sync_changed`] looked at every
+    /// change (0: none yet, the first pass reads every instance).
+    pub synced: std::sync::atomic::AtomicI64,
 }
 
 impl Passes {
@@ -654,8 +657,65 @@ impl Passes {
         }
     }
 
+    /// The safety net behind every change's own subscription event (a node
+    /// that crashed between committing a change and recording it): the
+    /// instances, tenants and services the change log names since the last
+    /// pass are looked at again; every instance only on the first pass, or
+    /// when the log cannot say (a gap, a change of everything, too many).
+    pub async fn sync_changed(&self) -> Result<usize, BillingError> {
+        let db = &self.billing.db;
+        let current = store::generation(db).await.context("failed to read the generation")?;
+        let from = self.synced.load(std::sync::atomic::Ordering::Acquire);
+        if from == current {
+            return Ok(0);
+        }
+        let changes = match from {
+            0 => None,
+            _ => store::changes_between(db, from, current).await.context("failed to read the change log")?,
+        };
+        let recorded = match changes {
+            None => self.sync_all().await?,
+            Some(changes) => {
+                let mut recorded = 0;
+                let mut instances = Vec::new();
+                for change in changes {
+                    let configurator = &self.configurator;
+                    match change {
+                        store::Changed::Instance(id) => match configurator.instance(&id).await {
+                            Ok(instance) => instances.push(instance),
+                            // Purged since: nothing to bill.
+                            Err(crate::configurator::ConfigError::UnknownInstance(_)) => {}
+                            Err(e) => return Err(anyhow::anyhow!("{e}").into()),
+                        },
+                        store::Changed::Tenant(tenant) => recorded += self.sync_tenant(&tenant).await?,
+                        store::Changed::Service(service) => recorded += self.sync_service(&service).await?,
+                    }
+                }
+                recorded + self.billing.sync(&instances).await?
+            }
+        };
+        self.synced.store(current, std::sync::atomic::Ordering::Release);
+        Ok(recorded)
+    }
+
+    /// [`Passes::sync_all`] of one tenant's instances.
+    async fn sync_tenant(&self, tenant: &str) -> Result<usize, BillingError> {
+        let tenants = [tenant.to_string()];
+        let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
+        let mut recorded = 0;
+        loop {
+            let instances =
+                self.configurator.instances(Some(&tenants), &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            recorded += self.billing.sync(&instances).await?;
+            match instances.last() {
+                Some(last) if instances.len() as i64 == page.limit => page.after = Some(last.id.clone()),
+                _ => return Ok(recorded),
+            }
+        }
+    }
+
     /// Record a subscription event for every instance whose state changed
-    /// without one (a safety net: changes record their own at once).
+    /// without one.
     pub async fn sync_all(&self) -> Result<usize, BillingError> {
         let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
         let mut recorded = 0;
@@ -690,7 +750,7 @@ pub async fn run(passes: Arc<Passes>, mut stop: tokio::sync::watch::Receiver<boo
         }
         if last_sync.is_none_or(|at| at.elapsed() >= config.sync_interval) {
             last_sync = Some(std::time::Instant::now());
-            if let Err(e) = passes.sync_all().await {
+            if let Err(e) = passes.sync_changed().await {
                 tracing::warn!("billing: failed to re-read subscriptions: {e:#}");
             }
         }
