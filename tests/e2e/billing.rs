@@ -739,8 +739,15 @@ async fn a_change_committed_without_its_subscription_event_is_billed_by_the_next
     node.create_tenant("acme").await;
     let id = node.create_instance("acme", "hello", &["crash.test"]).await;
     let started = events(&node, "acme").await.len();
+    // A new version that bills the same (no module ends or starts) records
+    // nothing per follower: the service's rollout history has it.
+    node.publish("hello", "hello", "2.0.0").await;
+    let (status, body) =
+        node.admin(Method::POST, "/v1/services/hello/activate", Some(json!({ "version": "2.0.0" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // The passes' first round (every instance) is over.
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(events(&node, "acme").await.len(), started, "a version change alone is not billed");
     // As if a node committed a change and crashed before recording its event:
     // the instance disabled and the change logged, no subscription event.
     let db = &node.node().node.db;

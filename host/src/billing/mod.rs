@@ -190,10 +190,20 @@ fn plan_of(row: PlanRow) -> Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionState {
     pub active: bool,
+    /// The version it runs: recorded with each event, but not billed — a
+    /// change of version alone records nothing (an activation does not write
+    /// an event per follower; the service's rollout history has it).
     pub version: Option<String>,
     /// Enabled modules the running version declares.
     pub modules: Vec<String>,
     pub ends_at: Option<i64>,
+}
+
+impl SubscriptionState {
+    /// Whether `other` is billed the same (the version aside).
+    fn billed_as(&self, other: &SubscriptionState) -> bool {
+        (self.active, &self.modules, self.ends_at) == (other.active, &other.modules, other.ends_at)
+    }
 }
 
 /// A recorded change of an instance's subscription.
@@ -492,7 +502,7 @@ impl Billing {
         for instance in instances {
             let state = self.state_of(instance);
             let last = latest.remove(&instance.id);
-            if last.as_ref().is_some_and(|l| l.state() == state) {
+            if last.as_ref().is_some_and(|l| l.state().billed_as(&state)) {
                 continue;
             }
             let reason = describe_change(last.as_ref().map(SubscriptionEvent::state).as_ref(), &state);
@@ -637,16 +647,18 @@ impl Passes {
     }
 
     /// Record the subscription events of the instances of `service` whose
-    /// billed state changed (an activation: each follower now runs another
-    /// version), a page of instances per round trip, without reading the
-    /// other services' instances or anyone's hostnames.
+    /// billed state changed (an activation whose version declares other
+    /// modules: a follower's enabled module may end, or start), a page of
+    /// instances per round trip. Only instances with modules enabled are read
+    /// (a version change alone bills nothing); not the other services', nor
+    /// anyone's hostnames.
     pub async fn sync_service(&self, service: &str) -> Result<usize, BillingError> {
         let mut after = String::new();
         let mut recorded = 0;
         loop {
             let instances = self
                 .configurator
-                .instances_of_service(service, &after, SERVICE_PAGE)
+                .instances_with_modules(service, &after, SERVICE_PAGE)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             recorded += self.billing.sync(&instances).await?;
@@ -775,9 +787,6 @@ fn describe_change(before: Option<&SubscriptionState>, after: &SubscriptionState
         parts.push(if after.active { "instance enabled".to_string() } else { "instance disabled".to_string() });
     }
     let version_changed = before.version != after.version;
-    if version_changed {
-        parts.push(format!("now runs version {}", after.version.as_deref().unwrap_or("none")));
-    }
     for module in before.modules.iter().filter(|m| !after.modules.contains(m)) {
         parts.push(if version_changed {
             format!("version {} has no module {module}", after.version.as_deref().unwrap_or("none"))

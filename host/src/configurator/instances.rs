@@ -413,10 +413,10 @@ impl Configurator {
         Ok(self.describe_all(vec![row]).await?.remove(0))
     }
 
-    /// Up to `limit` instances of `service` after the id `after` (`""`: from
-    /// the first), in id order, as billing sees them: without their hostnames
-    /// (not read). An activation walks its followers with it.
-    pub async fn instances_of_service(
+    /// Up to `limit` instances of `service` with a module enabled, after the
+    /// id `after` (`""`: from the first), in id order, as billing sees them:
+    /// without their hostnames (not read). An activation walks them.
+    pub async fn instances_with_modules(
         &self,
         service: &str,
         after: &str,
@@ -424,7 +424,7 @@ impl Configurator {
     ) -> Result<Vec<Instance>, ConfigError> {
         let rows: Vec<InstanceRow> = sqlx::query_as(&format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE service = $1 AND id > $2 AND purged_at IS NULL \
-             ORDER BY id LIMIT {limit}"
+             AND modules <> '[]' ORDER BY id LIMIT {limit}"
         ))
         .bind(service)
         .bind(after)
