@@ -2,8 +2,8 @@
 //! memory (versions and active versions, instances and their hostnames, quotas)
 //! bumps the platform generation in the same transaction and notifies the
 //! `wharf_changes` channel at commit. Each node listens, and on a notification
-//! (or every [`POLL`], which also covers notifications missed while the listening
-//! connection was down) compares the generation with the one it has caught up
+//! (or when its listening connection was lost and comes back, or every
+//! [`POLL`] besides) compares the generation with the one it has caught up
 //! with; when it is behind it reads the change log from there: changes to some
 //! instances or tenants re-read just their routes (the cost of a change does not
 //! grow with the platform); other changes, or a gap in the log (a node too far
@@ -26,8 +26,9 @@ use crate::registry::Registry;
 use crate::rollout::Fleet;
 use crate::store::{self, Db, Seen};
 
-/// How often a node checks the generation even without a notification.
-pub const POLL: Duration = Duration::from_secs(1);
+/// How often a node checks the generation even without a notification (a
+/// lost listening connection is noticed, and caught up after, at once).
+pub const POLL: Duration = Duration::from_secs(5);
 
 /// What following the platform takes: the control plane, and the rooms a
 /// change reloads.
@@ -44,6 +45,9 @@ pub struct Follower {
     pub epoch: Arc<crate::identity::cache::Epoch>,
     /// Catch-ups and failed reads, for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Wakes this node's job workers (another node has more jobs ready than
+    /// it can take).
+    pub jobs: Arc<tokio::sync::Notify>,
 }
 
 /// Follow the platform's changes until `stop` is set.
@@ -66,8 +70,15 @@ pub async fn follow(node: Follower, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = stopping(&mut stop) => return,
-                notification = listener.recv() => match notification {
-                    Ok(_) => catch_up_logged(&node).await,
+                notification = listener.try_recv() => match notification {
+                    Ok(Some(told)) if told.channel() == crate::jobs::JOBS_CHANNEL => node.jobs.notify_one(),
+                    Ok(Some(_)) => catch_up_logged(&node).await,
+                    // The connection was lost (the next call reconnects):
+                    // whatever was told meanwhile is caught up with now.
+                    Ok(None) => {
+                        tracing::warn!("lost the platform-changes connection (reconnecting)");
+                        catch_up_logged(&node).await;
+                    }
                     Err(e) => {
                         tracing::warn!("lost the platform-changes connection (reconnecting): {e}");
                         break;
@@ -82,7 +93,7 @@ pub async fn follow(node: Follower, mut stop: watch::Receiver<bool>) {
 async fn connect(url: &str) -> anyhow::Result<PgListener> {
     let mut listener = PgListener::connect(url).await.context("failed to connect")?;
     listener
-        .listen_all([store::CHANGES_CHANNEL, crate::identity::cache::IDENTITY_CHANNEL])
+        .listen_all([store::CHANGES_CHANNEL, crate::identity::cache::IDENTITY_CHANNEL, crate::jobs::JOBS_CHANNEL])
         .await
         .context("failed to LISTEN")?;
     Ok(listener)

@@ -21,6 +21,9 @@ pub struct NodeConfig {
     /// With a PostgreSQL control plane: connections to instance databases this
     /// node opens at most.
     pub instance_connections: usize,
+    /// With a PostgreSQL control plane: connections this node opens to it at
+    /// most (besides the one it listens for changes on).
+    pub control_plane_connections: u32,
     /// Public listener: requests are routed to instances by their `Host`.
     pub ingress_addr: SocketAddr,
     /// Admin API listener (JSON).
@@ -374,6 +377,7 @@ impl NodeConfig {
             redis_url: None,
             metrics_token: None,
             instance_connections: 16,
+            control_plane_connections: 8,
             ingress_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             limits: GuestLimits::default(),
@@ -410,8 +414,12 @@ pub struct JobsConfig {
     pub max_attempts: u32,
     /// Fuel of one attempt.
     pub fuel: u64,
-    /// How often an idle worker looks for jobs other nodes queued.
+    /// How often an idle worker looks for jobs other nodes queued (or that
+    /// became due): on one node, or on the node running the platform's passes.
     pub poll: Duration,
+    /// The same on the other nodes of a PostgreSQL fleet, which are also woken
+    /// when a node finds more jobs ready than it can take.
+    pub fleet_poll: Duration,
     /// Finished (succeeded, cancelled) jobs are deleted after this long; dead
     /// ones are kept until someone retries or cancels them.
     pub retention: Duration,
@@ -432,6 +440,7 @@ impl Default for JobsConfig {
             // it to ten times its own (`NodeConfig::limits`).
             fuel: 20_000_000_000,
             poll: Duration::from_millis(200),
+            fleet_poll: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 86_400),
             kept_finished: 10_000,
         }

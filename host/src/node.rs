@@ -88,7 +88,8 @@ async fn build(
     addresses: Addresses,
 ) -> anyhow::Result<(Arc<AdminState>, Arc<crate::clock::Clock>, Option<String>)> {
     check_jobs(&config)?;
-    let db = store::open(&config.data_dir, config.database_url.as_deref()).await?;
+    let db =
+        store::open_with(&config.data_dir, config.database_url.as_deref(), config.control_plane_connections).await?;
     let runtime = Arc::new(Runtime::new(config.limits.clone(), &config.pool)?);
     // Read before anything is loaded: a change landing meanwhile is caught up with later.
     let generation = crate::store::generation(&db).await.context("failed to read the platform generation")?;
@@ -315,6 +316,7 @@ fn spawn(
                 seen: node.generation.clone(),
                 epoch: node.identity.epoch.clone(),
                 metrics: node.metrics.clone(),
+                jobs: node.queue.wake.clone(),
             };
             tasks.push(tokio::spawn(crate::cluster::follow(follower, watcher.clone())));
         }

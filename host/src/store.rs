@@ -42,6 +42,11 @@ pub fn dialect(db: &Db) -> Dialect {
 /// Open (creating if needed) the control plane and migrate it: PostgreSQL at
 /// `url` when given, else `wharf.db` in `data_dir`.
 pub async fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Db> {
+    open_with(data_dir, url, 8).await
+}
+
+/// [`open`], with at most `connections` to a PostgreSQL control plane.
+pub async fn open_with(data_dir: &Path, url: Option<&str>, connections: u32) -> anyhow::Result<Db> {
     sqlx::any::install_default_drivers();
     let (url, dialect) = match url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -72,9 +77,10 @@ pub async fn open(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Db> {
             })
         }),
         // A few connections per node: the control plane is not on the request path.
-        Dialect::Postgres => {
-            AnyPoolOptions::new().max_connections(8).min_connections(0).idle_timeout(std::time::Duration::from_secs(60))
-        }
+        Dialect::Postgres => AnyPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(0)
+            .idle_timeout(std::time::Duration::from_secs(60)),
     };
     let shown = match dialect {
         Dialect::Sqlite => url.clone(),

@@ -142,6 +142,46 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     assert_eq!(b.get("dos.acme.test", "/").await.0, StatusCode::OK, "`two` is enabled again");
     let reloads = full_reloads(&b).await;
 
+    // The nodes' listening connections die just as a change is committed (its
+    // notification reaches nobody): each notices the lost connection and
+    // catches up at once — well before its next poll (5 s) — change by change.
+    let before_loss = digest(&b).await;
+    let mut pg = crate::harness::pg_admin(&a).await;
+    let mut tx = sqlx::Connection::begin(&mut pg).await.unwrap();
+    sqlx::query("UPDATE instances SET settings = '{\"greeting\":\"told nobody\"}' WHERE id = $1")
+        .bind(&one)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (generation,): (i64,) =
+        sqlx::query_as("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, 'instance', $2)")
+        .bind(generation)
+        .bind(&one)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (killed,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "the nodes' listening connections: {killed}");
+    sqlx::query("SELECT pg_notify('wharf_changes', 'lost')").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    while digest(&b).await == before_loss {
+        assert!(started.elapsed() < Duration::from_secs(3), "B waited for its poll after losing its connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    converged(&a, &b, "after the lost notification").await;
+    assert_eq!(full_reloads(&b).await, reloads, "the lost change was applied alone");
+
     // A change B cannot read in the log (as if its rows were pruned before B
     // came to them): B reloads everything, and still ends where C does.
     let before_gap = digest(&b).await;

@@ -18,6 +18,11 @@ pub struct ServeArgs {
     /// most (four per instance; idle ones close after 30 s).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub instance_connections: u16,
+    /// With --database: connections this node opens to the control plane at
+    /// most, besides the one it listens for changes on (a fleet of N nodes
+    /// needs N × (this + 1) of the server's `max_connections`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub control_plane_connections: u32,
     /// Jobs this node runs at once (0: this node runs none, only serves).
     #[arg(long, default_value_t = 16)]
     pub job_workers: usize,
@@ -207,6 +212,7 @@ impl ServeArgs {
         config.redis_url = self.redis.clone();
         config.metrics_token = self.metrics_token.clone();
         config.instance_connections = usize::from(self.instance_connections);
+        config.control_plane_connections = self.control_plane_connections;
         config.ingress_addr = self.listen;
         config.admin_addr = self.admin;
         config.limits.fuel_per_request = self.fuel;

@@ -303,7 +303,13 @@ pub struct Queue {
     pub(crate) wake: Arc<tokio::sync::Notify>,
     /// How this node's attempts ended, for the metrics.
     pub outcomes: FinishCounters,
+    /// When this node last woke the others for its backlog.
+    backlog_told: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// The channel on which a node with more ready jobs than it can take wakes
+/// the other nodes' workers.
+pub const JOBS_CHANNEL: &str = "wharf_jobs";
 
 /// Attempts this node finished, by how they ended.
 #[derive(Debug, Default)]
@@ -344,7 +350,28 @@ impl Queue {
         let wake = Arc::new(tokio::sync::Notify::new());
         let (batches, pending) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(enqueue::write_batches(db.clone(), config.max_attempts, quotas, wake.clone(), pending));
-        Self { db, node_id, config, batches, wake, outcomes: FinishCounters::default() }
+        let backlog_told = std::sync::Mutex::new(None);
+        Self { db, node_id, config, batches, wake, outcomes: FinishCounters::default(), backlog_told }
+    }
+
+    /// More jobs are ready than this node can take: on a PostgreSQL fleet,
+    /// wake every node's workers (at most every 100 ms), so the backlog is
+    /// shared without every node polling often.
+    pub async fn tell_backlog(&self) {
+        if store::dialect(&self.db) != store::Dialect::Postgres {
+            return;
+        }
+        {
+            let mut told = self.backlog_told.lock().unwrap_or_else(|e| e.into_inner());
+            if told.is_some_and(|at: std::time::Instant| at.elapsed() < Duration::from_millis(100)) {
+                return;
+            }
+            *told = Some(std::time::Instant::now());
+        }
+        let told = sqlx::query("SELECT pg_notify($1, '')").bind(JOBS_CHANNEL).execute(&self.db).await;
+        if let Err(e) = told {
+            tracing::warn!("failed to wake the other nodes' workers: {e}");
+        }
     }
 
     /// Claim up to `max` ready jobs for this node, tenants least recently served

@@ -72,14 +72,20 @@ pub async fn run(workers: Arc<Workers>, mut stop: watch::Receiver<bool>, grace: 
             start(&workers, job, permit, done.clone(), freed.clone());
         }
         if full {
-            // More may be ready: claim again at once.
+            // More may be ready: claim again at once, and wake the other nodes.
+            workers.queue.tell_backlog().await;
             continue;
         }
+        // The node running the passes (or the only node) looks often; the
+        // others are woken by a backlog, and look now and then.
+        let config = &workers.queue.config;
+        let fleet = crate::store::dialect(&workers.db) == crate::store::Dialect::Postgres;
+        let poll = if fleet && !workers.lease.was_held() { config.fleet_poll } else { config.poll };
         tokio::select! {
             _ = stop.changed() => {}
             _ = workers.queue.wake.notified() => {}
             _ = freed.notified(), if free == 0 => {}
-            _ = tokio::time::sleep(workers.queue.config.poll) => {}
+            _ = tokio::time::sleep(poll) => {}
         }
     }
     // Jobs in flight finish (their outcomes recorded); one that outlives the
