@@ -346,6 +346,10 @@ impl Usage {
             };
             amounts.entry((instance, tenant, hour)).or_default().add(&UsageTotals { requests, jobs, fuel, errors });
         }
+        if amounts.is_empty() {
+            // An idle second: nothing to apply, nothing to record.
+            return Ok(());
+        }
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         let fresh =
             sqlx::query("INSERT INTO usage_batches (id, applied_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")

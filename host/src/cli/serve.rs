@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// of usage. For measuring what the journal costs, not for production.
     #[arg(long)]
     pub no_usage_journal: bool,
+    /// How often this node writes the usage it counted to the control plane, in
+    /// seconds (one transaction each; the journal keeps what is not written yet).
+    /// A large fleet writes less often to spare the control plane.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub usage_flush_secs: u64,
     /// Seconds a deleted instance stays restorable before its data is
     /// destroyed (default 7 days; operators may delete at once).
     #[arg(long, default_value_t = 7 * 86_400)]
@@ -237,6 +242,7 @@ impl ServeArgs {
         config.jobs.max_attempts = self.job_attempts;
         config.billing.settable_clock = self.settable_clock;
         config.usage_journal = !self.no_usage_journal;
+        config.usage_flush_interval = std::time::Duration::from_secs(self.usage_flush_secs);
         config.deletion_grace = Duration::from_secs(self.deletion_grace);
         config.billing.invoice_grace = Duration::from_secs(self.invoice_grace);
         config.limits.max_total_memory_bytes = self.max_guest_memory_mib.map(|mib| mib << 20);
@@ -379,6 +385,20 @@ mod tests {
         let short = super::parse_metrics_token("secret").unwrap_err();
         assert!(short.contains("at least 32"), "{short}");
         assert!(super::parse_metrics_token(&format!("{} x", "a".repeat(32))).is_err(), "no spaces");
+    }
+
+    #[test]
+    fn fleet_settings_reach_the_node_within_their_bounds() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| crate::cli::Cli::try_parse_from([&["wharf", "serve"], args].concat());
+        let cli = parse(&["--control-plane-connections", "3", "--usage-flush-secs", "5"]).unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else { panic!("not serve") };
+        let config = args.config();
+        assert_eq!(config.control_plane_connections, 3);
+        assert_eq!(config.usage_flush_interval, std::time::Duration::from_secs(5));
+        assert!(parse(&["--control-plane-connections", "1"]).is_err(), "one connection is no pool");
+        assert!(parse(&["--usage-flush-secs", "0"]).is_err());
+        assert!(parse(&["--usage-flush-secs", "61"]).is_err());
     }
 
     #[test]
