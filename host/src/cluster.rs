@@ -30,6 +30,10 @@ use crate::store::{self, Db, Seen};
 /// lost listening connection is noticed, and caught up after, at once).
 pub const POLL: Duration = Duration::from_secs(5);
 
+/// How soon a node tries again to listen when it could not (the control plane
+/// restarting, say), catching up each time.
+const RECONNECT: Duration = Duration::from_secs(1);
+
 /// What following the platform takes: the control plane, and the rooms a
 /// change reloads.
 pub struct Follower {
@@ -58,7 +62,7 @@ pub async fn follow(node: Follower, mut stop: watch::Receiver<bool>) {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!("cannot listen for platform changes (retrying, polling meanwhile): {e:#}");
-                if wait_or_stop(&mut stop, POLL).await {
+                if wait_or_stop(&mut stop, RECONNECT).await {
                     return;
                 }
                 catch_up_logged(&node).await;

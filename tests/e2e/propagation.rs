@@ -146,34 +146,8 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     // notification reaches nobody): each notices the lost connection and
     // catches up at once — well before its next poll (5 s) — change by change.
     let before_loss = digest(&b).await;
-    let mut pg = crate::harness::pg_admin(&a).await;
-    let mut tx = sqlx::Connection::begin(&mut pg).await.unwrap();
-    sqlx::query("UPDATE instances SET settings = '{\"greeting\":\"told nobody\"}' WHERE id = $1")
-        .bind(&one)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let (generation,): (i64,) =
-        sqlx::query_as("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, 'instance', $2)")
-        .bind(generation)
-        .bind(&one)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let (killed,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let killed = commit_behind_the_nodes(&a, &one, "told nobody", Behind::ListenersKilled).await;
     assert!(killed >= 2, "the nodes' listening connections: {killed}");
-    sqlx::query("SELECT pg_notify('wharf_changes', 'lost')").execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
     let started = Instant::now();
     while digest(&b).await == before_loss {
         assert!(started.elapsed() < Duration::from_secs(3), "B waited for its poll after losing its connection");
@@ -185,19 +159,7 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     // A change B cannot read in the log (as if its rows were pruned before B
     // came to them): B reloads everything, and still ends where C does.
     let before_gap = digest(&b).await;
-    let mut pg = crate::harness::pg_admin(&a).await;
-    let mut tx = sqlx::Connection::begin(&mut pg).await.unwrap();
-    sqlx::query("UPDATE instances SET settings = '{\"greeting\":\"unlogged\"}' WHERE id = $1")
-        .bind(&one)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_notify('wharf_changes', 'gap')").execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
+    commit_behind_the_nodes(&a, &one, "unlogged", Behind::NotLogged).await;
     let started = Instant::now();
     while full_reloads(&b).await == reloads {
         assert!(started.elapsed() < Duration::from_secs(10), "B never reloaded after the gap");
@@ -207,6 +169,52 @@ async fn a_follower_applies_each_change_alone_and_ends_where_a_fresh_node_starts
     let d = TestNode::start_sharing_with(&a, domain).await;
     assert_eq!(digest(&d).await, digest(&b).await, "after the gap, B routes as a node started now");
     assert_ne!(digest(&b).await, before_gap, "the unlogged change is in B's table");
+}
+
+/// How a change made straight in the control plane hides from the nodes.
+enum Behind {
+    /// Logged, but every node's listening connection is killed in its
+    /// transaction: its notification reaches nobody.
+    ListenersKilled,
+    /// Notified, but with no row in the change log.
+    NotLogged,
+}
+
+/// Set instance `id`'s greeting to `greeting` as a change a node could not
+/// have made (see [`Behind`]); returns how many listening connections died.
+async fn commit_behind_the_nodes(a: &TestNode, id: &str, greeting: &str, behind: Behind) -> i64 {
+    let mut pg = crate::harness::pg_admin(a).await;
+    let mut tx = sqlx::Connection::begin(&mut pg).await.unwrap();
+    sqlx::query("UPDATE instances SET settings = $1 WHERE id = $2")
+        .bind(json!({ "greeting": greeting }).to_string())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (generation,): (i64,) =
+        sqlx::query_as("UPDATE platform_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    let mut killed = 0;
+    if let Behind::ListenersKilled = behind {
+        sqlx::query("INSERT INTO platform_changes (generation, scope, key) VALUES ($1, 'instance', $2)")
+            .bind(generation)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        (killed,) = sqlx::query_as(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    }
+    sqlx::query("SELECT pg_notify('wharf_changes', 'behind')").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    killed
 }
 
 async fn runs_passes(node: &TestNode) -> bool {
