@@ -445,11 +445,13 @@ impl Lease {
                 false
             }
         };
-        if held != last.is_some() {
+        let was =
+            std::mem::replace(&mut *self.renewed.lock().unwrap_or_else(|e| e.into_inner()), held.then_some(asked));
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = (!held).then_some(asked);
+        // (Passes asking at once each renew; the change is told once.)
+        if held != was.is_some() {
             tracing::info!(lease = self.name, held, "this node's lease changed");
         }
-        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = held.then_some(asked);
-        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = (!held).then_some(asked);
         held
     }
 

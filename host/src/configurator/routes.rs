@@ -17,14 +17,14 @@ impl Configurator {
     /// Rebuild the router's table from the database and swap it in.
     pub async fn rebuild_routes(&self) -> Result<(), ConfigError> {
         let (default_bytes, overrides) = self.quotas.database_limits().await?;
-        let rows = self.route_rows(RouteScope::All).await?;
-        self.load_pinned(&rows).await?;
-        for row in &rows {
+        let routed = self.route_rows(RouteScope::All).await?;
+        self.load_pinned(&routed.rows).await?;
+        for row in &routed.rows {
             let tenant = &row.tenant_id;
             let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
             self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
         }
-        self.router.replace(self.routes_of(rows));
+        self.router.replace(self.routes_of(routed));
         self.load_challenges().await
     }
 
@@ -33,12 +33,12 @@ impl Configurator {
     pub async fn refresh_instances(&self, ids: &[&str]) -> Result<(), ConfigError> {
         let mut tenants = std::collections::BTreeSet::new();
         for id in ids {
-            let rows = self.route_rows(RouteScope::Instance(id)).await?;
-            self.load_pinned(&rows).await?;
-            if let Some(row) = rows.first() {
+            let routed = self.route_rows(RouteScope::Instance(id)).await?;
+            self.load_pinned(&routed.rows).await?;
+            if let Some(row) = routed.rows.first() {
                 tenants.insert(row.tenant_id.clone());
             }
-            let mut routes = self.routes_of(rows);
+            let mut routes = self.routes_of(routed);
             self.router.set_instance(id, routes.remove(*id));
         }
         for tenant in tenants {
@@ -115,52 +115,51 @@ impl Configurator {
         Ok(())
     }
 
-    /// One row per routed hostname: verified custom names, then each instance's
-    /// platform names (no custom name can shadow them: tenants cannot claim
-    /// names under a platform domain).
-    pub(super) async fn route_rows(&self, scope: RouteScope<'_>) -> Result<Vec<RouteRow>, ConfigError> {
-        let custom = format!(
-            "SELECT h.hostname, {ROUTE_COLUMNS} FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
-                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL"
-        );
-        let platform = format!(
-            "SELECT '' AS hostname, {ROUTE_COLUMNS} FROM instances i \
-                     LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL"
-        );
+    /// One row per routed instance (each has a route: its jobs run through it,
+    /// with or without hostnames), and the verified custom hostnames of those
+    /// instances as (instance, hostname): each instance's wide row is read
+    /// once, its names in a narrow read of their own.
+    pub(super) async fn route_rows(&self, scope: RouteScope<'_>) -> Result<RouteRows, ConfigError> {
         let (filter, bind) = match scope {
             RouteScope::All => ("", None),
             RouteScope::Instance(id) => (" AND i.id = $1", Some(id)),
         };
-        let mut rows = Vec::new();
-        // Every instance has a route (its jobs run through it), with or
-        // without hostnames: custom names first, then the platform's.
-        for sql in [custom, platform] {
-            let sql = format!("{sql}{filter}");
-            let mut query = sqlx::query_as::<_, RouteRow>(&sql);
-            if let Some(value) = bind {
-                query = query.bind(value);
-            }
-            rows.extend(query.fetch_all(&self.db).await.context("failed to load routes")?);
+        let sql = format!(
+            "SELECT {ROUTE_COLUMNS} FROM instances i \
+             LEFT JOIN billing_accounts b ON b.tenant_id = i.tenant_id WHERE i.deleted_at IS NULL{filter}"
+        );
+        let mut query = sqlx::query_as::<_, RouteRow>(&sql);
+        if let Some(value) = bind {
+            query = query.bind(value);
         }
-        Ok(rows)
+        let rows = query.fetch_all(&self.db).await.context("failed to load routes")?;
+        let sql = format!(
+            "SELECT h.instance_id, h.hostname FROM instance_hosts h JOIN instances i ON i.id = h.instance_id \
+             WHERE i.deleted_at IS NULL{filter}"
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        if let Some(value) = bind {
+            query = query.bind(value);
+        }
+        let custom = query.fetch_all(&self.db).await.context("failed to load hostnames")?;
+        Ok(RouteRows { rows, custom })
     }
 
-    /// Each instance's route and hostnames, by instance id.
-    pub(super) fn routes_of(&self, rows: Vec<RouteRow>) -> HashMap<String, InstanceRoutes> {
-        let mut by_instance: HashMap<String, InstanceRoutes> = HashMap::new();
-        for row in rows {
-            if !by_instance.contains_key(&row.instance_id) {
-                let Some(route) = self.route_of(&row) else { continue };
-                by_instance.insert(row.instance_id.clone(), InstanceRoutes { route, hosts: Vec::new(), custom: 0 });
-            }
-            let Some(entry) = by_instance.get_mut(&row.instance_id) else { continue };
-            // The rows come custom names first.
-            if row.hostname.is_empty() {
-                entry.hosts.extend(self.policy.platform_names(&row.name, &row.tenant_id));
-            } else {
-                entry.hosts.push(row.hostname);
-                entry.custom = entry.hosts.len();
-            }
+    /// Each instance's route and hostnames, by instance id: its verified custom
+    /// names, then its platform names (no custom name can shadow them: tenants
+    /// cannot claim names under a platform domain).
+    pub(super) fn routes_of(&self, routed: RouteRows) -> HashMap<String, InstanceRoutes> {
+        let mut custom: HashMap<String, Vec<String>> = HashMap::new();
+        for (instance, hostname) in routed.custom {
+            custom.entry(instance).or_default().push(hostname);
+        }
+        let mut by_instance: HashMap<String, InstanceRoutes> = HashMap::with_capacity(routed.rows.len());
+        for row in routed.rows {
+            let Some(route) = self.route_of(&row) else { continue };
+            let mut hosts = custom.remove(&row.instance_id).unwrap_or_default();
+            let custom = hosts.len();
+            hosts.extend(self.policy.platform_names(&row.name, &row.tenant_id));
+            by_instance.insert(row.instance_id, InstanceRoutes { route, hosts, custom });
         }
         by_instance
     }
@@ -230,17 +229,23 @@ pub(super) enum RouteScope<'a> {
     Instance(&'a str),
 }
 
-/// The columns of a [`RouteRow`] (after the hostname), from `instances i` and
+/// The columns of a [`RouteRow`], from `instances i` and
 /// `billing_accounts b`.
 const ROUTE_COLUMNS: &str = "i.id AS instance_id, i.tenant_id, i.service, i.pinned_version, i.modules, i.settings, \
      (CASE WHEN i.enabled THEN 1 ELSE 0 END) AS enabled, i.name, i.applied_migrations, i.settled_version, \
      i.setup_state, i.setup_target, i.ends_at, b.suspended_reason, i.pinned_by";
 
-/// One routed hostname of an instance (`''` for its platform names), with what
-/// its route is built from.
+/// The routed instances' rows and their custom hostnames (see
+/// [`Configurator::route_rows`]).
+pub(super) struct RouteRows {
+    rows: Vec<RouteRow>,
+    /// (instance, hostname), verified custom names.
+    custom: Vec<(String, String)>,
+}
+
+/// One routed instance, with what its route is built from.
 #[derive(sqlx::FromRow)]
 pub(super) struct RouteRow {
-    hostname: String,
     instance_id: String,
     tenant_id: String,
     service: String,
