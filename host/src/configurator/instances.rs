@@ -352,11 +352,22 @@ impl Configurator {
     /// each (other nodes re-read just those), their routes re-read here.
     async fn commit_pins(&self, tx: sqlx::Transaction<'_, store::Backend>, ids: &[String]) -> Result<i64, ConfigError> {
         let changes: Vec<store::Change> = ids.iter().map(|id| store::Change::Instance(id)).collect();
-        store::commit_changes(tx, &self.seen, &changes, || self.reroute(ids)).await
+        store::commit_changes(tx, &self.seen, &changes, || self.reroute_held(ids)).await
     }
 
-    /// Re-read the routes of `ids` (all of them, past [`store::MOST_CHANGED`]).
+    /// Re-read the routes of `ids` (all of them, past [`store::MOST_CHANGED`]),
+    /// after a change made elsewhere (a promotion's released pins); waits for
+    /// this node's own change in progress, so a stale read never lands last.
     pub async fn reroute(&self, ids: &[String]) -> Result<(), ConfigError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.change_lock.lock().await;
+        self.reroute_held(ids).await
+    }
+
+    /// [`Self::reroute`] with the change lock held.
+    async fn reroute_held(&self, ids: &[String]) -> Result<(), ConfigError> {
         if ids.is_empty() {
             return Ok(());
         }
