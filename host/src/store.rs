@@ -283,6 +283,16 @@ pub async fn bump_generation_with(
 /// The changes after `seen` up to `current`, when each of them is in the log
 /// and of a scope a node can apply alone; `None`: reload everything.
 pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<Vec<Changed>>, sqlx::Error> {
+    changes_within(db, seen, current, MOST_CHANGED).await
+}
+
+/// [`changes_between`], with at most `most` things changed (`None` past it).
+pub async fn changes_within(
+    db: &Db,
+    seen: i64,
+    current: i64,
+    most: usize,
+) -> Result<Option<Vec<Changed>>, sqlx::Error> {
     if current - seen > CHANGE_LOG {
         return Ok(None);
     }
@@ -312,7 +322,7 @@ pub async fn changes_between(db: &Db, seen: i64, current: i64) -> Result<Option<
             changes.push(change);
         }
     }
-    Ok((changes.len() <= MOST_CHANGED).then_some(changes))
+    Ok((changes.len() <= most).then_some(changes))
 }
 
 /// Commit `tx` as a change to what nodes hold in memory, of `change`'s scope
@@ -546,6 +556,9 @@ mod tests {
             }
             assert_eq!(changes_between(db, from, to).await.unwrap(), None, "{on}");
             assert_eq!(changes_between(db, from + 1, to).await.unwrap().map(|c| c.len()), Some(MOST_CHANGED), "{on}");
+            // A reader that can take more (billing's safety net) asks for more.
+            let all = changes_within(db, from, to, 10 * MOST_CHANGED).await.unwrap();
+            assert_eq!(all.map(|c| c.len()), Some(MOST_CHANGED + 1), "{on}");
             // Further behind than the log keeps: everything, unread.
             assert_eq!(changes_between(db, e - CHANGE_LOG - 1, e).await.unwrap(), None, "{on}");
             // The log is pruned as generations pass: a row older than the log

@@ -683,7 +683,9 @@ impl Passes {
         }
         let changes = match from {
             0 => None,
-            _ => store::changes_between(db, from, current).await.context("failed to read the change log")?,
+            _ => store::changes_within(db, from, current, SAFETY_NET_MOST)
+                .await
+                .context("failed to read the change log")?,
         };
         let recorded = match changes {
             None => self.sync_all().await?,
@@ -745,6 +747,10 @@ impl Passes {
 /// Instances read per round trip when an activation records its followers'
 /// subscription changes.
 const SERVICE_PAGE: i64 = 5000;
+
+/// Most instances, tenants and services the safety net looks at again one by
+/// one; past it (or past the change log's reach) it reads every instance.
+const SAFETY_NET_MOST: usize = 50_000;
 
 /// The node's billing passes, until `stop` is set.
 pub async fn run(passes: Arc<Passes>, mut stop: tokio::sync::watch::Receiver<bool>) {
