@@ -228,7 +228,7 @@ async fn one_node_runs_the_platforms_passes_and_another_takes_over_when_it_stops
         return;
     }
     let a = TestNode::start().await;
-    let b = TestNode::start_sharing_with(&a, |_| {}).await;
+    let b = TestNode::start_sharing(&a).await;
     let started = Instant::now();
     // Each asks within its first passes; exactly one holds the lease.
     let holder = loop {
@@ -258,7 +258,7 @@ async fn one_node_runs_the_platforms_passes_and_another_takes_over_when_it_stops
     other.create_instance("acme", "hello", &["left.acme.test"]).await;
     assert_eq!(other.get("left.acme.test", "/").await.0, StatusCode::OK);
     // Started again, the stopped node does not take the lease back.
-    stopped.start_again_with(|_| {}).await;
+    stopped.start_again().await;
     for _ in 0..10 {
         assert!(runs_passes(&other).await && !runs_passes(&stopped).await, "the lease stays where it is");
         tokio::time::sleep(Duration::from_millis(100)).await;

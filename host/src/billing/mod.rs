@@ -688,7 +688,7 @@ impl Passes {
                 .context("failed to read the change log")?,
         };
         let recorded = match changes {
-            None => self.sync_all().await?,
+            None => self.sync_all(None).await?,
             Some(changes) => {
                 let mut recorded = 0;
                 let mut instances = Vec::new();
@@ -701,7 +701,7 @@ impl Passes {
                             Err(crate::configurator::ConfigError::UnknownInstance(_)) => {}
                             Err(e) => return Err(anyhow::anyhow!("{e}").into()),
                         },
-                        store::Changed::Tenant(tenant) => recorded += self.sync_tenant(&tenant).await?,
+                        store::Changed::Tenant(tenant) => recorded += self.sync_all(Some(&[tenant])).await?,
                         store::Changed::Service(service) => recorded += self.sync_service(&service).await?,
                     }
                 }
@@ -712,29 +712,13 @@ impl Passes {
         Ok(recorded)
     }
 
-    /// [`Passes::sync_all`] of one tenant's instances.
-    async fn sync_tenant(&self, tenant: &str) -> Result<usize, BillingError> {
-        let tenants = [tenant.to_string()];
+    /// Record a subscription event for every instance (of `tenants`; `None`:
+    /// of every tenant) whose state changed without one, a page at a time.
+    async fn sync_all(&self, tenants: Option<&[String]>) -> Result<usize, BillingError> {
         let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
         let mut recorded = 0;
         loop {
-            let instances =
-                self.configurator.instances(Some(&tenants), &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            recorded += self.billing.sync(&instances).await?;
-            match instances.last() {
-                Some(last) if instances.len() as i64 == page.limit => page.after = Some(last.id.clone()),
-                _ => return Ok(recorded),
-            }
-        }
-    }
-
-    /// Record a subscription event for every instance whose state changed
-    /// without one.
-    pub async fn sync_all(&self) -> Result<usize, BillingError> {
-        let mut page = crate::configurator::Page::new(None, Some(crate::configurator::Page::MAX));
-        let mut recorded = 0;
-        loop {
-            let instances = self.configurator.instances(None, &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let instances = self.configurator.instances(tenants, &page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             recorded += self.billing.sync(&instances).await?;
             match instances.last() {
                 Some(last) if instances.len() as i64 == page.limit => page.after = Some(last.id.clone()),
