@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// How often usage counters are written to the database.
     pub usage_flush_interval: Duration,
+    /// How long an instance's databases stay open after its last call.
+    pub database_idle: Duration,
     /// How often the dashboard's history takes a point (it keeps 360).
     pub history_interval: Duration,
     /// Append each request's usage to a local journal before counting it
@@ -388,6 +390,7 @@ impl NodeConfig {
             db_threads: 4,
             shutdown_grace: Duration::from_secs(30),
             usage_flush_interval: Duration::from_secs(1),
+            database_idle: Duration::from_secs(300),
             history_interval: Duration::from_secs(10),
             usage_journal: true,
             deletion_grace: Duration::from_secs(7 * 86_400),

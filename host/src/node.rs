@@ -338,8 +338,34 @@ fn spawn(
         config.history_interval,
         watcher.clone(),
     )));
+    tasks.push(tokio::spawn(close_idle_databases(
+        node.configurator.databases.clone(),
+        config.database_idle,
+        watcher.clone(),
+    )));
     tasks.push(tokio::spawn(flush_usage(node.usage.clone(), config.usage_flush_interval, watcher)));
     (shutdown, tasks)
+}
+
+/// Close the databases of instances idle for `idle`, looking a few times per
+/// `idle` (at most every 30 s).
+async fn close_idle_databases(
+    databases: Arc<crate::instancedb::Databases>,
+    idle: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every =
+        tokio::time::interval((idle / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30)));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+        let closed = databases.close_idle(idle);
+        if closed > 0 {
+            tracing::debug!(closed, open = databases.open_count(), "closed idle instance databases");
+        }
+    }
 }
 
 /// The admin API on its listener, until `stop`.

@@ -176,6 +176,24 @@ impl JournalFile {
     }
 }
 
+/// An instance's counters as its route holds them: made on its first
+/// request or job, so an idle instance costs a pointer.
+pub struct UsageCell {
+    usage: Arc<Usage>,
+    counters: std::sync::OnceLock<Arc<UsageCounters>>,
+}
+
+impl UsageCell {
+    pub fn new(usage: Arc<Usage>) -> Self {
+        Self { usage, counters: std::sync::OnceLock::new() }
+    }
+
+    /// The counters of `tenant`'s `instance` (the one this cell is for).
+    pub fn get(&self, instance: &str, tenant: &str) -> &Arc<UsageCounters> {
+        self.counters.get_or_init(|| self.usage.counters(instance, tenant))
+    }
+}
+
 /// Usage counters of every instance on this node, and its journal.
 pub struct Usage {
     db: Db,

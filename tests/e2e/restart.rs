@@ -109,3 +109,97 @@ async fn usage_survives_sigkill_under_load_within_the_requests_in_flight() {
     assert!(received - billed <= CLIENTS, "served {received}, billed {billed}");
     served.stop();
 }
+
+/// A node holds idle instances as routes only: an instance's databases open on
+/// its first call and close once it is idle. Its tenant's database quota still
+/// counts every instance, opened since the start or not: an instance written
+/// to before a restart is counted when another of its tenant's opens after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_open_on_first_use_close_when_idle_and_the_quota_counts_the_unopened() {
+    let adjust = |config: &mut wharf::NodeConfig| {
+        config.database_idle = Duration::from_secs(1);
+        config.trust.quotas.database_bytes_per_tenant = 1 << 20;
+    };
+    let mut node = TestNode::start_with(adjust).await;
+    node.publish("misbehave", "misbehave", "1.0.0").await;
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "misbehave", &["a.acme.test"]).await;
+    node.create_instance("acme", "misbehave", &["b.acme.test"]).await;
+    let (table, insert) = if crate::harness::on_postgres() {
+        // 200,000 random bytes (incompressible, as randomblob's).
+        (
+            "CREATE TABLE t (b bytea)",
+            "INSERT INTO t SELECT decode(string_agg(md5(random()::text), ''), 'hex') FROM generate_series(1, 12500)",
+        )
+    } else {
+        ("CREATE TABLE t (b BLOB)", "INSERT INTO t VALUES (randomblob(200000))")
+    };
+    for host in ["a.acme.test", "b.acme.test"] {
+        let (status, body) = sql(&node, host, table).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for _ in 0..3 {
+        let (status, body) = sql(&node, "a.acme.test", insert).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Idle, both close.
+    let started = std::time::Instant::now();
+    while open(&node).await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "idle databases were never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    node.stop().await;
+    node.start_again_with(adjust).await;
+    // Routed, nothing opened.
+    assert_eq!(open(&node).await, 0, "a restart opens no instance's databases");
+    let quotas = node.get_admin("/v1/tenants/acme/quotas").await;
+    let used = quotas["quotas"].as_array().unwrap().iter().find(|q| q["quota"] == "database_bytes").unwrap()["used"]
+        .as_i64()
+        .unwrap();
+    assert!(used > 600_000, "the tenant's bytes count its unopened instance: {quotas}");
+    assert_eq!(open(&node).await, 0, "measuring a tenant opens none of its instances");
+    // `b` may add what `a` (never opened since the restart) leaves of 1 MiB:
+    // two writes, not five.
+    let mut refused = None;
+    for i in 0..5 {
+        let (status, body) = sql(&node, "b.acme.test", insert).await;
+        if status != StatusCode::OK {
+            refused = Some((i, body));
+            break;
+        }
+    }
+    let (i, body) = refused.expect("the tenant's databases stop at 1 MiB together");
+    assert!(i <= 2 && body.contains("database_bytes"), "refused after {i} writes: {body}");
+    assert_eq!(open(&node).await, 1, "only the instance called is open");
+    // Closed when idle, opened again on the next call, with its data.
+    let started = std::time::Instant::now();
+    while open(&node).await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "idle databases were never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, rows) = node
+        .ingress_call("a.acme.test", reqwest::Method::POST, "/sql/query", None, "SELECT count(*) AS n FROM t")
+        .await;
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    assert_eq!((status, &rows["rows"][0]["n"]), (StatusCode::OK, &serde_json::json!(3)), "{rows}");
+}
+
+/// `statement` run by the `misbehave` guest at `host`: (status, body). On
+/// PostgreSQL a statement's wall time is charged as fuel, so one slowed down by
+/// a busy machine is tried again.
+async fn sql(node: &TestNode, host: &str, statement: &str) -> (StatusCode, String) {
+    for _ in 0..5 {
+        let (status, _, body) = node.ingress_call(host, reqwest::Method::POST, "/sql/execute", None, statement).await;
+        if status != StatusCode::SERVICE_UNAVAILABLE || !body.contains("compute budget") {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{statement} never finished within its compute budget")
+}
+
+/// Instances whose databases are open on `node`.
+async fn open(node: &TestNode) -> u64 {
+    node.get_admin("/v1/node").await["instance_databases_open"].as_u64().unwrap()
+}

@@ -369,6 +369,7 @@ async fn node_info(State(node): State<Arc<AdminState>>, Authed(caller): Authed) 
         "routes": node.router.len(),
         "routes_digest": node.router.digest(),
         "runs_passes": node.workers.lease.was_held(),
+        "instance_databases_open": node.configurator.databases.open_count(),
         "versions_compiled": stats.compiled.load(Ordering::Relaxed),
         "versions_loaded_from_cache": stats.loaded_from_cache.load(Ordering::Relaxed),
         "limits": {

@@ -339,6 +339,9 @@ pub struct NodeView {
     /// Whether this node holds the lease on the platform's passes (billing,
     /// queueing setups and scheduled jobs, purges): one node at a time does.
     runs_passes: bool,
+    /// Instances whose databases are open on this node now (opened on an
+    /// instance's first call, closed once it is idle: `--database-idle-secs`).
+    instance_databases_open: u64,
     versions_compiled: u64,
     versions_loaded_from_cache: u64,
     limits: NodeLimits,

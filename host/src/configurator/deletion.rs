@@ -171,13 +171,11 @@ impl Configurator {
         if let Some(redis) = &self.backends.redis {
             redis.forget_instance(id).await?;
         }
-        let database = self.database(id, &tenant);
-        self.databases.remove(id);
         let dir = self.instances_dir.join(id);
         if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             tokio::fs::remove_dir_all(&dir).await.with_context(|| format!("failed to remove {}", dir.display()))?;
         }
-        database.forget_sizes();
+        self.databases.forget(id, &tenant);
         let mut tx = crate::store::begin(&self.db).await.context("failed to begin transaction")?;
         // Only one node purges it; its name is free again.
         let claimed = sqlx::query("UPDATE instances SET purged_at = $1, name = $2 WHERE id = $3 AND purged_at IS NULL")

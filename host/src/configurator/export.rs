@@ -87,7 +87,7 @@ impl Configurator {
         let version = instance.running_version.clone().or(instance.setup.settled_version.clone()).ok_or_else(|| {
             ConfigError::NotExportable(id.to_string(), "it has never run a version: there is nothing to export".into())
         })?;
-        let db = self.database(id, &instance.tenant);
+        let db = self.open_database(id, &instance.tenant).await?;
         let call = Call::migration(Instant::now() + DATA_DEADLINE);
         let failed = |e: String| ConfigError::Internal(anyhow::anyhow!("failed to export instance {id}: {e}"));
         let statements = db.dump_sql().await.map_err(failed)?;
@@ -183,7 +183,7 @@ impl Configurator {
         };
         let preset = Preset { applied: header.applied_migrations.clone(), seeded: header.seeded };
         let created = self.create_instance_as(new, actor, Some(preset)).await?;
-        let db = self.database(&created.id, &created.tenant);
+        let db = self.open_database(&created.id, &created.tenant).await?;
         let call = Call::migration(Instant::now() + DATA_DEADLINE);
         let loaded = async {
             db.load_sql(&statements, &call).await?;

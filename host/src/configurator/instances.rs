@@ -67,10 +67,10 @@ impl Configurator {
         if self.backends.postgres.is_some() {
             database::PgDatabases::create(tx, id).await?;
         } else {
-            let db = self.database(id, tenant);
-            tokio::task::spawn_blocking(move || db.provision())
+            self.databases
+                .handle(&Arc::from(id), &Arc::from(tenant))
+                .provision()
                 .await
-                .context("provisioning task failed")?
                 .map_err(|e| anyhow::anyhow!("failed to provision the instance database: {e}"))?;
         }
         Ok(())

@@ -289,10 +289,8 @@ pub struct Configurator {
     db: Db,
     /// Where instance databases live: `<data>/instances/<id>/`.
     instances_dir: std::path::PathBuf,
-    /// Open instance databases, kept across route rebuilds.
-    databases: dashmap::DashMap<String, Arc<database::InstanceDb>>,
-    open_databases: Arc<database::OpenDatabases>,
-    db_threads: Arc<database::DbThreads>,
+    /// Instances' databases, opened on first use and closed when idle.
+    pub databases: Arc<database::Databases>,
     registry: Arc<Registry>,
     router: Arc<Router>,
     usage: Arc<Usage>,
@@ -336,6 +334,8 @@ impl Configurator {
     pub fn new(parts: Parts, config: &crate::config::NodeConfig) -> anyhow::Result<Self> {
         let Parts { db, registry, router, usage, db_threads, backends, seen, followers } = parts;
         let trust = &config.trust;
+        let databases =
+            database::Databases::new(config.data_dir.join("instances"), db_threads, backends.clone(), db.clone());
         Ok(Self {
             backends,
             followers,
@@ -350,9 +350,7 @@ impl Configurator {
             tenant_creation: trust.tenant_creation,
             db,
             instances_dir: config.data_dir.join("instances"),
-            databases: dashmap::DashMap::new(),
-            open_databases: database::OpenDatabases::new(database::MAX_OPEN_DATABASES),
-            db_threads,
+            databases,
             registry,
             router,
             usage,
@@ -371,21 +369,15 @@ impl Configurator {
         &self.backends.calls
     }
 
-    /// The databases of `tenant`'s instance (opened on first use).
-    pub fn database(&self, instance: &str, tenant: &str) -> Arc<database::InstanceDb> {
-        self.databases
-            .entry(instance.to_string())
-            .or_insert_with(|| {
-                Arc::new(database::InstanceDb::new(
-                    &self.instances_dir.join(instance),
-                    instance,
-                    tenant,
-                    self.db_threads.clone(),
-                    self.open_databases.clone(),
-                    &self.backends,
-                ))
-            })
-            .clone()
+    /// The databases of `tenant`'s instance, open.
+    pub(super) async fn open_database(
+        &self,
+        instance: &str,
+        tenant: &str,
+    ) -> Result<Arc<database::Opened>, ConfigError> {
+        self.databases.handle(&Arc::from(instance), &Arc::from(tenant)).open().await.map_err(|e| {
+            ConfigError::Internal(anyhow::anyhow!("failed to open the databases of instance {instance}: {e}"))
+        })
     }
 }
 

@@ -19,11 +19,7 @@ impl Configurator {
         let (default_bytes, overrides) = self.quotas.database_limits().await?;
         let routed = self.route_rows(RouteScope::All).await?;
         self.load_pinned(&routed.rows).await?;
-        for row in &routed.rows {
-            let tenant = &row.tenant_id;
-            let bytes = overrides.get(tenant).copied().unwrap_or(default_bytes);
-            self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
-        }
+        self.databases.set_quotas(default_bytes.max(0) as u64, &overrides);
         self.router.replace(self.routes_of(routed));
         self.load_challenges().await
     }
@@ -43,7 +39,7 @@ impl Configurator {
         }
         for tenant in tenants {
             let bytes = self.quotas.limit(&Subject::Tenant(&tenant), Quota::DatabaseBytes).await?;
-            self.db_threads.set_tenant_quota(&tenant, bytes.max(0) as u64);
+            self.databases.set_tenant_quota(&tenant, bytes.max(0) as u64);
         }
         self.load_challenges().await
     }
@@ -64,7 +60,7 @@ impl Configurator {
         let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
         self.refresh_instances(&ids).await?;
         let bytes = self.quotas.limit(&Subject::Tenant(tenant), Quota::DatabaseBytes).await?;
-        self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
+        self.databases.set_tenant_quota(tenant, bytes.max(0) as u64);
         Ok(())
     }
 
@@ -182,30 +178,36 @@ impl Configurator {
                 }
             },
         };
+        // What an instance keeps across its routes: its database handle (and
+        // with it its recent CPU use) and its health window.
+        let previous = self.router.instance(instance);
+        let db = match &previous {
+            Some(route) if route.db.names(instance, tenant) => route.db.clone(),
+            _ => self.databases.handle(&Arc::from(instance.as_str()), &Arc::from(tenant.as_str())),
+        };
+        let features = Features {
+            modules: serde_json::from_str(&row.modules).unwrap_or_default(),
+            settings: serde_json::from_str::<BTreeMap<String, String>>(&row.settings)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        };
         Some(Arc::new(Route {
-            instance: instance.as_str().into(),
-            tenant: tenant.as_str().into(),
+            instance: db.instance().clone(),
+            tenant: db.tenant().clone(),
             target,
-            usage: self.usage.counters(instance, tenant),
+            usage: crate::usage::UsageCell::new(self.usage.clone()),
             enabled: store::flag(row.enabled),
             ends_at: row.ends_at,
             suspended: row.suspended_reason.as_deref().map(Arc::from),
-            recent: self.database(instance, tenant).recent_use(),
-            db: self.database(instance, tenant),
-            features: Arc::new(Features {
-                modules: serde_json::from_str(&row.modules).unwrap_or_default(),
-                settings: serde_json::from_str::<BTreeMap<String, String>>(&row.settings)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            }),
+            features: Features::shared(features),
             setup: InstanceSetup {
                 state: SetupState::parse(&row.setup_state),
                 target: row.setup_target.clone(),
                 applied: serde_json::from_str(&row.applied_migrations).unwrap_or_default(),
                 settled: row.settled_version.as_deref().and_then(|v| slot.version(v)),
             },
-            health: Some(self.router.instance(instance).and_then(|r| r.health.clone()).unwrap_or_default()),
+            health: Some(previous.and_then(|r| r.health.clone()).unwrap_or_default()),
             gate: match (row.pinned_version.as_deref(), row.pinned_by.as_deref()) {
                 (None, _) => Some(crate::router::health::GateBack::Previous(slot.clone())),
                 (Some(_), Some("canary")) => Some(crate::router::health::GateBack::Active(slot.clone())),
@@ -214,10 +216,11 @@ impl Configurator {
             jobs: self.followers.queue.as_ref().map(|queue| {
                 Arc::new(crate::runtime::InstanceJobs {
                     queue: queue.clone() as Arc<dyn crate::runtime::JobQueue>,
-                    tenant: tenant.as_str().into(),
-                    instance: instance.as_str().into(),
+                    tenant: db.tenant().clone(),
+                    instance: db.instance().clone(),
                 })
             }),
+            db,
         }))
     }
 }

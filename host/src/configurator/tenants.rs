@@ -139,9 +139,9 @@ impl Configurator {
         self.tenant(tenant).await?;
         let limits = self.quotas.limits(&Subject::Tenant(tenant)).await?;
         // On PostgreSQL the server knows every node's writes.
-        let shared_bytes = match &self.backends.postgres {
-            Some(pg) => Some(pg.tenant_sizes(tenant).await?.iter().map(|(_, b)| *b as i64).sum::<i64>()),
-            None => None,
+        let bytes = match &self.backends.postgres {
+            Some(pg) => pg.tenant_sizes(tenant).await?.iter().map(|(_, b)| *b as i64).sum::<i64>(),
+            None => self.databases.tenant_bytes(tenant).await.map_err(|e| anyhow::anyhow!(e))? as i64,
         };
         let mut out = Vec::new();
         for quota in Quota::TENANT {
@@ -150,7 +150,7 @@ impl Configurator {
                 Quota::Hostnames => self.count_hostnames(&self.db, tenant).await?,
                 Quota::PendingJobs => self.job_counters(tenant).await?.0,
                 Quota::JobBytes => self.job_counters(tenant).await?.1,
-                _ => shared_bytes.unwrap_or_else(|| self.db_threads.tenant_bytes(tenant) as i64),
+                _ => bytes,
             };
             let (limit, source) = limits[&quota];
             out.push(QuotaUse { quota: quota.name(), limit, used, source });
@@ -182,7 +182,7 @@ impl Configurator {
         self.quotas.set(&Subject::Tenant(tenant), quota, value).await?;
         if quota == Quota::DatabaseBytes {
             let bytes = self.quotas.limit(&Subject::Tenant(tenant), quota).await?;
-            self.db_threads.set_tenant_quota(tenant, bytes.max(0) as u64);
+            self.databases.set_tenant_quota(tenant, bytes.max(0) as u64);
             // Other nodes apply it when they catch up.
             let generation = store::bump_for(&self.db, store::Change::Tenant(tenant))
                 .await

@@ -267,7 +267,7 @@ impl Ingress {
         // Counted once the guest is done and its response handed over in full,
         // whichever comes last: a node killed in between bills nothing the
         // client did not get.
-        let tally = Arc::new(Tally::new(route.usage.clone()));
+        let tally = Arc::new(Tally::new(route.usage().clone()));
         // If this future is dropped before a response (the client left), the
         // hand-over is over then.
         let handover = Handover(Some(tally.clone()));
@@ -448,7 +448,7 @@ impl Ingress {
             features: route.features.clone(),
         });
         self.runtime
-            .handle(&version.pre, who, context, req, &route.recent, reuse, move |who, outcome| {
+            .handle(&version.pre, who, context, req, route.db.recent_use(), reuse, move |who, outcome| {
                 // The guest is done: its slots are free for the next request.
                 drop(slots);
                 // A request refused for lack of capacity never ran: the node's

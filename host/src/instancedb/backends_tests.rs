@@ -12,7 +12,7 @@ use std::time::Instant;
 struct Handle {
     /// What the SQL and the key-value store are on, for assertion messages.
     name: String,
-    db: InstanceDb,
+    db: Opened,
     _plane: crate::testdb::TestDb,
     _dir: tempfile::TempDir,
 }
@@ -51,8 +51,15 @@ async fn handles() -> Vec<Handle> {
             plane.backend,
             if backends.redis.is_some() { "redis" } else { "sqlite" }
         );
-        let db =
-            InstanceDb::new(&dir.path().join(&instance), &instance, "t", threads.clone(), budget.clone(), &backends);
+        let db = Opened::new(
+            &dir.path().join(&instance),
+            &instance,
+            "t",
+            threads.clone(),
+            budget.clone(),
+            &backends,
+            Default::default(),
+        );
         db.provision().unwrap();
         all.push(Handle { name, db, _plane: plane, _dir: dir });
     }

@@ -11,12 +11,12 @@
 use std::fmt::Write as _;
 
 use super::types::{Call, Dialect, KvEntry, MAX_BATCH};
-use super::{InstanceDb, Snapshot};
+use super::{Opened, Snapshot};
 
 /// Rows read per page on PostgreSQL.
 const PAGE_ROWS: usize = 1000;
 
-impl InstanceDb {
+impl Opened {
     /// The SQL dump: statements that rebuild the database, schema and rows,
     /// in its dialect, read in one snapshot.
     pub async fn dump_sql(&self) -> Result<Vec<String>, String> {

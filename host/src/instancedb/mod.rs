@@ -21,6 +21,7 @@
 //! shares (keys, values, batch sizes) are checked here, before the call
 //! reaches one.
 
+mod databases;
 mod export;
 mod postgres;
 mod redis;
@@ -36,14 +37,16 @@ use std::time::Duration;
 
 use std::path::Path;
 
+pub use databases::{Databases, InstanceDb};
 pub use postgres::{PgDatabases, Snapshot};
 use sqlguard::check_key;
 pub use sqlite::{limit_sqlite_heap, sqlite_memory, OpenDatabases};
 pub use threads::DbThreads;
 pub use types::*;
 
-/// One instance's databases.
-pub struct InstanceDb {
+/// One instance's databases, open (see [`InstanceDb`] for the handle routes
+/// hold, which opens them on first use).
+pub struct Opened {
     /// Its directory on this node (and, on one node, its files).
     local: Arc<sqlite::Local>,
     sql: Arc<dyn GuestSql>,
@@ -55,6 +58,8 @@ pub struct InstanceDb {
     calls: Arc<Calls>,
     sql_on: Backend,
     kv_on: Backend,
+    /// When it was last used, in seconds of [`Databases`]' clock.
+    used: std::sync::atomic::AtomicU64,
 }
 
 /// Where a node keeps instances' data besides their directories.
@@ -126,16 +131,17 @@ impl Calls {
     }
 }
 
-impl std::fmt::Debug for InstanceDb {
+impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceDb").field("dir", &self.local.dir()).field("dialect", &self.sql.dialect()).finish()
+        f.debug_struct("Opened").field("dir", &self.local.dir()).field("dialect", &self.sql.dialect()).finish()
     }
 }
 
-impl InstanceDb {
-    /// The databases of `tenant`'s `instance`, whose directory is `dir` (not
-    /// opened yet), kept where `backends` say (on this node's disk otherwise);
-    /// `threads` bounds the tenant's work on SQLite files.
+impl Opened {
+    /// The databases of `tenant`'s `instance`, whose directory is `dir` (its
+    /// files not opened yet), kept where `backends` say (on this node's disk
+    /// otherwise); `threads` bounds the tenant's work on SQLite files, and
+    /// `recent` is the instance's recent CPU use (shared with its guests').
     pub fn new(
         dir: &Path,
         instance: &str,
@@ -143,8 +149,9 @@ impl InstanceDb {
         threads: Arc<DbThreads>,
         budget: Arc<OpenDatabases>,
         backends: &Backends,
+        recent: Arc<crate::sched::RecentUse>,
     ) -> Self {
-        let local = Arc::new(sqlite::Local::new(dir, tenant, threads, budget));
+        let local = Arc::new(sqlite::Local::new(dir, tenant, threads, budget, recent));
         let sql: Arc<dyn GuestSql> = match &backends.postgres {
             Some(pg) => {
                 Arc::new(postgres::PgSql::new(postgres::PgInstance::new(pg.clone(), instance, tenant), local.clone()))
@@ -160,7 +167,18 @@ impl InstanceDb {
             if backends.postgres.is_some() { Backend::SqlPostgres } else { Backend::SqlSqlite },
             if backends.redis.is_some() { Backend::KvRedis } else { Backend::KvSqlite },
         );
-        Self { local, sql, kv, postgres, calls: backends.calls.clone(), sql_on, kv_on }
+        let used = Default::default();
+        Self { local, sql, kv, postgres, calls: backends.calls.clone(), sql_on, kv_on, used }
+    }
+
+    /// Whether a call is waiting for or running on its connections.
+    fn busy(&self) -> bool {
+        self.local.busy()
+    }
+
+    /// Its tenant's line and database bytes.
+    fn tenant_slots(&self) -> &Arc<threads::TenantSlots> {
+        self.local.tenant_slots()
     }
 
     /// Run `call` (the guest's `operation`) on `backend`, counted, in a span
@@ -196,24 +214,10 @@ impl InstanceDb {
         self.sql.dialect()
     }
 
-    /// The instance's recent CPU use, shared with its guests' scheduling.
-    pub fn recent_use(&self) -> Arc<crate::sched::RecentUse> {
-        self.local.recent_use()
-    }
-
     /// Create both files now, so the instance starts with its databases in
     /// place. Blocking: call it from a blocking context.
     pub fn provision(&self) -> Result<(), String> {
         self.local.provision()
-    }
-
-    /// Count its files as nothing against its tenant's quota (its data was
-    /// destroyed).
-    pub fn forget_sizes(&self) {
-        let storage = self.local.storage();
-        for file in ["data.sqlite", "kv.sqlite"] {
-            storage.record(&self.local.dir().join(file), 0);
-        }
     }
 
     /// Run a statement that returns rows.

@@ -13,28 +13,35 @@ fn text(s: &str) -> SqlValue {
     SqlValue::Text(s.into())
 }
 
-fn db_with(threads: Arc<DbThreads>) -> (tempfile::TempDir, InstanceDb) {
+fn db_with(threads: Arc<DbThreads>) -> (tempfile::TempDir, Opened) {
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        InstanceDb::new(dir.path(), "i", "t", threads, OpenDatabases::new(MAX_OPEN_DATABASES), &Backends::default());
+    let db = Opened::new(
+        dir.path(),
+        "i",
+        "t",
+        threads,
+        OpenDatabases::new(MAX_OPEN_DATABASES),
+        &Backends::default(),
+        Default::default(),
+    );
     db.provision().unwrap();
     (dir, db)
 }
 
 /// An instance's databases on this node's disk, in `dir`.
-fn local(dir: &std::path::Path, tenant: &str, threads: &Arc<DbThreads>, budget: &Arc<OpenDatabases>) -> InstanceDb {
-    InstanceDb::new(dir, "i", tenant, threads.clone(), budget.clone(), &Backends::default())
+fn local(dir: &std::path::Path, tenant: &str, threads: &Arc<DbThreads>, budget: &Arc<OpenDatabases>) -> Opened {
+    Opened::new(dir, "i", tenant, threads.clone(), budget.clone(), &Backends::default(), Default::default())
 }
 
-fn db() -> (tempfile::TempDir, InstanceDb) {
+fn db() -> (tempfile::TempDir, Opened) {
     db_with(DbThreads::start(4).unwrap())
 }
 
-async fn exec(db: &InstanceDb, sql: &str) -> Result<u64, String> {
+async fn exec(db: &Opened, sql: &str) -> Result<u64, String> {
     db.execute(sql.into(), vec![], later()).await
 }
 
-async fn query(db: &InstanceDb, sql: &str) -> Result<SqlRows, String> {
+async fn query(db: &Opened, sql: &str) -> Result<SqlRows, String> {
     db.query(sql.into(), vec![], later()).await
 }
 
@@ -76,7 +83,7 @@ async fn open_databases_stay_within_budget_and_reopen_with_their_data() {
     let dir = tempfile::tempdir().unwrap();
     let budget = OpenDatabases::new(2);
     let threads = DbThreads::start(2).unwrap();
-    let dbs: Vec<InstanceDb> = (0..5).map(|i| local(&dir.path().join(i.to_string()), "t", &threads, &budget)).collect();
+    let dbs: Vec<Opened> = (0..5).map(|i| local(&dir.path().join(i.to_string()), "t", &threads, &budget)).collect();
     for (i, db) in dbs.iter().enumerate() {
         db.kv_set("n".into(), i.to_string().into_bytes(), None, later()).await.unwrap();
         exec(db, "CREATE TABLE IF NOT EXISTS x (a)").await.unwrap();
@@ -216,7 +223,7 @@ async fn a_tenant_uses_at_most_half_the_threads() {
     let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
     let dir = tempfile::tempdir().unwrap();
     let budget = OpenDatabases::new(16);
-    let greedy: Vec<Arc<InstanceDb>> =
+    let greedy: Vec<Arc<Opened>> =
         (0..4).map(|i| Arc::new(local(&dir.path().join(format!("g{i}")), "greedy", &threads, &budget))).collect();
     let attacks: Vec<_> = greedy
         .iter()
@@ -286,13 +293,14 @@ async fn an_old_key_value_table_moves_to_its_own_file() {
         )
         .unwrap();
     }
-    let db = InstanceDb::new(
+    let db = Opened::new(
         dir.path(),
         "i",
         "t",
         DbThreads::start(2).unwrap(),
         OpenDatabases::new(4),
         &Backends::default(),
+        Default::default(),
     );
     assert_eq!(query(&db, "SELECT count(*) FROM sqlite_schema").await.unwrap().rows[0][0], SqlValue::Integer(0));
     assert_eq!(db.kv_get("session".into(), later()).await.unwrap(), Some(b"hi".to_vec()));

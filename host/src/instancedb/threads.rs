@@ -48,7 +48,12 @@ pub(crate) fn demote_current_thread() {
 pub struct DbThreads {
     sender: Mutex<Option<SyncSender<Job>>>,
     per_tenant: usize,
+    /// The tenants whose instances opened their databases on this node.
     tenants: DashMap<Arc<str>, Arc<TenantSlots>>,
+    /// Database quotas: every tenant's, and those set apart (a tenant's entry
+    /// takes its quota from here when it is made).
+    quota: std::sync::atomic::AtomicU64,
+    quotas: DashMap<Arc<str>, u64>,
 }
 
 /// How many of a tenant's instances run now, and the runs waiting for a place.
@@ -57,6 +62,9 @@ pub(crate) struct TenantSlots {
     state: Mutex<(usize, VecDeque<Job>)>,
     /// The tenant's database bytes, against its quota.
     pub(crate) storage: super::storage::TenantStorage,
+    /// Set once every instance of the tenant is counted in `storage` (not
+    /// only those opened here).
+    pub(crate) counted: tokio::sync::OnceCell<()>,
 }
 
 impl DbThreads {
@@ -72,6 +80,8 @@ impl DbThreads {
             sender: Mutex::new(Some(sender)),
             per_tenant: (threads / 2).max(1),
             tenants: DashMap::new(),
+            quota: std::sync::atomic::AtomicU64::new(u64::MAX),
+            quotas: DashMap::new(),
         }))
     }
 
@@ -83,23 +93,45 @@ impl DbThreads {
         self.tenants
             .entry(Arc::from(tenant))
             .or_insert_with(|| {
-                Arc::new(TenantSlots {
+                let slots = TenantSlots {
                     max: self.per_tenant,
                     state: Mutex::new((0, VecDeque::new())),
                     storage: Default::default(),
-                })
+                    counted: Default::default(),
+                };
+                slots.storage.set_quota(self.quota_of(tenant));
+                Arc::new(slots)
             })
             .clone()
     }
 
-    /// Set `tenant`'s database quota, in bytes.
-    pub fn set_tenant_quota(&self, tenant: &str, bytes: u64) {
-        self.tenant(tenant).storage.set_quota(bytes);
+    fn quota_of(&self, tenant: &str) -> u64 {
+        self.quotas.get(tenant).map(|q| *q).unwrap_or_else(|| self.quota.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// The database bytes of `tenant`'s instances on this node.
-    pub fn tenant_bytes(&self, tenant: &str) -> u64 {
-        self.tenant(tenant).storage.total()
+    /// Set every tenant's database quota: `bytes`, or the tenant's own in
+    /// `overrides`.
+    pub fn set_quotas(&self, bytes: u64, overrides: &std::collections::HashMap<String, i64>) {
+        self.quota.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.quotas.retain(|tenant, _| overrides.contains_key(&**tenant));
+        for (tenant, own) in overrides {
+            self.quotas.insert(Arc::from(tenant.as_str()), own.max(&0).unsigned_abs());
+        }
+        for slots in self.tenants.iter() {
+            slots.storage.set_quota(self.quota_of(slots.key()));
+        }
+    }
+
+    /// Set `tenant`'s database quota, in bytes (its own, or again every tenant's).
+    pub fn set_tenant_quota(&self, tenant: &str, bytes: u64) {
+        if bytes == self.quota.load(std::sync::atomic::Ordering::Relaxed) {
+            self.quotas.remove(tenant);
+        } else {
+            self.quotas.insert(Arc::from(tenant), bytes);
+        }
+        if let Some(slots) = self.tenants.get(tenant) {
+            slots.storage.set_quota(bytes);
+        }
     }
 
     /// Run `run` for `tenant`: now if the tenant has a free place, else when one

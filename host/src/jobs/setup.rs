@@ -419,7 +419,7 @@ async fn seed(
             fuel: 0,
             result: Err(format!("the seeder's task failed: {e}")),
         });
-    route.usage.record_job(outcome.fuel, outcome.result.is_err());
+    route.usage().record_job(outcome.fuel, outcome.result.is_err());
     outcome.result.map_err(|e| format!("the seeder failed: {e}"))?;
     Ok(true)
 }

@@ -339,7 +339,7 @@ async fn run_one(workers: &Workers, job: &Claimed) -> Finish {
         .runtime
         .run_job(worker, identity(&route), context(&route, &version), call, config.fuel, config.timeout)
         .await;
-    route.usage.record_job(outcome.fuel, outcome.result.is_err());
+    route.usage().record_job(outcome.fuel, outcome.result.is_err());
     match outcome.result {
         Ok(()) => Finish::Succeeded { ran_version: version.version.clone() },
         Err(error) => {

@@ -22,8 +22,8 @@ pub struct Route {
     pub tenant: Arc<str>,
     /// Which version runs.
     pub target: VersionTarget,
-    /// Usage counters of the instance.
-    pub usage: Arc<UsageCounters>,
+    /// Usage counters of the instance (see [`Route::usage`]).
+    pub usage: crate::usage::UsageCell,
     /// A disabled instance answers 410 and runs no guest; its data is kept.
     pub enabled: bool,
     /// Past this time (the billing clock's) the instance answers 402.
@@ -32,10 +32,9 @@ pub struct Route {
     pub suspended: Option<Arc<str>>,
     /// Enabled modules and settings.
     pub features: Arc<Features>,
-    /// The instance's own database and key-value store.
+    /// The instance's own database and key-value store (opened on first use),
+    /// and its recent CPU use: heavy instances start on lowered threads.
     pub db: Arc<crate::instancedb::InstanceDb>,
-    /// The instance's recent CPU use: heavy instances start on lowered threads.
-    pub recent: Arc<crate::sched::RecentUse>,
     /// Where the instance's schema stands: which version requests may run.
     pub setup: InstanceSetup,
     /// The instance's door to the job queue, for the guest's `jobs` import.
@@ -100,6 +99,11 @@ pub enum VersionTarget {
 }
 
 impl Route {
+    /// The instance's usage counters.
+    pub fn usage(&self) -> &Arc<UsageCounters> {
+        self.usage.get(&self.instance, &self.tenant)
+    }
+
     /// Feed what this route decides into `h` (see [`Router::digest`]).
     fn fingerprint(&self, h: &mut impl std::hash::Hasher) {
         use std::hash::Hash;

@@ -39,6 +39,18 @@ pub struct Features {
     pub settings: Vec<(String, String)>,
 }
 
+impl Features {
+    /// `features` in an `Arc`: one shared by every instance that has none.
+    pub fn shared(features: Features) -> Arc<Features> {
+        static NONE: std::sync::LazyLock<Arc<Features>> = std::sync::LazyLock::new(Arc::default);
+        if features.modules.is_empty() && features.settings.is_empty() {
+            NONE.clone()
+        } else {
+            Arc::new(features)
+        }
+    }
+}
+
 /// What the guest may learn about its request beyond HTTP.
 #[derive(Debug, Clone, Default)]
 pub struct GuestContext {

@@ -95,6 +95,9 @@ impl OpenDatabases {
             let Some(oldest) = order.pop_front() else { break };
             checked += 1;
             let Some(slot) = oldest.upgrade() else {
+                // Its instance was closed with its connections open: they
+                // closed with it, and were still counted.
+                self.open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             };
             let closed = match slot.try_lock() {
@@ -168,7 +171,13 @@ pub struct Local {
 impl Local {
     /// The files of the instance whose directory is `dir` (not opened yet);
     /// `tenant` is the instance's tenant, whose database work `threads` bounds.
-    pub fn new(dir: &Path, tenant: &str, threads: Arc<DbThreads>, budget: Arc<OpenDatabases>) -> Self {
+    pub fn new(
+        dir: &Path,
+        tenant: &str,
+        threads: Arc<DbThreads>,
+        budget: Arc<OpenDatabases>,
+        recent: Arc<crate::sched::RecentUse>,
+    ) -> Self {
         let slot = Arc::new(Mutex::new(Conns::default()));
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -176,7 +185,7 @@ impl Local {
             running: Mutex::new(Running::default()),
             budget,
             slot: Arc::downgrade(&slot),
-            recent: Arc::default(),
+            recent,
             queue: Mutex::new(Queue::default()),
             tenant: threads.tenant(tenant),
             threads,
@@ -195,9 +204,15 @@ impl Local {
         &self.shared.tenant.storage
     }
 
-    /// The instance's recent CPU use, shared with its guests' scheduling.
-    pub fn recent_use(&self) -> Arc<crate::sched::RecentUse> {
-        self.shared.recent.clone()
+    /// Whether a job is queued or running on the instance's connections (each
+    /// holds the instance's shared state until it is done).
+    pub(crate) fn busy(&self) -> bool {
+        Arc::strong_count(&self.shared) > 1
+    }
+
+    /// The instance's tenant: its line on the threads and its database bytes.
+    pub(crate) fn tenant_slots(&self) -> &Arc<TenantSlots> {
+        &self.shared.tenant
     }
 
     /// Create both files now, so the instance starts with its databases in place.
