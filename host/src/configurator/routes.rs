@@ -34,8 +34,8 @@ impl Configurator {
             if let Some(row) = routed.rows.first() {
                 tenants.insert(row.tenant_id.clone());
             }
-            let mut routes = self.routes_of(routed);
-            self.router.set_instance(id, routes.remove(*id));
+            let routes = self.routes_of(routed).into_iter().find(|(instance, _)| instance == id);
+            self.router.set_instance(id, routes.map(|(_, routes)| routes));
         }
         for tenant in tenants {
             let bytes = self.quotas.limit(&Subject::Tenant(&tenant), Quota::DatabaseBytes).await?;
@@ -144,18 +144,20 @@ impl Configurator {
     /// Each instance's route and hostnames, by instance id: its verified custom
     /// names, then its platform names (no custom name can shadow them: tenants
     /// cannot claim names under a platform domain).
-    pub(super) fn routes_of(&self, routed: RouteRows) -> HashMap<String, InstanceRoutes> {
-        let mut custom: HashMap<String, Vec<String>> = HashMap::new();
+    pub(super) fn routes_of(&self, routed: RouteRows) -> Vec<(String, InstanceRoutes)> {
+        // Keyed by instance ids (the platform's, not a client's): a fast hash.
+        let mut custom: HashMap<String, Vec<String>, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(routed.custom.len(), Default::default());
         for (instance, hostname) in routed.custom {
             custom.entry(instance).or_default().push(hostname);
         }
-        let mut by_instance: HashMap<String, InstanceRoutes> = HashMap::with_capacity(routed.rows.len());
+        let mut by_instance = Vec::with_capacity(routed.rows.len());
         for row in routed.rows {
             let Some(route) = self.route_of(&row) else { continue };
             let mut hosts = custom.remove(&row.instance_id).unwrap_or_default();
             let custom = hosts.len();
             hosts.extend(self.policy.platform_names(&row.name, &row.tenant_id));
-            by_instance.insert(row.instance_id, InstanceRoutes { route, hosts, custom });
+            by_instance.push((row.instance_id, InstanceRoutes { route, hosts, custom }));
         }
         by_instance
     }

@@ -182,22 +182,31 @@ impl<V: Clone> Default for Sharded<V> {
 
 impl<V: Clone> Sharded<V> {
     fn part(&self, key: &str) -> &ArcSwap<HashMap<String, V>> {
-        use std::hash::BuildHasher;
-        &self.parts[(self.hasher.hash_one(key) as usize) % SHARDS]
+        &self.parts[self.index(key)]
     }
 
     fn get(&self, key: &str) -> Option<V> {
         self.part(key).load().get(key).cloned()
     }
 
-    /// Replace everything (each part swapped in turn).
-    fn replace(&self, all: HashMap<String, V>) {
-        let mut parts: Vec<HashMap<String, V>> = (0..SHARDS).map(|_| HashMap::new()).collect();
-        for (key, value) in all {
-            use std::hash::BuildHasher;
-            parts[(self.hasher.hash_one(key.as_str()) as usize) % SHARDS].insert(key, value);
+    /// Which part `key` is in.
+    fn index(&self, key: &str) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Replace everything with `entries` (each part swapped in turn); of two
+    /// entries with one key, the first stays.
+    fn replace(&self, entries: impl IntoIterator<Item = (String, V)>) {
+        let mut sorted: Vec<Vec<(String, V)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for (key, value) in entries {
+            sorted[self.index(&key)].push((key, value));
         }
-        for (slot, part) in self.parts.iter().zip(parts) {
+        for (slot, entries) in self.parts.iter().zip(sorted) {
+            let mut part = HashMap::with_capacity(entries.len());
+            for (key, value) in entries {
+                part.entry(key).or_insert(value);
+            }
             slot.store(Arc::new(part));
         }
     }
@@ -267,27 +276,16 @@ impl Router {
         self.instances.snapshot()
     }
 
-    /// Replace the whole table: `routes` by instance id.
-    pub fn replace(&self, routes: HashMap<String, InstanceRoutes>) {
+    /// Replace the whole table: each instance's routes, by instance id.
+    pub fn replace(&self, routes: Vec<(String, InstanceRoutes)>) {
         let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut table = HashMap::new();
-        let mut instances = HashMap::new();
-        let mut hosts = HashMap::new();
-        for (id, routes) in &routes {
-            for host in &routes.hosts[..routes.custom] {
-                table.insert(host.clone(), routes.route.clone());
-            }
-            hosts.insert(id.clone(), Arc::from(routes.hosts.clone()));
-            instances.insert(id.clone(), routes.route.clone());
-        }
-        for routes in routes.values() {
-            for host in &routes.hosts[routes.custom..] {
-                table.entry(host.clone()).or_insert_with(|| routes.route.clone());
-            }
-        }
-        self.table.replace(table);
-        self.instances.replace(instances);
-        self.hosts.replace(hosts);
+        // Custom names first: they win over another instance's platform name.
+        let custom = routes.iter().flat_map(|(_, r)| r.hosts[..r.custom].iter().map(|h| (h.clone(), r.route.clone())));
+        let platform =
+            routes.iter().flat_map(|(_, r)| r.hosts[r.custom..].iter().map(|h| (h.clone(), r.route.clone())));
+        self.table.replace(custom.chain(platform));
+        self.instances.replace(routes.iter().map(|(id, r)| (id.clone(), r.route.clone())));
+        self.hosts.replace(routes.into_iter().map(|(id, r)| (id, Arc::from(r.hosts))));
     }
 
     /// Replace one instance's route and hostnames (`None`: it is gone), copying
