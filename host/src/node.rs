@@ -347,8 +347,9 @@ fn spawn(
     (shutdown, tasks)
 }
 
-/// Close the databases of instances idle for `idle`, looking a few times per
-/// `idle` (at most every 30 s).
+/// Close the databases of instances idle for `idle` (and the least recently
+/// used past [`crate::instancedb::MAX_OPENED`]), looking a few times per `idle`
+/// (at most every 30 s).
 async fn close_idle_databases(
     databases: Arc<crate::instancedb::Databases>,
     idle: std::time::Duration,
@@ -361,7 +362,7 @@ async fn close_idle_databases(
             _ = every.tick() => {}
             _ = stop.wait_for(|stop| *stop) => break,
         }
-        let closed = databases.close_idle(idle);
+        let closed = databases.close_idle(idle, crate::instancedb::MAX_OPENED);
         if closed > 0 {
             tracing::debug!(closed, open = databases.open_count(), "closed idle instance databases");
         }

@@ -20,6 +20,11 @@ use dashmap::DashMap;
 use super::threads::TenantSlots;
 use super::*;
 
+/// Instances whose databases a node keeps open at most (beyond it, the least
+/// recently used close, whatever `--database-idle-secs` says): what a flood of
+/// calls to many instances can make a node hold is bounded.
+pub const MAX_OPENED: usize = 20_000;
+
 /// Every instance's databases on this node (see the module's text).
 pub struct Databases {
     /// `<data>/instances`: each instance's directory is named by its id.
@@ -64,16 +69,24 @@ impl Databases {
         self.opened.len()
     }
 
-    /// Close the databases of instances unused for `idle` (none of their calls
-    /// waiting or running); how many were closed.
-    pub fn close_idle(&self, idle: Duration) -> usize {
+    /// Close the databases of instances unused for `idle`, and beyond `most`
+    /// open the least recently used (only those with no call waiting or
+    /// running); how many were closed.
+    pub fn close_idle(&self, idle: Duration, most: usize) -> usize {
         let now = self.now();
         let before = self.opened.len();
-        self.opened.retain(|_, opened| {
-            Arc::strong_count(opened) > 1
-                || opened.busy()
-                || now.saturating_sub(opened.used.load(Ordering::Relaxed)) < idle.as_secs()
-        });
+        let in_use = |opened: &Arc<Opened>| Arc::strong_count(opened) > 1 || opened.busy();
+        let used = |opened: &Arc<Opened>| opened.used.load(Ordering::Relaxed);
+        self.opened.retain(|_, opened| in_use(opened) || now.saturating_sub(used(opened)) < idle.as_secs());
+        let over = self.opened.len().saturating_sub(most);
+        if over > 0 {
+            let mut by_use: Vec<(u64, Arc<str>)> =
+                self.opened.iter().map(|entry| (used(entry.value()), entry.key().clone())).collect();
+            by_use.sort_unstable();
+            for (_, instance) in by_use.into_iter().take(over) {
+                self.opened.remove_if(&instance, |_, opened| !in_use(opened));
+            }
+        }
         before.saturating_sub(self.opened.len())
     }
 
@@ -268,5 +281,44 @@ impl InstanceDb {
     /// Add `delta` to the integer at `key` (0 if absent or expired), atomically.
     pub async fn kv_increment(&self, key: String, delta: i64, call: &Call) -> Result<i64, String> {
         self.open().await?.kv_increment(key, delta, call).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn databases_open_on_first_use_and_close_when_idle_or_past_the_most() {
+        let plane = crate::testdb::control_planes().await.remove(0);
+        let dir = tempfile::tempdir().unwrap();
+        let databases = Databases::new(
+            dir.path().to_path_buf(),
+            DbThreads::start(2).unwrap(),
+            Backends::default(),
+            plane.db.clone(),
+        );
+        let tenant: Arc<str> = "t".into();
+        let handles: Vec<Arc<InstanceDb>> =
+            ["a", "b", "c"].iter().map(|i| databases.handle(&Arc::from(*i), &tenant)).collect();
+        assert_eq!(databases.open_count(), 0, "a handle opens nothing");
+        let call = Call::until(std::time::Instant::now() + Duration::from_secs(10));
+        for handle in &handles {
+            handle.kv_set("k".into(), b"v".to_vec(), None, &call).await.unwrap();
+        }
+        assert_eq!(databases.open_count(), 3);
+        assert_eq!(databases.close_idle(Duration::from_secs(60), 10), 0, "used just now");
+        // Past the most, the least recently used close first; one in use never.
+        databases.opened.get("a").unwrap().used.store(0, Ordering::Relaxed);
+        let held = databases.opened.get("b").unwrap().clone();
+        held.used.store(0, Ordering::Relaxed);
+        assert_eq!(databases.close_idle(Duration::from_secs(60), 1), 1);
+        assert!(databases.opened.contains_key("b") && databases.opened.contains_key("c"), "b is in use");
+        drop(held);
+        assert_eq!(databases.close_idle(Duration::ZERO, 10), 2, "idle: every one closes");
+        // Opened again on the next call, with its data.
+        assert_eq!(handles[0].kv_get("k".into(), &call).await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(databases.open_count(), 1);
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
-pub use databases::{Databases, InstanceDb};
+pub use databases::{Databases, InstanceDb, MAX_OPENED};
 pub use postgres::{PgDatabases, Snapshot};
 use sqlguard::check_key;
 pub use sqlite::{limit_sqlite_heap, sqlite_memory, OpenDatabases};
