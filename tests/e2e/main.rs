@@ -23,6 +23,7 @@ mod metrics;
 mod openapi;
 mod propagation;
 mod publish;
+mod python;
 mod races;
 mod restart;
 mod reuse;

@@ -1,0 +1,123 @@
+//! Services in Python (issue 24): `plugins/python/notes`, built from source in
+//! the test run with Wharf's Python SDK (`sdk/python`) and componentize-py,
+//! answers through the platform's interfaces — its own table (a migration per
+//! dialect), a route only a granted member may use, the caller, a module,
+//! settings and a key-value counter — on each backend.
+
+use std::sync::OnceLock;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::{repo, service_manifest, TestNode};
+
+/// The Python notes service, built once per test run.
+fn python_notes() -> Vec<u8> {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let path = BUILT.get_or_init(|| {
+        let out = repo().join("target/python/notes.wasm");
+        let status = std::process::Command::new(repo().join("sdk/python/build.sh"))
+            .arg(repo().join("plugins/python/notes"))
+            .arg(&out)
+            .status()
+            .expect("failed to run sdk/python/build.sh");
+        assert!(status.success(), "building the Python service failed");
+        out
+    });
+    std::fs::read(path).unwrap()
+}
+
+async fn call(
+    node: &TestNode,
+    host: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
+    let (status, _, body) = node.ingress_call(host, method, path, token, body).await;
+    (status, body)
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store() {
+    let node = TestNode::start().await;
+    let (status, published) = node.publish_bytes(&service_manifest("python/notes"), python_notes()).await;
+    assert_eq!(status, StatusCode::CREATED, "{published}");
+    node.create_tenant("acme").await;
+    node.create_tenant("globex").await;
+    let (status, instance) = node
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({ "tenant": "acme", "service": "pynotes", "hosts": ["notes.acme.test"],
+                         "modules": ["stats"], "settings": { "site-name": "Acme Notes" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{instance}");
+    node.wait_set_up(instance["id"].as_str().unwrap()).await;
+    node.create_instance("globex", "pynotes", &["notes.globex.test"]).await;
+    let writer = node.user("writer@acme.test").await;
+    let reader = node.user("reader@acme.test").await;
+    let ops = node.admin_key.clone();
+    for email in ["writer@acme.test", "reader@acme.test"] {
+        node.expect(&ops, Method::POST, "/v1/tenants/acme/members", json!({ "email": email }), StatusCode::CREATED)
+            .await;
+    }
+    let grant = json!({ "email": "writer@acme.test", "permission": "pynotes.write" });
+    node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+    let acme = "notes.acme.test";
+
+    // Settings, and the table its migration made.
+    assert_eq!(
+        call(&node, acme, Method::GET, "/", None, "").await,
+        (StatusCode::OK, "Hello from Acme Notes in Python!\n".into())
+    );
+    assert_eq!(call(&node, acme, Method::GET, "/notes", None, "").await, (StatusCode::OK, "[]".into()));
+
+    // Only a member granted pynotes.write writes; the platform refuses the rest.
+    let note = r#"{"body": "first"}"#;
+    for token in [None, Some(reader.as_str())] {
+        let (status, body) = call(&node, acme, Method::POST, "/notes", token, note).await;
+        assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status} {body}");
+    }
+    let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), note).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(json(&body), json!({ "id": 1, "author": "writer@acme.test" }));
+    // The SDK's errors: the client's mistakes are 4xx with a message.
+    let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), r#"{"body": 7}"#).await;
+    assert_eq!((status, json(&body)), (StatusCode::BAD_REQUEST, json!({ "error": "send {\"body\": \"...\"}" })));
+    let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().starts_with("the body is not JSON"), "{body}");
+    assert_eq!(call(&node, acme, Method::GET, "/notes/x", None, "").await.0, StatusCode::BAD_REQUEST);
+    let (status, body) = call(&node, acme, Method::GET, "/notes/99", None, "").await;
+    assert_eq!((status, json(&body)), (StatusCode::NOT_FOUND, json!({ "error": "no note 99" })));
+    let (status, body) = call(&node, acme, Method::GET, "/notes/1", None, "").await;
+    assert_eq!(
+        (status, json(&body)),
+        (StatusCode::OK, json!({ "id": 1, "author": "writer@acme.test", "body": "first" }))
+    );
+
+    // The caller and what they may do, as the guest sees them.
+    let (_, body) = call(&node, acme, Method::GET, "/me", Some(&writer), "").await;
+    assert_eq!(json(&body), json!({ "caller": "writer@acme.test", "can_write": true }));
+    let (_, body) = call(&node, acme, Method::GET, "/me", Some(&reader), "").await;
+    assert_eq!(json(&body), json!({ "caller": "reader@acme.test", "can_write": false }));
+    let (_, body) = call(&node, acme, Method::GET, "/me", None, "").await;
+    assert_eq!(json(&body), json!({ "caller": null, "can_write": false }));
+
+    // The module's route, the key-value counter and the dialect.
+    let (status, body) = call(&node, acme, Method::GET, "/stats", None, "").await;
+    let dialect = if crate::harness::on_postgres() { "postgres" } else { "sqlite" };
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body), json!({ "notes": 1, "reads": 1, "dialect": dialect, "modules": ["stats"] }));
+
+    // Another tenant's instance has its own table, counter and no module.
+    assert_eq!(call(&node, "notes.globex.test", Method::GET, "/notes", None, "").await, (StatusCode::OK, "[]".into()));
+    assert_eq!(call(&node, "notes.globex.test", Method::GET, "/stats", None, "").await.0, StatusCode::NOT_FOUND);
+}
