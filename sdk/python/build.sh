@@ -12,5 +12,8 @@ if [[ ! -x "$venv/bin/componentize-py" ]]; then
     [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv" >&2
     "$venv/bin/pip" install -q componentize-py==0.25.1 >&2
 fi
+# A service that defines `Worker` (app.worker()) runs jobs: it exports the worker.
+world=service
+grep -qE '^Worker *=' "$app/app.py" && world=worker-service
 mkdir -p "$(dirname "$out")"
-"$venv/bin/componentize-py" -d "$here/wit" -w wharf:python/service componentize -p "$app" -p "$here" app -o "$out" >&2
+"$venv/bin/componentize-py" -d "$here/wit" -w "wharf:python/$world" componentize -p "$app" -p "$here" app -o "$out" >&2

@@ -1,8 +1,8 @@
 //! Services in Python (issue 24): `plugins/python/notes`, built from source in
 //! the test run with Wharf's Python SDK (`sdk/python`) and componentize-py,
 //! answers through the platform's interfaces — its own table (a migration per
-//! dialect), a route only a granted member may use, the caller, a module,
-//! settings and a key-value counter — on each backend.
+//! dialect, filled by its seeder), a route only a granted member may use, the
+//! caller, a module, settings, a key-value counter and a job — on each backend.
 
 use std::sync::OnceLock;
 
@@ -72,12 +72,14 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
     let acme = "notes.acme.test";
 
-    // Settings, and the table its migration made.
+    // Settings, and the table its migration made, which its seeder filled.
     assert_eq!(
         call(&node, acme, Method::GET, "/", None, "").await,
         (StatusCode::OK, "Hello from Acme Notes in Python!\n".into())
     );
-    assert_eq!(call(&node, acme, Method::GET, "/notes", None, "").await, (StatusCode::OK, "[]".into()));
+    let (status, body) = call(&node, acme, Method::GET, "/notes", None, "").await;
+    let welcome = json!([{ "id": 1, "author": "wharf", "body": "Welcome to Acme Notes" }]);
+    assert_eq!((status, json(&body)), (StatusCode::OK, welcome));
 
     // Only a member granted pynotes.write writes; the platform refuses the rest.
     let note = r#"{"body": "first"}"#;
@@ -87,7 +89,7 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     }
     let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), note).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(json(&body), json!({ "id": 1, "author": "writer@acme.test" }));
+    assert_eq!(json(&body), json!({ "id": 2, "author": "writer@acme.test" }));
     // The SDK's errors: the client's mistakes are 4xx with a message.
     let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), r#"{"body": 7}"#).await;
     assert_eq!((status, json(&body)), (StatusCode::BAD_REQUEST, json!({ "error": "send {\"body\": \"...\"}" })));
@@ -97,10 +99,10 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     assert_eq!(call(&node, acme, Method::GET, "/notes/x", None, "").await.0, StatusCode::BAD_REQUEST);
     let (status, body) = call(&node, acme, Method::GET, "/notes/99", None, "").await;
     assert_eq!((status, json(&body)), (StatusCode::NOT_FOUND, json!({ "error": "no note 99" })));
-    let (status, body) = call(&node, acme, Method::GET, "/notes/1", None, "").await;
+    let (status, body) = call(&node, acme, Method::GET, "/notes/2", None, "").await;
     assert_eq!(
         (status, json(&body)),
-        (StatusCode::OK, json!({ "id": 1, "author": "writer@acme.test", "body": "first" }))
+        (StatusCode::OK, json!({ "id": 2, "author": "writer@acme.test", "body": "first" }))
     );
 
     // The caller and what they may do, as the guest sees them.
@@ -115,9 +117,23 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     let (status, body) = call(&node, acme, Method::GET, "/stats", None, "").await;
     let dialect = if crate::harness::on_postgres() { "postgres" } else { "sqlite" };
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(json(&body), json!({ "notes": 1, "reads": 1, "dialect": dialect, "modules": ["stats"] }));
+    assert_eq!(json(&body), json!({ "notes": 2, "reads": 1, "dialect": dialect, "modules": ["stats"] }));
 
     // Another tenant's instance has its own table, counter and no module.
-    assert_eq!(call(&node, "notes.globex.test", Method::GET, "/notes", None, "").await, (StatusCode::OK, "[]".into()));
+    let (_, body) = call(&node, "notes.globex.test", Method::GET, "/notes", None, "").await;
+    assert_eq!(json(&body), json!([{ "id": 1, "author": "wharf", "body": "Welcome to your notes" }]));
     assert_eq!(call(&node, "notes.globex.test", Method::GET, "/stats", None, "").await.0, StatusCode::NOT_FOUND);
+
+    // A job queued by a request runs through the worker export.
+    let (status, body) = call(&node, acme, Method::POST, "/tally", None, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = call(&node, acme, Method::GET, "/tally", None, "").await;
+        if json(&body)["tally"] == json!("2 notes (job tally v1, attempt 1)") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the job never ran: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

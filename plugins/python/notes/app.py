@@ -55,4 +55,28 @@ def stats(request):
     return {"notes": count, "reads": int(reads), "dialect": wharf.sql.dialect(), "modules": wharf.features.enabled_modules()}
 
 
+@app.post("/tally")
+def tally(request):
+    return wharf.Response.json({"job": wharf.jobs.enqueue("tally", b"", idempotency_key=request.query.get("key"))}, 202)
+
+
+@app.job("tally")
+def count_notes(job):
+    # A job sees the instance's database and key-value store, and no caller.
+    count = wharf.sql.query_one("SELECT count(*) AS n FROM notes")["n"]
+    wharf.kv.set("tally", f"{count} notes (job {job.kind} v{job.version}, attempt {job.attempt})")
+
+
+@app.seeder
+def welcome():
+    # Once per new instance, after its first migrations: its settings are readable.
+    wharf.sql.execute("INSERT INTO notes (author, body) VALUES (?1, ?2)", ["wharf", f"Welcome to {wharf.features.setting('site-name', 'your notes')}"])
+
+
+@app.get("/tally")
+def tallied(request):
+    return {"tally": wharf.kv.get_text("tally")}
+
+
 IncomingHandler = app.handler()
+Worker = app.worker()

@@ -306,6 +306,8 @@ class App:
 
     def __init__(self):
         self._routes = []
+        self._jobs = {}
+        self._seeder = None
 
     def route(self, method, pattern):
         parts = [p for p in pattern.split("/") if p]
@@ -330,6 +332,44 @@ class App:
 
     def delete(self, pattern):
         return self.route("DELETE", pattern)
+
+    def job(self, kind):
+        """`@app.job("kind")`: run jobs of `kind` (declared in the manifest);
+        the handler gets the job (`id`, `kind`, `version`, `payload` bytes,
+        `attempt`, `enqueued_by`). Raising fails the attempt (it is retried)."""
+
+        def register(handler):
+            self._jobs[kind] = handler
+            return handler
+
+        return register
+
+    def seeder(self, handler):
+        """`@app.seeder`: fill a new instance's database, once, after its first
+        migrations. Raising fails the instance's setup."""
+        self._seeder = handler
+        return handler
+
+    def worker(self):
+        """The `Worker` class the world `worker-service` exports (built when
+        `app.py` defines `Worker`: see `build.sh`)."""
+        base = getattr(_exports, "Worker", None)
+        if base is None:
+            raise RuntimeError("this component was built without the worker export: define Worker in app.py")
+        app = self
+
+        class Worker(base):
+            def run(self, job):
+                handler = app._jobs.get(job.kind)
+                if handler is None:
+                    raise _Err(f"this version runs no job of kind {job.kind!r}")
+                _as_err(handler, job)
+
+            def seed(self):
+                if app._seeder is not None:
+                    _as_err(app._seeder)
+
+        return Worker
 
     def dispatch(self, request):
         """The response to `request`: its route's, 404 or 405."""
@@ -370,6 +410,18 @@ class App:
                 _respond(response, response_out)
 
         return IncomingHandler
+
+
+def _as_err(function, *args):
+    """Run a job or seeder: any exception fails it with its message."""
+    try:
+        function(*args)
+    except Error as e:
+        raise _Err(e.message) from None
+    except _Err:
+        raise
+    except Exception as e:
+        raise _Err(f"{type(e).__name__}: {e}") from None
 
 
 def _match(parts, segments):
