@@ -97,6 +97,9 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(json(&body)["error"].as_str().unwrap().starts_with("the body is not JSON"), "{body}");
     assert_eq!(call(&node, acme, Method::GET, "/notes/x", None, "").await.0, StatusCode::BAD_REQUEST);
+    let (status, headers, body) = node.ingress_call(acme, Method::DELETE, "/notes", None, "").await;
+    assert_eq!((status, headers["allow"].to_str().unwrap()), (StatusCode::METHOD_NOT_ALLOWED, "GET, POST"));
+    assert_eq!(json(&body), json!({ "error": "DELETE is not allowed here; use GET, POST" }));
     let (status, body) = call(&node, acme, Method::GET, "/notes/99", None, "").await;
     assert_eq!((status, json(&body)), (StatusCode::NOT_FOUND, json!({ "error": "no note 99" })));
     let (status, body) = call(&node, acme, Method::GET, "/notes/2", None, "").await;

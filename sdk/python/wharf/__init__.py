@@ -61,12 +61,13 @@ class Error(Exception):
         return cls(409, message)
 
 
-def _call(function, *args):
-    """Call a platform import, turning its `Err` into :class:`Error` (500)."""
+def _call(store, function, *args):
+    """Call a platform import, turning its `Err` into :class:`Error` (500,
+    the message prefixed with `store`, as the Rust SDK does)."""
     try:
         return function(*args)
     except _Err as e:
-        raise Error(500, str(e.value)) from None
+        raise Error(500, f"{store}: {e.value}") from None
 
 
 # --- who is calling ----------------------------------------------------------
@@ -173,7 +174,7 @@ class _Sql:
 
     def query(self, statement, params=()):
         """Rows of one statement (parameters bind to ?1, ?2, ...)."""
-        rows = _call(_sql.query, statement, [_to_value(p) for p in params])
+        rows = _call("database", _sql.query, statement, [_to_value(p) for p in params])
         return [Row(rows.columns, [_from_value(v) for v in row]) for row in rows.rows]
 
     def query_one(self, statement, params=()):
@@ -183,11 +184,11 @@ class _Sql:
 
     def execute(self, statement, params=()):
         """Run one statement that changes data or schema; rows changed."""
-        return _call(_sql.execute, statement, [_to_value(p) for p in params])
+        return _call("database", _sql.execute, statement, [_to_value(p) for p in params])
 
     def batch(self, statements):
         """Run (statement, params) pairs in one transaction: all apply or none."""
-        return list(_call(_sql.batch, [(s, [_to_value(p) for p in params]) for s, params in statements]))
+        return list(_call("database", _sql.batch, [(s, [_to_value(p) for p in params]) for s, params in statements]))
 
 
 sql = _Sql()
@@ -199,7 +200,7 @@ sql = _Sql()
 class _Kv:
     def get(self, key):
         """The value (bytes) at `key`, or None if absent or expired."""
-        return _call(_kv.get, key)
+        return _call("key-value", _kv.get, key)
 
     def get_text(self, key):
         value = self.get(key)
@@ -209,19 +210,19 @@ class _Kv:
         """Set `key` to `value` (bytes or str); with `ttl_seconds` it expires."""
         if isinstance(value, str):
             value = value.encode()
-        _call(_kv.set, key, bytes(value), ttl_seconds)
+        _call("key-value", _kv.set, key, bytes(value), ttl_seconds)
 
     def delete(self, key):
         """Delete `key`; whether it existed."""
-        return _call(_kv.delete, key)
+        return _call("key-value", _kv.delete, key)
 
     def list_keys(self, prefix="", limit=1000):
         """Keys starting with `prefix`, sorted, at most `limit` (≤ 1000)."""
-        return list(_call(_kv.list_keys, prefix, limit))
+        return list(_call("key-value", _kv.list_keys, prefix, limit))
 
     def increment(self, key, delta=1):
         """Add `delta` to the integer at `key` (0 if absent); the result."""
-        return _call(_kv.increment, key, delta)
+        return _call("key-value", _kv.increment, key, delta)
 
 
 kv = _Kv()
@@ -236,7 +237,7 @@ class _Jobs:
         if isinstance(payload, str):
             payload = payload.encode()
         options = _jobs.Options(version, delay_ms, idempotency_key, priority, max_attempts)
-        return _call(_jobs.enqueue, kind, bytes(payload), options)
+        return _call("jobs", _jobs.enqueue, kind, bytes(payload), options)
 
 
 jobs = _Jobs()
@@ -393,7 +394,10 @@ class App:
                 return Response.text(answer)
             return Response.json(answer)
         if methods:
-            return Response(405, b"", {"allow": ", ".join(sorted(methods))})
+            allowed = ", ".join(sorted(methods))
+            answer = Response.json({"error": f"{request.method} is not allowed here; use {allowed}"}, 405)
+            answer.headers["allow"] = allowed
+            return answer
         return Response.json({"error": f"no route for {request.path}"}, 404)
 
     def handler(self):
