@@ -140,3 +140,54 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The newcomer's path: `wharf new demo --lang python`, built with the SDK's
+/// `build.sh`, published with `wharf publish`, serves its route, keeps its
+/// table and lets only a granted member write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_made_by_wharf_new_builds_publishes_and_serves() {
+    let node = TestNode::start().await;
+    let dir = node.data.path().join("demo");
+    let (ok, out, err) = crate::cli::wharf(&node, &["new", "demo", "--lang", "python", "--dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = crate::cli::wharf(&node, &["new", "demo", "--lang", "python", "--dir", dir.to_str().unwrap()]);
+    assert!(!ok && err.contains("not empty"), "a second `new` overwrites nothing: {out}{err}");
+    let built = std::process::Command::new(repo().join("sdk/python/build.sh"))
+        .arg(&dir)
+        .arg(dir.join("build/demo.wasm"))
+        .status()
+        .expect("failed to run sdk/python/build.sh");
+    assert!(built.success(), "building the new service failed");
+    let (ok, out, err) = crate::cli::wharf(&node, &["publish", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "demo", &["demo.acme.test"]).await;
+    let ann = node.user("ann@acme.test").await;
+    let ops = node.admin_key.clone();
+    node.expect(
+        &ops,
+        Method::POST,
+        "/v1/tenants/acme/members",
+        json!({ "email": "ann@acme.test" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    let grant = json!({ "email": "ann@acme.test", "permission": "demo.write" });
+    node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+
+    let host = "demo.acme.test";
+    assert_eq!(call(&node, host, Method::GET, "/", None, "").await, (StatusCode::OK, "Hello from demo!\n".into()));
+    let item = r#"{"name": "first"}"#;
+    let (status, body) = call(&node, host, Method::POST, "/items", None, item).await;
+    assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status} {body}");
+    let (status, body) = call(&node, host, Method::POST, "/items", Some(&ann), item).await;
+    assert_eq!((status, json(&body)), (StatusCode::CREATED, json!({ "name": "first", "added_by": "ann@acme.test" })));
+    let (_, body) = call(&node, host, Method::GET, "/items", None, "").await;
+    assert_eq!(json(&body), json!([{ "id": 1, "name": "first", "added_by": "ann@acme.test" }]));
+    assert_eq!(call(&node, host, Method::POST, "/count", None, "").await.0, StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    while json(&call(&node, host, Method::GET, "/count", None, "").await.1)["count"] != json!("1") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the job never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -6,6 +6,7 @@ mod billing;
 mod client;
 mod credentials;
 mod members;
+mod new;
 mod output;
 mod rollout;
 mod serve;
@@ -78,6 +79,19 @@ pub enum Command {
     /// Print the admin API's OpenAPI 3.1 description (what a node serves at
     /// GET /v1/openapi.json), e.g. to generate a client.
     Openapi,
+    /// Start a service: write its manifest, a route guarded by a permission,
+    /// its own table (a migration per SQL dialect), a job and a README of how
+    /// to build and publish it, into DIR (default ./NAME).
+    New {
+        /// The service's name (lower-case letters, digits and '-').
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: new::Lang,
+        /// Where to write it (must not exist or be empty).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Back up this node's whole state while it serves (operators): the
     /// control plane and every instance's databases, each a consistent copy,
     /// into DIR on the node's machine (new or empty). Single nodes (SQLite);
@@ -511,6 +525,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", crate::admin::openapi_document());
                 Ok(())
             }
+            Command::New { name, lang, dir } => {
+                let dir = new::create(&name, lang, dir.as_deref())?;
+                println!("{name}: written to {} (see its README.md to build and publish it)", dir.display());
+                Ok(())
+            }
             Command::Restore { from, data_dir } => {
                 let manifest = crate::backup::restore(&from, &data_dir)?;
                 let out = output::Output { json: cli.json };
@@ -618,7 +637,9 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 async fn run_client(client: &Client, admin_url: &str, command: Command, json: bool) -> anyhow::Result<()> {
     let out = output::Output { json };
     match command {
-        Command::Serve(_) | Command::Restore { .. } | Command::Openapi => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Restore { .. } | Command::Openapi | Command::New { .. } => {
+            unreachable!("handled by run")
+        }
         Command::Backup { dir } => {
             let dir = std::path::absolute(&dir).context("cannot resolve the backup directory")?;
             eprintln!("backing up into {} …", dir.display());

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::runtime::{InvalidComponent, Runtime};
 use crate::store::{self, Db};
 pub use guards::RouteGuards;
-pub use manifest::SqlDialect;
+pub use manifest::{validate_name, SqlDialect};
 pub use manifest::{JobDecl, Manifest, ManifestError, MigrationDecl, ModuleDecl, PermissionDecl};
 
 /// A version compiled and linked, ready to serve.
