@@ -91,6 +91,10 @@ pub enum Command {
         /// Where to write it (must not exist or be empty).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// For Rust: the Wharf repository's `sdk/` directory, which the
+        /// service depends on.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Back up this node's whole state while it serves (operators): the
     /// control plane and every instance's databases, each a consistent copy,
@@ -525,8 +529,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", crate::admin::openapi_document());
                 Ok(())
             }
-            Command::New { name, lang, dir } => {
-                let dir = new::create(&name, lang, dir.as_deref())?;
+            Command::New { name, lang, dir, sdk } => {
+                let dir = new::create(&name, lang, dir.as_deref(), sdk.as_deref())?;
                 println!("{name}: written to {} (see its README.md to build and publish it)", dir.display());
                 Ok(())
             }

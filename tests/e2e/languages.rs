@@ -1,8 +1,10 @@
-//! Services in Python (issue 24): `plugins/python/notes`, built from source in
-//! the test run with Wharf's Python SDK (`sdk/python`) and componentize-py,
-//! answers through the platform's interfaces — its own table (a migration per
-//! dialect, filled by its seeder), a route only a granted member may use, the
-//! caller, a module, settings, a key-value counter and a job — on each backend.
+//! Services in Python, and services started with `wharf new` (issue 24):
+//! `plugins/python/notes`, built from source in the test run with Wharf's Python
+//! SDK (`sdk/python`) and componentize-py, answers through the platform's
+//! interfaces — its own table (a migration per dialect, filled by its seeder), a
+//! route only a granted member may use, the caller, a module, settings, a
+//! key-value counter and a job — on each backend; and a newcomer's service,
+//! written by `wharf new` in Python and in Rust, builds, publishes and serves.
 
 use std::sync::OnceLock;
 
@@ -177,6 +179,64 @@ async fn a_service_made_by_wharf_new_builds_publishes_and_serves() {
 
     let host = "demo.acme.test";
     assert_eq!(call(&node, host, Method::GET, "/", None, "").await, (StatusCode::OK, "Hello from demo!\n".into()));
+    let item = r#"{"name": "first"}"#;
+    let (status, body) = call(&node, host, Method::POST, "/items", None, item).await;
+    assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status} {body}");
+    let (status, body) = call(&node, host, Method::POST, "/items", Some(&ann), item).await;
+    assert_eq!((status, json(&body)), (StatusCode::CREATED, json!({ "name": "first", "added_by": "ann@acme.test" })));
+    let (_, body) = call(&node, host, Method::GET, "/items", None, "").await;
+    assert_eq!(json(&body), json!([{ "id": 1, "name": "first", "added_by": "ann@acme.test" }]));
+    assert_eq!(call(&node, host, Method::POST, "/count", None, "").await.0, StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    while json(&call(&node, host, Method::GET, "/count", None, "").await.1)["count"] != json!("1") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the job never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The same path in Rust: `wharf new demo-rs --lang rust`, built with cargo for
+/// wasm32-wasip2 (sharing the examples' build directory and lock file, so the
+/// SDK's dependencies are not built twice), published, served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_service_made_by_wharf_new_builds_publishes_and_serves() {
+    let node = TestNode::start().await;
+    let dir = node.data.path().join("demo-rs");
+    let sdk = repo().join("sdk");
+    let args = ["new", "demo-rs", "--lang", "rust", "--sdk", sdk.to_str().unwrap(), "--dir", dir.to_str().unwrap()];
+    let (ok, out, err) = crate::cli::wharf(&node, &args);
+    assert!(ok, "{out}{err}");
+    std::fs::copy(repo().join("plugins/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let target = repo().join("plugins/target");
+    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("failed to run cargo");
+    assert!(built.success(), "building the new Rust service failed");
+    let component = target.join("wasm32-wasip2/release/demo_rs.wasm");
+    let (ok, out, err) =
+        crate::cli::wharf(&node, &["publish", dir.to_str().unwrap(), "--component", component.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "demo-rs", &["demo.acme.test"]).await;
+    let ann = node.user("ann@acme.test").await;
+    let ops = node.admin_key.clone();
+    node.expect(
+        &ops,
+        Method::POST,
+        "/v1/tenants/acme/members",
+        json!({ "email": "ann@acme.test" }),
+        StatusCode::CREATED,
+    )
+    .await;
+    let grant = json!({ "email": "ann@acme.test", "permission": "demo-rs.write" });
+    node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+
+    let host = "demo.acme.test";
+    assert_eq!(call(&node, host, Method::GET, "/", None, "").await, (StatusCode::OK, "Hello from demo-rs!\n".into()));
     let item = r#"{"name": "first"}"#;
     let (status, body) = call(&node, host, Method::POST, "/items", None, item).await;
     assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status} {body}");
