@@ -205,6 +205,8 @@ async fn a_rust_service_made_by_wharf_new_builds_publishes_and_serves() {
     let args = ["new", "demo-rs", "--lang", "rust", "--sdk", sdk.to_str().unwrap(), "--dir", dir.to_str().unwrap()];
     let (ok, out, err) = crate::cli::wharf(&node, &args);
     assert!(ok, "{out}{err}");
+    // The examples built first: their build directory then holds the SDK's dependencies.
+    crate::harness::guests();
     std::fs::copy(repo().join("plugins/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
     let target = repo().join("plugins/target");
     let built = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
