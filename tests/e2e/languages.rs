@@ -162,36 +162,7 @@ async fn a_service_made_by_wharf_new_builds_publishes_and_serves() {
     assert!(built.success(), "building the new service failed");
     let (ok, out, err) = crate::cli::wharf(&node, &["publish", dir.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
-    node.create_tenant("acme").await;
-    node.create_instance("acme", "demo", &["demo.acme.test"]).await;
-    let ann = node.user("ann@acme.test").await;
-    let ops = node.admin_key.clone();
-    node.expect(
-        &ops,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "ann@acme.test" }),
-        StatusCode::CREATED,
-    )
-    .await;
-    let grant = json!({ "email": "ann@acme.test", "permission": "demo.write" });
-    node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
-
-    let host = "demo.acme.test";
-    assert_eq!(call(&node, host, Method::GET, "/", None, "").await, (StatusCode::OK, "Hello from demo!\n".into()));
-    let item = r#"{"name": "first"}"#;
-    let (status, body) = call(&node, host, Method::POST, "/items", None, item).await;
-    assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status} {body}");
-    let (status, body) = call(&node, host, Method::POST, "/items", Some(&ann), item).await;
-    assert_eq!((status, json(&body)), (StatusCode::CREATED, json!({ "name": "first", "added_by": "ann@acme.test" })));
-    let (_, body) = call(&node, host, Method::GET, "/items", None, "").await;
-    assert_eq!(json(&body), json!([{ "id": 1, "name": "first", "added_by": "ann@acme.test" }]));
-    assert_eq!(call(&node, host, Method::POST, "/count", None, "").await.0, StatusCode::ACCEPTED);
-    let started = std::time::Instant::now();
-    while json(&call(&node, host, Method::GET, "/count", None, "").await.1)["count"] != json!("1") {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the job never ran");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    serves_as_written(&node, "demo").await;
 }
 
 /// The same path in Rust: `wharf new demo-rs --lang rust`, built with cargo for
@@ -222,8 +193,15 @@ async fn a_rust_service_made_by_wharf_new_builds_publishes_and_serves() {
     let (ok, out, err) =
         crate::cli::wharf(&node, &["publish", dir.to_str().unwrap(), "--component", component.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
+    serves_as_written(&node, "demo-rs").await;
+}
+
+/// What a service `wharf new` wrote does once published as `service`: an
+/// instance serves its hello, refuses writers without `SERVICE.write`, keeps a
+/// granted member's item in its table, and runs its job.
+async fn serves_as_written(node: &TestNode, service: &str) {
     node.create_tenant("acme").await;
-    node.create_instance("acme", "demo-rs", &["demo.acme.test"]).await;
+    node.create_instance("acme", service, &["demo.acme.test"]).await;
     let ann = node.user("ann@acme.test").await;
     let ops = node.admin_key.clone();
     node.expect(
@@ -234,21 +212,24 @@ async fn a_rust_service_made_by_wharf_new_builds_publishes_and_serves() {
         StatusCode::CREATED,
     )
     .await;
-    let grant = json!({ "email": "ann@acme.test", "permission": "demo-rs.write" });
+    let grant = json!({ "email": "ann@acme.test", "permission": format!("{service}.write") });
     node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
 
     let host = "demo.acme.test";
-    assert_eq!(call(&node, host, Method::GET, "/", None, "").await, (StatusCode::OK, "Hello from demo-rs!\n".into()));
+    assert_eq!(
+        call(node, host, Method::GET, "/", None, "").await,
+        (StatusCode::OK, format!("Hello from {service}!\n"))
+    );
     let item = r#"{"name": "first"}"#;
-    let (status, body) = call(&node, host, Method::POST, "/items", None, item).await;
+    let (status, body) = call(node, host, Method::POST, "/items", None, item).await;
     assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status} {body}");
-    let (status, body) = call(&node, host, Method::POST, "/items", Some(&ann), item).await;
+    let (status, body) = call(node, host, Method::POST, "/items", Some(&ann), item).await;
     assert_eq!((status, json(&body)), (StatusCode::CREATED, json!({ "name": "first", "added_by": "ann@acme.test" })));
-    let (_, body) = call(&node, host, Method::GET, "/items", None, "").await;
+    let (_, body) = call(node, host, Method::GET, "/items", None, "").await;
     assert_eq!(json(&body), json!([{ "id": 1, "name": "first", "added_by": "ann@acme.test" }]));
-    assert_eq!(call(&node, host, Method::POST, "/count", None, "").await.0, StatusCode::ACCEPTED);
+    assert_eq!(call(node, host, Method::POST, "/count", None, "").await.0, StatusCode::ACCEPTED);
     let started = std::time::Instant::now();
-    while json(&call(&node, host, Method::GET, "/count", None, "").await.1)["count"] != json!("1") {
+    while json(&call(node, host, Method::GET, "/count", None, "").await.1)["count"] != json!("1") {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "the job never ran");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
