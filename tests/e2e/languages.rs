@@ -3,8 +3,9 @@
 //! SDK (`sdk/python`) and componentize-py, answers through the platform's
 //! interfaces — its own table (a migration per dialect, filled by its seeder), a
 //! route only a granted member may use, the caller, a module, settings, a
-//! key-value counter and a job — on each backend; and a newcomer's service,
-//! written by `wharf new` in Python and in Rust, builds, publishes and serves.
+//! key-value counter, a job and a scheduled job — on each backend; and a
+//! newcomer's service, written by `wharf new` in Python and in Rust, builds,
+//! publishes and serves.
 
 use std::sync::OnceLock;
 
@@ -128,6 +129,18 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     let (_, body) = call(&node, "notes.globex.test", Method::GET, "/notes", None, "").await;
     assert_eq!(json(&body), json!([{ "id": 1, "author": "wharf", "body": "Welcome to your notes" }]));
     assert_eq!(call(&node, "notes.globex.test", Method::GET, "/stats", None, "").await.0, StatusCode::NOT_FOUND);
+
+    // The scheduled job ran for the instance (its first run comes soon after
+    // the instance is set up).
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = call(&node, acme, Method::GET, "/digest", None, "").await;
+        if json(&body)["digest"].as_str().is_some_and(|d| d.starts_with("wharf: 1")) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the scheduled job never ran: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // A job queued by a request runs through the worker export.
     let (status, body) = call(&node, acme, Method::POST, "/tally", None, "").await;

@@ -67,6 +67,18 @@ def count_notes(job):
     wharf.kv.set("tally", f"{count} notes (job {job.kind} v{job.version}, attempt {job.attempt})")
 
 
+@app.job("digest")
+def digest(job):
+    # On the manifest's schedule (every minute), for every instance.
+    rows = wharf.sql.query("SELECT author, count(*) AS n FROM notes GROUP BY author ORDER BY author")
+    wharf.kv.set("digest", ", ".join(f"{row['author']}: {row['n']}" for row in rows))
+
+
+@app.get("/digest")
+def digested(request):
+    return {"digest": wharf.kv.get_text("digest")}
+
+
 @app.seeder
 def welcome():
     # Once per new instance, after its first migrations: its settings are readable.
