@@ -56,7 +56,13 @@ async fn node_with_domain() -> TestNode {
 
 /// Register `email`, make them a member of `tenant` (by its `owner`) holding
 /// `permission` there; returns their session token.
-async fn member_holding(node: &TestNode, owner: &str, tenant: &str, email: &str, permission: &str) -> String {
+pub(crate) async fn member_holding(
+    node: &TestNode,
+    owner: &str,
+    tenant: &str,
+    email: &str,
+    permission: &str,
+) -> String {
     let token = node.user(email).await;
     let path = format!("/v1/tenants/{tenant}/members");
     node.expect(owner, Method::POST, &path, json!({ "email": email }), StatusCode::CREATED).await;

@@ -17,7 +17,7 @@ async fn call(node: &TestNode, host: &str, method: Method, path: &str, body: &st
 /// [`call`] for a statement the test needs done: a 503 for the request's
 /// compute budget (a call's wall time is charged on PostgreSQL, and the whole
 /// suite runs on two cores) is a "try again", and is tried again a few times.
-async fn call_until_done(node: &TestNode, host: &str, path: &str, body: &str) -> (StatusCode, Value) {
+pub(crate) async fn call_until_done(node: &TestNode, host: &str, path: &str, body: &str) -> (StatusCode, Value) {
     let mut tries = 0;
     loop {
         let (status, value) = call(node, host, Method::POST, path, body).await;

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::access::member_holding;
 use crate::harness::{repo, service_manifest, TestNode};
 
 /// The Python notes service, built once per test run.
@@ -64,15 +65,18 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     assert_eq!(status, StatusCode::CREATED, "{instance}");
     node.wait_set_up(instance["id"].as_str().unwrap()).await;
     node.create_instance("globex", "pynotes", &["notes.globex.test"]).await;
-    let writer = node.user("writer@acme.test").await;
-    let reader = node.user("reader@acme.test").await;
     let ops = node.admin_key.clone();
-    for email in ["writer@acme.test", "reader@acme.test"] {
-        node.expect(&ops, Method::POST, "/v1/tenants/acme/members", json!({ "email": email }), StatusCode::CREATED)
-            .await;
-    }
-    let grant = json!({ "email": "writer@acme.test", "permission": "pynotes.write" });
-    node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+    let writer = member_holding(&node, &ops, "acme", "writer@acme.test", "pynotes.write").await;
+    // A member without the grant.
+    let reader = node.user("reader@acme.test").await;
+    node.expect(
+        &ops,
+        Method::POST,
+        "/v1/tenants/acme/members",
+        json!({ "email": "reader@acme.test" }),
+        StatusCode::CREATED,
+    )
+    .await;
     let acme = "notes.acme.test";
 
     // Settings, and the table its migration made, which its seeder filled.
@@ -215,18 +219,7 @@ async fn a_rust_service_made_by_wharf_new_builds_publishes_and_serves() {
 async fn serves_as_written(node: &TestNode, service: &str) {
     node.create_tenant("acme").await;
     node.create_instance("acme", service, &["demo.acme.test"]).await;
-    let ann = node.user("ann@acme.test").await;
-    let ops = node.admin_key.clone();
-    node.expect(
-        &ops,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "ann@acme.test" }),
-        StatusCode::CREATED,
-    )
-    .await;
-    let grant = json!({ "email": "ann@acme.test", "permission": format!("{service}.write") });
-    node.expect(&ops, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+    let ann = member_holding(node, &node.admin_key, "acme", "ann@acme.test", &format!("{service}.write")).await;
 
     let host = "demo.acme.test";
     assert_eq!(

@@ -185,18 +185,11 @@ async fn databases_open_on_first_use_close_when_idle_and_the_quota_counts_the_un
     assert_eq!((status, &rows["rows"][0]["n"]), (StatusCode::OK, &serde_json::json!(3)), "{rows}");
 }
 
-/// `statement` run by the `misbehave` guest at `host`: (status, body). On
-/// PostgreSQL a statement's wall time is charged as fuel, so one slowed down by
-/// a busy machine is tried again.
+/// `statement` run by the `misbehave` guest at `host` (retried while the
+/// machine is too busy for its compute budget): (status, body).
 async fn sql(node: &TestNode, host: &str, statement: &str) -> (StatusCode, String) {
-    for _ in 0..5 {
-        let (status, _, body) = node.ingress_call(host, reqwest::Method::POST, "/sql/execute", None, statement).await;
-        if status != StatusCode::SERVICE_UNAVAILABLE || !body.contains("compute budget") {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    panic!("{statement} never finished within its compute budget")
+    let (status, body) = crate::data::call_until_done(node, host, "/sql/execute", statement).await;
+    (status, body.to_string())
 }
 
 /// Instances whose databases are open on `node`.
