@@ -13,9 +13,13 @@
 #      PostgreSQL control plane.
 #   3. A Python hello (bench/python-hello, built with componentize-py from PyPI):
 #      steady latency per request (wrk -c1) through Wharf fresh and with reuse,
-#      and under `wasmtime serve`.
-#   4. One instantiate + call, pooling allocator vs on-demand (in process).
-#   5. Restart with 20 published versions: compiled cache vs recompiling.
+#      and under `wasmtime serve`; and the same hello written with Wharf's Python
+#      SDK (bench/sdk-hello/python), fresh and reused.
+#   4. A JavaScript hello (ComponentizeJS from npm): plain (bench/js-hello, the
+#      fetch event) through Wharf and under `wasmtime serve`, and written with
+#      Wharf's JS SDK (bench/sdk-hello/js), fresh and reused (wrk -c1).
+#   5. One instantiate + call, pooling allocator vs on-demand (in process).
+#   6. Restart with 20 published versions: compiled cache vs recompiling.
 #
 # Usage: bench/run.sh [--quick]   (env: DURATION=10s CONNECTIONS=32 ROUNDS=3,
 #                                  WHARF_TEST_DATABASE=postgres://…/postgres)
@@ -44,6 +48,10 @@ cargo build --release --locked -p wharf -p wharf-bench
 hello=$PWD/plugins/target/wasm32-wasip2/release/hello.wasm
 echo_wasm=plugins/target/wasm32-wasip2/release/echo.wasm
 python_hello=$(bench/python-hello/build.sh)
+python_sdk_hello=$PWD/target/bench/python-sdk-hello.wasm
+sdk/python/build.sh bench/sdk-hello/python "$python_sdk_hello"
+js_hello=$(bench/js-hello/build.sh)   # also builds the SDK's hello:
+js_sdk_hello=$PWD/target/bench/js-sdk-hello.wasm
 
 work=$(mktemp -d)
 pids=()
@@ -69,8 +77,9 @@ service_dir() {
 }
 
 # node NAME PORT [DATABASE_URL] — a Wharf node: hello at bench.local (fresh) and
-# reuse.local (reused), the Python hello at py.local and pyreuse.local, and a
-# member of the tenant with a session token (session_NAME) and an API key (key_NAME).
+# reuse.local (reused), the Python hellos at py.local, pyreuse.local,
+# pysdk.local and pysdkreuse.local, the JavaScript ones at js.local, jssdk.local
+# and jssdkreuse.local, and a member of the tenant with a session token (session_NAME) and an API key (key_NAME).
 node() {
     local name=$1 port=$2 admin=$(($2 + 1)) database=()
     [[ -n "${3:-}" ]] && database=(--database "$3")
@@ -86,11 +95,21 @@ node() {
     wharf publish "$(service_dir hello-reuse "$hello" reuse)"
     wharf publish "$(service_dir py-hello "$python_hello")"
     wharf publish "$(service_dir py-reuse "$python_hello" reuse)"
+    wharf publish "$(service_dir py-sdk "$python_sdk_hello")"
+    wharf publish "$(service_dir py-sdk-reuse "$python_sdk_hello" reuse)"
+    wharf publish "$(service_dir js-hello "$js_hello")"
+    wharf publish "$(service_dir js-sdk "$js_sdk_hello")"
+    wharf publish "$(service_dir js-sdk-reuse "$js_sdk_hello" reuse)"
     wharf tenant create bench
     wharf instance create --tenant bench --service hello --host bench.local
     wharf instance create --tenant bench --service hello-reuse --host reuse.local
     wharf instance create --tenant bench --service py-hello --host py.local
     wharf instance create --tenant bench --service py-reuse --host pyreuse.local
+    wharf instance create --tenant bench --service py-sdk --host pysdk.local
+    wharf instance create --tenant bench --service py-sdk-reuse --host pysdkreuse.local
+    wharf instance create --tenant bench --service js-hello --host js.local
+    wharf instance create --tenant bench --service js-sdk --host jssdk.local
+    wharf instance create --tenant bench --service js-sdk-reuse --host jssdkreuse.local
     # A member of the tenant, as a request with a credential carries one.
     curl -sf -H "Authorization: Bearer $operator" -H 'content-type: application/json' "$api/v1/users" \
         -d '{"email":"member@bench.local","password":"correct horse battery staple"}' >/dev/null
@@ -102,7 +121,8 @@ node() {
         -d '{"name":"bench"}' | sed -E 's/.*"key":"([^"]+)".*/\1/')
     printf -v "session_$name" '%s' "$session"
     printf -v "key_$name" '%s' "$key"
-    for host in bench.local reuse.local py.local pyreuse.local; do wait_for "127.0.0.1:$port" "$host"; done
+    for host in bench.local reuse.local py.local pyreuse.local pysdk.local pysdkreuse.local js.local jssdk.local \
+        jssdkreuse.local; do wait_for "127.0.0.1:$port" "$host"; done
 }
 
 names=(sqlite)
@@ -121,13 +141,16 @@ wasmtime serve -S cli --addr 127.0.0.1:18182 "$hello" 2>"$work/wasmtime.log" &
 pids+=($!)
 wasmtime serve -S cli --addr 127.0.0.1:18185 "$python_hello" 2>"$work/wasmtime-py.log" &
 pids+=($!)
+wasmtime serve -S cli --addr 127.0.0.1:18186 "$js_hello" 2>"$work/wasmtime-js.log" &
+pids+=($!)
 ./target/release/native-hello --addr 127.0.0.1:18183 2>/dev/null &
 pids+=($!)
 ./target/release/tuned-host "$hello" --addr 127.0.0.1:18184 2>/dev/null &
 pids+=($!)
-for a in 18182 18183 18184 18185; do wait_for "127.0.0.1:$a" bench.local; done
+for a in 18182 18183 18184 18185 18186; do wait_for "127.0.0.1:$a" bench.local; done
 
-for target in 18180/bench.local 18180/reuse.local 18182/x 18183/x 18184/x 18180/py.local 18180/pyreuse.local 18185/x; do
+for target in 18180/bench.local 18180/reuse.local 18182/x 18183/x 18184/x 18180/py.local 18180/pyreuse.local 18185/x \
+    18180/pysdk.local 18180/pysdkreuse.local 18180/js.local 18180/jssdk.local 18180/jssdkreuse.local 18186/x; do
     body=$(curl -s -H "Host: ${target#*/}" "http://127.0.0.1:${target%/*}/")
     [[ "$body" == "Hello from Wharf!" ]] || { echo "unexpected body from $target: $body" >&2; exit 1; }
 done
@@ -161,11 +184,17 @@ round() {
     one py-fresh 1 py.local http://127.0.0.1:18180/
     one py-reuse 1 pyreuse.local http://127.0.0.1:18180/
     one py-wasmtime 1 x http://127.0.0.1:18185/
+    one py-sdk 1 pysdk.local http://127.0.0.1:18180/
+    one py-sdk-reuse 1 pysdkreuse.local http://127.0.0.1:18180/
+    one js-fresh 1 js.local http://127.0.0.1:18180/
+    one js-wasmtime 1 x http://127.0.0.1:18186/
+    one js-sdk 1 jssdk.local http://127.0.0.1:18180/
+    one js-sdk-reuse 1 jssdkreuse.local http://127.0.0.1:18180/
 }
 echo "==> warm-up"
 (duration=2s; round >/dev/null)
 rps=(); p50=(); p99=()
-echo "==> wrk -t1 -d$duration, $rounds interleaved rounds (hello: -c$c; Python: -c1)"
+echo "==> wrk -t1 -d$duration, $rounds interleaved rounds (hello: -c$c; Python, JavaScript: -c1)"
 for r in $(seq 1 "$rounds"); do
     round
     echo "    round $r done"
@@ -187,6 +216,13 @@ printf "\n%-52s %10s %9s %9s\n" "Python hello, -c1 (median)" "req/s" "p50 ms" "p
 report py-fresh "Wharf (fresh sandbox per request)"
 report py-reuse "Wharf with reuse"
 report py-wasmtime "wasmtime serve 48 (defaults)"
+report py-sdk "Wharf, the hello written with the SDK (fresh)"
+report py-sdk-reuse "Wharf, the hello written with the SDK, reuse"
+printf "\n%-52s %10s %9s %9s\n" "JavaScript hello, -c1 (median)" "req/s" "p50 ms" "p99 ms"
+report js-fresh "Wharf (fresh sandbox per request)"
+report js-wasmtime "wasmtime serve 48 (defaults)"
+report js-sdk "Wharf, the hello written with the SDK (fresh)"
+report js-sdk-reuse "Wharf, the hello written with the SDK, reuse"
 
 declare -A med
 for name in "${!rps[@]}"; do med[$name]=$(median <<<"${rps[$name]}"); done
@@ -198,6 +234,10 @@ for name in "${names[@]}"; do
     awk -v n="$name" -v a="${med[$name-anonymous]}" -v s="${med[$name-session]}" -v k="${med[$name-key]}" \
         'BEGIN { printf "%s: session token / anonymous = %.2f   API key / anonymous = %.2f\n", n, s/a, k/a }'
 done
+awk -v p="${med[py-fresh]}" -v pr="${med[py-reuse]}" -v ps="${med[py-sdk]}" -v psr="${med[py-sdk-reuse]}" \
+    -v j="${med[js-fresh]}" -v jw="${med[js-wasmtime]}" -v js="${med[js-sdk]}" -v jsr="${med[js-sdk-reuse]}" 'BEGIN {
+    printf "Python: SDK hello / plain hello = %.2f fresh, %.2f reused\n", ps/p, psr/pr
+    printf "JavaScript: Wharf / wasmtime serve = %.2fx   SDK hello / plain = %.2f   SDK reused / SDK fresh = %.2fx\n", j/jw, js/j, jsr/js }'
 
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 

@@ -1,12 +1,15 @@
-//! Services in Python, and services started with `wharf new` (issue 24):
-//! `plugins/python/notes`, built from source in the test run with Wharf's Python
-//! SDK (`sdk/python`) and componentize-py, answers through the platform's
-//! interfaces — its own table (a migration per dialect, filled by its seeder), a
+//! Services in Python and JavaScript, and services started with `wharf new`
+//! (issue 24). The notes service exists three times — `plugins/notes` (Rust,
+//! wharf-sdk), `plugins/python/notes` (Wharf's Python SDK, componentize-py) and
+//! `plugins/js/notes` (TypeScript, Wharf's JS SDK, ComponentizeJS) — each built
+//! from source in the test run, and one behavioural test runs on all three on
+//! each backend: its own table (a migration per dialect, filled by its seeder), a
 //! route only a granted member may use, the caller, a module, settings, a
-//! key-value counter, a job and a scheduled job — on each backend; and a
-//! newcomer's service, written by `wharf new` in Python and in Rust, builds,
+//! key-value counter, a job and a scheduled job, the SDK's errors. And a
+//! newcomer's service, written by `wharf new` in each language, builds,
 //! publishes and serves.
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use reqwest::{Method, StatusCode};
@@ -15,17 +18,22 @@ use serde_json::{json, Value};
 use crate::access::member_holding;
 use crate::harness::{repo, service_manifest, TestNode};
 
-/// The Python notes service, built once per test run.
-fn python_notes() -> Vec<u8> {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let path = BUILT.get_or_init(|| {
-        let out = repo().join("target/python/notes.wasm");
-        let status = std::process::Command::new(repo().join("sdk/python/build.sh"))
-            .arg(repo().join("plugins/python/notes"))
-            .arg(&out)
-            .status()
-            .expect("failed to run sdk/python/build.sh");
-        assert!(status.success(), "building the Python service failed");
+/// Run an SDK's `build.sh APP_DIR OUT` (Python or JavaScript).
+fn build_with(sdk: &str, app: &Path, out: &Path) {
+    let script = repo().join("sdk").join(sdk).join("build.sh");
+    let status = std::process::Command::new(&script)
+        .arg(app)
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| panic!("failed to run {script:?}: {e}"));
+    assert!(status.success(), "{script:?} {app:?} failed");
+}
+
+/// A notes twin, built once per test run.
+fn built(cell: &'static OnceLock<PathBuf>, sdk: &str, app: &str, out: &str) -> Vec<u8> {
+    let path = cell.get_or_init(|| {
+        let out = repo().join(out);
+        build_with(sdk, &repo().join(app), &out);
         out
     });
     std::fs::read(path).unwrap()
@@ -48,9 +56,30 @@ fn json(body: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store() {
+async fn the_rust_notes_service_uses_its_table_permissions_modules_and_key_value_store() {
+    let component = crate::harness::guest("notes");
+    notes_behave("notes", "notes", component, "Rust").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_notes_service_behaves_as_its_rust_twin() {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let component = built(&BUILT, "python", "plugins/python/notes", "target/python/notes.wasm");
+    notes_behave("python/notes", "pynotes", component, "Python").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_notes_service_behaves_as_its_rust_twin() {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let component = built(&BUILT, "js", "plugins/js/notes", "target/js/notes.wasm");
+    notes_behave("js/notes", "jsnotes", component, "JavaScript").await;
+}
+
+/// What every notes twin does, published from `plugins/{example}` as `service`
+/// (its hello names its `language`).
+async fn notes_behave(example: &str, service: &str, component: Vec<u8>, language: &str) {
     let node = TestNode::start().await;
-    let (status, published) = node.publish_bytes(&service_manifest("python/notes"), python_notes()).await;
+    let (status, published) = node.publish_bytes(&service_manifest(example), component).await;
     assert_eq!(status, StatusCode::CREATED, "{published}");
     node.create_tenant("acme").await;
     node.create_tenant("globex").await;
@@ -58,15 +87,15 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
         .admin(
             Method::POST,
             "/v1/instances",
-            Some(json!({ "tenant": "acme", "service": "pynotes", "hosts": ["notes.acme.test"],
+            Some(json!({ "tenant": "acme", "service": service, "hosts": ["notes.acme.test"],
                          "modules": ["stats"], "settings": { "site-name": "Acme Notes" } })),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{instance}");
     node.wait_set_up(instance["id"].as_str().unwrap()).await;
-    node.create_instance("globex", "pynotes", &["notes.globex.test"]).await;
+    node.create_instance("globex", service, &["notes.globex.test"]).await;
     let ops = node.admin_key.clone();
-    let writer = member_holding(&node, &ops, "acme", "writer@acme.test", "pynotes.write").await;
+    let writer = member_holding(&node, &ops, "acme", "writer@acme.test", &format!("{service}.write")).await;
     // A member without the grant.
     let reader = node.user("reader@acme.test").await;
     node.expect(
@@ -82,13 +111,13 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     // Settings, and the table its migration made, which its seeder filled.
     assert_eq!(
         call(&node, acme, Method::GET, "/", None, "").await,
-        (StatusCode::OK, "Hello from Acme Notes in Python!\n".into())
+        (StatusCode::OK, format!("Hello from Acme Notes in {language}!\n"))
     );
     let (status, body) = call(&node, acme, Method::GET, "/notes", None, "").await;
     let welcome = json!([{ "id": 1, "author": "wharf", "body": "Welcome to Acme Notes" }]);
     assert_eq!((status, json(&body)), (StatusCode::OK, welcome));
 
-    // Only a member granted pynotes.write writes; the platform refuses the rest.
+    // Only a member granted SERVICE.write writes; the platform refuses the rest.
     let note = r#"{"body": "first"}"#;
     for token in [None, Some(reader.as_str())] {
         let (status, body) = call(&node, acme, Method::POST, "/notes", token, note).await;
@@ -102,7 +131,14 @@ async fn a_python_service_uses_its_table_permissions_modules_and_key_value_store
     assert_eq!((status, json(&body)), (StatusCode::BAD_REQUEST, json!({ "error": "send {\"body\": \"...\"}" })));
     let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), "{not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(json(&body)["error"].as_str().unwrap().starts_with("the body is not JSON"), "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().starts_with("invalid JSON body: "), "{body}");
+    let (status, body) = call(&node, acme, Method::POST, "/notes", Some(&writer), "").await;
+    assert_eq!(
+        (status, json(&body)),
+        (StatusCode::BAD_REQUEST, json!({ "error": "the request body is empty; send JSON" }))
+    );
+    let (status, body) = call(&node, acme, Method::GET, "/nowhere", None, "").await;
+    assert_eq!((status, json(&body)), (StatusCode::NOT_FOUND, json!({ "error": "no route for /nowhere" })));
     assert_eq!(call(&node, acme, Method::GET, "/notes/x", None, "").await.0, StatusCode::BAD_REQUEST);
     let (status, headers, body) = node.ingress_call(acme, Method::DELETE, "/notes", None, "").await;
     assert_eq!((status, headers["allow"].to_str().unwrap()), (StatusCode::METHOD_NOT_ALLOWED, "GET, POST"));
@@ -171,15 +207,24 @@ async fn a_service_made_by_wharf_new_builds_publishes_and_serves() {
     assert!(ok, "{out}{err}");
     let (ok, out, err) = crate::cli::wharf(&node, &["new", "demo", "--lang", "python", "--dir", dir.to_str().unwrap()]);
     assert!(!ok && err.contains("not empty"), "a second `new` overwrites nothing: {out}{err}");
-    let built = std::process::Command::new(repo().join("sdk/python/build.sh"))
-        .arg(&dir)
-        .arg(dir.join("build/demo.wasm"))
-        .status()
-        .expect("failed to run sdk/python/build.sh");
-    assert!(built.success(), "building the new service failed");
+    build_with("python", &dir, &dir.join("build/demo.wasm"));
     let (ok, out, err) = crate::cli::wharf(&node, &["publish", dir.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     serves_as_written(&node, "demo").await;
+}
+
+/// The same path in JavaScript: `wharf new demo-js --lang js`, built with the JS
+/// SDK's `build.sh` (ComponentizeJS), published, served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_service_made_by_wharf_new_builds_publishes_and_serves() {
+    let node = TestNode::start().await;
+    let dir = node.data.path().join("demo-js");
+    let (ok, out, err) = crate::cli::wharf(&node, &["new", "demo-js", "--lang", "js", "--dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    build_with("js", &dir, &dir.join("build/demo-js.wasm"));
+    let (ok, out, err) = crate::cli::wharf(&node, &["publish", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    serves_as_written(&node, "demo-js").await;
 }
 
 /// The same path in Rust: `wharf new demo-rs --lang rust`, built with cargo for

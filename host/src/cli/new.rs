@@ -1,4 +1,4 @@
-//! `wharf new NAME --lang rust|python`: a service to start from — its manifest, a
+//! `wharf new NAME --lang rust|python|js`: a service to start from — its manifest, a
 //! route guarded by a permission, its own table (a migration per dialect), a
 //! job, and a README of how to build and publish it.
 
@@ -11,6 +11,8 @@ use anyhow::Context as _;
 pub enum Lang {
     Rust,
     Python,
+    /// JavaScript (TypeScript when `app.js` is renamed `app.ts`).
+    Js,
 }
 
 /// The Python template: (path in the new directory, contents with `{name}`).
@@ -20,6 +22,15 @@ const PYTHON: &[(&str, &str)] = &[
     ("migrations/sqlite/0001_items.sql", include_str!("templates/python/items.sqlite.sql")),
     ("migrations/postgres/0001_items.sql", include_str!("templates/python/items.postgres.sql")),
     ("README.md", include_str!("templates/python/README.md")),
+];
+
+/// The JavaScript template.
+const JS: &[(&str, &str)] = &[
+    ("wharf.toml", include_str!("templates/js/wharf.toml")),
+    ("app.js", include_str!("templates/js/app.js")),
+    ("migrations/sqlite/0001_items.sql", include_str!("templates/python/items.sqlite.sql")),
+    ("migrations/postgres/0001_items.sql", include_str!("templates/python/items.postgres.sql")),
+    ("README.md", include_str!("templates/js/README.md")),
 ];
 
 /// The Rust template (`{sdk}`: the path of Wharf's `sdk/`, `{crate}`: the
@@ -44,6 +55,7 @@ pub fn create(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) ->
     }
     let (files, sdk) = match lang {
         Lang::Python => (PYTHON, String::new()),
+        Lang::Js => (JS, String::new()),
         Lang::Rust => {
             let sdk = sdk.context("a Rust service needs --sdk PATH: the sdk/ directory of the Wharf repository")?;
             let manifest = std::fs::read_to_string(sdk.join("Cargo.toml")).unwrap_or_default();
@@ -83,6 +95,10 @@ mod tests {
         assert!(again.contains("not empty"), "{again}");
         let bad = create("Notes!", Lang::Python, Some(&root.path().join("x")), None).unwrap_err().to_string();
         assert!(bad.contains("lower-case"), "{bad}");
+        let dir = create("js-svc", Lang::Js, Some(&root.path().join("js")), None).unwrap();
+        let app = std::fs::read_to_string(dir.join("app.js")).unwrap();
+        assert!(app.contains("Hello from js-svc!") && app.contains("export const worker"), "{app}");
+        assert_eq!(crate::cli::read_manifest(&dir).unwrap().2.service.name, "js-svc");
         let no_sdk = create("rusty", Lang::Rust, Some(&root.path().join("r")), None).unwrap_err().to_string();
         assert!(no_sdk.contains("--sdk"), "{no_sdk}");
         let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");

@@ -275,13 +275,16 @@ class Request:
         try:
             return self.body.decode()
         except UnicodeDecodeError:
-            raise Error.bad_request("the body is not UTF-8") from None
+            raise Error.bad_request("the request body is not UTF-8 text") from None
 
     def json(self):
+        if not self.body:
+            raise Error.bad_request("the request body is empty; send JSON")
+        text = self.text()
         try:
-            return _json.loads(self.body or b"null")
+            return _json.loads(text)
         except ValueError as e:
-            raise Error.bad_request(f"the body is not JSON: {e}") from None
+            raise Error.bad_request(f"invalid JSON body: {e}") from None
 
 
 class Response:
@@ -363,7 +366,7 @@ class App:
             def run(self, job):
                 handler = app._jobs.get(job.kind)
                 if handler is None:
-                    raise _Err(f"this version runs no job of kind {job.kind!r}")
+                    raise _Err(f"this version runs no job of kind {job.kind}")
                 _as_err(handler, job)
 
             def seed(self):
