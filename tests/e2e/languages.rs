@@ -75,6 +75,86 @@ async fn the_javascript_notes_service_behaves_as_its_rust_twin() {
     notes_behave("js/notes", "jsnotes", component, "JavaScript").await;
 }
 
+/// The JavaScript SDK's edges (`plugins/js/lab`): SQL values cross both ways with
+/// their types (integers past 2^53 as bigints, whole reals, bytes, null,
+/// booleans), the key-value store's calls, the platform's refusals as
+/// `WharfError`s (caught, and uncaught: 500 with the message), any other
+/// exception as a 500 that says nothing of it, path captures, async handlers,
+/// headers and query, and a job that throws fails with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_sdk_carries_values_refusals_and_failures_as_it_promises() {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let component = built(&BUILT, "js", "plugins/js/lab", "target/js/lab.wasm");
+    let node = TestNode::start().await;
+    let (status, published) = node.publish_bytes(&service_manifest("js/lab"), component).await;
+    assert_eq!(status, StatusCode::CREATED, "{published}");
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "jslab", &["lab.acme.test"]).await;
+    let lab = "lab.acme.test";
+    let get = |path: &'static str| call(&node, lab, Method::GET, path, None, "");
+
+    let (status, body) = get("/values").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        json(&body),
+        json!({ "described": { "big": "bigint:9007199254740993", "small": "number:42", "real": "number:1.5",
+                               "whole_real": "number:2", "blob": "bytes:1,2,255", "absent": "object:null",
+                               "yes": "number:1" },
+                "big": 9007199254740993u64 })
+    );
+    let (status, body) = get("/refused").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refused = json(&body);
+    assert_eq!((refused["refused"].clone(), refused["status"].clone()), (json!(true), json!(500)), "{body}");
+    assert!(refused["message"].as_str().unwrap().starts_with("database: "), "{body}");
+    let (status, body) = get("/uncaught").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let error = json(&body)["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("database: ") && error.contains("no_such_table"), "{body}");
+    assert_eq!(get("/crash").await, (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"internal error"}"#.into()));
+    let (_, body) = get("/files/a/b%20c/d").await;
+    assert_eq!(json(&body), json!({ "path": "/files/a/b%20c/d", "rest": "a/b c/d" }));
+    assert_eq!(json(&get("/later").await.1), json!({ "waited": true }));
+    let (status, headers, body) = node.ingress_call(lab, Method::HEAD, "/later", None, "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""), "HEAD is answered by the GET route: {headers:?}");
+    let response = node
+        .http
+        .post(format!("http://{}/echo?q=a%26b", node.ingress()))
+        .header("host", lab)
+        .header("x-wharf-test", "seen")
+        .body("héllo")
+        .send()
+        .await
+        .unwrap();
+    let body = response.text().await.unwrap();
+    assert_eq!(json(&body), json!({ "text": "héllo", "header": "seen", "query": "a&b", "method": "POST" }));
+    let (status, body) = call(&node, lab, Method::POST, "/echo", None, "").await;
+    assert_eq!(json(&body)["text"], json!(""), "{status} {body}");
+    let (status, body) = get("/kv").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        json(&body),
+        json!({ "bytes": "bytes:0,1,2", "text": "hello", "missing": null, "deleted": true, "deletedAgain": false,
+                "keys": ["bytes", "text"], "counted": 5, "again": 6 })
+    );
+    assert_eq!(call(&node, lab, Method::DELETE, "/nothing", None, "").await, (StatusCode::NO_CONTENT, String::new()));
+
+    // A job whose handler throws fails with the exception's message.
+    let (status, body) = call(&node, lab, Method::POST, "/fail", None, "on a Monday").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = json(&body)["job"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    loop {
+        let (_, job) = node.admin(Method::GET, &format!("/v1/jobs/{job}"), None).await;
+        if job["state"] == json!("dead") {
+            assert_eq!(job["last_error"], json!("failed on purpose: on a Monday"), "{job}");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the job never failed: {job}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// What every notes twin does, published from `plugins/{example}` as `service`
 /// (its hello names its `language`).
 async fn notes_behave(example: &str, service: &str, component: Vec<u8>, language: &str) {

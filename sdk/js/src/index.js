@@ -69,6 +69,11 @@ function bytes(value, what) {
   throw new TypeError(`${what} is a string or a Uint8Array, not ${typeof value}`);
 }
 
+// Bytes the platform returned (the bindings lift some lists of u8 as arrays).
+function asBytes(value) {
+  return value instanceof Uint8Array ? value : Uint8Array.from(value);
+}
+
 // A bigint the platform returned, as a number when it is exactly one.
 function integer(value) {
   return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
@@ -152,6 +157,8 @@ function fromValue(value) {
       return null;
     case "integer":
       return integer(value.val);
+    case "blob":
+      return asBytes(value.val);
     default:
       return value.val;
   }
@@ -208,7 +215,7 @@ export const kv = {
   /** The value (bytes) at `key`, or null if absent or expired. */
   get(key) {
     const value = call("key-value", platformKv.get, key);
-    return value === undefined ? null : value;
+    return value === undefined ? null : asBytes(value);
   },
   /** The value at `key` as text, or null. */
   getText(key) {
@@ -256,7 +263,7 @@ class Job {
     this.id = job.id;
     this.kind = job.kind;
     this.version = job.version;
-    this.payload = job.payload;
+    this.payload = asBytes(job.payload);
     this.attempt = job.attempt;
     this.enqueuedBy = job.enqueuedBy;
   }
