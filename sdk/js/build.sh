@@ -3,6 +3,7 @@
 # SDK and ComponentizeJS (pinned in package-lock.json, installed from npm into
 # target/js when missing or changed).
 #   sdk/js/build.sh APP_DIR OUT.wasm   (APP_DIR holds app.ts or app.js)
+#   WHARF_JS_TOOLS   where the toolchain is installed (default target/js)
 # app.ts is type-checked (tsc, against src/index.d.ts and the types jco generated
 # from wit/platform.wit into types/) before it is built. The app and the SDK are
 # bundled into one module (esbuild; `import ... from "wharf"` is this SDK), then
@@ -17,7 +18,7 @@ if [[ -f "$app/app.ts" ]]; then entry="$app/app.ts"
 elif [[ -f "$app/app.js" ]]; then entry="$app/app.js"
 else echo "$app holds neither app.ts nor app.js" >&2; exit 2; fi
 command -v npm >/dev/null || { echo "npm (Node.js 20 or later) is needed to build a JavaScript service" >&2; exit 1; }
-js="$root/target/js"
+js="${WHARF_JS_TOOLS:-$root/target/js}" # the toolchain is installed here
 mkdir -p "$js"
 {
     # One install and one WIT at a time: services are built concurrently in the tests.

@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${1:-$here/types}
-jco="$root/target/js/node_modules/.bin/jco"
+jco="${WHARF_JS_TOOLS:-$root/target/js}/node_modules/.bin/jco"
 [[ -x "$jco" ]] || { echo "jco is not installed: run sdk/js/build.sh once" >&2; exit 1; }
 rm -rf "$out"
 "$jco" guest-types "$root/wit/platform.wit" --world-name worker-service --out-dir "$out" --quiet >&2

@@ -2,11 +2,12 @@
 # Build a Python Wharf service into a component with componentize-py (pinned,
 # from PyPI, installed into target/py when missing) and Wharf's Python SDK.
 #   sdk/python/build.sh APP_DIR OUT.wasm   (APP_DIR holds app.py)
+#   WHARF_PY_TOOLS   where componentize-py is installed (default target/py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 app=$(cd "$1" && pwd); out=$2
-venv="$root/target/py"
+venv="${WHARF_PY_TOOLS:-$root/target/py}" # componentize-py is installed here
 if [[ ! -x "$venv/bin/componentize-py" ]]; then
     echo "==> installing componentize-py 0.25.1 (PyPI) into $venv" >&2
     [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv" >&2

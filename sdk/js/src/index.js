@@ -79,6 +79,13 @@ function integer(value) {
   return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
 }
 
+// A count of seconds or milliseconds: a finite number, rounded up, at least `least`.
+function whole(value, what, least) {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new TypeError(`${what} is a number of at least 0, not ${value}`);
+  return Math.max(least, Math.ceil(n));
+}
+
 // --- who is calling ------------------------------------------------------------
 
 /** The request's caller, `{ userId, email }`, or null for anonymous requests and
@@ -224,7 +231,8 @@ export const kv = {
   },
   /** Set `key` to `value` (a string or bytes); with `ttlSeconds` it expires. */
   set(key, value, { ttlSeconds } = {}) {
-    const ttl = ttlSeconds === undefined || ttlSeconds === null ? undefined : BigInt(ttlSeconds);
+    // Whole seconds, at least one (as the Rust SDK rounds a Duration).
+    const ttl = ttlSeconds === undefined || ttlSeconds === null ? undefined : BigInt(whole(ttlSeconds, "ttlSeconds", 1));
     call("key-value", platformKv.set, key, bytes(value, "a key-value value"), ttl);
   },
   /** Delete `key`; whether it existed. */
@@ -249,7 +257,7 @@ export const jobs = {
     const { version = 1, delayMs = 0, idempotencyKey, priority = 0, maxAttempts } = options;
     return call("jobs", platformJobs.enqueue, kind, bytes(payload, "a job's payload"), {
       version,
-      delayMs: BigInt(delayMs),
+      delayMs: BigInt(whole(delayMs, "delayMs", 0)),
       idempotencyKey: idempotencyKey ?? undefined,
       priority,
       maxAttempts: maxAttempts ?? undefined,
