@@ -162,6 +162,11 @@ one() {
     local out extra=()
     [[ -n "${5:-}" ]] && extra=(-H "$5")
     out=$(wrk -t1 -c"$2" -d"$duration" --latency -H "Host: $3" "${extra[@]}" "$4")
+    # A failed request is fast: figures that count failures would flatter.
+    if grep -q 'Non-2xx' <<<"$out"; then
+        echo "$1 ($3): $(grep 'Non-2xx' <<<"$out" | xargs); not a figure" >&2
+        exit 1
+    fi
     rps[$1]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
     p50[$1]+="$(awk '$1=="50%" {print $2}' <<<"$out") "
     p99[$1]+="$(awk '$1=="99%" {print $2}' <<<"$out") "

@@ -155,6 +155,53 @@ async fn the_javascript_sdk_carries_values_refusals_and_failures_as_it_promises(
     }
 }
 
+/// Sandbox reuse with JavaScript: a service written with the SDK serves request
+/// after request from one sandbox (a global counts them); one answering through
+/// StarlingMonkey's fetch event answers only the first request of a sandbox, and
+/// the platform never lends a sandbox again after a request it left unanswered,
+/// so every other request still gets a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_javascript_sandbox_answers_every_request_and_one_that_stops_answering_is_dropped() {
+    static LAB: OnceLock<PathBuf> = OnceLock::new();
+    static ONCE: OnceLock<PathBuf> = OnceLock::new();
+    let lab = built(&LAB, "js", "plugins/js/lab", "target/js/lab.wasm");
+    let once = built(&ONCE, "js", "plugins/js/fetch-event", "target/js/fetch-event.wasm");
+    let node = TestNode::start().await;
+    let manifest = service_manifest("js/lab").replacen(
+        "name = \"jslab\"",
+        "name = \"jslab-reuse\"\nreuse = { requests = 100, idle_seconds = 60 }",
+        1,
+    );
+    assert!(manifest.contains("reuse = {"), "{manifest}");
+    let (status, published) = node.publish_bytes(&manifest, lab).await;
+    assert_eq!(status, StatusCode::CREATED, "{published}");
+    let (status, published) = node.publish_bytes(&service_manifest("js/fetch-event"), once).await;
+    assert_eq!(status, StatusCode::CREATED, "{published}");
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "jslab-reuse", &["lab.acme.test"]).await;
+    node.create_instance("acme", "jsonce", &["once.acme.test"]).await;
+
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = call(&node, "lab.acme.test", Method::GET, "/served", None, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        counts.push(json(&body)["served"].as_u64().unwrap());
+        // A sandbox goes back when its guest returns, just after the client has
+        // the response: the next request waits a moment to find it.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts, [1, 2, 3, 4, 5], "one sandbox, reused");
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call(&node, "once.acme.test", Method::GET, "/", None, "").await.0.as_u16());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The first answer of a sandbox, then its unanswered second request (500),
+    // then a fresh sandbox: never a sandbox that stopped answering, lent again.
+    assert_eq!(statuses, [200, 500, 200, 500]);
+}
+
 /// What every notes twin does, published from `plugins/{example}` as `service`
 /// (its hello names its `language`).
 async fn notes_behave(example: &str, service: &str, component: Vec<u8>, language: &str) {

@@ -4,4 +4,4 @@ import { App, Response } from "wharf";
 
 const app = new App();
 app.get("/", () => Response.text("Hello from Wharf!\n"));
-app.serve();
+export const incomingHandler = app.handler();

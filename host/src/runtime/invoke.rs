@@ -17,7 +17,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use super::guest::{GuestState, RequestIdentity};
-use super::reuse::{Reuse, Sandbox};
+use super::reuse::{Keeper, Kept, Reuse, Sandbox};
 use super::Runtime;
 
 /// Why a guest did not produce a response.
@@ -142,7 +142,8 @@ impl Runtime {
         };
 
         let pre = pre.clone();
-        let sandboxes = self.sandboxes.clone();
+        let keeper = reuse.as_ref().map(|_| Arc::new(Keeper::new(self.sandboxes.clone())));
+        let keeps = keeper.clone();
         // The guest's span is current whenever it runs: platform calls nest in it.
         let span = who.span.clone();
         span.record("wharf.reused", reused.is_some());
@@ -187,10 +188,10 @@ impl Runtime {
             };
             store.data_mut().end_request();
             // Only a sandbox whose request ended well, never near its memory
-            // cap, serves its instance again.
-            if let (Some(reuse), Some(proxy), None) = (&reuse, proxy, &failure) {
+            // cap, and whose guest answered, serves its instance again.
+            if let (Some(reuse), Some(keeper), Some(proxy), None) = (reuse, keeps, proxy, &failure) {
                 if !store.data().limiter.hit {
-                    sandboxes.put(reuse, who.tenant.clone(), store, proxy, served + 1);
+                    keeper.finished(Kept { reuse, tenant: who.tenant.clone(), store, proxy, served: served + 1 });
                 }
             }
             let outcome = Outcome { fuel, failure };
@@ -211,7 +212,7 @@ impl Runtime {
             cpu_nanos: None,
             demote: Some(demote.clone()),
         };
-        self.drive(guest, receiver, demote, recent).await
+        self.drive(guest, receiver, demote, recent, keeper).await
     }
 
     /// A store for one request: its budget, its memory limits, and its
@@ -253,7 +254,13 @@ impl Runtime {
         mut receiver: tokio::sync::oneshot::Receiver<Result<hyper::Response<HyperOutgoingBody>, ErrorCode>>,
         demote: Arc<tokio::sync::Notify>,
         recent: &crate::sched::RecentUse,
+        keeper: Option<Arc<Keeper>>,
     ) -> Handled {
+        let answered = || {
+            if let Some(keeper) = &keeper {
+                keeper.answered();
+            }
+        };
         let mut moved = false;
         // An instance whose requests were CPU-heavy lately starts there at once.
         if recent.is_heavy() {
@@ -266,12 +273,16 @@ impl Runtime {
             tokio::select! {
                 biased;
                 outcome = &mut guest => return match receiver.try_recv() {
-                    Ok(Ok(response)) => Handled::Response(response),
+                    Ok(Ok(response)) => {
+                        answered();
+                        Handled::Response(response)
+                    }
                     Ok(Err(code)) => Handled::Failed(GuestFailure::Trap(format!("guest answered with error {code:?}"))),
                     Err(_) => Handled::Failed(outcome.failure.unwrap_or(GuestFailure::NoResponse)),
                 },
                 answer = &mut receiver => return match answer {
                     Ok(Ok(response)) => {
+                        answered();
                         tokio::spawn(guest);
                         Handled::Response(response)
                     }

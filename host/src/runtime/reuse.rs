@@ -8,8 +8,10 @@
 //!   settings: [`Reuse`] names all three, and a sandbox that does not match
 //!   them exactly is dropped, never lent;
 //! - it is handed back only after a request that ended without any failure
-//!   (trap, fuel, deadline, memory cap, client gone) and with its memory cap
-//!   never hit, and at most `requests` times; it waits at most `idle_seconds`;
+//!   (trap, fuel, deadline, memory cap, client gone), that the guest answered
+//!   (one that returned without a response is not trusted with another: see
+//!   [`Keeper`]) and with its memory cap never hit, and at most `requests`
+//!   times; it waits at most `idle_seconds`;
 //! - each request sets its own fuel, deadline, caller, log identity and
 //!   request context (`GuestState::begin_request`), so nothing the platform
 //!   gives one request reaches the next through the platform's interfaces;
@@ -70,6 +72,57 @@ pub(crate) struct Sandbox {
     /// Linear memory it holds of the node's budget.
     bytes: usize,
     expires: Instant,
+}
+
+/// A request's sandbox on its way back to the idle ones: handed back only once
+/// both its run ended well ([`Keeper::finished`]) and the guest's response
+/// arrived ([`Keeper::answered`]), in whichever order the two happen. A guest
+/// that returns without answering (some runtimes answer only their first
+/// request in an instance) never gets its sandbox back.
+pub(crate) struct Keeper {
+    sandboxes: Arc<Sandboxes>,
+    state: Mutex<(bool, Option<Kept>)>,
+}
+
+/// A sandbox whose run ended well, and whom it may serve again.
+pub(crate) struct Kept {
+    pub reuse: Reuse,
+    pub tenant: Arc<str>,
+    pub store: Store<GuestState>,
+    pub proxy: Proxy,
+    /// Requests it has served, this one included.
+    pub served: u32,
+}
+
+impl Keeper {
+    pub(crate) fn new(sandboxes: Arc<Sandboxes>) -> Self {
+        Self { sandboxes, state: Mutex::new((false, None)) }
+    }
+
+    /// The run ended well: its sandbox goes back if the guest answered.
+    pub(crate) fn finished(&self, kept: Kept) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 {
+            drop(state);
+            self.put(kept);
+        } else {
+            state.1 = Some(kept);
+        }
+    }
+
+    /// The guest's response arrived: a sandbox whose run already ended well goes back.
+    pub(crate) fn answered(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = true;
+        if let Some(kept) = state.1.take() {
+            drop(state);
+            self.put(kept);
+        }
+    }
+
+    fn put(&self, kept: Kept) {
+        self.sandboxes.put(&kept.reuse, kept.tenant, kept.store, kept.proxy, kept.served);
+    }
 }
 
 /// The idle sandboxes of a node.

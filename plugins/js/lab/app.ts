@@ -74,11 +74,15 @@ app.get("/kv", () => {
 
 app.delete("/nothing", () => undefined);
 
+// A global: with `reuse` on, one sandbox serves request after request and counts them.
+let served = 0;
+app.get("/served", () => ({ served: ++served }));
+
 app.post("/fail", (request) => Response.json({ job: jobs.enqueue("fail", request.text(), { maxAttempts: 1 }) }, 202));
 
 app.job("fail", (job) => {
   throw new Error(`failed on purpose: ${job.text()}`);
 });
 
-app.serve();
+export const incomingHandler = app.handler();
 export const worker = app.worker();

@@ -67,5 +67,5 @@ app.seeder(() => {
   ]);
 });
 
-app.serve();
+export const incomingHandler = app.handler();
 export const worker = app.worker();

@@ -115,8 +115,7 @@ export interface Job {
 
 /** A request as a handler sees it. */
 export class Request {
-  /** The web request it came as. */
-  readonly raw: globalThis.Request;
+  constructor(method: string, pathWithQuery: string, headers: Headers, body: Uint8Array);
   readonly method: string;
   readonly path: string;
   readonly query: URLSearchParams;
@@ -141,6 +140,11 @@ export const Response: {
   empty(status?: number, headers?: Record<string, string>): globalThis.Response;
 };
 
+/** The wasi:http incoming handler export. */
+export interface IncomingHandler {
+  handle(request: unknown, responseOut: unknown): Promise<void>;
+}
+
 /** The worker export (`export const worker = app.worker();`). */
 export interface Worker {
   run(job: unknown): Promise<{ tag: "ok" } | { tag: "err"; val: string }>;
@@ -160,10 +164,10 @@ export class App {
   job(kind: string, handler: (job: Job) => void | Promise<void>): this;
   /** Fill a new instance's database once, after its first migrations; throwing fails the setup. */
   seeder(handler: () => void | Promise<void>): this;
-  /** The response to a web request: its route's, 404 or 405. */
-  fetch(request: globalThis.Request): Promise<globalThis.Response>;
-  /** Answer the component's HTTP requests with this app. */
-  serve(): void;
+  /** The response to a request: its route's, 404 or 405. */
+  dispatch(request: Request): Promise<globalThis.Response>;
+  /** The component's wasi:http incoming handler: `export const incomingHandler = app.handler();`. */
+  handler(): IncomingHandler;
   /** The worker export. */
   worker(): Worker;
 }

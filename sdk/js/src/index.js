@@ -7,7 +7,7 @@
 //
 //   const app = new App();
 //   app.get("/notes", () => sql.query("SELECT id, body FROM notes ORDER BY id"));
-//   app.serve();
+//   export const incomingHandler = app.handler();
 //
 // Errors the platform reports (a refused statement, a quota, a busy database) are
 // thrown as `WharfError` (500) with the platform's message, prefixed as the Rust
@@ -18,6 +18,7 @@ import * as platformFeatures from "wharf:platform/features@0.1.0";
 import * as platformSql from "wharf:platform/sql@0.1.0";
 import * as platformKv from "wharf:platform/kv@0.1.0";
 import * as platformJobs from "wharf:platform/jobs@0.1.0";
+import { Fields, IncomingBody, OutgoingBody, OutgoingResponse, ResponseOutparam } from "wasi:http/types@0.2.10";
 
 /** A failure the client should see: its status and message. */
 export class WharfError extends Error {
@@ -297,13 +298,12 @@ class Job {
 
 /** A request as a handler sees it: method, path, query, headers, params, body. */
 export class Request {
-  constructor(raw, body) {
-    const url = new URL(raw.url);
-    this.raw = raw;
-    this.method = raw.method;
-    this.path = url.pathname || "/";
-    this.query = url.searchParams;
-    this.headers = raw.headers;
+  constructor(method, pathWithQuery, headers, body) {
+    const query = pathWithQuery.indexOf("?");
+    this.method = method;
+    this.path = (query < 0 ? pathWithQuery : pathWithQuery.slice(0, query)) || "/";
+    this.query = new URLSearchParams(query < 0 ? "" : pathWithQuery.slice(query + 1));
+    this.headers = headers;
     this.body = body;
     this.params = {};
   }
@@ -404,6 +404,66 @@ function failure(e) {
   return errorResponse(500, "internal error");
 }
 
+const dispose = Symbol.dispose || Symbol.for("dispose");
+const METHODS = { get: "GET", head: "HEAD", post: "POST", put: "PUT", delete: "DELETE", connect: "CONNECT",
+  options: "OPTIONS", trace: "TRACE", patch: "PATCH" };
+
+// Header bytes as text, a byte per character (HTTP's latin-1).
+function latin1(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]);
+  return text;
+}
+
+// One request off wasi:http: its method, path, headers and whole body.
+function readRequest(incoming) {
+  const method = incoming.method();
+  const name = method.tag === "other" ? method.val : METHODS[method.tag];
+  const fields = incoming.headers();
+  const headers = new Headers();
+  for (const [key, value] of fields.entries()) headers.append(key, latin1(value));
+  fields[dispose]?.();
+  const body = incoming.consume();
+  const stream = body.stream();
+  const chunks = [];
+  let length = 0;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = stream.blockingRead(65536n);
+    } catch (e) {
+      if (e?.payload?.tag === "closed") break;
+      throw e;
+    }
+    chunks.push(chunk);
+    length += chunk.length;
+  }
+  stream[dispose]?.();
+  IncomingBody.finish(body)[dispose]?.();
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  return new Request(name, incoming.pathWithQuery() ?? "/", headers, bytes);
+}
+
+// A web Response onto wasi:http.
+async function writeResponse(response, responseOut) {
+  const body = new Uint8Array(await response.arrayBuffer());
+  const headers = [];
+  response.headers.forEach((value, key) => headers.push([key, encoder.encode(value)]));
+  const outgoing = new OutgoingResponse(Fields.fromList(headers));
+  outgoing.setStatusCode(response.status);
+  const outgoingBody = outgoing.body();
+  ResponseOutparam.set(responseOut, { tag: "ok", val: outgoing });
+  const stream = outgoingBody.write();
+  for (let at = 0; at < body.length; at += 4096) stream.blockingWriteAndFlush(body.subarray(at, at + 4096));
+  stream[dispose]?.();
+  OutgoingBody.finish(outgoingBody, undefined);
+}
+
 /** Routes (`app.get("/notes/:id", handler)` and the like), jobs and the seeder. */
 export class App {
   constructor() {
@@ -445,14 +505,8 @@ export class App {
     return this;
   }
 
-  /** The response to a web `Request`: its route's, 404 or 405. */
-  async fetch(raw) {
-    let request;
-    try {
-      request = new Request(raw, new Uint8Array(await raw.arrayBuffer()));
-    } catch (e) {
-      return failure(e);
-    }
+  /** The response to `request` (a `Request`): its route's, 404 or 405. */
+  async dispatch(request) {
     const parts = request.path.split("/").filter((s) => s !== "");
     const allow = [];
     for (const { method, pattern, handler } of this.routes) {
@@ -475,9 +529,21 @@ export class App {
     return errorResponse(404, `no route for ${request.path}`);
   }
 
-  /** Answer the component's HTTP requests (wasi:http's incoming handler) with this app. */
-  serve() {
-    addEventListener("fetch", (event) => event.respondWith(this.fetch(event.request)));
+  /** The component's wasi:http incoming handler (`export const incomingHandler =
+   * app.handler();`). Each call reads one request and writes one response, so an
+   * instance serves as many as the platform gives it (sandbox reuse). */
+  handler() {
+    return {
+      handle: async (incoming, responseOut) => {
+        let response;
+        try {
+          response = await this.dispatch(readRequest(incoming));
+        } catch (e) {
+          response = failure(e);
+        }
+        await writeResponse(response, responseOut);
+      },
+    };
   }
 
   /** The `worker` export (`export const worker = app.worker();`): runs this app's

@@ -26,5 +26,5 @@ app.job("count", () => {
   kv.set("count", String(n));
 });
 
-app.serve();
+export const incomingHandler = app.handler();
 export const worker = app.worker();
