@@ -115,9 +115,11 @@ export interface Job {
 
 /** A request as a handler sees it. */
 export class Request {
-  constructor(method: string, pathWithQuery: string, headers: Headers, body: Uint8Array);
+  constructor(method: string, pathWithQuery: string, headers?: Headers, body?: Uint8Array);
   readonly method: string;
   readonly path: string;
+  /** The query string, without `?`. */
+  readonly queryString: string;
   readonly query: URLSearchParams;
   readonly headers: Headers;
   readonly body: Uint8Array;
@@ -129,15 +131,23 @@ export class Request {
   json<T = unknown>(): T;
 }
 
-/** What a handler returns: a web Response, a string (text), undefined (204) or a value (JSON). */
-export type Answer = globalThis.Response | string | undefined | object | number | boolean | null;
+/** A response the SDK writes straight onto wasi:http. */
+export class Reply {
+  constructor(status: number, headers: Record<string, string>, body: string | Uint8Array);
+  readonly status: number;
+  readonly headers: Record<string, string>;
+  readonly body: Uint8Array;
+}
+
+/** What a handler returns: a Reply or web Response, a string (text), undefined (204) or a value (JSON). */
+export type Answer = Reply | globalThis.Response | string | undefined | object | number | boolean | null;
 export type Handler = (request: Request) => Answer | Promise<Answer>;
 
 export const Response: {
-  json(value: unknown, status?: number, headers?: Record<string, string>): globalThis.Response;
-  text(body: string, status?: number, headers?: Record<string, string>): globalThis.Response;
-  html(body: string, status?: number, headers?: Record<string, string>): globalThis.Response;
-  empty(status?: number, headers?: Record<string, string>): globalThis.Response;
+  json(value: unknown, status?: number, headers?: Record<string, string>): Reply;
+  text(body: string, status?: number, headers?: Record<string, string>): Reply;
+  html(body: string, status?: number, headers?: Record<string, string>): Reply;
+  empty(status?: number, headers?: Record<string, string>): Reply;
 };
 
 /** The wasi:http incoming handler export. */
@@ -165,7 +175,7 @@ export class App {
   /** Fill a new instance's database once, after its first migrations; throwing fails the setup. */
   seeder(handler: () => void | Promise<void>): this;
   /** The response to a request: its route's, 404 or 405. */
-  dispatch(request: Request): Promise<globalThis.Response>;
+  dispatch(request: Request): Promise<Reply | globalThis.Response>;
   /** The component's wasi:http incoming handler: `export const incomingHandler = app.handler();`. */
   handler(): IncomingHandler;
   /** The worker export. */

@@ -296,16 +296,32 @@ class Job {
 
 // --- HTTP ------------------------------------------------------------------------
 
-/** A request as a handler sees it: method, path, query, headers, params, body. */
+/** A request as a handler sees it: method, path, query, headers, params, body.
+ * Its headers and body are read from the platform when first asked for. */
 export class Request {
   constructor(method, pathWithQuery, headers, body) {
     const query = pathWithQuery.indexOf("?");
     this.method = method;
     this.path = (query < 0 ? pathWithQuery : pathWithQuery.slice(0, query)) || "/";
-    this.query = new URLSearchParams(query < 0 ? "" : pathWithQuery.slice(query + 1));
-    this.headers = headers;
-    this.body = body;
+    this.queryString = query < 0 ? "" : pathWithQuery.slice(query + 1);
     this.params = {};
+    // Either the values, or the wasi:http request to read them from.
+    this.incoming = null;
+    this.cachedHeaders = headers ?? null;
+    this.cachedBody = body ?? null;
+    this.cachedQuery = null;
+  }
+  /** Query parameters, percent-decoded. */
+  get query() {
+    return (this.cachedQuery ??= new URLSearchParams(this.queryString));
+  }
+  /** The headers (names are case-insensitive). */
+  get headers() {
+    return (this.cachedHeaders ??= this.incoming === null ? new Headers() : readHeaders(this.incoming));
+  }
+  /** The whole body. */
+  get body() {
+    return (this.cachedBody ??= this.incoming === null ? new Uint8Array(0) : readBody(this.incoming));
   }
   /** The body as UTF-8 text; 400 if it is not. */
   text() {
@@ -334,19 +350,29 @@ function stringify(value) {
   return JSON.stringify(value, (_, v) => (typeof v === "bigint" ? JSON.rawJSON?.(v.toString()) ?? Number(v) : v));
 }
 
-/** Responses: `Response.json(value, status)`, `Response.text(body, status)`, or any web `Response`. */
+/** A response the SDK writes straight onto wasi:http (no web `Response` in between). */
+export class Reply {
+  constructor(status, headers, body) {
+    this.status = status;
+    this.headers = headers;
+    this.body = typeof body === "string" ? encoder.encode(body) : body;
+  }
+}
+
+/** Responses: `Response.json(value, status)`, `Response.text(body, status)`, … (a
+ * handler may return any web `Response` too). */
 export const Response = {
   json(value, status = 200, headers = {}) {
-    return new Web(stringify(value), { status, headers: { "content-type": "application/json", ...headers } });
+    return new Reply(status, { "content-type": "application/json", ...headers }, stringify(value));
   },
   text(body, status = 200, headers = {}) {
-    return new Web(body, { status, headers: { "content-type": "text/plain; charset=utf-8", ...headers } });
+    return new Reply(status, { "content-type": "text/plain; charset=utf-8", ...headers }, body);
   },
   html(body, status = 200, headers = {}) {
-    return new Web(body, { status, headers: { "content-type": "text/html; charset=utf-8", ...headers } });
+    return new Reply(status, { "content-type": "text/html; charset=utf-8", ...headers }, body);
   },
   empty(status = 204, headers = {}) {
-    return new Web(null, { status, headers });
+    return new Reply(status, headers, new Uint8Array(0));
   },
 };
 
@@ -392,7 +418,7 @@ function match(pattern, parts) {
 }
 
 function toResponse(answer) {
-  if (answer instanceof Web) return answer;
+  if (answer instanceof Reply || answer instanceof Web) return answer;
   if (typeof answer === "string") return Response.text(answer);
   if (answer === undefined) return Response.empty();
   return Response.json(answer);
@@ -415,14 +441,25 @@ function latin1(bytes) {
   return text;
 }
 
-// One request off wasi:http: its method, path, headers and whole body.
+// One request off wasi:http: its method and path now, its headers and body when
+// the handler asks (the request is the handler's until it returns).
 function readRequest(incoming) {
   const method = incoming.method();
   const name = method.tag === "other" ? method.val : METHODS[method.tag];
+  const request = new Request(name, incoming.pathWithQuery() ?? "/");
+  request.incoming = incoming;
+  return request;
+}
+
+function readHeaders(incoming) {
   const fields = incoming.headers();
   const headers = new Headers();
   for (const [key, value] of fields.entries()) headers.append(key, latin1(value));
   fields[dispose]?.();
+  return headers;
+}
+
+function readBody(incoming) {
   const body = incoming.consume();
   const stream = body.stream();
   const chunks = [];
@@ -440,20 +477,27 @@ function readRequest(incoming) {
   }
   stream[dispose]?.();
   IncomingBody.finish(body)[dispose]?.();
+  if (chunks.length === 1) return chunks[0];
   const bytes = new Uint8Array(length);
   let at = 0;
   for (const chunk of chunks) {
     bytes.set(chunk, at);
     at += chunk.length;
   }
-  return new Request(name, incoming.pathWithQuery() ?? "/", headers, bytes);
+  return bytes;
 }
 
-// A web Response onto wasi:http.
+// A response (a Reply, or a web Response) onto wasi:http.
 async function writeResponse(response, responseOut) {
-  const body = new Uint8Array(await response.arrayBuffer());
   const headers = [];
-  response.headers.forEach((value, key) => headers.push([key, encoder.encode(value)]));
+  let body;
+  if (response instanceof Reply) {
+    for (const key in response.headers) headers.push([key, encoder.encode(String(response.headers[key]))]);
+    body = response.body;
+  } else {
+    response.headers.forEach((value, key) => headers.push([key, encoder.encode(value)]));
+    body = new Uint8Array(await response.arrayBuffer());
+  }
   const outgoing = new OutgoingResponse(Fields.fromList(headers));
   outgoing.setStatusCode(response.status);
   const outgoingBody = outgoing.body();
