@@ -586,6 +586,9 @@ export class App {
           response = failure(e);
         }
         await writeResponse(response, responseOut);
+        // Hand the request back now rather than at the next garbage collection:
+        // a reused sandbox serves many.
+        incoming[dispose]?.();
       },
     };
   }
