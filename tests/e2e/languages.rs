@@ -138,6 +138,14 @@ async fn the_javascript_sdk_carries_values_refusals_and_failures_as_it_promises(
                 "keys": ["bytes", "text"], "counted": 5, "again": 6 })
     );
     assert_eq!(call(&node, lab, Method::DELETE, "/nothing", None, "").await, (StatusCode::NO_CONTENT, String::new()));
+    let big = "x".repeat(200_000) + "y";
+    let (status, body) = call(&node, lab, Method::POST, "/size", None, &big).await;
+    assert_eq!((status, json(&body)), (StatusCode::OK, json!({ "bytes": 200_001, "last": 121 })));
+    let (status, headers, body) = node.ingress_call(lab, Method::GET, "/web", None, "").await;
+    assert_eq!(
+        (status, headers["x-web"].to_str().unwrap(), body.as_str()),
+        (StatusCode::CREATED, "yes", "from a web Response")
+    );
 
     // A job whose handler throws fails with the exception's message.
     let (status, body) = call(&node, lab, Method::POST, "/fail", None, "on a Monday").await;

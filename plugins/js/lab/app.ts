@@ -74,6 +74,10 @@ app.get("/kv", () => {
 
 app.delete("/nothing", () => undefined);
 
+// A body read over several reads, and a web Response answered as it is.
+app.post("/size", (request) => ({ bytes: request.body.length, last: request.body[request.body.length - 1] }));
+app.get("/web", () => new globalThis.Response("from a web Response", { status: 201, headers: { "x-web": "yes" } }));
+
 // A global: with `reuse` on, one sandbox serves request after request and counts them.
 let served = 0;
 app.get("/served", () => ({ served: ++served }));
