@@ -54,8 +54,16 @@ async fn node_with_domain() -> TestNode {
     TestNode::start_with(|config| config.trust.domains = vec!["test".into()]).await
 }
 
-/// Register `email`, make them a member of `tenant` (by its `owner`) holding
-/// `permission` there; returns their session token.
+/// Register `email` and make them a member of `tenant` (by its `owner`);
+/// returns their session token.
+pub(crate) async fn member_of(node: &TestNode, owner: &str, tenant: &str, email: &str) -> String {
+    let token = node.user(email).await;
+    let path = format!("/v1/tenants/{tenant}/members");
+    node.expect(owner, Method::POST, &path, json!({ "email": email }), StatusCode::CREATED).await;
+    token
+}
+
+/// [`member_of`], holding `permission` there; returns their session token.
 pub(crate) async fn member_holding(
     node: &TestNode,
     owner: &str,
@@ -63,9 +71,7 @@ pub(crate) async fn member_holding(
     email: &str,
     permission: &str,
 ) -> String {
-    let token = node.user(email).await;
-    let path = format!("/v1/tenants/{tenant}/members");
-    node.expect(owner, Method::POST, &path, json!({ "email": email }), StatusCode::CREATED).await;
+    let token = member_of(node, owner, tenant, email).await;
     let path = format!("/v1/tenants/{tenant}/grants");
     node.expect(owner, Method::POST, &path, json!({ "email": email, "permission": permission }), StatusCode::CREATED)
         .await;

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::access::member_holding;
+use crate::access::{member_holding, member_of};
 use crate::harness::{repo, service_manifest, TestNode};
 
 /// Run an SDK's `build.sh APP_DIR OUT` (Python or JavaScript).
@@ -232,15 +232,7 @@ async fn notes_behave(example: &str, service: &str, component: Vec<u8>, language
     let ops = node.admin_key.clone();
     let writer = member_holding(&node, &ops, "acme", "writer@acme.test", &format!("{service}.write")).await;
     // A member without the grant.
-    let reader = node.user("reader@acme.test").await;
-    node.expect(
-        &ops,
-        Method::POST,
-        "/v1/tenants/acme/members",
-        json!({ "email": "reader@acme.test" }),
-        StatusCode::CREATED,
-    )
-    .await;
+    let reader = member_of(&node, &ops, "acme", "reader@acme.test").await;
     let acme = "notes.acme.test";
 
     // Settings, and the table its migration made, which its seeder filled.

@@ -62,6 +62,8 @@ function call(store, fn, ...args) {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
+// For stored text: invalid bytes become U+FFFD, as the Rust SDK's `get_string`.
+const lenient = new TextDecoder();
 
 function bytes(value, what) {
   if (typeof value === "string") return encoder.encode(value);
@@ -228,7 +230,7 @@ export const kv = {
   /** The value at `key` as text, or null. */
   getText(key) {
     const value = kv.get(key);
-    return value === null ? null : new TextDecoder().decode(value);
+    return value === null ? null : lenient.decode(value);
   },
   /** Set `key` to `value` (a string or bytes); with `ttlSeconds` it expires. */
   set(key, value, { ttlSeconds } = {}) {
