@@ -2,8 +2,10 @@
 //! instance, per hour, from every node.
 //!
 //! Every finished request and job run is appended to the node's usage journal
-//! (`<data>/usage/`, one line, one `write(2)`) before it is counted: the kernel
-//! holds what was written even if the process is killed the next instant. Once
+//! (`<data>/usage/`, one line) before it is counted: the line is copied into a
+//! shared mapping of the journal file (no system call per request; past the
+//! space reserved for the mapping, one `write(2)`), so the kernel's page cache
+//! holds it even if the process is killed the next instant. Once
 //! a second the flusher closes the current journal file (opening a new one under
 //! the same lock, so each file holds exactly what was counted while it was
 //! current), and applies each closed file as one batch: in one transaction the
@@ -18,7 +20,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
@@ -79,7 +81,7 @@ impl UsageCounters {
         let current = self.journal.current.read().unwrap_or_else(|e| e.into_inner());
         if let Some(memory) = &self.journal.memory {
             memory.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(line);
-        } else if let Err(e) = (&current.file).write_all(line) {
+        } else if let Err(e) = current.append(line) {
             tracing::error!(instance = %self.instance, "failed to journal usage (it is lost): {e}");
             return;
         }
@@ -156,10 +158,90 @@ pub struct Journal {
     memory: Option<std::sync::Mutex<Vec<u8>>>,
 }
 
+/// Bytes of a journal file written through its mapping (about 170,000 lines);
+/// lines past them are appended with `write(2)`.
+const MAPPED_BYTES: usize = 8 << 20;
+
+/// One journal file. Its first [`MAPPED_BYTES`] are allocated on disk up front
+/// and mapped shared: a line is copied in at a place taken with one atomic
+/// add, its newline last, so a complete line always ends in `\n`, a line cut
+/// short by a kill does not, and a place taken but never filled stays zeros
+/// ([`complete_lines`] reads them so). When the disk has no room for the
+/// mapped part, or it is full, lines are appended with `write(2)` as before.
 #[derive(Debug)]
 struct JournalFile {
     path: PathBuf,
     file: std::fs::File,
+    mapped: Option<Mapped>,
+}
+
+/// The shared mapping of a journal file's first bytes.
+#[derive(Debug)]
+struct Mapped {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+    /// Where the next line goes (past `len`: the mapping is full).
+    next: AtomicUsize,
+}
+
+// SAFETY: the mapping is shared memory written only at places handed out once
+// each by `next`, so threads never write the same bytes.
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// Map the first `len` bytes of `file`, allocated on disk first (a write
+    /// to the mapping can then never meet a full disk, which would be a
+    /// SIGBUS). `None` when the file system cannot.
+    fn new(file: &std::fs::File, len: usize) -> Option<Self> {
+        use std::os::fd::AsRawFd as _;
+        let fd = file.as_raw_fd();
+        // SAFETY: plain system calls on a file this process opened; the
+        // mapping is checked before use and unmapped once, in `drop`.
+        unsafe {
+            if libc::posix_fallocate(fd, 0, len as libc::off_t) != 0 {
+                return None;
+            }
+            let base =
+                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            if base == libc::MAP_FAILED {
+                let _ = file.set_len(0);
+                return None;
+            }
+            Some(Self { base: std::ptr::NonNull::new(base.cast())?, len, next: AtomicUsize::new(0) })
+        }
+    }
+
+    /// Copy `line` (ending in `\n`) in; false when it does not fit.
+    fn append(&self, line: &[u8]) -> bool {
+        let at = self.next.fetch_add(line.len(), Ordering::Relaxed);
+        if at.checked_add(line.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        let Some((newline, body)) = line.split_last() else { return true };
+        // SAFETY: `at..at + line.len()` lies inside the mapping (checked
+        // above) and was handed to this call alone.
+        unsafe {
+            let to = self.base.as_ptr().add(at);
+            std::ptr::copy_nonoverlapping(body.as_ptr(), to, body.len());
+            // The line's bytes before its newline, for whoever reads the page.
+            std::sync::atomic::fence(Ordering::Release);
+            std::ptr::write_volatile(to.add(body.len()), *newline);
+        }
+        true
+    }
+
+    /// Bytes handed out so far (all of the mapping once it is full).
+    fn used(&self) -> usize {
+        self.next.load(Ordering::Relaxed).min(self.len)
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
 }
 
 impl JournalFile {
@@ -169,11 +251,46 @@ impl JournalFile {
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .create_new(true)
+            .read(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("failed to create the usage journal {path:?}"))?;
-        Ok(Self { path, file })
+        let mapped = Mapped::new(&file, MAPPED_BYTES);
+        Ok(Self { path, file, mapped })
     }
+
+    /// Journal one line (ending in `\n`).
+    fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        match &self.mapped {
+            Some(mapped) if mapped.append(line) => Ok(()),
+            // O_APPEND: after the mapped part, whatever it holds.
+            _ => (&self.file).write_all(line),
+        }
+    }
+}
+
+impl Drop for JournalFile {
+    fn drop(&mut self) {
+        // The file is closed (no line is being written: the flush holds the
+        // write lock): give back the mapped part's unused tail, unless lines
+        // were appended after it.
+        if let Some(mapped) = self.mapped.take() {
+            let used = mapped.used();
+            let appended = self.file.metadata().map(|m| m.len() > mapped.len as u64).unwrap_or(true);
+            drop(mapped);
+            if !appended {
+                let _ = self.file.set_len(used as u64);
+            }
+        }
+    }
+}
+
+/// The complete lines of a journal file: those ending in `\n`, each without
+/// what a killed writer left before it (zeros of a place never filled, or a
+/// line cut short and the zeros after it).
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete.lines().filter_map(|line| line.rsplit('\0').next()).filter(|line| !line.is_empty())
 }
 
 /// An instance's counters as its route holds them: made on its first
@@ -341,7 +458,9 @@ impl Usage {
 
     /// Apply one closed journal file as a batch (once, whatever happens).
     async fn apply(&self, path: &Path, counted: bool) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {path:?}"))?;
+        let bytes = std::fs::read(path).with_context(|| format!("failed to read {path:?}"))?;
+        // A line cut short by a kill may end inside a character.
+        let text = String::from_utf8_lossy(&bytes);
         let batch = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         self.apply_text(&batch, &text, counted).await
     }
@@ -352,7 +471,7 @@ impl Usage {
         // totals by instance), so nodes flushing the same instances at once
         // lock them in the same order and never deadlock on PostgreSQL.
         let mut amounts: BTreeMap<(&str, &str, i64), UsageTotals> = BTreeMap::new();
-        for line in text.lines() {
+        for line in complete_lines(text) {
             let fields: Vec<&str> = line.split('\t').collect();
             let [instance, tenant, hour, requests, jobs, fuel, errors] = fields[..] else { continue };
             let number = |s: &str| s.parse::<u64>().ok();
@@ -436,5 +555,57 @@ impl Usage {
                 counters.subtract(t);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_lines_land_in_the_file_and_a_killed_writers_leftovers_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = JournalFile::create(dir.path()).unwrap();
+        let path = file.path.clone();
+        let mapped = file.mapped.as_ref().expect("the journal is mapped");
+        file.append(b"inst-a\tacme\t3600\t1\t0\t10\t0\n").unwrap();
+        // A writer killed after taking its place: zeros, then the next line.
+        mapped.next.fetch_add(40, Ordering::Relaxed);
+        file.append(b"inst-b\tacme\t3600\t1\t0\t20\t1\n").unwrap();
+        // One killed mid-line: its start, no newline, zeros after it.
+        let at = mapped.next.fetch_add(30, Ordering::Relaxed);
+        unsafe { std::ptr::copy_nonoverlapping(b"inst-c\tacme\t36".as_ptr(), mapped.base.as_ptr().add(at), 14) };
+        file.append(b"inst-d\tacme\t7200\t0\t1\t30\t0\n").unwrap();
+        // The text the mapping holds now is what a restart after a kill reads.
+        let on_disk = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(on_disk.len(), MAPPED_BYTES, "the mapped part is allocated up front");
+        let lines: Vec<&str> = complete_lines(&on_disk).collect();
+        assert_eq!(
+            lines,
+            ["inst-a\tacme\t3600\t1\t0\t10\t0", "inst-b\tacme\t3600\t1\t0\t20\t1", "inst-d\tacme\t7200\t0\t1\t30\t0"]
+        );
+        // A line after the mapped part is full goes to the end of the file.
+        mapped.next.store(MAPPED_BYTES - 5, Ordering::Relaxed);
+        file.append(b"inst-e\tacme\t7200\t1\t0\t40\t0\n").unwrap();
+        drop(file);
+        let closed = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        let lines: Vec<&str> = complete_lines(&closed).collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[3], "inst-e\tacme\t7200\t1\t0\t40\t0");
+    }
+
+    #[test]
+    fn a_closed_journal_file_keeps_only_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = JournalFile::create(dir.path()).unwrap();
+        let path = file.path.clone();
+        let line = b"inst-a\tacme\t3600\t1\t0\t10\t0\n";
+        for _ in 0..3 {
+            file.append(line).unwrap();
+        }
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), line.repeat(3));
+        // A half line at the end (a kill mid-`write`) is not a line.
+        assert_eq!(complete_lines("inst-a\tacme\t3600\t1\t0\t10\t0\ninst-b\tacme\t36").count(), 1);
     }
 }

@@ -549,10 +549,20 @@ pub mod __private {
         };
         let mut req = Request::new(method, &request.path_with_query().unwrap_or_else(|| "/".into()));
         req.headers = request.headers().entries();
-        let body = request.consume().map_err(|_| Error::internal("the request body was already read"))?;
-        req.body = read_body(&body)?;
-        drop(body);
+        // A request with neither `content-length` nor `transfer-encoding` has no
+        // body (RFC 9112, 6.3): nothing to read, and none of the calls it takes.
+        if has_body(&req.headers) {
+            let body = request.consume().map_err(|_| Error::internal("the request body was already read"))?;
+            req.body = read_body(&body)?;
+        }
         Ok(req)
+    }
+
+    pub(crate) fn has_body(headers: &[(String, Vec<u8>)]) -> bool {
+        headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                || (name.eq_ignore_ascii_case("content-length") && value.as_slice() != b"0")
+        })
     }
 
     fn read_body(body: &IncomingBody) -> Result<Vec<u8>, Error> {
@@ -574,8 +584,14 @@ pub mod __private {
     }
 
     fn send(out: ResponseOutparam, response: Response) {
-        let headers: Vec<(String, Vec<u8>)> =
+        let mut headers: Vec<(String, Vec<u8>)> =
             response.headers.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect();
+        // The whole body is known: say its length, so it is not sent in chunks
+        // (not where a response has no body by definition: 1xx, 204, 304).
+        let bodiless = response.status < 200 || response.status == 204 || response.status == 304;
+        if !bodiless && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-length")) {
+            headers.push(("content-length".into(), response.body.len().to_string().into_bytes()));
+        }
         let (fields, status, body) = match Fields::from_list(&headers) {
             Ok(fields) => (fields, response.status, response.body),
             Err(e) => (
@@ -614,6 +630,19 @@ mod tests {
         assert_eq!(req.query_param("empty").as_deref(), Some(""));
         assert_eq!(req.query_param("missing"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn only_a_request_framed_with_a_length_or_chunks_has_a_body() {
+        use __private::has_body;
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+        };
+        assert!(!has_body(&h(&[("host", "x"), ("accept", "*/*")])));
+        assert!(!has_body(&h(&[("content-length", "0")])));
+        assert!(has_body(&h(&[("content-length", "3")])));
+        assert!(has_body(&h(&[("Content-Length", "12")])));
+        assert!(has_body(&h(&[("transfer-encoding", "chunked")])));
     }
 
     #[test]

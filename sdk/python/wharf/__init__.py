@@ -412,7 +412,9 @@ class App:
                 method = request.method()
                 name = _METHODS.get(type(method)) or getattr(method, "value", "GET")
                 headers = request.headers().entries()
-                body = _read_all(request.consume())
+                # Neither `content-length` nor `transfer-encoding`: no body
+                # (RFC 9112, 6.3), and none of the calls reading one takes.
+                body = _read_all(request.consume()) if _has_body(headers) else b""
                 response = app.dispatch(Request(name, request.path_with_query() or "/", headers, body))
                 _respond(response, response_out)
 
@@ -443,6 +445,14 @@ def _match(parts, segments):
     return params
 
 
+def _has_body(headers):
+    for name, value in headers:
+        name = name.lower()
+        if name == "transfer-encoding" or (name == "content-length" and value != b"0"):
+            return True
+    return False
+
+
 def _read_all(incoming_body):
     chunks = []
     with incoming_body.stream() as stream:
@@ -458,6 +468,11 @@ def _read_all(incoming_body):
 
 def _respond(response, response_out):
     headers = [(name, value.encode()) for name, value in response.headers.items()]
+    # The whole body is known: say its length, so it is not sent in chunks
+    # (not where a response has no body by definition: 1xx, 204, 304).
+    bodiless = response.status < 200 or response.status in (204, 304)
+    if not bodiless and not any(name.lower() == "content-length" for name, _ in headers):
+        headers.append(("content-length", str(len(response.body)).encode()))
     outgoing = _http.OutgoingResponse(_http.Fields.from_list(headers))
     outgoing.set_status_code(response.status)
     body = outgoing.body()
