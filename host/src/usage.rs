@@ -200,6 +200,8 @@ impl Mapped {
         // mapping is checked before use and unmapped once, in `drop`.
         unsafe {
             if libc::posix_fallocate(fd, 0, len as libc::off_t) != 0 {
+                // Whatever was allocated goes back; lines are written instead.
+                let _ = file.set_len(0);
                 return None;
             }
             let base =
