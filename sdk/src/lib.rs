@@ -549,20 +549,21 @@ pub mod __private {
         };
         let mut req = Request::new(method, &request.path_with_query().unwrap_or_else(|| "/".into()));
         req.headers = request.headers().entries();
-        // A request with neither `content-length` nor `transfer-encoding` has no
-        // body (RFC 9112, 6.3): nothing to read, and none of the calls it takes.
-        if has_body(&req.headers) {
+        // A GET or HEAD without `content-length` has no body to read (wasi:http
+        // hides `transfer-encoding`, so a chunked body looks like none: other
+        // methods are always read), and none of the calls reading one takes.
+        if may_have_body(&req.method, &req.headers) {
             let body = request.consume().map_err(|_| Error::internal("the request body was already read"))?;
             req.body = read_body(&body)?;
         }
         Ok(req)
     }
 
-    pub(crate) fn has_body(headers: &[(String, Vec<u8>)]) -> bool {
-        headers.iter().any(|(name, value)| {
-            name.eq_ignore_ascii_case("transfer-encoding")
-                || (name.eq_ignore_ascii_case("content-length") && value.as_slice() != b"0")
-        })
+    pub(crate) fn may_have_body(method: &Method, headers: &[(String, Vec<u8>)]) -> bool {
+        !matches!(method, Method::Get | Method::Head)
+            || headers
+                .iter()
+                .any(|(name, value)| name.eq_ignore_ascii_case("content-length") && value.as_slice() != b"0")
     }
 
     fn read_body(body: &IncomingBody) -> Result<Vec<u8>, Error> {
@@ -633,16 +634,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_request_framed_with_a_length_or_chunks_has_a_body() {
-        use __private::has_body;
+    fn only_a_get_or_head_without_a_length_skips_reading_the_body() {
+        use __private::may_have_body;
         let h = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
         };
-        assert!(!has_body(&h(&[("host", "x"), ("accept", "*/*")])));
-        assert!(!has_body(&h(&[("content-length", "0")])));
-        assert!(has_body(&h(&[("content-length", "3")])));
-        assert!(has_body(&h(&[("Content-Length", "12")])));
-        assert!(has_body(&h(&[("transfer-encoding", "chunked")])));
+        assert!(!may_have_body(&Method::Get, &h(&[("host", "x"), ("accept", "*/*")])));
+        assert!(!may_have_body(&Method::Head, &h(&[("content-length", "0")])));
+        assert!(may_have_body(&Method::Get, &h(&[("Content-Length", "12")])));
+        // A chunked body has no content-length, and wasi:http hides its
+        // transfer-encoding: every other method is read.
+        assert!(may_have_body(&Method::Post, &h(&[])));
+        assert!(may_have_body(&Method::Delete, &h(&[])));
     }
 
     #[test]

@@ -35,6 +35,33 @@ async fn the_echo_service_routes_reads_bodies_and_sets_statuses() {
     assert_eq!(resp.headers()["content-type"], "text/csv");
     assert_eq!(resp.text().await.unwrap(), "a,b\n1,2\n");
 
+    // On the wire: a whole body is answered with its length, not in chunks;
+    // a 204 carries no length; a chunked request body (no content-length) is
+    // still read whole.
+    let resp = http.get(url("/hello/Ada")).header("host", "echo.test").send().await.unwrap();
+    assert_eq!(resp.headers().get("content-length").map(|v| v.to_str().unwrap()), Some("12"));
+    assert!(resp.headers().get("transfer-encoding").is_none(), "{:?}", resp.headers());
+    let resp = http.get(url("/status/204")).header("host", "echo.test").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(resp.headers().get("content-length").is_none(), "{:?}", resp.headers());
+    let answer = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(node.ingress()).await.unwrap();
+        stream
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                  5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-length: 11\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhello world"), "{answer}");
+
     // A body larger than one stream read still arrives whole.
     let big = "x".repeat(300_000);
     let resp = http.post(url("/echo")).header("host", "echo.test").body(big.clone()).send().await.unwrap();

@@ -412,9 +412,10 @@ class App:
                 method = request.method()
                 name = _METHODS.get(type(method)) or getattr(method, "value", "GET")
                 headers = request.headers().entries()
-                # Neither `content-length` nor `transfer-encoding`: no body
-                # (RFC 9112, 6.3), and none of the calls reading one takes.
-                body = _read_all(request.consume()) if _has_body(headers) else b""
+                # A GET or HEAD without `content-length` has no body to read
+                # (wasi:http hides `transfer-encoding`: other methods are always
+                # read), and none of the calls reading one takes.
+                body = _read_all(request.consume()) if _may_have_body(name, headers) else b""
                 response = app.dispatch(Request(name, request.path_with_query() or "/", headers, body))
                 _respond(response, response_out)
 
@@ -445,12 +446,10 @@ def _match(parts, segments):
     return params
 
 
-def _has_body(headers):
-    for name, value in headers:
-        name = name.lower()
-        if name == "transfer-encoding" or (name == "content-length" and value != b"0"):
-            return True
-    return False
+def _may_have_body(method, headers):
+    if method not in ("GET", "HEAD"):
+        return True
+    return any(name.lower() == "content-length" and value != b"0" for name, value in headers)
 
 
 def _read_all(incoming_body):
