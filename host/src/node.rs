@@ -69,6 +69,7 @@ async fn bind(config: &mut NodeConfig) -> anyhow::Result<(TcpListener, TcpListen
     for domain in config.trust.domains.iter_mut() {
         *domain = crate::router::normalize(domain)
             .ok()
+            .map(std::borrow::Cow::into_owned)
             .filter(|d| !d.starts_with('['))
             .with_context(|| format!("--domain {domain:?} is not a DNS name"))?;
     }

@@ -192,7 +192,8 @@ impl Configurator {
         hostname: &str,
         method: Option<Method>,
     ) -> Result<Instance, ConfigError> {
-        let host = router::normalize(hostname).map_err(|_| ConfigError::InvalidHostname(hostname.to_string()))?;
+        let host =
+            router::normalize(hostname).map_err(|_| ConfigError::InvalidHostname(hostname.to_string()))?.into_owned();
         let claim: Option<(String, Option<i64>)> =
             sqlx::query_as("SELECT token, checked_at FROM hostname_claims WHERE hostname = $1 AND instance_id = $2")
                 .bind(&host)
@@ -284,7 +285,7 @@ pub(super) fn normalize_hosts(raw: &[String]) -> Result<Vec<String>, ConfigError
     for host in raw {
         // Configured hostnames carry no port: a port in the Host header is ignored.
         let bare = host.trim();
-        let normalized = router::normalize(bare).map_err(|_| ConfigError::InvalidHostname(host.clone()))?;
+        let normalized = router::normalize(bare).map_err(|_| ConfigError::InvalidHostname(host.clone()))?.into_owned();
         if bare.contains(':') || normalized.starts_with('[') {
             return Err(ConfigError::InvalidHostname(host.clone()));
         }

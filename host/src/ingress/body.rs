@@ -31,22 +31,17 @@ pub struct PacedBody {
     pace: BodyPace,
     started: Instant,
     received: u64,
-    timer: Pin<Box<Sleep>>,
+    /// Only for a body still to arrive: a request without one (most `GET`s)
+    /// arms no timer.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl PacedBody {
     pub fn new(body: Incoming, pace: BodyPace) -> Self {
         let started = Instant::now();
         let rest = if body.is_end_stream() { None } else { Some(body) };
-        Self {
-            ahead: VecDeque::new(),
-            ahead_bytes: 0,
-            rest,
-            pace,
-            started,
-            received: 0,
-            timer: Box::pin(tokio::time::sleep_until(started + pace.idle)),
-        }
+        let timer = rest.as_ref().map(|_| Box::pin(tokio::time::sleep_until(started + pace.idle)));
+        Self { ahead: VecDeque::new(), ahead_bytes: 0, rest, pace, started, received: 0, timer }
     }
 
     /// When the body must have made more progress: the idle pause from now, but
@@ -66,7 +61,9 @@ impl PacedBody {
                     self.received += data.len() as u64;
                 }
                 let deadline = self.next_deadline();
-                self.timer.as_mut().reset(deadline);
+                if let Some(timer) = self.timer.as_mut() {
+                    timer.as_mut().reset(deadline);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -77,7 +74,7 @@ impl PacedBody {
                 self.rest = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
+            Poll::Pending => match self.timer.as_mut().map_or(Poll::Pending, |timer| timer.as_mut().poll(cx)) {
                 Poll::Ready(()) => {
                     self.rest = None;
                     Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))

@@ -75,6 +75,11 @@ pub const REQUEST_ID_HEADER: &str = "x-wharf-request-id";
 /// The service version that answered a request.
 pub const VERSION_HEADER: &str = "x-wharf-version";
 
+/// The two as header names, made once (a name built from a `&str` is copied
+/// on every insert).
+const REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+const VERSION_NAME: http::HeaderName = http::HeaderName::from_static(VERSION_HEADER);
+
 impl Ingress {
     /// An ingress routing through `router` into `runtime`.
     #[allow(clippy::too_many_arguments)] // one per part of the node it ties together
@@ -219,7 +224,7 @@ impl Ingress {
         };
         if !span.is_disabled() {
             if let Ok(host) = router::request_host(&req) {
-                span.record("server.address", host.as_str());
+                span.record("server.address", &*host);
             }
             span.record("wharf.tenant", &*route.tenant);
             span.record("wharf.instance", &*route.instance);
@@ -521,14 +526,14 @@ impl Ingress {
         }
         let mut response = match handled {
             Handled::Response(mut response) => {
-                response.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
+                response.headers_mut().insert(REQUEST_ID_NAME, HeaderValue::from(request_id));
                 response
             }
             Handled::Failed(failure) => failure_response(&failure, request_id),
         };
         // Which version answered: one of two during a rollout, never a mix.
         if let Some(value) = &version.version_header {
-            response.headers_mut().insert(VERSION_HEADER, value.clone());
+            response.headers_mut().insert(VERSION_NAME, value.clone());
         }
         response.map(|body| {
             http_body_util::BodyExt::boxed_unsync(TalliedBody { inner: body, handover: Some(handover), after_flush })
@@ -753,6 +758,6 @@ fn plain(status: StatusCode, body: impl Into<bytes::Bytes>, request_id: u64) -> 
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    headers.insert(REQUEST_ID_HEADER, HeaderValue::from(request_id));
+    headers.insert(REQUEST_ID_NAME, HeaderValue::from(request_id));
     response
 }

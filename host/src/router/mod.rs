@@ -5,6 +5,7 @@
 
 pub mod health;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -383,7 +384,7 @@ pub enum HostError {
 /// The normalised host a request is for: from the absolute-form URI if present,
 /// else the `Host` header. Both present and different is refused, so a proxy and
 /// Wharf can never disagree about which instance a request is for.
-pub fn request_host<B>(req: &http::Request<B>) -> Result<String, HostError> {
+pub fn request_host<B>(req: &http::Request<B>) -> Result<Cow<'_, str>, HostError> {
     let mut headers = req.headers().get_all(http::header::HOST).iter();
     let header = headers.next();
     if headers.next().is_some() {
@@ -406,7 +407,7 @@ pub fn request_host<B>(req: &http::Request<B>) -> Result<String, HostError> {
 
 /// Normalise a `Host` value: lower case, port and trailing dot removed. Only
 /// hostname characters are accepted (IDNs arrive in their `xn--` form).
-pub fn normalize(raw: &str) -> Result<String, HostError> {
+pub fn normalize(raw: &str) -> Result<Cow<'_, str>, HostError> {
     let raw = raw.trim();
     // Userinfo has no place in a Host header.
     if raw.contains('@') {
@@ -419,7 +420,7 @@ pub fn normalize(raw: &str) -> Result<String, HostError> {
         if !(after.is_empty() || is_port(after.strip_prefix(':').ok_or(HostError::Invalid)?)) {
             return Err(HostError::Invalid);
         }
-        return Ok(format!("[{}]", rest[..end].to_ascii_lowercase()));
+        return Ok(Cow::Owned(format!("[{}]", rest[..end].to_ascii_lowercase())));
     } else {
         match raw.rsplit_once(':') {
             Some((host, port)) if is_port(port) => host,
@@ -427,7 +428,13 @@ pub fn normalize(raw: &str) -> Result<String, HostError> {
             None => raw,
         }
     };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    // Most clients send the name in lower case already: no copy on every request.
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
     if !valid_hostname(&host) {
         return Err(HostError::Invalid);
     }
@@ -477,6 +484,9 @@ mod tests {
         }
         assert_eq!(normalize("xn--bcher-kva.example").unwrap(), "xn--bcher-kva.example");
         assert_eq!(normalize("[::1]:8080").unwrap(), "[::1]");
+        // A name already in lower case is not copied; one that is not, is.
+        assert!(matches!(normalize("shop.example.com:8080").unwrap(), Cow::Borrowed("shop.example.com")));
+        assert!(matches!(normalize("Shop.example.com").unwrap(), Cow::Owned(_)));
     }
 
     #[test]

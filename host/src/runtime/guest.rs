@@ -127,7 +127,12 @@ impl GuestState {
         self.context = context;
         self.deadline = deadline;
         self.host_fuel_debt = 0;
-        self.abandoned = Arc::new(AtomicBool::new(false));
+        // The flag the last request's run shared is reset in place when nothing
+        // else holds it any more (the usual case), else replaced.
+        match Arc::get_mut(&mut self.abandoned) {
+            Some(flag) => *flag.get_mut() = false,
+            None => self.abandoned = Arc::new(AtomicBool::new(false)),
+        }
         self.limiter.hit = false;
         self.log.begin(who);
     }

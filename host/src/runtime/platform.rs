@@ -52,7 +52,7 @@ impl Features {
 }
 
 /// What the guest may learn about its request beyond HTTP.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GuestContext {
     /// The authenticated caller, if any.
     pub caller: Option<GuestCaller>,
@@ -62,6 +62,14 @@ pub struct GuestContext {
     pub db: Option<Arc<InstanceDb>>,
     /// Where the guest's jobs go.
     pub jobs: Option<JobsContext>,
+}
+
+impl Default for GuestContext {
+    /// Nobody calling, no configuration, no database: what a sandbox holds
+    /// between requests (the empty features are shared, not allocated).
+    fn default() -> Self {
+        Self { caller: None, features: Features::shared(Features::default()), db: None, jobs: None }
+    }
 }
 
 /// A guest's request to queue a job, as the job queue takes it.
