@@ -586,7 +586,7 @@ pub mod __private {
 
     fn send(out: ResponseOutparam, response: Response) {
         let mut headers: Vec<(String, Vec<u8>)> =
-            response.headers.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect();
+            response.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
         // The whole body is known: say its length, so it is not sent in chunks
         // (not where a response has no body by definition: 1xx, 204, 304).
         let bodiless = response.status < 200 || response.status == 204 || response.status == 304;

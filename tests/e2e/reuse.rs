@@ -175,3 +175,29 @@ async fn one_tenants_idle_sandboxes_are_bounded_and_leave_room_for_everyone_else
     assert_eq!(counts(&node, "g.test", 2).await, [1, 2]);
     assert_eq!(counts(&node, &hosts[0], 1).await, [2]);
 }
+
+/// The examples are built with the SDK's 128 KiB stack (`plugins/.cargo/config.toml`,
+/// as `wharf new` writes for a Rust service): hello's sandbox holds 192 KiB of
+/// linear memory, not the 1.06 MiB of Rust's default 1 MiB stack, and that is
+/// what a fresh sandbox's reset costs in proportion to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_service_starts_with_a_small_memory_to_reset() {
+    let node = TestNode::start().await;
+    let reuse = "reuse = { requests = 1000, idle_seconds = 60 }";
+    assert!(node.publish_bytes(&manifest("small", "1.0.0", reuse), guest("hello")).await.0.is_success());
+    node.create_tenant("acme").await;
+    node.create_instance("acme", "small", &["small.test"]).await;
+    assert_eq!(node.get("small.test", "/").await.0, StatusCode::OK);
+    // The sandbox is handed back just after the response.
+    let mut held = None;
+    for _ in 0..50 {
+        let metrics = node.metrics().await;
+        held = crate::harness::sample(&metrics, "wharf_guest_sandboxes_idle_bytes").filter(|bytes| *bytes > 0.0);
+        if held.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = held.expect("no idle sandbox after a request to a reused service");
+    assert!(held <= 256.0 * 1024.0, "hello holds {held} bytes of linear memory: is the 128 KiB stack still set?");
+}

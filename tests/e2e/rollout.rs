@@ -391,26 +391,28 @@ async fn a_node_that_cannot_load_a_version_says_why_is_counted_as_not_ready_and_
     a.create_tenant("acme").await;
     let instance = a.create_instance("acme", "site", &["site.test"]).await;
     if !on_postgres() {
-        // One node: a component over its memory limit is refused, naming the limit.
-        let small = TestNode::start_with(|c| c.limits.max_memory_bytes = 1 << 20).await;
+        // One node: a component over its memory limit is refused, naming the limit
+        // (hello starts with 192 KiB: its 128 KiB stack and its data).
+        let small = TestNode::start_with(|c| c.limits.max_memory_bytes = 128 << 10).await;
         let (status, body) = small.publish_bytes(&manifest("site", "1.0.0"), guest("hello")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("needs more than this node allows") && error.contains("--max-memory-mib"), "{error}");
+        assert!(error.contains("at most 128 KiB of linear memory"), "{error}");
         assert!(!error.contains("malformed"), "{error}");
         publish(&a, "wstd-hello", "2.0.0").await;
         let (ok, out, _) = crate::cli::wharf(&a, &["stage", "site", "2.0.0"]);
         assert!(ok && out.contains("ready on 1 of 1 nodes"), "{out}");
         return;
     }
-    // A node whose instances may have 1 MiB of memory: no Rust component fits.
+    // A node whose instances may have 128 KiB of memory: no Rust component fits.
     // It starts all the same, and serves what it can.
-    let b = TestNode::start_sharing_with(&a, |c| c.limits.max_memory_bytes = 1 << 20).await;
+    let b = TestNode::start_sharing_with(&a, |c| c.limits.max_memory_bytes = 128 << 10).await;
     let b_id = b.node().node.fleet.id.clone();
     let failed = state_on(&a, "1.0.0", &b_id).await;
     let error = failed["error"].as_str().unwrap_or_default();
     assert_eq!(failed["state"], "failed", "{failed}");
-    assert!(error.contains("needs more than this node allows") && error.contains("1 MiB"), "{failed}");
+    assert!(error.contains("needs more than this node allows") && error.contains("128 KiB"), "{failed}");
     assert!(!error.contains("malformed"), "a valid component is not called malformed: {failed}");
 
     // Staging counts only the nodes that have it ready.

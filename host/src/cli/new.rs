@@ -37,6 +37,7 @@ const JS: &[(&str, &str)] = &[
 /// name as a crate's file name).
 const RUST: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("templates/rust/Cargo.toml")),
+    (".cargo/config.toml", include_str!("templates/rust/cargo-config.toml")),
     ("src/lib.rs", include_str!("templates/rust/lib.rs")),
     ("wharf.toml", include_str!("templates/rust/wharf.toml")),
     ("migrations/sqlite/0001_items.sql", include_str!("templates/python/items.sqlite.sql")),
@@ -107,5 +108,7 @@ mod tests {
         assert!(cargo.contains("name = \"my-svc\"") && cargo.contains("/sdk\" }"), "{cargo}");
         let manifest = std::fs::read_to_string(dir.join("wharf.toml")).unwrap();
         assert!(manifest.contains("release/my_svc.wasm"), "{manifest}");
+        let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).unwrap();
+        assert!(config.contains("[target.wasm32-wasip2]") && config.contains("stack-size=131072"), "{config}");
     }
 }

@@ -163,6 +163,13 @@ impl WasiHttpView for GuestState {
 pub(crate) struct DenyOutgoing;
 
 impl WasiHttpHooks for DenyOutgoing {
+    /// wasi:http's default forbidden headers, checked directly: the default
+    /// method builds a shared closure (an allocation) for every header a guest
+    /// sets or receives.
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
     fn send_request(
         &mut self,
         _request: http::Request<wasmtime_wasi_http::WasiBody>,

@@ -62,10 +62,10 @@ pub enum InvalidComponent {
     Malformed(String),
     #[error(
         "the component is valid but needs more than this node allows: {detail}. This node gives an instance at \
-         most {max_memory_mib} MiB of linear memory (wharf serve --max-memory-mib): raise it on every node, or \
+         most {max_memory} of linear memory (wharf serve --max-memory-mib): raise it on every node, or \
          build the component to start with less"
     )]
-    OverLimit { detail: String, max_memory_mib: usize },
+    OverLimit { detail: String, max_memory: String },
     #[error(
         "the component does not export `wasi:http/incoming-handler` (it exports: {0}); \
          a service must be a wasi:http/proxy component"
@@ -73,6 +73,15 @@ pub enum InvalidComponent {
     NoHttpHandler(String),
     #[error("the component imports something Wharf does not provide: {0}")]
     UnsupportedImport(String),
+}
+
+/// `bytes` as whole MiB, or as KiB where it is not a whole number of MiB.
+fn mib_or_kib(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
 }
 
 /// Guests a runtime started, for the metrics.
@@ -215,7 +224,7 @@ impl Runtime {
         if LIMIT_PHRASES.iter().any(|p| error.contains(p)) {
             InvalidComponent::OverLimit {
                 detail: error.to_string(),
-                max_memory_mib: self.limits.max_memory_bytes >> 20,
+                max_memory: mib_or_kib(self.limits.max_memory_bytes),
             }
         } else {
             InvalidComponent::Malformed(error.to_string())
@@ -369,5 +378,16 @@ pub fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_memory_limit_is_named_in_the_unit_it_was_given_in() {
+        assert_eq!(super::mib_or_kib(128 << 20), "128 MiB");
+        assert_eq!(super::mib_or_kib(1 << 20), "1 MiB");
+        assert_eq!(super::mib_or_kib(128 << 10), "128 KiB");
+        assert_eq!(super::mib_or_kib(3 << 19), "1536 KiB");
     }
 }
