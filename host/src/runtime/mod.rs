@@ -77,7 +77,7 @@ pub enum InvalidComponent {
 
 /// `bytes` as whole MiB, or as KiB where it is not a whole number of MiB.
 fn mib_or_kib(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{} KiB", bytes >> 10)
