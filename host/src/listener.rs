@@ -146,21 +146,9 @@ impl AfterFlush {
     }
 
     fn run(&self) {
-        let mut work = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.is_empty() {
-                return;
-            }
-            std::mem::take(&mut *pending)
-        };
-        for w in work.drain(..) {
+        let work = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in work {
             w();
-        }
-        // The emptied list goes back for the next response, which then
-        // allocates none (unless work arrived meanwhile).
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.capacity() == 0 {
-            *pending = work;
         }
     }
 }

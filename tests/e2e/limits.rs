@@ -75,6 +75,18 @@ async fn a_guest_recursing_without_bound_overflows_its_stack_with_500() {
     contained(&node, &["/recurse", "/recurse"], StatusCode::INTERNAL_SERVER_ERROR, "failed while handling").await;
 }
 
+/// The examples' stack is 128 KiB and sits below the data: a frame that fits
+/// answers, one larger than the stack runs off its bottom and traps — a 500,
+/// never a write into the guest's data that would answer 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_larger_than_the_stack_traps_with_500() {
+    let node = TestNode::start().await;
+    neighbours(&node).await;
+    assert_eq!(node.get("bad.test", "/frame/64").await, (StatusCode::OK, "7\n".to_string()));
+    contained(&node, &["/frame/256", "/frame/256"], StatusCode::INTERNAL_SERVER_ERROR, "failed while handling").await;
+    assert_eq!(node.get("bad.test", "/frame/64").await.0, StatusCode::OK, "the instance still serves");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_at_capacity_answers_503_and_recovers() {
     let node = TestNode::start_with(|config| {

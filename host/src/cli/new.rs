@@ -37,7 +37,8 @@ const JS: &[(&str, &str)] = &[
 /// name as a crate's file name).
 const RUST: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("templates/rust/Cargo.toml")),
-    (".cargo/config.toml", include_str!("templates/rust/cargo-config.toml")),
+    // The examples' own stack setting: one file, so the two cannot drift apart.
+    (".cargo/config.toml", include_str!("../../../plugins/.cargo/config.toml")),
     ("src/lib.rs", include_str!("templates/rust/lib.rs")),
     ("wharf.toml", include_str!("templates/rust/wharf.toml")),
     ("migrations/sqlite/0001_items.sql", include_str!("templates/python/items.sqlite.sql")),
