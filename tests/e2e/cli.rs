@@ -66,7 +66,12 @@ async fn the_cli_publishes_configures_activates_and_reports_usage() {
         .unwrap();
     let (ok, _, stderr) = wharf(&node, &["publish", dir.path().to_str().unwrap()]);
     assert!(!ok && stderr.contains("names no `component`"), "{stderr}");
-    ok_json(&node, &["publish", dir.path().to_str().unwrap(), "--component", echo.to_str().unwrap()]);
+    let (ok, said, stderr) =
+        wharf(&node, &["publish", dir.path().to_str().unwrap(), "--component", echo.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    // What its fresh requests reset: a component built with the examples' 128 KiB stack needs no hint.
+    assert!(said.contains("hello 0.2.0 published") && said.contains("KiB of linear memory"), "{said}");
+    assert!(!said.contains("hint"), "{said}");
     let activated = ok_json(&node, &["activate", "hello", "0.2.0"]);
     assert_eq!(activated["active"], true);
     assert!(node.get("shop.example.com", "/").await.1.starts_with("echo:"));
@@ -74,6 +79,8 @@ async fn the_cli_publishes_configures_activates_and_reports_usage() {
     let shown = ok_json(&node, &["service", "show", "hello"]);
     assert_eq!(shown["active_version"], "0.2.0");
     assert_eq!(shown["versions"].as_array().unwrap().len(), 2);
+    let (ok, table, _) = wharf(&node, &["service", "show", "hello"]);
+    assert!(ok && table.contains("MEMORY") && table.contains(" KiB"), "{table}");
 
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let usage = ok_json(&node, &["usage", "--tenant", "acme"]);

@@ -123,3 +123,25 @@ async fn versions_are_immutable_and_content_addressed() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// A version tells the memory its component starts with, which every fresh
+/// sandbox resets: the SDK's hello (a 128 KiB stack) a few hundred KiB. A
+/// version published before the column existed gets it from the next node that
+/// loads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_reports_the_memory_its_component_starts_with() {
+    let mut node = TestNode::start().await;
+    let (status, published) = node.publish_bytes(&manifest("hello", "1.0.0"), guest("hello")).await;
+    assert_eq!(status, StatusCode::CREATED, "{published}");
+    let bytes = published["initial_memory_bytes"].as_u64().expect("the publish response names the starting memory");
+    assert!(bytes % 65536 == 0 && (64 << 10..=256 << 10).contains(&bytes), "{published}");
+    let listed = node.get_admin("/v1/services/hello").await;
+    assert_eq!(listed["versions"][0]["initial_memory_bytes"], bytes, "{listed}");
+
+    // As a version recorded before nodes measured it: unknown until loaded.
+    sqlx::query("UPDATE service_versions SET initial_memory_bytes = NULL").execute(&node.node().node.db).await.unwrap();
+    assert_eq!(node.get_admin("/v1/services/hello/versions/1.0.0").await["initial_memory_bytes"], Value::Null);
+    node.restart().await;
+    let version = node.get_admin("/v1/services/hello/versions/1.0.0").await;
+    assert_eq!(version["initial_memory_bytes"], bytes, "{version}");
+}

@@ -14,6 +14,28 @@ pub fn s(v: &Value, key: &str) -> String {
     }
 }
 
+/// A version's starting memory, as KiB or MiB (`-` before a node measured it).
+fn memory(version: &Value) -> String {
+    match version.get("initial_memory_bytes").and_then(Value::as_u64) {
+        Some(bytes) => crate::runtime::mib_or_kib(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        None => "-".to_string(),
+    }
+}
+
+/// What a published version starts with, and, where it is 1 MiB or more
+/// without `reuse`, how to make its fresh requests cheaper.
+fn starting_memory(version: &Value) -> Option<String> {
+    let bytes = version.get("initial_memory_bytes").and_then(Value::as_u64)?;
+    let mut line = format!("starts with {} of linear memory, reset after every fresh request", memory(version));
+    if bytes >= 1 << 20 && version.get("reuse").is_none_or(Value::is_null) {
+        line.push_str(
+            "\nhint: most of that is usually the stack (1 MiB in a Rust build): link with \
+             `-zstack-size=131072` (wharf new writes it into .cargo/config.toml), or set `reuse` in wharf.toml",
+        );
+    }
+    Some(line)
+}
+
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -70,6 +92,9 @@ impl Output {
             };
             let active = if v.get("active").and_then(Value::as_bool) == Some(true) { ", active" } else { "" };
             println!("{} {} {what}{active}\nsha256 {}", s(v, "service"), s(v, "version"), s(v, "sha256"));
+            if let Some(line) = starting_memory(v) {
+                println!("{line}");
+            }
         }
         Ok(())
     }
@@ -105,10 +130,11 @@ impl Output {
                         active.to_string(),
                         sha[..sha.len().min(12)].to_string(),
                         s(ver, "size_bytes"),
+                        memory(ver),
                     ]
                 })
                 .collect();
-            table(&["VERSION", "ACTIVE", "SHA256", "BYTES"], rows);
+            table(&["VERSION", "ACTIVE", "SHA256", "BYTES", "MEMORY"], rows);
         }
         Ok(())
     }
@@ -367,4 +393,26 @@ impl Output {
 
 fn money(amount: i64, currency: &str) -> String {
     crate::billing::money::format(amount, currency)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_large_starting_memory_without_reuse_gets_a_hint() {
+        let small = json!({"initial_memory_bytes": 196608});
+        assert_eq!(
+            super::starting_memory(&small).as_deref(),
+            Some("starts with 192 KiB of linear memory, reset after every fresh request")
+        );
+        let large = json!({"initial_memory_bytes": 1114112});
+        let line = super::starting_memory(&large).unwrap();
+        assert!(line.starts_with("starts with 1088 KiB"), "{line}");
+        assert!(line.contains("-zstack-size=131072"), "{line}");
+        let reused = json!({"initial_memory_bytes": 1114112, "reuse": {"requests": 100, "idle_seconds": 30}});
+        assert!(!super::starting_memory(&reused).unwrap().contains("hint"));
+        assert_eq!(super::starting_memory(&json!({"initial_memory_bytes": null})), None);
+        assert_eq!(super::memory(&json!({})), "-");
+    }
 }

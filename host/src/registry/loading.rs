@@ -70,10 +70,33 @@ impl Registry {
         .context("compile task failed")??;
         let counter = if from_cache { &self.stats.loaded_from_cache } else { &self.stats.compiled };
         counter.fetch_add(1, Ordering::Relaxed);
+        if row.initial_memory_bytes.is_none() {
+            self.record_initial_memory(row, &component).await;
+        }
         let pre = self.runtime.prepare(&component)?;
         let manifest = Manifest::parse(&row.manifest).context("the stored manifest no longer parses")?;
         let worker = self.runtime.prepare_worker(&pre);
         Ok(Arc::new(LoadedVersion::new(row.sha256.clone(), pre, manifest, worker)))
+    }
+
+    /// Record the memory a version published before it was measured starts
+    /// with. Only informative: a failure is logged, and the next load tries again.
+    async fn record_initial_memory(&self, row: &VersionRow, component: &wasmtime::component::Component) {
+        let Some(bytes) = Runtime::initial_memory_bytes(component).and_then(|b| i64::try_from(b).ok()) else {
+            return;
+        };
+        let recorded = sqlx::query(
+            "UPDATE service_versions SET initial_memory_bytes = $1 \
+             WHERE service = $2 AND version = $3 AND initial_memory_bytes IS NULL",
+        )
+        .bind(bytes)
+        .bind(&row.service)
+        .bind(&row.version)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(service = %row.service, version = %row.version, "failed to record its initial memory: {e:#}");
+        }
     }
 
     /// Copy a component's bytes from the control plane to `path`, checking its hash.

@@ -224,6 +224,11 @@ pub struct VersionInfo {
     /// Whether an instance's sandbox serves several requests (`reuse` in its manifest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reuse: Option<crate::registry::manifest::ReuseDecl>,
+    /// The linear memory its component starts with (its largest memory's
+    /// initial size, in bytes): what each fresh sandbox is given and resets
+    /// after its request, so what a request without `reuse` pays for beyond the
+    /// handler's own work. `null` until a node has loaded the version.
+    pub initial_memory_bytes: Option<i64>,
 }
 
 /// A service as the API shows it.
@@ -298,6 +303,7 @@ struct VersionRow {
     manifest: String,
     created_at: i64,
     active_version: Option<String>,
+    initial_memory_bytes: Option<i64>,
 }
 
 impl VersionRow {
@@ -314,13 +320,14 @@ impl VersionRow {
             created_at: self.created_at,
             active: self.active_version.as_deref() == Some(self.version.as_str()),
             reuse,
+            initial_memory_bytes: self.initial_memory_bytes,
         }
     }
 }
 
 const VERSION_COLUMNS: &str =
-    "v.service, v.version, v.sha256, v.size_bytes, v.manifest, v.created_at, s.active_version \
-     FROM service_versions v JOIN services s ON s.name = v.service";
+    "v.service, v.version, v.sha256, v.size_bytes, v.manifest, v.created_at, s.active_version, \
+     v.initial_memory_bytes FROM service_versions v JOIN services s ON s.name = v.service";
 
 impl Registry {
     /// Open the registry and load every published version, from the compiled cache
@@ -405,7 +412,7 @@ impl Registry {
             return Err(RegistryError::VersionConflict { service, version, existing: existing.sha256 });
         }
 
-        let (pre, component_bytes) = self.compile_new(component, &sha256).await?;
+        let (pre, component_bytes, initial_memory) = self.compile_new(component, &sha256).await?;
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
         let worker = self.runtime.prepare_worker(&pre);
         if !manifest.jobs.is_empty() && worker.is_none() {
@@ -420,6 +427,7 @@ impl Registry {
             sha256: &sha256,
             manifest_text,
             component: &component_bytes,
+            initial_memory,
         };
         let activated = record.insert(&mut tx, store::dialect(&self.db), activate).await?;
         let loaded = Arc::new(LoadedVersion::new(sha256.clone(), pre, manifest, worker));
@@ -501,7 +509,11 @@ impl Registry {
 
     /// Compile a new component, and keep its bytes and compiled artifact on
     /// disk; the bytes come back to be recorded.
-    async fn compile_new(&self, component: Vec<u8>, sha256: &str) -> Result<(ProxyPre, Vec<u8>), RegistryError> {
+    async fn compile_new(
+        &self,
+        component: Vec<u8>,
+        sha256: &str,
+    ) -> Result<(ProxyPre, Vec<u8>, Option<u64>), RegistryError> {
         let runtime = self.runtime.clone();
         let compiled_path = self.compiled_path(sha256);
         let source_path = self.components_dir.join(format!("{sha256}.wasm"));
@@ -511,7 +523,7 @@ impl Registry {
             write_atomically(&source_path, &component)?;
             let artifact = compiled.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             write_atomically(&compiled_path, &artifact)?;
-            Ok((pre, component))
+            Ok((pre, component, Runtime::initial_memory_bytes(&compiled)))
         })
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
@@ -600,6 +612,7 @@ struct NewVersion<'a> {
     sha256: &'a str,
     manifest_text: &'a str,
     component: &'a [u8],
+    initial_memory: Option<u64>,
 }
 
 impl NewVersion<'_> {
@@ -630,16 +643,20 @@ impl NewVersion<'_> {
             .await
             .context("failed to store the component")?;
         }
-        sqlx::query("INSERT INTO service_versions (service, version, sha256, size_bytes, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(self.service)
-            .bind(self.version)
-            .bind(self.sha256)
-            .bind(self.component.len() as i64)
-            .bind(self.manifest_text)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .context("failed to record version")?;
+        sqlx::query(
+            "INSERT INTO service_versions (service, version, sha256, size_bytes, manifest, created_at, \
+             initial_memory_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(self.service)
+        .bind(self.version)
+        .bind(self.sha256)
+        .bind(self.component.len() as i64)
+        .bind(self.manifest_text)
+        .bind(now)
+        .bind(self.initial_memory.and_then(|bytes| i64::try_from(bytes).ok()))
+        .execute(&mut **tx)
+        .await
+        .context("failed to record version")?;
         let activated =
             sqlx::query("UPDATE services SET active_version = $1 WHERE name = $2 AND ($3 OR active_version IS NULL)")
                 .bind(self.version)

@@ -76,7 +76,7 @@ pub enum InvalidComponent {
 }
 
 /// `bytes` as whole MiB, or as KiB where it is not a whole number of MiB.
-fn mib_or_kib(bytes: usize) -> String {
+pub(crate) fn mib_or_kib(bytes: usize) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
@@ -258,6 +258,18 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(|e| InvalidComponent::UnsupportedImport(format!("{e:#}")))?;
         ProxyPre::new(pre).map_err(|e| InvalidComponent::NoHttpHandler(format!("{e:#}")))
+    }
+
+    /// The linear memory `component` starts with: its largest memory's initial
+    /// size, in bytes. Every fresh sandbox is given it and resets it when its
+    /// request ends, so it is most of what a fresh request costs beyond the
+    /// guest's own work (a Rust component's default 1 MiB stack, say). `None`
+    /// for a component without memory, or one whose core modules are imported
+    /// (their sizes are not known before instantiation).
+    pub fn initial_memory_bytes(component: &Component) -> Option<u64> {
+        const WASM_PAGE: u64 = 64 << 10;
+        let pages = component.resources_required()?.max_initial_memory_size?;
+        Some(pages.saturating_mul(WASM_PAGE))
     }
 
     fn check_exports(&self, component: &Component) -> Result<(), InvalidComponent> {
