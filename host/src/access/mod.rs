@@ -193,13 +193,17 @@ impl Access {
 
     /// A user's role in a tenant.
     pub async fn role(&self, tenant: &str, user_id: &str) -> Result<Option<Role>, AccessError> {
-        let key = (tenant.to_string(), user_id.to_string());
-        if let Some(role) = self.roles.get(&key) {
+        self.role_of(&(tenant.to_string(), user_id.to_string())).await
+    }
+
+    /// [`Access::role`] for a `(tenant, user)` key already made.
+    async fn role_of(&self, key: &(String, String)) -> Result<Option<Role>, AccessError> {
+        if let Some(role) = self.roles.get(key) {
             return Ok(role);
         }
         let read_under = self.roles.begin();
-        let role = self.role_now(tenant, user_id).await?;
-        self.roles.put(key, read_under, role, role.is_none(), None);
+        let role = self.role_now(&key.0, &key.1).await?;
+        self.roles.put(key.clone(), read_under, role, role.is_none(), None);
         Ok(role)
     }
 
@@ -466,8 +470,11 @@ impl Access {
         service: &str,
     ) -> Result<Option<Vec<String>>, AccessError> {
         let Some(held) = self.held(tenant, user_id).await? else { return Ok(None) };
-        let prefix = format!("{service}.");
-        Ok(Some(held.iter().filter_map(|p| p.strip_prefix(&prefix).map(str::to_string)).collect()))
+        Ok(Some(
+            held.iter()
+                .filter_map(|p| p.strip_prefix(service).and_then(|rest| rest.strip_prefix('.')).map(str::to_string))
+                .collect(),
+        ))
     }
 
     /// Whether `user_id` is a member of `tenant` holding `permission` (`service.name`).
@@ -481,7 +488,7 @@ impl Access {
         // Read under the epoch from before the role: a change between the two
         // reads leaves nothing cached.
         let read_under = self.held.begin();
-        if self.role(tenant, user_id).await?.is_none() {
+        if self.role_of(&key).await?.is_none() {
             return Ok(None);
         }
         if let Some(held) = self.held.get(&key) {

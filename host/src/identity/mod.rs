@@ -12,6 +12,7 @@ pub mod secrets;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -134,7 +135,7 @@ pub struct Identity {
     /// the access room, bumped by every change to either).
     pub epoch: std::sync::Arc<cache::Epoch>,
     /// Callers by their token's hash (`None`: no such credential).
-    callers: cache::Memo<String, Option<Caller>>,
+    callers: cache::Memo<[u8; 32], Option<Arc<Caller>>>,
 }
 
 /// How long a registration or login waits for a password-hashing slot before
@@ -435,10 +436,17 @@ impl Identity {
     /// Resolve a bearer token (session or API key) to its caller, if it is valid,
     /// unexpired and unrevoked.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, IdentityError> {
-        let hash = secrets::hash_token(token);
-        if let Some(known) = self.callers.get(&hash) {
+        Ok(self.authenticate_shared(token).await?.map(|caller| (*caller).clone()))
+    }
+
+    /// [`Identity::authenticate`] without copying the cached caller: the
+    /// request path's form (a hit hashes the token and reads the cache).
+    pub async fn authenticate_shared(&self, token: &str) -> Result<Option<Arc<Caller>>, IdentityError> {
+        let digest = secrets::token_digest(token);
+        if let Some(known) = self.callers.get(&digest) {
             return Ok(known);
         }
+        let hash = hex::encode(digest);
         let read_under = self.callers.begin();
         let now = store::now();
         let (sql, credential) = if token.starts_with(secrets::SESSION_PREFIX) {
@@ -464,13 +472,10 @@ impl Identity {
             .context("failed to check credential")?;
         let found = row.filter(|(stored, ..)| secrets::same(stored, &hash));
         let expires_at = found.as_ref().and_then(|(.., expires)| *expires);
-        let caller = found.map(|(_, user_id, email, operator, _)| Caller {
-            user_id,
-            email,
-            operator: store::flag(operator),
-            credential,
+        let caller = found.map(|(_, user_id, email, operator, _)| {
+            Arc::new(Caller { user_id, email, operator: store::flag(operator), credential })
         });
-        self.callers.put(hash, read_under, caller.clone(), caller.is_none(), expires_at);
+        self.callers.put(digest, read_under, caller.clone(), caller.is_none(), expires_at);
         Ok(caller)
     }
 

@@ -25,7 +25,13 @@ pub fn random_token(bytes: usize) -> String {
 
 /// The stored form of a token.
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex::encode(token_digest(token))
+}
+
+/// A token's SHA-256, as bytes: what a node's credential cache is keyed by
+/// (the hex of [`hash_token`] only for the control plane).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Compare two hashes without leaking where they differ.

@@ -713,7 +713,7 @@ impl Ingress {
             return Ok(Resolved::Anonymous);
         }
         let Some(token) = credentials::bearer(headers) else { return Ok(Resolved::Anonymous) };
-        let user = match self.identity.authenticate(token).await {
+        let user = match self.identity.authenticate_shared(token).await {
             Ok(Some(user)) => user,
             Ok(None) => return Ok(Resolved::Invalid),
             Err(e) => {
@@ -723,8 +723,8 @@ impl Ingress {
         };
         match self.access.service_grants(tenant, &user.user_id, &version.service).await {
             Ok(Some(granted)) => Ok(Resolved::Member(GuestCaller {
-                user_id: user.user_id,
-                email: user.email,
+                user_id: user.user_id.clone(),
+                email: user.email.clone(),
                 permissions: granted.into_iter().filter(|p| version.declares(p)).collect(),
             })),
             Ok(None) => Ok(Resolved::Outsider),
