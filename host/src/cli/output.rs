@@ -29,8 +29,9 @@ fn starting_memory(version: &Value) -> Option<String> {
     let mut line = format!("starts with {} of linear memory, reset after every fresh request", memory(version));
     if bytes >= 1 << 20 && version.get("reuse").is_none_or(Value::is_null) {
         line.push_str(
-            "\nhint: most of that is usually the stack (1 MiB in a Rust build): link with \
-             `-zstack-size=131072` (wharf new writes it into .cargo/config.toml), or set `reuse` in wharf.toml",
+            "\nhint: `reuse` in wharf.toml lets an instance's next requests skip that reset; in a Rust \
+             build most of it is usually the 1 MiB stack: link with `-zstack-size=131072` (wharf new \
+             writes it into .cargo/config.toml)",
         );
     }
     Some(line)
