@@ -837,3 +837,54 @@ fn send_sigterm(pid: u32) {
     let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }
+
+/// A credential the ingress resolved from memory for the last request is
+/// refused on the next one once its grant, membership, key or session ends:
+/// every change ends what the node remembers, and a credential used in a
+/// second tenant is resolved there on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_remembered_by_the_ingress_is_refused_at_once_when_it_ends() {
+    let node = node_with_domain().await;
+    publish_seed_services(&node).await;
+    let (owner, _) = tenant_owned_by(&node, "acme", "forum", "forum.acme.test").await;
+    tenant_owned_by(&node, "other", "forum", "forum.other.test").await;
+    let session = member_holding(&node, &owner, "acme", "hal@acme.test", "forum.addUsers").await;
+    let (status, key) = node.call(&session, Method::POST, "/v1/keys", Some(json!({ "name": "ci" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key_id = key["id"].as_str().unwrap().to_string();
+    let key = key["key"].as_str().unwrap().to_string();
+    let n = &node;
+    let add = |host: &'static str, token: String| async move {
+        n.ingress_call(host, Method::POST, "/users", Some(&token), r#"{"name":"hal"}"#).await.0
+    };
+    for _ in 0..3 {
+        assert_eq!(add("forum.acme.test", key.clone()).await, StatusCode::CREATED);
+    }
+    // The same key in a tenant it is no member of: resolved there, refused.
+    assert_eq!(add("forum.other.test", key.clone()).await, StatusCode::FORBIDDEN);
+
+    let (status, body) =
+        node.call(&owner, Method::DELETE, "/v1/tenants/acme/grants/hal@acme.test/forum.addUsers", None).await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(add("forum.acme.test", key.clone()).await, StatusCode::FORBIDDEN, "grant revoked");
+    let grant = json!({ "email": "hal@acme.test", "permission": "forum.addUsers" });
+    node.expect(&owner, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+    assert_eq!(add("forum.acme.test", key.clone()).await, StatusCode::CREATED, "granted again");
+
+    let (status, body) = node.call(&owner, Method::DELETE, "/v1/tenants/acme/members/hal@acme.test", None).await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(add("forum.acme.test", key.clone()).await, StatusCode::FORBIDDEN, "no longer a member");
+    let (status, body) =
+        node.call(&owner, Method::POST, "/v1/tenants/acme/members", Some(json!({ "email": "hal@acme.test" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let grant = json!({ "email": "hal@acme.test", "permission": "forum.addUsers" });
+    node.expect(&owner, Method::POST, "/v1/tenants/acme/grants", grant, StatusCode::CREATED).await;
+    assert_eq!(add("forum.acme.test", key.clone()).await, StatusCode::CREATED, "a member again");
+    assert_eq!(add("forum.acme.test", session.clone()).await, StatusCode::CREATED);
+
+    let (status, body) = node.call(&session, Method::DELETE, &format!("/v1/keys/{key_id}"), None).await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(add("forum.acme.test", key.clone()).await, StatusCode::UNAUTHORIZED, "key revoked");
+    assert_eq!(node.call(&session, Method::POST, "/v1/logout", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(add("forum.acme.test", session.clone()).await, StatusCode::UNAUTHORIZED, "logged out");
+}

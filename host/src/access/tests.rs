@@ -7,7 +7,13 @@ use crate::identity::Caller;
 use crate::testdb::{control_planes, tenant_and_user};
 
 fn caller(user_id: &str) -> Caller {
-    Caller { user_id: user_id.into(), email: "x@y.test".into(), operator: false, credential: "session" }
+    Caller {
+        user_id: user_id.into(),
+        email: "x@y.test".into(),
+        operator: false,
+        credential: "session",
+        expires_at: None,
+    }
 }
 
 #[tokio::test]

@@ -38,6 +38,10 @@ pub struct Caller {
     pub operator: bool,
     /// `session` or `api-key`.
     pub credential: &'static str,
+    /// When the credential itself expires (Unix seconds), if it does: what
+    /// remembers the caller must forget it then.
+    #[serde(skip)]
+    pub expires_at: Option<i64>,
 }
 
 /// A user as the API shows it (never with the password hash).
@@ -473,7 +477,7 @@ impl Identity {
         let found = row.filter(|(stored, ..)| secrets::same(stored, &hash));
         let expires_at = found.as_ref().and_then(|(.., expires)| *expires);
         let caller = found.map(|(_, user_id, email, operator, _)| {
-            Arc::new(Caller { user_id, email, operator: store::flag(operator), credential })
+            Arc::new(Caller { user_id, email, operator: store::flag(operator), credential, expires_at })
         });
         self.callers.put(digest, read_under, caller.clone(), caller.is_none(), expires_at);
         Ok(caller)

@@ -31,6 +31,7 @@ use crate::telemetry::{child_span, trace_span};
 use body::{BodyPace, PacedBody};
 
 use crate::access::Access;
+use crate::identity::cache::Memo;
 use crate::identity::{credentials, Identity};
 use crate::registry::LoadedVersion;
 use crate::router::{self, Router, Serving};
@@ -63,7 +64,16 @@ pub struct Ingress {
     metrics: Arc<crate::metrics::Metrics>,
     /// Looked up only when a guest fails, off the common path.
     failure_logs: Arc<DashMap<Arc<str>, Arc<loggate::LogGate>>>,
+    /// Credentials as requests need them: resolved against one tenant and
+    /// one loaded version. Kept under the identity room's epoch, which every
+    /// change to a session, key, membership, role or grant ends (on every
+    /// node), for at most a session's or key's own lifetime; refusals briefly.
+    credentials: Memo<CredentialKey, Resolved>,
 }
+
+/// A credential's SHA-256, the tenant it is used in and the loaded version
+/// (its serial) it runs: what a credential resolves to depends on all three.
+type CredentialKey = ([u8; 32], Arc<str>, u64);
 
 /// Longest a request waits for its tenant's or instance's guest slot before it
 /// is answered 503.
@@ -99,7 +109,6 @@ impl Ingress {
         Self {
             router,
             runtime,
-            identity,
             access,
             clock,
             unhealthy,
@@ -113,6 +122,8 @@ impl Ingress {
             instance_guests: DashMap::new(),
             failure_logs: Arc::default(),
             metrics,
+            credentials: Memo::new(identity.epoch.clone()),
+            identity,
         }
     }
 
@@ -367,7 +378,7 @@ impl Ingress {
         route: &router::Route,
         version: &LoadedVersion,
         request_id: u64,
-    ) -> Result<Option<GuestCaller>, hyper::Response<HyperOutgoingBody>> {
+    ) -> Result<Option<Arc<GuestCaller>>, hyper::Response<HyperOutgoingBody>> {
         let needed = version.guards.required(req.method().as_str(), req.uri().path());
         let caller = self.caller(&route.tenant, version, req.headers()).await.map_err(|d| d.response(request_id))?;
         if !needed.is_empty() {
@@ -418,7 +429,7 @@ impl Ingress {
         req: hyper::Request<PacedBody>,
         route: &router::Route,
         version: &Arc<LoadedVersion>,
-        caller: Option<GuestCaller>,
+        caller: Option<Arc<GuestCaller>>,
         slots: GuestSlots,
         tally: Arc<Tally>,
         request_id: u64,
@@ -688,6 +699,7 @@ impl Denied {
 }
 
 /// What a request's credential resolved to.
+#[derive(Clone)]
 enum Resolved {
     /// No Wharf credential.
     Anonymous,
@@ -696,7 +708,7 @@ enum Resolved {
     /// A valid credential of someone outside the instance's tenant.
     Outsider,
     /// A member of the instance's tenant, with their grants for this version.
-    Member(GuestCaller),
+    Member(Arc<GuestCaller>),
 }
 
 impl Ingress {
@@ -705,7 +717,7 @@ impl Ingress {
     /// permission a version dropped grants nothing while that version runs.
     async fn caller(
         &self,
-        tenant: &str,
+        tenant: &Arc<str>,
         version: &LoadedVersion,
         headers: &http::HeaderMap,
     ) -> Result<Resolved, Denied> {
@@ -713,26 +725,39 @@ impl Ingress {
             return Ok(Resolved::Anonymous);
         }
         let Some(token) = credentials::bearer(headers) else { return Ok(Resolved::Anonymous) };
+        let key = (crate::identity::secrets::token_digest(token), tenant.clone(), version.serial);
+        if let Some(known) = self.credentials.get(&key) {
+            return Ok(known);
+        }
+        // Read under the epoch from before both lookups: a change meanwhile
+        // leaves nothing remembered.
+        let read_under = self.credentials.begin();
         let user = match self.identity.authenticate_shared(token).await {
             Ok(Some(user)) => user,
-            Ok(None) => return Ok(Resolved::Invalid),
+            Ok(None) => {
+                self.credentials.put(key, read_under, Resolved::Invalid, true, None);
+                return Ok(Resolved::Invalid);
+            }
             Err(e) => {
                 tracing::error!("authentication failed: {e}");
                 return Err(Denied::Internal);
             }
         };
-        match self.access.service_grants(tenant, &user.user_id, &version.service).await {
-            Ok(Some(granted)) => Ok(Resolved::Member(GuestCaller {
+        let resolved = match self.access.service_grants(tenant, &user.user_id, &version.service).await {
+            Ok(Some(granted)) => Resolved::Member(Arc::new(GuestCaller {
                 user_id: user.user_id.clone(),
                 email: user.email.clone(),
                 permissions: granted.into_iter().filter(|p| version.declares(p)).collect(),
             })),
-            Ok(None) => Ok(Resolved::Outsider),
+            Ok(None) => Resolved::Outsider,
             Err(e) => {
                 tracing::error!("permission check failed: {e}");
-                Err(Denied::Internal)
+                return Err(Denied::Internal);
             }
-        }
+        };
+        let refused = matches!(resolved, Resolved::Outsider);
+        self.credentials.put(key, read_under, resolved.clone(), refused, user.expires_at);
+        Ok(resolved)
     }
 }
 

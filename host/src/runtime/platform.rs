@@ -55,7 +55,7 @@ impl Features {
 #[derive(Debug, Clone)]
 pub struct GuestContext {
     /// The authenticated caller, if any.
-    pub caller: Option<GuestCaller>,
+    pub caller: Option<Arc<GuestCaller>>,
     /// The instance's configuration.
     pub features: Arc<Features>,
     /// The instance's database and key-value store.
