@@ -15,9 +15,9 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Whether the request carries a Wharf session token or API key.
-pub fn wharf_credential(headers: &http::HeaderMap) -> bool {
-    bearer(headers).is_some_and(carries_wharf_secret)
+/// The request's bearer token when it is a Wharf session token or API key.
+pub fn wharf_bearer(headers: &http::HeaderMap) -> Option<&str> {
+    bearer(headers).filter(|token| carries_wharf_secret(token))
 }
 
 /// Whether `text` holds a Wharf session token or API key anywhere (the

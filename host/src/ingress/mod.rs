@@ -721,10 +721,7 @@ impl Ingress {
         version: &LoadedVersion,
         headers: &http::HeaderMap,
     ) -> Result<Resolved, Denied> {
-        if !credentials::wharf_credential(headers) {
-            return Ok(Resolved::Anonymous);
-        }
-        let Some(token) = credentials::bearer(headers) else { return Ok(Resolved::Anonymous) };
+        let Some(token) = credentials::wharf_bearer(headers) else { return Ok(Resolved::Anonymous) };
         let key = (crate::identity::secrets::token_digest(token), tenant.clone(), version.serial);
         if let Some(known) = self.credentials.get(&key) {
             return Ok(known);
