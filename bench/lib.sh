@@ -13,6 +13,19 @@ run_wrk() {
 # median — of whitespace-separated numbers on stdin.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# paired A B [B2] — A's samples over B's (over the mean of B's and B2's, runs on
+# either side of A), round by round: "median (min-max)". Samples are in round
+# order, one per round, so a ratio compares runs minutes apart at most.
+paired() {
+    local -a a b c
+    read -r -a a <<<"${rps[$1]}"; read -r -a b <<<"${rps[$2]}"; read -r -a c <<<"${rps[${3:-$2}]}"
+    local ratios=() i
+    for i in "${!a[@]}"; do ratios+=("$(awk -v a="${a[$i]}" -v b="${b[$i]}" -v c="${c[$i]}" 'BEGIN {printf "%.3f", 2*a/(b+c)}')"); done
+    local sorted
+    sorted=$(printf '%s\n' "${ratios[@]}" | sort -g)
+    printf "%.2f (%.2f-%.2f)" "$(median <<<"${ratios[*]}")" "$(head -n1 <<<"$sorted")" "$(tail -n1 <<<"$sorted")"
+}
+
 # to_ms — wrk's "850.00us" / "1.20ms" / "1.02s" as milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub("us","",v); v/=1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v*=1000}; printf "%.3f", v}'; }
 

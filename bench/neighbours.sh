@@ -7,7 +7,8 @@
 # the requests it delayed, not as requests a closed loop never sent. Reports the
 # canary's p99 and errors in each phase, its p99 against the calm median, and
 # what each attack got back.
-# Usage: bench/neighbours.sh [--quick]   (env: DURATION=8 ROUNDS=3 RATE=)
+# Usage: bench/neighbours.sh [--quick]   (env: DURATION=8 ROUNDS=3 RATE=, and
+#        WHARF_BIN=path/to/wharf to measure another build, e.g. an older commit's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${DURATION:-8}"; rounds="${ROUNDS:-3}"
@@ -19,12 +20,13 @@ prepare hello misbehave
 ulimit -n 65536 2>/dev/null || true
 
 ingress=127.0.0.1:18480; admin=http://127.0.0.1:18481
-RUST_LOG=warn ./target/release/wharf serve --data "$work/data" --listen "$ingress" --admin "${admin#http://}" \
+wharf_bin=$(realpath "${WHARF_BIN:-./target/release/wharf}")
+RUST_LOG=warn "$wharf_bin" serve --data "$work/data" --listen "$ingress" --admin "${admin#http://}" \
     --init-admin ops@neighbours.bench >"$work/out" 2>"$work/log" &
 pids+=($!); node_pid=$!
 for _ in $(seq 1 200); do grep -q '^WHARF_TOKEN=' "$work/out" 2>/dev/null && break; sleep 0.05; done
 export WHARF_TOKEN=$(sed -n 's/^WHARF_TOKEN=//p' "$work/out") WHARF_ADMIN_URL=$admin
-wharf() { ./target/release/wharf "$@" >/dev/null; }
+wharf() { "$wharf_bin" "$@" >/dev/null; }
 wharf publish plugins/hello
 printf '[service]\nname = "hostile"\nversion = "1.0.0"\n' >"$work/hostile.toml"
 wharf publish "$work/hostile.toml" --component plugins/target/wasm32-wasip2/release/misbehave.wasm

@@ -173,18 +173,23 @@ one() {
 }
 
 c=$connections
+# Every ratio is taken within a round, between runs next to each other (the
+# machine's speed drifts over minutes), and the median and range over rounds
+# reported: Wharf beside wasmtime serve and the tuned host, reuse beside native
+# hyper, and each credential between two anonymous runs on the same node.
 round() {
-    one wharf "$c" bench.local http://127.0.0.1:18180/
-    one wharf-reuse "$c" reuse.local http://127.0.0.1:18180/
     one tuned "$c" x http://127.0.0.1:18184/
+    one wharf "$c" bench.local http://127.0.0.1:18180/
     one wasmtime "$c" x http://127.0.0.1:18182/
+    one wharf-reuse "$c" reuse.local http://127.0.0.1:18180/
     one native "$c" x http://127.0.0.1:18183/
     for name in "${names[@]}"; do
         local port session_var="session_$name" key_var="key_$name"
         port=$([[ $name == sqlite ]] && echo 18180 || echo 18190)
-        [[ $name == sqlite ]] || one "$name-anonymous" "$c" bench.local "http://127.0.0.1:$port/"
+        one "$name-anonymous" "$c" bench.local "http://127.0.0.1:$port/"
         one "$name-session" "$c" bench.local "http://127.0.0.1:$port/" "Authorization: Bearer ${!session_var}"
         one "$name-key" "$c" bench.local "http://127.0.0.1:$port/" "Authorization: Bearer ${!key_var}"
+        one "$name-anonymous-after" "$c" bench.local "http://127.0.0.1:$port/"
     done
     one py-fresh 1 py.local http://127.0.0.1:18180/
     one py-reuse 1 pyreuse.local http://127.0.0.1:18180/
@@ -204,7 +209,6 @@ for r in $(seq 1 "$rounds"); do
     round
     echo "    round $r done"
 done
-rps[sqlite-anonymous]=${rps[wharf]}; p50[sqlite-anonymous]=${p50[wharf]}; p99[sqlite-anonymous]=${p99[wharf]}
 
 printf "\n%-52s %10s %9s %9s\n" "hello over HTTP, -c$c (median)" "req/s" "p50 ms" "p99 ms"
 report wharf "Wharf (fresh sandbox per request)"
@@ -232,12 +236,14 @@ report js-sdk-reuse "Wharf, the hello written with the SDK, reuse"
 declare -A med
 for name in "${!rps[@]}"; do med[$name]=$(median <<<"${rps[$name]}"); done
 echo
-awk -v w="${med[wharf]}" -v r="${med[wharf-reuse]}" -v t="${med[tuned]}" -v s="${med[wasmtime]}" -v n="${med[native]}" 'BEGIN {
-    printf "Wharf / wasmtime serve: %.2fx   Wharf / tuned host: %.2fx   Wharf / native: %.2f\n", w/s, w/t, w/n
-    printf "Wharf with reuse / native: %.2f   with reuse / fresh: %.2fx   wasmtime serve / native: %.3f\n", r/n, r/w, s/n }'
+echo "ratios of req/s within each round: median (range over $rounds rounds)"
+printf "  Wharf / wasmtime serve: %s   Wharf / tuned host: %s   Wharf / native: %s\n" \
+    "$(paired wharf wasmtime)" "$(paired wharf tuned)" "$(paired wharf native)"
+printf "  Wharf with reuse / native: %s   with reuse / fresh: %s\n" "$(paired wharf-reuse native)" "$(paired wharf-reuse wharf)"
 for name in "${names[@]}"; do
-    awk -v n="$name" -v a="${med[$name-anonymous]}" -v s="${med[$name-session]}" -v k="${med[$name-key]}" \
-        'BEGIN { printf "%s: session token / anonymous = %.2f   API key / anonymous = %.2f\n", n, s/a, k/a }'
+    printf "  %s: session token / anonymous = %s   API key / anonymous = %s\n" "$name" \
+        "$(paired "$name-session" "$name-anonymous" "$name-anonymous-after")" \
+        "$(paired "$name-key" "$name-anonymous" "$name-anonymous-after")"
 done
 awk -v p="${med[py-fresh]}" -v pr="${med[py-reuse]}" -v ps="${med[py-sdk]}" -v psr="${med[py-sdk-reuse]}" \
     -v j="${med[js-fresh]}" -v jw="${med[js-wasmtime]}" -v js="${med[js-sdk]}" -v jsr="${med[js-sdk-reuse]}" 'BEGIN {

@@ -22,6 +22,12 @@
 //! spinning guests at nice 19). An unprivileged process cannot raise a thread
 //! back, so lowered threads are dedicated to heavy work or retire when their
 //! job ends.
+//!
+//! Heavy guests get both: they run under `SCHED_IDLE` first ([`IdleTier`]),
+//! where they cost light requests about what any idle-priority neighbour does,
+//! and only when those threads are starved (runnable, yet running less than a
+//! tenth of the time: light load saturates the node) do their guests move on to
+//! lowered threads, where the bounded share above lets them finish.
 
 /// The nice value of lowered threads: weight 110 of a request thread's 1024.
 pub const LOWERED_NICE: i32 = 10;
@@ -56,6 +62,14 @@ pub fn lower_current_thread() {
             tracing::warn!("failed to lower the priority of a thread running heavy work");
         }
     }
+}
+
+/// Put the calling thread under `SCHED_IDLE`: it runs only on cores nothing
+/// else wants. False if the kernel refused.
+pub fn idle_current_thread() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes only the calling thread's policy (pid 0); `param` outlives the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
 /// The kernel's `struct sched_attr` (the fields up to `sched_period`, the size
@@ -141,4 +155,169 @@ pub fn thread_cpu_nanos() -> u64 {
         return 0;
     }
     (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
+/// How often [`IdleTier::check`] looks at its threads.
+pub const STARVATION_CHECK: Duration = Duration::from_millis(50);
+
+/// How long starvation, once seen, sends heavy guests to the lowered threads.
+const STARVED_MEMORY: Duration = Duration::from_secs(1);
+
+/// The threads heavy guests run on first, under `SCHED_IDLE`, and whether they
+/// are starved: then heavy guests move to threads with a bounded share (see the
+/// module's documentation). Starved is read from the kernel's per-thread
+/// scheduling statistics (`/proc/self/task/TID/schedstat`: time run, time
+/// waiting to run): a thread that waited more than half of the last check's
+/// interval and ran less than a tenth of the time it wanted. Where those
+/// statistics cannot be read, or the policy cannot be set, the tier counts as
+/// starved for good, and heavy guests go to the lowered threads at once.
+#[derive(Debug, Default)]
+pub struct IdleTier {
+    /// The tier's threads, with their run and wait times at the last check.
+    threads: std::sync::Mutex<Vec<(i32, Schedstat)>>,
+    last_check: std::sync::Mutex<Option<Instant>>,
+    starved_until_ms: AtomicU64,
+    /// The tier cannot tell (no statistics, no `SCHED_IDLE`).
+    blind: std::sync::atomic::AtomicBool,
+}
+
+/// A thread's nanoseconds on a core and waiting for one, since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Schedstat {
+    pub ran: u64,
+    pub waited: u64,
+}
+
+impl Schedstat {
+    /// The first two fields of a `schedstat` file (the third counts the times
+    /// the thread got a core); `None` where the kernel keeps no statistics (it
+    /// prints zeros).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(ran)), Some(Ok(waited)), Some(Ok(runs))) = (fields.next(), fields.next(), fields.next()) else {
+            return None;
+        };
+        (runs > 0).then_some(Self { ran, waited })
+    }
+
+    fn of_thread(tid: i32) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?)
+    }
+}
+
+impl IdleTier {
+    /// Called on each of the tier's threads as it starts: `SCHED_IDLE`, and
+    /// watched from now on.
+    pub fn enter(&self) {
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        let stats = Schedstat::of_thread(tid);
+        if !idle_current_thread() || stats.is_none() {
+            // Without the policy this thread would take light requests' cores;
+            // without the statistics starvation could not be seen.
+            lower_current_thread();
+            self.blind.store(true, Ordering::Relaxed);
+            tracing::warn!("heavy guests run on lowered threads only: SCHED_IDLE or per-thread scheduling statistics are not available");
+            return;
+        }
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.push((tid, stats.unwrap_or_default()));
+    }
+
+    /// Whether heavy guests should leave (or skip) this tier for the lowered threads.
+    pub fn starved(&self) -> bool {
+        self.blind.load(Ordering::Relaxed) || self.starved_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Take the tier for starved, as a check that saw it would.
+    #[cfg(test)]
+    pub(crate) fn mark_starved(&self) {
+        let until = now_ms().saturating_add(STARVED_MEMORY.as_millis() as u64);
+        self.starved_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether the tier cannot tell starvation (its guests go to the lowered threads at once).
+    pub fn is_blind(&self) -> bool {
+        self.blind.load(Ordering::Relaxed)
+    }
+
+    /// Look at the tier's threads (every [`STARVATION_CHECK`]; more often is a no-op).
+    pub fn check(&self) {
+        let now = Instant::now();
+        let wall = {
+            let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+            let wall = last.map(|at| now.duration_since(at));
+            if wall.is_some_and(|w| w < STARVATION_CHECK) {
+                return;
+            }
+            *last = Some(now);
+            match wall {
+                Some(wall) => wall,
+                None => return,
+            }
+        };
+        let mut starved = false;
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain_mut(|(tid, last)| {
+            let Some(now) = Schedstat::of_thread(*tid) else {
+                return false; // the thread ended
+            };
+            starved |= is_starved(*last, now, wall);
+            *last = now;
+            true
+        });
+        drop(threads);
+        if starved {
+            let until = now_ms().saturating_add(STARVED_MEMORY.as_millis() as u64);
+            self.starved_until_ms.fetch_max(until, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a thread that went from `before` to `after` over `wall` was starved:
+/// it waited for a core more than half of the time, and ran less than a tenth
+/// of the time it wanted one.
+pub fn is_starved(before: Schedstat, after: Schedstat, wall: Duration) -> bool {
+    let ran = after.ran.saturating_sub(before.ran);
+    let waited = after.waited.saturating_sub(before.waited);
+    let wall = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+    waited.saturating_mul(2) > wall && ran.saturating_mul(10) < ran.saturating_add(waited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_is_read_where_the_kernel_keeps_it() {
+        assert_eq!(Schedstat::parse("37400962 8978833 59\n"), Some(Schedstat { ran: 37_400_962, waited: 8_978_833 }));
+        assert_eq!(Schedstat::parse("0 0 0\n"), None, "statistics off");
+        assert_eq!(Schedstat::parse(""), None);
+        assert_eq!(Schedstat::parse("12 x 1"), None);
+        assert_eq!(Schedstat::parse("0 0 1"), Some(Schedstat { ran: 0, waited: 0 }), "a thread not yet descheduled");
+    }
+
+    #[test]
+    fn a_thread_is_starved_when_it_waits_most_of_the_time_and_barely_runs() {
+        let at = |ran_ms: u64, waited_ms: u64| Schedstat { ran: ran_ms * 1_000_000, waited: waited_ms * 1_000_000 };
+        let wall = Duration::from_millis(100);
+        // Busy beside light requests: ran 60, waited 40 of 100 ms.
+        assert!(!is_starved(at(0, 0), at(60, 40), wall));
+        // Idle: neither ran nor waited.
+        assert!(!is_starved(at(5, 5), at(5, 5), wall));
+        // Saturated by light load: waited 99 ms, ran 1.
+        assert!(is_starved(at(5, 5), at(6, 104), wall));
+        // Waited most of the time but ran a fair part when it could.
+        assert!(!is_starved(at(0, 0), at(20, 70), wall));
+    }
+
+    #[test]
+    fn this_kernel_keeps_per_thread_statistics() {
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        if cfg!(target_os = "linux") {
+            let stats = Schedstat::of_thread(tid);
+            assert!(stats.is_some(), "no schedstat for this thread: heavy guests would skip SCHED_IDLE");
+        }
+    }
 }

@@ -122,10 +122,11 @@ async fn a_node_at_capacity_answers_503_and_recovers() {
 }
 
 /// Light load that saturates the node does not starve heavy work: guests
-/// allocating to their memory cap and spinning to their fuel limit, lowered
-/// once they proved heavy, keep a bounded share of the cores and still end
+/// allocating to their memory cap and spinning to their fuel limit, once they
+/// proved heavy, start under `SCHED_IDLE`, are seen starved there and move on
+/// to lowered threads, which keep a bounded share of the cores, and still end
 /// with their own outcome, not the deadline: here in 0.8–0.9 s of their 3 s
-/// (under `SCHED_IDLE`, 0.4 % of a core, they ran into it).
+/// (under `SCHED_IDLE` alone, 0.4 % of a core, they ran into it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_guests_keep_a_share_of_a_node_saturated_by_light_requests() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -164,4 +165,9 @@ async fn heavy_guests_keep_a_share_of_a_node_saturated_by_light_requests() {
         assert!(body.contains(message), "GET {path} after {took:?}: {body}");
     }
     assert!(served.load(Ordering::Relaxed) > 100, "the light load kept being served meanwhile");
+    let metrics = node.metrics().await;
+    let moved = crate::harness::sample(&metrics, "wharf_guests_heavy_total").unwrap_or(0.0);
+    let rescued = crate::harness::sample(&metrics, "wharf_guests_heavy_rescued_total").unwrap_or(-1.0);
+    assert!(moved >= 1.0 && (0.0..=moved).contains(&rescued), "heavy {moved}, rescued {rescued}");
+    eprintln!("{took:?}: {moved} heavy guest runs, {rescued} moved on from starved idle-priority threads");
 }

@@ -130,6 +130,17 @@ pub(super) async fn metrics(
             "Requests served by a reused sandbox",
             ConstCounter::new(starts.reused.load(Ordering::Relaxed)),
         );
+        let (heavy, rescued) = node.runtime.heavy_guests();
+        registry.register(
+            "guests_heavy",
+            "Guest runs moved to the heavy-guest threads (CPU-heavy, or their instance was lately)",
+            ConstCounter::new(heavy),
+        );
+        registry.register(
+            "guests_heavy_rescued",
+            "Heavy guest runs starved on the idle-priority threads and moved on to the lowered ones",
+            ConstCounter::new(rescued),
+        );
         let (idle, idle_bytes) = node.runtime.idle_sandboxes();
         registry.register("guest_sandboxes_idle", "Sandboxes waiting for their instance's next request", gauge(idle));
         registry.register("guest_sandboxes_idle_bytes", "Linear memory idle sandboxes hold", gauge(idle_bytes));

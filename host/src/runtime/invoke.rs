@@ -265,7 +265,7 @@ impl Runtime {
         // An instance whose requests were CPU-heavy lately starts there at once.
         if recent.is_heavy() {
             if let Some(heavy) = &self.heavy {
-                guest.move_to(heavy.handle());
+                guest.move_to(heavy);
                 moved = true;
             }
         }
@@ -298,7 +298,7 @@ impl Runtime {
                     if !moved {
                         moved = true;
                         if let Some(heavy) = &self.heavy {
-                            guest.move_to(heavy.handle());
+                            guest.move_to(heavy);
                         }
                     }
                 }
@@ -323,15 +323,15 @@ struct GuestTask {
 }
 
 impl GuestTask {
-    /// Continue the run on `runtime`'s threads.
-    fn move_to(&mut self, runtime: &tokio::runtime::Handle) {
+    /// Continue the run on the heavy guests' threads.
+    fn move_to(&mut self, heavy: &super::heavy::Heavy) {
         self.demote = None;
         if let Some(future) = self.future.take() {
-            let joined = runtime.spawn(future);
+            let outcome = heavy.spawn(future);
             self.future = Some(Box::pin(async move {
-                joined.await.unwrap_or_else(|e| Outcome {
+                outcome.await.unwrap_or_else(|_| Outcome {
                     fuel: 0,
-                    failure: Some(GuestFailure::Host(format!("guest task failed: {e}"))),
+                    failure: Some(GuestFailure::Host("the guest's task ended without an outcome".into())),
                 })
             }));
         }

@@ -12,6 +12,7 @@
 //! multiply another tenant's latency.
 
 mod guest;
+mod heavy;
 mod invoke;
 mod job;
 mod platform;
@@ -100,8 +101,8 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     limits: GuestLimits,
     ticker: Option<EpochTicker>,
-    /// Where CPU-heavy guests continue (see [`invoke`]).
-    heavy: Option<tokio::runtime::Runtime>,
+    /// Where CPU-heavy guests continue (see [`invoke`] and [`heavy`]).
+    heavy: Option<heavy::Heavy>,
     /// Where jobs run: a thread per core, all lowered (see `sched`), so background
     /// work uses the cores nobody else wants, keeps a bounded share when the
     /// node is saturated, and barely delays a request.
@@ -142,16 +143,12 @@ impl Runtime {
             total / 4,
             memory.per_tenant() / 2,
         ));
+        let tier = Arc::new(crate::sched::IdleTier::default());
         let ticker = Some(
-            EpochTicker::start(engine.clone(), sandboxes.clone()).context("failed to start the epoch ticker thread")?,
+            EpochTicker::start(engine.clone(), sandboxes.clone(), tier.clone())
+                .context("failed to start the epoch ticker thread")?,
         );
-        let heavy = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads((std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1))
-            .thread_name("wharf-heavy")
-            .on_thread_start(crate::sched::lower_current_thread)
-            .enable_all()
-            .build()
-            .context("failed to start the heavy-guest threads")?;
+        let heavy = heavy::Heavy::start(tier)?;
         let jobs = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
             .thread_name("wharf-jobs")
@@ -191,6 +188,13 @@ impl Runtime {
     /// memory they hold.
     pub fn idle_sandboxes(&self) -> (usize, usize) {
         self.sandboxes.idle()
+    }
+
+    /// Guest runs that turned out CPU-heavy (or whose instance's did lately) and
+    /// moved to the heavy threads, and of those, the ones light load starved on
+    /// the idle-priority threads, moved on to the lowered ones.
+    pub fn heavy_guests(&self) -> (u64, u64) {
+        self.heavy.as_ref().map(heavy::Heavy::counts).unwrap_or_default()
     }
 
     /// A fingerprint of the engine's code-generation settings; compiled artifacts
@@ -355,14 +359,20 @@ fn engine_config(limits: &GuestLimits, pool: &PoolConfig) -> Config {
 }
 
 /// One thread per engine advancing the epoch every [`EPOCH_TICK`] (and, once a
-/// second, dropping sandboxes idle past their time).
+/// second, dropping sandboxes idle past their time; every
+/// [`crate::sched::STARVATION_CHECK`], looking whether heavy guests' idle
+/// threads are starved).
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, sandboxes: Arc<reuse::Sandboxes>) -> std::io::Result<Self> {
+    fn start(
+        engine: Engine,
+        sandboxes: Arc<reuse::Sandboxes>,
+        tier: Arc<crate::sched::IdleTier>,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name("wharf-epoch".into()).spawn(move || {
@@ -370,6 +380,7 @@ impl EpochTicker {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
+                tier.check();
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     sandboxes.sweep();
                     last_sweep = std::time::Instant::now();
