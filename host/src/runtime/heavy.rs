@@ -140,12 +140,20 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn a_heavy_guest_moves_on_to_the_lowered_threads_when_the_idle_ones_are_starved() {
+    /// Heavy threads with one run on them, and what the run is told and notes.
+    #[allow(clippy::type_complexity)]
+    fn one_heavy_run(
+    ) -> (Arc<IdleTier>, Heavy, Arc<Mutex<Vec<String>>>, Arc<AtomicBool>, tokio::sync::oneshot::Receiver<Outcome>) {
         let tier = Arc::new(IdleTier::default());
         let heavy = Heavy::start(tier.clone()).unwrap();
         let (threads, end) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let outcome = heavy.spawn(run(threads.clone(), end.clone()));
+        (tier, heavy, threads, end, outcome)
+    }
+
+    #[tokio::test]
+    async fn a_heavy_guest_moves_on_to_the_lowered_threads_when_the_idle_ones_are_starved() {
+        let (tier, heavy, threads, end, outcome) = one_heavy_run();
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         // Linux gives any thread SCHED_IDLE and keeps per-thread statistics.
         assert!(!cfg!(target_os = "linux") || !tier.is_blind(), "the idle tier is blind here");
@@ -172,10 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_heavy_guest_stays_on_the_idle_threads_while_they_get_to_run() {
-        let tier = Arc::new(IdleTier::default());
-        let heavy = Heavy::start(tier.clone()).unwrap();
-        let (threads, end) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
-        let outcome = heavy.spawn(run(threads.clone(), end.clone()));
+        let (tier, heavy, threads, end, outcome) = one_heavy_run();
         for _ in 0..4 {
             tokio::time::sleep(crate::sched::STARVATION_CHECK).await;
             tier.check();
