@@ -53,11 +53,9 @@ pub fn keep_large_allocations_in_arenas() {
 /// refused).
 pub fn lower_current_thread() {
     if !lower_with_short_slice() {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: both calls only change the calling thread's scheduling (on Linux,
-        // pid 0 / PRIO_PROCESS 0 name the calling thread); `param` outlives the call.
-        let lowered = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0
-            || unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } == 0;
+        // SAFETY: only changes the calling thread's nice value (on Linux,
+        // PRIO_PROCESS 0 names the calling thread).
+        let lowered = idle_current_thread() || unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } == 0;
         if !lowered {
             tracing::warn!("failed to lower the priority of a thread running heavy work");
         }
@@ -230,7 +228,6 @@ impl IdleTier {
     }
 
     /// Take the tier for starved, as a check that saw it would.
-    #[cfg(test)]
     pub(crate) fn mark_starved(&self) {
         let until = now_ms().saturating_add(STARVED_MEMORY.as_millis() as u64);
         self.starved_until_ms.fetch_max(until, Ordering::Relaxed);
@@ -268,8 +265,7 @@ impl IdleTier {
         });
         drop(threads);
         if starved {
-            let until = now_ms().saturating_add(STARVED_MEMORY.as_millis() as u64);
-            self.starved_until_ms.fetch_max(until, Ordering::Relaxed);
+            self.mark_starved();
         }
     }
 }
