@@ -441,6 +441,22 @@ impl TestNode {
         resp.text().await.unwrap()
     }
 
+    /// Wait until the node holds `n` idle sandboxes. A sandbox goes back when its
+    /// guest returns, just after the client has the response, and a guest that
+    /// computed for a while finishes on the idle-priority threads, which a busy
+    /// machine (a test run in parallel) can keep waiting for a moment.
+    pub async fn wait_idle_sandboxes(&self, n: u64) {
+        let started = std::time::Instant::now();
+        loop {
+            let idle = sample(&self.metrics().await, "wharf_guest_sandboxes_idle").unwrap_or(0.0);
+            if idle >= n as f64 {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{idle} idle sandboxes after 20 s, not {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Usage of an instance once it has settled: a guest is counted when it is
     /// done, which can be just after its client has read the response.
     pub async fn usage(&self, instance: &str) -> Value {

@@ -194,16 +194,18 @@ async fn a_reused_javascript_sandbox_answers_every_request_and_one_that_stops_an
         let (status, body) = call(&node, "lab.acme.test", Method::GET, "/served", None, "").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         counts.push(json(&body)["served"].as_u64().unwrap());
-        // A sandbox goes back when its guest returns, just after the client has
-        // the response: the next request waits a moment to find it.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        node.wait_idle_sandboxes(1).await;
     }
     assert_eq!(counts, [1, 2, 3, 4, 5], "one sandbox, reused");
 
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(call(&node, "once.acme.test", Method::GET, "/", None, "").await.0.as_u16());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let status = call(&node, "once.acme.test", Method::GET, "/", None, "").await.0;
+        statuses.push(status.as_u16());
+        if status == StatusCode::OK {
+            // Its sandbox goes back beside the lab's.
+            node.wait_idle_sandboxes(2).await;
+        }
     }
     // The first answer of a sandbox, then its unanswered second request (500),
     // then a fresh sandbox: never a sandbox that stopped answering, lent again.
