@@ -110,8 +110,11 @@ fn lower_with_short_slice() -> bool {
     }
 }
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How long work that turned out heavy marks its instance: its next requests
@@ -125,22 +128,139 @@ fn now_ms() -> u64 {
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// An instance's recent CPU use: whether its work lately turned out heavy.
+/// An instance's recent CPU use: whether its work lately turned out heavy, and
+/// its guests' time in the current [`GuestTime`] window.
 #[derive(Debug, Default)]
 pub struct RecentUse {
     heavy_until_ms: AtomicU64,
+    window: AtomicU64,
+    guest_nanos: AtomicU64,
 }
 
 impl RecentUse {
     /// Remember that work of this instance just turned out heavy.
     pub fn mark_heavy(&self) {
-        let until = now_ms().saturating_add(HEAVY_MEMORY.as_millis() as u64);
+        self.mark_heavy_at(now_ms());
+    }
+
+    fn mark_heavy_at(&self, now_ms: u64) {
+        let until = now_ms.saturating_add(HEAVY_MEMORY.as_millis() as u64);
         self.heavy_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     /// Whether work of this instance turned out heavy in the last [`HEAVY_MEMORY`].
     pub fn is_heavy(&self) -> bool {
         self.heavy_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+}
+
+/// How long an instance's share of the node's guest time is taken over.
+const SHARE_WINDOW_MS: u64 = 100;
+
+/// The node's guest time in the current [`SHARE_WINDOW_MS`] window, and how
+/// many instances had any: what tells a flood apart. Each request of a flood
+/// is light (a failing one, a hello), so none of them is ever heavy on its own,
+/// yet one instance sending them as fast as the node answers takes the node's
+/// cores from every other. An instance whose guests took more than three
+/// fifths of the window's guest time, while the node's guests together used more than half
+/// its cores and other instances had requests too, is marked heavy for
+/// [`HEAVY_MEMORY`] like a CPU-heavy guest's: its next requests start on the
+/// heavy-guest threads (idle priority first), so the others' light requests
+/// run first and it keeps the cores they leave. A single busy instance (a
+/// benchmark, a node with one customer awake) is never marked: nobody waits
+/// behind it. Guest time is wall time inside the guests' polls, on whichever
+/// threads they ran.
+#[derive(Debug)]
+pub struct GuestTime {
+    window: AtomicU64,
+    nanos: AtomicU64,
+    active: AtomicU64,
+    /// Guest time in a window past which the node counts as saturated.
+    saturated_nanos: u64,
+    /// Instances marked heavy for their share.
+    marked: AtomicU64,
+}
+
+impl GuestTime {
+    /// For a node with `cores` cores.
+    pub fn new(cores: usize) -> Self {
+        Self {
+            window: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            saturated_nanos: SHARE_WINDOW_MS * 1_000_000 * cores.max(1) as u64 / 2,
+            marked: AtomicU64::new(0),
+        }
+    }
+
+    /// Charge `nanos` of guest time to `recent`'s instance, which is marked
+    /// heavy if it takes more than its share (see the type's documentation).
+    pub fn charge(&self, recent: &RecentUse, nanos: u64) {
+        self.charge_at(recent, nanos, now_ms());
+    }
+
+    fn charge_at(&self, recent: &RecentUse, nanos: u64, now_ms: u64) {
+        // Windows count from 1: a new instance's 0 is no window.
+        let window = now_ms / SHARE_WINDOW_MS + 1;
+        // The first charge of a window starts it (a charge racing with that
+        // can land in either window: the figures are estimates).
+        let current = self.window.load(Ordering::Relaxed);
+        if current < window
+            && self.window.compare_exchange(current, window, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.nanos.store(0, Ordering::Relaxed);
+            self.active.store(0, Ordering::Relaxed);
+        }
+        if recent.window.swap(window, Ordering::Relaxed) != window {
+            recent.guest_nanos.store(0, Ordering::Relaxed);
+            self.active.fetch_add(1, Ordering::Relaxed);
+        }
+        let mine = recent.guest_nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
+        let all = self.nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
+        if all > self.saturated_nanos
+            && mine.saturating_mul(5) > all.saturating_mul(3)
+            && self.active.load(Ordering::Relaxed) >= 2
+        {
+            // Kept marked while it goes on (counted when it was not).
+            if recent.heavy_until_ms.load(Ordering::Relaxed) <= now_ms {
+                self.marked.fetch_add(1, Ordering::Relaxed);
+            }
+            recent.mark_heavy_at(now_ms);
+        }
+    }
+
+    /// How many times an instance was marked heavy for its share.
+    pub fn marked(&self) -> u64 {
+        self.marked.load(Ordering::Relaxed)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A guest's run, its time inside polls charged to its instance's share
+    /// ([`GuestTime`]) on whichever thread it runs.
+    pub struct Charged<F> {
+        #[pin]
+        run: F,
+        recent: Arc<RecentUse>,
+        time: Arc<GuestTime>,
+    }
+}
+
+impl<F> Charged<F> {
+    pub fn new(run: F, recent: Arc<RecentUse>, time: Arc<GuestTime>) -> Self {
+        Self { run, recent, time }
+    }
+}
+
+impl<F: Future> Future for Charged<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let started = Instant::now();
+        let polled = this.run.poll(cx);
+        this.time.charge(this.recent, u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        polled
     }
 }
 
@@ -283,6 +403,60 @@ pub fn is_starved(before: Schedstat, after: Schedstat, wall: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_flooding_a_saturated_node_beside_others_is_marked_heavy() {
+        let ms = 1_000_000;
+        let heavy = |r: &RecentUse, at: u64| r.heavy_until_ms.load(Ordering::Relaxed) > at;
+        // Alone, it may use the whole node: nobody waits behind it.
+        let time = GuestTime::new(2);
+        let alone = RecentUse::default();
+        for t in 0..100 {
+            time.charge_at(&alone, 2 * ms, t);
+        }
+        assert!(!heavy(&alone, 99), "a single busy instance");
+        // Beside a light one, on a node not saturated: 60 ms of 100 ms on two cores.
+        let time = GuestTime::new(2);
+        let (big, light) = (RecentUse::default(), RecentUse::default());
+        for t in 1000..1100 {
+            time.charge_at(&light, ms / 10, t);
+            time.charge_at(&big, ms / 2, t);
+        }
+        assert!(!heavy(&big, 1099), "the node had cores to spare");
+        // Beside a light one, on a saturated node: marked within the window,
+        // for a second; the light one is not.
+        let time = GuestTime::new(2);
+        let (flood, light) = (RecentUse::default(), RecentUse::default());
+        let mut marked_at = None;
+        for t in 2000..2100 {
+            time.charge_at(&light, ms / 10, t);
+            time.charge_at(&flood, 2 * ms, t);
+            if marked_at.is_none() && heavy(&flood, t) {
+                marked_at = Some(t);
+            }
+        }
+        // 48 steps of 2.1 ms: past half the cores' worth of the window's 100 ms.
+        assert_eq!(marked_at, Some(2047));
+        assert!(!heavy(&light, 2099));
+        assert!(heavy(&flood, 2099 + 999) && !heavy(&flood, 2099 + 1000), "for HEAVY_MEMORY after its last charge");
+        assert_eq!(time.marked(), 1, "counted once, not at every charge");
+        // Two instances sharing a saturated node evenly: neither.
+        let time = GuestTime::new(2);
+        let (a, b) = (RecentUse::default(), RecentUse::default());
+        for t in 5000..5100 {
+            time.charge_at(&a, ms, t);
+            time.charge_at(&b, ms, t);
+        }
+        assert_eq!(time.marked(), 0);
+        // A new window starts the count again.
+        let time = GuestTime::new(2);
+        let (flood, light) = (RecentUse::default(), RecentUse::default());
+        for t in (7000..7400).step_by(5) {
+            time.charge_at(&light, ms / 10, t);
+            time.charge_at(&flood, 4 * ms, t);
+        }
+        assert!(!heavy(&flood, 7399), "80 ms of guest time in each window");
+    }
 
     #[test]
     fn schedstat_is_read_where_the_kernel_keeps_it() {

@@ -171,3 +171,68 @@ async fn heavy_guests_keep_a_share_of_a_node_saturated_by_light_requests() {
     assert!(moved >= 1.0 && (0.0..=moved).contains(&rescued), "heavy {moved}, rescued {rescued}");
     eprintln!("{took:?}: {moved} heavy guest runs, {rescued} moved on from starved idle-priority threads");
 }
+
+/// A flood of light requests (each fails fast: the guest recurses into its
+/// stack limit) from one tenant: no single request is heavy, yet the tenant
+/// takes the node's cores. Alone on the node it may (nobody waits behind it);
+/// once another tenant has requests too, the flooding instance is marked for
+/// its share and its requests continue on the heavy-guest threads, each still
+/// with its own outcome, while the neighbour's are served without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_light_requests_beside_another_continues_on_the_heavy_threads() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let node = TestNode::start().await;
+    neighbours(&node).await;
+    let marks = |metrics: &str| crate::harness::sample(metrics, "wharf_instances_flooding_total").unwrap_or(-1.0);
+    let (stop, failed, other) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let (http, addr, stop, failed, other) =
+                (node.http.clone(), node.ingress(), stop.clone(), failed.clone(), other.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = http.get(format!("http://{addr}/recurse")).header("host", "bad.test").send().await;
+                    match resp.map(|r| r.status()) {
+                        Ok(StatusCode::INTERNAL_SERVER_ERROR) => failed.fetch_add(1, Ordering::Relaxed),
+                        _ => other.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alone = marks(&node.metrics().await);
+    assert_eq!(alone, 0.0, "an instance alone on the node is never marked for its share");
+
+    // The neighbour's requests, one at a time, while the flood goes on.
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    let mut marked = 0.0;
+    while started.elapsed() < Duration::from_secs(20) {
+        let (status, body) = node.get("good.test", "/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        served += 1;
+        if served % 20 == 0 {
+            marked = marks(&node.metrics().await);
+            if marked >= 1.0 && started.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await.unwrap();
+    }
+    let metrics = node.metrics().await;
+    let heavy = crate::harness::sample(&metrics, "wharf_guests_heavy_total").unwrap_or(0.0);
+    eprintln!(
+        "{marked} marks after {:?}, {served} neighbour requests, {} flood requests failed as they should, {heavy} heavy runs",
+        started.elapsed(),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(marked >= 1.0, "the flooding instance was never marked beside its neighbour");
+    assert!(heavy >= 1.0, "its requests never went to the heavy threads");
+    assert_eq!(other.load(Ordering::Relaxed), 0, "every flood request got its own outcome (500)");
+}

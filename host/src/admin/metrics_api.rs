@@ -141,6 +141,11 @@ pub(super) async fn metrics(
             "Heavy guest runs starved on the idle-priority threads and moved on to the lowered ones",
             ConstCounter::new(rescued),
         );
+        registry.register(
+            "instances_flooding",
+            "Times an instance took most of a saturated node's guest time beside others and was sent to the heavy-guest threads for a second",
+            ConstCounter::new(node.runtime.flooding_marks()),
+        );
         let (idle, idle_bytes) = node.runtime.idle_sandboxes();
         registry.register("guest_sandboxes_idle", "Sandboxes waiting for their instance's next request", gauge(idle));
         registry.register("guest_sandboxes_idle_bytes", "Linear memory idle sandboxes hold", gauge(idle_bytes));

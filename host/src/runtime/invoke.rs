@@ -100,7 +100,7 @@ impl Runtime {
         who: RequestIdentity,
         context: super::GuestContext,
         req: hyper::Request<B>,
-        recent: &crate::sched::RecentUse,
+        recent: &Arc<crate::sched::RecentUse>,
         reuse: Option<Reuse>,
         on_done: impl FnOnce(&RequestIdentity, Outcome) + Send + 'static,
     ) -> Handled
@@ -205,6 +205,8 @@ impl Runtime {
         // streaming its body after answering moves to a task of its own; one that
         // computes past `SUSPECT_AFTER_NANOS` + `DEMOTE_AFTER_CPU_NANOS` moves to
         // the low-priority threads.
+        // Its time counts toward its instance's share of the node's.
+        let guest = crate::sched::Charged::new(guest, recent.clone(), self.guest_time.clone());
         let guest = GuestTask {
             future: Some(Box::pin(guest)),
             abandoned,

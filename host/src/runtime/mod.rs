@@ -103,6 +103,9 @@ pub struct Runtime {
     ticker: Option<EpochTicker>,
     /// Where CPU-heavy guests continue (see [`invoke`] and [`heavy`]).
     heavy: Option<heavy::Heavy>,
+    /// Each instance's share of the node's guest time: an instance flooding a
+    /// saturated node beside others continues on the heavy threads too.
+    guest_time: Arc<crate::sched::GuestTime>,
     /// Where jobs run: a thread per core, all lowered (see `sched`), so background
     /// work uses the cores nobody else wants, keeps a bounded share when the
     /// node is saturated, and barely delays a request.
@@ -162,6 +165,9 @@ impl Runtime {
             limits,
             ticker,
             heavy: Some(heavy),
+            guest_time: Arc::new(crate::sched::GuestTime::new(
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            )),
             jobs: Some(jobs),
             memory,
             sandboxes,
@@ -195,6 +201,12 @@ impl Runtime {
     /// the idle-priority threads, moved on to the lowered ones.
     pub fn heavy_guests(&self) -> (u64, u64) {
         self.heavy.as_ref().map(heavy::Heavy::counts).unwrap_or_default()
+    }
+
+    /// How many times an instance took most of a saturated node's guest time
+    /// beside others and was sent to the heavy threads for it.
+    pub fn flooding_marks(&self) -> u64 {
+        self.guest_time.marked()
     }
 
     /// A fingerprint of the engine's code-generation settings; compiled artifacts
