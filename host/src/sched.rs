@@ -162,14 +162,15 @@ const SHARE_WINDOW_MS: u64 = 100;
 /// is light (a failing one, a hello), so none of them is ever heavy on its own,
 /// yet one instance sending them as fast as the node answers takes the node's
 /// cores from every other. An instance whose guests took more than three
-/// fifths of the window's guest time, while the node's guests together used more than half
-/// its cores and other instances had requests too, is marked heavy for
-/// [`HEAVY_MEMORY`] like a CPU-heavy guest's: its next requests start on the
-/// heavy-guest threads (idle priority first), so the others' light requests
-/// run first and it keeps the cores they leave. A single busy instance (a
-/// benchmark, a node with one customer awake) is never marked: nobody waits
-/// behind it. Guest time is wall time inside the guests' polls, on whichever
-/// threads they ran.
+/// fifths of the window's guest time, while the node's guests together used
+/// more than half its cores and other instances had requests too, is marked
+/// heavy while it goes on (with the node half as busy: the heavy threads slow
+/// it down) and for [`HEAVY_MEMORY`] after, like a CPU-heavy
+/// guest's instance: its next requests start on the heavy-guest threads (idle
+/// priority first), so the others' light requests run first and it keeps the
+/// cores they leave. A single busy instance (a benchmark, a node with one
+/// customer awake) is never marked: nobody waits behind it. Guest time is wall
+/// time inside the guests' polls, on whichever threads they ran.
 #[derive(Debug)]
 pub struct GuestTime {
     window: AtomicU64,
@@ -217,12 +218,13 @@ impl GuestTime {
         }
         let mine = recent.guest_nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
         let all = self.nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
-        if all > self.saturated_nanos
-            && mine.saturating_mul(5) > all.saturating_mul(3)
-            && self.active.load(Ordering::Relaxed) >= 2
-        {
-            // Kept marked while it goes on (counted when it was not).
-            if recent.heavy_until_ms.load(Ordering::Relaxed) <= now_ms {
+        // Once marked, its guests run on fewer threads, after everyone else's:
+        // the node looks less busy for it. Half the threshold keeps it marked
+        // while it goes on, instead of letting it back every second.
+        let marked = recent.heavy_until_ms.load(Ordering::Relaxed) > now_ms;
+        let busy = if marked { self.saturated_nanos / 2 } else { self.saturated_nanos };
+        if all > busy && mine.saturating_mul(5) > all.saturating_mul(3) && self.active.load(Ordering::Relaxed) >= 2 {
+            if !marked {
                 self.marked.fetch_add(1, Ordering::Relaxed);
             }
             recent.mark_heavy_at(now_ms);
@@ -440,6 +442,13 @@ mod tests {
         assert!(!heavy(&light, 2099));
         assert!(heavy(&flood, 2099 + 999) && !heavy(&flood, 2099 + 1000), "for HEAVY_MEMORY after its last charge");
         assert_eq!(time.marked(), 1, "counted once, not at every charge");
+        // On the heavy threads it gets less done: still the most of the guest
+        // time, but only 60 ms of each window. It stays marked while it goes on.
+        for t in (2100..4000).step_by(10) {
+            time.charge_at(&light, ms / 10, t);
+            time.charge_at(&flood, 6 * ms, t);
+        }
+        assert!(heavy(&flood, 3999) && time.marked() == 1, "kept marked, not let back every second");
         // Two instances sharing a saturated node evenly: neither.
         let time = GuestTime::new(2);
         let (a, b) = (RecentUse::default(), RecentUse::default());
