@@ -163,14 +163,15 @@ const SHARE_WINDOW_MS: u64 = 100;
 /// yet one instance sending them as fast as the node answers takes the node's
 /// cores from every other. An instance whose guests took more than three
 /// fifths of the window's guest time, while the node's guests together used
-/// more than half its cores and other instances had requests too, is marked
-/// heavy while it goes on (with the node half as busy: the heavy threads slow
-/// it down) and for [`HEAVY_MEMORY`] after, like a CPU-heavy
-/// guest's instance: its next requests start on the heavy-guest threads (idle
-/// priority first), so the others' light requests run first and it keeps the
-/// cores they leave. A single busy instance (a benchmark, a node with one
-/// customer awake) is never marked: nobody waits behind it. Guest time is wall
-/// time inside the guests' polls, on whichever threads they ran.
+/// more than half its request threads' time (a thread per core) and other
+/// instances had requests too, is marked heavy like a CPU-heavy guest's
+/// instance, while it goes on (with the node half as busy: the heavy threads
+/// slow it down) and for [`HEAVY_MEMORY`] after: its next requests start on
+/// the heavy-guest threads (idle priority first), so the others' light
+/// requests run first and it keeps the cores they leave. A single busy
+/// instance (a benchmark, a node with one customer awake) is never marked:
+/// nobody waits behind it. Guest time is wall time inside the guests' polls,
+/// on whichever threads they ran.
 #[derive(Debug)]
 pub struct GuestTime {
     window: AtomicU64,
@@ -183,7 +184,7 @@ pub struct GuestTime {
 }
 
 impl GuestTime {
-    /// For a node with `cores` cores.
+    /// For a node whose requests run on `cores` threads.
     pub fn new(cores: usize) -> Self {
         Self {
             window: AtomicU64::new(0),

@@ -165,8 +165,12 @@ impl Runtime {
             limits,
             ticker,
             heavy: Some(heavy),
+            // Saturation is measured against the request threads: the runtime
+            // the node starts on (a thread per core, unless told otherwise).
             guest_time: Arc::new(crate::sched::GuestTime::new(
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+                tokio::runtime::Handle::try_current()
+                    .map(|runtime| runtime.metrics().num_workers())
+                    .unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             )),
             jobs: Some(jobs),
             memory,
