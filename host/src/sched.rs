@@ -129,15 +129,27 @@ fn now_ms() -> u64 {
 }
 
 /// An instance's recent CPU use: whether its work lately turned out heavy, and
-/// its guests' time in the current [`GuestTime`] window.
+/// its tenant's share of the node's guest time.
 #[derive(Debug, Default)]
 pub struct RecentUse {
     heavy_until_ms: AtomicU64,
+    tenant: Arc<TenantUse>,
+}
+
+/// A tenant's guests' time in the current [`GuestTime`] window, shared by all
+/// its instances: a flood spread over several instances is still one tenant's.
+#[derive(Debug, Default)]
+pub struct TenantUse {
     window: AtomicU64,
     guest_nanos: AtomicU64,
 }
 
 impl RecentUse {
+    /// An instance of the tenant whose share `tenant` keeps.
+    pub fn of_tenant(tenant: Arc<TenantUse>) -> Self {
+        Self { heavy_until_ms: AtomicU64::new(0), tenant }
+    }
+
     /// Remember that work of this instance just turned out heavy.
     pub fn mark_heavy(&self) {
         self.mark_heavy_at(now_ms());
@@ -158,21 +170,22 @@ impl RecentUse {
 const SHARE_WINDOW_MS: u64 = 100;
 
 /// The node's guest time in the current [`SHARE_WINDOW_MS`] window, and how
-/// many instances had any: what tells a flood apart. Each request of a flood
-/// is light (a failing one, a hello), so none of them is ever heavy on its own,
-/// yet one instance sending them as fast as the node answers takes the node's
-/// cores from every other. An instance whose guests took more than three
-/// fifths of the window's guest time, while the node's guests together used
-/// more than a quarter of its request threads' time (a thread per core: much
-/// of a light request's cost is outside its guest, in the ingress and the
-/// kernel) and other instances had requests too, is marked heavy like a CPU-heavy guest's
-/// instance, while it goes on (with the node half as busy: the heavy threads
-/// slow it down) and for [`HEAVY_MEMORY`] after: its next requests start on
-/// the heavy-guest threads (idle priority first), so the others' light
-/// requests run first and it keeps the cores they leave. A single busy
-/// instance (a benchmark, a node with one customer awake) is never marked:
-/// nobody waits behind it. Guest time is wall time inside the guests' polls,
-/// on whichever threads they ran.
+/// many tenants had any: what tells a flood apart. Each request of a flood is
+/// light (a failing one, a hello), so none of them is ever heavy on its own,
+/// yet one tenant sending them as fast as the node answers takes the node's
+/// cores from every other. A tenant whose guests (all its instances together)
+/// took more than three fifths of the window's guest time, while the node's
+/// guests together used more than a quarter of its request threads' time (a
+/// thread per core: much of a light request's cost is outside its guest, in
+/// the ingress and the kernel) and other tenants had requests too, has each
+/// instance it floods from marked heavy like a CPU-heavy guest's instance,
+/// while it goes on (with the node half as busy: the heavy threads slow it
+/// down) and for [`HEAVY_MEMORY`] after: their next requests start on the
+/// heavy-guest threads (idle priority first), so the others' light requests
+/// run first and the flood keeps the cores they leave. A single busy tenant (a
+/// benchmark, a node with one customer awake) is never marked: nobody waits
+/// behind it. Guest time is wall time inside the guests' polls, on whichever
+/// threads they ran.
 #[derive(Debug)]
 pub struct GuestTime {
     window: AtomicU64,
@@ -214,11 +227,12 @@ impl GuestTime {
             self.nanos.store(0, Ordering::Relaxed);
             self.active.store(0, Ordering::Relaxed);
         }
-        if recent.window.swap(window, Ordering::Relaxed) != window {
-            recent.guest_nanos.store(0, Ordering::Relaxed);
+        let tenant = &recent.tenant;
+        if tenant.window.swap(window, Ordering::Relaxed) != window {
+            tenant.guest_nanos.store(0, Ordering::Relaxed);
             self.active.fetch_add(1, Ordering::Relaxed);
         }
-        let mine = recent.guest_nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
+        let mine = tenant.guest_nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
         let all = self.nanos.fetch_add(nanos, Ordering::Relaxed).saturating_add(nanos);
         // Once marked, its guests run on fewer threads, after everyone else's:
         // the node looks less busy for it. Half the threshold keeps it marked
@@ -409,7 +423,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_instance_flooding_a_saturated_node_beside_others_is_marked_heavy() {
+    fn a_tenant_flooding_a_saturated_node_beside_others_is_marked_heavy() {
         let ms = 1_000_000;
         let heavy = |r: &RecentUse, at: u64| r.heavy_until_ms.load(Ordering::Relaxed) > at;
         // Alone, it may use the whole node: nobody waits behind it.
@@ -451,7 +465,19 @@ mod tests {
             time.charge_at(&flood, 3 * ms, t);
         }
         assert!(heavy(&flood, 3999) && time.marked() == 1, "kept marked, not let back every second");
-        // Two instances sharing a saturated node evenly: neither.
+        // One tenant's flood spread over two instances, each under three fifths
+        // of the guest time: the tenant's share marks both.
+        let time = GuestTime::new(2);
+        let mallory = Arc::new(TenantUse::default());
+        let (a, b) = (RecentUse::of_tenant(mallory.clone()), RecentUse::of_tenant(mallory));
+        let light = RecentUse::default();
+        for t in 3000..3100 {
+            time.charge_at(&light, ms / 10, t);
+            time.charge_at(&a, ms, t);
+            time.charge_at(&b, ms, t);
+        }
+        assert!(heavy(&a, 3099) && heavy(&b, 3099) && !heavy(&light, 3099));
+        // Two tenants sharing a saturated node evenly: neither.
         let time = GuestTime::new(2);
         let (a, b) = (RecentUse::default(), RecentUse::default());
         for t in 5000..5100 {

@@ -173,27 +173,30 @@ async fn heavy_guests_keep_a_share_of_a_node_saturated_by_light_requests() {
 }
 
 /// A flood of light requests (each fails fast: the guest recurses into its
-/// stack limit) from one tenant: no single request is heavy, yet the tenant
-/// takes the node's cores. Alone on the node it may (nobody waits behind it);
-/// once another tenant has requests too, the flooding instance is marked for
-/// its share and its requests continue on the heavy-guest threads, each still
-/// with its own outcome, while the neighbour's are served without an error.
+/// stack limit) from one tenant, spread over two of its instances so that
+/// neither takes most of the node alone: no single request is heavy, yet the
+/// tenant takes the node's cores. Alone on the node it may (nobody waits behind
+/// it); once another tenant has requests too, the tenant is marked for its
+/// share and its requests continue on the heavy-guest threads, each still with
+/// its own outcome, while the neighbour's are served without an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_flooding_light_requests_beside_another_continues_on_the_heavy_threads() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let node = TestNode::start().await;
     neighbours(&node).await;
+    node.create_instance("bad", "misbehave", &["bad2.test"]).await;
     let marks = |metrics: &str| crate::harness::sample(metrics, "wharf_instances_flooding_total").unwrap_or(-1.0);
     let (stop, failed, other) =
         (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let flood: Vec<_> = (0..12)
-        .map(|_| {
+        .map(|client| {
+            let host = if client % 2 == 0 { "bad.test" } else { "bad2.test" };
             let (http, addr, stop, failed, other) =
                 (node.http.clone(), node.ingress(), stop.clone(), failed.clone(), other.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let resp = http.get(format!("http://{addr}/recurse")).header("host", "bad.test").send().await;
+                    let resp = http.get(format!("http://{addr}/recurse")).header("host", host).send().await;
                     match resp.map(|r| r.status()) {
                         Ok(StatusCode::INTERNAL_SERVER_ERROR) => failed.fetch_add(1, Ordering::Relaxed),
                         _ => other.fetch_add(1, Ordering::Relaxed),

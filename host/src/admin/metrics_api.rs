@@ -143,7 +143,7 @@ pub(super) async fn metrics(
         );
         registry.register(
             "instances_flooding",
-            "Times an instance took most of a saturated node's guest time beside others and was sent to the heavy-guest threads for a second",
+            "Times an instance was sent to the heavy-guest threads because its tenant took most of a saturated node's guest time beside others",
             ConstCounter::new(node.runtime.flooding_marks()),
         );
         let (idle, idle_bytes) = node.runtime.idle_sandboxes();

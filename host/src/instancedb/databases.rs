@@ -35,6 +35,9 @@ pub struct Databases {
     /// The control plane, to list a tenant's instances.
     control: crate::store::Db,
     opened: DashMap<Arc<str>, Arc<Opened>>,
+    /// Each tenant's share of guest time, shared by its instances' handles
+    /// (dropped with the last of them, see [`Databases::close_idle`]).
+    tenant_use: DashMap<Arc<str>, Arc<crate::sched::TenantUse>>,
     /// The clock of [`Opened::used`].
     started: Instant,
 }
@@ -50,6 +53,7 @@ impl Databases {
             backends,
             control,
             opened: DashMap::new(),
+            tenant_use: DashMap::new(),
             started: Instant::now(),
         })
     }
@@ -60,7 +64,9 @@ impl Databases {
             databases: self.clone(),
             instance: instance.clone(),
             tenant: tenant.clone(),
-            recent: Arc::default(),
+            recent: Arc::new(crate::sched::RecentUse::of_tenant(
+                self.tenant_use.entry(tenant.clone()).or_default().clone(),
+            )),
         })
     }
 
@@ -73,6 +79,7 @@ impl Databases {
     /// open the least recently used (only those with no call waiting or
     /// running); how many were closed.
     pub fn close_idle(&self, idle: Duration, most: usize) -> usize {
+        self.tenant_use.retain(|_, share| Arc::strong_count(share) > 1);
         let now = self.now();
         let before = self.opened.len();
         let in_use = |opened: &Arc<Opened>| Arc::strong_count(opened) > 1 || opened.busy();

@@ -204,8 +204,8 @@ impl Runtime {
         // staying here saves a cross-thread hand-off per request. A guest still
         // streaming its body after answering moves to a task of its own; one that
         // computes past `SUSPECT_AFTER_NANOS` + `DEMOTE_AFTER_CPU_NANOS` moves to
-        // the low-priority threads.
-        // Its time counts toward its instance's share of the node's.
+        // the low-priority threads. Its time inside polls, on whichever
+        // threads, counts toward its instance's share of the node's.
         let guest = crate::sched::Charged::new(guest, recent.clone(), self.guest_time.clone());
         let guest = GuestTask {
             future: Some(Box::pin(guest)),

@@ -103,7 +103,7 @@ pub struct Runtime {
     ticker: Option<EpochTicker>,
     /// Where CPU-heavy guests continue (see [`invoke`] and [`heavy`]).
     heavy: Option<heavy::Heavy>,
-    /// Each instance's share of the node's guest time: an instance flooding a
+    /// Each tenant's share of the node's guest time: a tenant flooding a
     /// saturated node beside others continues on the heavy threads too.
     guest_time: Arc<crate::sched::GuestTime>,
     /// Where jobs run: a thread per core, all lowered (see `sched`), so background
@@ -207,8 +207,8 @@ impl Runtime {
         self.heavy.as_ref().map(heavy::Heavy::counts).unwrap_or_default()
     }
 
-    /// How many times an instance took most of a saturated node's guest time
-    /// beside others and was sent to the heavy threads for it.
+    /// How many times an instance was sent to the heavy threads because its
+    /// tenant took most of a saturated node's guest time beside others.
     pub fn flooding_marks(&self) -> u64 {
         self.guest_time.marked()
     }
