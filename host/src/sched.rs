@@ -70,6 +70,39 @@ pub fn idle_current_thread() -> bool {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
+/// Put the calling thread under `SCHED_IDLE` at [`LOWERED_NICE`], so that
+/// [`raise_to_lowered`] can later move it on with no more right than to run
+/// at that nice value. False if the kernel refused.
+pub fn idle_current_thread_rescuably() -> bool {
+    // SAFETY: only raises the calling thread's nice value (on Linux,
+    // PRIO_PROCESS 0 names the calling thread), which needs no privilege.
+    (unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOWERED_NICE) } == 0) && idle_current_thread()
+}
+
+/// Move the calling thread from `SCHED_IDLE` back to lowered (nice
+/// [`LOWERED_NICE`] with the short slice). Leaving `SCHED_IDLE` is raising a
+/// thread: the kernel allows it only to a process with `CAP_SYS_NICE` or an
+/// `RLIMIT_NICE` that reaches [`LOWERED_NICE`] (systemd's `LimitNICE=10`).
+pub fn raise_to_lowered() -> bool {
+    lower_with_short_slice()
+}
+
+/// Whether this process may move threads from `SCHED_IDLE` on to lowered
+/// ones ([`raise_to_lowered`]), tried once on a thread of its own. Where it
+/// may not, work that cannot leave its thread (a SQL statement) is lowered
+/// from the start rather than risk starving under `SCHED_IDLE`.
+pub fn idle_threads_can_be_raised() -> bool {
+    static CAN: OnceLock<bool> = OnceLock::new();
+    *CAN.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("wharf-probe".into())
+            .spawn(|| idle_current_thread_rescuably() && raise_to_lowered())
+            .ok()
+            .and_then(|probe| probe.join().ok())
+            .unwrap_or(false)
+    })
+}
+
 /// The kernel's `struct sched_attr` (the fields up to `sched_period`, the size
 /// every kernel since 3.14 accepts).
 #[repr(C)]
@@ -358,6 +391,18 @@ impl IdleTier {
         }
         let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         threads.push((tid, stats.unwrap_or_default()));
+    }
+
+    /// Watch the calling thread, already under `SCHED_IDLE`, with the tier's
+    /// own: a heavy SQL statement's database thread, whose starvation is the
+    /// same sign that light load saturates the node. False where the kernel
+    /// keeps no statistics for it.
+    pub fn watch_current_thread(&self) -> bool {
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        let Some(stats) = Schedstat::of_thread(tid) else { return false };
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push((tid, stats));
+        true
     }
 
     /// Whether heavy guests should leave (or skip) this tier for the lowered threads.

@@ -172,6 +172,96 @@ async fn heavy_guests_keep_a_share_of_a_node_saturated_by_light_requests() {
     eprintln!("{took:?}: {moved} heavy guest runs, {rescued} moved on from starved idle-priority threads");
 }
 
+/// A SQL statement that turns heavy cannot move to other threads as a guest
+/// does: its database thread goes to idle priority, and when the node becomes
+/// saturated while it runs, it is seen starved there with the heavy guests'
+/// idle threads and raised to the lowered threads' bounded share, so the
+/// statement ends with its answer, not its time limit (at idle priority alone,
+/// 0.3 % of a core beside normal work, it would run into it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_statements_keep_a_share_when_the_node_becomes_saturated() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let node = TestNode::start_with(|config| config.limits.request_timeout = Duration::from_secs(3)).await;
+    neighbours(&node).await;
+    let rows = "200000";
+    let count = format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) SELECT count(*) FROM c"
+    );
+    let query = || node.ingress_call("bad.test", reqwest::Method::POST, "/sql/query", None, &count);
+    let started = std::time::Instant::now();
+    let (status, _, body) = query().await;
+    let alone = started.elapsed();
+    assert!(status == StatusCode::OK && body.contains(rows), "{status} {body}");
+
+    // The same statement again (its instance was heavy a moment ago: it starts
+    // at idle priority), and as it starts, light requests and two cores' worth
+    // of other work at normal priority saturate the machine, the other work
+    // until the statement is raised (or for a second).
+    let raised = || async {
+        crate::harness::sample(&node.metrics().await, "wharf_statements_heavy_rescued_total").unwrap_or(0.0) >= 1.0
+    };
+    let started = std::time::Instant::now();
+    let (answer, load) = tokio::join!(query(), async {
+        let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let resp = http.get(format!("http://{addr}/")).header("host", "good.test").send().await;
+                        if resp.is_ok_and(|r| r.status() == StatusCode::OK) {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let ease = Arc::new(AtomicBool::new(false));
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let ease = ease.clone();
+                std::thread::spawn(move || {
+                    while !ease.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let saturated = std::time::Instant::now();
+        while saturated.elapsed() < Duration::from_secs(1) && !raised().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ease.store(true, Ordering::Relaxed);
+        for thread in busy {
+            thread.join().unwrap();
+        }
+        (stop, served, clients)
+    });
+    let took = started.elapsed();
+    let (stop, served, clients) = load;
+    stop.store(true, Ordering::Relaxed);
+    for task in clients {
+        task.await.unwrap();
+    }
+    let (status, _, body) = answer;
+    assert!(
+        status == StatusCode::OK && body.contains(rows),
+        "the statement took {alone:?} alone, {took:?} as the node became saturated: {status} {body}"
+    );
+    assert!(served.load(Ordering::Relaxed) > 10, "the light load was served meanwhile");
+    let metrics = node.metrics().await;
+    let heavy = crate::harness::sample(&metrics, "wharf_statements_heavy_total").unwrap_or(0.0);
+    let rescued = crate::harness::sample(&metrics, "wharf_statements_heavy_rescued_total").unwrap_or(-1.0);
+    eprintln!(
+        "the statement took {alone:?} alone, {took:?} saturated: {heavy} heavy, {rescued} raised from idle priority"
+    );
+    assert!(heavy >= 2.0 && (0.0..=heavy).contains(&rescued), "heavy {heavy}, rescued {rescued}");
+    if wharf::sched::idle_threads_can_be_raised() {
+        assert!(rescued >= 1.0, "the starved statement was raised from idle priority");
+    }
+}
+
 /// A flood of light requests (each fails fast: the guest recurses into its
 /// stack limit) from one tenant, spread over two of its instances so that
 /// neither takes most of the node alone: no single request is heavy, yet the

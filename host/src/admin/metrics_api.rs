@@ -146,6 +146,17 @@ pub(super) async fn metrics(
             "Times an instance was sent to the heavy-guest threads because its tenant took most of a saturated node's guest time beside others",
             ConstCounter::new(node.runtime.flooding_marks()),
         );
+        let (statements, raised) = node.configurator.heavy_statements();
+        registry.register(
+            "statements_heavy",
+            "SQLite statements that ran past 5 ms of CPU, their database thread lowered (idle priority first)",
+            ConstCounter::new(statements),
+        );
+        registry.register(
+            "statements_heavy_rescued",
+            "Heavy SQLite statements starved at idle priority and raised to the lowered threads' bounded share",
+            ConstCounter::new(raised),
+        );
         let (idle, idle_bytes) = node.runtime.idle_sandboxes();
         registry.register("guest_sandboxes_idle", "Sandboxes waiting for their instance's next request", gauge(idle));
         registry.register("guest_sandboxes_idle_bytes", "Linear memory idle sandboxes hold", gauge(idle_bytes));

@@ -369,6 +369,12 @@ impl Configurator {
         &self.backends.calls
     }
 
+    /// SQLite statements that turned out heavy, and of those, the ones raised
+    /// from idle priority, starved (see [`database::DbThreads::heavy_statements`]).
+    pub fn heavy_statements(&self) -> (u64, u64) {
+        self.databases.threads().heavy_statements()
+    }
+
     /// The databases of `tenant`'s instance, open.
     pub(super) async fn open_database(
         &self,

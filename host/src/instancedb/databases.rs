@@ -97,6 +97,11 @@ impl Databases {
         before.saturating_sub(self.opened.len())
     }
 
+    /// The database threads SQLite work runs on.
+    pub fn threads(&self) -> &Arc<DbThreads> {
+        &self.threads
+    }
+
     /// Set every tenant's database quota (see [`DbThreads::set_quotas`]).
     pub fn set_quotas(&self, bytes: u64, overrides: &std::collections::HashMap<String, i64>) {
         self.threads.set_quotas(bytes, overrides);

@@ -9,10 +9,19 @@
 //!
 //! CPU is shared by use, as for guests: a statement that runs past
 //! [`DEMOTE_AFTER`] lowers its thread ([`crate::sched`]), so the kernel runs every
-//! other request first. An unprivileged process cannot raise a thread's priority back,
-//! so a lowered thread retires after its job and a fresh one takes its place.
+//! other request first. Like a heavy guest, it runs under `SCHED_IDLE` first,
+//! watched with the heavy guests' idle threads, and moves on to a lowered
+//! thread (nice 10, a bounded share) when they are starved: light load
+//! saturates the node, and a statement under `SCHED_IDLE` would barely run
+//! into its time limit. A statement cannot leave its thread, so the thread
+//! itself is raised, which the kernel allows only a process with
+//! `CAP_SYS_NICE` or an `RLIMIT_NICE` reaching nice 10; without either, heavy
+//! statements are lowered from the start. A process cannot take a thread back
+//! to normal priority, so a lowered thread retires after its job and a fresh
+//! one takes its place.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,16 +41,71 @@ const QUEUE: usize = 4096;
 /// CPU time a statement uses at normal priority before its thread is lowered.
 pub const DEMOTE_AFTER: Duration = Duration::from_millis(5);
 
+/// Where a database thread runs its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    Normal,
+    /// Under `SCHED_IDLE`, watched; raised to lowered if it starves.
+    Idle,
+    Lowered,
+}
+
 thread_local! {
-    static DEMOTED: Cell<bool> = const { Cell::new(false) };
+    static PRIORITY: Cell<Priority> = const { Cell::new(Priority::Normal) };
+    /// The pool's lowering, on its threads.
+    static LOWERING: std::cell::RefCell<Option<Arc<Lowering>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How a pool's heavy statements are lowered, and how many were.
+#[derive(Debug, Default)]
+pub(crate) struct Lowering {
+    /// The heavy guests' idle threads, whose starvation moves statements on.
+    tier: Arc<crate::sched::IdleTier>,
+    /// Whether statements run under `SCHED_IDLE` first (the process may raise them).
+    idle_first: bool,
+    heavy: AtomicU64,
+    rescued: AtomicU64,
 }
 
 /// Lower the calling database thread's priority for the rest of its job (once).
 pub(crate) fn demote_current_thread() {
-    if DEMOTED.with(|d| d.replace(true)) {
+    if PRIORITY.with(Cell::get) != Priority::Normal {
         return;
     }
-    crate::sched::lower_current_thread();
+    let lowering = LOWERING.with(|l| l.borrow().clone());
+    let idle = lowering.as_ref().is_some_and(|l| {
+        l.heavy.fetch_add(1, Ordering::Relaxed);
+        // Once starved, the node is saturated: straight to a bounded share.
+        l.idle_first
+            && !l.tier.starved()
+            && crate::sched::idle_current_thread_rescuably()
+            && l.tier.watch_current_thread()
+    });
+    if idle {
+        PRIORITY.with(|p| p.set(Priority::Idle));
+    } else {
+        crate::sched::lower_current_thread();
+        PRIORITY.with(|p| p.set(Priority::Lowered));
+    }
+}
+
+/// A statement under `SCHED_IDLE` moves on to a lowered thread when the idle
+/// threads are starved (called from its progress handler).
+pub(crate) fn rescue_if_starved() {
+    if PRIORITY.with(Cell::get) != Priority::Idle {
+        return;
+    }
+    LOWERING.with(|l| {
+        let lowering = l.borrow();
+        let Some(lowering) = lowering.as_ref().filter(|l| l.tier.starved()) else { return };
+        if crate::sched::raise_to_lowered() {
+            lowering.rescued.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::warn!("failed to raise a starved database thread from SCHED_IDLE");
+        }
+        // Either way, asked once.
+        PRIORITY.with(|p| p.set(Priority::Lowered));
+    });
 }
 
 /// A fixed pool of threads for database work.
@@ -54,6 +118,7 @@ pub struct DbThreads {
     /// takes its quota from here when it is made).
     quota: std::sync::atomic::AtomicU64,
     quotas: DashMap<Arc<str>, u64>,
+    lowering: Arc<Lowering>,
 }
 
 /// How many of a tenant's instances run now, and the runs waiting for a place.
@@ -68,13 +133,31 @@ pub(crate) struct TenantSlots {
 }
 
 impl DbThreads {
-    /// Start `threads` worker threads (at least two).
+    /// Start `threads` worker threads (at least two), with their own idle tier.
     pub fn start(threads: usize) -> std::io::Result<Arc<Self>> {
+        Self::start_beside(threads, Arc::default())
+    }
+
+    /// Start `threads` worker threads (at least two) whose heavy statements
+    /// are watched with the heavy guests' idle threads, `tier`.
+    pub fn start_beside(threads: usize, tier: Arc<crate::sched::IdleTier>) -> std::io::Result<Arc<Self>> {
         let threads = threads.max(2);
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
+        let lowering = Arc::new(Lowering {
+            tier,
+            idle_first: crate::sched::idle_threads_can_be_raised(),
+            heavy: AtomicU64::new(0),
+            rescued: AtomicU64::new(0),
+        });
+        if !lowering.idle_first {
+            tracing::info!(
+                "heavy SQL statements run lowered from the start: this process may not raise a thread from \
+                 SCHED_IDLE (give it CAP_SYS_NICE or LimitNICE=10 to run them at idle priority first)"
+            );
+        }
         for _ in 0..threads {
-            spawn_worker(receiver.clone())?;
+            spawn_worker(receiver.clone(), lowering.clone())?;
         }
         Ok(Arc::new(Self {
             sender: Mutex::new(Some(sender)),
@@ -82,7 +165,14 @@ impl DbThreads {
             tenants: DashMap::new(),
             quota: std::sync::atomic::AtomicU64::new(u64::MAX),
             quotas: DashMap::new(),
+            lowering,
         }))
+    }
+
+    /// Statements that turned out heavy (their thread lowered), and of those,
+    /// the ones starved under `SCHED_IDLE` and raised to a bounded share.
+    pub fn heavy_statements(&self) -> (u64, u64) {
+        (self.lowering.heavy.load(Ordering::Relaxed), self.lowering.rescued.load(Ordering::Relaxed))
     }
 
     /// The places bounding `tenant`'s concurrent database work.
@@ -193,11 +283,12 @@ impl Drop for DbThreads {
     }
 }
 
-fn spawn_worker(receiver: Arc<Mutex<Receiver<Job>>>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("wharf-db".into()).spawn(move || work(receiver)).map(drop)
+fn spawn_worker(receiver: Arc<Mutex<Receiver<Job>>>, lowering: Arc<Lowering>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("wharf-db".into()).spawn(move || work(receiver, lowering)).map(drop)
 }
 
-fn work(receiver: Arc<Mutex<Receiver<Job>>>) {
+fn work(receiver: Arc<Mutex<Receiver<Job>>>, lowering: Arc<Lowering>) {
+    LOWERING.with(|l| *l.borrow_mut() = Some(lowering.clone()));
     loop {
         let job = match receiver.lock() {
             Ok(receiver) => receiver.recv(),
@@ -209,11 +300,11 @@ fn work(receiver: Arc<Mutex<Receiver<Job>>>) {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                     tracing::error!("a database job panicked");
                 }
-                if DEMOTED.with(Cell::get) {
+                if PRIORITY.with(Cell::get) != Priority::Normal {
                     // Hand this place to a thread at normal priority.
-                    if let Err(e) = spawn_worker(receiver.clone()) {
+                    if let Err(e) = spawn_worker(receiver.clone(), lowering.clone()) {
                         tracing::error!("failed to replace a database thread: {e}");
-                        DEMOTED.with(|d| d.set(false));
+                        PRIORITY.with(|p| p.set(Priority::Normal));
                         continue;
                     }
                     return;
@@ -221,5 +312,67 @@ fn work(receiver: Arc<Mutex<Receiver<Job>>>) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::IdleTier;
+
+    /// The calling thread's scheduling policy and nice value.
+    fn priority() -> (i32, i32) {
+        // SAFETY: both only read the calling thread's (pid 0) settings.
+        unsafe { (libc::sched_getscheduler(0), libc::getpriority(libc::PRIO_PROCESS, 0)) }
+    }
+
+    /// Run `job` on one of `pool`'s threads and wait for what it returns.
+    fn on_pool<T: Send + 'static>(pool: &DbThreads, job: impl FnOnce() -> T + Send + 'static) -> T {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        pool.submit(Box::new(move || sender.send(job()).unwrap())).unwrap_or_else(|_| panic!("the pool took no job"));
+        receiver.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    #[test]
+    fn a_heavy_statement_runs_at_idle_priority_until_the_idle_threads_starve() {
+        let tier = Arc::new(IdleTier::default());
+        let pool = DbThreads::start_beside(2, tier.clone()).unwrap();
+        let normal = (libc::SCHED_OTHER, 0);
+        let lowered = (libc::SCHED_OTHER, crate::sched::LOWERED_NICE);
+        let starving = tier.clone();
+        let (start, heavy, still, raised) = on_pool(&pool, move || {
+            let start = priority();
+            demote_current_thread();
+            let heavy = priority();
+            rescue_if_starved();
+            let still = priority();
+            starving.mark_starved();
+            rescue_if_starved();
+            (start, heavy, still, priority())
+        });
+        assert_eq!(start, normal, "database threads start at normal priority");
+        if crate::sched::idle_threads_can_be_raised() {
+            assert_eq!(heavy, (libc::SCHED_IDLE, crate::sched::LOWERED_NICE), "idle priority first");
+            assert_eq!(still, heavy, "not starved: it stays there");
+            assert_eq!(raised, lowered, "starved: raised to the lowered threads' bounded share");
+            assert_eq!(pool.heavy_statements(), (1, 1));
+        } else {
+            // Without the right to raise a thread, lowered from the start.
+            assert_ne!(heavy, normal);
+            assert_eq!((still, raised), (heavy, heavy));
+            assert_eq!(pool.heavy_statements(), (1, 0));
+        }
+        // While the idle threads are starved, the next heavy statement goes
+        // straight to a bounded share, on a fresh thread (the lowered one retired).
+        let (start, heavy) = on_pool(&pool, || {
+            let start = priority();
+            demote_current_thread();
+            (start, priority())
+        });
+        assert_eq!(start, normal, "a lowered thread retires after its job");
+        if crate::sched::idle_threads_can_be_raised() {
+            assert_eq!(heavy, lowered);
+        }
+        assert_eq!(pool.heavy_statements().0, 2);
     }
 }

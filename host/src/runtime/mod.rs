@@ -114,6 +114,8 @@ pub struct Runtime {
     memory: Arc<MemoryBudget>,
     /// Sandboxes of instances whose version allows reuse, between requests.
     sandboxes: Arc<reuse::Sandboxes>,
+    /// The heavy guests' idle-priority threads, watched for starvation.
+    idle_tier: Arc<crate::sched::IdleTier>,
     /// Guests started, fresh or in a reused sandbox, and the time fresh ones took.
     pub starts: Arc<Starts>,
 }
@@ -151,7 +153,7 @@ impl Runtime {
             EpochTicker::start(engine.clone(), sandboxes.clone(), tier.clone())
                 .context("failed to start the epoch ticker thread")?,
         );
-        let heavy = heavy::Heavy::start(tier)?;
+        let heavy = heavy::Heavy::start(tier.clone())?;
         let jobs = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
             .thread_name("wharf-jobs")
@@ -175,6 +177,7 @@ impl Runtime {
             jobs: Some(jobs),
             memory,
             sandboxes,
+            idle_tier: tier,
             starts: Arc::default(),
         })
     }
@@ -198,6 +201,12 @@ impl Runtime {
     /// memory they hold.
     pub fn idle_sandboxes(&self) -> (usize, usize) {
         self.sandboxes.idle()
+    }
+
+    /// The heavy guests' idle-priority threads: work that cannot move to
+    /// them (a SQL statement on its database thread) is watched with them.
+    pub fn idle_tier(&self) -> &Arc<crate::sched::IdleTier> {
+        &self.idle_tier
     }
 
     /// Guest runs that turned out CPU-heavy (or whose instance's did lately) and

@@ -84,6 +84,7 @@ impl Session<'_> {
                         recent.mark_heavy();
                         threads::demote_current_thread();
                     }
+                    threads::rescue_if_starved();
                     Instant::now() > deadline || cancelled.load(Ordering::Relaxed)
                 }),
             );
