@@ -72,7 +72,7 @@ phase() {
 }
 
 # ATTACKS="spin:3 sql-endless:8" runs only those.
-read -r -a attacks <<<"${ATTACKS:-outside:1 outside:2 spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 log-flood:3 open-tx:4 slow-body:1000}"
+read -r -a attacks <<<"${ATTACKS:-outside:1 outside:2 spin:3 memory:3 recurse:3 sql-endless:8 sql-wide:4 sql-flood:4 log-flood:3 open-tx:4 slow-body:1000}"
 echo "==> canary: $rate req/s open loop (the calm node serves $capacity/s to wrk -c8) for $duration; $rounds round(s); each attack alone, then all at once"
 for r in $(seq 1 "$rounds"); do
     phase calm

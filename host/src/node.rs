@@ -104,7 +104,7 @@ async fn build(
         crate::clock::Clock::real()
     });
     let Instances { configurator, billing, usage, queue, redis } =
-        instances(&config, &db, &registry, &router, &clock, &seen, runtime.idle_tier()).await?;
+        instances(&config, &db, &registry, &router, &clock, &seen, &runtime).await?;
     let identity = Arc::new(Identity::new(db.clone(), &config.trust, redis.clone()));
     let mailer = match &config.trust.smtp_url {
         Some(url) => Some(crate::identity::invitations::Mailer::new(url, &config.trust.mail_from)?),
@@ -193,16 +193,21 @@ async fn instances(
     router: &Arc<Router>,
     clock: &Arc<crate::clock::Clock>,
     seen: &Arc<crate::store::Seen>,
-    idle_tier: &Arc<crate::sched::IdleTier>,
+    runtime: &Runtime,
 ) -> anyhow::Result<Instances> {
     let billing = Arc::new(crate::billing::Billing::new(db.clone(), clock.clone(), registry.clone()));
     let usage = Arc::new(Usage::open(db.clone(), &config.data_dir.join("usage"), clock.clone(), config.usage_journal)?);
     // What a previous run journaled but did not apply (it was killed) counts now.
     usage.flush().await.context("failed to apply the usage journal of the previous run")?;
-    // Heavy statements are watched with heavy guests: either starving says
-    // light load saturates the node.
-    let db_threads = crate::instancedb::DbThreads::start_beside(config.db_threads, idle_tier.clone())
-        .context("failed to start the database threads")?;
+    // Heavy statements are watched with heavy guests (either starving says
+    // light load saturates the node), and statements count in their tenant's
+    // share of the node's work as guests do.
+    let db_threads = crate::instancedb::DbThreads::start_beside(
+        config.db_threads,
+        runtime.idle_tier().clone(),
+        runtime.guest_time().clone(),
+    )
+    .context("failed to start the database threads")?;
     let (redis, postgres) = shared_backends(config, db).await?;
     let mut jobs_config = config.jobs.clone();
     // A job may do ten requests' worth of work.

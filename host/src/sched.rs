@@ -218,7 +218,8 @@ const SHARE_WINDOW_MS: u64 = 100;
 /// run first and the flood keeps the cores they leave. A single busy tenant (a
 /// benchmark, a node with one customer awake) is never marked: nobody waits
 /// behind it. Guest time is wall time inside the guests' polls, on whichever
-/// threads they ran.
+/// threads they ran, and the CPU time of their SQLite statements on the
+/// database threads (a flood of statements each too short to be heavy).
 #[derive(Debug)]
 pub struct GuestTime {
     window: AtomicU64,

@@ -329,3 +329,92 @@ async fn a_tenant_flooding_light_requests_beside_another_continues_on_the_heavy_
     assert!(heavy >= 1.0, "its requests never went to the heavy threads");
     assert_eq!(other.load(Ordering::Relaxed), 0, "every flood request got its own outcome (500)");
 }
+
+/// A flood of SQL statements, each too short to be heavy (a couple of
+/// milliseconds, under the 5 ms that lowers one), runs on the database threads
+/// where no guest time is seen: their CPU counts in the tenant's share all the
+/// same, so beside another tenant the flooding one is marked, and its next
+/// statements start lowered, each still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_short_statements_beside_another_has_them_lowered() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let node = TestNode::start().await;
+    neighbours(&node).await;
+    let count =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) SELECT count(*) FROM c";
+    let sample = |metrics: &str, name: &str| crate::harness::sample(metrics, name).unwrap_or(-1.0);
+    let started = std::time::Instant::now();
+    let (status, _, body) = node.ingress_call("bad.test", reqwest::Method::POST, "/sql/query", None, count).await;
+    assert!(status == StatusCode::OK && body.contains("10000"), "{status} {body}");
+    let metrics = node.metrics().await;
+    assert_eq!(
+        sample(&metrics, "wharf_statements_heavy_total"),
+        0.0,
+        "one statement is light ({:?})",
+        started.elapsed()
+    );
+
+    let (stop, answered, other) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, addr, stop, answered, other) =
+                (node.http.clone(), node.ingress(), stop.clone(), answered.clone(), other.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = http
+                        .post(format!("http://{addr}/sql/query"))
+                        .header("host", "bad.test")
+                        .body(count)
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(resp) if resp.status() == StatusCode::OK => answered.fetch_add(1, Ordering::Relaxed),
+                        Ok(resp) => {
+                            // Waiting its turn too long is the one other answer it may get.
+                            let body = resp.text().await.unwrap_or_default();
+                            assert!(body.contains("busy"), "{body}");
+                            other.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => panic!("{e}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = node.metrics().await;
+    assert_eq!(sample(&metrics, "wharf_instances_flooding_total"), 0.0, "alone on the node it is never marked");
+    assert_eq!(sample(&metrics, "wharf_statements_heavy_total"), 0.0, "nor is any of its statements heavy");
+
+    // The neighbour's requests, one at a time, while the flood goes on.
+    let started = std::time::Instant::now();
+    let (mut served, mut marked, mut lowered) = (0, 0.0, 0.0);
+    while started.elapsed() < Duration::from_secs(20) {
+        let (status, body) = node.get("good.test", "/").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        served += 1;
+        if served % 20 == 0 {
+            let metrics = node.metrics().await;
+            (marked, lowered) =
+                (sample(&metrics, "wharf_instances_flooding_total"), sample(&metrics, "wharf_statements_heavy_total"));
+            if marked >= 1.0 && lowered >= 1.0 {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await.unwrap();
+    }
+    eprintln!(
+        "{marked} marks, {lowered} statements lowered after {:?}, {served} neighbour requests, {} statements answered, {} busy",
+        started.elapsed(),
+        answered.load(Ordering::Relaxed),
+        other.load(Ordering::Relaxed)
+    );
+    assert!(marked >= 1.0, "the flooding tenant was never marked beside its neighbour");
+    assert!(lowered >= 1.0, "its statements never started lowered");
+    assert!(answered.load(Ordering::Relaxed) > 100, "the flood's statements kept being answered");
+}

@@ -19,6 +19,9 @@ enum Kind {
     SqlEndless,
     /// Queries of 64 one-megabyte columns.
     SqlWide,
+    /// Queries each too short to be heavy (about a millisecond), as fast as
+    /// the node answers.
+    SqlFlood,
     /// 4 MiB of stdout per request.
     LogFlood,
     /// Transactions opened and left open.
@@ -84,6 +87,12 @@ async fn hammer(ingress: &str, host: &str, kind: Kind, until: Instant) -> BTreeM
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c".to_string(),
         ),
         Kind::SqlWide => ("POST", "/sql/query", wide),
+        Kind::SqlFlood => (
+            "POST",
+            "/sql/query",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) SELECT count(*) FROM c"
+                .to_string(),
+        ),
         Kind::LogFlood => ("GET", "/flood?kib=4096", String::new()),
         Kind::OpenTx => ("POST", "/sql/execute", "BEGIN IMMEDIATE".to_string()),
         Kind::SlowBody => unreachable!("trickled separately"),

@@ -38,6 +38,10 @@ pub struct Databases {
     /// Each tenant's share of guest time, shared by its instances' handles
     /// (dropped with the last of them, see [`Databases::close_idle`]).
     tenant_use: DashMap<Arc<str>, Arc<crate::sched::TenantUse>>,
+    /// Each instance's recent CPU use, one for all its handles (the route's,
+    /// the one that provisioned it, its open connections'): what its guests
+    /// turned out to be tells its statements, and the other way round.
+    recent_use: DashMap<Arc<str>, Arc<crate::sched::RecentUse>>,
     /// The clock of [`Opened::used`].
     started: Instant,
 }
@@ -54,6 +58,7 @@ impl Databases {
             control,
             opened: DashMap::new(),
             tenant_use: DashMap::new(),
+            recent_use: DashMap::new(),
             started: Instant::now(),
         })
     }
@@ -64,9 +69,14 @@ impl Databases {
             databases: self.clone(),
             instance: instance.clone(),
             tenant: tenant.clone(),
-            recent: Arc::new(crate::sched::RecentUse::of_tenant(
-                self.tenant_use.entry(tenant.clone()).or_default().clone(),
-            )),
+            recent: self
+                .recent_use
+                .entry(instance.clone())
+                .or_insert_with(|| {
+                    let tenant = self.tenant_use.entry(tenant.clone()).or_default().clone();
+                    Arc::new(crate::sched::RecentUse::of_tenant(tenant))
+                })
+                .clone(),
         })
     }
 
@@ -79,7 +89,6 @@ impl Databases {
     /// open the least recently used (only those with no call waiting or
     /// running); how many were closed.
     pub fn close_idle(&self, idle: Duration, most: usize) -> usize {
-        self.tenant_use.retain(|_, share| Arc::strong_count(share) > 1);
         let now = self.now();
         let before = self.opened.len();
         let in_use = |opened: &Arc<Opened>| Arc::strong_count(opened) > 1 || opened.busy();
@@ -94,6 +103,10 @@ impl Databases {
                 self.opened.remove_if(&instance, |_, opened| !in_use(opened));
             }
         }
+        // Shares held by no handle and no open connection any more (the open
+        // ones hold theirs, and each instance's holds its tenant's).
+        self.recent_use.retain(|_, recent| Arc::strong_count(recent) > 1);
+        self.tenant_use.retain(|_, share| Arc::strong_count(share) > 1);
         before.saturating_sub(self.opened.len())
     }
 
@@ -332,5 +345,32 @@ mod tests {
         // Opened again on the next call, with its data.
         assert_eq!(handles[0].kv_get("k".into(), &call).await.unwrap(), Some(b"v".to_vec()));
         assert_eq!(databases.open_count(), 1);
+    }
+
+    /// An instance's handles (the route's, the one that provisioned it, the
+    /// one its connections were opened with) share one recent CPU use: a
+    /// statement that turned out heavy lowers the guests' next requests, and a
+    /// guest's mark lowers the next statements.
+    #[tokio::test]
+    async fn every_handle_of_an_instance_shares_its_recent_use() {
+        let plane = crate::testdb::control_planes().await.remove(0);
+        let dir = tempfile::tempdir().unwrap();
+        let databases = Databases::new(
+            dir.path().to_path_buf(),
+            DbThreads::start(2).unwrap(),
+            Backends::default(),
+            plane.db.clone(),
+        );
+        let (instance, tenant): (Arc<str>, Arc<str>) = ("a".into(), "t".into());
+        let provisioner = databases.handle(&instance, &tenant);
+        provisioner.provision().await.unwrap();
+        let route = databases.handle(&instance, &tenant);
+        let other = databases.handle(&Arc::from("b"), &tenant);
+        route.recent_use().mark_heavy();
+        assert!(provisioner.recent_use().is_heavy() && !other.recent_use().is_heavy());
+        assert!(Arc::ptr_eq(&databases.opened.get("a").unwrap().local.recent_use(), route.recent_use()));
+        drop((provisioner, route, other));
+        databases.close_idle(Duration::ZERO, 10);
+        assert!(databases.recent_use.is_empty() && databases.tenant_use.is_empty(), "dropped with the last handle");
     }
 }

@@ -57,10 +57,12 @@ thread_local! {
 }
 
 /// How a pool's heavy statements are lowered, and how many were.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Lowering {
     /// The heavy guests' idle threads, whose starvation moves statements on.
     tier: Arc<crate::sched::IdleTier>,
+    /// Each tenant's share of the node's work, which statements count in.
+    time: Arc<crate::sched::GuestTime>,
     /// Whether statements run under `SCHED_IDLE` first (the process may raise them).
     idle_first: bool,
     heavy: AtomicU64,
@@ -87,6 +89,18 @@ pub(crate) fn demote_current_thread() {
         crate::sched::lower_current_thread();
         PRIORITY.with(|p| p.set(Priority::Lowered));
     }
+}
+
+/// Charge a job's `nanos` of CPU on this database thread to its instance's
+/// tenant's share of the node's work: a tenant flooding the node with
+/// statements each too short to be heavy is marked like one flooding it with
+/// light requests, and its next statements start lowered.
+pub(crate) fn charge(recent: &crate::sched::RecentUse, nanos: u64) {
+    LOWERING.with(|l| {
+        if let Some(lowering) = l.borrow().as_ref() {
+            lowering.time.charge(recent, nanos);
+        }
+    });
 }
 
 /// A statement under `SCHED_IDLE` moves on to a lowered thread when the idle
@@ -133,19 +147,27 @@ pub(crate) struct TenantSlots {
 }
 
 impl DbThreads {
-    /// Start `threads` worker threads (at least two), with their own idle tier.
+    /// Start `threads` worker threads (at least two), with their own idle tier
+    /// and shares.
     pub fn start(threads: usize) -> std::io::Result<Arc<Self>> {
-        Self::start_beside(threads, Arc::default())
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Self::start_beside(threads, Arc::default(), Arc::new(crate::sched::GuestTime::new(cores)))
     }
 
     /// Start `threads` worker threads (at least two) whose heavy statements
-    /// are watched with the heavy guests' idle threads, `tier`.
-    pub fn start_beside(threads: usize, tier: Arc<crate::sched::IdleTier>) -> std::io::Result<Arc<Self>> {
+    /// are watched with the heavy guests' idle threads, `tier`, and whose
+    /// statements count in each tenant's share of the node's work, `time`.
+    pub fn start_beside(
+        threads: usize,
+        tier: Arc<crate::sched::IdleTier>,
+        time: Arc<crate::sched::GuestTime>,
+    ) -> std::io::Result<Arc<Self>> {
         let threads = threads.max(2);
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         let lowering = Arc::new(Lowering {
             tier,
+            time,
             idle_first: crate::sched::idle_threads_can_be_raised(),
             heavy: AtomicU64::new(0),
             rescued: AtomicU64::new(0),
@@ -336,7 +358,7 @@ mod tests {
     #[test]
     fn a_heavy_statement_runs_at_idle_priority_until_the_idle_threads_starve() {
         let tier = Arc::new(IdleTier::default());
-        let pool = DbThreads::start_beside(2, tier.clone()).unwrap();
+        let pool = DbThreads::start_beside(2, tier.clone(), Arc::new(crate::sched::GuestTime::new(2))).unwrap();
         let normal = (libc::SCHED_OTHER, 0);
         let lowered = (libc::SCHED_OTHER, crate::sched::LOWERED_NICE);
         let starving = tier.clone();

@@ -209,6 +209,11 @@ impl Runtime {
         &self.idle_tier
     }
 
+    /// Each tenant's share of the node's guest time, which SQL statements count in too.
+    pub fn guest_time(&self) -> &Arc<crate::sched::GuestTime> {
+        &self.guest_time
+    }
+
     /// Guest runs that turned out CPU-heavy (or whose instance's did lately) and
     /// moved to the heavy threads, and of those, the ones light load starved on
     /// the idle-priority threads, moved on to the lowered ones.

@@ -195,6 +195,11 @@ impl Local {
     }
 
     /// The instance's directory.
+    /// The instance's recent CPU use, which its statements mark and read.
+    pub(crate) fn recent_use(&self) -> &Arc<crate::sched::RecentUse> {
+        &self.shared.recent
+    }
+
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
@@ -272,7 +277,9 @@ impl Local {
                 let started = crate::sched::thread_cpu_nanos();
                 let result = work(&mut session);
                 session.finish();
-                cpu.fetch_add(crate::sched::thread_cpu_nanos().saturating_sub(started), Ordering::Relaxed);
+                let used = crate::sched::thread_cpu_nanos().saturating_sub(started);
+                cpu.fetch_add(used, Ordering::Relaxed);
+                threads::charge(&shared.recent, used);
                 let _ = sender.send(result);
             })
         };
