@@ -14,6 +14,29 @@ async fn neighbours(node: &TestNode) -> String {
     node.tenant_with("bad", "misbehave", "misbehave", "bad.test").await
 }
 
+/// Sixteen clients asking `good.test` for hello in a loop until `stop` is
+/// set, counting the answers in `served`: light load that saturates the node.
+fn light_load(
+    node: &TestNode,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    (0..16)
+        .map(|_| {
+            let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = http.get(format!("http://{addr}/")).header("host", "good.test").send().await;
+                    if resp.is_ok_and(|r| r.status() == StatusCode::OK) {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// Run `paths` on the bad tenant (all at once) while the good one is hit in a
 /// loop; assert each bad request gets `expected` with a body mentioning
 /// `message`, and the neighbour never fails.
@@ -134,19 +157,7 @@ async fn heavy_guests_keep_a_share_of_a_node_saturated_by_light_requests() {
     let node = TestNode::start_with(|config| config.limits.request_timeout = Duration::from_secs(3)).await;
     neighbours(&node).await;
     let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..16)
-        .map(|_| {
-            let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let resp = http.get(format!("http://{addr}/")).header("host", "good.test").send().await;
-                    if resp.is_ok_and(|r| r.status() == StatusCode::OK) {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = light_load(&node, &stop, &served);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let heavy = ["/alloc", "/loop", "/alloc", "/loop"];
@@ -207,19 +218,7 @@ async fn heavy_statements_keep_a_share_when_the_node_becomes_saturated() {
     let started = std::time::Instant::now();
     let (answer, load) = tokio::join!(query(), async {
         let (stop, served) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-        let clients: Vec<_> = (0..16)
-            .map(|_| {
-                let (http, addr, stop, served) = (node.http.clone(), node.ingress(), stop.clone(), served.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let resp = http.get(format!("http://{addr}/")).header("host", "good.test").send().await;
-                        if resp.is_ok_and(|r| r.status() == StatusCode::OK) {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
+        let clients = light_load(&node, &stop, &served);
         let ease = Arc::new(AtomicBool::new(false));
         let busy: Vec<_> = (0..2)
             .map(|_| {

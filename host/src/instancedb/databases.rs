@@ -314,16 +314,17 @@ impl InstanceDb {
 mod tests {
     use super::*;
 
+    /// Databases on SQLite in `dir`, and their control plane (kept while they are).
+    async fn databases(dir: &tempfile::TempDir) -> (Arc<Databases>, crate::testdb::TestDb) {
+        let plane = crate::testdb::control_planes().await.remove(0);
+        let threads = DbThreads::start(2).unwrap();
+        (Databases::new(dir.path().to_path_buf(), threads, Backends::default(), plane.db.clone()), plane)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn databases_open_on_first_use_and_close_when_idle_or_past_the_most() {
-        let plane = crate::testdb::control_planes().await.remove(0);
         let dir = tempfile::tempdir().unwrap();
-        let databases = Databases::new(
-            dir.path().to_path_buf(),
-            DbThreads::start(2).unwrap(),
-            Backends::default(),
-            plane.db.clone(),
-        );
+        let (databases, _plane) = databases(&dir).await;
         let tenant: Arc<str> = "t".into();
         let handles: Vec<Arc<InstanceDb>> =
             ["a", "b", "c"].iter().map(|i| databases.handle(&Arc::from(*i), &tenant)).collect();
@@ -353,14 +354,8 @@ mod tests {
     /// guest's mark lowers the next statements.
     #[tokio::test]
     async fn every_handle_of_an_instance_shares_its_recent_use() {
-        let plane = crate::testdb::control_planes().await.remove(0);
         let dir = tempfile::tempdir().unwrap();
-        let databases = Databases::new(
-            dir.path().to_path_buf(),
-            DbThreads::start(2).unwrap(),
-            Backends::default(),
-            plane.db.clone(),
-        );
+        let (databases, _plane) = databases(&dir).await;
         let (instance, tenant): (Arc<str>, Arc<str>) = ("a".into(), "t".into());
         let provisioner = databases.handle(&instance, &tenant);
         provisioner.provision().await.unwrap();
@@ -368,7 +363,7 @@ mod tests {
         let other = databases.handle(&Arc::from("b"), &tenant);
         route.recent_use().mark_heavy();
         assert!(provisioner.recent_use().is_heavy() && !other.recent_use().is_heavy());
-        assert!(Arc::ptr_eq(&databases.opened.get("a").unwrap().local.recent_use(), route.recent_use()));
+        assert!(Arc::ptr_eq(databases.opened.get("a").unwrap().local.recent_use(), route.recent_use()));
         drop((provisioner, route, other));
         databases.close_idle(Duration::ZERO, 10);
         assert!(databases.recent_use.is_empty() && databases.tenant_use.is_empty(), "dropped with the last handle");

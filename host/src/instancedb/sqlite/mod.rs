@@ -196,6 +196,7 @@ impl Local {
 
     /// The instance's directory.
     /// The instance's recent CPU use, which its statements mark and read.
+    #[cfg(test)]
     pub(crate) fn recent_use(&self) -> &Arc<crate::sched::RecentUse> {
         &self.shared.recent
     }
