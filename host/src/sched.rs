@@ -379,23 +379,17 @@ impl IdleTier {
     /// Called on each of the tier's threads as it starts: `SCHED_IDLE`, and
     /// watched from now on.
     pub fn enter(&self) {
-        // SAFETY: gettid takes no arguments and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-        let stats = Schedstat::of_thread(tid);
-        if !idle_current_thread() || stats.is_none() {
+        if !idle_current_thread() || !self.watch_current_thread() {
             // Without the policy this thread would take light requests' cores;
             // without the statistics starvation could not be seen.
             lower_current_thread();
             self.blind.store(true, Ordering::Relaxed);
             tracing::warn!("heavy guests run on lowered threads only: SCHED_IDLE or per-thread scheduling statistics are not available");
-            return;
         }
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        threads.push((tid, stats.unwrap_or_default()));
     }
 
-    /// Watch the calling thread, already under `SCHED_IDLE`, with the tier's
-    /// own: a heavy SQL statement's database thread, whose starvation is the
+    /// Watch the calling thread, already under `SCHED_IDLE`: the tier's own,
+    /// and a heavy SQL statement's database thread, whose starvation is the
     /// same sign that light load saturates the node. False where the kernel
     /// keeps no statistics for it.
     pub fn watch_current_thread(&self) -> bool {
